@@ -1,0 +1,213 @@
+//! Artifact files: written as a stream through SHA-256 into `*.partial`, renamed only
+//! when the whole backup set succeeded, and re-hashed before anything is restored.
+//!
+//! Nothing here holds an artifact in memory: data passes through in fixed-size
+//! chunks, so memory does not grow with the size of a store.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Suffix of a file that is still being written; never taken for an artifact.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Size of the chunks data is copied in.
+pub const CHUNK: usize = 256 * 1024;
+
+/// Create `dir` (and parents) readable by the owner only.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// Open a new file readable and writable by the owner only, replacing any old one.
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Make a rename or a new file durable by syncing the directory that holds it.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// What an artifact is, as far as bytes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest256 {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// A writer that hashes and counts what passes through it into a `*.partial` file.
+pub struct ArtifactWriter {
+    file: File,
+    hasher: Sha256,
+    bytes: u64,
+    partial: PathBuf,
+    target: PathBuf,
+}
+
+impl ArtifactWriter {
+    /// Start writing `dir/name` (as `dir/name.partial`).
+    pub fn create(dir: &Path, name: &str) -> io::Result<Self> {
+        let target = dir.join(name);
+        let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
+        let file = create_private_file(&partial)?;
+        Ok(ArtifactWriter {
+            file,
+            hasher: Sha256::new(),
+            bytes: 0,
+            partial,
+            target,
+        })
+    }
+
+    /// Flush and fsync; the artifact stays `*.partial` until [`PendingArtifact::commit`].
+    pub fn finish(mut self) -> io::Result<PendingArtifact> {
+        self.file.flush()?;
+        self.file.sync_all()?;
+        Ok(PendingArtifact {
+            partial: self.partial,
+            target: self.target,
+            digest: Digest256 {
+                sha256: hex::encode(self.hasher.finalize()),
+                bytes: self.bytes,
+            },
+        })
+    }
+}
+
+impl Write for ArtifactWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// A fully written, synced artifact that is not yet visible under its final name.
+#[derive(Debug, Clone)]
+pub struct PendingArtifact {
+    pub partial: PathBuf,
+    pub target: PathBuf,
+    pub digest: Digest256,
+}
+
+impl PendingArtifact {
+    /// Hash a file that a store's own tool wrote (for example `pg_dump -f x.partial`).
+    pub fn from_written_file(partial: PathBuf, target: PathBuf) -> io::Result<Self> {
+        let digest = digest_file(&partial)?;
+        fs::set_permissions(&partial, fs::Permissions::from_mode(0o600))?;
+        Ok(PendingArtifact {
+            partial,
+            target,
+            digest,
+        })
+    }
+
+    pub fn file_name(&self) -> String {
+        self.target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Give the artifact its final name.
+    pub fn commit(&self) -> io::Result<()> {
+        fs::rename(&self.partial, &self.target)
+    }
+
+    /// Remove the unfinished file (best effort: it is debris either way).
+    pub fn discard(&self) {
+        let _ = fs::remove_file(&self.partial);
+    }
+}
+
+/// SHA-256 and length of a file, read in chunks.
+pub fn digest_file(path: &Path) -> io::Result<Digest256> {
+    let mut reader = HashingReader::new(File::open(path)?);
+    io::copy(&mut reader, &mut io::sink())?;
+    Ok(reader.digest())
+}
+
+/// A reader that hashes and counts what is read through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    pub fn digest(self) -> Digest256 {
+        Digest256 {
+            sha256: hex::encode(self.hasher.finalize()),
+            bytes: self.bytes,
+        }
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Open a file for buffered reading in large chunks.
+pub fn open_buffered(path: &Path) -> io::Result<BufReader<File>> {
+    Ok(BufReader::with_capacity(CHUNK, File::open(path)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_hashes_and_renames_only_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ArtifactWriter::create(dir.path(), "x_1.sql").unwrap();
+        w.write_all(b"hello").unwrap();
+        let pending = w.finish().unwrap();
+        assert!(!dir.path().join("x_1.sql").exists());
+        assert_eq!(
+            pending.digest.sha256,
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(pending.digest.bytes, 5);
+        pending.commit().unwrap();
+        let mode = fs::metadata(dir.path().join("x_1.sql"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            digest_file(&dir.path().join("x_1.sql")).unwrap(),
+            pending.digest
+        );
+    }
+}

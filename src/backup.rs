@@ -1,0 +1,188 @@
+//! Taking a backup set: probe every store, back them up side by side, and make
+//! the set visible only when all of it is on disk (artifacts renamed, manifest last).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::artifact::{self, create_private_dir};
+use crate::config::Settings;
+use crate::error::{io_error, Error, Result};
+use crate::lock::RootLock;
+use crate::manifest::{Manifest, Status, ToolInfo, FORMAT_VERSION, MANIFEST_FILE};
+use crate::service::{Service, ServiceList};
+use crate::stores::{self, BackupContext, Store, StoreBackup};
+
+/// Format of default timestamps and directory names.
+pub const TIMESTAMP_FORMAT: &str = "%Y%m%d_%H%M%S";
+
+#[derive(Debug, Default)]
+pub struct BackupRequest {
+    pub out: Option<PathBuf>,
+    pub services: Option<ServiceList>,
+    pub timestamp: Option<String>,
+    pub dry_run: bool,
+}
+
+/// What a backup did, or would do.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum BackupOutcome {
+    Planned {
+        dry_run: bool,
+        dir: PathBuf,
+        plan: BTreeMap<Service, Vec<String>>,
+    },
+    Done {
+        dir: PathBuf,
+        manifest: Manifest,
+    },
+}
+
+pub fn default_timestamp() -> String {
+    jiff::Zoned::now().strftime(TIMESTAMP_FORMAT).to_string()
+}
+
+fn check_timestamp(ts: &str) -> Result<()> {
+    let ok = !ts.is_empty()
+        && ts.len() <= 64
+        && ts
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        && !ts.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "timestamp '{ts}' may only hold letters, digits, '_', '-' and '.'"
+        )))
+    }
+}
+
+/// The stores for `services`, or for every supported service.
+pub fn open_stores(services: &[Service], settings: &Settings) -> Result<Vec<Box<dyn Store>>> {
+    services
+        .iter()
+        .map(|svc| stores::open(*svc, settings))
+        .collect()
+}
+
+pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOutcome> {
+    let timestamp = request.timestamp.unwrap_or_else(default_timestamp);
+    check_timestamp(&timestamp)?;
+    let services = request
+        .services
+        .map(|l| l.0)
+        .unwrap_or_else(|| stores::SUPPORTED.to_vec());
+    let stores = open_stores(&services, settings)?;
+    let dir = request
+        .out
+        .unwrap_or_else(|| settings.root.join(&timestamp));
+    let ctx = BackupContext {
+        dir: &dir,
+        timestamp: &timestamp,
+    };
+
+    if request.dry_run {
+        let plan = stores
+            .iter()
+            .map(|s| (s.service(), s.backup_plan(&ctx)))
+            .collect();
+        return Ok(BackupOutcome::Planned {
+            dry_run: true,
+            dir,
+            plan,
+        });
+    }
+
+    let lock_root = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let _lock = RootLock::acquire(&lock_root, "backup")?;
+
+    // Probe everything first: an unreachable server fails the run before any file exists.
+    for store in &stores {
+        let info = store.probe().await?;
+        tracing::info!(service = %store.service(), version = %info.version, endpoint = %info.endpoint, "server reachable");
+    }
+
+    let created_dir = !dir.exists();
+    create_private_dir(&dir)
+        .map_err(|e| io_error(None, "create backup directory", dir.display(), e))?;
+    let started_at = jiff::Timestamp::now().to_string();
+
+    let results = futures::future::join_all(stores.iter().map(|store| store.backup(&ctx))).await;
+    let mut done: Vec<StoreBackup> = Vec::new();
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(backup) => done.push(backup),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(err) = first_error {
+        for backup in &done {
+            backup.artifact.discard();
+        }
+        if created_dir {
+            let _ = fs::remove_dir(&dir);
+        }
+        return Err(err);
+    }
+
+    let manifest = Manifest {
+        timestamp: timestamp.clone(),
+        services: done
+            .iter()
+            .map(|b| (b.service, b.record.file.clone()))
+            .collect(),
+        format_version: FORMAT_VERSION,
+        tool: ToolInfo {
+            name: "itbackup".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        started_at,
+        finished_at: jiff::Timestamp::now().to_string(),
+        status: Status::Complete,
+        host: hostname(),
+        artifacts: done.iter().map(|b| (b.service, b.record.clone())).collect(),
+        manifest_sha256: None,
+    };
+    commit(&dir, &done, &manifest)?;
+    Ok(BackupOutcome::Done { dir, manifest })
+}
+
+/// Make the set visible: an older manifest at the same place goes first (so a
+/// crash in between leaves an incomplete set, never a mixed one), then the
+/// artifacts get their names, then the new manifest is written.
+fn commit(dir: &std::path::Path, done: &[StoreBackup], manifest: &Manifest) -> Result<()> {
+    let step = "commit backup";
+    let old = dir.join(MANIFEST_FILE);
+    if old.exists() {
+        fs::remove_file(&old).map_err(|e| io_error(None, step, old.display(), e))?;
+    }
+    for backup in done {
+        backup.artifact.commit().map_err(|e| {
+            io_error(
+                Some(backup.service),
+                step,
+                backup.artifact.target.display(),
+                e,
+            )
+        })?;
+    }
+    artifact::sync_dir(dir).map_err(|e| io_error(None, step, dir.display(), e))?;
+    manifest.write(dir)
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}

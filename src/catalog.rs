@@ -1,0 +1,143 @@
+//! The backups under a root: which are complete, which are debris, which is newest.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::artifact::PARTIAL_SUFFIX;
+use crate::error::{io_error, Error, Result};
+use crate::manifest::{Manifest, MANIFEST_FILE};
+
+/// One directory under the backup root.
+#[derive(Debug, Serialize)]
+pub struct BackupEntry {
+    pub name: String,
+    pub path: PathBuf,
+    pub complete: bool,
+    /// Timestamp of the backup (from the manifest, else the directory name).
+    pub timestamp: String,
+    pub finished_at: Option<String>,
+    pub services: Vec<String>,
+    pub bytes: u64,
+    /// Why the backup is not complete, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    #[serde(skip)]
+    pub manifest: Option<Manifest>,
+}
+
+/// Every backup directory under `root`, oldest first. A missing root holds none.
+pub fn scan(root: &Path) -> Result<Vec<BackupEntry>> {
+    let step = "list backups";
+    let read = match fs::read_dir(root) {
+        Ok(read) => read,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(None, step, root.display(), e)),
+    };
+    let mut entries = Vec::new();
+    for item in read {
+        let item = item.map_err(|e| io_error(None, step, root.display(), e))?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !item.path().is_dir() {
+            continue;
+        }
+        entries.push(describe(&item.path(), name));
+    }
+    entries.sort_by(|a, b| {
+        (a.finished_at.as_deref().unwrap_or(""), &a.timestamp)
+            .cmp(&(b.finished_at.as_deref().unwrap_or(""), &b.timestamp))
+    });
+    Ok(entries)
+}
+
+fn describe(dir: &Path, name: String) -> BackupEntry {
+    let bytes = fs::read_dir(dir)
+        .map(|files| {
+            files
+                .filter_map(|f| f.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    let has_manifest = dir.join(MANIFEST_FILE).exists();
+    match Manifest::read_dir(dir) {
+        Ok(manifest) => BackupEntry {
+            name,
+            path: dir.to_path_buf(),
+            complete: true,
+            timestamp: manifest.timestamp.clone(),
+            finished_at: Some(manifest.finished_at.clone()),
+            services: manifest.services.keys().map(|s| s.to_string()).collect(),
+            bytes,
+            problem: None,
+            manifest: Some(manifest),
+        },
+        Err(err) => BackupEntry {
+            services: guess_services(dir),
+            timestamp: name.clone(),
+            name,
+            path: dir.to_path_buf(),
+            complete: false,
+            finished_at: None,
+            bytes,
+            problem: Some(if has_manifest {
+                err.message
+            } else if is_in_progress(dir) {
+                "no manifest: unfinished (in progress, interrupted or failed)".into()
+            } else {
+                "no manifest: incomplete".into()
+            }),
+            manifest: None,
+        },
+    }
+}
+
+/// Services whose artifacts (finished or not) lie in an incomplete directory.
+fn guess_services(dir: &Path) -> Vec<String> {
+    let mut services: Vec<String> = fs::read_dir(dir)
+        .map(|files| {
+            files
+                .filter_map(|f| {
+                    let name = f.ok()?.file_name().to_string_lossy().into_owned();
+                    let service = name.split('_').next()?.to_string();
+                    crate::service::Service::ALL
+                        .iter()
+                        .any(|s| s.as_str() == service)
+                        .then_some(service)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    services.sort();
+    services.dedup();
+    services
+}
+
+fn is_in_progress(dir: &Path) -> bool {
+    fs::read_dir(dir)
+        .map(|mut files| {
+            files.any(|f| {
+                f.map(|f| f.file_name().to_string_lossy().ends_with(PARTIAL_SUFFIX))
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The newest complete backup under `root`.
+pub fn newest_complete(root: &Path) -> Result<PathBuf> {
+    scan(root)?
+        .into_iter()
+        .rev()
+        .find(|entry| entry.complete)
+        .map(|entry| entry.path)
+        .ok_or_else(|| {
+            Error::failure(
+                "find backup",
+                format!("no complete backup under {}", root.display()),
+            )
+            .hint("pass --path DIR, set --root/IT_BACKUP_ROOT to where the backups are, or run `itbackup backup` first")
+        })
+}

@@ -1,0 +1,155 @@
+//! Settings, resolved in one place: flags > environment > config file > defaults.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cli::{Cli, MethodArgs, PostgresFormat};
+use crate::error::{Error, Result};
+
+pub const DEFAULT_ROOT: &str = "artifacts/backup";
+pub const DEFAULT_CONFIG_FILE: &str = "itbackup.toml";
+
+/// A password or key: never printed, never logged.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// The optional TOML file. Every key is optional; unknown keys are an error so typos show.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub root: Option<PathBuf>,
+    #[serde(default)]
+    pub postgres: PostgresFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresFile {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub format: Option<PostgresFormat>,
+    pub jobs: Option<usize>,
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// How to reach PostgreSQL and how to dump it.
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub format: PostgresFormat,
+    /// Parallel jobs for pg_restore (default: number of cores).
+    pub jobs: usize,
+    /// Directory of pg_dump/pg_restore/psql; `None` means look them up on PATH.
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// Everything a run needs to know, resolved once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub root: PathBuf,
+    pub postgres: PostgresSettings,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Settings {
+    /// Resolve settings from the parsed command line, the environment and the file.
+    pub fn resolve(cli: &Cli, methods: Option<&MethodArgs>) -> Result<Self> {
+        let file = load_file(cli.config.as_deref())?;
+        let pg_file = file.postgres;
+        let port = match env("PGPORT") {
+            Some(p) => p
+                .parse()
+                .map_err(|_| Error::usage(format!("PGPORT '{p}' is not a port number")))?,
+            None => pg_file.port.unwrap_or(5432),
+        };
+        let postgres = PostgresSettings {
+            host: env("PGHOST")
+                .or(pg_file.host)
+                .unwrap_or_else(|| "localhost".into()),
+            port,
+            user: env("PGUSER")
+                .or(pg_file.user)
+                .unwrap_or_else(|| "postgres".into()),
+            password: env("PGPASSWORD").map(Secret::new).or(pg_file.password),
+            format: methods
+                .and_then(|m| m.postgres_format)
+                .or(pg_file.format)
+                .unwrap_or(PostgresFormat::Custom),
+            jobs: pg_file.jobs.unwrap_or_else(default_jobs).max(1),
+            bin_dir: env("IT_PG_BIN").map(PathBuf::from).or(pg_file.bin_dir),
+        };
+        Ok(Settings {
+            root: cli
+                .root
+                .clone()
+                .or(file.root)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
+            postgres,
+        })
+    }
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+fn load_file(explicit: Option<&Path>) -> Result<FileConfig> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if Path::new(DEFAULT_CONFIG_FILE).exists() => PathBuf::from(DEFAULT_CONFIG_FILE),
+        None => return Ok(FileConfig::default()),
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::usage(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| Error::usage(format!("config file {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_never_printed() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "***");
+    }
+
+    #[test]
+    fn config_file_rejects_unknown_keys() {
+        let err = toml::from_str::<FileConfig>("[postgres]\nfromat = 'plain'\n").unwrap_err();
+        assert!(err.to_string().contains("fromat"));
+    }
+}

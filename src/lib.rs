@@ -1,0 +1,17 @@
+//! itbackup: consistent, verified backup and restore of OpenSearch, Neo4j and
+//! PostgreSQL. The binary (`main.rs`) only wires the command line to these modules.
+
+pub mod artifact;
+pub mod backup;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod lock;
+pub mod manifest;
+pub mod process;
+pub mod report;
+pub mod restore;
+pub mod service;
+pub mod stores;
+pub mod verify;

@@ -1,0 +1,80 @@
+//! Entry point: parse, run, print, map errors to exit codes (0 ok, 1 failure, 2 usage).
+
+use clap::Parser;
+
+use itbackup::backup::{self, BackupRequest};
+use itbackup::cli::{Cli, Command};
+use itbackup::config::Settings;
+use itbackup::error::Result;
+use itbackup::restore::{self, RestoreRequest};
+use itbackup::{catalog, report};
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = match runtime.block_on(run(&cli)) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("error: {err}");
+            err.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: &Cli) -> Result<()> {
+    let json = cli.json;
+    match &cli.command {
+        Command::Backup(args) => {
+            let settings = Settings::resolve(cli, Some(&args.methods))?;
+            let request = BackupRequest {
+                out: args.out.clone(),
+                services: args.services.clone(),
+                timestamp: args.timestamp.clone(),
+                dry_run: args.dry_run,
+            };
+            let outcome = backup::run(&settings, request).await?;
+            report::backup(&outcome, json);
+        }
+        Command::Restore(args) => {
+            let settings = Settings::resolve(cli, None)?;
+            let request = RestoreRequest {
+                path: args.path.clone(),
+                manifest: args.manifest.clone(),
+                services: args.services.clone(),
+                dry_run: args.dry_run,
+                yes: args.yes,
+            };
+            let outcome = restore::run(&settings, request).await?;
+            report::restore(&outcome, json);
+        }
+        Command::Verify(args) => {
+            let settings = Settings::resolve(cli, None)?;
+            let (dir, manifest) = restore::locate(&settings, args.path.as_deref(), None)?;
+            let services: Vec<_> = manifest.services.keys().copied().collect();
+            let stores = backup::open_stores(&services, &settings)?;
+            let checks = itbackup::verify::verify_artifacts(&dir, &manifest, &stores).await?;
+            report::verify(&dir, &checks, json);
+        }
+        Command::List => {
+            let settings = Settings::resolve(cli, None)?;
+            let entries = catalog::scan(&settings.root)?;
+            report::list(&settings.root, &entries, json);
+        }
+    }
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("itbackup=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,268 @@
+//! `backup-manifest.json`: what a backup set holds and how to prove it intact.
+//!
+//! The manifest is a superset of the runbook's example: `timestamp` and
+//! `services` (service → artifact file name) are kept exactly, everything else
+//! is added. It is written last, so its presence marks a complete backup, and it
+//! carries a checksum of its own so that a hand-edited or damaged manifest is
+//! refused instead of trusted. The format is documented in `docs/manifest.md`
+//! with a JSON Schema in `docs/manifest.schema.json`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::artifact::{self, ArtifactWriter};
+use crate::error::{io_error, Error, Result};
+use crate::service::Service;
+
+pub const MANIFEST_FILE: &str = "backup-manifest.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Status of a backup set as recorded in its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Complete,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolInfo {
+    pub name: String,
+    pub version: String,
+}
+
+/// One stored file of a service's artifact (a database inside the PostgreSQL tar, say).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Everything known about one service's artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    /// File name inside the backup directory (the same as in `services`).
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+    /// How the data was taken: `pg_dump`, `pg_dumpall`, `snapshot`, `logical`, `neo4j-admin-dump`.
+    pub method: String,
+    /// Layout of the file: `tar+custom`, `plain-sql`, `tar.gz`, `ndjson.zst`, `neo4j-dump`.
+    pub format: String,
+    /// Version string reported by the server the data came from.
+    pub server_version: String,
+    pub started_at: String,
+    pub finished_at: String,
+    /// Object counts at backup time (rows per table, documents per index, nodes per label …).
+    pub counts: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Member>,
+    /// Store-specific facts (databases, method choice and why, edition …).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The runbook's key: the backup's timestamp (`%Y%m%d_%H%M%S` unless given).
+    pub timestamp: String,
+    /// The runbook's key: service name → artifact file name.
+    pub services: BTreeMap<Service, String>,
+    pub format_version: u32,
+    pub tool: ToolInfo,
+    pub started_at: String,
+    pub finished_at: String,
+    pub status: Status,
+    pub host: String,
+    pub artifacts: BTreeMap<Service, ArtifactRecord>,
+    /// SHA-256 of this manifest's canonical JSON without this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
+}
+
+impl Manifest {
+    /// The checksum over the canonical serialisation of everything but the checksum.
+    fn compute_checksum(&self) -> String {
+        let mut unsealed = self.clone();
+        unsealed.manifest_sha256 = None;
+        let canonical = serde_json::to_vec(&unsealed).expect("manifest serialises");
+        hex::encode(Sha256::digest(&canonical))
+    }
+
+    /// Write the manifest into `dir` atomically (`*.partial`, fsync, rename, fsync dir).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let mut sealed = self.clone();
+        sealed.manifest_sha256 = Some(self.compute_checksum());
+        let mut json = serde_json::to_vec_pretty(&sealed).expect("manifest serialises");
+        json.push(b'\n');
+        let step = "write manifest";
+        let write = || -> std::io::Result<()> {
+            let mut writer = ArtifactWriter::create(dir, MANIFEST_FILE)?;
+            writer.write_all(&json)?;
+            writer.finish()?.commit()?;
+            artifact::sync_dir(dir)
+        };
+        write().map_err(|e| io_error(None, step, dir.join(MANIFEST_FILE).display(), e))
+    }
+
+    /// Read and validate the manifest in `dir`.
+    pub fn read_dir(dir: &Path) -> Result<Self> {
+        Self::read_file(&dir.join(MANIFEST_FILE))
+    }
+
+    /// Read and validate a manifest file: syntax, format version, checksum, consistency.
+    pub fn read_file(path: &Path) -> Result<Self> {
+        let step = "read manifest";
+        let text = fs::read(path).map_err(|e| {
+            let err = io_error(None, step, path.display(), e);
+            if path.exists() {
+                err
+            } else {
+                err.hint("no backup-manifest.json: the backup is incomplete (interrupted or failed) or the path is wrong; `itbackup list` shows complete backups")
+            }
+        })?;
+        let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
+            Error::failure(step, format!("{} is not a valid manifest: {e}", path.display()))
+                .hint("the manifest is damaged; restore from another backup (`itbackup list`) or from the remote copy")
+        })?;
+        manifest.validate().map_err(|msg| {
+            Error::failure(step, format!("{}: {msg}", path.display())).hint(
+                "the manifest was altered or damaged after the backup was written; do not trust this backup, use another one",
+            )
+        })?;
+        Ok(manifest)
+    }
+
+    /// Check everything that can be checked without touching the artifacts.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "format_version {} is not supported by this itbackup (supports {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        match &self.manifest_sha256 {
+            None => return Err("manifest_sha256 is missing".into()),
+            Some(sum) if *sum != self.compute_checksum() => {
+                return Err("manifest_sha256 does not match the manifest's content".into())
+            }
+            Some(_) => {}
+        }
+        if !is_safe_component(&self.timestamp) {
+            return Err(format!(
+                "timestamp '{}' is not a plain name",
+                self.timestamp
+            ));
+        }
+        if self.services.is_empty() {
+            return Err("the manifest lists no service".into());
+        }
+        if self.services.keys().ne(self.artifacts.keys()) {
+            return Err("`services` and `artifacts` name different services".into());
+        }
+        for (service, file) in &self.services {
+            let record = &self.artifacts[service];
+            if record.file != *file {
+                return Err(format!(
+                    "{service}: services names '{file}' but artifacts name '{}'",
+                    record.file
+                ));
+            }
+            if !is_safe_component(file) {
+                return Err(format!(
+                    "{service}: artifact file '{file}' is not a plain file name"
+                ));
+            }
+            if !is_sha256(&record.sha256) || record.members.iter().any(|m| !is_sha256(&m.sha256)) {
+                return Err(format!("{service}: a sha256 is not 64 hex digits"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name that stays inside the directory it is joined to.
+pub fn is_safe_component(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\\')
+        && !name.contains('\0')
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn sample() -> Manifest {
+        let mut counts = BTreeMap::new();
+        counts.insert("app/public.t".to_string(), 3);
+        let record = ArtifactRecord {
+            file: "postgres_20250201_101500.tar".into(),
+            sha256: "a".repeat(64),
+            bytes: 10,
+            method: "pg_dump".into(),
+            format: "tar+custom".into(),
+            server_version: "15.1".into(),
+            started_at: "2025-02-01T10:15:00Z".into(),
+            finished_at: "2025-02-01T10:15:01Z".into(),
+            counts,
+            members: vec![],
+            details: Default::default(),
+        };
+        Manifest {
+            timestamp: "20250201_101500".into(),
+            services: [(Service::Postgres, record.file.clone())].into(),
+            format_version: FORMAT_VERSION,
+            tool: ToolInfo {
+                name: "itbackup".into(),
+                version: "0.1.0".into(),
+            },
+            started_at: "2025-02-01T10:15:00Z".into(),
+            finished_at: "2025-02-01T10:15:01Z".into(),
+            status: Status::Complete,
+            host: "h".into(),
+            artifacts: [(Service::Postgres, record)].into(),
+            manifest_sha256: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_detects_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        sample().write(dir.path()).unwrap();
+        let back = Manifest::read_dir(dir.path()).unwrap();
+        assert_eq!(
+            back.services[&Service::Postgres],
+            "postgres_20250201_101500.tar"
+        );
+
+        let path = dir.path().join(MANIFEST_FILE);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replace("\"bytes\": 10", "\"bytes\": 11")).unwrap();
+        let err = Manifest::read_dir(dir.path()).unwrap_err();
+        assert!(err.message.contains("does not match"), "{err}");
+
+        fs::write(&path, "{ not json").unwrap();
+        assert!(Manifest::read_dir(dir.path()).is_err());
+    }
+
+    #[test]
+    fn refuses_file_names_that_leave_the_directory() {
+        let mut m = sample();
+        m.services.insert(Service::Postgres, "../etc/passwd".into());
+        m.artifacts.get_mut(&Service::Postgres).unwrap().file = "../etc/passwd".into();
+        m.manifest_sha256 = Some(m.compute_checksum());
+        assert!(m.validate().unwrap_err().contains("plain file name"));
+    }
+}

@@ -1,0 +1,327 @@
+//! Running a store's own tools (pg_dump, neo4j-admin, tar …) as child processes.
+//!
+//! Secrets reach children only through their environment, never argv; the
+//! printable form of a command masks them, so dry runs and logs can show
+//! exactly what runs without showing a password. Standard error is kept as a
+//! bounded tail for error messages, so a chatty tool cannot grow our memory.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+
+use crate::config::Secret;
+use crate::error::{Error, Result};
+use crate::service::Service;
+
+/// Lines of a tool's standard error kept for the error message.
+const STDERR_TAIL_LINES: usize = 30;
+
+#[derive(Clone)]
+enum EnvValue {
+    Plain(String),
+    Secret(Secret),
+}
+
+/// A command line to run, with its environment; printable with secrets masked.
+#[derive(Clone)]
+pub struct ToolCommand {
+    pub program: String,
+    pub args: Vec<OsString>,
+    env: Vec<(String, EnvValue)>,
+}
+
+impl ToolCommand {
+    pub fn new(program: impl Into<String>) -> Self {
+        ToolCommand {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env
+            .push((key.to_string(), EnvValue::Plain(value.into())));
+        self
+    }
+
+    pub fn secret_env(mut self, key: &str, value: &Secret) -> Self {
+        self.env
+            .push((key.to_string(), EnvValue::Secret(value.clone())));
+        self
+    }
+
+    /// Names of the variables set for the child (for wrapping in `docker compose exec -e`).
+    pub fn env_names(&self) -> impl Iterator<Item = &str> {
+        self.env.iter().map(|(k, _)| k.as_str())
+    }
+
+    fn to_std(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args);
+        for (key, value) in &self.env {
+            match value {
+                EnvValue::Plain(v) => {
+                    cmd.env(key, v);
+                }
+                EnvValue::Secret(s) => {
+                    cmd.env(key, s.expose());
+                }
+            }
+        }
+        cmd
+    }
+
+    /// Start the command with the given stdin/stdout, stderr captured as a tail.
+    pub fn spawn(&self, stdin: Stdio, stdout: Stdio) -> io::Result<Running> {
+        tracing::debug!(command = %self, "running");
+        let mut child = self
+            .to_std()
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let program = self.program.clone();
+        let tail = std::thread::spawn(move || collect_tail(stderr, &program));
+        Ok(Running {
+            child,
+            tail: Some(tail),
+            display: self.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for ToolCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (key, value) in &self.env {
+            match value {
+                EnvValue::Plain(v) => write!(f, "{key}={} ", shell_quote(v))?,
+                EnvValue::Secret(_) => write!(f, "{key}=*** ")?,
+            }
+        }
+        write!(f, "{}", shell_quote(&self.program))?;
+        for arg in &self.args {
+            write!(f, " {}", shell_quote(&arg.to_string_lossy()))?;
+        }
+        Ok(())
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn collect_tail(stderr: impl Read, program: &str) -> String {
+    let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
+    for line in BufReader::new(stderr).split(b'\n') {
+        let Ok(line) = line else { break };
+        let line = String::from_utf8_lossy(&line).trim_end().to_string();
+        if line.is_empty() {
+            continue;
+        }
+        tracing::debug!(target: "itbackup::tool", "{program}: {line}");
+        if tail.len() == STDERR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    Vec::from(tail).join("\n")
+}
+
+/// A started tool.
+pub struct Running {
+    pub child: Child,
+    tail: Option<JoinHandle<String>>,
+    display: String,
+}
+
+/// How a tool ended: its status and the tail of its standard error.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stderr_tail: String,
+    pub display: String,
+}
+
+impl Running {
+    pub fn wait(mut self) -> io::Result<Finished> {
+        let status = self.child.wait()?;
+        let stderr_tail = self
+            .tail
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        Ok(Finished {
+            status,
+            stderr_tail,
+            display: self.display.clone(),
+        })
+    }
+}
+
+impl Finished {
+    /// Fail unless the tool exited 0, naming the tool and quoting its last words.
+    pub fn check(self, service: Service, step: &str) -> Result<String> {
+        if self.status.success() {
+            return Ok(self.stderr_tail);
+        }
+        let program = self.display.clone();
+        Err(tool_failed(
+            service,
+            step,
+            &program,
+            self.status,
+            &self.stderr_tail,
+        ))
+    }
+}
+
+/// An error for a tool that exited non-zero.
+pub fn tool_failed(
+    service: Service,
+    step: &str,
+    display: &str,
+    status: ExitStatus,
+    stderr_tail: &str,
+) -> Error {
+    let tail = if stderr_tail.is_empty() {
+        String::from("(no output on standard error)")
+    } else {
+        stderr_tail.to_string()
+    };
+    Error::failure(step, format!("`{display}` failed ({status}):\n{tail}")).service(service)
+}
+
+/// An error for a tool that could not be started at all.
+pub fn spawn_failed(service: Service, step: &str, program: &str, err: io::Error) -> Error {
+    let hint = if err.kind() == io::ErrorKind::NotFound {
+        format!("`{program}` is not installed or not on PATH; install it (or set its directory in the config), or use compose mode (IT_COMPOSE_FILES) to run it inside the container")
+    } else {
+        format!("check that `{program}` can be executed")
+    };
+    Error::failure(step, format!("cannot start `{program}`: {err}"))
+        .service(service)
+        .hint(hint)
+}
+
+/// Run a command to completion and return its standard output (for short outputs).
+pub fn output(cmd: &ToolCommand, service: Service, step: &str) -> Result<String> {
+    let running = cmd
+        .spawn(Stdio::null(), Stdio::piped())
+        .map_err(|e| spawn_failed(service, step, &cmd.program, e))?;
+    let mut running = running;
+    let mut out = String::new();
+    if let Some(mut stdout) = running.child.stdout.take() {
+        stdout
+            .read_to_string(&mut out)
+            .map_err(|e| Error::failure(step, e.to_string()).service(service))?;
+    }
+    let finished = running
+        .wait()
+        .map_err(|e| Error::failure(step, e.to_string()).service(service))?;
+    finished.check(service, step)?;
+    Ok(out)
+}
+
+/// Run a command, feeding it `input` on standard input, its standard output discarded.
+pub fn run_with_input(
+    cmd: &ToolCommand,
+    mut input: impl Read,
+    service: Service,
+    step: &str,
+) -> Result<String> {
+    let mut running = cmd
+        .spawn(Stdio::piped(), Stdio::null())
+        .map_err(|e| spawn_failed(service, step, &cmd.program, e))?;
+    let mut stdin = running.child.stdin.take().expect("stdin is piped");
+    let copied = io::copy(&mut input, &mut stdin);
+    drop(stdin);
+    let finished = running
+        .wait()
+        .map_err(|e| Error::failure(step, e.to_string()).service(service))?;
+    // A tool that fails early closes its stdin: report its failure, not the broken pipe.
+    if !finished.status.success() {
+        return finished.check(service, step);
+    }
+    copied.map_err(|e| {
+        Error::failure(step, format!("feeding `{}`: {e}", cmd.program)).service(service)
+    })?;
+    Ok(finished.stderr_tail)
+}
+
+/// Run a command, copying its standard output into `sink`.
+pub fn run_with_output_into(
+    cmd: &ToolCommand,
+    sink: &mut impl Write,
+    service: Service,
+    step: &str,
+) -> Result<String> {
+    let mut running = cmd
+        .spawn(Stdio::null(), Stdio::piped())
+        .map_err(|e| spawn_failed(service, step, &cmd.program, e))?;
+    let mut stdout = running.child.stdout.take().expect("stdout is piped");
+    let copied = io::copy(&mut stdout, sink);
+    drop(stdout);
+    if copied.is_err() {
+        let _ = running.child.kill();
+    }
+    let finished = running
+        .wait()
+        .map_err(|e| Error::failure(step, e.to_string()).service(service))?;
+    if let Err(e) = copied {
+        return Err(crate::error::io_error(
+            Some(service),
+            step,
+            "writing the artifact",
+            e,
+        ));
+    }
+    finished.check(service, step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_masks_secrets_and_quotes() {
+        let cmd = ToolCommand::new("pg_dump")
+            .env("PGHOST", "db")
+            .secret_env("PGPASSWORD", &Secret::new("s3cret"))
+            .args(["-Fc", "my db"]);
+        let shown = cmd.to_string();
+        assert_eq!(shown, "PGHOST=db PGPASSWORD=*** pg_dump -Fc 'my db'");
+        assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn failing_tool_reports_its_stderr() {
+        let cmd = ToolCommand::new("sh").args(["-c", "echo boom >&2; exit 3"]);
+        let err = output(&cmd, Service::Postgres, "probe").unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+    }
+}

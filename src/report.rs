@@ -1,0 +1,146 @@
+//! What the commands print: short human summaries, or JSON with `--json`.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::backup::BackupOutcome;
+use crate::catalog::BackupEntry;
+use crate::restore::RestoreOutcome;
+use crate::verify::ArtifactCheck;
+
+/// Human-readable size (binary units).
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn print_json(value: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serialisable")
+    );
+}
+
+fn print_plan(
+    dir: &Path,
+    plan: &std::collections::BTreeMap<crate::service::Service, Vec<String>>,
+    what: &str,
+) {
+    println!(
+        "dry run: {what} {} — nothing will be changed",
+        dir.display()
+    );
+    for (service, steps) in plan {
+        println!("{service}:");
+        for step in steps {
+            println!("  {step}");
+        }
+    }
+}
+
+pub fn backup(outcome: &BackupOutcome, json: bool) {
+    if json {
+        return print_json(&json!({"ok": true, "result": outcome}));
+    }
+    match outcome {
+        BackupOutcome::Planned { dir, plan, .. } => print_plan(dir, plan, "backup into"),
+        BackupOutcome::Done { dir, manifest } => {
+            println!("backup complete: {}", dir.display());
+            for (service, record) in &manifest.artifacts {
+                let objects: u64 = record.counts.values().sum();
+                println!(
+                    "  {service:<10} {:<40} {:>10}  {} objects in {} groups  ({} {})",
+                    record.file,
+                    size(record.bytes),
+                    objects,
+                    record.counts.len(),
+                    record.method,
+                    record.server_version
+                );
+            }
+        }
+    }
+}
+
+pub fn restore(outcome: &RestoreOutcome, json: bool) {
+    if json {
+        return print_json(&json!({"ok": true, "result": outcome}));
+    }
+    match outcome {
+        RestoreOutcome::Planned { dir, plan, .. } => print_plan(dir, plan, "restore from"),
+        RestoreOutcome::Done {
+            dir,
+            timestamp,
+            restored,
+            seconds,
+            ..
+        } => {
+            println!(
+                "restore complete: backup {timestamp} from {} in {seconds:.1} s",
+                dir.display()
+            );
+            for r in restored {
+                println!(
+                    "  {:<10} {:<40} {:>6.1} s  {} counts match the manifest",
+                    r.service.as_str(),
+                    r.file,
+                    r.seconds,
+                    r.counts_checked
+                );
+            }
+        }
+    }
+}
+
+pub fn verify(dir: &Path, checks: &[ArtifactCheck], json: bool) {
+    if json {
+        return print_json(&json!({"ok": true, "dir": dir, "artifacts": checks}));
+    }
+    println!("backup verified: {}", dir.display());
+    for c in checks {
+        println!(
+            "  {:<10} {:<40} {:>10}  checksum and full decode ok ({:.1} s)",
+            c.service.as_str(),
+            c.file,
+            size(c.bytes),
+            c.seconds
+        );
+    }
+}
+
+pub fn list(root: &Path, entries: &[BackupEntry], json: bool) {
+    if json {
+        return print_json(&json!({"root": root, "backups": entries}));
+    }
+    if entries.is_empty() {
+        println!("no backups under {}", root.display());
+        return;
+    }
+    println!("{:<24} {:<10} {:>10}  SERVICES", "BACKUP", "STATE", "SIZE");
+    for e in entries {
+        let state = if e.complete { "complete" } else { "INCOMPLETE" };
+        println!(
+            "{:<24} {:<10} {:>10}  {}{}",
+            e.name,
+            state,
+            size(e.bytes),
+            e.services.join(","),
+            e.problem
+                .as_deref()
+                .map(|p| format!("  ({p})"))
+                .unwrap_or_default()
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! Restoring a backup set: validate everything, then destroy and rebuild.
+//!
+//! Order matters and is the point of this module: the manifest is read and
+//! validated, the operator confirms, every server is probed, every requested
+//! artifact is re-hashed and decoded — and only then is any store changed.
+//! After each store is restored its counts are compared with the manifest.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backup::open_stores;
+use crate::catalog;
+use crate::config::Settings;
+use crate::error::{io_error, Error, Result};
+use crate::lock::RootLock;
+use crate::manifest::Manifest;
+use crate::service::{Service, ServiceList};
+use crate::stores::{self, RestoreContext};
+use crate::verify::{verify_artifacts, ArtifactCheck};
+
+#[derive(Debug, Default)]
+pub struct RestoreRequest {
+    pub path: Option<PathBuf>,
+    pub manifest: Option<PathBuf>,
+    pub services: Option<ServiceList>,
+    pub dry_run: bool,
+    pub yes: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceRestore {
+    pub service: Service,
+    pub file: String,
+    pub seconds: f64,
+    pub counts_checked: usize,
+    pub server_version: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum RestoreOutcome {
+    Planned {
+        dry_run: bool,
+        dir: PathBuf,
+        plan: BTreeMap<Service, Vec<String>>,
+    },
+    Done {
+        dir: PathBuf,
+        timestamp: String,
+        verified: Vec<ArtifactCheck>,
+        restored: Vec<ServiceRestore>,
+        seconds: f64,
+    },
+}
+
+/// The backup directory and manifest a request points at.
+pub fn locate(
+    settings: &Settings,
+    path: Option<&Path>,
+    manifest: Option<&Path>,
+) -> Result<(PathBuf, Manifest)> {
+    match (path, manifest) {
+        (_, Some(file)) => {
+            let manifest = Manifest::read_file(file)?;
+            let dir = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            Ok((dir, manifest))
+        }
+        (Some(dir), None) => Ok((dir.to_path_buf(), Manifest::read_dir(dir)?)),
+        (None, None) => {
+            let dir = catalog::newest_complete(&settings.root)?;
+            let manifest = Manifest::read_dir(&dir)?;
+            Ok((dir, manifest))
+        }
+    }
+}
+
+pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<RestoreOutcome> {
+    let (dir, manifest) = locate(
+        settings,
+        request.path.as_deref(),
+        request.manifest.as_deref(),
+    )?;
+    let services: Vec<Service> = match request.services {
+        Some(list) => {
+            for service in &list.0 {
+                if !manifest.services.contains_key(service) {
+                    return Err(Error::usage(format!(
+                        "the backup in {} has no {service} artifact (it holds: {})",
+                        dir.display(),
+                        manifest
+                            .services
+                            .keys()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+            list.0
+        }
+        None => manifest.services.keys().copied().collect(),
+    };
+    let stores = open_stores(&services, settings)?;
+
+    if request.dry_run {
+        let mut plan = BTreeMap::new();
+        for store in &stores {
+            let record = &manifest.artifacts[&store.service()];
+            let mut steps = vec![format!(
+                "verify {} (sha256 {}…, then a full decode)",
+                record.file,
+                &record.sha256[..12]
+            )];
+            steps.extend(store.restore_plan(record));
+            steps.push("compare the restored counts with the manifest and check health".into());
+            plan.insert(store.service(), steps);
+        }
+        return Ok(RestoreOutcome::Planned {
+            dry_run: true,
+            dir,
+            plan,
+        });
+    }
+
+    confirm(&dir, &manifest, &services, request.yes)?;
+    let lock_root = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let _lock = RootLock::acquire(&lock_root, "restore")?;
+    let started = Instant::now();
+
+    for store in &stores {
+        store.probe().await?;
+    }
+    let verified = verify_artifacts(&dir, &manifest, &stores).await?;
+
+    let scratch = tempfile::Builder::new()
+        .prefix(".itbackup-restore-")
+        .tempdir_in(&lock_root)
+        .map_err(|e| io_error(None, "create scratch directory", lock_root.display(), e))?;
+    let mut restored = Vec::new();
+    for store in &stores {
+        let service = store.service();
+        let record = &manifest.artifacts[&service];
+        let begun = Instant::now();
+        tracing::info!(%service, file = %record.file, "restoring");
+        let ctx = RestoreContext {
+            artifact: &dir.join(&record.file),
+            scratch: scratch.path(),
+        };
+        store.restore(&ctx, record).await?;
+        let counts = store.counts(record).await?;
+        stores::compare_counts(service, &record.counts, &counts)?;
+        let info = store.probe().await?;
+        tracing::info!(%service, seconds = begun.elapsed().as_secs_f64(), "restored and counts match");
+        restored.push(ServiceRestore {
+            service,
+            file: record.file.clone(),
+            seconds: begun.elapsed().as_secs_f64(),
+            counts_checked: record.counts.len(),
+            server_version: info.version,
+        });
+    }
+    Ok(RestoreOutcome::Done {
+        dir,
+        timestamp: manifest.timestamp.clone(),
+        verified,
+        restored,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Restore overwrites live data: ask on a terminal, demand `--yes` elsewhere.
+fn confirm(dir: &Path, manifest: &Manifest, services: &[Service], yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    let names: Vec<_> = services.iter().map(|s| s.as_str()).collect();
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::usage(format!(
+            "restore overwrites the live data of {}; pass --yes to confirm when not running on a terminal",
+            names.join(", ")
+        )));
+    }
+    eprint!(
+        "Restore backup {} ({}) into {}?\nThis OVERWRITES their current data. Type 'yes' to continue: ",
+        manifest.timestamp,
+        dir.display(),
+        names.join(", ")
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).ok();
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(Error::failure(
+            "confirm",
+            "restore cancelled; nothing was changed",
+        ))
+    }
+}

@@ -1,0 +1,120 @@
+//! The data stores, each behind the same trait.
+//!
+//! The orchestration (backup, restore, verify, drill) only knows [`Store`];
+//! adding a store means adding one module and one line in [`open`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use async_trait::async_trait;
+
+use crate::artifact::PendingArtifact;
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::manifest::ArtifactRecord;
+use crate::service::Service;
+
+pub mod postgres;
+
+/// What a server says about itself when probed.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub version: String,
+    pub endpoint: String,
+}
+
+/// Where and under which timestamp a backup is being written.
+pub struct BackupContext<'a> {
+    pub dir: &'a Path,
+    pub timestamp: &'a str,
+}
+
+/// A finished backup of one store: its files (still `*.partial`) and its record.
+pub struct StoreBackup {
+    pub service: Service,
+    /// The artifact named in the manifest; committed with the rest of the set.
+    pub artifact: PendingArtifact,
+    pub record: ArtifactRecord,
+}
+
+/// Where a restore reads from.
+pub struct RestoreContext<'a> {
+    /// The artifact file, already checked against the manifest.
+    pub artifact: &'a Path,
+    /// A private scratch directory on the same side as the backup.
+    pub scratch: &'a Path,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    fn service(&self) -> Service;
+
+    /// Connect and ask the server for its version; fails with a clear error when
+    /// the server is unreachable or refuses our credentials.
+    async fn probe(&self) -> Result<ServerInfo>;
+
+    /// The steps and commands a backup would run (passwords masked), for `--dry-run`.
+    fn backup_plan(&self, ctx: &BackupContext<'_>) -> Vec<String>;
+
+    /// Write this store's artifact into `ctx.dir` (as `*.partial`).
+    async fn backup(&self, ctx: &BackupContext<'_>) -> Result<StoreBackup>;
+
+    /// Decode the artifact end to end (its checksum has been checked already);
+    /// touches no server.
+    async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()>;
+
+    /// The steps and commands a restore would run, for `--dry-run`.
+    fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String>;
+
+    /// Replace the store's data with the artifact's.
+    async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()>;
+
+    /// Current object counts in the store for the keys the record has counts for.
+    async fn counts(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, u64>>;
+}
+
+/// Services this build can back up and restore.
+pub const SUPPORTED: [Service; 1] = [Service::Postgres];
+
+/// The store for `service`, configured from `settings`.
+pub fn open(service: Service, settings: &Settings) -> Result<Box<dyn Store>> {
+    match service {
+        Service::Postgres => Ok(Box::new(postgres::Postgres::new(settings.postgres.clone()))),
+        Service::Opensearch | Service::Neo4j => Err(Error::usage(format!(
+            "{service} is not supported yet by this version of itbackup (supported: {})",
+            SUPPORTED.map(Service::as_str).join(", ")
+        ))),
+    }
+}
+
+/// Compare counts after a restore with the manifest's; every difference is named.
+pub fn compare_counts(
+    service: Service,
+    expected: &BTreeMap<String, u64>,
+    actual: &BTreeMap<String, u64>,
+) -> Result<()> {
+    let mut differences = Vec::new();
+    for (key, want) in expected {
+        match actual.get(key) {
+            Some(got) if got == want => {}
+            Some(got) => differences.push(format!("{key}: expected {want}, found {got}")),
+            None => differences.push(format!("{key}: expected {want}, found nothing")),
+        }
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<_> = differences.iter().take(20).cloned().collect();
+    let more = differences.len().saturating_sub(shown.len());
+    let mut message = format!(
+        "restored counts differ from the manifest in {} place(s):\n  {}",
+        differences.len(),
+        shown.join("\n  ")
+    );
+    if more > 0 {
+        message.push_str(&format!("\n  … and {more} more"));
+    }
+    Err(Error::failure("compare counts", message)
+        .service(service)
+        .hint("something wrote to the store during the restore, or the restore was incomplete; stop the writers and run the restore again"))
+}

@@ -1,0 +1,976 @@
+//! PostgreSQL: every database and the globals, with PostgreSQL's own tools.
+//!
+//! * **custom** (default): `pg_dumpall --globals-only` for roles, then one
+//!   `pg_dump -Fc` per database, each taken from a snapshot exported by a
+//!   repeatable-read transaction that also counts the rows: the counts in the
+//!   manifest are exactly the rows in the dump. The dumps are packed into
+//!   `postgres_<TS>.tar` and restored with `pg_restore --clean --if-exists -j N`.
+//! * **plain**: the runbook's `postgres_<TS>.sql`, `pg_dumpall --clean --if-exists`,
+//!   restored with `psql -v ON_ERROR_STOP=1`.
+//!
+//! Passwords reach the tools only through `PGPASSWORD` in their environment.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
+use crate::artifact::{self, ArtifactWriter, HashingReader, PendingArtifact};
+use crate::cli::PostgresFormat;
+use crate::config::PostgresSettings;
+use crate::error::{io_error, Context, Error, Result};
+use crate::manifest::{ArtifactRecord, Member};
+use crate::process::{self, spawn_failed, ToolCommand};
+use crate::service::Service;
+
+const SVC: Service = Service::Postgres;
+const GLOBALS_MEMBER: &str = "globals.sql";
+/// The last line pg_dumpall writes; a plain dump without it was cut short.
+const PLAIN_TRAILER: &str = "PostgreSQL database cluster dump complete";
+
+pub struct Postgres {
+    settings: PostgresSettings,
+}
+
+/// One database inside a custom-format backup.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct DatabaseEntry {
+    name: String,
+    member: String,
+}
+
+impl Postgres {
+    pub fn new(settings: PostgresSettings) -> Self {
+        Postgres { settings }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}:{}", self.settings.host, self.settings.port)
+    }
+
+    /// A PostgreSQL client tool with the connection in its environment.
+    fn tool(&self, name: &str) -> ToolCommand {
+        let program = match &self.settings.bin_dir {
+            Some(dir) => dir.join(name).to_string_lossy().into_owned(),
+            None => name.to_string(),
+        };
+        let mut cmd = ToolCommand::new(program)
+            .env("PGHOST", &self.settings.host)
+            .env("PGPORT", self.settings.port.to_string())
+            .env("PGUSER", &self.settings.user);
+        if let Some(password) = &self.settings.password {
+            cmd = cmd.secret_env("PGPASSWORD", password);
+        }
+        cmd
+    }
+
+    async fn connect(&self, database: &str, step: &str) -> Result<tokio_postgres::Client> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.settings.host)
+            .port(self.settings.port)
+            .user(&self.settings.user)
+            .dbname(database)
+            .application_name("itbackup")
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(password) = &self.settings.password {
+            config.password(password.expose());
+        }
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| self.connect_error(database, step, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("postgres connection closed: {e}");
+            }
+        });
+        Ok(client)
+    }
+
+    fn connect_error(&self, database: &str, step: &str, err: tokio_postgres::Error) -> Error {
+        let endpoint = self.endpoint();
+        let user = &self.settings.user;
+        let message =
+            format!("cannot connect to {endpoint} (database {database}, user {user}): {err}");
+        let text = format!("{err:?}");
+        let hint = match err.code() {
+            Some(code) if *code == SqlState::INVALID_PASSWORD => format!(
+                "password authentication failed for user {user}: check PGPASSWORD (the compose stack's POSTGRES_PASSWORD)"
+            ),
+            Some(code) if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => format!(
+                "the server refuses user {user} from this host: check PGUSER and the server's pg_hba.conf"
+            ),
+            Some(code) if *code == SqlState::INVALID_CATALOG_NAME => {
+                format!("database {database} does not exist on {endpoint}")
+            }
+            _ if text.contains("password missing") => {
+                "the server wants a password: set PGPASSWORD".to_string()
+            }
+            _ => format!(
+                "is PostgreSQL running and reachable at {endpoint}? check `docker compose ps` and PGHOST/PGPORT"
+            ),
+        };
+        Error::failure(step, message).service(SVC).hint(hint)
+    }
+
+    fn query_error(step: &str, err: tokio_postgres::Error) -> Error {
+        let detail = err
+            .as_db_error()
+            .map(|db| db.message().to_string())
+            .unwrap_or_else(|| err.to_string());
+        Error::failure(step, detail).service(SVC)
+    }
+
+    /// Non-template databases that accept connections, in name order.
+    async fn databases(&self, client: &tokio_postgres::Client) -> Result<Vec<String>> {
+        let rows = client
+            .query(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+                &[],
+            )
+            .await
+            .map_err(|e| Self::query_error("list databases", e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Exact row counts of every ordinary table of the database `client` is in.
+    async fn count_rows(
+        client: &impl tokio_postgres::GenericClient,
+        database: &str,
+        counts: &mut BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let step = "count rows";
+        let tables = client
+            .query(
+                "SELECT n.nspname, c.relname FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' \
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| Self::query_error(step, e))?;
+        for table in tables {
+            let schema: String = table.get(0);
+            let name: String = table.get(1);
+            let sql = format!(
+                "SELECT count(*) FROM ONLY {}.{}",
+                quote_ident(&schema),
+                quote_ident(&name)
+            );
+            let row = client
+                .query_one(&sql, &[])
+                .await
+                .map_err(|e| Self::query_error(step, e))?;
+            let n: i64 = row.get(0);
+            counts.insert(count_key(database, &schema, &name), n as u64);
+        }
+        Ok(())
+    }
+
+    async fn server_version(&self) -> Result<(String, u32)> {
+        let client = self.connect("postgres", "connect").await?;
+        let row = client
+            .query_one(
+                "SELECT current_setting('server_version'), current_setting('server_version_num')::int",
+                &[],
+            )
+            .await
+            .map_err(|e| Self::query_error("server version", e))?;
+        let num: i32 = row.get(1);
+        Ok((row.get(0), (num / 10000) as u32))
+    }
+
+    /// Major version of a client tool, from `<tool> --version`.
+    async fn client_major(&self, tool: &str) -> Result<u32> {
+        let cmd = ToolCommand::new(self.tool(tool).program).arg("--version");
+        let out = blocking(move || process::output(&cmd, SVC, "check client version")).await?;
+        parse_major(&out).ok_or_else(|| {
+            Error::failure(
+                "check client version",
+                format!("cannot read a version from `{}`", out.trim()),
+            )
+            .service(SVC)
+        })
+    }
+
+    /// The client tools must be at least as new as the server: pg_dump refuses
+    /// newer servers, and an older pg_restore cannot read newer archives.
+    async fn check_client(&self, server_major: u32) -> Result<()> {
+        for tool in ["pg_dump", "pg_restore"] {
+            let client_major = self.client_major(tool).await?;
+            if client_major < server_major {
+                return Err(Error::failure(
+                    "check client version",
+                    format!("{tool} is version {client_major} but the server is version {server_major}"),
+                )
+                .service(SVC)
+                .hint(format!("install postgresql-client-{server_major} (or set IT_PG_BIN to its bin directory), or use compose mode so the server's own tools run inside its container")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn terminate_connections(&self, database: &str) -> Result<()> {
+        let client = self.connect("postgres", "end sessions").await?;
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&database],
+            )
+            .await
+            .map_err(|e| Self::query_error("end sessions", e))?;
+        Ok(())
+    }
+
+    async fn database_exists(&self, database: &str) -> Result<bool> {
+        let client = self.connect("postgres", "restore").await?;
+        let row = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+            .await
+            .map_err(|e| Self::query_error("restore", e))?;
+        Ok(row.is_some())
+    }
+
+    async fn analyze(&self, database: &str) -> Result<()> {
+        let client = self.connect(database, "analyze").await?;
+        client
+            .batch_execute("ANALYZE")
+            .await
+            .map_err(|e| Self::query_error("analyze", e))
+    }
+
+    // ---- custom format -------------------------------------------------
+
+    async fn backup_custom(
+        &self,
+        ctx: &BackupContext<'_>,
+        record: &mut ArtifactRecord,
+    ) -> Result<PendingArtifact> {
+        let file = format!("postgres_{}.tar", ctx.timestamp);
+        let work = ctx.dir.join(format!(".postgres_{}.work", ctx.timestamp));
+        let step = "backup";
+        artifact::create_private_dir(&work)
+            .map_err(|e| io_error(Some(SVC), step, work.display(), e))?;
+        let result = self.dump_databases(&work, record).await;
+        let packed = match result {
+            Ok(members) => {
+                let dir = ctx.dir.to_path_buf();
+                blocking(move || pack_tar(&dir, &file, &members)).await
+            }
+            Err(e) => Err(e),
+        };
+        let _ = fs::remove_dir_all(&work);
+        let (pending, members) = packed?;
+        record.members = members;
+        Ok(pending)
+    }
+
+    /// Dump globals and every database into `work`; returns (member name, file) pairs.
+    async fn dump_databases(
+        &self,
+        work: &Path,
+        record: &mut ArtifactRecord,
+    ) -> Result<Vec<(String, PathBuf)>> {
+        let globals = work.join(GLOBALS_MEMBER);
+        let cmd = self
+            .tool("pg_dumpall")
+            .args(["--globals-only", "--no-password", "-f"])
+            .arg(&globals);
+        blocking(move || process::output(&cmd, SVC, "dump globals (pg_dumpall --globals-only)"))
+            .await?;
+        let mut members = vec![(GLOBALS_MEMBER.to_string(), globals)];
+
+        let admin = self.connect("postgres", "list databases").await?;
+        let databases = self.databases(&admin).await?;
+        drop(admin);
+        let mut entries = Vec::new();
+        for (index, database) in databases.iter().enumerate() {
+            let member = format!("databases/{index:03}.dump");
+            let path = work.join(format!("{index:03}.dump"));
+            self.dump_database(database, &path, &mut record.counts)
+                .await?;
+            tracing::info!(database = %database, "postgres: dumped database");
+            entries.push(DatabaseEntry {
+                name: database.clone(),
+                member: member.clone(),
+            });
+            members.push((member, path));
+        }
+        record.details.insert(
+            "databases".into(),
+            serde_json::to_value(&entries).expect("serialises"),
+        );
+        Ok(members)
+    }
+
+    /// Count and dump one database from the same exported snapshot.
+    async fn dump_database(
+        &self,
+        database: &str,
+        path: &Path,
+        counts: &mut BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let step = format!("dump database {database}");
+        let mut client = self.connect(database, &step).await?;
+        let txn = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| Self::query_error(&step, e))?;
+        let snapshot: String = txn
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|e| Self::query_error(&step, e))?
+            .get(0);
+        Self::count_rows(&txn, database, counts).await?;
+        let cmd = self
+            .tool("pg_dump")
+            .args(["--format=custom", "--no-password"])
+            .arg(format!("--snapshot={snapshot}"))
+            .arg("-f")
+            .arg(path)
+            .arg("-d")
+            .arg(conninfo_dbname(database));
+        let step_for_tool = step.clone();
+        let dumped = blocking(move || process::output(&cmd, SVC, &step_for_tool)).await;
+        // The snapshot must stay alive until pg_dump has opened it; end it only now.
+        let _ = txn.commit().await;
+        dumped.map(|_| ())
+    }
+
+    async fn restore_custom(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let databases = database_entries(record)?;
+        let artifact = ctx.artifact.to_path_buf();
+        let scratch = ctx.scratch.to_path_buf();
+        let members = record.members.clone();
+        let extracted = blocking(move || extract_members(&artifact, &members, &scratch)).await?;
+
+        let globals = extracted.get(GLOBALS_MEMBER).ok_or_else(|| {
+            Error::failure("restore globals", "the archive has no globals.sql").service(SVC)
+        })?;
+        self.restore_globals(globals, ctx.scratch).await?;
+
+        for entry in &databases {
+            let dump = extracted.get(&entry.member).ok_or_else(|| {
+                Error::failure(
+                    "restore",
+                    format!("the archive has no member {}", entry.member),
+                )
+                .service(SVC)
+            })?;
+            self.restore_database(&entry.name, dump).await?;
+            tracing::info!(database = %entry.name, "postgres: restored database");
+        }
+        Ok(())
+    }
+
+    fn restore_database_command(&self, database: &str, exists: bool, dump: &Path) -> ToolCommand {
+        let mut cmd = self.tool("pg_restore");
+        cmd = cmd
+            .args(["--no-password", "--exit-on-error"])
+            .arg(format!("--jobs={}", self.settings.jobs));
+        cmd = if exists {
+            cmd.args(["--clean", "--if-exists", "-d"])
+                .arg(conninfo_dbname(database))
+        } else {
+            // --create takes the database's own encoding, locale and owner from the dump.
+            cmd.args(["--create", "-d"])
+                .arg(conninfo_dbname("postgres"))
+        };
+        cmd.arg(dump)
+    }
+
+    async fn restore_database(&self, database: &str, dump: &Path) -> Result<()> {
+        let step = format!("restore database {database}");
+        let exists = self.database_exists(database).await?;
+        if exists {
+            self.terminate_connections(database).await?;
+        }
+        let cmd = self.restore_database_command(database, exists, dump);
+        let step_for_tool = step.clone();
+        blocking(move || process::output(&cmd, SVC, &step_for_tool))
+            .await
+            .map_err(|e| {
+                e.hint("if objects were added or changed since the backup, pg_restore --clean may not be able to drop them: drop the conflicting objects (or the whole database) and run the restore again")
+            })?;
+        self.analyze(database).await
+    }
+
+    /// Roles and tablespaces: re-created idempotently, existing roles updated in place.
+    async fn restore_globals(&self, globals: &Path, scratch: &Path) -> Result<()> {
+        let current_user = self.settings.user.clone();
+        let source = globals.to_path_buf();
+        let rewritten = scratch.join("globals.idempotent.sql");
+        let target = rewritten.clone();
+        blocking(move || {
+            rewrite_globals(&source, &target, &current_user)
+                .map_err(|e| io_error(Some(SVC), "restore globals", target.display(), e))
+        })
+        .await?;
+        let cmd = self
+            .tool("psql")
+            .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(conninfo_dbname("postgres"))
+            .arg("-f")
+            .arg(&rewritten);
+        blocking(move || process::output(&cmd, SVC, "restore globals (roles)")).await?;
+        Ok(())
+    }
+
+    // ---- plain format ---------------------------------------------------
+
+    async fn backup_plain(
+        &self,
+        ctx: &BackupContext<'_>,
+        record: &mut ArtifactRecord,
+    ) -> Result<PendingArtifact> {
+        let admin = self.connect("postgres", "list databases").await?;
+        let databases = self.databases(&admin).await?;
+        drop(admin);
+        // pg_dumpall cannot share a snapshot with us: counts are taken just before.
+        for database in &databases {
+            let client = self.connect(database, "count rows").await?;
+            Self::count_rows(&client, database, &mut record.counts).await?;
+        }
+        record.details.insert("databases".into(), json!(databases));
+        record
+            .details
+            .insert("counts_consistent_with_dump".into(), json!(false));
+        let cmd = self
+            .tool("pg_dumpall")
+            .args(["--clean", "--if-exists", "--no-password"]);
+        let dir = ctx.dir.to_path_buf();
+        let file = format!("postgres_{}.sql", ctx.timestamp);
+        blocking(move || {
+            let step = "dump cluster (pg_dumpall)";
+            let mut writer = ArtifactWriter::create(&dir, &file)
+                .map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
+            let mut buffered = BufWriter::with_capacity(artifact::CHUNK, &mut writer);
+            process::run_with_output_into(&cmd, &mut buffered, SVC, step)?;
+            buffered
+                .flush()
+                .map_err(|e| io_error(Some(SVC), step, "flush", e))?;
+            drop(buffered);
+            writer
+                .finish()
+                .map_err(|e| io_error(Some(SVC), step, "finish", e))
+        })
+        .await
+    }
+
+    async fn restore_plain(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
+        let databases: Vec<String> = record
+            .details
+            .get("databases")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        for database in &databases {
+            if self.database_exists(database).await? {
+                self.terminate_connections(database).await?;
+            }
+        }
+        let cmd = self
+            .tool("psql")
+            .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(conninfo_dbname("postgres"))
+            .arg("-f")
+            .arg(ctx.artifact);
+        blocking(move || process::output(&cmd, SVC, "restore cluster (psql -f)"))
+            .await
+            .map_err(|e| {
+                e.hint("the dump was made with --clean --if-exists; if objects were changed by hand since the backup, drop the conflicting objects, or take a new backup to capture the latest schema")
+            })?;
+        for database in &databases {
+            self.analyze(database).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for Postgres {
+    fn service(&self) -> Service {
+        SVC
+    }
+
+    async fn probe(&self) -> Result<ServerInfo> {
+        let (version, _) = self.server_version().await?;
+        Ok(ServerInfo {
+            version,
+            endpoint: self.endpoint(),
+        })
+    }
+
+    fn backup_plan(&self, ctx: &BackupContext<'_>) -> Vec<String> {
+        match self.settings.format {
+            PostgresFormat::Custom => vec![
+                format!("connect to {} as {} and list the databases", self.endpoint(), self.settings.user),
+                self.tool("pg_dumpall").args(["--globals-only", "--no-password", "-f", "globals.sql"]).to_string(),
+                "for each database: open a repeatable-read snapshot, count the rows of every table, then".into(),
+                self.tool("pg_dump")
+                    .args(["--format=custom", "--no-password", "--snapshot=<snapshot>", "-f", "<n>.dump", "-d", "dbname='<database>'"])
+                    .to_string(),
+                format!("pack globals.sql and the dumps into {}/postgres_{}.tar", ctx.dir.display(), ctx.timestamp),
+            ],
+            PostgresFormat::Plain => vec![
+                format!("connect to {} and count the rows of every table of every database", self.endpoint()),
+                format!(
+                    "{} > {}/postgres_{}.sql",
+                    self.tool("pg_dumpall").args(["--clean", "--if-exists", "--no-password"]),
+                    ctx.dir.display(),
+                    ctx.timestamp
+                ),
+            ],
+        }
+    }
+
+    async fn backup(&self, ctx: &BackupContext<'_>) -> Result<StoreBackup> {
+        let started_at = jiff::Timestamp::now().to_string();
+        let (server_version, server_major) = self.server_version().await?;
+        self.check_client(server_major).await?;
+        let mut record = ArtifactRecord {
+            file: String::new(),
+            sha256: String::new(),
+            bytes: 0,
+            method: String::new(),
+            format: String::new(),
+            server_version,
+            started_at,
+            finished_at: String::new(),
+            counts: BTreeMap::new(),
+            members: Vec::new(),
+            details: Default::default(),
+        };
+        let artifact = match self.settings.format {
+            PostgresFormat::Custom => {
+                record.method = "pg_dump".into();
+                record.format = "tar+custom".into();
+                self.backup_custom(ctx, &mut record).await?
+            }
+            PostgresFormat::Plain => {
+                record.method = "pg_dumpall".into();
+                record.format = "plain-sql".into();
+                self.backup_plain(ctx, &mut record).await?
+            }
+        };
+        record.file = artifact.file_name();
+        record.sha256 = artifact.digest.sha256.clone();
+        record.bytes = artifact.digest.bytes;
+        record.finished_at = jiff::Timestamp::now().to_string();
+        Ok(StoreBackup {
+            service: SVC,
+            artifact,
+            record,
+        })
+    }
+
+    async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
+        let path = artifact.to_path_buf();
+        match record.format.as_str() {
+            "tar+custom" => {
+                let members = record.members.clone();
+                let pg_restore = self.tool("pg_restore").program;
+                blocking(move || check_custom_archive(&path, &members, &pg_restore)).await
+            }
+            "plain-sql" => blocking(move || check_plain_trailer(&path)).await,
+            other => Err(Error::failure(
+                "verify",
+                format!("unknown postgres artifact format '{other}'"),
+            )
+            .service(SVC)),
+        }
+    }
+
+    fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String> {
+        match record.format.as_str() {
+            "tar+custom" => {
+                let mut plan = vec![
+                    format!("extract {} into a private scratch directory", record.file),
+                    format!(
+                        "{} -f globals.idempotent.sql  (roles: created if missing, else altered)",
+                        self.tool("psql")
+                            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+                    ),
+                ];
+                for entry in database_entries(record).unwrap_or_default() {
+                    plan.push(format!("end other sessions on database {}", entry.name));
+                    plan.push(format!(
+                        "{}   (when the database does not exist: --create -d dbname='postgres')",
+                        self.restore_database_command(&entry.name, true, Path::new(&entry.member))
+                    ));
+                    plan.push(format!("ANALYZE database {}", entry.name));
+                }
+                plan
+            }
+            _ => vec![
+                "end other sessions on the databases in the dump".into(),
+                format!(
+                    "{} -f {}",
+                    self.tool("psql").args([
+                        "-X",
+                        "-q",
+                        "-v",
+                        "ON_ERROR_STOP=1",
+                        "-d",
+                        "dbname='postgres'"
+                    ]),
+                    record.file
+                ),
+            ],
+        }
+    }
+
+    async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
+        let (_, server_major) = self.server_version().await?;
+        self.check_client(server_major).await?;
+        match record.format.as_str() {
+            "tar+custom" => self.restore_custom(ctx, record).await,
+            _ => self.restore_plain(ctx, record).await,
+        }
+    }
+
+    async fn counts(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, u64>> {
+        let mut databases: Vec<String> = record
+            .counts
+            .keys()
+            .filter_map(|k| k.split_once('/').map(|(db, _)| db.to_string()))
+            .collect();
+        databases.dedup();
+        let mut counts = BTreeMap::new();
+        for database in databases {
+            let client = self.connect(&database, "count rows").await?;
+            Self::count_rows(&client, &database, &mut counts).await?;
+        }
+        Ok(counts)
+    }
+}
+
+/// Run blocking work (child processes, file I/O) off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .step(Some(SVC), "background task")?
+}
+
+fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEntry>> {
+    record
+        .details
+        .get("databases")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .ok_or_else(|| {
+            Error::failure("restore", "the manifest lists no databases for postgres").service(SVC)
+        })
+}
+
+/// `<database>/<schema>.<table>`: the key of a row count in the manifest.
+pub fn count_key(database: &str, schema: &str, table: &str) -> String {
+    format!("{database}/{schema}.{table}")
+}
+
+/// Quote an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A libpq connection string naming just a database, safe for any name.
+fn conninfo_dbname(database: &str) -> String {
+    format!(
+        "dbname='{}'",
+        database.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
+fn parse_major(version_output: &str) -> Option<u32> {
+    version_output
+        .split_whitespace()
+        .find(|tok| tok.starts_with(|c: char| c.is_ascii_digit()))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|major| major.parse().ok())
+}
+
+/// Pack the dumped files into one tar artifact, hashing every member on the way.
+fn pack_tar(
+    dir: &Path,
+    file: &str,
+    members: &[(String, PathBuf)],
+) -> Result<(PendingArtifact, Vec<Member>)> {
+    let step = "pack archive";
+    let io = |e: io::Error| io_error(Some(SVC), step, dir.join(file).display(), e);
+    let writer = ArtifactWriter::create(dir, file).map_err(io)?;
+    let mut builder = tar::Builder::new(BufWriter::with_capacity(artifact::CHUNK, writer));
+    let mtime = jiff::Timestamp::now().as_second().max(0) as u64;
+    let mut recorded = Vec::new();
+    for (name, path) in members {
+        let source = File::open(path).map_err(io)?;
+        let size = source.metadata().map_err(io)?.len();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size);
+        header.set_mode(0o600);
+        header.set_mtime(mtime);
+        header.set_entry_type(tar::EntryType::Regular);
+        let mut reader = HashingReader::new(source);
+        builder
+            .append_data(&mut header, name, &mut reader)
+            .map_err(io)?;
+        let digest = reader.digest();
+        if digest.bytes != size {
+            return Err(
+                Error::failure(step, format!("{name} changed while it was packed")).service(SVC),
+            );
+        }
+        recorded.push(Member {
+            name: name.clone(),
+            bytes: digest.bytes,
+            sha256: digest.sha256,
+        });
+    }
+    let buffered = builder.into_inner().map_err(io)?;
+    let writer = buffered.into_inner().map_err(|e| io(e.into_error()))?;
+    Ok((writer.finish().map_err(io)?, recorded))
+}
+
+/// Walk the archive, checking that it holds exactly the recorded members with
+/// their checksums, and hand each member to `visit` as a stream.
+fn walk_members(
+    archive: &Path,
+    members: &[Member],
+    step: &str,
+    mut visit: impl FnMut(&Member, &mut dyn Read) -> Result<()>,
+) -> Result<()> {
+    let file = artifact::open_buffered(archive)
+        .map_err(|e| io_error(Some(SVC), step, archive.display(), e))?;
+    let mut tar = tar::Archive::new(file);
+    let entries = tar.entries().map_err(|e| truncated(step, archive, e))?;
+    let mut seen = 0;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| truncated(step, archive, e))?;
+        let name = entry
+            .path()
+            .map_err(|e| truncated(step, archive, e))?
+            .to_string_lossy()
+            .into_owned();
+        let member = members.iter().find(|m| m.name == name).ok_or_else(|| {
+            Error::failure(
+                step,
+                format!("{}: unexpected member '{name}'", archive.display()),
+            )
+            .service(SVC)
+            .hint("the archive does not belong to this manifest")
+        })?;
+        let mut reader = HashingReader::new(&mut entry);
+        visit(member, &mut reader)?;
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| truncated(step, archive, e))?;
+        let digest = reader.digest();
+        if digest.bytes != member.bytes || digest.sha256 != member.sha256 {
+            return Err(Error::failure(
+                step,
+                format!(
+                    "{}: member {name} does not match its checksum",
+                    archive.display()
+                ),
+            )
+            .service(SVC)
+            .hint("the artifact is damaged; use another backup"));
+        }
+        seen += 1;
+    }
+    if seen != members.len() {
+        return Err(Error::failure(
+            step,
+            format!(
+                "{}: {} of {} members present",
+                archive.display(),
+                seen,
+                members.len()
+            ),
+        )
+        .service(SVC)
+        .hint("the artifact is truncated; use another backup"));
+    }
+    Ok(())
+}
+
+fn truncated(step: &str, archive: &Path, err: io::Error) -> Error {
+    Error::failure(
+        step,
+        format!(
+            "{} cannot be read as a tar archive: {err}",
+            archive.display()
+        ),
+    )
+    .service(SVC)
+    .hint("the artifact is truncated or damaged; use another backup")
+}
+
+/// Full decode: every member re-hashed, every database dump read through
+/// `pg_restore` (which decompresses all table data) without touching a server.
+fn check_custom_archive(archive: &Path, members: &[Member], pg_restore: &str) -> Result<()> {
+    let step = "verify archive";
+    walk_members(archive, members, step, |member, reader| {
+        if !member.name.ends_with(".dump") {
+            return Ok(());
+        }
+        let cmd = ToolCommand::new(pg_restore).args(["-f", "/dev/null"]);
+        let step = format!("decode {} with pg_restore", member.name);
+        let mut running = cmd
+            .spawn(Stdio::piped(), Stdio::null())
+            .map_err(|e| spawn_failed(SVC, &step, pg_restore, e))?;
+        let mut stdin = running.child.stdin.take().expect("piped");
+        let copied = io::copy(reader, &mut stdin);
+        drop(stdin);
+        let finished = running
+            .wait()
+            .map_err(|e| Error::failure(&step, e.to_string()).service(SVC))?;
+        finished
+            .check(SVC, &step)
+            .map_err(|e| e.hint("the dump is damaged; use another backup"))?;
+        copied.map_err(|e| Error::failure(&step, e.to_string()).service(SVC))?;
+        Ok(())
+    })
+}
+
+/// Extract the recorded members into `scratch` (never by the archive's own paths).
+fn extract_members(
+    archive: &Path,
+    members: &[Member],
+    scratch: &Path,
+) -> Result<BTreeMap<String, PathBuf>> {
+    let step = "extract archive";
+    let mut extracted = BTreeMap::new();
+    walk_members(archive, members, step, |member, reader| {
+        let path = scratch.join(member.name.replace('/', "_"));
+        let mut out = artifact::create_private_file(&path)
+            .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+        io::copy(reader, &mut out).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+        extracted.insert(member.name.clone(), path);
+        Ok(())
+    })?;
+    Ok(extracted)
+}
+
+/// A plain dump is complete only when it ends with pg_dumpall's closing comment.
+fn check_plain_trailer(path: &Path) -> Result<()> {
+    let step = "verify dump";
+    let mut file = File::open(path).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(4096);
+    let mut tail = String::new();
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.read_to_string(&mut tail).map(|_| ()))
+        .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+    if tail.contains(PLAIN_TRAILER) {
+        Ok(())
+    } else {
+        Err(Error::failure(
+            step,
+            format!(
+                "{} does not end with pg_dumpall's closing line",
+                path.display()
+            ),
+        )
+        .service(SVC)
+        .hint("the dump is truncated; use another backup"))
+    }
+}
+
+/// Rewrite `pg_dumpall --globals-only` output so it can run against a cluster
+/// that already has the roles: `CREATE ROLE x;` only when x is missing, and the
+/// connecting role's own attributes (its password!) left as they are, so the
+/// restore can go on connecting with the credentials it was given.
+fn rewrite_globals(source: &Path, target: &Path, current_user: &str) -> io::Result<()> {
+    let input = io::BufReader::new(File::open(source)?);
+    let mut out = BufWriter::new(artifact::create_private_file(target)?);
+    let own_alter = format!("ALTER ROLE {} WITH ", pg_ident(current_user));
+    for line in input.lines() {
+        let line = line?;
+        if let Some(role) = line
+            .strip_prefix("CREATE ROLE ")
+            .and_then(|r| r.strip_suffix(';'))
+        {
+            writeln!(
+                out,
+                "DO $itbackup$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $itbackup$;"
+            )?;
+        } else if line.starts_with(&own_alter) {
+            writeln!(
+                out,
+                "-- itbackup: kept the connecting role's own attributes: {}",
+                line.split(" PASSWORD ").next().unwrap_or("")
+            )?;
+        } else {
+            writeln!(out, "{line}")?;
+        }
+    }
+    out.flush()
+}
+
+/// An identifier as pg_dumpall prints it: bare when it is a plain lower-case name.
+fn pg_ident(name: &str) -> String {
+    let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        quote_ident(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_client_versions() {
+        assert_eq!(
+            parse_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(parse_major("pg_restore (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(parse_major("nonsense"), None);
+    }
+
+    #[test]
+    fn conninfo_escapes_quotes() {
+        assert_eq!(conninfo_dbname("a'b\\c"), "dbname='a\\'b\\\\c'");
+    }
+
+    #[test]
+    fn globals_become_idempotent_and_spare_the_connecting_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("g.sql");
+        let dst = dir.path().join("o.sql");
+        fs::write(
+            &src,
+            "CREATE ROLE app;\nALTER ROLE app WITH LOGIN PASSWORD 'x';\nCREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER PASSWORD 'SCRAM';\n",
+        )
+        .unwrap();
+        rewrite_globals(&src, &dst, "postgres").unwrap();
+        let out = fs::read_to_string(&dst).unwrap();
+        assert!(out.contains("BEGIN CREATE ROLE app; EXCEPTION WHEN duplicate_object"));
+        assert!(out.contains("ALTER ROLE app WITH LOGIN PASSWORD 'x';"));
+        assert!(!out.contains("SCRAM"));
+    }
+}
