@@ -247,18 +247,21 @@ pub fn output(cmd: &ToolCommand, service: Service, step: &str) -> Result<String>
     Ok(out)
 }
 
-/// Run a command, feeding it `input` on standard input, its standard output discarded.
-pub fn run_with_input(
+/// Run a command, writing its standard input with `feed`; its standard output is discarded.
+pub fn run_feeding(
     cmd: &ToolCommand,
-    mut input: impl Read,
     service: Service,
     step: &str,
+    feed: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<String> {
     let mut running = cmd
         .spawn(Stdio::piped(), Stdio::null())
         .map_err(|e| spawn_failed(service, step, &cmd.program, e))?;
-    let mut stdin = running.child.stdin.take().expect("stdin is piped");
-    let copied = io::copy(&mut input, &mut stdin);
+    let mut stdin = io::BufWriter::with_capacity(
+        crate::artifact::CHUNK,
+        running.child.stdin.take().expect("stdin is piped"),
+    );
+    let fed = feed(&mut stdin).and_then(|_| stdin.flush());
     drop(stdin);
     let finished = running
         .wait()
@@ -267,7 +270,7 @@ pub fn run_with_input(
     if !finished.status.success() {
         return finished.check(service, step);
     }
-    copied.map_err(|e| {
+    fed.map_err(|e| {
         Error::failure(step, format!("feeding `{}`: {e}", cmd.program)).service(service)
     })?;
     Ok(finished.stderr_tail)

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,7 +27,7 @@ use crate::cli::PostgresFormat;
 use crate::config::PostgresSettings;
 use crate::error::{io_error, Context, Error, Result};
 use crate::manifest::{ArtifactRecord, Member};
-use crate::process::{self, spawn_failed, ToolCommand};
+use crate::process::{self, ToolCommand};
 use crate::service::Service;
 
 const SVC: Service = Service::Postgres;
@@ -367,7 +366,7 @@ impl Postgres {
         let globals = extracted.get(GLOBALS_MEMBER).ok_or_else(|| {
             Error::failure("restore globals", "the archive has no globals.sql").service(SVC)
         })?;
-        self.restore_globals(globals, ctx.scratch).await?;
+        self.restore_globals(globals).await?;
 
         for entry in &databases {
             let dump = extracted.get(&entry.member).ok_or_else(|| {
@@ -416,24 +415,27 @@ impl Postgres {
     }
 
     /// Roles and tablespaces: re-created idempotently, existing roles updated in place.
-    async fn restore_globals(&self, globals: &Path, scratch: &Path) -> Result<()> {
+    async fn restore_globals(&self, globals: &Path) -> Result<()> {
+        self.run_sql_file(globals, "restore globals (roles)").await
+    }
+
+    /// Run an SQL file from pg_dumpall with psql, roles made idempotent on the way.
+    async fn run_sql_file(&self, file: &Path, step: &'static str) -> Result<()> {
         let current_user = self.settings.user.clone();
-        let source = globals.to_path_buf();
-        let rewritten = scratch.join("globals.idempotent.sql");
-        let target = rewritten.clone();
-        blocking(move || {
-            rewrite_globals(&source, &target, &current_user)
-                .map_err(|e| io_error(Some(SVC), "restore globals", target.display(), e))
-        })
-        .await?;
+        let source = file.to_path_buf();
         let cmd = self
             .tool("psql")
             .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(conninfo_dbname("postgres"))
-            .arg("-f")
-            .arg(&rewritten);
-        blocking(move || process::output(&cmd, SVC, "restore globals (roles)")).await?;
-        Ok(())
+            .arg(conninfo_dbname("postgres"));
+        blocking(move || {
+            let input = artifact::open_buffered(&source)
+                .map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
+            process::run_feeding(&cmd, SVC, step, |stdin| {
+                make_roles_idempotent(input, stdin, &current_user)
+            })
+        })
+        .await
+        .map(|_| ())
     }
 
     // ---- plain format ---------------------------------------------------
@@ -488,13 +490,7 @@ impl Postgres {
                 self.terminate_connections(database).await?;
             }
         }
-        let cmd = self
-            .tool("psql")
-            .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(conninfo_dbname("postgres"))
-            .arg("-f")
-            .arg(ctx.artifact);
-        blocking(move || process::output(&cmd, SVC, "restore cluster (psql -f)"))
+        self.run_sql_file(ctx.artifact, "restore cluster (psql)")
             .await
             .map_err(|e| {
                 e.hint("the dump was made with --clean --if-exists; if objects were changed by hand since the backup, drop the conflicting objects, or take a new backup to capture the latest schema")
@@ -833,19 +829,10 @@ fn check_custom_archive(archive: &Path, members: &[Member], pg_restore: &str) ->
         }
         let cmd = ToolCommand::new(pg_restore).args(["-f", "/dev/null"]);
         let step = format!("decode {} with pg_restore", member.name);
-        let mut running = cmd
-            .spawn(Stdio::piped(), Stdio::null())
-            .map_err(|e| spawn_failed(SVC, &step, pg_restore, e))?;
-        let mut stdin = running.child.stdin.take().expect("piped");
-        let copied = io::copy(reader, &mut stdin);
-        drop(stdin);
-        let finished = running
-            .wait()
-            .map_err(|e| Error::failure(&step, e.to_string()).service(SVC))?;
-        finished
-            .check(SVC, &step)
-            .map_err(|e| e.hint("the dump is damaged; use another backup"))?;
-        copied.map_err(|e| Error::failure(&step, e.to_string()).service(SVC))?;
+        process::run_feeding(&cmd, SVC, &step, |stdin| {
+            io::copy(reader, stdin).map(|_| ())
+        })
+        .map_err(|e| e.hint("the dump is damaged; use another backup"))?;
         Ok(())
     })
 }
@@ -894,35 +881,45 @@ fn check_plain_trailer(path: &Path) -> Result<()> {
     }
 }
 
-/// Rewrite `pg_dumpall --globals-only` output so it can run against a cluster
-/// that already has the roles: `CREATE ROLE x;` only when x is missing, and the
-/// connecting role's own attributes (its password!) left as they are, so the
-/// restore can go on connecting with the credentials it was given.
-fn rewrite_globals(source: &Path, target: &Path, current_user: &str) -> io::Result<()> {
-    let input = io::BufReader::new(File::open(source)?);
-    let mut out = BufWriter::new(artifact::create_private_file(target)?);
-    let own_alter = format!("ALTER ROLE {} WITH ", pg_ident(current_user));
-    for line in input.lines() {
+/// Make `pg_dumpall` output runnable against a cluster that already has the
+/// roles, streaming line by line (COPY data passes untouched):
+/// `CREATE ROLE x;` only when x is missing, and the connecting role neither
+/// dropped nor altered (its password!), so the restore can go on connecting
+/// with the credentials it was given.
+fn make_roles_idempotent(
+    input: impl BufRead,
+    out: &mut dyn Write,
+    current_user: &str,
+) -> io::Result<()> {
+    let me = pg_ident(current_user);
+    let own_alter = format!("ALTER ROLE {me} WITH ");
+    let own_drop = format!("DROP ROLE IF EXISTS {me};");
+    let mut in_copy = false;
+    for line in input.split(b'\n') {
         let line = line?;
-        if let Some(role) = line
+        if in_copy {
+            in_copy = line != b"\\.";
+            out.write_all(&line)?;
+            out.write_all(b"\n")?;
+            continue;
+        }
+        let text = String::from_utf8_lossy(&line);
+        if text.starts_with("COPY ") && text.ends_with("FROM stdin;") {
+            in_copy = true;
+        }
+        if let Some(role) = text
             .strip_prefix("CREATE ROLE ")
             .and_then(|r| r.strip_suffix(';'))
         {
-            writeln!(
-                out,
-                "DO $itbackup$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $itbackup$;"
-            )?;
-        } else if line.starts_with(&own_alter) {
-            writeln!(
-                out,
-                "-- itbackup: kept the connecting role's own attributes: {}",
-                line.split(" PASSWORD ").next().unwrap_or("")
-            )?;
+            writeln!(out, "DO $itbackup$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $itbackup$;")?;
+        } else if text.starts_with(&own_alter) || text == own_drop {
+            writeln!(out, "-- itbackup: kept the connecting role {me} as it is")?;
         } else {
-            writeln!(out, "{line}")?;
+            out.write_all(&line)?;
+            out.write_all(b"\n")?;
         }
     }
-    out.flush()
+    Ok(())
 }
 
 /// An identifier as pg_dumpall prints it: bare when it is a plain lower-case name.
@@ -958,19 +955,17 @@ mod tests {
     }
 
     #[test]
-    fn globals_become_idempotent_and_spare_the_connecting_role() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("g.sql");
-        let dst = dir.path().join("o.sql");
-        fs::write(
-            &src,
-            "CREATE ROLE app;\nALTER ROLE app WITH LOGIN PASSWORD 'x';\nCREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER PASSWORD 'SCRAM';\n",
-        )
-        .unwrap();
-        rewrite_globals(&src, &dst, "postgres").unwrap();
-        let out = fs::read_to_string(&dst).unwrap();
+    fn roles_become_idempotent_and_the_connecting_role_is_spared() {
+        let input = "DROP ROLE IF EXISTS postgres;\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN PASSWORD 'x';\nCREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER PASSWORD 'SCRAM';\nCOPY t (a) FROM stdin;\nCREATE ROLE data;\n\\.\n";
+        let mut out = Vec::new();
+        make_roles_idempotent(input.as_bytes(), &mut out, "postgres").unwrap();
+        let out = String::from_utf8(out).unwrap();
         assert!(out.contains("BEGIN CREATE ROLE app; EXCEPTION WHEN duplicate_object"));
         assert!(out.contains("ALTER ROLE app WITH LOGIN PASSWORD 'x';"));
-        assert!(!out.contains("SCRAM"));
+        assert!(!out.contains("SCRAM") && !out.contains("DROP ROLE IF EXISTS postgres"));
+        assert!(
+            out.contains("\nCREATE ROLE data;\n\\.\n"),
+            "COPY data is left alone: {out}"
+        );
     }
 }
