@@ -82,7 +82,7 @@ pub struct BackupArgs {
     pub timestamp: Option<String>,
 
     /// Print the plan (every step and command, passwords masked) and change nothing.
-    #[arg(long, env = "DRY_RUN")]
+    #[arg(long, env = "DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
     pub dry_run: bool,
 
     #[command(flatten)]
@@ -119,7 +119,7 @@ pub struct RestoreArgs {
     pub services: Option<ServiceList>,
 
     /// Print the plan and change nothing.
-    #[arg(long, env = "DRY_RUN")]
+    #[arg(long, env = "DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
     pub dry_run: bool,
 
     /// Do not ask for confirmation (needed when standard input is not a terminal).

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 
@@ -92,8 +93,17 @@ impl ToolCommand {
     /// Start the command with the given stdin/stdout, stderr captured as a tail.
     pub fn spawn(&self, stdin: Stdio, stdout: Stdio) -> io::Result<Running> {
         tracing::debug!(command = %self, "running");
-        let mut child = self
-            .to_std()
+        let mut cmd = self.to_std();
+        // A tool must not outlive us: if itbackup is killed, pg_dump & co. die too,
+        // instead of writing on into files a later run may reuse.
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .stdin(stdin)
             .stdout(stdout)
             .stderr(Stdio::piped())

@@ -259,7 +259,12 @@ impl Postgres {
         record: &mut ArtifactRecord,
     ) -> Result<PendingArtifact> {
         let file = format!("postgres_{}.tar", ctx.timestamp);
-        let work = ctx.dir.join(format!(".postgres_{}.work", ctx.timestamp));
+        // Unique per process: a killed run's work directory is never written into again.
+        let work = ctx.dir.join(format!(
+            ".postgres_{}.{}.work",
+            ctx.timestamp,
+            std::process::id()
+        ));
         let step = "backup";
         artifact::create_private_dir(&work)
             .map_err(|e| io_error(Some(SVC), step, work.display(), e))?;

@@ -1,0 +1,128 @@
+//! Helpers for integration tests: they run the real `itbackup` binary against the
+//! real servers started by `testenv/up` (their addresses come from `testenv/env`).
+//! A missing server is a failure, never a skip.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+/// Tests that back up or restore whole servers must not overlap.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A variable `testenv/env` sets; its absence means the tests were not started by `make test`.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through `make test` (or `eval \"$(testenv/env)\"` after `testenv/up`)")
+    })
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_itbackup")
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `itbackup` with the given arguments and extra environment.
+pub fn itbackup(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env("RUST_LOG", "itbackup=info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run itbackup")
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Run itbackup and insist on success.
+pub fn ok(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = itbackup(args, env);
+    assert!(
+        out.status.success(),
+        "itbackup {args:?} failed\n{}",
+        text(&out)
+    );
+    out
+}
+
+/// Run itbackup and insist on failure with the given exit code; returns stderr.
+pub fn fails(args: &[&str], env: &[(&str, &str)], code: i32) -> String {
+    let out = itbackup(args, env);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "itbackup {args:?}\n{}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn pg_tool(name: &str) -> String {
+    required_env("PGHOST");
+    match std::env::var("IT_PG_BIN") {
+        Ok(dir) => Path::new(&dir).join(name).to_string_lossy().into_owned(),
+        Err(_) => name.to_string(),
+    }
+}
+
+/// Run SQL through psql in `database`; returns unaligned, tuples-only output.
+pub fn psql(database: &str, sql: &str) -> String {
+    let out = Command::new(pg_tool("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            database,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql failed on {database}: {sql}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A fresh backup root for one test.
+pub fn temp_root() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("itbackup-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// The only backup directory under `root`.
+pub fn only_backup(root: &Path) -> PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "expected one backup under {}: {dirs:?}",
+        root.display()
+    );
+    dirs[0].clone()
+}

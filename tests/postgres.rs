@@ -1,0 +1,292 @@
+//! PostgreSQL end to end against the real server: back up, destroy, restore, compare.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::*;
+
+const DBS: [&str; 2] = ["itb_shop", "itb analytics"];
+
+/// Two databases with many column types, a sequence, a view, an index, a function and a role.
+fn create_fixture() {
+    drop_fixture();
+    psql("postgres", "CREATE ROLE itb_app LOGIN PASSWORD 'app-pw'");
+    psql("postgres", "CREATE DATABASE itb_shop OWNER itb_app");
+    psql("postgres", "CREATE DATABASE \"itb analytics\"");
+    psql(
+        "itb_shop",
+        "CREATE SEQUENCE item_seq START 1000;
+         CREATE TABLE items (
+            id bigint PRIMARY KEY DEFAULT nextval('item_seq'),
+            price numeric(12,2), name text, attrs jsonb, blob bytea, tags text[],
+            created timestamptz, ref uuid, qty integer);
+         INSERT INTO items (price, name, attrs, blob, tags, created, ref, qty)
+            SELECT i * 1.25, 'item ' || i || E' \\u00e9\\t''q''', jsonb_build_object('i', i, 'nested', jsonb_build_array(i, 'x')),
+                   decode(md5(i::text), 'hex'), ARRAY['a' || i, NULL, 'c'],
+                   timestamptz '2024-01-01 00:00:00+00' + i * interval '1 minute',
+                   md5(i::text)::uuid, CASE WHEN i % 7 = 0 THEN NULL ELSE i END
+            FROM generate_series(1, 5000) i;
+         CREATE INDEX items_name_idx ON items (name);
+         CREATE VIEW expensive AS SELECT id, name FROM items WHERE price > 100;
+         CREATE FUNCTION total_price() RETURNS numeric LANGUAGE sql AS 'SELECT sum(price) FROM items';
+         ALTER TABLE items OWNER TO itb_app;",
+    );
+    psql(
+        "itb analytics",
+        "CREATE SCHEMA events;
+         CREATE TABLE events.\"Hits\" (at timestamptz, path text, n bigint);
+         INSERT INTO events.\"Hits\" SELECT now() - i * interval '1 s', '/p/' || i, i * 9007199254740 FROM generate_series(1, 2500) i;
+         CREATE TABLE public.empty_table (x int);",
+    );
+}
+
+fn drop_fixture() {
+    for db in DBS {
+        psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"),
+        );
+    }
+    psql("postgres", "DROP ROLE IF EXISTS itb_app");
+}
+
+/// Row count and content digest per table, plus the other objects the fixture made.
+fn snapshot() -> BTreeMap<String, String> {
+    let mut facts = BTreeMap::new();
+    for (db, table) in [
+        ("itb_shop", "public.items"),
+        ("itb analytics", "events.\"Hits\""),
+        ("itb analytics", "public.empty_table"),
+    ] {
+        let row = psql(
+            db,
+            &format!("SELECT count(*) || ' ' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '-') FROM {table} t"),
+        );
+        facts.insert(format!("{db}/{table}"), row);
+    }
+    facts.insert(
+        "sequence".into(),
+        psql("itb_shop", "SELECT last_value FROM item_seq"),
+    );
+    facts.insert(
+        "view".into(),
+        psql("itb_shop", "SELECT count(*) FROM expensive"),
+    );
+    facts.insert("function".into(), psql("itb_shop", "SELECT total_price()"));
+    facts.insert(
+        "index".into(),
+        psql(
+            "itb_shop",
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'items_name_idx'",
+        ),
+    );
+    facts.insert(
+        "role".into(),
+        psql(
+            "postgres",
+            "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'itb_app'",
+        ),
+    );
+    facts.insert(
+        "owner".into(),
+        psql(
+            "itb_shop",
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'items'",
+        ),
+    );
+    facts
+}
+
+fn round_trip(format: &str) {
+    let _guard = serial();
+    create_fixture();
+    let before = snapshot();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "postgres",
+            "--postgres-format",
+            format,
+        ],
+        &[],
+    );
+    let dir = only_backup(root.path());
+
+    drop_fixture();
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'itb_shop'"
+        ),
+        "0"
+    );
+
+    ok(&["--root", root_arg, "restore", "--yes"], &[]);
+    assert_eq!(snapshot(), before, "restored data differs ({format})");
+
+    // A second restore over the restored data gives the same result (idempotent).
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "restore",
+            "--path",
+            dir.to_str().unwrap(),
+            "--yes",
+        ],
+        &[],
+    );
+    assert_eq!(snapshot(), before, "second restore differs ({format})");
+    check_private(&dir);
+}
+
+/// Files we write are 0600, directories 0700.
+fn check_private(dir: &Path) {
+    let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", entry.path().display());
+    }
+}
+
+#[test]
+fn custom_format_round_trip_restores_everything() {
+    round_trip("custom");
+}
+
+#[test]
+fn plain_format_round_trip_restores_everything() {
+    round_trip("plain");
+}
+
+#[test]
+fn manifest_records_counts_and_validates_against_the_schema() {
+    let _guard = serial();
+    create_fixture();
+    let root = temp_root();
+    let out = ok(
+        &[
+            "--root",
+            root.path().to_str().unwrap(),
+            "--json",
+            "backup",
+            "--services",
+            "postgres",
+            "--timestamp",
+            "20250201_101500",
+        ],
+        &[],
+    );
+    let dir = root.path().join("20250201_101500");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("backup-manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["timestamp"], "20250201_101500");
+    assert_eq!(
+        manifest["services"]["postgres"],
+        "postgres_20250201_101500.tar"
+    );
+    let counts = &manifest["artifacts"]["postgres"]["counts"];
+    assert_eq!(counts["itb_shop/public.items"], 5000);
+    assert_eq!(counts["itb analytics/events.Hits"], 2500);
+    assert_eq!(counts["itb analytics/public.empty_table"], 0);
+
+    let schema: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo_root().join("docs/manifest.schema.json")).unwrap())
+            .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(&manifest)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "manifest does not match docs/manifest.schema.json: {errors:#?}"
+    );
+
+    let printed: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    assert_eq!(printed["ok"], true);
+}
+
+#[test]
+fn runbook_commands_work_word_for_word() {
+    let _guard = serial();
+    create_fixture();
+    let before = snapshot();
+    let work = temp_root();
+    let stamp = "20250201_101500";
+    let out_dir = format!("artifacts/backup/{stamp}");
+    let script = |name: &str, args: &[&str]| {
+        let out = std::process::Command::new(repo_root().join("scripts").join(name))
+            .args(args)
+            .current_dir(work.path())
+            .env("ITBACKUP_BIN", bin())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/{name} {args:?}\n{}",
+            text(&out)
+        );
+    };
+    script("backup.sh", &["--out", &out_dir, "--services", "postgres"]);
+    assert!(work
+        .path()
+        .join(&out_dir)
+        .join("backup-manifest.json")
+        .exists());
+    drop_fixture();
+    script("restore.sh", &["--path", &out_dir]);
+    assert_eq!(snapshot(), before);
+    // The per-service helpers of the runbook's references.
+    script("backup_postgres.sh", &["--out", "artifacts/backup/second"]);
+    script(
+        "restore_postgres.sh",
+        &["--path", "artifacts/backup/second"],
+    );
+    assert_eq!(snapshot(), before);
+}
+
+#[test]
+fn dry_run_changes_nothing_and_masks_the_password() {
+    let _guard = serial();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let out = ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "postgres",
+            "--dry-run",
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("pg_dump") && stdout.contains("PGPASSWORD=***"),
+        "{stdout}"
+    );
+    let out = ok(
+        &["--root", root_arg, "backup", "--services", "postgres"],
+        &[("DRY_RUN", "1")],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dry run"));
+    assert_eq!(
+        fs::read_dir(root.path()).unwrap().count(),
+        0,
+        "a dry run wrote something"
+    );
+}

@@ -1,0 +1,442 @@
+//! Bad input and bad luck: each gets a clear message, a non-zero exit, and changes nothing.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A database the restore would rewind, with a value changed after the backup.
+struct Canary;
+
+impl Canary {
+    fn create() -> Canary {
+        psql(
+            "postgres",
+            "DROP DATABASE IF EXISTS itb_canary WITH (FORCE)",
+        );
+        psql("postgres", "CREATE DATABASE itb_canary");
+        psql(
+            "itb_canary",
+            "CREATE TABLE c (id int primary key, v text); INSERT INTO c VALUES (1, 'at backup')",
+        );
+        Canary
+    }
+    fn change_after_backup(&self) {
+        psql("itb_canary", "UPDATE c SET v = 'after backup'");
+    }
+    fn assert_untouched(&self) {
+        assert_eq!(
+            psql("itb_canary", "SELECT v FROM c"),
+            "after backup",
+            "a failed restore changed the database"
+        );
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        psql(
+            "postgres",
+            "DROP DATABASE IF EXISTS itb_canary WITH (FORCE)",
+        );
+    }
+}
+
+/// A complete backup of the current cluster in a fresh root, plus the canary changed after it.
+fn backed_up() -> (tempfile::TempDir, PathBuf, Canary) {
+    let canary = Canary::create();
+    let root = temp_root();
+    ok(
+        &[
+            "--root",
+            root.path().to_str().unwrap(),
+            "backup",
+            "--services",
+            "postgres",
+        ],
+        &[],
+    );
+    let dir = only_backup(root.path());
+    canary.change_after_backup();
+    (root, dir, canary)
+}
+
+fn restore_fails(dir: &Path, expect: &str) {
+    let err = fails(
+        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
+        &[],
+        1,
+    );
+    assert!(err.contains(expect), "expected '{expect}' in:\n{err}");
+    assert!(err.contains("hint:"), "no hint in:\n{err}");
+}
+
+fn tar_of(dir: &Path) -> PathBuf {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "tar"))
+        .expect("a postgres tar")
+}
+
+#[test]
+fn unknown_service_is_a_usage_error_listing_the_valid_ones() {
+    let err = fails(&["backup", "--services", "postgres,mysql"], &[], 2);
+    assert!(
+        err.contains("mysql") && err.contains("opensearch, neo4j, postgres"),
+        "{err}"
+    );
+    let err = fails(&["restore", "--services", "redis", "--yes"], &[], 2);
+    assert!(err.contains("redis"), "{err}");
+}
+
+#[test]
+fn missing_garbled_and_tampered_manifests_are_refused_before_any_change() {
+    let _guard = serial();
+    let (_root, dir, canary) = backed_up();
+    let manifest = dir.join("backup-manifest.json");
+    let original = fs::read_to_string(&manifest).unwrap();
+
+    fs::write(&manifest, &original[..original.len() / 2]).unwrap();
+    restore_fails(&dir, "not a valid manifest");
+
+    let tampered = original.replacen("\"bytes\": ", "\"bytes\": 1", 1);
+    fs::write(&manifest, tampered).unwrap();
+    restore_fails(&dir, "manifest_sha256 does not match");
+    let err = fails(&["verify", "--path", dir.to_str().unwrap()], &[], 1);
+    assert!(err.contains("manifest_sha256"), "{err}");
+
+    fs::remove_file(&manifest).unwrap();
+    restore_fails(&dir, "backup-manifest.json");
+    canary.assert_untouched();
+}
+
+#[test]
+fn truncated_or_flipped_artifacts_are_refused_before_any_change() {
+    let _guard = serial();
+    let (_root, dir, canary) = backed_up();
+    let tar = tar_of(&dir);
+    let original = fs::read(&tar).unwrap();
+
+    // One flipped byte in the middle of the data.
+    let mut flipped = original.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    fs::write(&tar, &flipped).unwrap();
+    let err = fails(&["verify", "--path", dir.to_str().unwrap()], &[], 1);
+    assert!(err.contains("does not match its sha256"), "{err}");
+    restore_fails(&dir, "does not match its sha256");
+
+    // Cut short.
+    fs::write(&tar, &original[..original.len() - 1000]).unwrap();
+    restore_fails(&dir, "the manifest says");
+
+    fs::write(&tar, &original).unwrap();
+    ok(&["verify", "--path", dir.to_str().unwrap()], &[]);
+    canary.assert_untouched();
+}
+
+#[test]
+fn unreachable_server_and_wrong_password_fail_clearly_and_write_nothing() {
+    let _guard = serial();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+
+    let err = fails(
+        &["--root", root_arg, "backup", "--services", "postgres"],
+        &[("PGPORT", "1")],
+        1,
+    );
+    assert!(
+        err.contains("postgres") && err.contains("cannot connect") && err.contains("reachable"),
+        "{err}"
+    );
+
+    let err = fails(
+        &["--root", root_arg, "backup", "--services", "postgres"],
+        &[("PGPASSWORD", "wrong-password")],
+        1,
+    );
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(
+        err.contains("PGPASSWORD"),
+        "the hint names the variable: {err}"
+    );
+    assert!(
+        !err.contains("wrong-password"),
+        "the password was printed: {err}"
+    );
+
+    let backups: Vec<_> = fs::read_dir(root.path())
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .collect();
+    assert!(backups.is_empty(), "a failed backup left {backups:?}");
+
+    // A restore that cannot reach the server changes nothing either.
+    let (_root, dir, canary) = backed_up();
+    let err = fails(
+        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
+        &[("PGPORT", "1")],
+        1,
+    );
+    assert!(err.contains("cannot connect"), "{err}");
+    canary.assert_untouched();
+}
+
+#[test]
+fn a_second_concurrent_run_is_told_who_holds_the_lock() {
+    let _guard = serial();
+    let root = temp_root();
+    fs::create_dir_all(root.path()).unwrap();
+    let mut holder = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.path().join(".itbackup.lock"))
+        .unwrap();
+    holder.lock().unwrap();
+    holder
+        .write_all(b"itbackup backup (pid 4242, started earlier)\n")
+        .unwrap();
+    let err = fails(
+        &[
+            "--root",
+            root.path().to_str().unwrap(),
+            "backup",
+            "--services",
+            "postgres",
+        ],
+        &[],
+        1,
+    );
+    assert!(err.contains("locked by itbackup backup (pid 4242"), "{err}");
+    drop(holder);
+    ok(
+        &[
+            "--root",
+            root.path().to_str().unwrap(),
+            "backup",
+            "--services",
+            "postgres",
+        ],
+        &[],
+    );
+}
+
+/// Peak resident memory of a running process, in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every process's command line, joined: to look for secrets in argv.
+fn all_command_lines() -> String {
+    let mut all = String::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(mut f) = fs::File::open(entry.path().join("cmdline")) {
+            let mut buf = Vec::new();
+            let _ = f.read_to_end(&mut buf);
+            all.push_str(&String::from_utf8_lossy(&buf).replace('\0', " "));
+            all.push('\n');
+        }
+    }
+    all
+}
+
+fn create_big_database() {
+    psql("postgres", "DROP DATABASE IF EXISTS itb_big WITH (FORCE)");
+    psql("postgres", "CREATE DATABASE itb_big");
+    psql(
+        "itb_big",
+        "CREATE TABLE big AS SELECT i, md5(i::text) || md5((i * 7)::text) AS payload, random() AS r FROM generate_series(1, 1500000) i",
+    );
+}
+
+#[test]
+fn a_backup_killed_half_way_is_never_taken_for_complete_and_the_next_run_completes() {
+    let _guard = serial();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "postgres",
+            "--timestamp",
+            "20250101_000000",
+        ],
+        &[],
+    );
+    create_big_database();
+
+    let mut child = Command::new(bin())
+        .args([
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "postgres",
+            "--timestamp",
+            "20250102_000000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let killed_dir = root.path().join("20250102_000000");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !killed_dir.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !killed_dir.join("backup-manifest.json").exists(),
+        "the backup finished before it was killed: make the database bigger"
+    );
+
+    let listed = ok(&["--root", root_arg, "--json", "list"], &[]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let states: Vec<(String, bool)> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["complete"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&("20250101_000000".into(), true)),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&("20250102_000000".into(), false)),
+        "{states:?}"
+    );
+
+    let plan = ok(&["--root", root_arg, "restore", "--dry-run"], &[]);
+    assert!(
+        String::from_utf8_lossy(&plan.stdout).contains("20250101_000000"),
+        "restore would not pick the complete backup"
+    );
+
+    // The same run again completes over the debris.
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "postgres",
+            "--timestamp",
+            "20250102_000000",
+        ],
+        &[],
+    );
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "verify",
+            "--path",
+            killed_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    psql("postgres", "DROP DATABASE IF EXISTS itb_big WITH (FORCE)");
+}
+
+#[test]
+fn memory_stays_flat_and_no_secret_reaches_argv_logs_or_manifest() {
+    let _guard = serial();
+    create_big_database();
+    let secret = "S3cret-itb-7f2a9c";
+    psql("postgres", "DROP ROLE IF EXISTS itb_operator");
+    psql(
+        "postgres",
+        &format!("CREATE ROLE itb_operator SUPERUSER LOGIN PASSWORD '{secret}'"),
+    );
+    let root = temp_root();
+    let mut child = Command::new(bin())
+        .args([
+            "--root",
+            root.path().to_str().unwrap(),
+            "backup",
+            "--services",
+            "postgres",
+        ])
+        .env("PGUSER", "itb_operator")
+        .env("PGPASSWORD", secret)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak = 0;
+    let mut leaked_in_argv = false;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        let lines = all_command_lines();
+        leaked_in_argv |= lines.contains(secret);
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!leaked_in_argv, "the password appeared in a process's argv");
+    let logs = text(&out);
+    assert!(
+        !logs.contains(secret),
+        "the password appeared in the output"
+    );
+    let dir = only_backup(root.path());
+    let manifest = fs::read_to_string(dir.join("backup-manifest.json")).unwrap();
+    assert!(!manifest.contains(secret));
+    let tar = tar_of(&dir);
+    let size = fs::metadata(&tar).unwrap().len();
+    assert!(
+        size > 20 << 20,
+        "the test database is too small to show streaming ({size} bytes)"
+    );
+    assert!(
+        peak < 60 * 1024,
+        "peak RSS {peak} KiB while writing a {size}-byte artifact"
+    );
+
+    // The tar's tail really is the last member's end (not a stale partial write).
+    let mut f = fs::File::open(&tar).unwrap();
+    f.seek(SeekFrom::End(-1024)).unwrap();
+    let mut tail = [0u8; 1024];
+    f.read_exact(&mut tail).unwrap();
+    assert!(
+        tail.iter().all(|b| *b == 0),
+        "tar archive is not terminated"
+    );
+
+    psql("postgres", "DROP ROLE IF EXISTS itb_operator");
+    psql("postgres", "DROP DATABASE IF EXISTS itb_big WITH (FORCE)");
+}
