@@ -95,6 +95,25 @@ pub struct MethodArgs {
     /// plain (the runbook's postgres_<TS>.sql from pg_dumpall --clean --if-exists).
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub postgres_format: Option<PostgresFormat>,
+
+    /// OpenSearch method: snapshot (the snapshot API into path.repo, packed as
+    /// opensearch_<TS>.tar.gz) or logical (settings, mappings and documents over
+    /// HTTP; portable to any cluster). Default: snapshot when path.repo is set
+    /// and reachable from here, logical otherwise.
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub opensearch_method: Option<OpenSearchMethod>,
+
+    /// OpenSearch indices to back up: comma-separated patterns, `-pattern` excludes
+    /// (default: every index that is neither hidden nor a system index).
+    #[arg(long, value_name = "PATTERNS")]
+    pub indices: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenSearchMethod {
+    Snapshot,
+    Logical,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]

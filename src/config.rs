@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::{Cli, MethodArgs, PostgresFormat};
+use crate::cli::{Cli, MethodArgs, OpenSearchMethod, PostgresFormat};
 use crate::error::{Error, Result};
 
 pub const DEFAULT_ROOT: &str = "artifacts/backup";
@@ -43,6 +43,46 @@ pub struct FileConfig {
     pub root: Option<PathBuf>,
     #[serde(default)]
     pub postgres: PostgresFile,
+    #[serde(default)]
+    pub opensearch: OpenSearchFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenSearchFile {
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub method: Option<OpenSearchMethod>,
+    pub indices: Option<String>,
+    /// `gzip` (the runbook's .tar.gz) or `zstd` for snapshot archives.
+    pub snapshot_compression: Option<ArchiveCompression>,
+    /// Parallel slices per index for the logical export.
+    pub slices: Option<usize>,
+    /// `_bulk` requests in flight during a logical restore.
+    pub bulk_requests: Option<usize>,
+}
+
+/// Compression of packed archives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveCompression {
+    Gzip,
+    Zstd,
+}
+
+/// How to reach OpenSearch and how to back it up.
+#[derive(Debug, Clone)]
+pub struct OpenSearchSettings {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// `None`: choose (snapshot when path.repo is reachable, logical otherwise).
+    pub method: Option<OpenSearchMethod>,
+    pub indices: Option<String>,
+    pub snapshot_compression: ArchiveCompression,
+    pub slices: usize,
+    pub bulk_requests: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +116,7 @@ pub struct PostgresSettings {
 pub struct Settings {
     pub root: PathBuf,
     pub postgres: PostgresSettings,
+    pub opensearch: OpenSearchSettings,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -109,7 +150,23 @@ impl Settings {
             jobs: pg_file.jobs.unwrap_or_else(default_jobs).max(1),
             bin_dir: env("IT_PG_BIN").map(PathBuf::from).or(pg_file.bin_dir),
         };
+        let os_file = file.opensearch;
+        let opensearch = OpenSearchSettings {
+            url: env("OPENSEARCH_URL")
+                .or(os_file.url)
+                .unwrap_or_else(|| "http://localhost:9200".into())
+                .trim_end_matches('/')
+                .to_string(),
+            username: env("OPENSEARCH_USER").or(os_file.username),
+            password: env("OPENSEARCH_PASSWORD").map(Secret::new).or(os_file.password),
+            method: methods.and_then(|m| m.opensearch_method).or(os_file.method),
+            indices: methods.and_then(|m| m.indices.clone()).or(os_file.indices),
+            snapshot_compression: os_file.snapshot_compression.unwrap_or(ArchiveCompression::Gzip),
+            slices: os_file.slices.unwrap_or(2).clamp(1, 16),
+            bulk_requests: os_file.bulk_requests.unwrap_or(3).clamp(1, 16),
+        };
         Ok(Settings {
+            opensearch,
             root: cli
                 .root
                 .clone()

@@ -1,6 +1,7 @@
 //! itbackup: consistent, verified backup and restore of OpenSearch, Neo4j and
 //! PostgreSQL. The binary (`main.rs`) only wires the command line to these modules.
 
+pub mod archive;
 pub mod artifact;
 pub mod backup;
 pub mod catalog;

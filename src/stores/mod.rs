@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use crate::artifact::PendingArtifact;
 use crate::config::Settings;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::service::Service;
 
@@ -71,6 +71,16 @@ pub trait Store: Send + Sync {
 
     /// Current object counts in the store for the keys the record has counts for.
     async fn counts(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, u64>>;
+}
+
+/// Run blocking work (child processes, file I/O) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    service: Service,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .step(Some(service), "background task")?
 }
 
 /// Services this build can back up and restore.

@@ -25,7 +25,7 @@ use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::artifact::{self, ArtifactWriter, HashingReader, PendingArtifact};
 use crate::cli::PostgresFormat;
 use crate::config::PostgresSettings;
-use crate::error::{io_error, Context, Error, Result};
+use crate::error::{io_error, Error, Result};
 use crate::manifest::{ArtifactRecord, Member};
 use crate::process::{self, ToolCommand};
 use crate::service::Service;
@@ -665,13 +665,9 @@ impl Store for Postgres {
     }
 }
 
-/// Run blocking work (child processes, file I/O) off the async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .step(Some(SVC), "background task")?
+/// Blocking work (child processes, file I/O) for this store, off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    super::blocking(SVC, work).await
 }
 
 fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEntry>> {
