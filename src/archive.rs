@@ -172,11 +172,19 @@ fn crafted(path: &str, kind: tar::EntryType) -> Vec<u8> {
         let mut header = tar::Header::new_gnu();
         // Write the raw name so that '../' and absolute paths survive.
         header.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
-        header.set_size(if kind == tar::EntryType::Regular { 3 } else { 0 });
+        header.set_size(if kind == tar::EntryType::Regular {
+            3
+        } else {
+            0
+        });
         header.set_entry_type(kind);
         header.set_mode(0o600);
         header.set_cksum();
-        let body: &[u8] = if kind == tar::EntryType::Regular { b"abc" } else { b"" };
+        let body: &[u8] = if kind == tar::EntryType::Regular {
+            b"abc"
+        } else {
+            b""
+        };
         builder.append(&header, body).unwrap();
         builder.finish().unwrap();
     }
@@ -215,8 +223,13 @@ mod tests {
         for compression in [ArchiveCompression::Gzip, ArchiveCompression::Zstd] {
             let name = format!("x.{}", compression.extension());
             let pending = pack_dir(src.path(), out.path(), &name, compression).unwrap();
-            assert_eq!(check(open(&pending.partial, compression).unwrap()).unwrap(), 2);
-            let dest = out.path().join(format!("unpacked-{}", compression.extension()));
+            assert_eq!(
+                check(open(&pending.partial, compression).unwrap()).unwrap(),
+                2
+            );
+            let dest = out
+                .path()
+                .join(format!("unpacked-{}", compression.extension()));
             unpack(open(&pending.partial, compression).unwrap(), &dest).unwrap();
             assert_eq!(fs::read(dest.join("indices/a/seg")).unwrap(), b"data");
         }

@@ -178,6 +178,36 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Write chunks arriving on `rx` into `dir/name`, zstd-compressed and hashed.
+/// Runs on a blocking thread; the producers stay async and never wait on disk.
+pub fn write_zstd_stream(
+    dir: &Path,
+    name: &str,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> io::Result<PendingArtifact> {
+    let writer = ArtifactWriter::create(dir, name)?;
+    let mut encoder = zstd::Encoder::new(io::BufWriter::with_capacity(CHUNK, writer), 3)?;
+    while let Some(chunk) = rx.blocking_recv() {
+        if let Err(e) = encoder.write_all(&chunk) {
+            rx.close();
+            return Err(e);
+        }
+    }
+    encoder
+        .finish()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .finish()
+}
+
+/// Open a zstd-compressed artifact for buffered line reading.
+pub fn open_zstd(path: &Path) -> io::Result<BufReader<zstd::Decoder<'static, BufReader<File>>>> {
+    Ok(BufReader::with_capacity(
+        CHUNK,
+        zstd::Decoder::with_buffer(open_buffered(path)?)?,
+    ))
+}
+
 /// Open a file for buffered reading in large chunks.
 pub fn open_buffered(path: &Path) -> io::Result<BufReader<File>> {
     Ok(BufReader::with_capacity(CHUNK, File::open(path)?))

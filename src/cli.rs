@@ -107,6 +107,19 @@ pub struct MethodArgs {
     /// (default: every index that is neither hidden nor a system index).
     #[arg(long, value_name = "PATTERNS")]
     pub indices: Option<String>,
+
+    /// Neo4j method: logical (online export over Bolt, no downtime; the default)
+    /// or dump (neo4j-admin database dump, the runbook's neo4j_<TS>.dump; stops
+    /// the server while it runs).
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub neo4j_method: Option<Neo4jMethod>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Neo4jMethod {
+    Logical,
+    Dump,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::{Cli, MethodArgs, OpenSearchMethod, PostgresFormat};
+use crate::cli::{Cli, MethodArgs, Neo4jMethod, OpenSearchMethod, PostgresFormat};
 use crate::error::{Error, Result};
 
 pub const DEFAULT_ROOT: &str = "artifacts/backup";
@@ -45,6 +45,41 @@ pub struct FileConfig {
     pub postgres: PostgresFile,
     #[serde(default)]
     pub opensearch: OpenSearchFile,
+    #[serde(default)]
+    pub neo4j: Neo4jFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Neo4jFile {
+    pub uri: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub database: Option<String>,
+    pub method: Option<Neo4jMethod>,
+    /// Path of neo4j-admin (dump method).
+    pub admin: Option<String>,
+    /// Shell commands that stop and start the server (dump method, local mode).
+    pub stop_command: Option<String>,
+    pub start_command: Option<String>,
+    /// Rows per transaction and transactions in flight during a logical restore.
+    pub batch_size: Option<usize>,
+    pub transactions: Option<usize>,
+}
+
+/// How to reach Neo4j and how to back it up.
+#[derive(Debug, Clone)]
+pub struct Neo4jSettings {
+    pub uri: String,
+    pub user: String,
+    pub password: Secret,
+    pub database: String,
+    pub method: Neo4jMethod,
+    pub admin: String,
+    pub stop_command: Option<String>,
+    pub start_command: Option<String>,
+    pub batch_size: usize,
+    pub transactions: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +152,7 @@ pub struct Settings {
     pub root: PathBuf,
     pub postgres: PostgresSettings,
     pub opensearch: OpenSearchSettings,
+    pub neo4j: Neo4jSettings,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -158,14 +194,47 @@ impl Settings {
                 .trim_end_matches('/')
                 .to_string(),
             username: env("OPENSEARCH_USER").or(os_file.username),
-            password: env("OPENSEARCH_PASSWORD").map(Secret::new).or(os_file.password),
+            password: env("OPENSEARCH_PASSWORD")
+                .map(Secret::new)
+                .or(os_file.password),
             method: methods.and_then(|m| m.opensearch_method).or(os_file.method),
             indices: methods.and_then(|m| m.indices.clone()).or(os_file.indices),
-            snapshot_compression: os_file.snapshot_compression.unwrap_or(ArchiveCompression::Gzip),
+            snapshot_compression: os_file
+                .snapshot_compression
+                .unwrap_or(ArchiveCompression::Gzip),
             slices: os_file.slices.unwrap_or(2).clamp(1, 16),
             bulk_requests: os_file.bulk_requests.unwrap_or(3).clamp(1, 16),
         };
+        let neo_file = file.neo4j;
+        let neo4j = Neo4jSettings {
+            uri: env("NEO4J_URI")
+                .or(neo_file.uri)
+                .unwrap_or_else(|| "bolt://localhost:7687".into()),
+            user: env("NEO4J_USER")
+                .or(neo_file.user)
+                .unwrap_or_else(|| "neo4j".into()),
+            // The runbook's development default.
+            password: env("NEO4J_PASSWORD")
+                .map(Secret::new)
+                .or(neo_file.password)
+                .unwrap_or_else(|| Secret::new("test12345")),
+            database: env("NEO4J_DATABASE")
+                .or(neo_file.database)
+                .unwrap_or_else(|| "neo4j".into()),
+            method: methods
+                .and_then(|m| m.neo4j_method)
+                .or(neo_file.method)
+                .unwrap_or(Neo4jMethod::Logical),
+            admin: env("IT_NEO4J_ADMIN")
+                .or(neo_file.admin)
+                .unwrap_or_else(|| "neo4j-admin".into()),
+            stop_command: env("IT_NEO4J_STOP_CMD").or(neo_file.stop_command),
+            start_command: env("IT_NEO4J_START_CMD").or(neo_file.start_command),
+            batch_size: neo_file.batch_size.unwrap_or(5000).max(1),
+            transactions: neo_file.transactions.unwrap_or(3).clamp(1, 16),
+        };
         Ok(Settings {
+            neo4j,
             opensearch,
             root: cli
                 .root

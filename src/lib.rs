@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod lock;
 pub mod manifest;
+pub mod ndjson;
 pub mod process;
 pub mod report;
 pub mod restore;

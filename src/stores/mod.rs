@@ -14,6 +14,8 @@ use crate::error::{Context, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::service::Service;
 
+pub mod neo4j;
+pub mod opensearch;
 pub mod postgres;
 
 /// What a server says about itself when probed.
@@ -84,16 +86,16 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Services this build can back up and restore.
-pub const SUPPORTED: [Service; 1] = [Service::Postgres];
+pub const SUPPORTED: [Service; 3] = Service::ALL;
 
 /// The store for `service`, configured from `settings`.
 pub fn open(service: Service, settings: &Settings) -> Result<Box<dyn Store>> {
     match service {
         Service::Postgres => Ok(Box::new(postgres::Postgres::new(settings.postgres.clone()))),
-        Service::Opensearch | Service::Neo4j => Err(Error::usage(format!(
-            "{service} is not supported yet by this version of itbackup (supported: {})",
-            SUPPORTED.map(Service::as_str).join(", ")
+        Service::Opensearch => Ok(Box::new(opensearch::OpenSearch::new(
+            settings.opensearch.clone(),
         ))),
+        Service::Neo4j => Ok(Box::new(neo4j::Neo4j::new(settings.neo4j.clone()))),
     }
 }
 

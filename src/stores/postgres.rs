@@ -666,7 +666,9 @@ impl Store for Postgres {
 }
 
 /// Blocking work (child processes, file I/O) for this store, off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     super::blocking(SVC, work).await
 }
 

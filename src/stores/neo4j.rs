@@ -1,0 +1,1298 @@
+//! Neo4j, two ways.
+//!
+//! * **logical** (default): an online export over Bolt — schema, every node
+//!   with its labels and properties, every relationship — streamed to
+//!   zstd-compressed NDJSON (format in `docs/neo4j-logical.md`), with no
+//!   downtime. Neo4j Community has no online backup; this closes that gap.
+//!   Property values are exported losslessly: integers as 64-bit integers,
+//!   floats including NaN and ±∞, byte arrays, every temporal type (as the
+//!   ISO strings Neo4j itself prints and parses), points with their CRS.
+//!   Restore replaces the database: it wipes it, loads nodes in batches
+//!   (`UNWIND $rows …`, several transactions in flight), matches relationship
+//!   endpoints through a temporary label, property and index, then creates
+//!   the schema and removes the temporary markers.
+//! * **dump**: `neo4j-admin database dump/load` (the runbook's `.dump`), with
+//!   the server stopped around it.
+//!
+//! Reads are read-committed, so writes during an export can yield a
+//! relationship whose endpoint was not exported: the endpoint is then fetched
+//! and exported before it, and a relationship whose endpoint no longer exists
+//! is left out. Either way the restore never fails on it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine;
+use neo4rs::{query, BoltType, ConfigBuilder, Graph};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
+use crate::artifact::{self, ArtifactWriter, PendingArtifact};
+use crate::cli::Neo4jMethod;
+use crate::config::Neo4jSettings;
+use crate::error::{io_error, Error, Result};
+use crate::manifest::ArtifactRecord;
+use crate::process::{self, ToolCommand};
+use crate::service::Service;
+
+const SVC: Service = Service::Neo4j;
+const LOGICAL_FORMAT: &str = "itbackup-neo4j-ndjson";
+const LOGICAL_VERSION: u32 = 1;
+/// Temporary marker of restored nodes, so relationships can find their endpoints.
+const TEMP_LABEL: &str = "__ItbRestore";
+const TEMP_KEY: &str = "__itb_id";
+const TEMP_INDEX: &str = "itbackup_restore_id";
+/// Lines are sent to the writer in chunks of about this size.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Properties as Cypher sees them, with temporal values and points turned into
+/// the forms we store: `[[key, valueType, value], …]`.
+const PROPS: &str = "[k IN keys(x) | [k, valueType(x[k]), CASE
+      WHEN valueType(x[k]) STARTS WITH 'POINT' THEN {srid: x[k].srid, x: x[k].x, y: x[k].y, z: x[k].z}
+      WHEN valueType(x[k]) STARTS WITH 'LIST<POINT' THEN [p IN x[k] | {srid: p.srid, x: p.x, y: p.y, z: p.z}]
+      WHEN valueType(x[k]) STARTS WITH 'LIST<DATE' OR valueType(x[k]) STARTS WITH 'LIST<LOCAL'
+        OR valueType(x[k]) STARTS WITH 'LIST<ZONED' OR valueType(x[k]) STARTS WITH 'LIST<DURATION'
+        THEN [t IN x[k] | toString(t)]
+      WHEN valueType(x[k]) STARTS WITH 'DATE' OR valueType(x[k]) STARTS WITH 'LOCAL'
+        OR valueType(x[k]) STARTS WITH 'ZONED' OR valueType(x[k]) STARTS WITH 'DURATION'
+        THEN toString(x[k])
+      ELSE x[k] END]]";
+
+/// Cypher that turns a stored special value `s = [key, type, value]` back into
+/// its Neo4j type.
+const SPECIAL: &str = "CASE s[1]
+      WHEN 'DATE' THEN date(s[2]) WHEN 'LOCAL TIME' THEN localtime(s[2]) WHEN 'ZONED TIME' THEN time(s[2])
+      WHEN 'LOCAL DATETIME' THEN localdatetime(s[2]) WHEN 'ZONED DATETIME' THEN datetime(s[2])
+      WHEN 'DURATION' THEN duration(s[2]) WHEN 'POINT' THEN point(s[2])
+      WHEN 'LIST<DATE>' THEN [v IN s[2] | date(v)] WHEN 'LIST<LOCAL TIME>' THEN [v IN s[2] | localtime(v)]
+      WHEN 'LIST<ZONED TIME>' THEN [v IN s[2] | time(v)] WHEN 'LIST<LOCAL DATETIME>' THEN [v IN s[2] | localdatetime(v)]
+      WHEN 'LIST<ZONED DATETIME>' THEN [v IN s[2] | datetime(v)] WHEN 'LIST<DURATION>' THEN [v IN s[2] | duration(v)]
+      WHEN 'LIST<POINT>' THEN [v IN s[2] | point(v)]
+      END";
+
+pub struct Neo4j {
+    settings: Neo4jSettings,
+}
+
+/// One line of the logical format.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Line {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    labels: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rel_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end: Option<String>,
+    /// `{key: [TYPE, value]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    props: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    statement: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nodes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    relationships: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<u32>,
+}
+
+impl Line {
+    fn new(kind: &str) -> Self {
+        Line {
+            kind: kind.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Exported node ids, compact: element ids end in a dense integer.
+#[derive(Default)]
+struct IdSet {
+    bits: Vec<u64>,
+    other: HashSet<String>,
+}
+
+impl IdSet {
+    fn numeric(id: &str) -> Option<usize> {
+        id.rsplit(':').next()?.parse().ok()
+    }
+    fn insert(&mut self, id: &str) {
+        match Self::numeric(id) {
+            Some(n) if n < (1 << 36) => {
+                let word = n / 64;
+                if word >= self.bits.len() {
+                    self.bits.resize(word + 1, 0);
+                }
+                self.bits[word] |= 1 << (n % 64);
+            }
+            _ => {
+                self.other.insert(id.to_string());
+            }
+        }
+    }
+    fn contains(&self, id: &str) -> bool {
+        match Self::numeric(id) {
+            Some(n) if n < (1 << 36) => self
+                .bits
+                .get(n / 64)
+                .is_some_and(|w| w & (1 << (n % 64)) != 0),
+            _ => self.other.contains(id),
+        }
+    }
+}
+
+fn neo_error(step: &str, err: neo4rs::Error) -> Error {
+    let text = err.to_string();
+    let e = Error::failure(step, text.clone()).service(SVC);
+    match err {
+        neo4rs::Error::AuthenticationError(_) => e.hint("Neo4j refused the credentials: check NEO4J_USER and NEO4J_PASSWORD (default test12345)"),
+        neo4rs::Error::ConnectionError | neo4rs::Error::IOError { .. } | neo4rs::Error::UrlParseError(_) => {
+            e.hint("is Neo4j running and reachable? check `docker compose ps` and NEO4J_URI (default bolt://localhost:7687)")
+        }
+        _ if text.contains("authentication") || text.contains("Unauthorized") => {
+            e.hint("Neo4j refused the credentials: check NEO4J_USER and NEO4J_PASSWORD (default test12345)")
+        }
+        _ => e,
+    }
+}
+
+/// Backtick-quote a label, relationship type or name for Cypher.
+fn quote(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `LIST<INTEGER NOT NULL> NOT NULL` → `LIST<INTEGER>`.
+fn normal_type(value_type: &str) -> String {
+    value_type.replace(" NOT NULL", "")
+}
+
+/// A Bolt value as JSON: integers exact, non-finite floats as strings, bytes in base64.
+fn bolt_to_json(value: &BoltType) -> Result<Value> {
+    Ok(match value {
+        BoltType::Null(_) => Value::Null,
+        BoltType::Boolean(b) => json!(b.value),
+        BoltType::Integer(i) => json!(i.value),
+        BoltType::Float(f) => {
+            if f.value.is_finite() {
+                json!(f.value)
+            } else if f.value.is_nan() {
+                json!("NaN")
+            } else if f.value > 0.0 {
+                json!("Infinity")
+            } else {
+                json!("-Infinity")
+            }
+        }
+        BoltType::String(s) => json!(s.value),
+        BoltType::Bytes(b) => json!(base64::engine::general_purpose::STANDARD.encode(&b.value)),
+        BoltType::List(items) => Value::Array(
+            items
+                .value
+                .iter()
+                .map(bolt_to_json)
+                .collect::<Result<_>>()?,
+        ),
+        BoltType::Map(map) => {
+            let mut out = Map::new();
+            for (k, v) in &map.value {
+                if !matches!(v, BoltType::Null(_)) {
+                    out.insert(k.value.clone(), bolt_to_json(v)?);
+                }
+            }
+            Value::Object(out)
+        }
+        other => {
+            return Err(Error::failure(
+                "export",
+                format!("unexpected value from Neo4j: {other:?}"),
+            )
+            .service(SVC));
+        }
+    })
+}
+
+/// `[[key, valueType, value], …]` from Cypher → `{key: [TYPE, value]}`.
+fn encode_props(props: &BoltType) -> Result<Map<String, Value>> {
+    let mut out = Map::new();
+    let BoltType::List(items) = props else {
+        return Ok(out);
+    };
+    for item in &items.value {
+        let BoltType::List(triple) = item else {
+            continue;
+        };
+        let [BoltType::String(key), BoltType::String(kind), value] = triple.value.as_slice() else {
+            continue;
+        };
+        // Byte arrays are Bolt bytes whatever Cypher calls their type.
+        let kind = if matches!(value, BoltType::Bytes(_)) {
+            "BYTES".to_string()
+        } else {
+            normal_type(&kind.value)
+        };
+        out.insert(key.value.clone(), json!([kind, bolt_to_json(value)?]));
+    }
+    Ok(out)
+}
+
+/// Stored `[TYPE, value]` → a Bolt value set directly, or `None` when Cypher must convert it.
+fn direct_value(kind: &str, value: &Value) -> Result<Option<BoltType>> {
+    let bad = || {
+        Error::failure(
+            "restore",
+            format!("cannot read a {kind} value from {value}"),
+        )
+        .service(SVC)
+    };
+    Ok(Some(match kind {
+        "INTEGER" => BoltType::from(value.as_i64().ok_or_else(bad)?),
+        "FLOAT" => BoltType::from(float_of(value).ok_or_else(bad)?),
+        "STRING" => BoltType::from(value.as_str().ok_or_else(bad)?.to_string()),
+        "BOOLEAN" => BoltType::from(value.as_bool().ok_or_else(bad)?),
+        "BYTES" => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(value.as_str().ok_or_else(bad)?)
+                .map_err(|_| bad())?;
+            BoltType::Bytes(neo4rs::BoltBytes::new(bytes::Bytes::from(bytes)))
+        }
+        list if list.starts_with("LIST<") => {
+            let inner = &list[5..list.len() - 1];
+            let mut items = Vec::new();
+            for item in value.as_array().ok_or_else(bad)? {
+                match direct_value(inner, item)? {
+                    Some(v) => items.push(v),
+                    None => return Ok(None),
+                }
+            }
+            BoltType::List(neo4rs::BoltList::from(items))
+        }
+        _ => return Ok(None),
+    }))
+}
+
+fn float_of(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => match s.as_str() {
+            "NaN" => Some(f64::NAN),
+            "Infinity" => Some(f64::INFINITY),
+            "-Infinity" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A JSON value (point maps, temporal strings, their lists) as Bolt.
+fn json_to_bolt(value: &Value) -> BoltType {
+    match value {
+        Value::Null => BoltType::Null(neo4rs::BoltNull),
+        Value::Bool(b) => BoltType::from(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => BoltType::from(i),
+            None => BoltType::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => BoltType::from(s.clone()),
+        Value::Array(items) => BoltType::List(neo4rs::BoltList::from(
+            items.iter().map(json_to_bolt).collect::<Vec<_>>(),
+        )),
+        Value::Object(map) => {
+            let mut out = neo4rs::BoltMap::new();
+            for (k, v) in map {
+                out.put(k.as_str().into(), json_to_bolt(v));
+            }
+            BoltType::Map(out)
+        }
+    }
+}
+
+/// One row for an `UNWIND $rows` batch: `{id, start, end, props, special}`.
+fn restore_row(line: &Line) -> Result<BoltType> {
+    let mut props = neo4rs::BoltMap::new();
+    let mut special = Vec::new();
+    for (key, typed) in line.props.iter().flatten() {
+        let (kind, value) = match typed.as_array().map(|a| a.as_slice()) {
+            Some([Value::String(kind), value]) => (kind.as_str(), value),
+            _ => {
+                return Err(Error::failure(
+                    "restore",
+                    format!("property {key} is not [type, value]"),
+                )
+                .service(SVC))
+            }
+        };
+        match direct_value(kind, value)? {
+            Some(v) => props.put(key.as_str().into(), v),
+            None => special.push(BoltType::List(neo4rs::BoltList::from(vec![
+                BoltType::from(key.clone()),
+                BoltType::from(kind.to_string()),
+                json_to_bolt(value),
+            ]))),
+        }
+    }
+    let mut row = neo4rs::BoltMap::new();
+    for (key, value) in [("id", &line.id), ("start", &line.start), ("end", &line.end)] {
+        if let Some(v) = value {
+            row.put(key.into(), BoltType::from(v.clone()));
+        }
+    }
+    row.put("props".into(), BoltType::Map(props));
+    row.put(
+        "special".into(),
+        BoltType::List(neo4rs::BoltList::from(special)),
+    );
+    Ok(BoltType::Map(row))
+}
+
+impl Neo4j {
+    pub fn new(settings: Neo4jSettings) -> Self {
+        Neo4j { settings }
+    }
+
+    async fn graph(&self) -> Result<Graph> {
+        let config = ConfigBuilder::default()
+            .uri(&self.settings.uri)
+            .user(&self.settings.user)
+            .password(self.settings.password.expose())
+            .db(self.settings.database.as_str())
+            .fetch_size(2000)
+            .max_connections(self.settings.transactions + 2)
+            .build()
+            .map_err(|e| neo_error("connect", e))?;
+        tokio::time::timeout(Duration::from_secs(20), Graph::connect(config))
+            .await
+            .map_err(|_| {
+                Error::failure(
+                    "connect",
+                    format!("no answer from {} within 20 s", self.settings.uri),
+                )
+                .service(SVC)
+                .hint("is Neo4j running and reachable? check `docker compose ps` and NEO4J_URI")
+            })?
+            .map_err(|e| neo_error("connect", e))
+    }
+
+    /// Rows of a query, each as a map of column → Bolt value.
+    async fn rows(&self, graph: &Graph, cypher: &str, step: &str) -> Result<Vec<neo4rs::Row>> {
+        let mut stream = graph
+            .execute(query(cypher))
+            .await
+            .map_err(|e| neo_error(step, e))?;
+        let mut rows = Vec::new();
+        while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    async fn version_and_edition(&self, graph: &Graph) -> Result<(String, String)> {
+        let rows = self
+            .rows(graph, "CALL dbms.components() YIELD versions, edition RETURN versions[0] AS version, edition", "server version")
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::failure("server version", "no answer").service(SVC))?;
+        Ok((
+            row.get("version").unwrap_or_default(),
+            row.get("edition").unwrap_or_default(),
+        ))
+    }
+
+    /// Nodes per label and relationships per type, from Neo4j's count store.
+    async fn count_store(&self, graph: &Graph) -> Result<BTreeMap<String, u64>> {
+        let step = "count nodes and relationships";
+        let mut counts = BTreeMap::new();
+        let total = self
+            .rows(graph, "MATCH (n) RETURN count(n) AS n", step)
+            .await?;
+        counts.insert(
+            "nodes".to_string(),
+            total[0].get::<i64>("n").unwrap_or(0) as u64,
+        );
+        let total = self
+            .rows(graph, "MATCH ()-[r]->() RETURN count(r) AS n", step)
+            .await?;
+        counts.insert(
+            "relationships".to_string(),
+            total[0].get::<i64>("n").unwrap_or(0) as u64,
+        );
+        for row in self
+            .rows(graph, "CALL db.labels() YIELD label RETURN label", step)
+            .await?
+        {
+            let label: String = row.get("label").unwrap_or_default();
+            if label == TEMP_LABEL {
+                continue;
+            }
+            let n = self
+                .rows(
+                    graph,
+                    &format!("MATCH (n:{}) RETURN count(n) AS n", quote(&label)),
+                    step,
+                )
+                .await?;
+            let n = n[0].get::<i64>("n").unwrap_or(0) as u64;
+            if n > 0 {
+                counts.insert(format!("label:{label}"), n);
+            }
+        }
+        for row in self
+            .rows(
+                graph,
+                "CALL db.relationshipTypes() YIELD relationshipType RETURN relationshipType AS t",
+                step,
+            )
+            .await?
+        {
+            let t: String = row.get("t").unwrap_or_default();
+            let n = self
+                .rows(
+                    graph,
+                    &format!("MATCH ()-[r:{}]->() RETURN count(r) AS n", quote(&t)),
+                    step,
+                )
+                .await?;
+            let n = n[0].get::<i64>("n").unwrap_or(0) as u64;
+            if n > 0 {
+                counts.insert(format!("type:{t}"), n);
+            }
+        }
+        Ok(counts)
+    }
+
+    fn new_record(&self, server_version: String, edition: &str) -> ArtifactRecord {
+        let mut record = ArtifactRecord {
+            file: String::new(),
+            sha256: String::new(),
+            bytes: 0,
+            method: String::new(),
+            format: String::new(),
+            server_version,
+            started_at: jiff::Timestamp::now().to_string(),
+            finished_at: String::new(),
+            counts: BTreeMap::new(),
+            members: Vec::new(),
+            details: Default::default(),
+        };
+        record.details.insert("edition".into(), json!(edition));
+        record
+            .details
+            .insert("database".into(), json!(self.settings.database));
+        record
+    }
+
+    // ---- logical export ------------------------------------------------------
+
+    async fn export(
+        &self,
+        graph: &Graph,
+        ctx: &BackupContext<'_>,
+        record: &mut ArtifactRecord,
+    ) -> Result<PendingArtifact> {
+        let file = format!("neo4j_{}.ndjson.zst", ctx.timestamp);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
+        let dir = ctx.dir.to_path_buf();
+        let writer =
+            tokio::task::spawn_blocking(move || artifact::write_zstd_stream(&dir, &file, rx));
+        let exported = self.export_lines(graph, &tx, record).await;
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| Error::failure("write export", e.to_string()).service(SVC))?;
+        match (exported, written) {
+            (Ok(()), Ok(pending)) => Ok(pending),
+            (Err(e), written) => {
+                if let Ok(pending) = written {
+                    pending.discard();
+                }
+                Err(e)
+            }
+            (Ok(()), Err(e)) => Err(io_error(Some(SVC), "write export", ctx.dir.display(), e)),
+        }
+    }
+
+    async fn export_lines(
+        &self,
+        graph: &Graph,
+        tx: &mpsc::Sender<Vec<u8>>,
+        record: &mut ArtifactRecord,
+    ) -> Result<()> {
+        let mut out = LineSink {
+            tx,
+            chunk: Vec::with_capacity(CHUNK_BYTES * 2),
+        };
+        let mut header = Line::new("header");
+        header.format = Some(LOGICAL_FORMAT.into());
+        header.version = Some(LOGICAL_VERSION);
+        header.name = Some(self.settings.database.clone());
+        out.push(&header).await?;
+
+        let step = "export schema";
+        for row in self
+            .rows(
+                graph,
+                "SHOW CONSTRAINTS YIELD name, createStatement RETURN name, createStatement",
+                step,
+            )
+            .await?
+        {
+            let mut line = Line::new("constraint");
+            line.name = row.get("name").ok();
+            line.statement = row.get("createStatement").ok();
+            out.push(&line).await?;
+        }
+        let indexes = "SHOW INDEXES YIELD name, owningConstraint, createStatement WHERE owningConstraint IS NULL AND name <> $temp RETURN name, createStatement";
+        let mut stream = graph
+            .execute(query(indexes).param("temp", TEMP_INDEX))
+            .await
+            .map_err(|e| neo_error(step, e))?;
+        while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
+            let mut line = Line::new("index");
+            line.name = row.get("name").ok();
+            line.statement = row.get("createStatement").ok();
+            out.push(&line).await?;
+        }
+
+        // Nodes.
+        let step = "export nodes";
+        let mut exported = IdSet::default();
+        let mut labels: BTreeMap<String, u64> = BTreeMap::new();
+        let mut nodes = 0u64;
+        let cypher =
+            format!("MATCH (x) RETURN elementId(x) AS id, labels(x) AS labels, {PROPS} AS props");
+        let mut stream = graph
+            .execute(query(&cypher))
+            .await
+            .map_err(|e| neo_error(step, e))?;
+        while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
+            let line = node_line(&row, step)?;
+            for label in line.labels.iter().flatten() {
+                *labels.entry(label.clone()).or_default() += 1;
+            }
+            exported.insert(line.id.as_deref().unwrap_or_default());
+            nodes += 1;
+            out.push(&line).await?;
+        }
+        tracing::info!(nodes, "neo4j: exported nodes");
+
+        // Relationships; an endpoint the node pass did not see is exported first.
+        let step = "export relationships";
+        let mut types: BTreeMap<String, u64> = BTreeMap::new();
+        let mut relationships = 0u64;
+        let mut late_nodes = 0u64;
+        let mut dangling = 0u64;
+        let cypher = format!(
+            "MATCH (a)-[x]->(b) RETURN elementId(x) AS id, type(x) AS type, elementId(a) AS start, elementId(b) AS end, {PROPS} AS props"
+        );
+        let mut stream = graph
+            .execute(query(&cypher))
+            .await
+            .map_err(|e| neo_error(step, e))?;
+        'rels: while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
+            let mut line = Line::new("rel");
+            line.id = row.get("id").ok();
+            line.rel_type = row.get("type").ok();
+            line.start = row.get("start").ok();
+            line.end = row.get("end").ok();
+            line.props = Some(encode_props(
+                &row.get::<BoltType>("props")
+                    .map_err(|e| Error::failure(step, e.to_string()).service(SVC))?,
+            )?);
+            for endpoint in [line.start.clone(), line.end.clone()].into_iter().flatten() {
+                if exported.contains(&endpoint) {
+                    continue;
+                }
+                let cypher = format!("MATCH (x) WHERE elementId(x) = $id RETURN elementId(x) AS id, labels(x) AS labels, {PROPS} AS props");
+                let mut found = graph
+                    .execute(query(&cypher).param("id", endpoint.clone()))
+                    .await
+                    .map_err(|e| neo_error(step, e))?;
+                match found.next().await.map_err(|e| neo_error(step, e))? {
+                    Some(row) => {
+                        let node = node_line(&row, step)?;
+                        for label in node.labels.iter().flatten() {
+                            *labels.entry(label.clone()).or_default() += 1;
+                        }
+                        exported.insert(&endpoint);
+                        nodes += 1;
+                        late_nodes += 1;
+                        out.push(&node).await?;
+                    }
+                    None => {
+                        // Deleted since: so is this relationship, in any later state.
+                        dangling += 1;
+                        continue 'rels;
+                    }
+                }
+            }
+            *types
+                .entry(line.rel_type.clone().unwrap_or_default())
+                .or_default() += 1;
+            relationships += 1;
+            out.push(&line).await?;
+        }
+        tracing::info!(relationships, "neo4j: exported relationships");
+
+        let mut end = Line::new("end");
+        end.nodes = Some(nodes);
+        end.relationships = Some(relationships);
+        out.push(&end).await?;
+        out.flush().await?;
+
+        record.counts.insert("nodes".into(), nodes);
+        record.counts.insert("relationships".into(), relationships);
+        for (label, n) in labels {
+            record.counts.insert(format!("label:{label}"), n);
+        }
+        for (t, n) in types {
+            record.counts.insert(format!("type:{t}"), n);
+        }
+        record.details.insert("consistency".into(), json!("read-committed; endpoints written during the export are included, relationships deleted during it are left out"));
+        record
+            .details
+            .insert("late_nodes".into(), json!(late_nodes));
+        record
+            .details
+            .insert("relationships_left_out".into(), json!(dangling));
+        Ok(())
+    }
+
+    // ---- logical restore -----------------------------------------------------
+
+    /// Remove everything: data, constraints, indexes (token lookup indexes stay).
+    async fn wipe(&self, graph: &Graph) -> Result<()> {
+        let step = "wipe database";
+        for row in self
+            .rows(graph, "SHOW CONSTRAINTS YIELD name RETURN name", step)
+            .await?
+        {
+            let name: String = row.get("name").unwrap_or_default();
+            graph
+                .run(query(&format!(
+                    "DROP CONSTRAINT {} IF EXISTS",
+                    quote(&name)
+                )))
+                .await
+                .map_err(|e| neo_error(step, e))?;
+        }
+        for row in self
+            .rows(
+                graph,
+                "SHOW INDEXES YIELD name, type WHERE type <> 'LOOKUP' RETURN name",
+                step,
+            )
+            .await?
+        {
+            let name: String = row.get("name").unwrap_or_default();
+            graph
+                .run(query(&format!("DROP INDEX {} IF EXISTS", quote(&name))))
+                .await
+                .map_err(|e| neo_error(step, e))?;
+        }
+        graph
+            .run(query(
+                "MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS",
+            ))
+            .await
+            .map_err(|e| neo_error(step, e))
+    }
+
+    async fn load(&self, graph: &Graph, ctx: &RestoreContext<'_>) -> Result<()> {
+        self.wipe(graph).await?;
+        let step = "prepare load";
+        graph
+            .run(query(&format!(
+                "CREATE INDEX {TEMP_INDEX} IF NOT EXISTS FOR (n:{TEMP_LABEL}) ON (n.{TEMP_KEY})"
+            )))
+            .await
+            .map_err(|e| neo_error(step, e))?;
+        graph
+            .run(query("CALL db.awaitIndexes(300)"))
+            .await
+            .map_err(|e| neo_error(step, e))?;
+
+        let (tx, mut rx) = mpsc::channel::<Result<Line>>(8192);
+        let path = ctx.artifact.to_path_buf();
+        let reader = tokio::task::spawn_blocking(move || {
+            crate::ndjson::read(&path, SVC, |line| tx.blocking_send(line).is_ok())
+        });
+        let mut loader = Loader::new(
+            graph.clone(),
+            self.settings.batch_size,
+            self.settings.transactions,
+        );
+        let mut schema = Vec::new();
+        let mut outcome = Ok(());
+        while let Some(line) = rx.recv().await {
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            let result = match line.kind.as_str() {
+                "constraint" | "index" => {
+                    schema.push(line);
+                    Ok(())
+                }
+                "node" => loader.node(&line).await,
+                "rel" => loader.relationship(&line).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                outcome = Err(e);
+                break;
+            }
+        }
+        drop(rx);
+        let _ = reader.await;
+        outcome?;
+        loader.finish().await?;
+
+        // Schema after the data: building an index once is faster than maintaining it per row.
+        let step = "restore schema";
+        for line in &schema {
+            let Some(statement) = &line.statement else {
+                continue;
+            };
+            if let Err(e) = graph.run(query(statement)).await {
+                let text = e.to_string();
+                // A token lookup index that survived the wipe is already there.
+                if !(text.contains("already exists") || text.contains("equivalent")) {
+                    return Err(neo_error(step, e).hint(format!("while running: {statement}")));
+                }
+            }
+        }
+        graph
+            .run(query("CALL db.awaitIndexes(3600)"))
+            .await
+            .map_err(|e| neo_error(step, e))?;
+        let step = "remove restore markers";
+        graph
+            .run(query(&format!(
+                "MATCH (n:{TEMP_LABEL}) CALL {{ WITH n REMOVE n:{TEMP_LABEL} REMOVE n.{TEMP_KEY} }} IN TRANSACTIONS OF 10000 ROWS"
+            )))
+            .await
+            .map_err(|e| neo_error(step, e))?;
+        graph
+            .run(query(&format!("DROP INDEX {TEMP_INDEX} IF EXISTS")))
+            .await
+            .map_err(|e| neo_error(step, e))?;
+        Ok(())
+    }
+
+    // ---- dump method ---------------------------------------------------------
+
+    fn admin(&self) -> ToolCommand {
+        ToolCommand::new(self.settings.admin.clone())
+    }
+
+    fn lifecycle_command(&self, which: &str) -> Result<ToolCommand> {
+        let command = match which {
+            "stop" => &self.settings.stop_command,
+            _ => &self.settings.start_command,
+        };
+        let command = command.as_ref().ok_or_else(|| {
+            Error::failure(format!("{which} server"), "the dump method needs the server stopped, and no way to stop and start it is configured")
+                .service(SVC)
+                .hint("set IT_NEO4J_STOP_CMD and IT_NEO4J_START_CMD (or stop_command/start_command under [neo4j] in the config), use compose mode (IT_COMPOSE_FILES), or use --neo4j-method logical, which needs no downtime")
+        })?;
+        Ok(ToolCommand::new("sh").args(["-c", command.as_str()]))
+    }
+
+    async fn run_tool(cmd: ToolCommand, step: &'static str) -> Result<()> {
+        super::blocking(SVC, move || process::output(&cmd, SVC, step).map(|_| ())).await
+    }
+
+    /// Wait until Bolt answers a query again after a start.
+    async fn wait_until_up(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let attempt = async {
+                let graph = self.graph().await?;
+                self.rows(&graph, "RETURN 1 AS one", "wait for server")
+                    .await
+                    .map(|_| ())
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.hint("Neo4j did not come back within 3 minutes after the start command; look at its log"))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    /// Stop the server, run `work`, start it again whatever happened, wait for it.
+    async fn with_server_stopped<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let stop = self.lifecycle_command("stop")?;
+        let start = self.lifecycle_command("start")?;
+        Self::run_tool(stop, "stop server").await?;
+        let result = work.await;
+        let started = Self::run_tool(start, "start server").await;
+        let up = match started {
+            Ok(()) => self.wait_until_up().await,
+            Err(e) => Err(e),
+        };
+        let value = result?;
+        up?;
+        Ok(value)
+    }
+
+    async fn dump(&self, ctx: &BackupContext<'_>) -> Result<PendingArtifact> {
+        let cmd = self.admin().args([
+            "database",
+            "dump",
+            self.settings.database.as_str(),
+            "--to-stdout",
+        ]);
+        let dir = ctx.dir.to_path_buf();
+        let file = format!("neo4j_{}.dump", ctx.timestamp);
+        self.with_server_stopped(super::blocking(SVC, move || {
+            let step = "dump (neo4j-admin database dump)";
+            let mut writer = ArtifactWriter::create(&dir, &file).map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
+            process::run_with_output_into(&cmd, &mut writer, SVC, step)
+                .map_err(|e| e.hint("confirm the server is stopped (the runbook: `docker compose stop neo4j`) and that neo4j-admin belongs to the same Neo4j version"))?;
+            writer.finish().map_err(|e| io_error(Some(SVC), step, "finish", e))
+        }))
+        .await
+    }
+
+    async fn load_dump(&self, ctx: &RestoreContext<'_>) -> Result<()> {
+        let cmd = self.admin().args([
+            "database",
+            "load",
+            self.settings.database.as_str(),
+            "--from-stdin",
+            "--overwrite-destination=true",
+        ]);
+        let source = ctx.artifact.to_path_buf();
+        self.with_server_stopped(super::blocking(SVC, move || {
+            let step = "load (neo4j-admin database load)";
+            let mut input = artifact::open_buffered(&source).map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
+            process::run_feeding(&cmd, SVC, step, |stdin| std::io::copy(&mut input, stdin).map(|_| ()))
+                .map(|_| ())
+                .map_err(|e| e.hint("Neo4j restore fails: confirm the main container/server is stopped; external orchestrators may restart it (retry after `docker compose stop neo4j`)"))
+        }))
+        .await
+    }
+}
+
+fn node_line(row: &neo4rs::Row, step: &str) -> Result<Line> {
+    let mut line = Line::new("node");
+    line.id = row.get("id").ok();
+    line.labels = Some(row.get("labels").unwrap_or_default());
+    let props: BoltType = row
+        .get("props")
+        .map_err(|e| Error::failure(step, e.to_string()).service(SVC))?;
+    line.props = Some(encode_props(&props)?);
+    Ok(line)
+}
+
+/// Buffers serialised lines and sends them to the writer in chunks.
+struct LineSink<'a> {
+    tx: &'a mpsc::Sender<Vec<u8>>,
+    chunk: Vec<u8>,
+}
+
+impl LineSink<'_> {
+    async fn push(&mut self, line: &Line) -> Result<()> {
+        serde_json::to_writer(&mut self.chunk, line).expect("line serialises");
+        self.chunk.push(b'\n');
+        if self.chunk.len() >= CHUNK_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES * 2));
+        self.tx.send(chunk).await.map_err(|_| {
+            Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
+        })
+    }
+}
+
+/// Batches nodes by label set and relationships by type into `UNWIND` transactions,
+/// several in flight.
+struct Loader {
+    graph: Graph,
+    batch_size: usize,
+    max_in_flight: usize,
+    in_flight: tokio::task::JoinSet<Result<()>>,
+    nodes: HashMap<Vec<String>, Vec<BoltType>>,
+    rels: HashMap<String, Vec<BoltType>>,
+    in_relationships: bool,
+}
+
+impl Loader {
+    fn new(graph: Graph, batch_size: usize, max_in_flight: usize) -> Self {
+        Loader {
+            graph,
+            batch_size,
+            max_in_flight,
+            in_flight: tokio::task::JoinSet::new(),
+            nodes: HashMap::new(),
+            rels: HashMap::new(),
+            in_relationships: false,
+        }
+    }
+
+    fn node_cypher(labels: &[String]) -> String {
+        let labels: String = labels.iter().map(|l| format!(":{}", quote(l))).collect();
+        format!("UNWIND $rows AS row CREATE (n:{TEMP_LABEL}{labels}) SET n += row.props, n.{TEMP_KEY} = row.id FOREACH (s IN row.special | SET n[s[0]] = {SPECIAL})")
+    }
+
+    fn rel_cypher(rel_type: &str) -> String {
+        format!(
+            "UNWIND $rows AS row MATCH (a:{TEMP_LABEL} {{{TEMP_KEY}: row.start}}) MATCH (b:{TEMP_LABEL} {{{TEMP_KEY}: row.end}}) \
+             CREATE (a)-[r:{}]->(b) SET r += row.props FOREACH (s IN row.special | SET r[s[0]] = {SPECIAL})",
+            quote(rel_type)
+        )
+    }
+
+    async fn node(&mut self, line: &Line) -> Result<()> {
+        let mut labels = line.labels.clone().unwrap_or_default();
+        labels.sort();
+        let row = restore_row(line)?;
+        if self.in_relationships {
+            // A node exported late, for a relationship that follows: it must exist first.
+            self.drain().await?;
+            self.spawn(Self::node_cypher(&labels), vec![row]).await?;
+            return self.drain().await;
+        }
+        let batch = self.nodes.entry(labels.clone()).or_default();
+        batch.push(row);
+        if batch.len() >= self.batch_size {
+            let rows = std::mem::take(batch);
+            self.spawn(Self::node_cypher(&labels), rows).await?;
+        }
+        Ok(())
+    }
+
+    async fn relationship(&mut self, line: &Line) -> Result<()> {
+        if !self.in_relationships {
+            // Every node must be committed before relationships look for them.
+            self.drain().await?;
+            self.in_relationships = true;
+        }
+        let rel_type = line.rel_type.clone().unwrap_or_default();
+        let row = restore_row(line)?;
+        let batch = self.rels.entry(rel_type.clone()).or_default();
+        batch.push(row);
+        if batch.len() >= self.batch_size {
+            let rows = std::mem::take(batch);
+            self.spawn(Self::rel_cypher(&rel_type), rows).await?;
+        }
+        Ok(())
+    }
+
+    async fn spawn(&mut self, cypher: String, rows: Vec<BoltType>) -> Result<()> {
+        while self.in_flight.len() >= self.max_in_flight {
+            self.join_one().await?;
+        }
+        let graph = self.graph.clone();
+        self.in_flight
+            .spawn(async move { run_batch(&graph, &cypher, rows).await });
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<()> {
+        match self.in_flight.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(e)) => Err(Error::failure("restore", e.to_string()).service(SVC)),
+            None => Ok(()),
+        }
+    }
+
+    /// Send every buffered batch and wait for all of them.
+    async fn drain(&mut self) -> Result<()> {
+        let nodes: Vec<_> = self.nodes.drain().collect();
+        for (labels, rows) in nodes {
+            if !rows.is_empty() {
+                self.spawn(Self::node_cypher(&labels), rows).await?;
+            }
+        }
+        let rels: Vec<_> = self.rels.drain().collect();
+        for (rel_type, rows) in rels {
+            if !rows.is_empty() {
+                self.spawn(Self::rel_cypher(&rel_type), rows).await?;
+            }
+        }
+        while !self.in_flight.is_empty() {
+            self.join_one().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.drain().await
+    }
+}
+
+/// One batch in its own transaction, retried when Neo4j reports a transient
+/// failure (a deadlock between concurrent batches, say).
+async fn run_batch(graph: &Graph, cypher: &str, rows: Vec<BoltType>) -> Result<()> {
+    let step = "restore batch";
+    let rows = BoltType::List(neo4rs::BoltList::from(rows));
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=8 {
+        match graph.run(query(cypher).param("rows", rows.clone())).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 8 && e.to_string().contains("Transient") => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(neo_error(step, e)),
+        }
+    }
+    Err(Error::failure(step, "gave up after repeated transient failures").service(SVC))
+}
+
+/// Full decode of a logical export: every line parsed and checked, the totals
+/// against the end record and the manifest.
+fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
+    let step = "verify export";
+    let fail = |msg: String| {
+        Error::failure(step, format!("{}: {msg}", path.display()))
+            .service(SVC)
+            .hint("the artifact is truncated or damaged; use another backup")
+    };
+    let (mut first, mut ended) = (true, false);
+    let (mut nodes, mut rels) = (0u64, 0u64);
+    let mut problem = None;
+    crate::ndjson::read(path, SVC, |line: Result<Line>| {
+        let result = line.and_then(|line| {
+            if ended {
+                return Err(fail("records after the end record".into()));
+            }
+            if first {
+                first = false;
+                return if line.kind == "header" && line.format.as_deref() == Some(LOGICAL_FORMAT) && line.version == Some(LOGICAL_VERSION) {
+                    Ok(())
+                } else {
+                    Err(fail("does not start with an itbackup Neo4j header of a supported version".into()))
+                };
+            }
+            match line.kind.as_str() {
+                "node" => {
+                    for (key, typed) in line.props.iter().flatten() {
+                        if !typed.as_array().is_some_and(|a| a.len() == 2 && a[0].is_string()) {
+                            return Err(fail(format!("node property {key} is not [type, value]")));
+                        }
+                    }
+                    nodes += 1
+                }
+                "rel" if line.start.is_some() && line.end.is_some() && line.rel_type.is_some() => rels += 1,
+                "rel" => return Err(fail("a relationship without type or endpoints".into())),
+                "constraint" | "index" if line.statement.is_some() => {}
+                "end" => {
+                    if line.nodes != Some(nodes) || line.relationships != Some(rels) {
+                        return Err(fail(format!("{nodes} nodes and {rels} relationships read, the end record says {:?} and {:?}", line.nodes, line.relationships)));
+                    }
+                    ended = true;
+                }
+                other => return Err(fail(format!("unexpected record '{other}'"))),
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                problem = Some(e);
+                false
+            }
+        }
+    });
+    if let Some(e) = problem {
+        return Err(e);
+    }
+    if !ended {
+        return Err(fail("the export ends before its end record".into()));
+    }
+    for (key, want) in [("nodes", nodes), ("relationships", rels)] {
+        if record.counts.get(key).is_some_and(|n| *n != want) {
+            return Err(fail(format!(
+                "the manifest says {:?} {key}, the export holds {want}",
+                record.counts.get(key)
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for Neo4j {
+    fn service(&self) -> Service {
+        SVC
+    }
+
+    async fn probe(&self) -> Result<ServerInfo> {
+        let graph = self.graph().await?;
+        let (version, edition) = self.version_and_edition(&graph).await?;
+        Ok(ServerInfo {
+            version: format!("{version} {edition}"),
+            endpoint: self.settings.uri.clone(),
+        })
+    }
+
+    fn backup_plan(&self, ctx: &BackupContext<'_>) -> Vec<String> {
+        let db = &self.settings.database;
+        match self.settings.method {
+            Neo4jMethod::Logical => vec![
+                format!("connect to {} as {} (database {db}), online: no downtime", self.settings.uri, self.settings.user),
+                "SHOW CONSTRAINTS / SHOW INDEXES: every schema definition".into(),
+                "MATCH (x): every node with its labels and properties; then MATCH (a)-[x]->(b): every relationship".into(),
+                format!("write {}/neo4j_{}.ndjson.zst", ctx.dir.display(), ctx.timestamp),
+            ],
+            Neo4jMethod::Dump => vec![
+                format!("count nodes and relationships over {}", self.settings.uri),
+                format!("stop the server: {}", self.settings.stop_command.as_deref().unwrap_or("<not configured: the run will refuse>")),
+                format!("{} > {}/neo4j_{}.dump", self.admin().args(["database", "dump", db.as_str(), "--to-stdout"]), ctx.dir.display(), ctx.timestamp),
+                format!("start the server: {}; wait until Bolt answers", self.settings.start_command.as_deref().unwrap_or("<not configured>")),
+            ],
+        }
+    }
+
+    async fn backup(&self, ctx: &BackupContext<'_>) -> Result<StoreBackup> {
+        let graph = self.graph().await?;
+        let (version, edition) = self.version_and_edition(&graph).await?;
+        let mut record = self.new_record(version, &edition);
+        let artifact = match self.settings.method {
+            Neo4jMethod::Logical => {
+                record.method = "logical".into();
+                record.format = "ndjson.zst".into();
+                self.export(&graph, ctx, &mut record).await?
+            }
+            Neo4jMethod::Dump => {
+                // Fail before stopping anything if the server cannot be stopped.
+                self.lifecycle_command("stop")?;
+                self.lifecycle_command("start")?;
+                record.method = "neo4j-admin-dump".into();
+                record.format = "neo4j-dump".into();
+                record.counts = self.count_store(&graph).await?;
+                drop(graph);
+                self.dump(ctx).await?
+            }
+        };
+        record.file = artifact.file_name();
+        record.sha256 = artifact.digest.sha256.clone();
+        record.bytes = artifact.digest.bytes;
+        record.finished_at = jiff::Timestamp::now().to_string();
+        Ok(StoreBackup {
+            service: SVC,
+            artifact,
+            record,
+        })
+    }
+
+    async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
+        let path = artifact.to_path_buf();
+        match record.method.as_str() {
+            "logical" => {
+                let record = record.clone();
+                super::blocking(SVC, move || check_logical(&path, &record)).await
+            }
+            // A dump is neo4j-admin's own format; the checksum is what we can prove without it.
+            "neo4j-admin-dump" => Ok(()),
+            other => Err(
+                Error::failure("verify", format!("unknown Neo4j method '{other}'")).service(SVC),
+            ),
+        }
+    }
+
+    fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String> {
+        match record.method.as_str() {
+            "logical" => vec![
+                format!("wipe database {}: drop constraints and indexes, DETACH DELETE every node in batches", self.settings.database),
+                format!("load nodes then relationships from {} in batches of {} ({} transactions in flight)", record.file, self.settings.batch_size, self.settings.transactions),
+                "create constraints and indexes, wait for them, remove the temporary restore markers".into(),
+            ],
+            _ => vec![
+                format!("stop the server: {}", self.settings.stop_command.as_deref().unwrap_or("<not configured: the run will refuse>")),
+                format!("{} < {}", self.admin().args(["database", "load", self.settings.database.as_str(), "--from-stdin", "--overwrite-destination=true"]), record.file),
+                format!("start the server: {}; wait until Bolt answers", self.settings.start_command.as_deref().unwrap_or("<not configured>")),
+            ],
+        }
+    }
+
+    async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
+        match record.method.as_str() {
+            "logical" => {
+                let graph = self.graph().await?;
+                self.load(&graph, ctx).await
+            }
+            _ => {
+                self.lifecycle_command("stop")?;
+                self.lifecycle_command("start")?;
+                self.load_dump(ctx).await
+            }
+        }
+    }
+
+    async fn counts(&self, _record: &ArtifactRecord) -> Result<BTreeMap<String, u64>> {
+        let graph = self.graph().await?;
+        self.count_store(&graph).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_set_holds_numeric_and_other_ids() {
+        let mut set = IdSet::default();
+        set.insert("4:0b5c:12345");
+        set.insert("weird-id");
+        assert!(set.contains("4:0b5c:12345"));
+        assert!(!set.contains("4:0b5c:12346"));
+        assert!(set.contains("weird-id"));
+    }
+
+    #[test]
+    fn values_survive_json_round_trip() {
+        for (kind, value) in [
+            ("INTEGER", json!(9007199254740993i64)),
+            ("FLOAT", json!("NaN")),
+            ("FLOAT", json!("-Infinity")),
+            ("BYTES", json!("AAEC/w==")),
+            ("LIST<INTEGER>", json!([1, -2])),
+        ] {
+            assert!(direct_value(kind, &value).unwrap().is_some(), "{kind}");
+        }
+        assert!(
+            direct_value("ZONED DATETIME", &json!("2024-01-01T00:00Z[Europe/Paris]"))
+                .unwrap()
+                .is_none()
+        );
+        let float = BoltType::from(f64::INFINITY);
+        assert_eq!(bolt_to_json(&float).unwrap(), json!("Infinity"));
+        assert_eq!(
+            normal_type("LIST<INTEGER NOT NULL> NOT NULL"),
+            "LIST<INTEGER>"
+        );
+    }
+}

@@ -1,0 +1,1531 @@
+//! OpenSearch, two ways.
+//!
+//! * **snapshot**: OpenSearch's own snapshot API into a fresh filesystem
+//!   repository under `path.repo`; exactly that repository is packed into
+//!   `opensearch_<TS>.tar.gz` and the repository is removed. Restore unpacks it
+//!   under `path.repo`, registers it read-only, deletes the indices it replaces
+//!   and restores them with the global state (templates, pipelines).
+//! * **logical**: settings, mappings, aliases, templates, pipelines and every
+//!   document (`_id`, `_routing`, `_source`) through point-in-time search with
+//!   `search_after` in parallel slices (scroll where PIT is missing), streamed to
+//!   zstd-compressed NDJSON (format in `docs/opensearch-logical.md`). Restore
+//!   creates each index, loads it through `_bulk` with several requests in
+//!   flight (replicas 0, refresh off, pipelines off), then puts settings and
+//!   aliases back. Portable to any cluster and version; needs no file access.
+//!
+//! Memory is bounded by one page of hits per slice and the bulk requests in
+//! flight, whatever the size of the index.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
+use crate::archive;
+use crate::artifact::{self, PendingArtifact};
+use crate::cli::OpenSearchMethod;
+use crate::config::{ArchiveCompression, OpenSearchSettings};
+use crate::error::{io_error, Error, Result};
+use crate::manifest::ArtifactRecord;
+use crate::service::Service;
+
+const SVC: Service = Service::Opensearch;
+const LOGICAL_FORMAT: &str = "itbackup-opensearch-ndjson";
+const LOGICAL_VERSION: u32 = 1;
+/// Hits per search page; one page per slice is all we hold.
+const PAGE_SIZE: usize = 2000;
+/// A bulk request is sent once it holds this many bytes or documents.
+const BULK_BYTES: usize = 8 << 20;
+const BULK_DOCS: usize = 5000;
+const KEEP_ALIVE: &str = "5m";
+/// Index settings the cluster sets itself; an index is created without them.
+const SERVER_SET: [&str; 7] = [
+    "uuid",
+    "creation_date",
+    "version",
+    "provided_name",
+    "history",
+    "resize",
+    "verified_before_close",
+];
+/// Settings that are switched off while documents load and put back after.
+const LOAD_TIME: [&str; 5] = [
+    "number_of_replicas",
+    "refresh_interval",
+    "default_pipeline",
+    "final_pipeline",
+    "blocks",
+];
+
+/// Thin HTTP client for the REST API, cheap to clone into tasks.
+#[derive(Clone)]
+struct Http {
+    base: String,
+    client: reqwest::Client,
+    username: Option<String>,
+    password: Option<crate::config::Secret>,
+}
+
+/// An HTTP failure: the status (if the server answered) and a readable message.
+struct HttpError {
+    status: Option<StatusCode>,
+    message: String,
+    unreachable: bool,
+}
+
+impl Http {
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
+        let builder = self.client.request(method, url);
+        match &self.username {
+            Some(user) => builder.basic_auth(user, self.password.as_ref().map(|p| p.expose())),
+            None => builder,
+        }
+    }
+
+    async fn send_raw(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> std::result::Result<Value, HttpError> {
+        let response = builder.send().await.map_err(|e| HttpError {
+            status: None,
+            unreachable: e.is_connect() || e.is_timeout(),
+            message: e.to_string(),
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| HttpError {
+            status: Some(status),
+            unreachable: false,
+            message: e.to_string(),
+        })?;
+        if status.is_success() {
+            return Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
+        }
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let reason = body
+            .pointer("/error/reason")
+            .or_else(|| body.pointer("/error"))
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned()
+            });
+        Err(HttpError {
+            status: Some(status),
+            unreachable: false,
+            message: format!("HTTP {status}: {reason}"),
+        })
+    }
+
+    fn error(&self, step: &str, err: HttpError) -> Error {
+        let base = &self.base;
+        let e = Error::failure(step, err.message).service(SVC);
+        if err.unreachable {
+            e.hint(format!("is OpenSearch running and reachable at {base}? check `docker compose ps` and OPENSEARCH_URL"))
+        } else if err.status == Some(StatusCode::UNAUTHORIZED)
+            || err.status == Some(StatusCode::FORBIDDEN)
+        {
+            e.hint("the cluster refused our credentials: check OPENSEARCH_USER and OPENSEARCH_PASSWORD")
+        } else {
+            e
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        step: &str,
+    ) -> Result<Value> {
+        let mut builder = self.request(method, path);
+        if let Some(body) = body {
+            builder = builder.json(body);
+        }
+        self.send_raw(builder)
+            .await
+            .map_err(|e| self.error(step, e))
+    }
+
+    async fn get(&self, path: &str, step: &str) -> Result<Value> {
+        self.call(Method::GET, path, None, step).await
+    }
+
+    /// DELETE that treats "not there" as done.
+    async fn delete_if_present(&self, path: &str, step: &str) -> Result<()> {
+        match self.send_raw(self.request(Method::DELETE, path)).await {
+            Ok(_) => Ok(()),
+            Err(HttpError {
+                status: Some(StatusCode::NOT_FOUND),
+                ..
+            }) => Ok(()),
+            Err(e) => Err(self.error(step, e)),
+        }
+    }
+}
+
+pub struct OpenSearch {
+    settings: OpenSearchSettings,
+    http: Http,
+}
+
+/// One line of the logical format. Fields not used by a line's type are absent.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Line {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    index: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    routing: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    docs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<u32>,
+}
+
+impl Line {
+    fn new(kind: &str) -> Self {
+        Line {
+            kind: kind.into(),
+            ..Default::default()
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec(self).expect("line serialises");
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+#[derive(Deserialize)]
+struct Hit {
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(rename = "_routing")]
+    routing: Option<String>,
+    #[serde(rename = "_source")]
+    source: Option<Box<RawValue>>,
+    #[serde(default)]
+    sort: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct Hits {
+    hits: Vec<Hit>,
+}
+
+#[derive(Deserialize)]
+struct SearchPage {
+    #[serde(default)]
+    pit_id: Option<String>,
+    #[serde(default, rename = "_scroll_id")]
+    scroll_id: Option<String>,
+    hits: Hits,
+}
+
+/// An index as selected for backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IndexInfo {
+    name: String,
+    primaries: usize,
+}
+
+impl OpenSearch {
+    pub fn new(settings: OpenSearchSettings) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(16)
+            .build()
+            .expect("http client");
+        let http = Http {
+            base: settings.url.clone(),
+            client,
+            username: settings.username.clone(),
+            password: settings.password.clone(),
+        };
+        OpenSearch { settings, http }
+    }
+
+    async fn health(&self, step: &str) -> Result<String> {
+        let health = self.http.get("_cluster/health", step).await?;
+        let status = health["status"].as_str().unwrap_or("unknown").to_string();
+        if status == "red" {
+            return Err(Error::failure(step, format!("cluster {} is red", health["cluster_name"]))
+                .service(SVC)
+                .hint("some primary shards are unassigned: fix the cluster first (GET _cluster/allocation/explain), then retry"));
+        }
+        Ok(status)
+    }
+
+    async fn version(&self) -> Result<String> {
+        let root = self.http.get("", "connect").await?;
+        Ok(root["version"]["number"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string())
+    }
+
+    /// The indices to back up, by the `--indices` patterns or all visible ones.
+    async fn select_indices(&self) -> Result<Vec<IndexInfo>> {
+        let pattern = self.settings.indices.as_deref().unwrap_or("*");
+        let path = format!("_cat/indices/{pattern}?format=json&h=index,pri&expand_wildcards=open");
+        let rows = self.http.get(&path, "list indices").await?;
+        let mut indices: Vec<IndexInfo> = rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|row| {
+                let name = row["index"].as_str()?.to_string();
+                let primaries = row["pri"]
+                    .as_str()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(1);
+                Some(IndexInfo { name, primaries })
+            })
+            .filter(|i| self.settings.indices.is_some() || !i.name.starts_with('.'))
+            .collect();
+        indices.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(indices)
+    }
+
+    async fn count_docs(&self, index: &str) -> Result<u64> {
+        let step = "count documents";
+        self.http
+            .call(Method::POST, &format!("{index}/_refresh"), None, step)
+            .await?;
+        let count = self.http.get(&format!("{index}/_count"), step).await?;
+        count["count"]
+            .as_u64()
+            .ok_or_else(|| Error::failure(step, format!("no count for index {index}")).service(SVC))
+    }
+
+    /// The filesystem snapshot location the server allows (`path.repo`), if any.
+    async fn path_repo(&self) -> Result<Option<PathBuf>> {
+        let nodes = self
+            .http
+            .get("_nodes/_local/settings", "read path.repo")
+            .await?;
+        let Some(node) = nodes["nodes"].as_object().and_then(|n| n.values().next()) else {
+            return Ok(None);
+        };
+        let repo = &node["settings"]["path"]["repo"];
+        let first = match repo {
+            Value::Array(items) => items.first().and_then(|v| v.as_str()),
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        };
+        Ok(first.map(PathBuf::from))
+    }
+
+    /// The method to use and why.
+    async fn choose_method(&self) -> Result<(OpenSearchMethod, String)> {
+        let repo = self.path_repo().await?;
+        if let Some(method) = self.settings.method {
+            if method == OpenSearchMethod::Snapshot {
+                let repo = repo.ok_or_else(|| {
+                    Error::failure("choose method", "the snapshot method needs path.repo, and the cluster has none configured")
+                        .service(SVC)
+                        .hint("add path.repo to opensearch.yml (a directory this tool can read, e.g. under /usr/share/opensearch/data), or use --opensearch-method logical")
+                })?;
+                if !writable_dir(&repo) {
+                    return Err(Error::failure("choose method", format!("path.repo {} is not reachable from here", repo.display()))
+                        .service(SVC)
+                        .hint("run itbackup where it can read and write path.repo (the same host or container), verify disk space and permissions, or use --opensearch-method logical"));
+                }
+            }
+            return Ok((method, "chosen by the operator".into()));
+        }
+        Ok(match repo {
+            Some(repo) if writable_dir(&repo) => (
+                OpenSearchMethod::Snapshot,
+                format!("path.repo {} is configured and reachable", repo.display()),
+            ),
+            Some(repo) => (
+                OpenSearchMethod::Logical,
+                format!(
+                    "path.repo {} is configured but not reachable from here",
+                    repo.display()
+                ),
+            ),
+            None => (
+                OpenSearchMethod::Logical,
+                "the cluster has no path.repo".into(),
+            ),
+        })
+    }
+
+    async fn wait_healthy(&self, indices: &[String], step: &str) -> Result<()> {
+        let target = if indices.is_empty() {
+            String::new()
+        } else {
+            indices.join(",")
+        };
+        let health = self
+            .http
+            .get(
+                &format!("_cluster/health/{target}?wait_for_status=yellow&timeout=120s"),
+                step,
+            )
+            .await?;
+        if health["timed_out"].as_bool().unwrap_or(false) || health["status"] == "red" {
+            return Err(Error::failure(
+                step,
+                format!("restored indices did not become active: {health}"),
+            )
+            .service(SVC)
+            .hint(
+                "look at GET _cluster/allocation/explain; verify disk space on the OpenSearch node",
+            ));
+        }
+        Ok(())
+    }
+
+    // ---- snapshot ---------------------------------------------------------
+
+    async fn backup_snapshot(
+        &self,
+        ctx: &BackupContext<'_>,
+        indices: &[IndexInfo],
+        record: &mut ArtifactRecord,
+    ) -> Result<PendingArtifact> {
+        let repo_root = self.path_repo().await?.expect("chosen only with path.repo");
+        let repo = format!(
+            "itbackup-{}-{}",
+            ctx.timestamp.to_ascii_lowercase(),
+            std::process::id()
+        );
+        let location = repo_root.join(&repo);
+        let result = self
+            .take_snapshot(ctx, &repo, &location, indices, record)
+            .await;
+        // The repository was only a vehicle: unregister it and remove its files.
+        let _ = self
+            .http
+            .delete_if_present(&format!("_snapshot/{repo}"), "remove snapshot repository")
+            .await;
+        let _ = std::fs::remove_dir_all(&location);
+        result
+    }
+
+    async fn take_snapshot(
+        &self,
+        ctx: &BackupContext<'_>,
+        repo: &str,
+        location: &Path,
+        indices: &[IndexInfo],
+        record: &mut ArtifactRecord,
+    ) -> Result<PendingArtifact> {
+        let step = "snapshot";
+        self.http
+            .call(
+                Method::PUT,
+                &format!("_snapshot/{repo}"),
+                Some(&json!({"type": "fs", "settings": {"location": location, "compress": true}})),
+                "register snapshot repository",
+            )
+            .await
+            .map_err(|e| e.hint("verify disk space and that OpenSearch may create files under path.repo (the runbook's /usr/share/opensearch/data)"))?;
+        let names: Vec<String> = indices.iter().map(|i| i.name.clone()).collect();
+        let before = self.counts_of(&names).await?;
+        let body = json!({
+            "indices": if names.is_empty() { "-*".to_string() } else { names.join(",") },
+            "include_global_state": true,
+            "ignore_unavailable": false,
+            "partial": false,
+        });
+        let answer = self
+            .http
+            .call(
+                Method::PUT,
+                &format!("_snapshot/{repo}/snapshot?wait_for_completion=true"),
+                Some(&body),
+                step,
+            )
+            .await
+            .map_err(|e| {
+                e.hint("verify disk space and that OpenSearch may write under path.repo")
+            })?;
+        let state = answer["snapshot"]["state"].as_str().unwrap_or("unknown");
+        let failed = answer["snapshot"]["shards"]["failed"].as_u64().unwrap_or(0);
+        if state != "SUCCESS" || failed > 0 {
+            return Err(Error::failure(step, format!("snapshot ended {state} with {failed} failed shard(s): {}", answer["snapshot"]["failures"]))
+                .service(SVC)
+                .hint("verify disk space and that the opensearch container can create files under /usr/share/opensearch/data"));
+        }
+        let after = self.counts_of(&names).await?;
+        record_stable_counts(record, &before, &after);
+        record
+            .details
+            .insert("snapshot_indices".into(), json!(names));
+        record.details.insert(
+            "snapshot".into(),
+            json!({"repository": repo, "name": "snapshot", "include_global_state": true}),
+        );
+
+        let compression = self.settings.snapshot_compression;
+        let file = format!("opensearch_{}.{}", ctx.timestamp, compression.extension());
+        let dir = ctx.dir.to_path_buf();
+        let source = location.to_path_buf();
+        super::blocking(SVC, move || {
+            archive::pack_dir(&source, &dir, &file, compression)
+                .map_err(|e| io_error(Some(SVC), "pack snapshot", dir.join(&file).display(), e))
+        })
+        .await
+    }
+
+    async fn counts_of(&self, names: &[String]) -> Result<BTreeMap<String, u64>> {
+        let mut counts = BTreeMap::new();
+        for name in names {
+            counts.insert(name.clone(), self.count_docs(name).await?);
+        }
+        Ok(counts)
+    }
+
+    async fn restore_snapshot(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let step = "restore snapshot";
+        let repo_root = self.path_repo().await?.ok_or_else(|| {
+            Error::failure(step, "the cluster has no path.repo, which a snapshot restore needs")
+                .service(SVC)
+                .hint("add path.repo to opensearch.yml and restart OpenSearch, or restore a logical backup")
+        })?;
+        if !writable_dir(&repo_root) {
+            return Err(Error::failure(
+                step,
+                format!(
+                    "path.repo {} is not reachable from here",
+                    repo_root.display()
+                ),
+            )
+            .service(SVC)
+            .hint("run the restore where path.repo can be written, and verify its disk space"));
+        }
+        let repo = format!("itbackup-restore-{}", std::process::id());
+        let location = repo_root.join(&repo);
+        let result = self
+            .unpack_and_restore(ctx, record, &repo, &repo_root, &location)
+            .await;
+        let _ = self
+            .http
+            .delete_if_present(&format!("_snapshot/{repo}"), "remove snapshot repository")
+            .await;
+        let _ = std::fs::remove_dir_all(&location);
+        result
+    }
+
+    async fn unpack_and_restore(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+        repo: &str,
+        repo_root: &Path,
+        location: &Path,
+    ) -> Result<()> {
+        let step = "restore snapshot";
+        let compression = snapshot_compression(record)?;
+        let (source, dest, owner) = (
+            ctx.artifact.to_path_buf(),
+            location.to_path_buf(),
+            repo_root.to_path_buf(),
+        );
+        super::blocking(SVC, move || {
+            let _ = std::fs::remove_dir_all(&dest);
+            let reader = archive::open(&source, compression)
+                .map_err(|e| io_error(Some(SVC), "unpack snapshot", source.display(), e))?;
+            archive::unpack(reader, &dest)
+                .map_err(|e| io_error(Some(SVC), "unpack snapshot", dest.display(), e))?;
+            archive::chown_tree_like(&dest, &owner)
+                .map_err(|e| io_error(Some(SVC), "unpack snapshot", dest.display(), e))
+        })
+        .await?;
+        self.http
+            .call(
+                Method::PUT,
+                &format!("_snapshot/{repo}"),
+                Some(&json!({"type": "fs", "settings": {"location": location, "readonly": true}})),
+                "register snapshot repository",
+            )
+            .await?;
+        let listed = self
+            .http
+            .get(&format!("_snapshot/{repo}/_all"), step)
+            .await?;
+        let snapshot = listed["snapshots"][0]["snapshot"].as_str().ok_or_else(|| {
+            Error::failure(step, "the unpacked repository holds no snapshot")
+                .service(SVC)
+                .hint("the artifact is not a snapshot backup; use another backup")
+        })?;
+        let indices: Vec<String> = listed["snapshots"][0]["indices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        // Replace, not merge: the indices being restored go first.
+        for index in &indices {
+            self.http
+                .delete_if_present(index, "delete index being replaced")
+                .await?;
+        }
+        let body = json!({
+            "indices": if indices.is_empty() { "-*".to_string() } else { indices.join(",") },
+            "include_global_state": true,
+            "include_aliases": true,
+        });
+        let answer = self
+            .http
+            .call(
+                Method::POST,
+                &format!("_snapshot/{repo}/{snapshot}/_restore?wait_for_completion=true"),
+                Some(&body),
+                step,
+            )
+            .await?;
+        let failed = answer["snapshot"]["shards"]["failed"].as_u64().unwrap_or(0);
+        if failed > 0 {
+            return Err(Error::failure(
+                step,
+                format!("{failed} shard(s) failed to restore: {answer}"),
+            )
+            .service(SVC));
+        }
+        self.wait_healthy(&indices, step).await
+    }
+
+    // ---- logical ------------------------------------------------------------
+
+    async fn backup_logical(
+        &self,
+        ctx: &BackupContext<'_>,
+        indices: &[IndexInfo],
+        record: &mut ArtifactRecord,
+    ) -> Result<PendingArtifact> {
+        let file = format!("opensearch_{}.ndjson.zst", ctx.timestamp);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
+        let dir = ctx.dir.to_path_buf();
+        let writer =
+            tokio::task::spawn_blocking(move || artifact::write_zstd_stream(&dir, &file, rx));
+        let exported = self.export_all(indices, &tx, record).await;
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| Error::failure("write export", e.to_string()).service(SVC))?;
+        match (exported, written) {
+            (Ok(()), Ok(pending)) => Ok(pending),
+            (Err(e), written) => {
+                if let Ok(pending) = written {
+                    pending.discard();
+                }
+                Err(e)
+            }
+            (Ok(()), Err(e)) => Err(io_error(Some(SVC), "write export", ctx.dir.display(), e)),
+        }
+    }
+
+    async fn export_all(
+        &self,
+        indices: &[IndexInfo],
+        tx: &mpsc::Sender<Vec<u8>>,
+        record: &mut ArtifactRecord,
+    ) -> Result<()> {
+        let send = |bytes: Vec<u8>| async move {
+            tx.send(bytes).await.map_err(|_| {
+                Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
+            })
+        };
+        let mut header = Line::new("header");
+        header.format = Some(LOGICAL_FORMAT.into());
+        header.version = Some(LOGICAL_VERSION);
+        header.body = Some(json!({"cluster_version": record.server_version}));
+        send(header.to_bytes()).await?;
+
+        // Templates and pipelines first: restore puts them back before any index.
+        for (kind, path, key) in [
+            (
+                "component_template",
+                "_component_template",
+                "component_templates",
+            ),
+            ("index_template", "_index_template", "index_templates"),
+        ] {
+            let all = self.http.get(path, "export templates").await?;
+            for item in all[key].as_array().into_iter().flatten() {
+                let mut line = Line::new(kind);
+                line.name = item["name"].as_str().map(String::from);
+                line.body = Some(item[kind].clone());
+                send(line.to_bytes()).await?;
+            }
+        }
+        let legacy = self.http.get("_template", "export templates").await?;
+        for (name, body) in legacy.as_object().into_iter().flatten() {
+            let mut line = Line::new("legacy_template");
+            line.name = Some(name.clone());
+            line.body = Some(body.clone());
+            send(line.to_bytes()).await?;
+        }
+        let pipelines = self
+            .http
+            .get("_ingest/pipeline", "export pipelines")
+            .await?;
+        for (id, body) in pipelines.as_object().into_iter().flatten() {
+            let mut line = Line::new("pipeline");
+            line.name = Some(id.clone());
+            line.body = Some(body.clone());
+            send(line.to_bytes()).await?;
+        }
+
+        let mut total = 0;
+        for index in indices {
+            let meta = self.http.get(&index.name, "export index settings").await?;
+            let meta = &meta[&index.name];
+            let mut line = Line::new("index");
+            line.name = Some(index.name.clone());
+            line.body = Some(json!({
+                "settings": meta["settings"],
+                "mappings": meta["mappings"],
+                "aliases": meta["aliases"],
+            }));
+            send(line.to_bytes()).await?;
+            let docs = self.export_documents(index, tx).await?;
+            let mut end = Line::new("index_end");
+            end.name = Some(index.name.clone());
+            end.docs = Some(docs);
+            send(end.to_bytes()).await?;
+            record.counts.insert(index.name.clone(), docs);
+            total += docs;
+            tracing::info!(index = %index.name, docs, "opensearch: exported index");
+        }
+        let mut end = Line::new("end");
+        end.docs = Some(total);
+        send(end.to_bytes()).await
+    }
+
+    /// Every document of one index, in parallel slices over one point in time.
+    async fn export_documents(&self, index: &IndexInfo, tx: &mpsc::Sender<Vec<u8>>) -> Result<u64> {
+        let step = format!("export documents of {}", index.name);
+        self.http
+            .call(
+                Method::POST,
+                &format!("{}/_refresh", index.name),
+                None,
+                &step,
+            )
+            .await?;
+        let slices = self.settings.slices.min(index.primaries.max(1));
+        let pit = self
+            .http
+            .send_raw(self.http.request(
+                Method::POST,
+                &format!(
+                    "{}/_search/point_in_time?keep_alive={KEEP_ALIVE}",
+                    index.name
+                ),
+            ))
+            .await;
+        match pit {
+            Ok(answer) if answer["pit_id"].is_string() => {
+                let pit_id = answer["pit_id"].as_str().unwrap_or_default().to_string();
+                let jobs = (0..slices).map(|slice| {
+                    self.export_slice_pit(&index.name, &pit_id, slice, slices, tx, &step)
+                });
+                let counted = futures::future::try_join_all(jobs).await;
+                let _ = self
+                    .http
+                    .call(
+                        Method::DELETE,
+                        "_search/point_in_time",
+                        Some(&json!({"pit_id": [pit_id]})),
+                        &step,
+                    )
+                    .await;
+                Ok(counted?.into_iter().sum())
+            }
+            // Clusters without point-in-time search: sliced scroll, which reads a snapshot too.
+            _ => {
+                let jobs = (0..slices)
+                    .map(|slice| self.export_slice_scroll(&index.name, slice, slices, tx, &step));
+                Ok(futures::future::try_join_all(jobs).await?.into_iter().sum())
+            }
+        }
+    }
+
+    async fn export_slice_pit(
+        &self,
+        index: &str,
+        pit_id: &str,
+        slice: usize,
+        slices: usize,
+        tx: &mpsc::Sender<Vec<u8>>,
+        step: &str,
+    ) -> Result<u64> {
+        let mut pit_id = pit_id.to_string();
+        let mut after: Option<Vec<Value>> = None;
+        let mut count = 0;
+        loop {
+            let mut body = json!({
+                "size": PAGE_SIZE,
+                "pit": {"id": pit_id, "keep_alive": KEEP_ALIVE},
+                "sort": [{"_shard_doc": "asc"}],
+                "track_total_hits": false,
+            });
+            if slices > 1 {
+                body["slice"] = json!({"id": slice, "max": slices});
+            }
+            if let Some(after) = &after {
+                body["search_after"] = json!(after);
+            }
+            let page = self.search_page("_search", &body, step).await?;
+            if let Some(id) = page.pit_id.clone() {
+                pit_id = id;
+            }
+            let Some(last) = page.hits.hits.last() else {
+                break;
+            };
+            after = last.sort.clone();
+            if after.is_none() {
+                return Err(
+                    Error::failure(step, "search hits came back without sort values").service(SVC),
+                );
+            }
+            count += self.send_hits(index, page.hits.hits, tx, step).await?;
+        }
+        Ok(count)
+    }
+
+    async fn export_slice_scroll(
+        &self,
+        index: &str,
+        slice: usize,
+        slices: usize,
+        tx: &mpsc::Sender<Vec<u8>>,
+        step: &str,
+    ) -> Result<u64> {
+        let mut body = json!({"size": PAGE_SIZE, "sort": ["_doc"]});
+        if slices > 1 {
+            body["slice"] = json!({"id": slice, "max": slices});
+        }
+        let mut page = self
+            .search_page(&format!("{index}/_search?scroll={KEEP_ALIVE}"), &body, step)
+            .await?;
+        let mut count = 0;
+        loop {
+            let scroll_id = page.scroll_id.clone();
+            if page.hits.hits.is_empty() {
+                if let Some(id) = scroll_id {
+                    let _ = self
+                        .http
+                        .call(
+                            Method::DELETE,
+                            "_search/scroll",
+                            Some(&json!({"scroll_id": [id]})),
+                            step,
+                        )
+                        .await;
+                }
+                break;
+            }
+            count += self
+                .send_hits(index, std::mem::take(&mut page.hits.hits), tx, step)
+                .await?;
+            let Some(id) = scroll_id else { break };
+            page = self
+                .search_page(
+                    "_search/scroll",
+                    &json!({"scroll": KEEP_ALIVE, "scroll_id": id}),
+                    step,
+                )
+                .await?;
+        }
+        Ok(count)
+    }
+
+    async fn search_page(&self, path: &str, body: &Value, step: &str) -> Result<SearchPage> {
+        let response = self
+            .http
+            .request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| {
+                self.http.error(
+                    step,
+                    HttpError {
+                        status: None,
+                        unreachable: e.is_connect(),
+                        message: e.to_string(),
+                    },
+                )
+            })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Error::failure(step, e.to_string()).service(SVC))?;
+        if !status.is_success() {
+            return Err(Error::failure(
+                step,
+                format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
+                ),
+            )
+            .service(SVC));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::failure(step, format!("unexpected search answer: {e}")).service(SVC)
+        })
+    }
+
+    async fn send_hits(
+        &self,
+        index: &str,
+        hits: Vec<Hit>,
+        tx: &mpsc::Sender<Vec<u8>>,
+        step: &str,
+    ) -> Result<u64> {
+        let mut chunk = Vec::with_capacity(hits.len() * 256);
+        let n = hits.len() as u64;
+        for hit in hits {
+            let source = hit.source.ok_or_else(|| {
+                Error::failure(step, format!("document {} of index {index} has no _source", hit.id))
+                    .service(SVC)
+                    .hint("the index has _source disabled, so its documents cannot be exported: use --opensearch-method snapshot")
+            })?;
+            let mut line = Line::new("doc");
+            line.index = Some(index.to_string());
+            line.id = Some(hit.id);
+            line.routing = hit.routing;
+            line.source = Some(source);
+            serde_json::to_writer(&mut chunk, &line).expect("line serialises");
+            chunk.push(b'\n');
+        }
+        tx.send(chunk).await.map_err(|_| {
+            Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
+        })?;
+        Ok(n)
+    }
+
+    async fn restore_logical(&self, ctx: &RestoreContext<'_>) -> Result<()> {
+        let (tx, mut rx) = mpsc::channel::<Result<Line>>(4096);
+        let path = ctx.artifact.to_path_buf();
+        let reader = tokio::task::spawn_blocking(move || {
+            read_lines(&path, |line| tx.blocking_send(line).is_ok())
+        });
+        let mut loader = Loader::new(self.http.clone(), self.settings.bulk_requests);
+        let mut outcome = Ok(());
+        while let Some(line) = rx.recv().await {
+            if let Err(e) = loader.apply(line?).await {
+                outcome = Err(e);
+                break;
+            }
+        }
+        drop(rx);
+        let _ = reader.await;
+        outcome?;
+        loader.finish().await?;
+        let restored: Vec<String> = loader.restored.clone();
+        self.wait_healthy(&restored, "restore documents").await
+    }
+}
+
+/// Counts that stayed the same across the snapshot go into the record; the rest
+/// changed while it ran and are listed instead of being compared later.
+fn record_stable_counts(
+    record: &mut ArtifactRecord,
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) {
+    let mut changed = Map::new();
+    for (index, count) in before {
+        if after.get(index) == Some(count) {
+            record.counts.insert(index.clone(), *count);
+        } else {
+            changed.insert(index.clone(), json!([count, after.get(index)]));
+        }
+    }
+    if !changed.is_empty() {
+        record.details.insert(
+            "counts_changed_during_backup".into(),
+            Value::Object(changed),
+        );
+    }
+}
+
+fn snapshot_compression(record: &ArtifactRecord) -> Result<ArchiveCompression> {
+    ArchiveCompression::from_file_name(&record.file).ok_or_else(|| {
+        Error::failure(
+            "restore snapshot",
+            format!("{} is not a .tar.gz or .tar.zst archive", record.file),
+        )
+        .service(SVC)
+    })
+}
+
+/// Can we create and remove a directory in `dir`? (path.repo as seen from here)
+fn writable_dir(dir: &Path) -> bool {
+    let probe = dir.join(format!(".itbackup-probe-{}", std::process::id()));
+    let ok = std::fs::create_dir(&probe).is_ok();
+    let _ = std::fs::remove_dir(&probe);
+    ok
+}
+
+fn read_lines(path: &Path, sink: impl FnMut(Result<Line>) -> bool) {
+    crate::ndjson::read(path, SVC, sink)
+}
+
+/// Full decode of a logical export: every line parsed, the structure and the
+/// per-index document counts checked against the trailer and the manifest.
+fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
+    let step = "verify export";
+    let fail = |msg: String| {
+        Error::failure(step, format!("{}: {msg}", path.display()))
+            .service(SVC)
+            .hint("the artifact is truncated or damaged; use another backup")
+    };
+    let mut first = true;
+    let mut ended = false;
+    let mut current: Option<(String, u64)> = None;
+    let mut total = 0u64;
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut problem: Option<Error> = None;
+    read_lines(path, |line| {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                problem = Some(e);
+                return false;
+            }
+        };
+        let result = (|| {
+            if ended {
+                return Err(fail("records after the end record".into()));
+            }
+            if first {
+                first = false;
+                if line.kind != "header" || line.format.as_deref() != Some(LOGICAL_FORMAT) {
+                    return Err(fail(
+                        "does not start with an itbackup OpenSearch header".into(),
+                    ));
+                }
+                if line.version != Some(LOGICAL_VERSION) {
+                    return Err(fail(format!(
+                        "format version {:?} is not supported",
+                        line.version
+                    )));
+                }
+                return Ok(());
+            }
+            match line.kind.as_str() {
+                "index" => current = Some((line.name.clone().unwrap_or_default(), 0)),
+                "doc" => match &mut current {
+                    Some((name, n))
+                        if line.index.as_deref() == Some(name.as_str())
+                            && line.source.is_some() =>
+                    {
+                        *n += 1
+                    }
+                    _ => return Err(fail("a document outside its index".into())),
+                },
+                "index_end" => {
+                    let Some((name, n)) = current.take() else {
+                        return Err(fail("an index end without its index".into()));
+                    };
+                    if line.docs != Some(n) || line.name.as_deref() != Some(name.as_str()) {
+                        return Err(fail(format!(
+                            "index {name}: {n} documents, the export says {:?}",
+                            line.docs
+                        )));
+                    }
+                    total += n;
+                    seen.insert(name, n);
+                }
+                "end" => {
+                    if line.docs != Some(total) || current.is_some() {
+                        return Err(fail(
+                            "the end record does not match the documents read".into(),
+                        ));
+                    }
+                    ended = true;
+                }
+                "component_template" | "index_template" | "legacy_template" | "pipeline" => {}
+                other => return Err(fail(format!("unknown record type '{other}'"))),
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                problem = Some(e);
+                false
+            }
+        }
+    });
+    if let Some(e) = problem {
+        return Err(e);
+    }
+    if !ended {
+        return Err(fail("the export ends before its end record".into()));
+    }
+    for (index, want) in &record.counts {
+        if seen.get(index) != Some(want) {
+            return Err(fail(format!(
+                "index {index}: the manifest says {want} documents, the export holds {:?}",
+                seen.get(index)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Loads a logical export into a cluster: templates and pipelines as they come,
+/// each index created bare, its documents through concurrent `_bulk` requests,
+/// then its settings and aliases put back.
+struct Loader {
+    http: Http,
+    in_flight: tokio::task::JoinSet<Result<()>>,
+    max_in_flight: usize,
+    batch: Vec<u8>,
+    batch_docs: usize,
+    /// The index being loaded: its name and what to put back after the load.
+    current: Option<(String, Value, Value)>,
+    restored: Vec<String>,
+}
+
+impl Loader {
+    fn new(http: Http, max_in_flight: usize) -> Self {
+        Loader {
+            http,
+            in_flight: tokio::task::JoinSet::new(),
+            max_in_flight,
+            batch: Vec::with_capacity(BULK_BYTES + (1 << 20)),
+            batch_docs: 0,
+            current: None,
+            restored: Vec::new(),
+        }
+    }
+
+    async fn apply(&mut self, line: Line) -> Result<()> {
+        let name = line.name.clone().unwrap_or_default();
+        match line.kind.as_str() {
+            "header" | "end" => Ok(()),
+            "component_template" => {
+                self.put(
+                    &format!("_component_template/{name}"),
+                    line.body,
+                    "restore component template",
+                )
+                .await
+            }
+            "index_template" => {
+                self.put(
+                    &format!("_index_template/{name}"),
+                    line.body,
+                    "restore index template",
+                )
+                .await
+            }
+            "legacy_template" => {
+                self.put(
+                    &format!("_template/{name}"),
+                    line.body,
+                    "restore legacy template",
+                )
+                .await
+            }
+            "pipeline" => {
+                self.put(
+                    &format!("_ingest/pipeline/{name}"),
+                    line.body,
+                    "restore ingest pipeline",
+                )
+                .await
+            }
+            "index" => {
+                self.create_index(&name, line.body.unwrap_or(Value::Null))
+                    .await
+            }
+            "doc" => self.add_doc(line).await,
+            "index_end" => self.finish_index().await,
+            other => Err(
+                Error::failure("restore", format!("unknown record type '{other}'")).service(SVC),
+            ),
+        }
+    }
+
+    async fn put(&self, path: &str, body: Option<Value>, step: &str) -> Result<()> {
+        self.http
+            .call(Method::PUT, path, Some(&body.unwrap_or(Value::Null)), step)
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_index(&mut self, name: &str, meta: Value) -> Result<()> {
+        let step = format!("create index {name}");
+        let mut settings = meta["settings"]["index"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        for key in SERVER_SET {
+            settings.remove(key);
+        }
+        if let Some(Value::Object(routing)) = settings.get_mut("routing") {
+            if let Some(Value::Object(allocation)) = routing.get_mut("allocation") {
+                allocation.remove("initial_recovery");
+            }
+        }
+        let mut after_load = Map::new();
+        for key in LOAD_TIME {
+            after_load.insert(key.to_string(), settings.remove(key).unwrap_or(Value::Null));
+        }
+        settings.insert("number_of_replicas".into(), json!(0));
+        settings.insert("refresh_interval".into(), json!("-1"));
+        self.http.delete_if_present(name, &step).await?;
+        self.http
+            .call(
+                Method::PUT,
+                name,
+                Some(&json!({"settings": {"index": settings}, "mappings": meta["mappings"]})),
+                &step,
+            )
+            .await?;
+        self.current = Some((
+            name.to_string(),
+            Value::Object(after_load),
+            meta["aliases"].clone(),
+        ));
+        Ok(())
+    }
+
+    async fn add_doc(&mut self, line: Line) -> Result<()> {
+        let index = line.index.unwrap_or_default();
+        let action = json!({"index": {"_index": index, "_id": line.id, "routing": line.routing}});
+        serde_json::to_writer(&mut self.batch, &action).expect("serialises");
+        self.batch.push(b'\n');
+        if let Some(source) = line.source {
+            self.batch.extend_from_slice(source.get().as_bytes());
+        }
+        self.batch.push(b'\n');
+        self.batch_docs += 1;
+        if self.batch.len() >= BULK_BYTES || self.batch_docs >= BULK_DOCS {
+            self.send_batch().await?;
+        }
+        Ok(())
+    }
+
+    async fn send_batch(&mut self) -> Result<()> {
+        if self.batch_docs == 0 {
+            return Ok(());
+        }
+        while self.in_flight.len() >= self.max_in_flight {
+            self.join_one().await?;
+        }
+        let body = std::mem::replace(&mut self.batch, Vec::with_capacity(BULK_BYTES + (1 << 20)));
+        self.batch_docs = 0;
+        let http = self.http.clone();
+        self.in_flight.spawn(async move { bulk(&http, body).await });
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<()> {
+        match self.in_flight.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(e)) => Err(Error::failure("restore documents", e.to_string()).service(SVC)),
+            None => Ok(()),
+        }
+    }
+
+    async fn drain(&mut self) -> Result<()> {
+        self.send_batch().await?;
+        while !self.in_flight.is_empty() {
+            self.join_one().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_index(&mut self) -> Result<()> {
+        self.drain().await?;
+        let Some((name, after_load, aliases)) = self.current.take() else {
+            return Ok(());
+        };
+        let step = format!("finish index {name}");
+        self.http
+            .call(
+                Method::PUT,
+                &format!("{name}/_settings"),
+                Some(&json!({"index": after_load})),
+                &step,
+            )
+            .await?;
+        self.http
+            .call(Method::POST, &format!("{name}/_refresh"), None, &step)
+            .await?;
+        let actions: Vec<Value> = aliases
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(alias, props)| {
+                let mut add = props.as_object().cloned().unwrap_or_default();
+                add.insert("index".into(), json!(name));
+                add.insert("alias".into(), json!(alias));
+                json!({"add": add})
+            })
+            .collect();
+        if !actions.is_empty() {
+            self.http
+                .call(
+                    Method::POST,
+                    "_aliases",
+                    Some(&json!({"actions": actions})),
+                    &step,
+                )
+                .await?;
+        }
+        tracing::info!(index = %name, "opensearch: restored index");
+        self.restored.push(name);
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.drain().await
+    }
+}
+
+/// One `_bulk` request, retried with back-off while the cluster pushes back (429).
+/// Every action carries its `_id`, so sending a batch twice is harmless.
+async fn bulk(http: &Http, body: Vec<u8>) -> Result<()> {
+    let step = "restore documents (_bulk)";
+    let body = Arc::new(body);
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=10 {
+        let request = http
+            .request(Method::POST, "_bulk?pipeline=_none")
+            .header("content-type", "application/x-ndjson")
+            .body((*body).clone());
+        let answer = match http.send_raw(request).await {
+            Ok(answer) => answer,
+            Err(HttpError {
+                status: Some(StatusCode::TOO_MANY_REQUESTS),
+                ..
+            }) if attempt < 10 => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                continue;
+            }
+            Err(e) => return Err(http.error(step, e)),
+        };
+        if !answer["errors"].as_bool().unwrap_or(false) {
+            return Ok(());
+        }
+        let items = answer["items"].as_array().cloned().unwrap_or_default();
+        let rejected = items.iter().any(|item| item["index"]["status"] == 429);
+        let failure = items.iter().find(|item| {
+            let status = item["index"]["status"].as_u64().unwrap_or(0);
+            !(200..300).contains(&status) && status != 429
+        });
+        if let Some(item) = failure {
+            let doc = &item["index"];
+            return Err(Error::failure(
+                step,
+                format!("document {} of index {} was refused: {}", doc["_id"], doc["_index"], doc["error"]),
+            )
+            .service(SVC)
+            .hint("the target cluster's mappings or settings differ from the backup's; check the index template and mappings"));
+        }
+        if rejected && attempt < 10 {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+            continue;
+        }
+        return Err(
+            Error::failure(step, "the cluster kept rejecting documents (429)")
+                .service(SVC)
+                .hint(
+                    "the cluster is overloaded: retry later or lower bulk_requests in the config",
+                ),
+        );
+    }
+    Err(Error::failure(step, "the cluster kept rejecting documents (429)").service(SVC))
+}
+
+#[async_trait]
+impl Store for OpenSearch {
+    fn service(&self) -> Service {
+        SVC
+    }
+
+    async fn probe(&self) -> Result<ServerInfo> {
+        let version = self.version().await?;
+        self.health("cluster health").await?;
+        Ok(ServerInfo {
+            version,
+            endpoint: self.settings.url.clone(),
+        })
+    }
+
+    fn backup_plan(&self, ctx: &BackupContext<'_>) -> Vec<String> {
+        let indices = self
+            .settings
+            .indices
+            .as_deref()
+            .unwrap_or("all non-hidden, non-system indices");
+        let url = &self.settings.url;
+        let snapshot = vec![
+            format!("PUT {url}/_snapshot/itbackup-<ts>  (fs repository under path.repo)"),
+            format!("PUT {url}/_snapshot/itbackup-<ts>/snapshot?wait_for_completion=true  (indices: {indices}, with global state)"),
+            format!("pack the repository into {}/opensearch_{}.{}", ctx.dir.display(), ctx.timestamp, self.settings.snapshot_compression.extension()),
+            "unregister the repository and remove its files".into(),
+        ];
+        let logical = vec![
+            format!("GET {url}/_component_template, _index_template, _template, _ingest/pipeline"),
+            format!("for each index ({indices}): GET settings, mappings, aliases; documents through point-in-time search in parallel slices"),
+            format!("write {}/opensearch_{}.ndjson.zst", ctx.dir.display(), ctx.timestamp),
+        ];
+        match self.settings.method {
+            Some(OpenSearchMethod::Snapshot) => snapshot,
+            Some(OpenSearchMethod::Logical) => logical,
+            None => {
+                let mut plan = vec!["method: snapshot when path.repo is configured and reachable from here, else logical".to_string()];
+                plan.extend(snapshot.into_iter().map(|s| format!("snapshot: {s}")));
+                plan.extend(logical.into_iter().map(|s| format!("logical: {s}")));
+                plan
+            }
+        }
+    }
+
+    async fn backup(&self, ctx: &BackupContext<'_>) -> Result<StoreBackup> {
+        let started_at = jiff::Timestamp::now().to_string();
+        let server_version = self.version().await?;
+        self.health("cluster health").await?;
+        let (method, reason) = self.choose_method().await?;
+        let indices = self.select_indices().await?;
+        let mut record = ArtifactRecord {
+            file: String::new(),
+            sha256: String::new(),
+            bytes: 0,
+            method: String::new(),
+            format: String::new(),
+            server_version,
+            started_at,
+            finished_at: String::new(),
+            counts: BTreeMap::new(),
+            members: Vec::new(),
+            details: Default::default(),
+        };
+        record.details.insert("method_reason".into(), json!(reason));
+        record.details.insert("indices".into(), json!(indices));
+        let artifact = match method {
+            OpenSearchMethod::Snapshot => {
+                record.method = "snapshot".into();
+                record.format = self.settings.snapshot_compression.extension().into();
+                self.backup_snapshot(ctx, &indices, &mut record).await?
+            }
+            OpenSearchMethod::Logical => {
+                record.method = "logical".into();
+                record.format = "ndjson.zst".into();
+                self.backup_logical(ctx, &indices, &mut record).await?
+            }
+        };
+        record.file = artifact.file_name();
+        record.sha256 = artifact.digest.sha256.clone();
+        record.bytes = artifact.digest.bytes;
+        record.finished_at = jiff::Timestamp::now().to_string();
+        Ok(StoreBackup {
+            service: SVC,
+            artifact,
+            record,
+        })
+    }
+
+    async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
+        let path = artifact.to_path_buf();
+        match record.method.as_str() {
+            "snapshot" => {
+                let compression = snapshot_compression(record)?;
+                super::blocking(SVC, move || {
+                    let reader = archive::open(&path, compression).map_err(|e| io_error(Some(SVC), "verify snapshot", path.display(), e))?;
+                    archive::check(reader).map(|_| ()).map_err(|e| {
+                        Error::failure("verify snapshot", format!("{} is not a sound archive: {e}", path.display()))
+                            .service(SVC)
+                            .hint("the artifact is truncated, damaged or unsafe (paths outside the archive); nothing was extracted; use another backup")
+                    })
+                })
+                .await
+            }
+            "logical" => {
+                let record = record.clone();
+                super::blocking(SVC, move || check_logical(&path, &record)).await
+            }
+            other => Err(
+                Error::failure("verify", format!("unknown OpenSearch method '{other}'"))
+                    .service(SVC),
+            ),
+        }
+    }
+
+    fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String> {
+        let url = &self.settings.url;
+        let indices: Vec<String> = record.counts.keys().cloned().collect();
+        match record.method.as_str() {
+            "snapshot" => vec![
+                format!("unpack {} under path.repo and register it read-only", record.file),
+                format!("DELETE {url}/<index> for each index being replaced: {}", indices.join(", ")),
+                format!("POST {url}/_snapshot/<repo>/snapshot/_restore (with global state and aliases)"),
+                "wait until every restored index is at least yellow; unregister and remove the repository".into(),
+            ],
+            _ => vec![
+                "PUT templates and ingest pipelines".into(),
+                format!("for each index ({}): DELETE, create with its settings (replicas 0, refresh off), _bulk load, put settings back, refresh, aliases", indices.join(", ")),
+                "wait until every restored index is at least yellow".into(),
+            ],
+        }
+    }
+
+    async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
+        self.health("cluster health").await?;
+        match record.method.as_str() {
+            "snapshot" => self.restore_snapshot(ctx, record).await?,
+            _ => self.restore_logical(ctx).await?,
+        }
+        self.health("cluster health after restore")
+            .await
+            .map(|_| ())
+    }
+
+    async fn counts(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, u64>> {
+        let names: Vec<String> = record.counts.keys().cloned().collect();
+        let mut counts = BTreeMap::new();
+        for name in names {
+            match self.count_docs(&name).await {
+                Ok(n) => {
+                    counts.insert(name, n);
+                }
+                Err(e) if e.message.contains("404") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(counts)
+    }
+}
