@@ -734,7 +734,6 @@ impl OpenSearch {
                 &step,
             )
             .await?;
-        let slices = self.settings.slices.min(index.primaries.max(1));
         let pit = self
             .http
             .send_raw(self.http.request(
@@ -748,10 +747,7 @@ impl OpenSearch {
         match pit {
             Ok(answer) if answer["pit_id"].is_string() => {
                 let pit_id = answer["pit_id"].as_str().unwrap_or_default().to_string();
-                let jobs = (0..slices).map(|slice| {
-                    self.export_slice_pit(&index.name, &pit_id, slice, slices, tx, &step)
-                });
-                let counted = futures::future::try_join_all(jobs).await;
+                let counted = self.export_pit(index, &pit_id, tx, &step).await;
                 let _ = self
                     .http
                     .call(
@@ -761,15 +757,48 @@ impl OpenSearch {
                         &step,
                     )
                     .await;
-                Ok(counted?.into_iter().sum())
+                counted
             }
             // Clusters without point-in-time search: sliced scroll, which reads a snapshot too.
             _ => {
+                let slices = self.settings.slices.min(index.primaries.max(1));
                 let jobs = (0..slices)
                     .map(|slice| self.export_slice_scroll(&index.name, slice, slices, tx, &step));
                 Ok(futures::future::try_join_all(jobs).await?.into_iter().sum())
             }
         }
+    }
+
+    /// OpenSearch has no `_shard_doc` tie-breaker, and `_doc` is only unique within
+    /// a shard: so there is one slice per primary shard (slicing splits by shard
+    /// first), paged with `search_after` on `_doc`, `slices` of them at a time.
+    /// The total is checked against the point in time's own count.
+    async fn export_pit(
+        &self,
+        index: &IndexInfo,
+        pit_id: &str,
+        tx: &mpsc::Sender<Vec<u8>>,
+        step: &str,
+    ) -> Result<u64> {
+        use futures::stream::{StreamExt, TryStreamExt};
+        let slices = index.primaries.max(1);
+        let exported: u64 = futures::stream::iter(0..slices)
+            .map(|slice| self.export_slice_pit(&index.name, pit_id, slice, slices, tx, step))
+            .buffer_unordered(self.settings.slices)
+            .try_fold(0, |sum, n| async move { Ok(sum + n) })
+            .await?;
+        let body = json!({"size": 0, "track_total_hits": true, "pit": {"id": pit_id, "keep_alive": KEEP_ALIVE}});
+        let total = self
+            .http
+            .call(Method::POST, "_search", Some(&body), step)
+            .await?;
+        let expected = total["hits"]["total"]["value"].as_u64().unwrap_or(exported);
+        if expected != exported {
+            return Err(Error::failure(step, format!("read {exported} documents of {} but its point in time holds {expected}", index.name))
+                .service(SVC)
+                .hint("use --opensearch-method snapshot, or report this: the cluster's paging did not return every document"));
+        }
+        Ok(exported)
     }
 
     async fn export_slice_pit(
@@ -788,7 +817,7 @@ impl OpenSearch {
             let mut body = json!({
                 "size": PAGE_SIZE,
                 "pit": {"id": pit_id, "keep_alive": KEEP_ALIVE},
-                "sort": [{"_shard_doc": "asc"}],
+                "sort": [{"_doc": "asc"}],
                 "track_total_hits": false,
             });
             if slices > 1 {
@@ -1198,7 +1227,16 @@ impl Loader {
         }
         let mut after_load = Map::new();
         for key in LOAD_TIME {
-            after_load.insert(key.to_string(), settings.remove(key).unwrap_or(Value::Null));
+            match settings.remove(key) {
+                Some(value) => {
+                    after_load.insert(key.to_string(), value);
+                }
+                // `null` puts a plain setting back to its default; `blocks` is a group.
+                None if key != "blocks" => {
+                    after_load.insert(key.to_string(), Value::Null);
+                }
+                None => {}
+            }
         }
         settings.insert("number_of_replicas".into(), json!(0));
         settings.insert("refresh_interval".into(), json!("-1"));

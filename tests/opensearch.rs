@@ -1,0 +1,445 @@
+//! OpenSearch end to end against the real server, both methods: back up,
+//! delete everything, restore, and compare mappings, settings, aliases,
+//! templates, pipelines, counts and a digest of every document.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use common::*;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+struct Os {
+    url: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Os {
+    fn new() -> Os {
+        Os {
+            url: required_env("OPENSEARCH_URL"),
+            http: reqwest::blocking::Client::new(),
+        }
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}/{}", self.url, path));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .unwrap_or_else(|e| panic!("OpenSearch at {} is not answering: {e}", self.url));
+        let status = resp.status().as_u16();
+        (status, resp.json().unwrap_or(Value::Null))
+    }
+
+    fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(method.clone(), path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {value}"
+        );
+        value
+    }
+
+    fn get(&self, path: &str) -> Value {
+        self.ok(reqwest::Method::GET, path, None)
+    }
+
+    fn put(&self, path: &str, body: Value) -> Value {
+        self.ok(reqwest::Method::PUT, path, Some(body))
+    }
+
+    fn delete(&self, path: &str) {
+        self.call(reqwest::Method::DELETE, path, None);
+    }
+
+    fn bulk(&self, lines: &[Value]) {
+        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let resp: Value = self
+            .http
+            .post(format!("{}/_bulk?refresh=true", self.url))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(resp["errors"], false, "bulk failed: {resp}");
+    }
+
+    /// Every document of `index` with id and routing, as a digest.
+    fn digest(&self, index: &str) -> (u64, String) {
+        let mut docs: Vec<String> = Vec::new();
+        let mut page = self.ok(
+            reqwest::Method::POST,
+            &format!("{index}/_search?scroll=1m"),
+            Some(json!({"size": 1000, "sort": ["_doc"]})),
+        );
+        loop {
+            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            if hits.is_empty() {
+                break;
+            }
+            for hit in hits {
+                docs.push(format!(
+                    "{}|{}|{}",
+                    hit["_id"], hit["_routing"], hit["_source"]
+                ));
+            }
+            let id = page["_scroll_id"].as_str().unwrap().to_string();
+            page = self.ok(
+                reqwest::Method::POST,
+                "_search/scroll",
+                Some(json!({"scroll": "1m", "scroll_id": id})),
+            );
+        }
+        docs.sort();
+        let mut hasher = Sha256::new();
+        for d in &docs {
+            hasher.update(d.as_bytes());
+            hasher.update(b"\n");
+        }
+        (docs.len() as u64, hex::encode(hasher.finalize()))
+    }
+
+    fn wipe_fixture(&self) {
+        self.delete("itb-*");
+        self.delete("_index_template/itb-tpl");
+        self.delete("_component_template/itb-comp");
+        self.delete("_ingest/pipeline/itb-pipe");
+    }
+
+    fn create_fixture(&self) {
+        self.wipe_fixture();
+        self.put(
+            "_component_template/itb-comp",
+            json!({"template": {"mappings": {"properties": {"common": {"type": "keyword"}}}}}),
+        );
+        self.put(
+            "_index_template/itb-tpl",
+            json!({"index_patterns": ["itb-tpl-*"], "composed_of": ["itb-comp"], "priority": 50,
+                   "template": {"settings": {"number_of_shards": 1}, "mappings": {"properties": {"t": {"type": "integer"}}}}}),
+        );
+        // A pipeline that would change documents again if the restore re-ran it.
+        self.put(
+            "_ingest/pipeline/itb-pipe",
+            json!({"description": "tags documents", "processors": [{"append": {"field": "tags", "value": ["piped"]}}]}),
+        );
+        self.put(
+            "itb-a",
+            json!({
+                "settings": {
+                    "number_of_shards": 2, "number_of_replicas": 0, "refresh_interval": "2s",
+                    "default_pipeline": "itb-pipe",
+                    "analysis": {"analyzer": {"folded": {"type": "custom", "tokenizer": "standard", "filter": ["lowercase", "asciifolding"]}}}
+                },
+                "mappings": {"properties": {
+                    "title": {"type": "text", "analyzer": "folded"},
+                    "code": {"type": "keyword"},
+                    "when": {"type": "date"},
+                    "where": {"type": "geo_point"},
+                    "parts": {"type": "nested", "properties": {"name": {"type": "keyword"}, "qty": {"type": "integer"}}},
+                    "metrics": {"type": "object", "dynamic": true},
+                    "tags": {"type": "keyword"}
+                }}
+            }),
+        );
+        self.put("itb-b", json!({"settings": {"number_of_shards": 1}, "aliases": {"itb-alias": {"filter": {"term": {"kind": "keep"}}, "is_write_index": true}}}));
+        self.put("itb-tpl-1", json!({}));
+
+        let mut lines = Vec::new();
+        for i in 0..12_000u64 {
+            let id = match i % 5 {
+                0 => format!("doc/{i} with spaces?&é#%"),
+                1 => format!("{i}\"quoted\""),
+                _ => format!("d{i}"),
+            };
+            let mut action = json!({"index": {"_index": "itb-a", "_id": id}});
+            if i % 7 == 0 {
+                action["index"]["routing"] = json!(format!("r{}", i % 3));
+            }
+            let metrics: serde_json::Map<String, Value> = (0..20)
+                .map(|m| (format!("m{m}"), json!((i * m) as f64 / 7.0)))
+                .collect();
+            lines.push(action);
+            lines.push(json!({
+                "title": format!("Ünïcode Title {i}"), "code": format!("C-{}", i % 97),
+                "when": format!("2024-01-{:02}T10:00:00Z", 1 + i % 28), "where": {"lat": (i % 90) as f64 / 2.0, "lon": (i % 180) as f64 / 3.0},
+                "parts": [{"name": "a", "qty": i}, {"name": "b", "qty": i + 1}], "metrics": metrics
+            }));
+            if lines.len() >= 4000 {
+                self.bulk(&lines);
+                lines.clear();
+            }
+        }
+        for i in 0..500 {
+            lines.push(json!({"index": {"_index": "itb-b", "_id": format!("b{i}")}}));
+            lines.push(json!({"kind": if i % 2 == 0 { "keep" } else { "other" }, "n": i}));
+        }
+        for i in 0..20 {
+            lines.push(json!({"index": {"_index": "itb-tpl-1", "_id": i.to_string()}}));
+            lines.push(json!({"t": i, "common": "x"}));
+        }
+        self.bulk(&lines);
+    }
+
+    /// Everything the test compares, as one map.
+    fn state(&self) -> BTreeMap<String, Value> {
+        let mut state = BTreeMap::new();
+        for index in ["itb-a", "itb-b", "itb-tpl-1"] {
+            self.ok(reqwest::Method::POST, &format!("{index}/_refresh"), None);
+            let meta = self.get(index);
+            let settings = &meta[index]["settings"]["index"];
+            state.insert(format!("{index}/mappings"), meta[index]["mappings"].clone());
+            state.insert(format!("{index}/aliases"), meta[index]["aliases"].clone());
+            for key in [
+                "number_of_shards",
+                "number_of_replicas",
+                "refresh_interval",
+                "default_pipeline",
+                "analysis",
+            ] {
+                state.insert(format!("{index}/settings/{key}"), settings[key].clone());
+            }
+            let (count, digest) = self.digest(index);
+            state.insert(format!("{index}/count"), json!(count));
+            state.insert(format!("{index}/digest"), json!(digest));
+        }
+        state.insert(
+            "index_template".into(),
+            self.get("_index_template/itb-tpl")["index_templates"][0]["index_template"].clone(),
+        );
+        state.insert(
+            "component_template".into(),
+            self.get("_component_template/itb-comp")["component_templates"][0]
+                ["component_template"]
+                .clone(),
+        );
+        state.insert(
+            "pipeline".into(),
+            self.get("_ingest/pipeline/itb-pipe")["itb-pipe"].clone(),
+        );
+        state
+    }
+}
+
+fn round_trip(method: &str) {
+    let _guard = serial();
+    let os = Os::new();
+    os.create_fixture();
+    let before = os.state();
+    assert_eq!(before["itb-a/count"], json!(12_000));
+
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "opensearch",
+            "--opensearch-method",
+            method,
+            "--indices",
+            "itb-*",
+        ],
+        &[],
+    );
+    let dir = only_backup(root.path());
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(dir.join("backup-manifest.json")).unwrap()).unwrap();
+    let record = &manifest["artifacts"]["opensearch"];
+    assert_eq!(record["method"], method);
+    assert_eq!(record["counts"]["itb-a"], 12_000);
+    assert!(manifest["services"]["opensearch"]
+        .as_str()
+        .unwrap()
+        .starts_with("opensearch_"));
+
+    os.wipe_fixture();
+    assert_eq!(os.call(reqwest::Method::GET, "itb-a", None).0, 404);
+    ok(&["--root", root_arg, "restore", "--yes"], &[]);
+    assert_eq!(os.state(), before, "{method}: restored state differs");
+
+    // Restoring over the live indices replaces them.
+    os.bulk(&[
+        json!({"index": {"_index": "itb-b", "_id": "extra"}}),
+        json!({"kind": "late"}),
+    ]);
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "restore",
+            "--path",
+            dir.to_str().unwrap(),
+            "--yes",
+        ],
+        &[],
+    );
+    assert_eq!(os.state(), before, "{method}: second restore differs");
+    os.wipe_fixture();
+}
+
+#[test]
+fn snapshot_round_trip_restores_everything() {
+    round_trip("snapshot");
+}
+
+#[test]
+fn logical_round_trip_restores_everything() {
+    round_trip("logical");
+}
+
+/// Rewrite a manifest after replacing an artifact, as an attacker or a broken copy would.
+fn forge(dir: &Path, service: itbackup::service::Service, file: &Path) {
+    let mut manifest = itbackup::manifest::Manifest::read_dir(dir).unwrap();
+    let digest = itbackup::artifact::digest_file(file).unwrap();
+    let record = manifest.artifacts.get_mut(&service).unwrap();
+    record.sha256 = digest.sha256;
+    record.bytes = digest.bytes;
+    manifest.write(dir).unwrap();
+}
+
+#[test]
+fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
+    let _guard = serial();
+    let os = Os::new();
+    os.create_fixture();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "opensearch",
+            "--opensearch-method",
+            "snapshot",
+            "--indices",
+            "itb-b",
+            "--timestamp",
+            "snap",
+        ],
+        &[],
+    );
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "opensearch",
+            "--opensearch-method",
+            "logical",
+            "--indices",
+            "itb-b",
+            "--timestamp",
+            "logical",
+        ],
+        &[],
+    );
+    // Changed after the backups: a restore would undo this.
+    os.bulk(&[
+        json!({"index": {"_index": "itb-b", "_id": "canary"}}),
+        json!({"kind": "canary"}),
+    ]);
+    let canary_present =
+        |os: &Os| os.call(reqwest::Method::GET, "itb-b/_doc/canary", None).0 == 200;
+
+    // A tarball that climbs out of its directory, with a manifest that vouches for it.
+    let snap_dir = root.path().join("snap");
+    let tarball = fs::read_dir(&snap_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .unwrap();
+    let escape = format!("itb-escape-{}", std::process::id());
+    {
+        let file = fs::File::create(&tarball).unwrap();
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut builder = tar::Builder::new(gz);
+        let mut header = tar::Header::new_gnu();
+        let name = format!("../../../../../../tmp/{escape}");
+        header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_size(4);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, &b"evil"[..]).unwrap();
+        builder.into_inner().unwrap().finish().unwrap();
+    }
+    forge(&snap_dir, itbackup::service::Service::Opensearch, &tarball);
+    let err = fails(
+        &["restore", "--path", snap_dir.to_str().unwrap(), "--yes"],
+        &[],
+        1,
+    );
+    assert!(err.contains("climbs out"), "{err}");
+    assert!(
+        !Path::new("/tmp").join(&escape).exists(),
+        "the archive escaped"
+    );
+    assert!(canary_present(&os), "a refused restore changed the index");
+
+    // A logical export cut short, with a manifest that vouches for it.
+    let logical_dir = root.path().join("logical");
+    let export = fs::read_dir(&logical_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
+        .unwrap();
+    let bytes = fs::read(&export).unwrap();
+    fs::write(&export, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    forge(
+        &logical_dir,
+        itbackup::service::Service::Opensearch,
+        &export,
+    );
+    let err = fails(
+        &["restore", "--path", logical_dir.to_str().unwrap(), "--yes"],
+        &[],
+        1,
+    );
+    assert!(
+        err.contains("damaged") || err.contains("ends before"),
+        "{err}"
+    );
+    assert!(canary_present(&os), "a refused restore changed the index");
+    os.wipe_fixture();
+}
+
+#[test]
+fn unreachable_or_red_cluster_gives_a_clear_error() {
+    let _guard = serial();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let err = fails(
+        &["--root", root_arg, "backup", "--services", "opensearch"],
+        &[("OPENSEARCH_URL", "http://127.0.0.1:1")],
+        1,
+    );
+    assert!(
+        err.contains("opensearch") && err.contains("reachable"),
+        "{err}"
+    );
+
+    let os = Os::new();
+    os.delete("itb-red");
+    // A primary that can never be allocated turns the cluster red.
+    os.put("itb-red?wait_for_active_shards=0", json!({"settings": {"number_of_shards": 1, "index.routing.allocation.require._name": "no-such-node"}}));
+    let err = fails(
+        &["--root", root_arg, "backup", "--services", "opensearch"],
+        &[],
+        1,
+    );
+    os.delete("itb-red");
+    assert!(err.contains("red"), "{err}");
+}
