@@ -52,8 +52,10 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// Properties as Cypher sees them, with temporal values and points turned into
 /// the forms we store: `[[key, valueType, value], …]`.
 const PROPS: &str = "[k IN keys(x) | [k, valueType(x[k]), CASE
-      WHEN valueType(x[k]) STARTS WITH 'POINT' THEN {srid: x[k].srid, x: x[k].x, y: x[k].y, z: x[k].z}
-      WHEN valueType(x[k]) STARTS WITH 'LIST<POINT' THEN [p IN x[k] | {srid: p.srid, x: p.x, y: p.y, z: p.z}]
+      WHEN valueType(x[k]) STARTS WITH 'POINT' THEN CASE WHEN x[k].crs ENDS WITH '-3d'
+        THEN {srid: x[k].srid, x: x[k].x, y: x[k].y, z: x[k].z} ELSE {srid: x[k].srid, x: x[k].x, y: x[k].y} END
+      WHEN valueType(x[k]) STARTS WITH 'LIST<POINT' THEN [p IN x[k] | CASE WHEN p.crs ENDS WITH '-3d'
+        THEN {srid: p.srid, x: p.x, y: p.y, z: p.z} ELSE {srid: p.srid, x: p.x, y: p.y} END]
       WHEN valueType(x[k]) STARTS WITH 'LIST<DATE' OR valueType(x[k]) STARTS WITH 'LIST<LOCAL'
         OR valueType(x[k]) STARTS WITH 'LIST<ZONED' OR valueType(x[k]) STARTS WITH 'LIST<DURATION'
         THEN [t IN x[k] | toString(t)]

@@ -1,0 +1,166 @@
+# Shared by testenv/up, testenv/down and testenv/env. Sourced, never run.
+#
+# Layout: everything a server writes (installed distribution, data, logs, pid
+# files) lives under $STATE (default <repo>/.testenv, gitignored), so
+# `testenv/down && rm -rf .testenv` is a clean slate. Downloads stay in Maven's
+# local repository (~/.m2) and Debian's package cache, so a second install is
+# offline and quick.
+
+set -euo pipefail
+
+TESTENV_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$TESTENV_SRC/.." && pwd)"
+# shellcheck source=versions
+source "$TESTENV_SRC/versions"
+
+STATE="${IT_TESTENV_DIR:-$REPO_ROOT/.testenv}"
+JAVA_HOME="${IT_TESTENV_JAVA_HOME:-${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}}"
+JAVA="$JAVA_HOME/bin/java"
+ALL_SERVICES=(postgres opensearch neo4j)
+
+log() { printf 'testenv: %s\n' "$*" >&2; }
+die() { printf 'testenv: error: %s\n' "$*" >&2; exit 1; }
+
+# Run a command as USER: through runuser when we are root, directly otherwise
+# (a developer running testenv as themselves owns every file already).
+as_user() {
+  local user="$1"; shift
+  if [ "$(id -u)" -eq 0 ]; then runuser -u "$user" -- "$@"; else "$@"; fi
+}
+
+# The unprivileged user a server runs as when testenv runs as root.
+service_user() {
+  if [ "$(id -u)" -ne 0 ]; then id -un; else echo "$1"; fi
+}
+
+ensure_system_user() {
+  local user="$1"
+  [ "$(id -u)" -eq 0 ] || return 0
+  id "$user" >/dev/null 2>&1 && return 0
+  log "creating system user $user"
+  useradd --system --no-create-home --shell /usr/sbin/nologin "$user"
+}
+
+# Servers run as unprivileged users, which must be able to walk down to $STATE.
+ensure_reachable_by() {
+  local user="$1" dir="$2"
+  [ "$(id -u)" -eq 0 ] || return 0
+  if ! runuser -u "$user" -- test -x "$dir"; then
+    die "user $user cannot reach $dir (a parent directory is not world-searchable); set IT_TESTENV_DIR to a directory under /var/tmp, for example"
+  fi
+}
+
+# A pid file names a live process of ours only when the process's command line
+# mentions MARKER (our install directory): a stale pid reused by another program
+# is never touched.
+pid_alive() {
+  local pidfile="$1" marker="$2" pid
+  [ -s "$pidfile" ] || return 1
+  pid="$(head -n1 "$pidfile")"
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$marker"
+}
+
+# Stop the process named by PIDFILE (TERM, then KILL after GRACE seconds).
+stop_pidfile() {
+  local name="$1" pidfile="$2" marker="$3" grace="${4:-60}" pid i
+  if ! pid_alive "$pidfile" "$marker"; then
+    rm -f "$pidfile"
+    return 0
+  fi
+  pid="$(head -n1 "$pidfile")"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 5; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name (pid $pid) did not stop in ${grace}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$pidfile"
+}
+
+# Fails when something that is not ours already listens on PORT.
+require_free_port() {
+  local name="$1" port="$2"
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    die "$name: port $port on 127.0.0.1 is already taken by a process testenv did not start"
+  fi
+}
+
+# Wait until CHECK (a command) succeeds; on timeout print the log tail, stop
+# what we started and fail.
+wait_until() {
+  local name="$1" logfile="$2" pidfile="$3" marker="$4"; shift 4
+  local deadline=$((SECONDS + START_TIMEOUT))
+  while ! "$@" >/dev/null 2>&1; do
+    # A daemon may write its pid file a moment after its launcher returns.
+    if [ -n "$pidfile" ] && [ -s "$pidfile" ] && ! pid_alive "$pidfile" "$marker"; then
+      fail_start "$name" "$logfile" "the server process exited"
+    fi
+    if ((SECONDS >= deadline)); then
+      [ -n "$pidfile" ] && stop_pidfile "$name" "$pidfile" "$marker" 10
+      fail_start "$name" "$logfile" "no answer after ${START_TIMEOUT}s"
+    fi
+    sleep 1
+  done
+}
+
+# LOGFILES is one path or several separated by ':'; each non-empty one is shown.
+fail_start() {
+  local name="$1" logfiles="$2" why="$3" f
+  printf 'testenv: error: %s failed to start: %s.\n' "$name" "$why" >&2
+  IFS=':' read -r -a files <<<"$logfiles"
+  for f in "${files[@]}"; do
+    [ -s "$f" ] || continue
+    printf 'testenv: last lines of %s:\n' "$f" >&2
+    tail -n 30 "$f" | sed 's/^/  | /' >&2
+  done
+  exit 1
+}
+
+# Resolve Maven coordinates into the local repository (~/.m2) and print the file.
+maven_fetch() {
+  local group="$1" artifact="$2" version="$3" packaging="$4"
+  local file="$HOME/.m2/repository/${group//.//}/$artifact/$version/$artifact-$version.$packaging"
+  if [ ! -s "$file" ]; then
+    log "fetching $group:$artifact:$version ($packaging) with Maven"
+    mvn -q -B -Dstyle.color=never dependency:get -Dtransitive=false \
+      -Dartifact="$group:$artifact:$version:$packaging" >&2 \
+      || die "Maven could not fetch $group:$artifact:$version:$packaging"
+  fi
+  printf '%s\n' "$file"
+}
+
+# Copy the runtime dependency closure of the pom in POM_DIR into OUT.
+maven_copy_deps() {
+  local pom_dir="$1" out="$2"; shift 2
+  mvn -q -B -Dstyle.color=never -f "$pom_dir/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$out" "$@" >&2 \
+    || die "Maven could not resolve the dependencies in $pom_dir/pom.xml"
+}
+
+load_services() {
+  local svc
+  for svc in "${ALL_SERVICES[@]}"; do
+    # shellcheck source=/dev/null
+    source "$TESTENV_SRC/$svc.sh"
+  done
+}
+
+# Validate service names given on the command line (none = all).
+select_services() {
+  local svc known
+  if [ "$#" -eq 0 ]; then
+    printf '%s\n' "${ALL_SERVICES[@]}"
+    return
+  fi
+  for svc in "$@"; do
+    known=0
+    for k in "${ALL_SERVICES[@]}"; do [ "$k" = "$svc" ] && known=1; done
+    [ "$known" -eq 1 ] || { echo "testenv: unknown service '$svc' (valid: ${ALL_SERVICES[*]})" >&2; exit 2; }
+    printf '%s\n' "$svc"
+  done
+}

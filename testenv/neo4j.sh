@@ -1,0 +1,128 @@
+# Neo4j Community from Maven Central. Neo4j publishes no standalone tarball
+# there, so testenv assembles one: the server's runtime dependency closure in
+# lib/, a neo4j.conf, and two launchers — the server's own entry point
+# (org.neo4j.server.CommunityEntryPoint) and neo4j-admin (org.neo4j.cli.AdminTool),
+# the same classes bin/neo4j and bin/neo4j-admin start in the tarball.
+
+NEO4J_DIR="$STATE/neo4j"
+NEO4J_HOME_DIR="$NEO4J_DIR/home"
+NEO4J_CONF_DIR="$NEO4J_DIR/conf"
+NEO4J_DATA_DIR="$NEO4J_DIR/data"
+NEO4J_LOGS="$NEO4J_DIR/logs"
+NEO4J_PIDFILE="$NEO4J_DIR/run/neo4j.pid"
+NEO4J_CONSOLE="$NEO4J_LOGS/console.log"
+NEO4J_LOGFILES="$NEO4J_CONSOLE:$NEO4J_LOGS/neo4j.log:$NEO4J_LOGS/debug.log"
+NEO4J_ADMIN_BIN="$NEO4J_HOME_DIR/bin/neo4j-admin"
+
+neo4j_install() {
+  [ -x "$NEO4J_ADMIN_BIN" ] && [ -s "$NEO4J_HOME_DIR/lib/.complete" ] && return 0
+  local build="$NEO4J_DIR/build"
+  mkdir -p "$build"
+  cat >"$build/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>itbackup.testenv</groupId>
+  <artifactId>neo4j-community-assembly</artifactId>
+  <version>1</version>
+  <dependencies>
+    <dependency>
+      <groupId>org.neo4j.app</groupId>
+      <artifactId>neo4j-server</artifactId>
+      <version>$NEO4J_VERSION</version>
+    </dependency>
+    <dependency>
+      <groupId>org.neo4j</groupId>
+      <artifactId>neo4j</artifactId>
+      <version>$NEO4J_VERSION</version>
+    </dependency>
+  </dependencies>
+</project>
+POM
+  log "assembling Neo4j $NEO4J_VERSION Community from Maven artifacts into $NEO4J_HOME_DIR"
+  rm -rf "$NEO4J_HOME_DIR"
+  mkdir -p "$NEO4J_HOME_DIR/bin"
+  maven_copy_deps "$build" "$NEO4J_HOME_DIR/lib"
+  cat >"$NEO4J_ADMIN_BIN" <<SH
+#!/bin/sh
+# neo4j-admin of the testenv Neo4j (the class bin/neo4j-admin runs in the tarball).
+NEO4J_HOME="\${NEO4J_HOME:-$NEO4J_HOME_DIR}"
+NEO4J_CONF="\${NEO4J_CONF:-$NEO4J_CONF_DIR}"
+export NEO4J_HOME NEO4J_CONF
+exec "$JAVA" -Xmx256m -cp "\$NEO4J_HOME/lib/*" org.neo4j.cli.AdminTool "\$@"
+SH
+  chmod +x "$NEO4J_ADMIN_BIN"
+  date >"$NEO4J_HOME_DIR/lib/.complete"
+}
+
+neo4j_configure() {
+  mkdir -p "$NEO4J_CONF_DIR" "$NEO4J_DATA_DIR" "$NEO4J_LOGS" "$NEO4J_DIR/run" "$NEO4J_DIR/import" "$NEO4J_DIR/plugins"
+  cat >"$NEO4J_CONF_DIR/neo4j.conf" <<CONF
+# Written by testenv/up.
+server.default_listen_address=127.0.0.1
+server.default_advertised_address=127.0.0.1
+server.bolt.listen_address=:$NEO4J_BOLT_PORT
+server.http.listen_address=:$NEO4J_HTTP_PORT
+server.https.enabled=false
+server.directories.data=$NEO4J_DATA_DIR
+server.directories.logs=$NEO4J_LOGS
+server.directories.run=$NEO4J_DIR/run
+server.directories.import=$NEO4J_DIR/import
+server.directories.plugins=$NEO4J_DIR/plugins
+server.memory.heap.initial_size=$NEO4J_HEAP
+server.memory.heap.max_size=$NEO4J_HEAP
+server.memory.pagecache.size=$NEO4J_PAGECACHE
+dbms.security.auth_enabled=true
+CONF
+  if [ ! -e "$NEO4J_DATA_DIR/dbms/auth.ini" ]; then
+    "$NEO4J_ADMIN_BIN" dbms set-initial-password "$NEO4J_PASSWORD" >"$NEO4J_LOGS/set-password.log" 2>&1 \
+      || fail_start neo4j "$NEO4J_LOGS/set-password.log" "neo4j-admin dbms set-initial-password failed"
+  fi
+}
+
+neo4j_answers() {
+  curl -fsS --max-time 5 -u "$NEO4J_USER:$NEO4J_PASSWORD" -H 'Content-Type: application/json' \
+    -d '{"statements":[{"statement":"RETURN 1"}]}' \
+    "http://127.0.0.1:$NEO4J_HTTP_PORT/db/neo4j/tx/commit" | grep -q '"errors":\[\]'
+}
+
+neo4j_start() {
+  if pid_alive "$NEO4J_PIDFILE" "$NEO4J_HOME_DIR" && neo4j_answers; then return 0; fi
+  neo4j_install
+  neo4j_configure
+  stop_pidfile neo4j "$NEO4J_PIDFILE" "$NEO4J_HOME_DIR" 30
+  require_free_port neo4j "$NEO4J_BOLT_PORT"
+  require_free_port neo4j "$NEO4J_HTTP_PORT"
+  : >"$NEO4J_CONSOLE"
+  # setsid: the server outlives this script and the caller's terminal or pipe.
+  NEO4J_HOME="$NEO4J_HOME_DIR" NEO4J_CONF="$NEO4J_CONF_DIR" setsid "$JAVA" \
+    -Xms"$NEO4J_HEAP" -Xmx"$NEO4J_HEAP" -XX:+ExitOnOutOfMemoryError \
+    -cp "$NEO4J_HOME_DIR/lib/*" org.neo4j.server.CommunityEntryPoint \
+    --home-dir="$NEO4J_HOME_DIR" --config-dir="$NEO4J_CONF_DIR" \
+    </dev/null >>"$NEO4J_CONSOLE" 2>&1 &
+  echo $! >"$NEO4J_PIDFILE"
+  wait_until neo4j "$NEO4J_LOGFILES" "$NEO4J_PIDFILE" "$NEO4J_HOME_DIR" neo4j_answers
+}
+
+neo4j_stop() {
+  stop_pidfile neo4j "$NEO4J_PIDFILE" "$NEO4J_HOME_DIR" 60
+}
+
+neo4j_describe() {
+  local version
+  version="$(curl -fsS --max-time 5 "http://127.0.0.1:$NEO4J_HTTP_PORT/" | sed -n 's/.*"neo4j_version" *: *"\([^"]*\)".*/\1/p')"
+  printf '%-10s %-22s %s\n' neo4j "Neo4j $version Community" "bolt://127.0.0.1:$NEO4J_BOLT_PORT"
+}
+
+neo4j_env() {
+  cat <<ENV
+export NEO4J_URI=bolt://127.0.0.1:$NEO4J_BOLT_PORT
+export NEO4J_USER=$NEO4J_USER
+export NEO4J_PASSWORD=$NEO4J_PASSWORD
+export NEO4J_HOME=$NEO4J_HOME_DIR
+export NEO4J_CONF=$NEO4J_CONF_DIR
+export IT_NEO4J_DATA=$NEO4J_DATA_DIR
+export IT_NEO4J_ADMIN=$NEO4J_ADMIN_BIN
+export IT_NEO4J_STOP_CMD="$TESTENV_SRC/down neo4j"
+export IT_NEO4J_START_CMD="$TESTENV_SRC/up neo4j"
+ENV
+}

@@ -1,0 +1,110 @@
+//! The three servers of `testenv/` answer the project's own client libraries
+//! (tokio-postgres, reqwest, neo4rs) with the runbook's development defaults.
+//! Every other integration test stands on these.
+
+mod common;
+use common::required_env;
+
+#[tokio::test]
+async fn postgres_answers_select_version() {
+    let conninfo = format!(
+        "host={} port={} user={} password={} dbname=postgres",
+        required_env("PGHOST"),
+        required_env("PGPORT"),
+        required_env("PGUSER"),
+        required_env("PGPASSWORD")
+    );
+    let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the testenv PostgreSQL with password authentication");
+    tokio::spawn(connection);
+    let row = client.query_one("SELECT version()", &[]).await.unwrap();
+    let version: String = row.get(0);
+    assert!(version.starts_with("PostgreSQL 15."), "{version}");
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_wrong_password() {
+    let conninfo = format!(
+        "host={} port={} user={} password=not-the-password dbname=postgres",
+        required_env("PGHOST"),
+        required_env("PGPORT"),
+        required_env("PGUSER"),
+    );
+    let err = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("password authentication must be enforced over TCP");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn opensearch_answers_get_root() {
+    let url = required_env("OPENSEARCH_URL");
+    let body: serde_json::Value = reqwest::get(format!("{url}/"))
+        .await
+        .expect("GET / on the testenv OpenSearch")
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["version"]["distribution"], "opensearch", "{body}");
+    assert!(
+        body["version"]["number"].as_str().unwrap().starts_with("2.19."),
+        "{body}"
+    );
+    // Snapshots need path.repo, and pipelines need the ingest-common module.
+    let settings: serde_json::Value = reqwest::get(format!(
+        "{url}/_nodes/settings?filter_path=nodes.*.settings.path.repo"
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert!(settings.to_string().contains("snapshots"), "{settings}");
+    let plugins = reqwest::get(format!("{url}/_cat/plugins?h=component"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let modules: serde_json::Value = reqwest::get(format!("{url}/_nodes/plugins"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        modules.to_string().contains("ingest-common"),
+        "{plugins} {modules}"
+    );
+}
+
+#[tokio::test]
+async fn neo4j_answers_return_1() {
+    let graph = neo4rs::Graph::new(
+        required_env("NEO4J_URI"),
+        required_env("NEO4J_USER"),
+        required_env("NEO4J_PASSWORD"),
+    )
+    .await
+    .expect("connect to the testenv Neo4j over Bolt");
+    let mut rows = graph.execute(neo4rs::query("RETURN 1 AS one")).await.unwrap();
+    let row = rows.next().await.unwrap().expect("one row");
+    assert_eq!(row.get::<i64>("one").unwrap(), 1);
+    let mut rows = graph
+        .execute(neo4rs::query(
+            "CALL dbms.components() YIELD name, versions, edition RETURN versions[0] AS v, edition",
+        ))
+        .await
+        .unwrap();
+    let row = rows.next().await.unwrap().expect("one row");
+    assert!(row.get::<String>("v").unwrap().starts_with("5.26."));
+    assert_eq!(row.get::<String>("edition").unwrap(), "community");
+}
