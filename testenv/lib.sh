@@ -121,14 +121,22 @@ fail_start() {
   exit 1
 }
 
+# Maven, its output kept in $STATE/maven.log and shown only when it fails.
+mvn_quiet() {
+  mkdir -p "$STATE"
+  if ! mvn -B -Dstyle.color=never "$@" >"$STATE/maven.log" 2>&1; then
+    grep -E 'ERROR|BUILD' "$STATE/maven.log" | tail -n 20 | sed 's/^/  | /' >&2
+    return 1
+  fi
+}
+
 # Resolve Maven coordinates into the local repository (~/.m2) and print the file.
 maven_fetch() {
   local group="$1" artifact="$2" version="$3" packaging="$4"
   local file="$HOME/.m2/repository/${group//.//}/$artifact/$version/$artifact-$version.$packaging"
   if [ ! -s "$file" ]; then
     log "fetching $group:$artifact:$version ($packaging) with Maven"
-    mvn -q -B -Dstyle.color=never dependency:get -Dtransitive=false \
-      -Dartifact="$group:$artifact:$version:$packaging" >&2 \
+    mvn_quiet dependency:get -Dtransitive=false -Dartifact="$group:$artifact:$version:$packaging" \
       || die "Maven could not fetch $group:$artifact:$version:$packaging"
   fi
   printf '%s\n' "$file"
@@ -137,8 +145,8 @@ maven_fetch() {
 # Copy the runtime dependency closure of the pom in POM_DIR into OUT.
 maven_copy_deps() {
   local pom_dir="$1" out="$2"; shift 2
-  mvn -q -B -Dstyle.color=never -f "$pom_dir/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$out" "$@" >&2 \
+  mvn_quiet -f "$pom_dir/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$out" "$@" \
     || die "Maven could not resolve the dependencies in $pom_dir/pom.xml"
 }
 
