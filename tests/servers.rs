@@ -55,7 +55,10 @@ async fn opensearch_answers_get_root() {
         .unwrap();
     assert_eq!(body["version"]["distribution"], "opensearch", "{body}");
     assert!(
-        body["version"]["number"].as_str().unwrap().starts_with("2.19."),
+        body["version"]["number"]
+            .as_str()
+            .unwrap()
+            .starts_with("2.19."),
         "{body}"
     );
     // Snapshots need path.repo, and pipelines need the ingest-common module.
@@ -95,7 +98,10 @@ async fn neo4j_answers_return_1() {
     )
     .await
     .expect("connect to the testenv Neo4j over Bolt");
-    let mut rows = graph.execute(neo4rs::query("RETURN 1 AS one")).await.unwrap();
+    let mut rows = graph
+        .execute(neo4rs::query("RETURN 1 AS one"))
+        .await
+        .unwrap();
     let row = rows.next().await.unwrap().expect("one row");
     assert_eq!(row.get::<i64>("one").unwrap(), 1);
     let mut rows = graph

@@ -50,8 +50,14 @@ const TEMP_INDEX: &str = "itbackup_restore_id";
 const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Properties as Cypher sees them, with temporal values and points turned into
-/// the forms we store: `[[key, valueType, value], …]`.
+/// the forms we store: `[[key, valueType, value], …]`. Integers travel as
+/// text: neo4rs 0.8 decodes the Bolt tiny integers -16..-1 as 240..255
+/// (neo4rs issue #164), which would silently corrupt data. Cypher calls a byte
+/// array LIST<INTEGER> too, so those lists come as `{raw, text}`: the raw Bolt
+/// value tells bytes from integers.
 const PROPS: &str = "[k IN keys(x) | [k, valueType(x[k]), CASE
+      WHEN valueType(x[k]) STARTS WITH 'INTEGER' THEN toString(x[k])
+      WHEN valueType(x[k]) STARTS WITH 'LIST<INTEGER' THEN {raw: x[k], text: [i IN x[k] | toString(i)]}
       WHEN valueType(x[k]) STARTS WITH 'POINT' THEN CASE WHEN x[k].crs ENDS WITH '-3d'
         THEN {srid: x[k].srid, x: x[k].x, y: x[k].y, z: x[k].z} ELSE {srid: x[k].srid, x: x[k].x, y: x[k].y} END
       WHEN valueType(x[k]) STARTS WITH 'LIST<POINT' THEN [p IN x[k] | CASE WHEN p.crs ENDS WITH '-3d'
@@ -240,15 +246,43 @@ fn encode_props(props: &BoltType) -> Result<Map<String, Value>> {
         let [BoltType::String(key), BoltType::String(kind), value] = triple.value.as_slice() else {
             continue;
         };
-        // Byte arrays are Bolt bytes whatever Cypher calls their type.
-        let kind = if matches!(value, BoltType::Bytes(_)) {
-            "BYTES".to_string()
-        } else {
-            normal_type(&kind.value)
-        };
-        out.insert(key.value.clone(), json!([kind, bolt_to_json(value)?]));
+        let mut kind = normal_type(&kind.value);
+        let mut value = value;
+        if let BoltType::Map(pair) = value {
+            // A LIST<INTEGER> (see `PROPS`): raw bytes, or integers as text.
+            match (pair.value.get("raw"), pair.value.get("text")) {
+                (Some(raw @ BoltType::Bytes(_)), _) => {
+                    kind = "BYTES".to_string();
+                    value = raw;
+                }
+                (_, Some(text)) => value = text,
+                _ => {}
+            }
+        } else if matches!(value, BoltType::Bytes(_)) {
+            kind = "BYTES".to_string();
+        }
+        let mut value = bolt_to_json(value)?;
+        if kind == "INTEGER" || kind == "LIST<INTEGER>" {
+            value = integers_from_text(value)?;
+        }
+        out.insert(key.value.clone(), json!([kind, value]));
     }
     Ok(out)
+}
+
+/// Integers exported as decimal text (see `PROPS`) back to JSON numbers.
+fn integers_from_text(value: Value) -> Result<Value> {
+    match value {
+        Value::String(text) => text.parse::<i64>().map(Value::from).map_err(|_| {
+            Error::failure("export", format!("'{text}' is not an integer")).service(SVC)
+        }),
+        Value::Array(items) => items
+            .into_iter()
+            .map(integers_from_text)
+            .collect::<Result<Vec<_>>>()
+            .map(Value::Array),
+        other => Ok(other),
+    }
 }
 
 /// Stored `[TYPE, value]` → a Bolt value set directly, or `None` when Cypher must convert it.
@@ -375,17 +409,45 @@ impl Neo4j {
             .max_connections(self.settings.transactions + 2)
             .build()
             .map_err(|e| neo_error("connect", e))?;
-        tokio::time::timeout(Duration::from_secs(20), Graph::connect(config))
-            .await
-            .map_err(|_| {
-                Error::failure(
-                    "connect",
-                    format!("no answer from {} within 20 s", self.settings.uri),
-                )
+        let uri = &self.settings.uri;
+        let unreachable = |detail: String| {
+            Error::failure("connect", format!("cannot reach Neo4j at {uri}: {detail}"))
                 .service(SVC)
-                .hint("is Neo4j running and reachable? check `docker compose ps` and NEO4J_URI")
-            })?
-            .map_err(|e| neo_error("connect", e))
+                .hint("is Neo4j running and reachable? check NEO4J_URI (default bolt://localhost:7687), and `docker compose ps` in a compose stack")
+        };
+        // The driver connects lazily and retries autocommit queries for a
+        // minute; an explicit transaction is not retried, so this ping turns a
+        // dead or refusing server into a prompt, clear error.
+        let connect_and_ping = async {
+            let graph = Graph::connect(config).await?;
+            let mut txn = graph.start_txn().await?;
+            txn.run(query("RETURN 1")).await?;
+            txn.commit().await?;
+            Ok::<Graph, neo4rs::Error>(graph)
+        };
+        match tokio::time::timeout(Duration::from_secs(20), connect_and_ping).await {
+            Err(_) => Err(unreachable("no answer within 20 s".into())),
+            Ok(Ok(graph)) => Ok(graph),
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                if matches!(e, neo4rs::Error::AuthenticationError(_))
+                    || text.contains("authentication")
+                    || text.contains("Unauthorized")
+                {
+                    Err(Error::failure(
+                        "connect",
+                        format!(
+                            "Neo4j at {uri} refused the credentials of user '{}': {text}",
+                            self.settings.user
+                        ),
+                    )
+                    .service(SVC)
+                    .hint("check NEO4J_USER and NEO4J_PASSWORD (default test12345)"))
+                } else {
+                    Err(unreachable(text))
+                }
+            }
+        }
     }
 
     /// Rows of a query, each as a map of column → Bolt value.
@@ -499,6 +561,23 @@ impl Neo4j {
 
     // ---- logical export ------------------------------------------------------
 
+    /// The highest internal id `pattern` (binding `x`) matches now, 0 if none.
+    /// Read as text: neo4rs 0.8 misreads some small integers (see `PROPS`).
+    async fn highest_id(&self, graph: &Graph, pattern: &str) -> Result<i64> {
+        let step = "export bounds";
+        let rows = self
+            .rows(
+                graph,
+                &format!("{pattern} RETURN toString(coalesce(max(id(x)), 0)) AS n"),
+                step,
+            )
+            .await?;
+        rows.first()
+            .and_then(|row| row.get::<String>("n").ok())
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| Error::failure(step, "no highest id in the answer").service(SVC))
+    }
+
     async fn export(
         &self,
         graph: &Graph,
@@ -569,15 +648,25 @@ impl Neo4j {
             out.push(&line).await?;
         }
 
+        // Neo4j Community has no snapshot reads: a scan also meets what is
+        // written while it runs, and under a steady writer it could run for
+        // ever. Each scan stops at the highest id that existed when it began
+        // (ids are reused, so some entities written meanwhile may still
+        // appear; the late-endpoint rule below keeps them consistent). The
+        // relationship bound is read after the node scan, so every
+        // relationship created with a node that was exported is exported too.
+        let max_node_id = self.highest_id(graph, "MATCH (x)").await?;
+
         // Nodes.
         let step = "export nodes";
         let mut exported = IdSet::default();
         let mut labels: BTreeMap<String, u64> = BTreeMap::new();
         let mut nodes = 0u64;
-        let cypher =
-            format!("MATCH (x) RETURN elementId(x) AS id, labels(x) AS labels, {PROPS} AS props");
+        let cypher = format!(
+            "MATCH (x) WHERE id(x) <= $max RETURN elementId(x) AS id, labels(x) AS labels, {PROPS} AS props"
+        );
         let mut stream = graph
-            .execute(query(&cypher))
+            .execute(query(&cypher).param("max", max_node_id))
             .await
             .map_err(|e| neo_error(step, e))?;
         while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
@@ -597,11 +686,12 @@ impl Neo4j {
         let mut relationships = 0u64;
         let mut late_nodes = 0u64;
         let mut dangling = 0u64;
+        let max_rel_id = self.highest_id(graph, "MATCH ()-[x]->()").await?;
         let cypher = format!(
-            "MATCH (a)-[x]->(b) RETURN elementId(x) AS id, type(x) AS type, elementId(a) AS start, elementId(b) AS end, {PROPS} AS props"
+            "MATCH (a)-[x]->(b) WHERE id(x) <= $max RETURN elementId(x) AS id, type(x) AS type, elementId(a) AS start, elementId(b) AS end, {PROPS} AS props"
         );
         let mut stream = graph
-            .execute(query(&cypher))
+            .execute(query(&cypher).param("max", max_rel_id))
             .await
             .map_err(|e| neo_error(step, e))?;
         'rels: while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
@@ -663,7 +753,7 @@ impl Neo4j {
         for (t, n) in types {
             record.counts.insert(format!("type:{t}"), n);
         }
-        record.details.insert("consistency".into(), json!("read-committed; endpoints written during the export are included, relationships deleted during it are left out"));
+        record.details.insert("consistency".into(), json!("read-committed, bounded by the highest ids at the start; endpoints written during the export are included, relationships deleted during it are left out"));
         record
             .details
             .insert("late_nodes".into(), json!(late_nodes));
