@@ -113,6 +113,12 @@ neo4j_describe() {
   printf '%-10s %-22s %s\n' neo4j "Neo4j $version Community" "bolt://127.0.0.1:$NEO4J_BOLT_PORT"
 }
 
+# The command that stops or starts this very stack (its directory and ports).
+neo4j_lifecycle() {
+  printf 'IT_TESTENV_DIR=%s IT_TESTENV_NEO4J_BOLT_PORT=%s IT_TESTENV_NEO4J_HTTP_PORT=%s IT_TESTENV_NEO4J_HEAP=%s IT_TESTENV_NEO4J_PAGECACHE=%s %s/%s neo4j' \
+    "$STATE" "$NEO4J_BOLT_PORT" "$NEO4J_HTTP_PORT" "$NEO4J_HEAP" "$NEO4J_PAGECACHE" "$TESTENV_SRC" "$1"
+}
+
 neo4j_env() {
   cat <<ENV
 export NEO4J_URI=bolt://127.0.0.1:$NEO4J_BOLT_PORT
@@ -122,7 +128,7 @@ export NEO4J_HOME=$NEO4J_HOME_DIR
 export NEO4J_CONF=$NEO4J_CONF_DIR
 export IT_NEO4J_DATA=$NEO4J_DATA_DIR
 export IT_NEO4J_ADMIN=$NEO4J_ADMIN_BIN
-export IT_NEO4J_STOP_CMD="$TESTENV_SRC/down neo4j"
-export IT_NEO4J_START_CMD="$TESTENV_SRC/up neo4j"
+export IT_NEO4J_STOP_CMD="$(neo4j_lifecycle down)"
+export IT_NEO4J_START_CMD="$(neo4j_lifecycle up)"
 ENV
 }

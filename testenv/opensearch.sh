@@ -96,7 +96,7 @@ node.name: testenv-node
 discovery.type: single-node
 network.host: 127.0.0.1
 http.port: $OPENSEARCH_PORT
-transport.port: 9300-9399
+transport.port: $((OPENSEARCH_PORT + 100))-$((OPENSEARCH_PORT + 199))
 path.data: $OS_DATA
 path.logs: $OS_LOGS
 path.repo: ["$OS_REPO"]
