@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build test lint up down env clean-testenv
+.PHONY: all build test demo lint up down env clean-testenv
 
 all: build
 
@@ -21,6 +21,16 @@ test:
 	set -o pipefail; eval "$$(testenv/env)"; \
 	  $(CARGO) test --all-targets 2>&1 | tee target/test-output.log; status=$$?; \
 	  testenv/down; exit $$status
+
+# The main job on the local stack: servers up (installed if missing), then the
+# recovery drill (populate, back up, wipe, restore, verify, measure the RTO).
+# --yes: this is the development stack, rewinding it to a backup taken seconds
+# earlier is harmless. The servers stay up; `make down` stops them.
+demo:
+	$(CARGO) build --release --quiet
+	testenv/up
+	eval "$$(testenv/env)"; target/release/itbackup drill --yes $(DRILL_ARGS)
+	@echo "backups: artifacts/backup (itbackup list); servers still running: make down"
 
 up:
 	testenv/up

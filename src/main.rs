@@ -5,7 +5,8 @@ use clap::Parser;
 use itbackup::backup::{self, BackupRequest};
 use itbackup::cli::{Cli, Command};
 use itbackup::config::Settings;
-use itbackup::error::Result;
+use itbackup::drill::{self, DrillRequest};
+use itbackup::error::{Error, Result};
 use itbackup::restore::{self, RestoreRequest};
 use itbackup::{catalog, report};
 
@@ -48,6 +49,7 @@ async fn run(cli: &Cli) -> Result<()> {
                 services: args.services.clone(),
                 dry_run: args.dry_run,
                 yes: args.yes,
+                sequential: args.sequential,
             };
             let outcome = restore::run(&settings, request).await?;
             report::restore(&outcome, json);
@@ -59,6 +61,31 @@ async fn run(cli: &Cli) -> Result<()> {
             let stores = backup::open_stores(&services, &settings)?;
             let checks = itbackup::verify::verify_artifacts(&dir, &manifest, &stores).await?;
             report::verify(&dir, &checks, json);
+        }
+        Command::Drill(args) => {
+            let settings = Settings::resolve(cli, Some(&args.methods))?;
+            let request = DrillRequest {
+                out: args.out.clone(),
+                services: args.services.clone(),
+                scale: args.scale,
+                keep: args.keep,
+                yes: args.yes,
+                sequential: args.sequential,
+                sabotage: args.sabotage,
+                json,
+            };
+            let outcome = drill::run(&settings, request).await?;
+            report::drill(&outcome, json);
+            if !outcome.validation.ok {
+                return Err(Error::failure(
+                    "drill",
+                    format!(
+                        "the recovery drill failed:\n  {}",
+                        outcome.validation.problems().join("\n  ")
+                    ),
+                )
+                .hint(format!("details in {}", outcome.file.display())));
+            }
         }
         Command::List => {
             let settings = Settings::resolve(cli, None)?;

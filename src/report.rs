@@ -144,3 +144,56 @@ pub fn list(root: &Path, entries: &[BackupEntry], json: bool) {
         );
     }
 }
+
+pub fn drill(outcome: &crate::drill::DrillOutcome, json: bool) {
+    let v = &outcome.validation;
+    if json {
+        return print_json(v);
+    }
+    println!(
+        "recovery drill {} — backup {}",
+        if v.ok { "PASSED" } else { "FAILED" },
+        v.backup_dir.display()
+    );
+    for (service, s) in &v.services {
+        let restored = s
+            .restored
+            .as_ref()
+            .map(|r| r.count.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {service:<10} {} ({}, {}): {} records backed up in {:.1} s, {} restored in {}, {}",
+            s.artifact,
+            s.method,
+            size(s.artifact_bytes),
+            s.expected.count,
+            s.backup_seconds,
+            restored,
+            s.restore_seconds
+                .map(|x| format!("{x:.1} s"))
+                .unwrap_or_else(|| "-".into()),
+            if s.ok {
+                "content verified".to_string()
+            } else {
+                s.differences.join("; ")
+            }
+        );
+    }
+    match v.rto_seconds {
+        Some(rto) => println!(
+            "  RTO measured: {rto:.1} s for the whole restore ({}), objective {:.0} min: {}",
+            if v.restore_parallel {
+                "stores in parallel"
+            } else {
+                "one store after the other"
+            },
+            v.rto_objective_seconds / 60.0,
+            if v.rto_ok { "met" } else { "MISSED" }
+        ),
+        None => println!("  RTO: not measured, the restore failed"),
+    }
+    for error in &v.errors {
+        println!("  error: {error}");
+    }
+    println!("  details: {}", outcome.file.display());
+}

@@ -29,6 +29,8 @@ pub struct RestoreRequest {
     pub services: Option<ServiceList>,
     pub dry_run: bool,
     pub yes: bool,
+    /// One store after the other instead of all at once.
+    pub sequential: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,28 +150,26 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
         .prefix(".itbackup-restore-")
         .tempdir_in(&lock_root)
         .map_err(|e| io_error(None, "create scratch directory", lock_root.display(), e))?;
+    // The stores are separate servers, so restoring them at once is safe and
+    // the recovery takes as long as the slowest one.
+    let results = if request.sequential {
+        let mut results = Vec::new();
+        for store in &stores {
+            results.push(restore_one(store.as_ref(), &manifest, &dir, scratch.path()).await);
+        }
+        results
+    } else {
+        futures::future::join_all(
+            stores
+                .iter()
+                .map(|store| restore_one(store.as_ref(), &manifest, &dir, scratch.path())),
+        )
+        .await
+    };
     let mut restored = Vec::new();
-    for store in &stores {
-        let service = store.service();
-        let record = &manifest.artifacts[&service];
-        let begun = Instant::now();
-        tracing::info!(%service, file = %record.file, "restoring");
-        let ctx = RestoreContext {
-            artifact: &dir.join(&record.file),
-            scratch: scratch.path(),
-        };
-        store.restore(&ctx, record).await?;
-        let counts = store.counts(record).await?;
-        stores::compare_counts(service, &record.counts, &counts)?;
-        let info = store.probe().await?;
-        tracing::info!(%service, seconds = begun.elapsed().as_secs_f64(), "restored and counts match");
-        restored.push(ServiceRestore {
-            service,
-            file: record.file.clone(),
-            seconds: begun.elapsed().as_secs_f64(),
-            counts_checked: record.counts.len(),
-            server_version: info.version,
-        });
+    for result in results {
+        // Every store has finished (or failed) by now; report the first failure.
+        restored.push(result?);
     }
     Ok(RestoreOutcome::Done {
         dir,
@@ -177,6 +177,36 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
         verified,
         restored,
         seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Restore one store, compare its counts with the manifest, check its health.
+async fn restore_one(
+    store: &dyn stores::Store,
+    manifest: &Manifest,
+    dir: &Path,
+    scratch: &Path,
+) -> Result<ServiceRestore> {
+    let service = store.service();
+    let record = &manifest.artifacts[&service];
+    let begun = Instant::now();
+    tracing::info!(%service, file = %record.file, "restoring");
+    let ctx = RestoreContext {
+        artifact: &dir.join(&record.file),
+        scratch,
+    };
+    store.restore(&ctx, record).await?;
+    let counts = store.counts(record).await?;
+    stores::compare_counts(service, &record.counts, &counts)?;
+    let info = store.probe().await?;
+    let seconds = begun.elapsed().as_secs_f64();
+    tracing::info!(%service, seconds, "restored and counts match");
+    Ok(ServiceRestore {
+        service,
+        file: record.file.clone(),
+        seconds,
+        counts_checked: record.counts.len(),
+        server_version: info.version,
     })
 }
 

@@ -47,8 +47,70 @@ pub struct RestoreContext<'a> {
     pub scratch: &'a Path,
 }
 
+/// What the drill finds of its own data in a store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DrillInventory {
+    /// Records: rows, documents, or nodes plus relationships.
+    pub count: u64,
+    /// Order-independent digest of every record's content.
+    pub digest: String,
+}
+
+/// Synthetic data of the recovery drill (`itbackup drill`), kept apart from the
+/// user's data: its own database, index prefix or label.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait DrillData: Send + Sync {
+    /// Where the drill's data lives in this store, for messages.
+    fn drill_location(&self) -> String;
+
+    /// True when the store holds nothing but drill data (or nothing at all), so
+    /// that rewinding it to a backup cannot lose anything of the user's.
+    async fn holds_only_drill_data(&self) -> Result<bool>;
+
+    /// Create `scale` synthetic records, replacing earlier drill data.
+    async fn drill_populate(&self, scale: u64) -> Result<()>;
+
+    /// Count and digest of the drill data now in the store.
+    async fn drill_inventory(&self) -> Result<DrillInventory>;
+
+    /// Remove the drill data.
+    async fn drill_wipe(&self) -> Result<()>;
+
+    /// Remove one drill record (fault injection: proves the drill can fail).
+    async fn drill_remove_one(&self) -> Result<()>;
+}
+
+/// Sum of per-record SHA-256 prefixes: equal for equal multisets of records,
+/// whatever order a store returns them in.
+#[derive(Debug, Default)]
+pub struct UnorderedDigest {
+    sum: u128,
+    count: u64,
+}
+
+impl UnorderedDigest {
+    pub fn add(&mut self, record: &[u8]) {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(record);
+        let prefix = u128::from_be_bytes(hash[..16].try_into().expect("16 bytes"));
+        self.sum = self.sum.wrapping_add(prefix);
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn finish(&self) -> DrillInventory {
+        DrillInventory {
+            count: self.count,
+            digest: format!("{:032x}", self.sum),
+        }
+    }
+}
+
+#[async_trait]
+pub trait Store: DrillData + Send + Sync {
     fn service(&self) -> Service;
 
     /// Connect and ask the server for its version; fails with a clear error when

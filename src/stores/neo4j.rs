@@ -39,6 +39,8 @@ use crate::manifest::ArtifactRecord;
 use crate::process::{self, ToolCommand};
 use crate::service::Service;
 
+mod drill;
+
 const SVC: Service = Service::Neo4j;
 const LOGICAL_FORMAT: &str = "itbackup-neo4j-ndjson";
 const LOGICAL_VERSION: u32 = 1;

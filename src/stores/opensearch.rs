@@ -37,6 +37,8 @@ use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::service::Service;
 
+mod drill;
+
 const SVC: Service = Service::Opensearch;
 const LOGICAL_FORMAT: &str = "itbackup-opensearch-ndjson";
 const LOGICAL_VERSION: u32 = 1;

@@ -30,6 +30,8 @@ use crate::manifest::{ArtifactRecord, Member};
 use crate::process::{self, ToolCommand};
 use crate::service::Service;
 
+mod drill;
+
 const SVC: Service = Service::Postgres;
 const GLOBALS_MEMBER: &str = "globals.sql";
 /// The last line pg_dumpall writes; a plain dump without it was cut short.

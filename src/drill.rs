@@ -1,0 +1,353 @@
+//! The recovery drill: populate → back up → wipe → restore → verify, with the
+//! restore time measured against the recovery time objective.
+//!
+//! The drill goes through the same code as `itbackup backup` and `itbackup
+//! restore`; only the synthetic data (each store's [`DrillData`]) is its own.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::artifact::{self, ArtifactWriter};
+use crate::backup::{self, BackupOutcome, BackupRequest};
+use crate::config::Settings;
+use crate::error::{io_error, Error, Result};
+use crate::progress::Progress;
+use crate::restore::{self, RestoreOutcome, RestoreRequest};
+use crate::service::{Service, ServiceList};
+use crate::stores::{self, DrillInventory, Store};
+
+/// The file the runbook's `tests/backup_restore_synthetic.sh` leaves behind.
+pub const VALIDATION_FILE: &str = "synthetic-validation.json";
+/// The runbook's recovery objectives.
+pub const RTO_OBJECTIVE_SECONDS: f64 = 30.0 * 60.0;
+pub const RPO_OBJECTIVE_HOURS: u64 = 24;
+pub const DEFAULT_SCALE: u64 = 10_000;
+
+#[derive(Debug, Default)]
+pub struct DrillRequest {
+    pub out: Option<PathBuf>,
+    pub services: Option<ServiceList>,
+    pub scale: u64,
+    pub keep: bool,
+    pub yes: bool,
+    pub sequential: bool,
+    /// Fault injection for tests: remove one record of this store after the
+    /// restore, so that the drill must fail.
+    pub sabotage: Option<Service>,
+    pub json: bool,
+}
+
+/// One store's part of `synthetic-validation.json`.
+#[derive(Debug, Serialize)]
+pub struct ServiceValidation {
+    pub location: String,
+    pub artifact: String,
+    pub artifact_bytes: u64,
+    pub method: String,
+    pub expected: DrillInventory,
+    pub restored: Option<DrillInventory>,
+    pub backup_seconds: f64,
+    pub restore_seconds: Option<f64>,
+    pub ok: bool,
+    pub differences: Vec<String>,
+}
+
+/// `synthetic-validation.json`: the runbook's keys first, then the details.
+#[derive(Debug, Serialize)]
+pub struct Validation {
+    pub postgres_rows: Option<u64>,
+    pub neo4j_nodes: Option<u64>,
+    pub opensearch_doc: Option<u64>,
+    pub ok: bool,
+    pub timestamp: String,
+    pub backup_dir: PathBuf,
+    pub scale: u64,
+    pub services: BTreeMap<Service, ServiceValidation>,
+    pub backup_seconds: f64,
+    pub restore_seconds: Option<f64>,
+    pub restore_parallel: bool,
+    /// Measured recovery time: the whole restore (verification of every
+    /// artifact, each store restored and checked).
+    pub rto_seconds: Option<f64>,
+    pub rto_objective_seconds: f64,
+    pub rto_ok: bool,
+    pub rpo_objective_hours: u64,
+    pub errors: Vec<String>,
+}
+
+impl Validation {
+    /// Every difference, one line each, for the error message.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self.errors.clone();
+        for (service, v) in &self.services {
+            out.extend(v.differences.iter().map(|d| format!("{service}: {d}")));
+        }
+        if !self.rto_ok && self.rto_seconds.is_some() {
+            out.push(format!(
+                "restore took {:.0} s, over the {:.0} s objective",
+                self.rto_seconds.unwrap_or_default(),
+                self.rto_objective_seconds
+            ));
+        }
+        out
+    }
+}
+
+pub struct DrillOutcome {
+    pub validation: Validation,
+    pub file: PathBuf,
+}
+
+pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutcome> {
+    if request.scale == 0 {
+        return Err(Error::usage("--scale must be at least 1"));
+    }
+    let services = request
+        .services
+        .clone()
+        .map(|l| l.0)
+        .unwrap_or_else(|| stores::SUPPORTED.to_vec());
+    let stores = backup::open_stores(&services, settings)?;
+    let show = !request.json;
+
+    let step = Progress::step(show, "checking the servers");
+    for store in &stores {
+        store.probe().await?;
+    }
+    confirm_rewind(&stores, request.yes).await?;
+    step.done("servers reachable");
+
+    let step = Progress::step(
+        show,
+        &format!("populating synthetic data (scale {})", request.scale),
+    );
+    futures::future::try_join_all(stores.iter().map(|s| s.drill_populate(request.scale))).await?;
+    let expected = inventories(&stores).await?;
+    step.done(&format!(
+        "populated: {}",
+        summary(&expected, |i| i.count.to_string())
+    ));
+
+    let step = Progress::step(show, "backing up (the normal backup path)");
+    let started = Instant::now();
+    let outcome = backup::run(
+        settings,
+        BackupRequest {
+            out: request.out.clone(),
+            services: Some(ServiceList(services.clone())),
+            timestamp: None,
+            dry_run: false,
+        },
+    )
+    .await?;
+    let backup_seconds = started.elapsed().as_secs_f64();
+    let BackupOutcome::Done { dir, manifest } = outcome else {
+        unreachable!("not a dry run");
+    };
+    step.done(&format!(
+        "backed up in {backup_seconds:.1} s to {}",
+        dir.display()
+    ));
+
+    let step = Progress::step(show, "removing the synthetic data");
+    futures::future::try_join_all(stores.iter().map(|s| s.drill_wipe())).await?;
+    step.done("synthetic data removed");
+
+    let step = Progress::step(show, "restoring (the normal restore path)");
+    let restore_result = restore::run(
+        settings,
+        RestoreRequest {
+            path: Some(dir.clone()),
+            manifest: None,
+            services: Some(ServiceList(services.clone())),
+            dry_run: false,
+            yes: true,
+            sequential: request.sequential,
+        },
+    )
+    .await;
+    let mut errors = Vec::new();
+    let (restore_seconds, per_store_restore) = match &restore_result {
+        Ok(RestoreOutcome::Done {
+            seconds, restored, ..
+        }) => {
+            step.done(&format!("restored in {seconds:.1} s"));
+            let per: BTreeMap<Service, f64> =
+                restored.iter().map(|r| (r.service, r.seconds)).collect();
+            (Some(*seconds), per)
+        }
+        Ok(RestoreOutcome::Planned { .. }) => unreachable!("not a dry run"),
+        Err(e) => {
+            step.done("restore FAILED");
+            errors.push(format!("restore failed: {e}"));
+            (None, BTreeMap::new())
+        }
+    };
+    if let Some(service) = request.sabotage {
+        if let Some(store) = stores.iter().find(|s| s.service() == service) {
+            tracing::warn!(%service, "fault injection: removing one drill record after the restore");
+            store.drill_remove_one().await?;
+        }
+    }
+
+    let step = Progress::step(show, "verifying the restored data");
+    let restored = if restore_result.is_ok() {
+        Some(inventories(&stores).await?)
+    } else {
+        None
+    };
+    let mut per_service = BTreeMap::new();
+    for store in &stores {
+        let service = store.service();
+        let record = &manifest.artifacts[&service];
+        let want = expected[&service].clone();
+        let got = restored.as_ref().map(|r| r[&service].clone());
+        let mut differences = Vec::new();
+        match &got {
+            Some(got) if got.count != want.count => differences.push(format!(
+                "{} records expected, {} restored",
+                want.count, got.count
+            )),
+            Some(got) if got.digest != want.digest => differences.push(format!(
+                "content digest differs (expected {}, restored {})",
+                want.digest, got.digest
+            )),
+            Some(_) => {}
+            None => differences.push("not restored".into()),
+        }
+        per_service.insert(
+            service,
+            ServiceValidation {
+                location: store.drill_location(),
+                artifact: record.file.clone(),
+                artifact_bytes: record.bytes,
+                method: record.method.clone(),
+                expected: want,
+                restored: got,
+                backup_seconds: seconds_between(&record.started_at, &record.finished_at),
+                restore_seconds: per_store_restore.get(&service).copied(),
+                ok: differences.is_empty(),
+                differences,
+            },
+        );
+    }
+    let restored_count = |service: Service| {
+        per_service
+            .get(&service)
+            .and_then(|v| v.restored.as_ref())
+            .map(|i| i.count)
+    };
+    let rto_ok = restore_seconds.is_some_and(|s| s <= RTO_OBJECTIVE_SECONDS);
+    let validation = Validation {
+        postgres_rows: restored_count(Service::Postgres),
+        neo4j_nodes: restored_count(Service::Neo4j),
+        opensearch_doc: restored_count(Service::Opensearch),
+        ok: errors.is_empty() && rto_ok && per_service.values().all(|v| v.ok),
+        timestamp: manifest.timestamp.clone(),
+        backup_dir: dir.clone(),
+        scale: request.scale,
+        services: per_service,
+        backup_seconds,
+        restore_seconds,
+        restore_parallel: !request.sequential,
+        rto_seconds: restore_seconds,
+        rto_objective_seconds: RTO_OBJECTIVE_SECONDS,
+        rto_ok,
+        rpo_objective_hours: RPO_OBJECTIVE_HOURS,
+        errors,
+    };
+    let file = write_validation(&dir, &validation)?;
+    step.done(if validation.ok {
+        "restored data equals the original"
+    } else {
+        "restored data DIFFERS"
+    });
+
+    if !request.keep {
+        let step = Progress::step(show, "removing the synthetic data");
+        futures::future::try_join_all(stores.iter().map(|s| s.drill_wipe())).await?;
+        step.done("synthetic data removed (the backup stays)");
+    }
+    Ok(DrillOutcome { validation, file })
+}
+
+/// A full restore rewinds each store to the backup: harmless when the stores
+/// hold only drill data, otherwise the operator must agree.
+async fn confirm_rewind(stores: &[Box<dyn Store>], yes: bool) -> Result<()> {
+    let mut others = Vec::new();
+    for store in stores {
+        if !store.holds_only_drill_data().await? {
+            others.push(store.service().as_str());
+        }
+    }
+    if others.is_empty() || yes {
+        return Ok(());
+    }
+    let warning = format!(
+        "{} hold data besides the drill's. The drill restores a full backup, which rewinds \
+         everything in them to the moment of the backup, seconds later: anything written in \
+         between is lost.",
+        others.join(", ")
+    );
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::usage(format!(
+            "{warning} Pass --yes to run the drill anyway."
+        )));
+    }
+    eprint!("{warning}\nType 'yes' to run the drill: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).ok();
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(Error::failure(
+            "confirm",
+            "drill cancelled; nothing was changed",
+        ))
+    }
+}
+
+async fn inventories(stores: &[Box<dyn Store>]) -> Result<BTreeMap<Service, DrillInventory>> {
+    let found = futures::future::try_join_all(stores.iter().map(|s| s.drill_inventory())).await?;
+    Ok(stores.iter().map(|s| s.service()).zip(found).collect())
+}
+
+fn summary(
+    inventories: &BTreeMap<Service, DrillInventory>,
+    show: impl Fn(&DrillInventory) -> String,
+) -> String {
+    inventories
+        .iter()
+        .map(|(service, i)| format!("{service} {}", show(i)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn seconds_between(start: &str, end: &str) -> f64 {
+    match (
+        start.parse::<jiff::Timestamp>(),
+        end.parse::<jiff::Timestamp>(),
+    ) {
+        (Ok(a), Ok(b)) => (b.as_millisecond() - a.as_millisecond()) as f64 / 1000.0,
+        _ => 0.0,
+    }
+}
+
+fn write_validation(dir: &std::path::Path, validation: &Validation) -> Result<PathBuf> {
+    let step = "write synthetic-validation.json";
+    let mut json = serde_json::to_vec_pretty(validation).expect("serialisable");
+    json.push(b'\n');
+    let write = || -> std::io::Result<()> {
+        let mut writer = ArtifactWriter::create(dir, VALIDATION_FILE)?;
+        writer.write_all(&json)?;
+        writer.finish()?.commit()?;
+        artifact::sync_dir(dir)
+    };
+    write().map_err(|e| io_error(None, step, dir.join(VALIDATION_FILE).display(), e))?;
+    Ok(dir.join(VALIDATION_FILE))
+}

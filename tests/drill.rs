@@ -1,0 +1,134 @@
+//! The recovery drill against the real servers: the runbook's synthetic test
+//! script passes and writes its validation file; a deliberately incomplete
+//! restore makes the drill fail and name the difference; stores holding other
+//! data are not rewound without consent.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn read_json(path: &std::path::Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| {
+        panic!("read {}: {e}", path.display());
+    }))
+    .unwrap()
+}
+
+#[test]
+fn synthetic_script_passes_and_writes_the_validation_file() {
+    let _guard = serial();
+    let root = temp_root();
+    let file = root.path().join("synthetic-validation.json");
+    let out = Command::new(repo_root().join("tests/backup_restore_synthetic.sh"))
+        .args(["--yes", "--scale", "3000"])
+        .env("ITBACKUP_BIN", bin())
+        .env("IT_BACKUP_ROOT", root.path().join("backups"))
+        .env("SYNTHETIC_VALIDATION_FILE", &file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v = read_json(&file);
+    assert_eq!(v["ok"], true, "{v:#}");
+    // The runbook's keys, with the restored counts of the synthetic data.
+    assert_eq!(v["postgres_rows"], 3000, "{v:#}");
+    assert_eq!(v["opensearch_doc"], 3000, "{v:#}");
+    assert_eq!(v["neo4j_nodes"], 3000, "{v:#}");
+    for service in ["postgres", "opensearch", "neo4j"] {
+        let s = &v["services"][service];
+        assert_eq!(s["ok"], true, "{service}: {s:#}");
+        assert_eq!(s["expected"], s["restored"], "{service}: {s:#}");
+        assert!(s["restore_seconds"].as_f64().unwrap() > 0.0, "{s:#}");
+        assert!(s["artifact_bytes"].as_u64().unwrap() > 0, "{s:#}");
+    }
+    let rto = v["rto_seconds"].as_f64().unwrap();
+    assert!(rto > 0.0 && rto < v["rto_objective_seconds"].as_f64().unwrap());
+    assert_eq!(v["rto_ok"], true);
+    // The backup directory keeps its copy next to a complete manifest.
+    let dir = std::path::PathBuf::from(v["backup_dir"].as_str().unwrap());
+    assert_eq!(read_json(&dir.join("synthetic-validation.json")), v);
+    ok(&["verify", "--path", dir.to_str().unwrap()], &[]);
+    // The drill removed its data afterwards.
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'itbackup_drill'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn drill_fails_and_names_the_difference_when_a_restore_is_incomplete() {
+    let _guard = serial();
+    for service in ["postgres", "opensearch", "neo4j"] {
+        let root = temp_root();
+        let root_arg = root.path().to_str().unwrap();
+        let out = itbackup(
+            &[
+                "--root",
+                root_arg,
+                "--json",
+                "drill",
+                "--yes",
+                "--scale",
+                "500",
+                "--services",
+                service,
+            ],
+            &[("IT_DRILL_SABOTAGE", service)],
+        );
+        assert_eq!(out.status.code(), Some(1), "{service}: {}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        assert_eq!(v["ok"], false, "{v:#}");
+        let differences = v["services"][service]["differences"].to_string();
+        assert!(
+            differences.contains("500 records expected, 499 restored"),
+            "{service}: {v:#}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{service}: 500 records expected")),
+            "{stderr}"
+        );
+        let dir = std::path::PathBuf::from(v["backup_dir"].as_str().unwrap());
+        assert_eq!(
+            read_json(&dir.join("synthetic-validation.json"))["ok"],
+            false
+        );
+    }
+}
+
+#[test]
+fn drill_needs_consent_before_rewinding_stores_that_hold_other_data() {
+    let _guard = serial();
+    psql("postgres", "DROP DATABASE IF EXISTS drill_canary");
+    psql("postgres", "CREATE DATABASE drill_canary");
+    psql(
+        "drill_canary",
+        "CREATE TABLE alive (x int); INSERT INTO alive VALUES (1)",
+    );
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let stderr = fails(
+        &["--root", root_arg, "drill", "--services", "postgres"],
+        &[],
+        2,
+    );
+    assert!(
+        stderr.contains("--yes") && stderr.contains("rewinds"),
+        "{stderr}"
+    );
+    assert_eq!(psql("drill_canary", "SELECT count(*) FROM alive"), "1");
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'itbackup_drill'"
+        ),
+        "0"
+    );
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    psql("postgres", "DROP DATABASE drill_canary");
+}
