@@ -458,6 +458,33 @@ fn dump_round_trip_stops_and_starts_the_server() {
     neo.wipe();
 }
 
+#[test]
+fn an_interrupted_logical_restore_can_simply_be_run_again() {
+    let _guard = serial();
+    let neo = Neo::connect();
+    build_graph(&neo);
+    let graph_before = neo.snapshot();
+    let schema_before = neo.schema();
+    let root = temp_root();
+    let dir = backup(root.path(), &[], &[]);
+    damage(&neo);
+    // Killed while nodes are being loaded.
+    let half_way = || neo.count("MATCH (n:__ItbRestore) RETURN count(n) AS n") > 0;
+    let dir_arg = dir.to_str().unwrap();
+    let killed = kill_when(
+        &["restore", "--path", dir_arg, "--services", "neo4j", "--yes"],
+        half_way,
+    );
+    assert!(
+        killed,
+        "the restore finished before it could be interrupted"
+    );
+    restore(&dir, &[]);
+    assert_same("graphs", &graph_before, &neo.snapshot());
+    assert_same("schemas", &schema_before, &neo.schema());
+    neo.wipe();
+}
+
 fn itbackup_without(args: &[&str], remove: &[&str]) -> Output {
     let mut cmd = Command::new(bin());
     cmd.args(args);

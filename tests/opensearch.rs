@@ -297,6 +297,44 @@ fn logical_round_trip_restores_everything() {
     round_trip("logical");
 }
 
+#[test]
+fn an_interrupted_logical_restore_can_simply_be_run_again() {
+    let _guard = serial();
+    let os = Os::new();
+    os.create_fixture();
+    let before = os.state();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "opensearch",
+            "--opensearch-method",
+            "logical",
+            "--indices",
+            "itb-*",
+        ],
+        &[],
+    );
+    os.wipe_fixture();
+    // Killed once the first index is back but before its documents are.
+    let half_way = || {
+        let (status, count) = os.call(reqwest::Method::GET, "itb-a/_count", None);
+        status == 200 && count["count"].as_u64().unwrap_or(0) < 12_000
+    };
+    let killed = kill_when(&["--root", root_arg, "restore", "--yes"], half_way);
+    assert!(
+        killed,
+        "the restore finished before it could be interrupted"
+    );
+    ok(&["--root", root_arg, "restore", "--yes"], &[]);
+    assert_eq!(os.state(), before, "the second restore differs");
+    os.wipe_fixture();
+}
+
 /// Rewrite a manifest after replacing an artifact, as an attacker or a broken copy would.
 fn forge(dir: &Path, service: itbackup::service::Service, file: &Path) {
     let mut manifest = itbackup::manifest::Manifest::read_dir(dir).unwrap();

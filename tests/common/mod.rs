@@ -126,3 +126,31 @@ pub fn only_backup(root: &Path) -> PathBuf {
     );
     dirs[0].clone()
 }
+
+/// Run itbackup and kill it (SIGKILL, like a crash or an operator's kill -9)
+/// as soon as `reached` says it is half-way. Returns false when the run ended
+/// before that point, so a test can insist it really interrupted something.
+pub fn kill_when(args: &[&str], reached: impl Fn() -> bool) -> bool {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start itbackup");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        if child.try_wait().expect("poll itbackup").is_some() {
+            return false;
+        }
+        if reached() {
+            child.kill().expect("kill itbackup");
+            child.wait().expect("reap itbackup");
+            return true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "itbackup never reached the point to interrupt"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
