@@ -37,18 +37,42 @@ pub fn pack_dir(
     name: &str,
     compression: ArchiveCompression,
 ) -> io::Result<PendingArtifact> {
+    write_compressed(dir, name, compression, |out| {
+        append_tree(tar::Builder::new(out), source).map(|_| ())
+    })
+}
+
+/// Compress a tar stream made elsewhere (a container's `tar -cf -`) into `dir/name`.
+pub fn pack_stream(
+    tar_stream: &mut dyn Read,
+    dir: &Path,
+    name: &str,
+    compression: ArchiveCompression,
+) -> io::Result<PendingArtifact> {
+    write_compressed(dir, name, compression, |out| {
+        io::copy(tar_stream, out).map(|_| ())
+    })
+}
+
+/// `dir/name` as a compressed, hashed artifact whose content `fill` writes.
+fn write_compressed(
+    dir: &Path,
+    name: &str,
+    compression: ArchiveCompression,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<PendingArtifact> {
     let writer = ArtifactWriter::create(dir, name)?;
     let buffered = BufWriter::with_capacity(artifact::CHUNK, writer);
     let writer = match compression {
         ArchiveCompression::Gzip => {
             // Level 1: snapshot segments are compressed already; more effort buys little.
-            let encoder = flate2::write::GzEncoder::new(buffered, flate2::Compression::fast());
-            let encoder = append_tree(tar::Builder::new(encoder), source)?;
+            let mut encoder = flate2::write::GzEncoder::new(buffered, flate2::Compression::fast());
+            fill(&mut encoder)?;
             encoder.finish()?
         }
         ArchiveCompression::Zstd => {
-            let encoder = zstd::Encoder::new(buffered, 3)?;
-            let encoder = append_tree(tar::Builder::new(encoder), source)?;
+            let mut encoder = zstd::Encoder::new(buffered, 3)?;
+            fill(&mut encoder)?;
             encoder.finish()?
         }
     };

@@ -43,6 +43,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Run the stores' tools inside their Docker Compose containers (also on
+    /// when IT_COMPOSE_FILES or IT_COMPOSE_PROJECT is set).
+    #[arg(long, global = true)]
+    pub compose: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -79,6 +84,35 @@ pub enum Command {
     /// earlier: when the stores hold data besides the drill's, the drill asks on a
     /// terminal and needs --yes elsewhere.
     Drill(DrillArgs),
+    /// Remove old backups by a retention policy, and the debris of interrupted runs.
+    ///
+    /// Restic's policy over the complete backups (times from their manifests):
+    /// each --keep-* rule keeps the newest backup of each of its N most recent
+    /// periods (days, ISO weeks, months in local time; --keep-last: backups);
+    /// a backup kept by any rule stays, and the newest complete backup always
+    /// stays. Directories without a manifest that hold only files itbackup
+    /// writes are removed once untouched for --grace. Damaged manifests and
+    /// anything itbackup did not write are reported, never removed. Holds the
+    /// root's lock, so it never runs beside a backup or restore.
+    Prune(PruneArgs),
+    /// Report the newest backup per service against the RPO, its verification,
+    /// the last drill's RTO and the servers' health; exit 1 on any alarm.
+    ///
+    /// Alarms (exit status 1): a service's newest complete backup is older than
+    /// --rpo or missing; the newest backup fails verification (its files'
+    /// sizes always, their checksums and a full decode with --verify); a server
+    /// is unreachable (skipped with --offline). A last drill over the 30-minute
+    /// RTO, or none found, is a warning.
+    Status(StatusArgs),
+    /// Run backup → verify → prune (optionally a drill) on an interval or cron schedule.
+    ///
+    /// Runs until SIGTERM or SIGINT. A signal during a run lets the current step
+    /// finish and then stops (a second signal abandons the run; the backup then
+    /// stays *.partial without a manifest, never complete). With --every the
+    /// first run starts when the newest complete backup is that old (at once
+    /// when there is none). Each run is logged; with --json each run's result
+    /// is printed as one JSON line.
+    Schedule(ScheduleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +135,12 @@ pub struct BackupArgs {
 
     #[command(flatten)]
     pub methods: MethodArgs,
+
+    #[command(flatten)]
+    pub hooks: HookArgs,
+
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +216,12 @@ pub struct RestoreArgs {
     /// separate servers, so the restore takes as long as the slowest).
     #[arg(long)]
     pub sequential: bool,
+
+    #[command(flatten)]
+    pub hooks: HookArgs,
+
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
 }
 
 #[derive(Debug, Args)]
@@ -212,6 +258,9 @@ pub struct DrillArgs {
 
     #[command(flatten)]
     pub methods: MethodArgs,
+
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
 }
 
 #[derive(Debug, Args)]
@@ -219,4 +268,132 @@ pub struct VerifyArgs {
     /// Backup directory to verify (default: the newest complete backup under the root).
     #[arg(long, value_name = "DIR")]
     pub path: Option<PathBuf>,
+}
+
+/// Monitoring of one run: a metrics file and a failure webhook.
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Write Prometheus metrics (text format) to this file after the run, for
+    /// node_exporter's textfile collector; written atomically, and shared by
+    /// every command given the same file (each updates only its own series).
+    #[arg(long, env = "IT_METRICS_FILE", value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// POST a JSON message to this URL when the run fails (a generic webhook).
+    #[arg(long, env = "IT_NOTIFY_URL", value_name = "URL")]
+    pub notify_url: Option<String>,
+}
+
+/// Commands run around a backup or restore (e.g. maintenance mode on and off).
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// Shell command (sh -c) run before anything changes; when it fails the run
+    /// is aborted. Sees IT_HOOK_EVENT (pre-backup, pre-restore), IT_BACKUP_DIR,
+    /// IT_BACKUP_ROOT, IT_HOOK_SERVICES.
+    #[arg(long, value_name = "CMD")]
+    pub pre_hook: Option<String>,
+
+    /// Shell command (sh -c) run afterwards, also after a failure; sees the
+    /// pre-hook's variables plus IT_HOOK_STATUS (success or failure) and
+    /// IT_HOOK_ERROR. When it fails, the run's exit status is 1.
+    #[arg(long, value_name = "CMD")]
+    pub post_hook: Option<String>,
+}
+
+/// The retention policy and the grace period of incomplete backups.
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// Keep the N newest complete backups.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+
+    /// Keep the newest backup of each of the last N days that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+
+    /// Keep the newest backup of each of the last N ISO weeks that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+
+    /// Keep the newest backup of each of the last N months that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+
+    /// Remove incomplete backups (no manifest, *.partial) only once untouched
+    /// this long (24h, 90m, 7d …).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::schedule::parse_duration)]
+    pub grace: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    /// Show what would be kept and removed; change nothing.
+    #[arg(long, env = "DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Recovery point objective: the newest complete backup of each service
+    /// must be younger than this.
+    #[arg(long, env = "IT_RPO", value_name = "DURATION", default_value = "24h", value_parser = crate::schedule::parse_duration)]
+    pub rpo: std::time::Duration,
+
+    /// Services to report on (default: every service found in a complete backup,
+    /// or all when there is none).
+    #[arg(long, value_name = "LIST")]
+    pub services: Option<ServiceList>,
+
+    /// Re-hash and fully decode the newest backup of each service (as `itbackup verify`).
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Do not probe the servers (a backup host without access to them).
+    #[arg(long)]
+    pub offline: bool,
+
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// Run every DURATION (24h, 6h, 2s …).
+    #[arg(long, value_name = "DURATION", value_parser = crate::schedule::parse_duration, conflicts_with = "cron", required_unless_present = "cron")]
+    pub every: Option<std::time::Duration>,
+
+    /// Run at the times of a cron expression, in local time ("0 3 * * *": 03:00 daily).
+    #[arg(long, value_name = "EXPR")]
+    pub cron: Option<String>,
+
+    /// Services to back up (default: all).
+    #[arg(long, value_name = "LIST")]
+    pub services: Option<ServiceList>,
+
+    /// After each backup, run the recovery drill too (see `itbackup drill`).
+    #[arg(long)]
+    pub drill: bool,
+
+    /// Size of the drill's synthetic data.
+    #[arg(long, value_name = "N", default_value_t = crate::drill::DEFAULT_SCALE)]
+    pub drill_scale: u64,
+
+    /// Let the drill rewind stores that hold other data (see `itbackup drill --yes`).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    #[command(flatten)]
+    pub methods: MethodArgs,
+
+    #[command(flatten)]
+    pub hooks: HookArgs,
+
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
 }

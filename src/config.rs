@@ -7,6 +7,8 @@ use serde::Deserialize;
 
 use crate::cli::{Cli, MethodArgs, Neo4jMethod, OpenSearchMethod, PostgresFormat};
 use crate::error::{Error, Result};
+use crate::service::Service;
+use crate::target::{Compose, Target};
 
 pub const DEFAULT_ROOT: &str = "artifacts/backup";
 pub const DEFAULT_CONFIG_FILE: &str = "itbackup.toml";
@@ -150,6 +152,8 @@ pub struct PostgresSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub root: PathBuf,
+    /// Where the stores' own tools run: this host, or their compose containers.
+    pub target: Target,
     pub postgres: PostgresSettings,
     pub opensearch: OpenSearchSettings,
     pub neo4j: Neo4jSettings,
@@ -234,6 +238,7 @@ impl Settings {
             transactions: neo_file.transactions.unwrap_or(3).clamp(1, 16),
         };
         Ok(Settings {
+            target: resolve_target(cli.compose),
             neo4j,
             opensearch,
             root: cli
@@ -244,6 +249,31 @@ impl Settings {
             postgres,
         })
     }
+}
+
+/// Compose mode: `--compose`, `IT_COMPOSE_FILES` (`:` or `,` between files) or
+/// `IT_COMPOSE_PROJECT`; service names from `IT_COMPOSE_SERVICE_<STORE>`.
+fn resolve_target(flag: bool) -> Target {
+    let files = env("IT_COMPOSE_FILES");
+    let project = env("IT_COMPOSE_PROJECT");
+    if !flag && files.is_none() && project.is_none() {
+        return Target::Local;
+    }
+    let services = Service::ALL
+        .iter()
+        .filter_map(|s| {
+            env(&format!("IT_COMPOSE_SERVICE_{}", s.as_str().to_uppercase())).map(|n| (*s, n))
+        })
+        .collect();
+    Target::Compose(Compose {
+        docker: env("IT_DOCKER").unwrap_or_else(|| "docker".into()),
+        files: files
+            .as_deref()
+            .map(Compose::parse_files)
+            .unwrap_or_default(),
+        project,
+        services,
+    })
 }
 
 fn default_jobs() -> usize {

@@ -8,7 +8,7 @@ use itbackup::config::Settings;
 use itbackup::drill::{self, DrillRequest};
 use itbackup::error::{Error, Result};
 use itbackup::restore::{self, RestoreRequest};
-use itbackup::{catalog, report};
+use itbackup::{catalog, hooks, metrics, prune, report, schedule, status};
 
 fn main() {
     let cli = Cli::parse();
@@ -35,10 +35,21 @@ async fn run(cli: &Cli) -> Result<()> {
             let request = BackupRequest {
                 out: args.out.clone(),
                 services: args.services.clone(),
-                timestamp: args.timestamp.clone(),
+                // Resolved here so that the hooks know the directory beforehand.
+                timestamp: Some(
+                    args.timestamp
+                        .clone()
+                        .unwrap_or_else(backup::default_timestamp),
+                ),
                 dry_run: args.dry_run,
             };
-            let outcome = backup::run(&settings, request).await?;
+            let ctx = hooks::RunContext::backup(&settings, &request, &args.hooks, &args.monitor);
+            let outcome = hooks::around(
+                &ctx,
+                backup::run(&settings, request),
+                metrics::record_backup_outcome,
+            )
+            .await?;
             report::backup(&outcome, json);
         }
         Command::Restore(args) => {
@@ -51,7 +62,13 @@ async fn run(cli: &Cli) -> Result<()> {
                 yes: args.yes,
                 sequential: args.sequential,
             };
-            let outcome = restore::run(&settings, request).await?;
+            let ctx = hooks::RunContext::restore(&settings, &request, &args.hooks, &args.monitor);
+            let outcome = hooks::around(
+                &ctx,
+                restore::run(&settings, request),
+                metrics::record_restore,
+            )
+            .await?;
             report::restore(&outcome, json);
         }
         Command::Verify(args) => {
@@ -74,18 +91,44 @@ async fn run(cli: &Cli) -> Result<()> {
                 sabotage: args.sabotage,
                 json,
             };
-            let outcome = drill::run(&settings, request).await?;
-            report::drill(&outcome, json);
-            if !outcome.validation.ok {
-                return Err(Error::failure(
-                    "drill",
-                    format!(
-                        "the recovery drill failed:\n  {}",
-                        outcome.validation.problems().join("\n  ")
-                    ),
-                )
-                .hint(format!("details in {}", outcome.file.display())));
-            }
+            let ctx = hooks::RunContext::drill(&settings, &request, &args.monitor);
+            // A drill that ran but found differences is a failure for the
+            // webhook and the exit status, yet its RTO still goes into the metrics.
+            let work = async {
+                let outcome = drill::run(&settings, request).await?;
+                report::drill(&outcome, json);
+                metrics::update(args.monitor.metrics_file.as_deref(), |m| {
+                    metrics::record_drill(m, &outcome.validation)
+                });
+                if !outcome.validation.ok {
+                    return Err(Error::failure(
+                        "drill",
+                        format!(
+                            "the recovery drill failed:\n  {}",
+                            outcome.validation.problems().join("\n  ")
+                        ),
+                    )
+                    .hint(format!("details in {}", outcome.file.display())));
+                }
+                Ok(())
+            };
+            hooks::around(&ctx, work, |_, _| {}).await?;
+        }
+        Command::Prune(args) => {
+            let settings = Settings::resolve(cli, None)?;
+            let location = prune::LocalRoot::new(&settings.root);
+            let outcome = prune::run(&location, &prune::request(&args.retention, args.dry_run))?;
+            report::prune(&outcome, json);
+        }
+        Command::Status(args) => {
+            let settings = Settings::resolve(cli, None)?;
+            let status = status::run(&settings, &status::request(args)).await?;
+            report::status(&status, json);
+            status::finish(&status, &settings, &args.monitor).await?;
+        }
+        Command::Schedule(args) => {
+            let settings = Settings::resolve(cli, Some(&args.methods))?;
+            schedule::run(&settings, args, json).await?;
         }
         Command::List => {
             let settings = Settings::resolve(cli, None)?;

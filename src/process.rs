@@ -69,6 +69,12 @@ impl ToolCommand {
         self
     }
 
+    /// This command with `other`'s environment added (secrets stay secrets).
+    pub fn with_env_of(mut self, other: &ToolCommand) -> Self {
+        self.env.extend(other.env.iter().cloned());
+        self
+    }
+
     /// Names of the variables set for the child (for wrapping in `docker compose exec -e`).
     pub fn env_names(&self) -> impl Iterator<Item = &str> {
         self.env.iter().map(|(k, _)| k.as_str())
@@ -223,12 +229,19 @@ pub fn tool_failed(
     } else {
         stderr_tail.to_string()
     };
-    Error::failure(step, format!("`{display}` failed ({status}):\n{tail}")).service(service)
+    let error =
+        Error::failure(step, format!("`{display}` failed ({status}):\n{tail}")).service(service);
+    match crate::target::docker_hint(display, stderr_tail) {
+        Some(hint) => error.hint(hint),
+        None => error,
+    }
 }
 
 /// An error for a tool that could not be started at all.
 pub fn spawn_failed(service: Service, step: &str, program: &str, err: io::Error) -> Error {
-    let hint = if err.kind() == io::ErrorKind::NotFound {
+    let hint = if err.kind() == io::ErrorKind::NotFound && program.ends_with("docker") {
+        format!("`{program}` is not installed or not on PATH: compose mode (IT_COMPOSE_FILES, IT_COMPOSE_PROJECT or --compose) runs the stores' tools through `docker compose`; install Docker, set IT_DOCKER to its path, or unset the compose variables to use local tools")
+    } else if err.kind() == io::ErrorKind::NotFound {
         format!("`{program}` is not installed or not on PATH; install it (or set its directory in the config), or use compose mode (IT_COMPOSE_FILES) to run it inside the container")
     } else {
         format!("check that `{program}` can be executed")

@@ -197,3 +197,95 @@ pub fn drill(outcome: &crate::drill::DrillOutcome, json: bool) {
     }
     println!("  details: {}", outcome.file.display());
 }
+
+pub fn prune(outcome: &crate::prune::PruneOutcome, json: bool) {
+    use crate::prune::Action;
+    if json {
+        return print_json(outcome);
+    }
+    let verb = |action: Action| match (action, outcome.dry_run) {
+        (Action::Keep, _) => "keep",
+        (Action::Remove, true) => "would remove",
+        (Action::Remove, false) => "removed",
+        (Action::Leave, _) => "LEFT ALONE",
+    };
+    println!(
+        "{}prune {}: {} entries",
+        if outcome.dry_run { "dry run: " } else { "" },
+        outcome.location,
+        outcome.items.len()
+    );
+    for p in &outcome.items {
+        println!(
+            "  {:<13} {:<24} {:>10}  {}",
+            verb(p.action),
+            p.item.name,
+            size(p.item.bytes),
+            p.reasons.join(", ")
+        );
+    }
+    if !outcome.dry_run {
+        println!(
+            "  {} removed, {} freed",
+            outcome.removed,
+            size(outcome.freed_bytes)
+        );
+    }
+}
+
+pub fn status(report: &crate::status::StatusReport, json: bool) {
+    if json {
+        return print_json(report);
+    }
+    println!(
+        "status {}: {} (RPO {})",
+        report.root.display(),
+        if report.ok { "OK" } else { "ALARM" },
+        crate::prune::human_age(std::time::Duration::from_secs(report.rpo_seconds))
+    );
+    for s in &report.services {
+        let newest = match &s.newest {
+            Some(n) => format!(
+                "newest {} taken {} ago{}",
+                n.name,
+                crate::prune::human_age(std::time::Duration::from_secs_f64(
+                    n.age_seconds.clamp(0.0, 1e12)
+                )),
+                if s.rpo_ok { "" } else { " (RPO BREACHED)" }
+            ),
+            None => "NO complete backup".into(),
+        };
+        let verified = match &s.verification {
+            Some(v) if v.ok => format!("{} ok", v.checked),
+            Some(v) => format!("{} FAILED", v.checked),
+            None => "-".into(),
+        };
+        let server = match &s.server {
+            None => "not probed".to_string(),
+            Some(h) if h.up => format!("up ({})", h.version.as_deref().unwrap_or("?")),
+            Some(_) => "DOWN".into(),
+        };
+        println!(
+            "  {:<10} {newest}; verification: {verified}; server: {server}",
+            s.service.as_str()
+        );
+    }
+    match &report.last_drill {
+        Some(d) => println!(
+            "  last drill {}: {}, RTO {} (objective {:.0} min)",
+            d.timestamp,
+            if d.ok { "passed" } else { "FAILED" },
+            d.rto_seconds
+                .map(|s| format!("{s:.1} s"))
+                .unwrap_or_else(|| "-".into()),
+            d.rto_objective_seconds / 60.0
+        ),
+        None => println!("  last drill: none found"),
+    }
+    for w in &report.warnings {
+        println!("  warning: {w}");
+    }
+    for a in &report.alarms {
+        println!("  ALARM: {a}");
+    }
+}

@@ -153,11 +153,18 @@ pub const SUPPORTED: [Service; 3] = Service::ALL;
 /// The store for `service`, configured from `settings`.
 pub fn open(service: Service, settings: &Settings) -> Result<Box<dyn Store>> {
     match service {
-        Service::Postgres => Ok(Box::new(postgres::Postgres::new(settings.postgres.clone()))),
+        Service::Postgres => Ok(Box::new(postgres::Postgres::new(
+            settings.postgres.clone(),
+            settings.target.clone(),
+        ))),
         Service::Opensearch => Ok(Box::new(opensearch::OpenSearch::new(
             settings.opensearch.clone(),
+            settings.target.clone(),
         ))),
-        Service::Neo4j => Ok(Box::new(neo4j::Neo4j::new(settings.neo4j.clone()))),
+        Service::Neo4j => Ok(Box::new(neo4j::Neo4j::new(
+            settings.neo4j.clone(),
+            settings.target.clone(),
+        ))),
     }
 }
 

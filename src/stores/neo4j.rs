@@ -38,6 +38,7 @@ use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, ToolCommand};
 use crate::service::Service;
+use crate::target::Target;
 
 mod drill;
 
@@ -86,6 +87,7 @@ const SPECIAL: &str = "CASE s[1]
 
 pub struct Neo4j {
     settings: Neo4jSettings,
+    target: Target,
 }
 
 /// One line of the logical format.
@@ -397,8 +399,8 @@ fn restore_row(line: &Line) -> Result<BoltType> {
 }
 
 impl Neo4j {
-    pub fn new(settings: Neo4jSettings) -> Self {
-        Neo4j { settings }
+    pub fn new(settings: Neo4jSettings, target: Target) -> Self {
+        Neo4j { settings, target }
     }
 
     async fn graph(&self) -> Result<Graph> {
@@ -892,11 +894,22 @@ impl Neo4j {
 
     // ---- dump method ---------------------------------------------------------
 
+    /// neo4j-admin; in compose mode in a fresh container of the (stopped)
+    /// service, which mounts the same data volume.
     fn admin(&self) -> ToolCommand {
-        ToolCommand::new(self.settings.admin.clone())
+        match &self.target {
+            Target::Local => ToolCommand::new(self.settings.admin.clone()),
+            Target::Compose(compose) => compose.run(SVC, ToolCommand::new("neo4j-admin")),
+        }
     }
 
     fn lifecycle_command(&self, which: &str) -> Result<ToolCommand> {
+        if let Target::Compose(compose) = &self.target {
+            return Ok(match which {
+                "stop" => compose.stop(SVC),
+                _ => compose.start(SVC),
+            });
+        }
         let command = match which {
             "stop" => &self.settings.stop_command,
             _ => &self.settings.start_command,

@@ -35,7 +35,9 @@ use crate::cli::OpenSearchMethod;
 use crate::config::{ArchiveCompression, OpenSearchSettings};
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
+use crate::process::{self, ToolCommand};
 use crate::service::Service;
+use crate::target::Target;
 
 mod drill;
 
@@ -175,6 +177,7 @@ impl Http {
 
 pub struct OpenSearch {
     settings: OpenSearchSettings,
+    target: Target,
     http: Http,
 }
 
@@ -252,7 +255,7 @@ struct IndexInfo {
 }
 
 impl OpenSearch {
-    pub fn new(settings: OpenSearchSettings) -> Self {
+    pub fn new(settings: OpenSearchSettings, target: Target) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(16)
@@ -264,7 +267,11 @@ impl OpenSearch {
             username: settings.username.clone(),
             password: settings.password.clone(),
         };
-        OpenSearch { settings, http }
+        OpenSearch {
+            settings,
+            target,
+            http,
+        }
     }
 
     async fn health(&self, step: &str) -> Result<String> {
@@ -348,7 +355,7 @@ impl OpenSearch {
                         .service(SVC)
                         .hint("add path.repo to opensearch.yml (a directory this tool can read, e.g. under /usr/share/opensearch/data), or use --opensearch-method logical")
                 })?;
-                if !writable_dir(&repo) {
+                if !self.reaches(&repo) {
                     return Err(Error::failure("choose method", format!("path.repo {} is not reachable from here", repo.display()))
                         .service(SVC)
                         .hint("run itbackup where it can read and write path.repo (the same host or container), verify disk space and permissions, or use --opensearch-method logical"));
@@ -357,7 +364,7 @@ impl OpenSearch {
             return Ok((method, "chosen by the operator".into()));
         }
         Ok(match repo {
-            Some(repo) if writable_dir(&repo) => (
+            Some(repo) if self.reaches(&repo) => (
                 OpenSearchMethod::Snapshot,
                 format!("path.repo {} is configured and reachable", repo.display()),
             ),
@@ -424,7 +431,7 @@ impl OpenSearch {
             .http
             .delete_if_present(&format!("_snapshot/{repo}"), "remove snapshot repository")
             .await;
-        let _ = std::fs::remove_dir_all(&location);
+        self.remove_repository_files(&location).await;
         result
     }
 
@@ -487,11 +494,63 @@ impl OpenSearch {
         let file = format!("opensearch_{}.{}", ctx.timestamp, compression.extension());
         let dir = ctx.dir.to_path_buf();
         let source = location.to_path_buf();
+        let step = "pack snapshot";
+        if let Target::Compose(compose) = &self.target {
+            // The repository is inside the container: stream it out with tar.
+            let tar = compose.exec(
+                SVC,
+                ToolCommand::new("tar")
+                    .arg("-C")
+                    .arg(&source)
+                    .args(["-cf", "-", "."]),
+            );
+            return super::blocking(SVC, move || {
+                let mut running = tar
+                    .spawn(std::process::Stdio::null(), std::process::Stdio::piped())
+                    .map_err(|e| process::spawn_failed(SVC, step, &tar.program, e))?;
+                let mut stdout = running.child.stdout.take().expect("stdout is piped");
+                let packed = archive::pack_stream(&mut stdout, &dir, &file, compression);
+                drop(stdout);
+                let finished = running
+                    .wait()
+                    .map_err(|e| Error::failure(step, e.to_string()).service(SVC))?;
+                let pending =
+                    packed.map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
+                if let Err(e) = finished.check(SVC, step) {
+                    pending.discard();
+                    return Err(e);
+                }
+                Ok(pending)
+            })
+            .await;
+        }
         super::blocking(SVC, move || {
             archive::pack_dir(&source, &dir, &file, compression)
-                .map_err(|e| io_error(Some(SVC), "pack snapshot", dir.join(&file).display(), e))
+                .map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))
         })
         .await
+    }
+
+    /// Whether this process can reach `path.repo`: through the container in
+    /// compose mode, on this host's filesystem otherwise.
+    fn reaches(&self, repo: &Path) -> bool {
+        self.target.compose().is_some() || writable_dir(repo)
+    }
+
+    /// Remove a temporary repository's files, wherever they are.
+    async fn remove_repository_files(&self, location: &Path) {
+        match &self.target {
+            Target::Compose(compose) => {
+                let rm = compose.exec(SVC, ToolCommand::new("rm").arg("-rf").arg(location));
+                let _ = super::blocking(SVC, move || {
+                    process::output(&rm, SVC, "remove snapshot files").map(|_| ())
+                })
+                .await;
+            }
+            Target::Local => {
+                let _ = std::fs::remove_dir_all(location);
+            }
+        }
     }
 
     async fn counts_of(&self, names: &[String]) -> Result<BTreeMap<String, u64>> {
@@ -513,7 +572,7 @@ impl OpenSearch {
                 .service(SVC)
                 .hint("add path.repo to opensearch.yml and restart OpenSearch, or restore a logical backup")
         })?;
-        if !writable_dir(&repo_root) {
+        if !self.reaches(&repo_root) {
             return Err(Error::failure(
                 step,
                 format!(
@@ -533,7 +592,7 @@ impl OpenSearch {
             .http
             .delete_if_present(&format!("_snapshot/{repo}"), "remove snapshot repository")
             .await;
-        let _ = std::fs::remove_dir_all(&location);
+        self.remove_repository_files(&location).await;
         result
     }
 
@@ -552,16 +611,39 @@ impl OpenSearch {
             location.to_path_buf(),
             repo_root.to_path_buf(),
         );
-        super::blocking(SVC, move || {
-            let _ = std::fs::remove_dir_all(&dest);
-            let reader = archive::open(&source, compression)
-                .map_err(|e| io_error(Some(SVC), "unpack snapshot", source.display(), e))?;
-            archive::unpack(reader, &dest)
-                .map_err(|e| io_error(Some(SVC), "unpack snapshot", dest.display(), e))?;
-            archive::chown_tree_like(&dest, &owner)
-                .map_err(|e| io_error(Some(SVC), "unpack snapshot", dest.display(), e))
-        })
-        .await?;
+        if let Target::Compose(compose) = &self.target {
+            // Into the container, as its own user, through tar on stdin. The
+            // archive was checked entry by entry before the restore began.
+            let untar = compose.exec(
+                SVC,
+                ToolCommand::new("sh")
+                    .args([
+                        "-c",
+                        "rm -rf \"$0\" && mkdir -p \"$0\" && tar -C \"$0\" -xf -",
+                    ])
+                    .arg(&dest),
+            );
+            super::blocking(SVC, move || {
+                let mut reader = archive::open(&source, compression)
+                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", source.display(), e))?;
+                process::run_feeding(&untar, SVC, "unpack snapshot", |stdin| {
+                    std::io::copy(&mut reader, stdin).map(|_| ())
+                })
+                .map(|_| ())
+            })
+            .await?;
+        } else {
+            super::blocking(SVC, move || {
+                let _ = std::fs::remove_dir_all(&dest);
+                let reader = archive::open(&source, compression)
+                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", source.display(), e))?;
+                archive::unpack(reader, &dest)
+                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", dest.display(), e))?;
+                archive::chown_tree_like(&dest, &owner)
+                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", dest.display(), e))
+            })
+            .await?;
+        }
         self.http
             .call(
                 Method::PUT,

@@ -29,6 +29,7 @@ use crate::error::{io_error, Error, Result};
 use crate::manifest::{ArtifactRecord, Member};
 use crate::process::{self, ToolCommand};
 use crate::service::Service;
+use crate::target::Target;
 
 mod drill;
 
@@ -39,6 +40,7 @@ const PLAIN_TRAILER: &str = "PostgreSQL database cluster dump complete";
 
 pub struct Postgres {
     settings: PostgresSettings,
+    target: Target,
 }
 
 /// One database inside a custom-format backup.
@@ -49,28 +51,33 @@ struct DatabaseEntry {
 }
 
 impl Postgres {
-    pub fn new(settings: PostgresSettings) -> Self {
-        Postgres { settings }
+    pub fn new(settings: PostgresSettings, target: Target) -> Self {
+        Postgres { settings, target }
     }
 
     fn endpoint(&self) -> String {
         format!("{}:{}", self.settings.host, self.settings.port)
     }
 
-    /// A PostgreSQL client tool with the connection in its environment.
+    /// A PostgreSQL client tool with the connection in its environment. In
+    /// compose mode it runs in the server's container and reaches the server
+    /// there (its default socket), so only the user and password go along.
     fn tool(&self, name: &str) -> ToolCommand {
-        let program = match &self.settings.bin_dir {
-            Some(dir) => dir.join(name).to_string_lossy().into_owned(),
-            None => name.to_string(),
+        let mut cmd = match (&self.target, &self.settings.bin_dir) {
+            (Target::Compose(_), _) => ToolCommand::new(name),
+            (Target::Local, Some(dir)) => ToolCommand::new(dir.join(name).to_string_lossy()),
+            (Target::Local, None) => ToolCommand::new(name),
         };
-        let mut cmd = ToolCommand::new(program)
-            .env("PGHOST", &self.settings.host)
-            .env("PGPORT", self.settings.port.to_string())
-            .env("PGUSER", &self.settings.user);
+        if matches!(self.target, Target::Local) {
+            cmd = cmd
+                .env("PGHOST", &self.settings.host)
+                .env("PGPORT", self.settings.port.to_string());
+        }
+        cmd = cmd.env("PGUSER", &self.settings.user);
         if let Some(password) = &self.settings.password {
             cmd = cmd.secret_env("PGPASSWORD", password);
         }
-        cmd
+        self.target.exec(SVC, cmd)
     }
 
     async fn connect(&self, database: &str, step: &str) -> Result<tokio_postgres::Client> {
@@ -195,7 +202,7 @@ impl Postgres {
 
     /// Major version of a client tool, from `<tool> --version`.
     async fn client_major(&self, tool: &str) -> Result<u32> {
-        let cmd = ToolCommand::new(self.tool(tool).program).arg("--version");
+        let cmd = self.tool(tool).arg("--version");
         let out = blocking(move || process::output(&cmd, SVC, "check client version")).await?;
         parse_major(&out).ok_or_else(|| {
             Error::failure(
@@ -293,10 +300,12 @@ impl Postgres {
         let globals = work.join(GLOBALS_MEMBER);
         let cmd = self
             .tool("pg_dumpall")
-            .args(["--globals-only", "--no-password", "-f"])
-            .arg(&globals);
-        blocking(move || process::output(&cmd, SVC, "dump globals (pg_dumpall --globals-only)"))
-            .await?;
+            .args(["--globals-only", "--no-password"]);
+        let file = globals.clone();
+        blocking(move || {
+            tool_output_to_file(&cmd, &file, "dump globals (pg_dumpall --globals-only)")
+        })
+        .await?;
         let mut members = vec![(GLOBALS_MEMBER.to_string(), globals)];
 
         let admin = self.connect("postgres", "list databases").await?;
@@ -348,12 +357,11 @@ impl Postgres {
             .tool("pg_dump")
             .args(["--format=custom", "--no-password"])
             .arg(format!("--snapshot={snapshot}"))
-            .arg("-f")
-            .arg(path)
             .arg("-d")
             .arg(conninfo_dbname(database));
         let step_for_tool = step.clone();
-        let dumped = blocking(move || process::output(&cmd, SVC, &step_for_tool)).await;
+        let file = path.to_path_buf();
+        let dumped = blocking(move || tool_output_to_file(&cmd, &file, &step_for_tool)).await;
         // The snapshot must stay alive until pg_dump has opened it; end it only now.
         let _ = txn.commit().await;
         dumped.map(|_| ())
@@ -389,11 +397,21 @@ impl Postgres {
         Ok(())
     }
 
-    fn restore_database_command(&self, database: &str, exists: bool, dump: &Path) -> ToolCommand {
-        let mut cmd = self.tool("pg_restore");
-        cmd = cmd
-            .args(["--no-password", "--exit-on-error"])
-            .arg(format!("--jobs={}", self.settings.jobs));
+    /// pg_restore for one database; `None` for the dump file means it reads
+    /// standard input (compose mode: the file is on this side).
+    fn restore_database_command(
+        &self,
+        database: &str,
+        exists: bool,
+        dump: Option<&Path>,
+    ) -> ToolCommand {
+        let mut cmd = self
+            .tool("pg_restore")
+            .args(["--no-password", "--exit-on-error"]);
+        if dump.is_some() {
+            // Parallel jobs need a seekable file, which standard input is not.
+            cmd = cmd.arg(format!("--jobs={}", self.settings.jobs));
+        }
         cmd = if exists {
             cmd.args(["--clean", "--if-exists", "-d"])
                 .arg(conninfo_dbname(database))
@@ -402,7 +420,10 @@ impl Postgres {
             cmd.args(["--create", "-d"])
                 .arg(conninfo_dbname("postgres"))
         };
-        cmd.arg(dump)
+        match dump {
+            Some(file) => cmd.arg(file),
+            None => cmd,
+        }
     }
 
     async fn restore_database(&self, database: &str, dump: &Path) -> Result<()> {
@@ -411,10 +432,23 @@ impl Postgres {
         if exists {
             self.terminate_connections(database).await?;
         }
-        let cmd = self.restore_database_command(database, exists, dump);
         let step_for_tool = step.clone();
-        blocking(move || process::output(&cmd, SVC, &step_for_tool))
+        let restored = if self.target.compose().is_some() {
+            let cmd = self.restore_database_command(database, exists, None);
+            let file = dump.to_path_buf();
+            blocking(move || {
+                let mut input = File::open(&file)
+                    .map_err(|e| io_error(Some(SVC), &step_for_tool, file.display(), e))?;
+                process::run_feeding(&cmd, SVC, &step_for_tool, |stdin| {
+                    io::copy(&mut input, stdin).map(|_| ())
+                })
+            })
             .await
+        } else {
+            let cmd = self.restore_database_command(database, exists, Some(dump));
+            blocking(move || process::output(&cmd, SVC, &step_for_tool)).await
+        };
+        restored
             .map_err(|e| {
                 e.hint("if objects were added or changed since the backup, pg_restore --clean may not be able to drop them: drop the conflicting objects (or the whole database) and run the restore again")
             })?;
@@ -527,10 +561,10 @@ impl Store for Postgres {
         match self.settings.format {
             PostgresFormat::Custom => vec![
                 format!("connect to {} as {} and list the databases", self.endpoint(), self.settings.user),
-                self.tool("pg_dumpall").args(["--globals-only", "--no-password", "-f", "globals.sql"]).to_string(),
+                self.tool("pg_dumpall").args(["--globals-only", "--no-password"]).to_string() + " > globals.sql",
                 "for each database: open a repeatable-read snapshot, count the rows of every table, then".into(),
                 self.tool("pg_dump")
-                    .args(["--format=custom", "--no-password", "--snapshot=<snapshot>", "-f", "<n>.dump", "-d", "dbname='<database>'"])
+                    .args(["--format=custom", "--no-password", "--snapshot=<snapshot>", "-d", "dbname='<database>'"])
                     .to_string(),
                 format!("pack globals.sql and the dumps into {}/postgres_{}.tar", ctx.dir.display(), ctx.timestamp),
             ],
@@ -591,7 +625,7 @@ impl Store for Postgres {
         match record.format.as_str() {
             "tar+custom" => {
                 let members = record.members.clone();
-                let pg_restore = self.tool("pg_restore").program;
+                let pg_restore = self.tool("pg_restore");
                 blocking(move || check_custom_archive(&path, &members, &pg_restore)).await
             }
             "plain-sql" => blocking(move || check_plain_trailer(&path)).await,
@@ -618,7 +652,11 @@ impl Store for Postgres {
                     plan.push(format!("end other sessions on database {}", entry.name));
                     plan.push(format!(
                         "{}   (when the database does not exist: --create -d dbname='postgres')",
-                        self.restore_database_command(&entry.name, true, Path::new(&entry.member))
+                        self.restore_database_command(
+                            &entry.name,
+                            true,
+                            Some(Path::new(&entry.member))
+                        )
                     ));
                     plan.push(format!("ANALYZE database {}", entry.name));
                 }
@@ -826,13 +864,17 @@ fn truncated(step: &str, archive: &Path, err: io::Error) -> Error {
 
 /// Full decode: every member re-hashed, every database dump read through
 /// `pg_restore` (which decompresses all table data) without touching a server.
-fn check_custom_archive(archive: &Path, members: &[Member], pg_restore: &str) -> Result<()> {
+fn check_custom_archive(
+    archive: &Path,
+    members: &[Member],
+    pg_restore: &ToolCommand,
+) -> Result<()> {
     let step = "verify archive";
     walk_members(archive, members, step, |member, reader| {
         if !member.name.ends_with(".dump") {
             return Ok(());
         }
-        let cmd = ToolCommand::new(pg_restore).args(["-f", "/dev/null"]);
+        let cmd = pg_restore.clone().args(["-f", "/dev/null"]);
         let step = format!("decode {} with pg_restore", member.name);
         process::run_feeding(&cmd, SVC, &step, |stdin| {
             io::copy(reader, stdin).map(|_| ())
@@ -840,6 +882,20 @@ fn check_custom_archive(archive: &Path, members: &[Member], pg_restore: &str) ->
         .map_err(|e| e.hint("the dump is damaged; use another backup"))?;
         Ok(())
     })
+}
+
+/// Run a tool and write its standard output into `path` (created 0600).
+fn tool_output_to_file(cmd: &ToolCommand, path: &Path, step: &str) -> Result<()> {
+    let mut file = artifact::create_private_file(path)
+        .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+    let mut buffered = BufWriter::with_capacity(artifact::CHUNK, &mut file);
+    process::run_with_output_into(cmd, &mut buffered, SVC, step)?;
+    buffered
+        .flush()
+        .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+    drop(buffered);
+    file.sync_all()
+        .map_err(|e| io_error(Some(SVC), step, path.display(), e))
 }
 
 /// Extract the recorded members into `scratch` (never by the archive's own paths).

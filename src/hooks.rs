@@ -1,0 +1,288 @@
+//! What happens around a run: the operator's pre- and post-hooks, the metrics
+//! file, and the failure webhook. [`around`] wraps backup, restore, drill and
+//! the scheduled runs the same way, so `main.rs` stays wiring only.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::cli::{HookArgs, MonitorArgs};
+use crate::error::{Error, Result};
+use crate::metrics::{self, Metrics};
+use crate::service::Service;
+
+/// How long the webhook may take; a hung receiver must not hold up the run.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One run as hooks, metrics and the webhook see it.
+pub struct RunContext<'a> {
+    /// `backup`, `restore`, `drill`, `status`.
+    pub operation: &'static str,
+    pub hooks: Option<&'a HookArgs>,
+    pub monitor: &'a MonitorArgs,
+    pub root: PathBuf,
+    /// The backup directory written or read, when known beforehand.
+    pub dir: Option<PathBuf>,
+    pub services: Vec<Service>,
+    /// A dry run changes nothing: no hooks, no metrics, no notification.
+    pub dry_run: bool,
+}
+
+impl RunContext<'_> {
+    fn variables(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("IT_HOOK_OPERATION", self.operation.to_string()),
+            ("IT_BACKUP_ROOT", self.root.display().to_string()),
+            (
+                "IT_BACKUP_DIR",
+                self.dir
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "IT_HOOK_SERVICES",
+                self.services
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ]
+    }
+}
+
+/// Run `work` between the hooks; then write the metrics (`record` adds the
+/// operation's own series on success) and, on failure, call the webhook.
+///
+/// A failing pre-hook aborts before `work` starts. The post-hook runs after
+/// success and failure alike (maintenance mode must end either way); when it
+/// fails after a successful run, the run reports failure.
+pub async fn around<T>(
+    ctx: &RunContext<'_>,
+    work: impl Future<Output = Result<T>>,
+    record: impl FnOnce(&mut Metrics, &T),
+) -> Result<T> {
+    if ctx.dry_run {
+        return work.await;
+    }
+    let started = Instant::now();
+    let result = run_between_hooks(ctx, work).await;
+    let seconds = started.elapsed().as_secs_f64();
+    metrics::update(ctx.monitor.metrics_file.as_deref(), |m| {
+        metrics::record_run(m, ctx.operation, seconds, result.is_ok());
+        if let Ok(value) = &result {
+            record(m, value);
+        }
+    });
+    if let (Err(err), Some(url)) = (&result, &ctx.monitor.notify_url) {
+        notify_failure(url, ctx, err).await;
+    }
+    result
+}
+
+async fn run_between_hooks<T>(
+    ctx: &RunContext<'_>,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let hooks = ctx.hooks;
+    if let Some(cmd) = hooks.and_then(|h| h.pre_hook.as_deref()) {
+        let mut vars = ctx.variables();
+        vars.push(("IT_HOOK_EVENT", format!("pre-{}", ctx.operation)));
+        run_hook(cmd, "pre-hook", &vars)
+            .await
+            .map_err(|e| e.hint("the pre-hook failed, so nothing was changed; fix the hook or run without --pre-hook"))?;
+    }
+    let result = work.await;
+    if let Some(cmd) = hooks.and_then(|h| h.post_hook.as_deref()) {
+        let mut vars = ctx.variables();
+        vars.push(("IT_HOOK_EVENT", format!("post-{}", ctx.operation)));
+        vars.push((
+            "IT_HOOK_STATUS",
+            if result.is_ok() { "success" } else { "failure" }.to_string(),
+        ));
+        vars.push((
+            "IT_HOOK_ERROR",
+            result
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        ));
+        let post = run_hook(cmd, "post-hook", &vars).await;
+        match (&result, post) {
+            (Ok(_), Err(e)) => {
+                return Err(e.hint(format!(
+                    "the {} itself succeeded; only the post-hook failed",
+                    ctx.operation
+                )))
+            }
+            (Err(_), Err(e)) => tracing::error!(error = %e, "the post-hook failed too"),
+            _ => {}
+        }
+    }
+    result
+}
+
+/// `sh -c CMD` with the run's variables; its output goes to standard error
+/// (standard output is kept for `--json`).
+pub async fn run_hook(cmd: &str, which: &str, vars: &[(&str, String)]) -> Result<()> {
+    let step = which.to_string();
+    tracing::info!(hook = which, command = cmd, "running");
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(std::io::stderr())
+        .stderr(std::io::stderr());
+    for (key, value) in vars {
+        command.env(key, value);
+    }
+    let status = tokio::task::spawn_blocking(move || command.status())
+        .await
+        .map_err(|e| Error::failure(step.clone(), e.to_string()))?
+        .map_err(|e| {
+            Error::failure(step.clone(), format!("cannot run sh: {e}"))
+                .hint("is /bin/sh installed and executable?")
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::failure(
+            step,
+            format!("`{cmd}` exited with {status}"),
+        ))
+    }
+}
+
+/// The webhook's JSON body for a failed run.
+pub fn failure_payload(ctx: &RunContext<'_>, err: &Error) -> serde_json::Value {
+    json!({
+        "event": "itbackup.failure",
+        "operation": ctx.operation,
+        "ok": false,
+        "host": crate::status::hostname(),
+        "root": ctx.root,
+        "dir": ctx.dir,
+        "services": ctx.services,
+        "error": {
+            "service": err.service,
+            "step": err.step,
+            "message": err.message,
+            "hint": err.hint,
+            "text": err.to_string(),
+        },
+        "time": jiff::Timestamp::now().to_string(),
+        "tool": { "name": "itbackup", "version": env!("CARGO_PKG_VERSION") },
+    })
+}
+
+/// POST the failure to the webhook. Failing to notify is logged, never
+/// allowed to hide the failure it was about.
+pub async fn notify_failure(url: &str, ctx: &RunContext<'_>, err: &Error) {
+    let payload = failure_payload(ctx, err);
+    // Webhook URLs often carry a token: log only where it goes.
+    let shown = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.to_string()))
+        .unwrap_or_else(|| "the webhook".into());
+    let client = match reqwest::Client::builder().timeout(NOTIFY_TIMEOUT).build() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client");
+            return;
+        }
+    };
+    match client.post(url).json(&payload).send().await {
+        Ok(response) if response.status().is_success() => {
+            tracing::info!(to = %shown, "failure notification sent");
+        }
+        Ok(response) => {
+            tracing::error!(to = %shown, status = %response.status(), "the webhook refused the failure notification");
+        }
+        Err(e) => {
+            tracing::error!(to = %shown, error = %e.without_url(), "cannot send the failure notification");
+        }
+    }
+}
+
+impl<'a> RunContext<'a> {
+    pub fn backup(
+        settings: &crate::config::Settings,
+        request: &crate::backup::BackupRequest,
+        hooks: &'a HookArgs,
+        monitor: &'a MonitorArgs,
+    ) -> Self {
+        let dir = request
+            .out
+            .clone()
+            .or_else(|| request.timestamp.as_ref().map(|ts| settings.root.join(ts)));
+        RunContext {
+            operation: "backup",
+            hooks: Some(hooks),
+            monitor,
+            root: settings.root.clone(),
+            dir,
+            services: request
+                .services
+                .as_ref()
+                .map(|l| l.0.clone())
+                .unwrap_or_else(|| crate::stores::SUPPORTED.to_vec()),
+            dry_run: request.dry_run,
+        }
+    }
+
+    pub fn restore(
+        settings: &crate::config::Settings,
+        request: &crate::restore::RestoreRequest,
+        hooks: &'a HookArgs,
+        monitor: &'a MonitorArgs,
+    ) -> Self {
+        // The directory as restore will find it; when it cannot be found the
+        // restore fails on its own, with the better message.
+        let located = crate::restore::locate(
+            settings,
+            request.path.as_deref(),
+            request.manifest.as_deref(),
+        )
+        .ok();
+        let services = match (&request.services, &located) {
+            (Some(list), _) => list.0.clone(),
+            (None, Some((_, manifest))) => manifest.services.keys().copied().collect(),
+            (None, None) => Vec::new(),
+        };
+        RunContext {
+            operation: "restore",
+            hooks: Some(hooks),
+            monitor,
+            root: settings.root.clone(),
+            dir: located.map(|(dir, _)| dir),
+            services,
+            dry_run: request.dry_run,
+        }
+    }
+
+    pub fn drill(
+        settings: &crate::config::Settings,
+        request: &crate::drill::DrillRequest,
+        monitor: &'a MonitorArgs,
+    ) -> Self {
+        RunContext {
+            operation: "drill",
+            hooks: None,
+            monitor,
+            root: settings.root.clone(),
+            dir: request.out.clone(),
+            services: request
+                .services
+                .as_ref()
+                .map(|l| l.0.clone())
+                .unwrap_or_else(|| crate::stores::SUPPORTED.to_vec()),
+            dry_run: false,
+        }
+    }
+}

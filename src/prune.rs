@@ -1,0 +1,541 @@
+//! Retention: which backups a restic-style policy keeps, which debris of
+//! interrupted runs has outlived its grace period, and removing the rest safely.
+//!
+//! The policy itself ([`apply`]) is a pure function over backup times, so it
+//! is the same for every place backups live. Places are behind
+//! [`BackupLocation`]: today only [`LocalRoot`] (a directory of backup
+//! directories); a remote repository implements the same four operations.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::artifact::{sync_dir, PARTIAL_SUFFIX};
+use crate::drill::VALIDATION_FILE;
+use crate::error::{io_error, Error, Result};
+use crate::lock::RootLock;
+use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::service::Service;
+
+/// Debris younger than this may still belong to a run that is about to
+/// finish (or to one an operator is looking into), so it is left alone.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Prefix of the restore's scratch directories (`tempdir_in(root)` in restore.rs).
+const RESTORE_SCRATCH_PREFIX: &str = ".itbackup-restore-";
+/// A backup being removed is first renamed to this prefix, so that a crash in
+/// the middle of the removal leaves a name nobody takes for a backup.
+const REMOVING_PREFIX: &str = ".itbackup-removing-";
+
+/// How many backups to keep, per rule; a backup kept by any rule stays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+}
+
+impl Policy {
+    /// No rule given: nothing would be kept but the newest backup.
+    pub fn is_empty(&self) -> bool {
+        self.keep_last == 0
+            && self.keep_daily == 0
+            && self.keep_weekly == 0
+            && self.keep_monthly == 0
+    }
+}
+
+/// A complete backup as the policy sees it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub name: String,
+    pub time: Timestamp,
+}
+
+/// What the policy says about one complete backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub name: String,
+    pub time: Timestamp,
+    pub keep: bool,
+    /// Every rule that keeps it (`last`, `daily 2025-02-01`, …).
+    pub reasons: Vec<String>,
+}
+
+/// Apply `policy` restic's way: backups newest first; each rule keeps the
+/// newest backup of each of its N most recent periods (`last`: every backup is
+/// its own period). Periods are calendar days, ISO weeks and months in `tz`.
+/// The newest backup is always kept, whatever the policy. Returns the
+/// decisions newest first.
+pub fn apply(policy: &Policy, snapshots: &[Snapshot], tz: &TimeZone) -> Vec<Decision> {
+    let mut ordered: Vec<&Snapshot> = snapshots.iter().collect();
+    ordered.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.name.cmp(&a.name)));
+
+    struct Rule {
+        label: &'static str,
+        remaining: u32,
+        last_period: Option<String>,
+    }
+    let mut rules = [
+        Rule {
+            label: "last",
+            remaining: policy.keep_last,
+            last_period: None,
+        },
+        Rule {
+            label: "daily",
+            remaining: policy.keep_daily,
+            last_period: None,
+        },
+        Rule {
+            label: "weekly",
+            remaining: policy.keep_weekly,
+            last_period: None,
+        },
+        Rule {
+            label: "monthly",
+            remaining: policy.keep_monthly,
+            last_period: None,
+        },
+    ];
+    let mut decisions = Vec::with_capacity(ordered.len());
+    for (index, snapshot) in ordered.iter().enumerate() {
+        let date = snapshot.time.to_zoned(tz.clone()).date();
+        let week = date.iso_week_date();
+        let mut reasons = Vec::new();
+        for rule in rules.iter_mut().filter(|r| r.remaining > 0) {
+            let period = match rule.label {
+                "last" => index.to_string(),
+                "daily" => date.to_string(),
+                "weekly" => format!("{}-W{:02}", week.year(), week.week()),
+                _ => format!("{}-{:02}", date.year(), date.month()),
+            };
+            if rule.last_period.as_deref() != Some(period.as_str()) {
+                rule.remaining -= 1;
+                reasons.push(if rule.label == "last" {
+                    "last".to_string()
+                } else {
+                    format!("{} {period}", rule.label)
+                });
+                rule.last_period = Some(period);
+            }
+        }
+        if index == 0 {
+            reasons.push("newest complete backup".into());
+        }
+        decisions.push(Decision {
+            name: snapshot.name.clone(),
+            time: snapshot.time,
+            keep: !reasons.is_empty(),
+            reasons,
+        });
+    }
+    decisions
+}
+
+/// What lies in a backup location.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum ItemKind {
+    /// A backup with a valid manifest; its time is the manifest's `started_at`.
+    Complete { time: Timestamp },
+    /// What an interrupted or failed run left: no manifest, only files itbackup writes.
+    Incomplete,
+    /// A manifest that does not validate (damaged, or from a newer itbackup):
+    /// never removed automatically, an operator decides.
+    Damaged { problem: String },
+    /// Not written by itbackup, or a symbolic link: never touched.
+    Foreign { problem: String },
+}
+
+/// One entry of a backup location.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: ItemKind,
+    /// Newest modification of the entry or anything directly in it.
+    pub modified: Timestamp,
+    pub bytes: u64,
+}
+
+/// A place that holds backups. Everything prune does goes through these four
+/// operations, so a remote repository plugs in by implementing them.
+pub trait BackupLocation {
+    /// For messages: a path or URL, without credentials.
+    fn describe(&self) -> String;
+    /// Keep backup and restore runs out while held (the guard releases on drop);
+    /// `None` when the location does not exist (nothing to prune).
+    fn lock(&self) -> Result<Option<Box<dyn std::any::Any>>>;
+    /// Every entry, in no particular order.
+    fn items(&self) -> Result<Vec<Item>>;
+    /// Remove one entry returned by [`BackupLocation::items`].
+    fn remove(&self, item: &Item) -> Result<()>;
+}
+
+/// A local directory holding one sub-directory per backup (`--root`).
+pub struct LocalRoot {
+    pub root: PathBuf,
+}
+
+impl LocalRoot {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalRoot { root: root.into() }
+    }
+}
+
+impl BackupLocation for LocalRoot {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn lock(&self) -> Result<Option<Box<dyn std::any::Any>>> {
+        if !self.root.is_dir() {
+            return Ok(None);
+        }
+        let lock = RootLock::acquire(&self.root, "prune")?;
+        Ok(Some(Box::new(lock)))
+    }
+
+    fn items(&self) -> Result<Vec<Item>> {
+        let step = "list backups";
+        let read = match fs::read_dir(&self.root) {
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(None, step, self.root.display(), e)),
+        };
+        let mut items = Vec::new();
+        for entry in read {
+            let entry = entry.map_err(|e| io_error(None, step, self.root.display(), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            // symlink_metadata: a link is judged as a link, never by what it points at.
+            let meta =
+                fs::symlink_metadata(&path).map_err(|e| io_error(None, step, path.display(), e))?;
+            if name.starts_with('.') {
+                let ours =
+                    name.starts_with(RESTORE_SCRATCH_PREFIX) || name.starts_with(REMOVING_PREFIX);
+                if ours && meta.is_dir() {
+                    items.push(describe_dir(&path, name, ItemKind::Incomplete));
+                }
+                continue;
+            }
+            if meta.file_type().is_symlink() {
+                items.push(Item {
+                    name,
+                    kind: ItemKind::Foreign {
+                        problem: "a symbolic link; itbackup never writes one".into(),
+                    },
+                    modified: timestamp_of(meta.modified().ok()),
+                    bytes: 0,
+                });
+                continue;
+            }
+            if !meta.is_dir() {
+                continue;
+            }
+            let kind = classify(&path);
+            items.push(describe_dir(&path, name, kind));
+        }
+        Ok(items)
+    }
+
+    fn remove(&self, item: &Item) -> Result<()> {
+        let step = "remove backup";
+        if !crate::manifest::is_safe_component(&item.name)
+            || matches!(
+                item.kind,
+                ItemKind::Foreign { .. } | ItemKind::Damaged { .. }
+            )
+        {
+            return Err(Error::failure(
+                step,
+                format!(
+                    "refusing to remove {} under {}",
+                    item.name,
+                    self.root.display()
+                ),
+            ));
+        }
+        let path = self.root.join(&item.name);
+        let meta =
+            fs::symlink_metadata(&path).map_err(|e| io_error(None, step, path.display(), e))?;
+        if !meta.is_dir() {
+            return Err(Error::failure(
+                step,
+                format!("{} is not a directory; not removed", path.display()),
+            ));
+        }
+        // Rename first: the backup disappears in one step, and a crash during
+        // the removal of its files leaves a name that is not taken for a backup.
+        let doomed = if item.name.starts_with(REMOVING_PREFIX) {
+            path.clone()
+        } else {
+            let doomed = self.root.join(format!("{REMOVING_PREFIX}{}", item.name));
+            fs::rename(&path, &doomed).map_err(|e| io_error(None, step, path.display(), e))?;
+            sync_dir(&self.root).map_err(|e| io_error(None, step, self.root.display(), e))?;
+            doomed
+        };
+        fs::remove_dir_all(&doomed).map_err(|e| io_error(None, step, doomed.display(), e))
+    }
+}
+
+/// Complete, damaged, incomplete or foreign: decided by the manifest and the file names.
+fn classify(dir: &Path) -> ItemKind {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    if fs::symlink_metadata(&manifest_path).is_ok() {
+        return match Manifest::read_dir(dir) {
+            Ok(manifest) => match manifest.started_at.parse::<Timestamp>() {
+                Ok(time) => ItemKind::Complete { time },
+                Err(e) => ItemKind::Damaged {
+                    problem: format!("started_at '{}' is not a time: {e}", manifest.started_at),
+                },
+            },
+            Err(err) => ItemKind::Damaged {
+                problem: err.message,
+            },
+        };
+    }
+    let names = match fs::read_dir(dir) {
+        Ok(read) => read
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            return ItemKind::Foreign {
+                problem: format!("cannot be read: {e}"),
+            }
+        }
+    };
+    match names.iter().find(|name| !written_by_itbackup(name)) {
+        Some(stranger) => ItemKind::Foreign {
+            problem: format!("holds '{stranger}', which itbackup does not write"),
+        },
+        None => ItemKind::Incomplete,
+    }
+}
+
+/// Names a backup run creates inside a backup directory: `<service>_…`
+/// artifacts, their `.<service>_….work` scratch directories, `*.partial`, the
+/// manifest and the drill's validation file.
+fn written_by_itbackup(name: &str) -> bool {
+    let bare = name.strip_prefix('.').unwrap_or(name);
+    name.ends_with(PARTIAL_SUFFIX)
+        || name == MANIFEST_FILE
+        || name == VALIDATION_FILE
+        || Service::ALL
+            .iter()
+            .any(|service| bare.starts_with(&format!("{}_", service.as_str())))
+}
+
+fn describe_dir(dir: &Path, name: String, kind: ItemKind) -> Item {
+    let mut newest = fs::symlink_metadata(dir).and_then(|m| m.modified()).ok();
+    let mut bytes = 0;
+    if let Ok(read) = fs::read_dir(dir) {
+        for meta in read.filter_map(|e| e.ok()?.metadata().ok()) {
+            if meta.is_file() {
+                bytes += meta.len();
+            }
+            if let Ok(modified) = meta.modified() {
+                newest = Some(newest.map_or(modified, |n| n.max(modified)));
+            }
+        }
+    }
+    Item {
+        name,
+        kind,
+        modified: timestamp_of(newest),
+        bytes,
+    }
+}
+
+fn timestamp_of(time: Option<SystemTime>) -> Timestamp {
+    time.and_then(|t| Timestamp::try_from(t).ok())
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// What prune does (or would do) with one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Keep,
+    Remove,
+    /// Not for prune to decide: damaged manifests and foreign entries.
+    Leave,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedItem {
+    #[serde(flatten)]
+    pub item: Item,
+    pub action: Action,
+    pub reasons: Vec<String>,
+}
+
+/// The plan: every entry with its action, newest complete backups first.
+pub fn plan(
+    policy: &Policy,
+    items: Vec<Item>,
+    grace: Duration,
+    now: Timestamp,
+    tz: &TimeZone,
+) -> Vec<PlannedItem> {
+    let snapshots: Vec<Snapshot> = items
+        .iter()
+        .filter_map(|item| match item.kind {
+            ItemKind::Complete { time } => Some(Snapshot {
+                name: item.name.clone(),
+                time,
+            }),
+            _ => None,
+        })
+        .collect();
+    let decisions = apply(policy, &snapshots, tz);
+    let mut complete = std::collections::HashMap::new();
+    let mut others = Vec::new();
+    for item in items {
+        match &item.kind {
+            ItemKind::Complete { .. } => {
+                complete.insert(item.name.clone(), item);
+            }
+            ItemKind::Incomplete => {
+                let age = now.duration_since(item.modified);
+                // A modification time in the future (clock skew) counts as fresh.
+                let old = !age.is_negative() && age.unsigned_abs() >= grace;
+                let reason = if old {
+                    format!(
+                        "incomplete, untouched for {}",
+                        human_age(age.unsigned_abs())
+                    )
+                } else {
+                    format!(
+                        "incomplete, but changed {} ago: within the {} grace period",
+                        human_age(age.unsigned_abs()),
+                        human_age(grace)
+                    )
+                };
+                others.push(PlannedItem {
+                    item,
+                    action: if old { Action::Remove } else { Action::Keep },
+                    reasons: vec![reason],
+                });
+            }
+            ItemKind::Damaged { problem } | ItemKind::Foreign { problem } => {
+                let reason = format!("{problem}; left for an operator");
+                others.push(PlannedItem {
+                    item,
+                    action: Action::Leave,
+                    reasons: vec![reason],
+                });
+            }
+        }
+    }
+    let mut planned: Vec<PlannedItem> = decisions
+        .into_iter()
+        .filter_map(|d| {
+            let item = complete.remove(&d.name)?;
+            Some(PlannedItem {
+                item,
+                action: if d.keep { Action::Keep } else { Action::Remove },
+                reasons: if d.keep {
+                    d.reasons
+                } else {
+                    vec!["no rule keeps it".into()]
+                },
+            })
+        })
+        .collect();
+    planned.extend(others);
+    planned
+}
+
+/// Whole seconds as "3d 4h", "25m", "40s".
+pub fn human_age(age: Duration) -> String {
+    let secs = age.as_secs();
+    match secs {
+        s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PruneOutcome {
+    pub location: String,
+    pub dry_run: bool,
+    pub policy: Policy,
+    pub grace_seconds: u64,
+    pub items: Vec<PlannedItem>,
+    pub removed: usize,
+    pub freed_bytes: u64,
+}
+
+pub struct PruneRequest {
+    pub policy: Policy,
+    pub grace: Duration,
+    pub dry_run: bool,
+}
+
+/// Plan, and unless it is a dry run, remove what the plan says, holding the
+/// location's lock throughout so that no backup or restore runs meanwhile.
+pub fn run(location: &dyn BackupLocation, request: &PruneRequest) -> Result<PruneOutcome> {
+    if request.policy.is_empty() {
+        return Err(Error::usage(
+            "no retention rule given: pass at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly",
+        ));
+    }
+    // A dry run changes nothing, so it may look while a backup runs.
+    let _lock = if request.dry_run {
+        None
+    } else {
+        location.lock()?
+    };
+    let items = location.items()?;
+    let mut planned = plan(
+        &request.policy,
+        items,
+        request.grace,
+        Timestamp::now(),
+        &TimeZone::system(),
+    );
+    let mut removed = 0;
+    let mut freed_bytes = 0;
+    if !request.dry_run {
+        for entry in planned.iter_mut().filter(|p| p.action == Action::Remove) {
+            let bytes = entry.item.bytes;
+            location.remove(&entry.item)?;
+            tracing::info!(backup = %entry.item.name, reason = %entry.reasons.join(", "), "removed");
+            removed += 1;
+            freed_bytes += bytes;
+        }
+    }
+    Ok(PruneOutcome {
+        location: location.describe(),
+        dry_run: request.dry_run,
+        policy: request.policy,
+        grace_seconds: request.grace.as_secs(),
+        items: planned,
+        removed,
+        freed_bytes,
+    })
+}
+
+/// The request for the command-line policy.
+pub fn request(args: &crate::cli::RetentionArgs, dry_run: bool) -> PruneRequest {
+    PruneRequest {
+        policy: Policy {
+            keep_last: args.keep_last,
+            keep_daily: args.keep_daily,
+            keep_weekly: args.keep_weekly,
+            keep_monthly: args.keep_monthly,
+        },
+        grace: args.grace,
+        dry_run,
+    }
+}

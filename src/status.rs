@@ -1,0 +1,428 @@
+//! `itbackup status`: is the newest backup of every store young enough (RPO),
+//! intact, and restorable in time (the last drill's RTO), and are the servers
+//! up? Built for cron, systemd and Kubernetes probes: any alarm exits 1.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backup::open_stores;
+use crate::catalog::{self, BackupEntry};
+use crate::config::Settings;
+use crate::drill::{RTO_OBJECTIVE_SECONDS, VALIDATION_FILE};
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::metrics::Metrics;
+use crate::service::Service;
+
+/// A probe that takes longer than this counts as a server that is down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct StatusRequest {
+    pub rpo: Duration,
+    /// `None`: every service found in a complete backup (all when there is none).
+    pub services: Option<Vec<Service>>,
+    /// Re-hash and decode the newest backups instead of checking their sizes only.
+    pub verify: bool,
+    pub offline: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NewestBackup {
+    pub name: String,
+    pub dir: PathBuf,
+    pub timestamp: String,
+    /// When the store's data was taken (the artifact's `started_at`).
+    pub taken_at: String,
+    pub age_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Verification {
+    /// `sizes` (files present with the manifest's sizes) or `full` (checksums and a full decode).
+    pub checked: &'static str,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerHealth {
+    pub up: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub service: Service,
+    pub newest: Option<NewestBackup>,
+    pub rpo_ok: bool,
+    pub verification: Option<Verification>,
+    /// `None` with `--offline`.
+    pub server: Option<ServerHealth>,
+}
+
+/// The part of `synthetic-validation.json` status reports.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DrillStatus {
+    #[serde(default)]
+    pub file: PathBuf,
+    pub ok: bool,
+    pub timestamp: String,
+    pub rto_seconds: Option<f64>,
+    pub rto_objective_seconds: f64,
+    pub rto_ok: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub ok: bool,
+    pub root: PathBuf,
+    pub checked_at: String,
+    pub rpo_seconds: u64,
+    pub services: Vec<ServiceStatus>,
+    pub last_drill: Option<DrillStatus>,
+    /// Each reason for exit status 1.
+    pub alarms: Vec<String>,
+    /// Worth a look, but no alarm: the drill, damaged backups.
+    pub warnings: Vec<String>,
+}
+
+impl StatusReport {
+    /// The alarms as one error, for the exit status and standard error.
+    pub fn error(&self) -> Option<Error> {
+        if self.alarms.is_empty() {
+            return None;
+        }
+        Some(
+            Error::failure("status", format!("{} alarm(s):\n  {}", self.alarms.len(), self.alarms.join("\n  ")))
+                .hint("a missing or old backup: check the scheduled runs' logs and run `itbackup backup`; a failed verification: `itbackup verify --path DIR` shows why, take a new backup; a server down: start it or check the connection settings"),
+        )
+    }
+
+    pub fn record(&self, metrics: &mut Metrics) {
+        metrics.set("itbackup_status_ok", &[], if self.ok { 1.0 } else { 0.0 });
+        metrics.set("itbackup_rpo_seconds", &[], self.rpo_seconds as f64);
+        for s in &self.services {
+            let labels = [("service", s.service.as_str())];
+            if let Some(newest) = &s.newest {
+                metrics.set(
+                    "itbackup_newest_backup_age_seconds",
+                    &labels,
+                    newest.age_seconds,
+                );
+            }
+            if let Some(v) = &s.verification {
+                metrics.set(
+                    "itbackup_newest_backup_verified",
+                    &labels,
+                    if v.ok { 1.0 } else { 0.0 },
+                );
+            }
+            if let Some(server) = &s.server {
+                metrics.set(
+                    "itbackup_server_up",
+                    &labels,
+                    if server.up { 1.0 } else { 0.0 },
+                );
+            }
+        }
+        if let Some(drill) = &self.last_drill {
+            if let Some(rto) = drill.rto_seconds {
+                metrics.set("itbackup_drill_rto_seconds", &[], rto);
+            }
+            metrics.set(
+                "itbackup_drill_rto_objective_seconds",
+                &[],
+                drill.rto_objective_seconds,
+            );
+            metrics.set(
+                "itbackup_drill_success",
+                &[],
+                if drill.ok { 1.0 } else { 0.0 },
+            );
+        }
+    }
+}
+
+pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusReport> {
+    let now = jiff::Timestamp::now();
+    let entries = catalog::scan(&settings.root)?;
+    let services = match &request.services {
+        Some(list) => list.clone(),
+        None => {
+            let mut found: Vec<Service> = entries
+                .iter()
+                .filter_map(|e| e.manifest.as_ref())
+                .flat_map(|m| m.services.keys().copied())
+                .collect();
+            found.sort();
+            found.dedup();
+            if found.is_empty() {
+                Service::ALL.to_vec()
+            } else {
+                found
+            }
+        }
+    };
+    let stores = open_stores(&services, settings)?;
+    let servers = if request.offline {
+        vec![None; stores.len()]
+    } else {
+        futures::future::join_all(stores.iter().map(|store| async move {
+            Some(
+                match tokio::time::timeout(PROBE_TIMEOUT, store.probe()).await {
+                    Ok(Ok(info)) => (true, Some(info.version), None),
+                    Ok(Err(e)) => (false, None, Some(e.to_string())),
+                    Err(_) => (
+                        false,
+                        None,
+                        Some(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+                    ),
+                },
+            )
+        }))
+        .await
+    };
+
+    let mut alarms = Vec::new();
+    let mut warnings = Vec::new();
+    let mut statuses = Vec::new();
+    for (store, server) in stores.iter().zip(servers) {
+        let service = store.service();
+        let newest = newest_with(&entries, service);
+        let mut status = ServiceStatus {
+            service,
+            newest: None,
+            rpo_ok: false,
+            verification: None,
+            server: server.map(|(up, version, problem)| ServerHealth {
+                up,
+                version,
+                problem,
+            }),
+        };
+        if let Some(server) = &status.server {
+            if !server.up {
+                alarms.push(format!(
+                    "{service}: server down: {}",
+                    server.problem.as_deref().unwrap_or("no answer")
+                ));
+            }
+        }
+        match newest {
+            None => alarms.push(format!(
+                "{service}: no complete backup under {}",
+                settings.root.display()
+            )),
+            Some((entry, manifest)) => {
+                let record = &manifest.artifacts[&service];
+                let taken_at = record.started_at.clone();
+                let age = taken_at
+                    .parse::<jiff::Timestamp>()
+                    .map(|t| now.duration_since(t).as_secs_f64())
+                    .unwrap_or(f64::INFINITY);
+                status.rpo_ok = age <= request.rpo.as_secs_f64();
+                if !status.rpo_ok {
+                    alarms.push(format!(
+                        "{service}: RPO breached: the newest complete backup ({}) is {} old, the objective is {}",
+                        entry.name,
+                        crate::prune::human_age(Duration::from_secs_f64(age.clamp(0.0, 1e12))),
+                        crate::prune::human_age(request.rpo)
+                    ));
+                }
+                let verification = if request.verify {
+                    verify_full(&entry.path, manifest, service, settings).await
+                } else {
+                    verify_sizes(&entry.path, manifest, service)
+                };
+                if let Some(problem) = &verification.problem {
+                    alarms.push(format!(
+                        "{service}: the newest backup {} fails verification: {problem}",
+                        entry.name
+                    ));
+                }
+                status.verification = Some(verification);
+                status.newest = Some(NewestBackup {
+                    name: entry.name.clone(),
+                    dir: entry.path.clone(),
+                    timestamp: manifest.timestamp.clone(),
+                    taken_at,
+                    age_seconds: age,
+                });
+            }
+        }
+        statuses.push(status);
+    }
+
+    for entry in entries.iter().filter(|e| !e.complete) {
+        if entry.path.join(crate::manifest::MANIFEST_FILE).exists() {
+            warnings.push(format!(
+                "{}: damaged manifest ({}); `itbackup prune` leaves it for you to inspect and remove",
+                entry.name,
+                entry.problem.as_deref().unwrap_or("invalid")
+            ));
+        }
+    }
+    let last_drill = last_drill(&settings.root);
+    match &last_drill {
+        None => warnings.push(format!(
+            "no recovery drill result (synthetic-validation.json) under {}: run `itbackup drill`",
+            settings.root.display()
+        )),
+        Some(d) if !d.ok || !d.rto_ok => warnings.push(format!(
+            "the last recovery drill ({}) {}: restore took {}, objective {:.0} min",
+            d.timestamp,
+            if d.ok { "passed" } else { "FAILED" },
+            d.rto_seconds
+                .map(|s| format!("{s:.0} s"))
+                .unwrap_or_else(|| "-".into()),
+            d.rto_objective_seconds / 60.0
+        )),
+        Some(_) => {}
+    }
+    Ok(StatusReport {
+        ok: alarms.is_empty(),
+        root: settings.root.clone(),
+        checked_at: now.to_string(),
+        rpo_seconds: request.rpo.as_secs(),
+        services: statuses,
+        last_drill,
+        alarms,
+        warnings,
+    })
+}
+
+/// The newest complete backup that holds `service`.
+fn newest_with(entries: &[BackupEntry], service: Service) -> Option<(&BackupEntry, &Manifest)> {
+    entries
+        .iter()
+        .filter_map(|e| Some((e, e.manifest.as_ref()?)))
+        .filter(|(_, m)| m.artifacts.contains_key(&service))
+        .max_by(|(_, a), (_, b)| {
+            (&a.artifacts[&service].started_at, &a.finished_at)
+                .cmp(&(&b.artifacts[&service].started_at, &b.finished_at))
+        })
+}
+
+/// The cheap check every status does: the artifact is there with its size.
+fn verify_sizes(dir: &Path, manifest: &Manifest, service: Service) -> Verification {
+    let record = &manifest.artifacts[&service];
+    let problem = match fs::metadata(dir.join(&record.file)) {
+        Ok(meta) if meta.len() == record.bytes => None,
+        Ok(meta) => Some(format!(
+            "{} has {} bytes, the manifest says {}",
+            record.file,
+            meta.len(),
+            record.bytes
+        )),
+        Err(e) => Some(format!("{}: {e}", record.file)),
+    };
+    Verification {
+        checked: "sizes",
+        ok: problem.is_none(),
+        problem,
+    }
+}
+
+/// The same checks as `itbackup verify`: checksums and a full decode.
+async fn verify_full(
+    dir: &Path,
+    manifest: &Manifest,
+    service: Service,
+    settings: &Settings,
+) -> Verification {
+    let result = match open_stores(&[service], settings) {
+        Ok(stores) => crate::verify::verify_artifacts(dir, manifest, &stores)
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let problem = result.err().map(|e| e.to_string());
+    Verification {
+        checked: "full",
+        ok: problem.is_none(),
+        problem,
+    }
+}
+
+/// The newest `synthetic-validation.json` in a backup directory under `root`.
+pub fn last_drill(root: &Path) -> Option<DrillStatus> {
+    let newest = fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join(VALIDATION_FILE))
+        .filter_map(|file| {
+            let modified = fs::metadata(&file).ok()?.modified().ok()?;
+            Some((modified, file))
+        })
+        .max()?;
+    let file = newest.1;
+    let mut drill: DrillStatus = match fs::read(&file)
+        .ok()
+        .and_then(|text| serde_json::from_slice(&text).ok())
+    {
+        Some(drill) => drill,
+        None => DrillStatus {
+            file: PathBuf::new(),
+            ok: false,
+            timestamp: "unreadable".into(),
+            rto_seconds: None,
+            rto_objective_seconds: RTO_OBJECTIVE_SECONDS,
+            rto_ok: false,
+        },
+    };
+    drill.file = file;
+    Some(drill)
+}
+
+/// This machine's name, for messages that leave it.
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The request for the command line's flags.
+pub fn request(args: &crate::cli::StatusArgs) -> StatusRequest {
+    StatusRequest {
+        rpo: args.rpo,
+        services: args.services.as_ref().map(|l| l.0.clone()),
+        verify: args.verify,
+        offline: args.offline,
+    }
+}
+
+/// After the report is printed: metrics, the webhook on alarms, and the
+/// alarms as the error that makes the exit status 1.
+pub async fn finish(
+    report: &StatusReport,
+    settings: &Settings,
+    monitor: &crate::cli::MonitorArgs,
+) -> Result<()> {
+    crate::metrics::update(monitor.metrics_file.as_deref(), |m| {
+        crate::metrics::record_run(m, "status", 0.0, report.ok);
+        report.record(m);
+    });
+    let Some(err) = report.error() else {
+        return Ok(());
+    };
+    if let Some(url) = &monitor.notify_url {
+        let ctx = crate::hooks::RunContext {
+            operation: "status",
+            hooks: None,
+            monitor,
+            root: settings.root.clone(),
+            dir: None,
+            services: report.services.iter().map(|s| s.service).collect(),
+            dry_run: false,
+        };
+        crate::hooks::notify_failure(url, &ctx, &err).await;
+    }
+    Err(err)
+}
