@@ -35,7 +35,6 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Ok(duration.unsigned_abs())
 }
 
-
 /// When runs happen.
 #[derive(Debug)]
 pub enum Timing {
@@ -63,7 +62,8 @@ impl Timing {
     pub fn next(&self, now: jiff::Timestamp, previous: Option<jiff::Timestamp>) -> jiff::Timestamp {
         match self {
             Timing::Every(every) => {
-                let every = jiff::SignedDuration::try_from(*every).unwrap_or(jiff::SignedDuration::MAX);
+                let every =
+                    jiff::SignedDuration::try_from(*every).unwrap_or(jiff::SignedDuration::MAX);
                 previous
                     .and_then(|p| p.checked_add(every).ok())
                     .map_or(now, |due| due.max(now))
@@ -118,7 +118,10 @@ async fn stop_reaches(stop: &mut StopLevel, level: u8) {
 }
 
 /// Run `work` unless a second signal abandons it first (`None`).
-async fn abandonable<T>(stop: &mut StopLevel, work: impl std::future::Future<Output = T>) -> Option<T> {
+async fn abandonable<T>(
+    stop: &mut StopLevel,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
     tokio::select! {
         result = work => Some(result),
         _ = stop_reaches(stop, 2) => None,
@@ -205,7 +208,11 @@ async fn one_run(
     tracing::info!(run = number, "scheduled run starting");
     let mut report = json!({"run": number, "started_at": started_at.to_string()});
     let abandoned = |mut report: Value, step: &str| {
-        tracing::warn!(run = number, step, "run abandoned: nothing of it is marked complete");
+        tracing::warn!(
+            run = number,
+            step,
+            "run abandoned: nothing of it is marked complete"
+        );
         report["ok"] = json!(false);
         report["abandoned"] = json!(step);
         report
@@ -220,14 +227,20 @@ async fn one_run(
     let ctx = RunContext::backup(settings, &request, &args.hooks, &args.monitor);
     let Some(backup) = abandonable(
         stop,
-        hooks::around(&ctx, backup::run(settings, request), metrics::record_backup_outcome),
+        hooks::around(
+            &ctx,
+            backup::run(settings, request),
+            metrics::record_backup_outcome,
+        ),
     )
     .await
     else {
         return abandoned(report, "backup");
     };
     report["backup"] = step_json(&backup, |o| match o {
-        BackupOutcome::Done { dir, manifest } => json!({"dir": dir, "timestamp": manifest.timestamp}),
+        BackupOutcome::Done { dir, manifest } => {
+            json!({"dir": dir, "timestamp": manifest.timestamp})
+        }
         BackupOutcome::Planned { dir, .. } => json!({"dir": dir}),
     });
     let (dir, manifest) = match backup {
@@ -273,7 +286,10 @@ async fn one_run(
             Err(e) => tracing::error!(run = number, error = %e, "prune failed"),
         }
         ok &= pruned.is_ok();
-        report["prune"] = step_json(&pruned, |p| json!({"removed": p.removed, "freed_bytes": p.freed_bytes}));
+        report["prune"] = step_json(
+            &pruned,
+            |p| json!({"removed": p.removed, "freed_bytes": p.freed_bytes}),
+        );
     }
 
     if *stop.borrow() == 0 && args.drill {
@@ -299,7 +315,10 @@ async fn one_run(
             } else {
                 Err(Error::failure(
                     "drill",
-                    format!("the recovery drill failed: {}", outcome.validation.problems().join("; ")),
+                    format!(
+                        "the recovery drill failed: {}",
+                        outcome.validation.problems().join("; ")
+                    ),
                 )
                 .hint(format!("details in {}", outcome.file.display())))
             }
@@ -308,14 +327,25 @@ async fn one_run(
             return abandoned(report, "drill");
         };
         match &drilled {
-            Ok(d) => tracing::info!(run = number, rto_seconds = d.validation.rto_seconds, "drill passed"),
+            Ok(d) => tracing::info!(
+                run = number,
+                rto_seconds = d.validation.rto_seconds,
+                "drill passed"
+            ),
             Err(e) => tracing::error!(run = number, error = %e, "drill failed"),
         }
         ok &= drilled.is_ok();
-        report["drill"] = step_json(&drilled, |d| json!({"rto_seconds": d.validation.rto_seconds, "file": d.file}));
+        report["drill"] = step_json(
+            &drilled,
+            |d| json!({"rto_seconds": d.validation.rto_seconds, "file": d.file}),
+        );
     }
 
     let seconds = started.elapsed().as_secs_f64();
+    if *stop.borrow() > 0 {
+        // The steps after the one a stop request found running were skipped.
+        report["stopped"] = json!(true);
+    }
     tracing::info!(run = number, ok, seconds, "scheduled run finished");
     report["ok"] = json!(ok);
     report["seconds"] = json!(seconds);

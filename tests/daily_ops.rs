@@ -482,12 +482,18 @@ fn status_alarms_on_a_breached_rpo_and_reports_the_last_drill() {
     // The drill missed the 30-minute RTO: reported, a warning only.
     assert_eq!(report["last_drill"]["rto_seconds"], 2400.0);
     assert_eq!(report["last_drill"]["rto_ok"], false);
-    assert!(report["warnings"].to_string().contains("last recovery drill"));
+    assert!(report["warnings"]
+        .to_string()
+        .contains("last recovery drill"));
 
     // The human report says why, and standard error carries the alarm.
     let out = itbackup(&["--root", r.to_str().unwrap(), "status", "--offline"], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("RPO breached"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("RPO breached"),
+        "{}",
+        text(&out)
+    );
 
     // Within a longer objective, all is well.
     let report = status_json(r, &["--offline", "--rpo", "2d"], 0);
@@ -497,7 +503,11 @@ fn status_alarms_on_a_breached_rpo_and_reports_the_last_drill() {
     // No backup at all is an alarm for every service.
     let empty = temp_root();
     let report = status_json(empty.path(), &["--offline"], 1);
-    assert_eq!(report["services"].as_array().unwrap().len(), 3, "{report:#}");
+    assert_eq!(
+        report["services"].as_array().unwrap().len(),
+        3,
+        "{report:#}"
+    );
 }
 
 #[test]
@@ -516,14 +526,22 @@ fn status_alarms_when_the_newest_backup_fails_verification() {
     let report = status_json(r, &["--offline", "--verify"], 1);
     let v = &report["services"][0]["verification"];
     assert_eq!(v["checked"], "full");
-    assert!(v["problem"].as_str().unwrap().contains("sha256"), "{report:#}");
+    assert!(
+        v["problem"].as_str().unwrap().contains("sha256"),
+        "{report:#}"
+    );
     assert!(report["alarms"].to_string().contains("fails verification"));
 
     // Truncated: the size check every status does finds it.
     fs::write(&artifact, "short").unwrap();
     let report = status_json(r, &["--offline"], 1);
     assert_eq!(report["services"][0]["verification"]["checked"], "sizes");
-    assert!(report["alarms"].to_string().contains("postgres: the newest backup today fails verification"), "{report:#}");
+    assert!(
+        report["alarms"]
+            .to_string()
+            .contains("postgres: the newest backup today fails verification"),
+        "{report:#}"
+    );
 }
 
 // ------------------------------------------------- metrics, hooks, webhook
@@ -543,12 +561,23 @@ fn parse_with_prometheus(path: &Path) -> Value {
     };
     if !importable(&site) {
         let out = std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
             .arg(&site)
             .arg("prometheus_client")
             .output()
             .expect("run pip");
-        assert!(out.status.success(), "pip install prometheus_client: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "pip install prometheus_client: {}",
+            text(&out)
+        );
         assert!(importable(&site));
     }
     let script = r#"
@@ -590,7 +619,10 @@ fn sample(metrics: &Value, family: &str, labels: &str) -> f64 {
 fn webhook_listener(expected: usize) -> (String, std::sync::mpsc::Receiver<(String, String)>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hooks/itbackup?token=secret", listener.local_addr().unwrap());
+    let url = format!(
+        "http://{}/hooks/itbackup?token=secret",
+        listener.local_addr().unwrap()
+    );
     let (send, receive) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for stream in listener.incoming().take(expected) {
@@ -641,15 +673,29 @@ fn backup_writes_metrics_runs_hooks_and_status_verifies_it() {
     );
     ok(
         &[
-            "--root", r_arg, "backup", "--services", "postgres", "--timestamp", "first",
-            "--metrics-file", m_arg, "--pre-hook", &pre, "--post-hook", &post,
+            "--root",
+            r_arg,
+            "backup",
+            "--services",
+            "postgres",
+            "--timestamp",
+            "first",
+            "--metrics-file",
+            m_arg,
+            "--pre-hook",
+            &pre,
+            "--post-hook",
+            &post,
         ],
         &[],
     );
     let dir = r.join("first");
     assert_eq!(
         fs::read_to_string(&hook_log).unwrap(),
-        format!("pre-backup {} postgres\npost-backup success\n", dir.display())
+        format!(
+            "pre-backup {} postgres\npost-backup success\n",
+            dir.display()
+        )
     );
     let manifest = Manifest::read_dir(&dir).unwrap();
     let record = &manifest.artifacts[&Service::Postgres];
@@ -658,9 +704,15 @@ fn backup_writes_metrics_runs_hooks_and_status_verifies_it() {
     let pg = r#"{"service": "postgres"}"#;
     let backup = r#"{"operation": "backup"}"#;
     assert_eq!(sample(&metrics, "itbackup_last_run_success", backup), 1.0);
-    assert_eq!(sample(&metrics, "itbackup_backup_bytes", pg), record.bytes as f64);
+    assert_eq!(
+        sample(&metrics, "itbackup_backup_bytes", pg),
+        record.bytes as f64
+    );
     let objects: u64 = record.counts.values().sum();
-    assert_eq!(sample(&metrics, "itbackup_backup_objects", pg), objects as f64);
+    assert_eq!(
+        sample(&metrics, "itbackup_backup_objects", pg),
+        objects as f64
+    );
     assert!(sample(&metrics, "itbackup_backup_duration_seconds", pg) >= 0.0);
     let success = sample(&metrics, "itbackup_last_success_timestamp_seconds", backup);
     let now = Timestamp::now().as_second() as f64;
@@ -668,7 +720,17 @@ fn backup_writes_metrics_runs_hooks_and_status_verifies_it() {
 
     // status --verify re-hashes and decodes the real backup, probes the server,
     // and adds its series to the same file.
-    let report = status_json(&r, &["--services", "postgres", "--verify", "--metrics-file", m_arg], 0);
+    let report = status_json(
+        &r,
+        &[
+            "--services",
+            "postgres",
+            "--verify",
+            "--metrics-file",
+            m_arg,
+        ],
+        0,
+    );
     let s = &report["services"][0];
     assert_eq!(s["verification"]["checked"], "full", "{report:#}");
     assert_eq!(s["verification"]["ok"], true, "{report:#}");
@@ -677,15 +739,29 @@ fn backup_writes_metrics_runs_hooks_and_status_verifies_it() {
     // A failed backup (the server is unreachable) keeps the last success time.
     std::thread::sleep(Duration::from_millis(1100));
     let stderr = fails(
-        &["--root", r_arg, "backup", "--services", "postgres", "--metrics-file", m_arg],
+        &[
+            "--root",
+            r_arg,
+            "backup",
+            "--services",
+            "postgres",
+            "--metrics-file",
+            m_arg,
+        ],
         &[("PGPORT", "1")],
         1,
     );
     assert!(stderr.contains("postgres"), "{stderr}");
     let metrics = parse_with_prometheus(&metrics_file);
     assert_eq!(sample(&metrics, "itbackup_last_run_success", backup), 0.0);
-    assert_eq!(sample(&metrics, "itbackup_last_success_timestamp_seconds", backup), success);
-    assert_eq!(sample(&metrics, "itbackup_backup_bytes", pg), record.bytes as f64);
+    assert_eq!(
+        sample(&metrics, "itbackup_last_success_timestamp_seconds", backup),
+        success
+    );
+    assert_eq!(
+        sample(&metrics, "itbackup_backup_bytes", pg),
+        record.bytes as f64
+    );
     assert_eq!(sample(&metrics, "itbackup_status_ok", "{}"), 1.0);
     assert_eq!(sample(&metrics, "itbackup_server_up", pg), 1.0);
     assert_eq!(sample(&metrics, "itbackup_newest_backup_verified", pg), 1.0);
@@ -693,12 +769,26 @@ fn backup_writes_metrics_runs_hooks_and_status_verifies_it() {
 
     // An unreachable server is an alarm for status.
     let out = itbackup(
-        &["--root", r_arg, "--json", "status", "--services", "postgres", "--metrics-file", m_arg],
+        &[
+            "--root",
+            r_arg,
+            "--json",
+            "status",
+            "--services",
+            "postgres",
+            "--metrics-file",
+            m_arg,
+        ],
         &[("PGPORT", "1")],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = json_of(&out);
-    assert!(report["alarms"].to_string().contains("postgres: server down"), "{report:#}");
+    assert!(
+        report["alarms"]
+            .to_string()
+            .contains("postgres: server down"),
+        "{report:#}"
+    );
     assert_eq!(report["services"][0]["server"]["up"], false, "{report:#}");
     let metrics = parse_with_prometheus(&metrics_file);
     assert_eq!(sample(&metrics, "itbackup_status_ok", "{}"), 0.0);
@@ -718,15 +808,29 @@ fn a_failed_backup_posts_to_the_webhook_and_tells_the_post_hook() {
     );
     let stderr = fails(
         &[
-            "--root", r.to_str().unwrap(), "backup", "--services", "postgres",
-            "--notify-url", &url, "--post-hook", &post,
+            "--root",
+            r.to_str().unwrap(),
+            "backup",
+            "--services",
+            "postgres",
+            "--notify-url",
+            &url,
+            "--post-hook",
+            &post,
         ],
         &[("PGPORT", "1")],
         1,
     );
     let (head, body) = requests.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert!(head.starts_with("POST /hooks/itbackup?token=secret HTTP/1.1"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    assert!(
+        head.starts_with("POST /hooks/itbackup?token=secret HTTP/1.1"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
     let payload: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(payload["event"], "itbackup.failure", "{payload:#}");
     assert_eq!(payload["operation"], "backup");
@@ -734,25 +838,214 @@ fn a_failed_backup_posts_to_the_webhook_and_tells_the_post_hook() {
     assert_eq!(payload["services"], serde_json::json!(["postgres"]));
     assert_eq!(payload["error"]["service"], "postgres", "{payload:#}");
     assert!(!payload["error"]["message"].as_str().unwrap().is_empty());
-    assert!(payload["time"].as_str().unwrap().parse::<Timestamp>().is_ok());
-    assert!(!stderr.contains("token=secret"), "the webhook's token leaked: {stderr}");
+    assert!(payload["time"]
+        .as_str()
+        .unwrap()
+        .parse::<Timestamp>()
+        .is_ok());
+    assert!(
+        !stderr.contains("token=secret"),
+        "the webhook's token leaked: {stderr}"
+    );
     let log = fs::read_to_string(&hook_log).unwrap();
     assert!(log.starts_with("post-backup failure postgres: "), "{log}");
     // Nothing that looks like a backup was left behind.
-    assert!(itbackup::catalog::scan(&r).unwrap().iter().all(|e| !e.complete));
+    assert!(itbackup::catalog::scan(&r)
+        .unwrap()
+        .iter()
+        .all(|e| !e.complete));
 
     // A failing pre-hook aborts before anything is touched, and is reported too.
     let stderr = fails(
         &[
-            "--root", r.to_str().unwrap(), "backup", "--services", "postgres",
-            "--timestamp", "never", "--notify-url", &url, "--pre-hook", "echo maintenance mode refused >&2; exit 3",
+            "--root",
+            r.to_str().unwrap(),
+            "backup",
+            "--services",
+            "postgres",
+            "--timestamp",
+            "never",
+            "--notify-url",
+            &url,
+            "--pre-hook",
+            "echo maintenance mode refused >&2; exit 3",
         ],
         &[],
         1,
     );
-    assert!(stderr.contains("pre-hook") && stderr.contains("maintenance mode refused"), "{stderr}");
+    assert!(
+        stderr.contains("pre-hook") && stderr.contains("maintenance mode refused"),
+        "{stderr}"
+    );
     assert!(!r.join("never").exists());
     let (_, body) = requests.recv_timeout(Duration::from_secs(30)).unwrap();
     let payload: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(payload["error"]["step"], "pre-hook", "{payload:#}");
+}
+
+// ---------------------------------------------------------------- schedule
+
+#[test]
+fn schedule_runs_backups_on_time_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+    let _guard = serial();
+    required_env("PGHOST");
+    let root = temp_root();
+    let r = root.path().join("backups");
+    let metrics_file = root.path().join("schedule.prom");
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "--root",
+            r.to_str().unwrap(),
+            "--json",
+            "schedule",
+            "--every",
+            "2s",
+        ])
+        .args([
+            "--services",
+            "postgres",
+            "--keep-last",
+            "2",
+            "--metrics-file",
+        ])
+        .arg(&metrics_file)
+        .env("RUST_LOG", "itbackup=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start itbackup schedule");
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let collector = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let line = line.unwrap();
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        })
+    };
+    let kill_on_panic = KillOnPanic(child.id());
+
+    // Two scheduled runs, each backing up, verifying and pruning.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let line = lines.next().expect("a run's JSON line").unwrap();
+        let run: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(run["ok"], true, "{run:#}\n{}", log.lock().unwrap());
+        assert_eq!(run["backup"]["ok"], true);
+        assert_eq!(run["verify"]["ok"], true);
+        assert_eq!(run["prune"]["ok"], true);
+        runs.push(run);
+    }
+    let first = runs[0]["started_at"]
+        .as_str()
+        .unwrap()
+        .parse::<Timestamp>()
+        .unwrap();
+    let second = runs[1]["started_at"]
+        .as_str()
+        .unwrap()
+        .parse::<Timestamp>()
+        .unwrap();
+    assert!(
+        second.duration_since(first) >= jiff::SignedDuration::from_millis(1900),
+        "{runs:?}"
+    );
+
+    // SIGTERM while the third run is under way: it finishes its step, then stops.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !log.lock().unwrap().contains("run=3") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no third run\n{}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_with_timeout(&mut child, Duration::from_secs(120));
+    drop(kill_on_panic);
+    collector.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        log.contains("stop requested") && log.contains("schedule stopped"),
+        "{log}"
+    );
+    // The third run reports its backup, and that the stop cut the rest short.
+    let rest: Vec<Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert_eq!(rest.len(), 1, "{rest:?}\n{log}");
+    assert_eq!(rest[0]["run"], 3);
+    assert_eq!(rest[0]["stopped"], true, "{:#}", rest[0]);
+    assert_eq!(rest[0]["backup"]["ok"], true, "{:#}", rest[0]);
+    assert!(rest[0].get("prune").is_none(), "{:#}", rest[0]);
+
+    // Nothing partial is marked complete: every directory left is a complete,
+    // valid backup (prune kept two after run 2; run 3 added one before it
+    // stopped), and no *.partial lies around.
+    let entries = itbackup::catalog::scan(&r).unwrap();
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert!(
+        entries.len() == 3 && entries.iter().all(|e| e.complete),
+        "{names:?}\n{log}"
+    );
+    for entry in &entries {
+        Manifest::read_dir(&entry.path).unwrap();
+        for file in fs::read_dir(&entry.path).unwrap() {
+            let name = file.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.ends_with(".partial"),
+                "{name} in {}",
+                entry.path.display()
+            );
+        }
+    }
+    let metrics = parse_with_prometheus(&metrics_file);
+    for operation in ["backup", "verify", "prune"] {
+        let labels = format!(r#"{{"operation": "{operation}"}}"#);
+        assert_eq!(sample(&metrics, "itbackup_last_run_success", &labels), 1.0);
+    }
+}
+
+#[test]
+fn schedule_refuses_a_bad_cron_expression() {
+    let stderr = fails(&["schedule", "--cron", "61 * * * *"], &[], 2);
+    assert!(stderr.contains("--cron '61 * * * *'"), "{stderr}");
+    let stderr = fails(&["schedule"], &[], 2);
+    assert!(
+        stderr.contains("--every") || stderr.contains("--cron"),
+        "{stderr}"
+    );
+}
+
+/// SIGKILLs the scheduler when a failed assertion unwinds past it: a failing
+/// test must not leave a scheduler running.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn wait_with_timeout(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "itbackup schedule did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -45,9 +45,8 @@ mod drill;
 const SVC: Service = Service::Neo4j;
 const LOGICAL_FORMAT: &str = "itbackup-neo4j-ndjson";
 const LOGICAL_VERSION: u32 = 1;
-/// Temporary marker of restored nodes, so relationships can find their endpoints.
+/// Temporary label and index of earlier versions' restores: never counted or exported.
 const TEMP_LABEL: &str = "__ItbRestore";
-const TEMP_KEY: &str = "__itb_id";
 const TEMP_INDEX: &str = "itbackup_restore_id";
 /// Lines are sent to the writer in chunks of about this size.
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -127,6 +126,35 @@ impl Line {
         Line {
             kind: kind.into(),
             ..Default::default()
+        }
+    }
+}
+
+/// Exported node id → id of the node the restore created for it. Relationships
+/// find their endpoints by that id (a direct lookup), so the restore needs no
+/// temporary label, property or index, and no clean-up pass over every node.
+#[derive(Default)]
+struct IdMap {
+    numeric: HashMap<u64, i64>,
+    other: HashMap<String, i64>,
+}
+
+impl IdMap {
+    fn insert(&mut self, old: &str, new: i64) {
+        match IdSet::numeric(old) {
+            Some(n) => {
+                self.numeric.insert(n as u64, new);
+            }
+            None => {
+                self.other.insert(old.to_string(), new);
+            }
+        }
+    }
+
+    fn get(&self, old: &str) -> Option<i64> {
+        match IdSet::numeric(old) {
+            Some(n) => self.numeric.get(&(n as u64)).copied(),
+            None => self.other.get(old).copied(),
         }
     }
 }
@@ -360,8 +388,9 @@ fn json_to_bolt(value: &Value) -> BoltType {
     }
 }
 
-/// One row for an `UNWIND $rows` batch: `{id, start, end, props, special}`.
-fn restore_row(line: &Line) -> Result<BoltType> {
+/// One row for an `UNWIND $rows` batch: `{id, props, special}` for a node,
+/// `{s, e, props, special}` (the endpoints' new ids) for a relationship.
+fn restore_row(line: &Line, endpoints: Option<(i64, i64)>) -> Result<BoltType> {
     let mut props = neo4rs::BoltMap::new();
     let mut special = Vec::new();
     for (key, typed) in line.props.iter().flatten() {
@@ -385,10 +414,15 @@ fn restore_row(line: &Line) -> Result<BoltType> {
         }
     }
     let mut row = neo4rs::BoltMap::new();
-    for (key, value) in [("id", &line.id), ("start", &line.start), ("end", &line.end)] {
-        if let Some(v) = value {
-            row.put(key.into(), BoltType::from(v.clone()));
+    match endpoints {
+        Some((start, end)) => {
+            row.put("s".into(), BoltType::from(start));
+            row.put("e".into(), BoltType::from(end));
         }
+        None => row.put(
+            "id".into(),
+            BoltType::from(line.id.clone().unwrap_or_default()),
+        ),
     }
     row.put("props".into(), BoltType::Map(props));
     row.put(
@@ -809,17 +843,6 @@ impl Neo4j {
 
     async fn load(&self, graph: &Graph, ctx: &RestoreContext<'_>) -> Result<()> {
         self.wipe(graph).await?;
-        let step = "prepare load";
-        graph
-            .run(query(&format!(
-                "CREATE INDEX {TEMP_INDEX} IF NOT EXISTS FOR (n:{TEMP_LABEL}) ON (n.{TEMP_KEY})"
-            )))
-            .await
-            .map_err(|e| neo_error(step, e))?;
-        graph
-            .run(query("CALL db.awaitIndexes(300)"))
-            .await
-            .map_err(|e| neo_error(step, e))?;
 
         let (tx, mut rx) = mpsc::channel::<Result<Line>>(8192);
         let path = ctx.artifact.to_path_buf();
@@ -876,17 +899,6 @@ impl Neo4j {
         }
         graph
             .run(query("CALL db.awaitIndexes(3600)"))
-            .await
-            .map_err(|e| neo_error(step, e))?;
-        let step = "remove restore markers";
-        graph
-            .run(query(&format!(
-                "MATCH (n:{TEMP_LABEL}) CALL {{ WITH n REMOVE n:{TEMP_LABEL} REMOVE n.{TEMP_KEY} }} IN TRANSACTIONS OF 10000 ROWS"
-            )))
-            .await
-            .map_err(|e| neo_error(step, e))?;
-        graph
-            .run(query(&format!("DROP INDEX {TEMP_INDEX} IF EXISTS")))
             .await
             .map_err(|e| neo_error(step, e))?;
         Ok(())
@@ -1042,15 +1054,16 @@ impl LineSink<'_> {
     }
 }
 
-/// Batches nodes by label set and relationships by type into `UNWIND` transactions,
-/// several in flight.
+/// Batches nodes by label set and relationships by type into `UNWIND`
+/// transactions, several in flight.
 struct Loader {
     graph: Graph,
     batch_size: usize,
     max_in_flight: usize,
-    in_flight: tokio::task::JoinSet<Result<()>>,
+    in_flight: tokio::task::JoinSet<Result<Vec<(String, i64)>>>,
     nodes: HashMap<Vec<String>, Vec<BoltType>>,
     rels: HashMap<String, Vec<BoltType>>,
+    ids: IdMap,
     in_relationships: bool,
 }
 
@@ -1063,18 +1076,22 @@ impl Loader {
             in_flight: tokio::task::JoinSet::new(),
             nodes: HashMap::new(),
             rels: HashMap::new(),
+            ids: IdMap::default(),
             in_relationships: false,
         }
     }
 
+    /// Creates the batch's nodes and answers each one's new id. (`id()` is
+    /// deprecated in favour of element ids, but an integer is what lets a
+    /// relationship find its endpoint by direct lookup and keeps the map small.)
     fn node_cypher(labels: &[String]) -> String {
         let labels: String = labels.iter().map(|l| format!(":{}", quote(l))).collect();
-        format!("UNWIND $rows AS row CREATE (n:{TEMP_LABEL}{labels}) SET n += row.props, n.{TEMP_KEY} = row.id FOREACH (s IN row.special | SET n[s[0]] = {SPECIAL})")
+        format!("UNWIND $rows AS row CREATE (n{labels}) SET n += row.props FOREACH (s IN row.special | SET n[s[0]] = {SPECIAL}) RETURN row.id AS old, toString(id(n)) AS new")
     }
 
     fn rel_cypher(rel_type: &str) -> String {
         format!(
-            "UNWIND $rows AS row MATCH (a:{TEMP_LABEL} {{{TEMP_KEY}: row.start}}) MATCH (b:{TEMP_LABEL} {{{TEMP_KEY}: row.end}}) \
+            "UNWIND $rows AS row MATCH (a) WHERE id(a) = row.s MATCH (b) WHERE id(b) = row.e \
              CREATE (a)-[r:{}]->(b) SET r += row.props FOREACH (s IN row.special | SET r[s[0]] = {SPECIAL})",
             quote(rel_type)
         )
@@ -1083,7 +1100,7 @@ impl Loader {
     async fn node(&mut self, line: &Line) -> Result<()> {
         let mut labels = line.labels.clone().unwrap_or_default();
         labels.sort();
-        let row = restore_row(line)?;
+        let row = restore_row(line, None)?;
         if self.in_relationships {
             // A node exported late, for a relationship that follows: it must exist first.
             self.drain().await?;
@@ -1099,14 +1116,30 @@ impl Loader {
         Ok(())
     }
 
+    fn new_id(&self, old: Option<&str>) -> Result<i64> {
+        let old = old.unwrap_or_default();
+        self.ids.get(old).ok_or_else(|| {
+            Error::failure(
+                "restore relationships",
+                format!("a relationship points to node {old}, which the export does not hold"),
+            )
+            .service(SVC)
+            .hint("the artifact is damaged; use another backup")
+        })
+    }
+
     async fn relationship(&mut self, line: &Line) -> Result<()> {
         if !self.in_relationships {
-            // Every node must be committed before relationships look for them.
+            // Every node must be created (and its new id known) before relationships.
             self.drain().await?;
             self.in_relationships = true;
         }
+        let endpoints = (
+            self.new_id(line.start.as_deref())?,
+            self.new_id(line.end.as_deref())?,
+        );
         let rel_type = line.rel_type.clone().unwrap_or_default();
-        let row = restore_row(line)?;
+        let row = restore_row(line, Some(endpoints))?;
         let batch = self.rels.entry(rel_type.clone()).or_default();
         batch.push(row);
         if batch.len() >= self.batch_size {
@@ -1128,7 +1161,12 @@ impl Loader {
 
     async fn join_one(&mut self) -> Result<()> {
         match self.in_flight.join_next().await {
-            Some(Ok(result)) => result,
+            Some(Ok(result)) => {
+                for (old, new) in result? {
+                    self.ids.insert(&old, new);
+                }
+                Ok(())
+            }
             Some(Err(e)) => Err(Error::failure("restore", e.to_string()).service(SVC)),
             None => Ok(()),
         }
@@ -1160,14 +1198,15 @@ impl Loader {
 }
 
 /// One batch in its own transaction, retried when Neo4j reports a transient
-/// failure (a deadlock between concurrent batches, say).
-async fn run_batch(graph: &Graph, cypher: &str, rows: Vec<BoltType>) -> Result<()> {
+/// failure (a deadlock between concurrent batches, say). Answers the
+/// `(old, new)` id pairs a node batch returns (none for relationships).
+async fn run_batch(graph: &Graph, cypher: &str, rows: Vec<BoltType>) -> Result<Vec<(String, i64)>> {
     let step = "restore batch";
     let rows = BoltType::List(neo4rs::BoltList::from(rows));
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=8 {
-        match graph.run(query(cypher).param("rows", rows.clone())).await {
-            Ok(()) => return Ok(()),
+        match batch_once(graph, cypher, rows.clone()).await {
+            Ok(ids) => return Ok(ids),
             Err(e) if attempt < 8 && e.to_string().contains("Transient") => {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -1176,6 +1215,26 @@ async fn run_batch(graph: &Graph, cypher: &str, rows: Vec<BoltType>) -> Result<(
         }
     }
     Err(Error::failure(step, "gave up after repeated transient failures").service(SVC))
+}
+
+async fn batch_once(
+    graph: &Graph,
+    cypher: &str,
+    rows: BoltType,
+) -> std::result::Result<Vec<(String, i64)>, neo4rs::Error> {
+    let mut txn = graph.start_txn().await?;
+    let mut stream = txn.execute(query(cypher).param("rows", rows)).await?;
+    let mut ids = Vec::new();
+    while let Some(row) = stream.next(txn.handle()).await? {
+        // The new id travels as text: neo4rs 0.8 misreads some small integers.
+        if let (Ok(old), Ok(new)) = (row.get::<String>("old"), row.get::<String>("new")) {
+            if let Ok(new) = new.parse() {
+                ids.push((old, new));
+            }
+        }
+    }
+    txn.commit().await?;
+    Ok(ids)
 }
 
 /// Full decode of a logical export: every line parsed and checked, the totals
