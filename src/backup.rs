@@ -70,6 +70,7 @@ pub fn open_stores(services: &[Service], settings: &Settings) -> Result<Vec<Box<
 }
 
 pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOutcome> {
+    let explicit_name = request.timestamp.is_some() || request.out.is_some();
     let timestamp = request.timestamp.unwrap_or_else(default_timestamp);
     check_timestamp(&timestamp)?;
     let services = request
@@ -110,6 +111,17 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
         tracing::info!(service = %store.service(), version = %info.version, endpoint = %info.endpoint, "server reachable");
     }
 
+    // A default timestamp names a new backup: never replace a complete one
+    // that happens to carry the same second. An explicit --timestamp (or
+    // --out) that names an existing backup re-runs it, as the runbook's
+    // deterministic file names intend.
+    if !explicit_name && dir.join(MANIFEST_FILE).exists() {
+        return Err(Error::failure(
+            "create backup directory",
+            format!("{} already holds a complete backup", dir.display()),
+        )
+        .hint("wait a second and run again, or name the backup with --timestamp/--out to replace it on purpose"));
+    }
     let created_dir = !dir.exists();
     create_private_dir(&dir)
         .map_err(|e| io_error(None, "create backup directory", dir.display(), e))?;
