@@ -114,3 +114,43 @@ async fn neo4j_answers_return_1() {
     assert!(row.get::<String>("v").unwrap().starts_with("5.26."));
     assert_eq!(row.get::<String>("edition").unwrap(), "community");
 }
+
+/// A server that cannot start makes `testenv/up` fail quickly with the last
+/// lines of that server's log, instead of hanging.
+#[test]
+fn a_server_that_fails_to_start_fails_up_with_its_log() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let dir = tempfile::Builder::new()
+        .prefix("itbackup-testenv-")
+        .tempdir()
+        .unwrap();
+    // The postgres user must reach it, as under .testenv.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let testenv = |action: &str| {
+        Command::new(common::repo_root().join("testenv").join(action))
+            .arg("postgres")
+            .env("IT_TESTENV_DIR", dir.path())
+            .env("IT_TESTENV_PG_PORT", "55998")
+            .output()
+            .unwrap()
+    };
+    let first = testenv("up");
+    assert!(first.status.success(), "{}", common::text(&first));
+    let stopped = testenv("down");
+    assert!(stopped.status.success(), "{}", common::text(&stopped));
+    // Break the cluster's configuration.
+    let conf = dir.path().join("postgres/data/postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nthis_setting_does_not_exist = 1\n");
+    std::fs::write(&conf, text).unwrap();
+
+    let started = std::time::Instant::now();
+    let broken = testenv("up");
+    assert!(!broken.status.success(), "{}", common::text(&broken));
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(stderr.contains("postgres failed to start"), "{stderr}");
+    assert!(stderr.contains("this_setting_does_not_exist"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    testenv("down");
+}
