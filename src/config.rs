@@ -234,7 +234,7 @@ impl Settings {
                 .unwrap_or_else(|| "neo4j-admin".into()),
             stop_command: env("IT_NEO4J_STOP_CMD").or(neo_file.stop_command),
             start_command: env("IT_NEO4J_START_CMD").or(neo_file.start_command),
-            batch_size: neo_file.batch_size.unwrap_or(5000).max(1),
+            batch_size: neo_file.batch_size.unwrap_or(1000).max(1),
             transactions: neo_file.transactions.unwrap_or(3).clamp(1, 16),
         };
         Ok(Settings {

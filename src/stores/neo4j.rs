@@ -133,29 +133,53 @@ impl Line {
 /// Exported node id → id of the node the restore created for it. Relationships
 /// find their endpoints by that id (a direct lookup), so the restore needs no
 /// temporary label, property or index, and no clean-up pass over every node.
-#[derive(Default)]
+///
+/// Element ids end in a dense integer, so the map is a file of 8-byte slots
+/// indexed by it (new id + 1; a hole reads as 0, "absent"): memory stays flat
+/// whatever the graph's size, and the operating system caches what is hot.
 struct IdMap {
-    numeric: HashMap<u64, i64>,
+    slots: std::fs::File,
     other: HashMap<String, i64>,
 }
 
+/// Ids beyond this (never seen in practice) go to the in-memory map.
+const MAX_SLOT: usize = 1 << 36;
+
 impl IdMap {
-    fn insert(&mut self, old: &str, new: i64) {
+    fn create(scratch: &Path) -> std::io::Result<IdMap> {
+        Ok(IdMap {
+            slots: tempfile::tempfile_in(scratch)?,
+            other: HashMap::new(),
+        })
+    }
+
+    fn insert(&mut self, old: &str, new: i64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
         match IdSet::numeric(old) {
-            Some(n) => {
-                self.numeric.insert(n as u64, new);
-            }
-            None => {
+            Some(n) if n < MAX_SLOT => self
+                .slots
+                .write_all_at(&(new + 1).to_le_bytes(), n as u64 * 8),
+            _ => {
                 self.other.insert(old.to_string(), new);
+                Ok(())
             }
         }
     }
 
-    fn get(&self, old: &str) -> Option<i64> {
-        match IdSet::numeric(old) {
-            Some(n) => self.numeric.get(&(n as u64)).copied(),
-            None => self.other.get(old).copied(),
+    fn get(&self, old: &str) -> std::io::Result<Option<i64>> {
+        use std::os::unix::fs::FileExt;
+        let n = match IdSet::numeric(old) {
+            Some(n) if n < MAX_SLOT => n,
+            _ => return Ok(self.other.get(old).copied()),
+        };
+        let mut slot = [0u8; 8];
+        match self.slots.read_exact_at(&mut slot, n as u64 * 8) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
         }
+        let stored = i64::from_le_bytes(slot);
+        Ok((stored != 0).then(|| stored - 1))
     }
 }
 
@@ -844,15 +868,18 @@ impl Neo4j {
     async fn load(&self, graph: &Graph, ctx: &RestoreContext<'_>) -> Result<()> {
         self.wipe(graph).await?;
 
-        let (tx, mut rx) = mpsc::channel::<Result<Line>>(8192);
+        let (tx, mut rx) = mpsc::channel::<Result<Line>>(2048);
         let path = ctx.artifact.to_path_buf();
         let reader = tokio::task::spawn_blocking(move || {
             crate::ndjson::read(&path, SVC, |line| tx.blocking_send(line).is_ok())
         });
+        let ids = IdMap::create(ctx.scratch)
+            .map_err(|e| io_error(Some(SVC), "prepare load", ctx.scratch.display(), e))?;
         let mut loader = Loader::new(
             graph.clone(),
             self.settings.batch_size,
             self.settings.transactions,
+            ids,
         );
         let mut schema = Vec::new();
         let mut outcome = Ok(());
@@ -1068,7 +1095,7 @@ struct Loader {
 }
 
 impl Loader {
-    fn new(graph: Graph, batch_size: usize, max_in_flight: usize) -> Self {
+    fn new(graph: Graph, batch_size: usize, max_in_flight: usize, ids: IdMap) -> Self {
         Loader {
             graph,
             batch_size,
@@ -1076,7 +1103,7 @@ impl Loader {
             in_flight: tokio::task::JoinSet::new(),
             nodes: HashMap::new(),
             rels: HashMap::new(),
-            ids: IdMap::default(),
+            ids,
             in_relationships: false,
         }
     }
@@ -1118,7 +1145,11 @@ impl Loader {
 
     fn new_id(&self, old: Option<&str>) -> Result<i64> {
         let old = old.unwrap_or_default();
-        self.ids.get(old).ok_or_else(|| {
+        let found = self
+            .ids
+            .get(old)
+            .map_err(|e| io_error(Some(SVC), "restore relationships", "the id map", e))?;
+        found.ok_or_else(|| {
             Error::failure(
                 "restore relationships",
                 format!("a relationship points to node {old}, which the export does not hold"),
@@ -1163,7 +1194,9 @@ impl Loader {
         match self.in_flight.join_next().await {
             Some(Ok(result)) => {
                 for (old, new) in result? {
-                    self.ids.insert(&old, new);
+                    self.ids
+                        .insert(&old, new)
+                        .map_err(|e| io_error(Some(SVC), "restore nodes", "the id map", e))?;
                 }
                 Ok(())
             }
