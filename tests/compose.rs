@@ -219,11 +219,18 @@ fn runbook_commands_work_word_for_word_in_compose_mode() {
     let out_arg = out_dir.to_str().unwrap();
     let backup = stack.command(
         &repo_root().join("scripts/backup.sh"),
-        &["--out", out_arg, "--services", "postgres"],
+        &["--out", out_arg],
         &[("IT_COMPOSE_FILES", "docker-compose.yml")],
     );
     succeeded(&backup);
-    assert!(out_dir.join("backup-manifest.json").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("backup-manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["services"].as_object().unwrap().len(),
+        3,
+        "{manifest:#}"
+    );
     let restore = stack.command(
         &repo_root().join("scripts/restore.sh"),
         &["--path", out_arg],
