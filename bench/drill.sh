@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# bench/drill.sh [SCALE] — the recovery drill at the reference scale, on the
+# bench stack: PostgreSQL ~1 GB (a `pgbench -i -s 50` database next to the
+# drill's own), 1,000,000 OpenSearch documents, 1,000,000 Neo4j nodes with
+# 2,000,000 relationships (SCALE, default 1000000). Runs the drill twice —
+# stores restored in parallel (the default), then one after the other — and
+# reports backup time, restore time (the measured RTO), artifact sizes and
+# peak memory in bench/RESULTS.md. Goal: RTO under 3 minutes on this machine.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+SCALE="${1:-1000000}"
+ensure_gnu_time
+bench_build
+bench_up postgres opensearch neo4j
+MEASURE_OUT="$BENCH_WORK/drill.tsv"
+: >"$MEASURE_OUT"
+
+# ~750 MB of ordinary PostgreSQL data beside the drill's table, made once.
+if [ "$(psql -X -Atqc "SELECT count(*) FROM pg_database WHERE datname = 'bench_pgbench'" postgres)" != 1 ]; then
+  blog "creating bench_pgbench (pgbench -i -s 50)"
+  psql -X -qc "CREATE DATABASE bench_pgbench" postgres
+  "$IT_PG_BIN/pgbench" -i -s 50 -q bench_pgbench >&2
+fi
+
+root="$BENCH_WORK/drill-backups"
+rm -rf "$root"
+for mode in parallel sequential; do
+  extra=()
+  [ "$mode" = sequential ] && extra=(--sequential)
+  measure "drill ($mode restore)" "$ITBACKUP" --root "$root" --json drill --yes --scale "$SCALE" "${extra[@]}"
+  cp "$BENCH_WORK/last.out" "$BENCH_WORK/drill-$mode.json"
+done
+
+report="$BENCH_WORK/drill-section.md"
+python3 - "$BENCH_WORK" "$SCALE" "$MEASURE_OUT" >"$report" <<'PY'
+import json, sys, csv
+work, scale, tsv = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+rss = {row[0]: int(row[2]) // 1024 for row in csv.reader(open(tsv), delimiter="\t") if row}
+runs = {m: json.load(open(f"{work}/drill-{m}.json")) for m in ("parallel", "sequential")}
+p = runs["parallel"]
+print(f"Reference scale {scale:,}: PostgreSQL drill rows plus a pgbench -s 50 database, "
+      f"{scale:,} OpenSearch documents, {scale:,} Neo4j nodes and {2*scale:,} relationships.\n")
+print("| store | method | artifact | records | backup s | restore s (parallel run) | verified |")
+print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+for name, s in p["services"].items():
+    print(f"| {name} | {s['method']} | {s['artifact_bytes']/1048576:.0f} MiB | {s['expected']['count']:,} | "
+          f"{s['backup_seconds']:.1f} | {s['restore_seconds'] or 0:.1f} | {'yes' if s['ok'] else 'NO'} |")
+print()
+print("| run | backup s | restore s = RTO | drill ok | peak RSS MB (itbackup) |")
+print("| --- | ---: | ---: | --- | ---: |")
+for mode, v in runs.items():
+    print(f"| stores restored {'in parallel' if mode == 'parallel' else 'one after the other'} | "
+          f"{v['backup_seconds']:.1f} | {v['rto_seconds'] or 0:.1f} | {v['ok']} | {rss.get(f'drill ({mode} restore)', 'n/a')} |")
+gain = runs["sequential"]["rto_seconds"] / p["rto_seconds"] if p["rto_seconds"] else 0
+print(f"\nParallel restore: RTO {p['rto_seconds']:.0f} s against {runs['sequential']['rto_seconds']:.0f} s "
+      f"one after the other ({gain:.2f}× faster). Goal RTO < 180 s: "
+      f"{'**met**' if p['rto_seconds'] < 180 else '**missed**'} (the runbook's objective, 1800 s: "
+      f"{'met' if p['rto_ok'] else 'missed'}).")
+PY
+{
+  echo "## Recovery drill at reference scale"
+  echo
+  echo "Run $(date -u '+%Y-%m-%d %H:%M') UTC with \`bench/drill.sh $SCALE\`."
+  echo "Machine: $(machine_line). itbackup $(itbackup_commit). $(load_line) at the end."
+  echo
+  cat "$report"
+  echo
+} >"$report.full"
+update_section drill "$report.full"
+cat "$report.full"

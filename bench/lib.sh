@@ -1,0 +1,150 @@
+# bench/lib.sh — sourced by every bench/*.sh, never run.
+#
+# Points every testenv call at the separate benchmark stack (its own directory
+# under /var/tmp and its own ports), starts the services a script needs
+# (harmless when they are up), exports their connection variables, and gives
+# helpers for timing (wall time + peak RSS through /usr/bin/time -v), medians
+# and updating one section of bench/RESULTS.md.
+#
+# Nothing here stops a server: `bench/down` (or testenv/down with the same
+# variables) does, explicitly.
+
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+
+export IT_TESTENV_DIR=${IT_TESTENV_DIR:-/var/tmp/itbackup-bench}
+export IT_TESTENV_PG_PORT=${IT_TESTENV_PG_PORT:-15432}
+export IT_TESTENV_OPENSEARCH_PORT=${IT_TESTENV_OPENSEARCH_PORT:-19200}
+export IT_TESTENV_NEO4J_BOLT_PORT=${IT_TESTENV_NEO4J_BOLT_PORT:-17687}
+export IT_TESTENV_NEO4J_HTTP_PORT=${IT_TESTENV_NEO4J_HTTP_PORT:-17474}
+export IT_TESTENV_OPENSEARCH_HEAP=${IT_TESTENV_OPENSEARCH_HEAP:-1g}
+export IT_TESTENV_NEO4J_HEAP=${IT_TESTENV_NEO4J_HEAP:-1g}
+export IT_TESTENV_NEO4J_PAGECACHE=${IT_TESTENV_NEO4J_PAGECACHE:-512m}
+
+# Scratch space for datasets, backups and peer tools (never inside the repo).
+BENCH_WORK=${BENCH_WORK:-/var/tmp/itbackup-bench-work}
+BENCH_TOOLS=${BENCH_TOOLS:-/var/tmp/itbackup-bench-tools}
+RESULTS="$BENCH_DIR/RESULTS.md"
+# The binary under test: target/release/itbackup of this work tree (built by
+# bench_build), or a prebuilt one named by ITBACKUP_BIN (then not rebuilt), e.g.
+# a build of a committed tree while the work tree is mid-change:
+#   git archive HEAD | tar -x -C /var/tmp/src && (cd /var/tmp/src && cargo build --release)
+#   ITBACKUP_BIN=/var/tmp/src/target/release/itbackup bench/postgres.sh
+ITBACKUP="${ITBACKUP_BIN:-$REPO_ROOT/target/release/itbackup}"
+mkdir -p "$BENCH_WORK" "$BENCH_TOOLS"
+
+blog() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+bdie() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+# bench_up SERVICE... — start (or reuse) the bench stack and export its env.
+bench_up() {
+  "$REPO_ROOT/testenv/up" "$@" >&2
+  eval "$("$REPO_ROOT/testenv/env")"
+}
+
+# Build itbackup once (cargo is quick when nothing changed).
+bench_build() {
+  if [ -n "${ITBACKUP_BIN:-}" ]; then
+    [ -x "$ITBACKUP" ] || bdie "ITBACKUP_BIN=$ITBACKUP is not an executable"
+    return 0
+  fi
+  (cd "$REPO_ROOT" && cargo build --release -q) >&2 || bdie "cargo build --release failed"
+  [ -x "$ITBACKUP" ] || bdie "no $ITBACKUP after the build"
+}
+
+ensure_gnu_time() {
+  [ -x /usr/bin/time ] && return 0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >&2 || bdie "cannot install GNU time"
+}
+
+# measure LABEL CMD... — run CMD under /usr/bin/time -v; append
+# "LABEL<TAB>wall_seconds<TAB>peak_rss_kb" to $MEASURE_OUT (a TSV); CMD's
+# stdout goes to $BENCH_WORK/last.out, stderr to $BENCH_WORK/last.err.
+# Fails (returns non-zero) when CMD fails, after showing its stderr tail.
+measure() {
+  local label="$1"; shift
+  local tfile="$BENCH_WORK/time.$$" start end rc=0
+  start=$(date +%s.%N)
+  /usr/bin/time -v -o "$tfile" "$@" >"$BENCH_WORK/last.out" 2>"$BENCH_WORK/last.err" || rc=$?
+  end=$(date +%s.%N)
+  local rss wall
+  rss=$(sed -n 's/.*Maximum resident set size (kbytes): *//p' "$tfile")
+  wall=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.2f", b-a}')
+  rm -f "$tfile"
+  if [ "$rc" -ne 0 ]; then
+    blog "$label FAILED (exit $rc): $*"
+    tail -n 15 "$BENCH_WORK/last.err" | sed 's/^/  | /' >&2
+    printf '%s\t%s\t%s\tFAILED\n' "$label" "$wall" "$rss" >>"$MEASURE_OUT"
+    return "$rc"
+  fi
+  printf '%s\t%s\t%s\n' "$label" "$wall" "$rss" >>"$MEASURE_OUT"
+  blog "$(printf '%-34s %8ss  %8s KB peak RSS' "$label" "$wall" "$rss")"
+}
+
+# median_of LABEL — median wall seconds of the successful runs of LABEL.
+median_of() {
+  awk -F'\t' -v l="$1" '$1==l && $4!="FAILED"{print $2}' "$MEASURE_OUT" | sort -g |
+    awk '{a[NR]=$1} END{if(NR==0){print "n/a"; exit} if(NR%2){print a[(NR+1)/2]} else {printf "%.2f\n",(a[NR/2]+a[NR/2+1])/2}}'
+}
+# max_rss_of LABEL — the largest peak RSS (MB) over the runs of LABEL.
+max_rss_of() {
+  awk -F'\t' -v l="$1" '$1==l && $4!="FAILED"{ if($3>m) m=$3 } END{ if(m=="") print "n/a"; else printf "%.0f\n", m/1024 }' "$MEASURE_OUT"
+}
+runs_of() {
+  awk -F'\t' -v l="$1" '$1==l && $4!="FAILED"{printf "%s%s", s, $2; s=", "} END{print ""}' "$MEASURE_OUT"
+}
+fails_of() {
+  awk -F'\t' -v l="$1" '$1==l && $4=="FAILED"{n++} END{print n+0}' "$MEASURE_OUT"
+}
+# ratio A B — A/B with two decimals ("n/a" when either is missing).
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="n/a" || b=="n/a" || b==0) print "n/a"; else printf "%.2f", a/b }'
+}
+# verdict VALUE OP LIMIT — "met" or "missed" (OP is <= or >=).
+verdict() {
+  awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN{ if (v=="n/a") {print "not measured"; exit}
+    ok = (op=="<=") ? (v+0 <= l+0) : (v+0 >= l+0); print ok ? "**met**" : "**missed**" }'
+}
+
+machine_line() {
+  local cpu mem
+  cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
+  mem=$(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo)
+  printf '%s cores (%s), %s RAM, %s, kernel %s' "$(nproc)" "$cpu" "$mem" \
+    "$(. /etc/os-release && echo "$PRETTY_NAME")" "$(uname -r)"
+}
+
+# Load average now, and the other processes' CPU share: on a 2-core machine a
+# concurrent test suite moves every number, so each section records it.
+load_line() { printf 'load average %s' "$(cut -d' ' -f1-3 /proc/loadavg)"; }
+
+itbackup_version() { "$ITBACKUP" --version 2>/dev/null | head -n1; }
+# ITBACKUP_COMMIT names what a prebuilt ITBACKUP_BIN was built from.
+itbackup_commit() {
+  if [ -n "${ITBACKUP_BIN:-}" ]; then echo "${ITBACKUP_COMMIT:-prebuilt $ITBACKUP}"; return; fi
+  local c dirty=""
+  c=$(cd "$REPO_ROOT" && git rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
+  [ -z "$(cd "$REPO_ROOT" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || dirty="+uncommitted changes"
+  echo "$c$dirty"
+}
+
+# update_section NAME FILE — replace the text between
+# <!-- BEGIN NAME --> and <!-- END NAME --> in RESULTS.md with FILE's content
+# (appending the section when it is not there yet).
+update_section() {
+  local name="$1" body="$2" tmp
+  [ -f "$RESULTS" ] || printf '# itbackup benchmarks\n' >"$RESULTS"
+  tmp="$(mktemp)"
+  if grep -q "^<!-- BEGIN $name -->" "$RESULTS"; then
+    awk -v name="$name" -v body="$body" '
+      $0 == "<!-- BEGIN " name " -->" { print; while ((getline line < body) > 0) print line; skip=1; next }
+      $0 == "<!-- END " name " -->" { skip=0 }
+      !skip { print }' "$RESULTS" >"$tmp"
+  else
+    { cat "$RESULTS"; printf '\n<!-- BEGIN %s -->\n' "$name"; cat "$body"; printf '<!-- END %s -->\n' "$name"; } >"$tmp"
+  fi
+  mv "$tmp" "$RESULTS"
+  chmod 0644 "$RESULTS"
+}

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# bench/neo4j.sh — itbackup's Neo4j backup and restore beside the peer tools,
+# in one run, on the bench stack (bench/lib.sh):
+#   export: itbackup backup --neo4j-method logical   vs  neo4j-backup (PyPI) Extractor
+#   import: itbackup restore (logical)                vs  neo4j-backup Importer
+#   offline limit: itbackup --neo4j-method dump (stop, neo4j-admin dump, start)
+#                  vs bare neo4j-admin database dump/load with the server stopped
+# Dataset: NEO4J_NODES nodes (default 1,000,000: 80 % :Person, 20 % :Company)
+# and NEO4J_RELS relationships (default 2,000,000 :KNOWS / :WORKS_AT), a few
+# properties each, one uniqueness constraint and one index; generated as CSV
+# (bench/tools/gen_graph.py) and loaded with neo4j-admin database import (the
+# server stopped meanwhile), once: reused while the counts match.
+# Before each logical import the database is emptied (not timed), since
+# neo4j-backup refuses a non-empty database; the time that wipe takes is
+# reported (itbackup's restore wipes by itself on a populated database).
+# neo4j-backup runs under a time cap (NEO4J_BACKUP_TIMEOUT, default 900 s
+# each way); when it hits the cap, how far it got is reported.
+# Each measurement runs once (RUNS=1; BENCH_RUNS=N for more: medians then).
+# Updates the "neo4j" section of bench/RESULTS.md.
+source "$(dirname "$0")/lib.sh"
+
+RUNS=${1:-${BENCH_RUNS:-1}}
+NODES=${NEO4J_NODES:-1000000}
+RELS=${NEO4J_RELS:-2000000}
+CAP=${NEO4J_BACKUP_TIMEOUT:-900}
+W="$BENCH_WORK/neo4j"
+MEASURE_OUT="$W/measure.tsv"
+VENV="$BENCH_TOOLS/venv"
+
+ensure_gnu_time
+bench_build
+bench_up neo4j
+mkdir -p "$W"
+# BENCH_REPORT_ONLY=1 rewrites the section from the last run's measurements.
+REPORT_ONLY=${BENCH_REPORT_ONLY:-}
+if [ -z "$REPORT_ONLY" ]; then
+  : >"$MEASURE_OUT"
+  : >"$W/notes.tsv"
+  printf 'load_before\t%s\nrun_date\t%s\nitbackup\t%s\n' "$(load_line)" "$(date -u '+%Y-%m-%d %H:%M UTC')" \
+    "$(itbackup_version) (commit $(itbackup_commit))" >>"$W/notes.tsv"
+fi
+
+# ---- peer tool: neo4j-backup from PyPI, in a venv -------------------------
+if ! "$VENV/bin/python" -c 'import neo4j_backup' 2>/dev/null; then
+  blog "installing neo4j-backup from PyPI into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q neo4j-backup >&2 || bdie "pip install neo4j-backup failed"
+fi
+PY="$VENV/bin/python"
+NB_VERSION=$("$VENV/bin/pip" show neo4j-backup 2>/dev/null | sed -n 's/^Version: //p')
+DRIVER_VERSION=$("$VENV/bin/pip" show neo4j 2>/dev/null | sed -n 's/^Version: //p')
+cypher() { "$PY" "$BENCH_DIR/tools/cypher.py" "$@"; }
+count_nodes() { cypher 'MATCH (n) RETURN count(n)'; }
+count_rels() { cypher 'MATCH ()-[r]->() RETURN count(r)'; }
+stop_neo4j() { sh -c "$IT_NEO4J_STOP_CMD" >&2; }
+start_neo4j() { sh -c "$IT_NEO4J_START_CMD" >&2; }
+note() { printf '%s\t%s\n' "$1" "$2" >>"$W/notes.tsv"; }
+note_of() { awk -F'\t' -v k="$1" '$1==k{v=$2} END{print v}' "$W/notes.tsv"; }
+check_counts() {
+  local n r
+  n=$(count_nodes); r=$(count_rels)
+  if [ "$n" != "$NODES" ] || [ "$r" != "$RELS" ]; then
+    blog "after $1: $n nodes and $r relationships, expected $NODES and $RELS"
+    note "count:$1" "$n nodes, $r relationships (expected $NODES, $RELS)"
+    return 1
+  fi
+  note "count:$1" ok
+}
+# The last state of each tqdm progress bar neo4j-backup printed.
+tqdm_tail() {
+  tr '\r' '\n' <"$BENCH_WORK/last.err" | LC_ALL=C grep -aE '^[A-Z][A-Za-z /]+: +[0-9]+%' |
+    awk -F: '{last[$1]=$0; if(!($1 in seen)){seen[$1]=1; order[++n]=$1}} END{for(i=1;i<=n;i++) printf "`%s` ", last[order[i]]}'
+}
+wipe() {
+  local t0=$SECONDS
+  cypher --wipe
+  note wipe_seconds $((SECONDS - t0))
+}
+
+# ---- dataset ------------------------------------------------------------
+have_n=$(count_nodes); have_r=$(count_rels)
+if [ "$have_n" != "$NODES" ] || [ "$have_r" != "$RELS" ] ||
+  [ "$(cypher 'SHOW CONSTRAINTS YIELD name RETURN count(*)')" != 1 ]; then
+  blog "creating the dataset: $NODES nodes, $RELS relationships (neo4j-admin database import)"
+  CSV="$W/csv-$NODES-$RELS"
+  [ -s "$CSV/works_at.csv" ] || "$PY" "$BENCH_DIR/tools/gen_graph.py" "$CSV" "$NODES" "$RELS"
+  stop_neo4j
+  # The database name first: --relationships takes a variable number of files.
+  "$IT_NEO4J_ADMIN" database import full neo4j --overwrite-destination=true \
+    --nodes=Person="$CSV/people.csv" --nodes=Company="$CSV/companies.csv" \
+    --relationships=KNOWS="$CSV/knows.csv" --relationships=WORKS_AT="$CSV/works_at.csv" \
+    >"$W/import.log" 2>&1 || { tail -n 20 "$W/import.log" >&2; bdie "neo4j-admin database import failed"; }
+  start_neo4j
+  cypher 'CREATE CONSTRAINT person_uid IF NOT EXISTS FOR (p:Person) REQUIRE p.uid IS UNIQUE' \
+    'CREATE INDEX company_name IF NOT EXISTS FOR (c:Company) ON (c.name)' 'CALL db.awaitIndexes(600)'
+  check_counts "dataset creation" || bdie "the generated dataset has the wrong size"
+fi
+NEO4J_VERSION=$(cypher 'CALL dbms.components() YIELD versions, edition RETURN versions[0] + " " + edition')
+if [ -z "$REPORT_ONLY" ]; then note store_size "$(du -sh "$IT_NEO4J_DATA/databases/neo4j" | cut -f1)"; fi
+STORE_SIZE=$(note_of store_size)
+blog "dataset: $NODES nodes, $RELS relationships (store $STORE_SIZE), Neo4j $NEO4J_VERSION"
+
+backup_dir() { find "$1" -name backup-manifest.json -printf '%h\n' | head -n1; }
+IT="$ITBACKUP"
+
+for ((i = 1; i <= RUNS; i++)); do
+  [ -z "$REPORT_ONLY" ] || break
+  # ---- export / backup ----------------------------------------------------
+  rm -rf "$W/it-logical" && mkdir -p "$W/it-logical"
+  measure "itbackup backup (logical)" "$IT" --root "$W/it-logical" --json backup --services neo4j --neo4j-method logical || true
+
+  rm -rf "$W/nb" && mkdir -p "$W/nb"
+  t0=$SECONDS
+  if ! (cd "$W/nb" && measure "neo4j-backup export" timeout "$CAP" "$PY" "$BENCH_DIR/tools/neo4j_backup_run.py" export project); then
+    note "nb_export" "did not finish within ${CAP}s (or failed); its last progress lines: $(tqdm_tail)"
+  fi
+
+  rm -rf "$W/it-dump" && mkdir -p "$W/it-dump"
+  measure "itbackup backup (dump)" "$IT" --root "$W/it-dump" --json backup --services neo4j --neo4j-method dump || true
+
+  rm -rf "$W/bare" && mkdir -p "$W/bare"
+  measure "server stop (testenv)" sh -c "$IT_NEO4J_STOP_CMD" || true
+  measure "neo4j-admin dump (bare)" "$IT_NEO4J_ADMIN" database dump neo4j --to-path="$W/bare" --overwrite-destination=true || true
+  measure "server start (testenv)" sh -c "$IT_NEO4J_START_CMD" || true
+
+  # ---- import / restore ---------------------------------------------------
+  L=$(backup_dir "$W/it-logical"); D=$(backup_dir "$W/it-dump")
+  if [ -n "$L" ]; then
+    wipe
+    measure "itbackup restore (logical)" "$IT" --root "$W/it-logical" --json restore --path "$L" --services neo4j --yes || true
+    check_counts "itbackup restore (logical)" || true
+  fi
+
+  if [ -f "$W/nb/project/compressed.json" ]; then
+    wipe
+    if ! (cd "$W/nb" && measure "neo4j-backup import" timeout "$CAP" "$PY" "$BENCH_DIR/tools/neo4j_backup_run.py" import project); then
+      note "nb_import" "stopped at the ${CAP}s cap (or failed) with $(count_nodes) of $NODES nodes and $(count_rels) of $RELS relationships imported; its last progress lines: $(tqdm_tail)"
+    else
+      check_counts "neo4j-backup import" || true
+    fi
+  fi
+
+  if [ -n "$D" ]; then
+    measure "itbackup restore (dump)" "$IT" --root "$W/it-dump" --json restore --path "$D" --services neo4j --yes || true
+    check_counts "itbackup restore (dump)" || true
+  fi
+
+  stop_neo4j
+  measure "neo4j-admin load (bare)" "$IT_NEO4J_ADMIN" database load neo4j --from-path="$W/bare" --overwrite-destination=true || true
+  start_neo4j
+  check_counts "neo4j-admin load" || true
+done
+
+# ---- report ---------------------------------------------------------------
+size_of() { [ -e "$1" ] && du -sh "$1" | cut -f1 || echo n/a; }
+e_it=$(median_of "itbackup backup (logical)"); e_nb=$(median_of "neo4j-backup export")
+i_it=$(median_of "itbackup restore (logical)"); i_nb=$(median_of "neo4j-backup import")
+d_it=$(median_of "itbackup backup (dump)"); d_bare=$(median_of "neo4j-admin dump (bare)")
+l_it=$(median_of "itbackup restore (dump)"); l_bare=$(median_of "neo4j-admin load (bare)")
+rss_e=$(max_rss_of "itbackup backup (logical)"); rss_i=$(max_rss_of "itbackup restore (logical)")
+sp_e=$(ratio "$e_nb" "$e_it"); sp_i=$(ratio "$i_nb" "$i_it")
+nb_export_note=$(note_of nb_export); nb_import_note=$(note_of nb_import)
+[ -z "$nb_import_note" ] || sp_i=">$(ratio "$CAP" "$i_it")"
+[ -z "$nb_export_note" ] || sp_e=">$(ratio "$CAP" "$e_it")"
+speed_verdict() { case "$1" in \>*) awk -v v="${1#>}" 'BEGIN{v=v+0; print (v>=10) ? "**met** (neo4j-backup hit the cap: a lower bound)" : "neo4j-backup hit the cap: a lower bound only (see below)"}' ;; *) verdict "$1" '>=' 10 ;; esac; }
+
+body="$W/section.md"
+{
+  echo "## Neo4j"
+  echo
+  echo "Run $(note_of run_date) with \`bench/neo4j.sh $RUNS\` (NEO4J_NODES=$NODES NEO4J_RELS=$RELS NEO4J_BACKUP_TIMEOUT=$CAP)."
+  echo "Machine: $(machine_line). Neo4j $NEO4J_VERSION (heap $IT_TESTENV_NEO4J_HEAP, page cache $IT_TESTENV_NEO4J_PAGECACHE), $(note_of itbackup),"
+  echo "neo4j-backup $NB_VERSION (PyPI; Python driver neo4j $DRIVER_VERSION). System load: $(note_of load_before) before the run."
+  echo "Dataset: $NODES nodes (80 % :Person with 5 properties, 20 % :Company with 4), $RELS relationships (:KNOWS / :WORKS_AT, 2 properties each),"
+  echo "one uniqueness constraint, one range index; store $STORE_SIZE. Artifacts: itbackup logical $(size_of "$W/it-logical"),"
+  echo "neo4j-backup $(size_of "$W/nb/project"), itbackup dump $(size_of "$W/it-dump"), bare neo4j-admin dump $(size_of "$W/bare")."
+  echo "APOC is not shipped by this testenv (Neo4j assembled from Maven artifacts, no plugins), so APOC-based exports (apoc.export.*) are not compared."
+  echo "Peak RSS is the largest process of the measured tree (/usr/bin/time -v): for the dump method that is neo4j-admin's JVM, not itbackup."
+  echo
+  echo "| step | tool | wall s (median of $RUNS) | peak RSS MB |"
+  echo "| --- | --- | ---: | ---: |"
+  for l in "itbackup backup (logical)" "neo4j-backup export" "itbackup backup (dump)" "neo4j-admin dump (bare)" \
+    "server stop (testenv)" "server start (testenv)" \
+    "itbackup restore (logical)" "neo4j-backup import" "itbackup restore (dump)" "neo4j-admin load (bare)"; do
+    m=$(median_of "$l"); f=$(fails_of "$l")
+    [ "$m" != n/a ] || [ "$f" != 0 ] || continue
+    [ "$f" = 0 ] || m="$m (failed or capped: $f run(s), ${CAP}s cap)"
+    echo "| $(case "$l" in *restore*|*import|*load*) echo restore ;; server*) echo "(offline steps)" ;; *) echo backup ;; esac) | $l | $m | $(max_rss_of "$l") |"
+  done
+  echo
+  echo "| goal | measured | verdict |"
+  echo "| --- | ---: | --- |"
+  echo "| export ≥ 10× faster than neo4j-backup | ${sp_e}× | $(speed_verdict "$sp_e") |"
+  echo "| import ≥ 10× faster than neo4j-backup | ${sp_i}× | $(speed_verdict "$sp_i") |"
+  echo "| itbackup logical export peak RSS ≤ 100 MB | $rss_e MB | $(verdict "$rss_e" '<=' 100) |"
+  echo "| itbackup logical restore peak RSS ≤ 100 MB | $rss_i MB | $(verdict "$rss_i" '<=' 100) |"
+  echo
+  ss=$(awk -v a="$(median_of "server stop (testenv)")" -v b="$(median_of "server start (testenv)")" 'BEGIN{ if (a=="n/a" || b=="n/a") print "n/a"; else printf "%.2f", a+b }')
+  echo "Offline limit: itbackup dump method $(ratio "$d_it" "$d_bare")× bare \`neo4j-admin database dump\` (itbackup's time includes stopping and starting the server$( [ "$ss" = n/a ] || echo ": stop + start alone took $ss s here")),"
+  echo "$(ratio "$l_it" "$l_bare")× bare \`neo4j-admin database load\` for the restore. Logical export vs bare dump: $(ratio "$e_it" "$d_bare")×; logical restore vs bare load: $(ratio "$i_it" "$l_bare")×."
+  echo "Emptying the database before each logical import (Cypher, not timed above) took $(note_of wipe_seconds) s."
+  [ -z "$nb_export_note" ] || echo "neo4j-backup export: $nb_export_note"
+  [ -z "$nb_import_note" ] || echo "neo4j-backup import: $nb_import_note"
+  awk -F'\t' '$1 ~ /^count:/ && $2 != "ok" {print "Count check " substr($1,7) ": " $2}' "$W/notes.tsv"
+  if [ -s "$BENCH_DIR/notes/neo4j.md" ]; then echo; cat "$BENCH_DIR/notes/neo4j.md"; fi
+  echo
+} >"$body"
+update_section neo4j "$body"
+cat "$body"
