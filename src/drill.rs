@@ -5,7 +5,7 @@
 //! restore`; only the synthetic data (each store's [`DrillData`]) is its own.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -298,18 +298,10 @@ async fn confirm_rewind(stores: &[Box<dyn Store>], yes: bool) -> Result<()> {
             "{warning} Pass --yes to run the drill anyway."
         )));
     }
-    eprint!("{warning}\nType 'yes' to run the drill: ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer).ok();
-    if answer.trim() == "yes" {
-        Ok(())
-    } else {
-        Err(Error::failure(
-            "confirm",
-            "drill cancelled; nothing was changed",
-        ))
-    }
+    restore::ask_yes(
+        &format!("{warning}\nType 'yes' to run the drill: "),
+        "drill",
+    )
 }
 
 async fn inventories(stores: &[Box<dyn Store>]) -> Result<BTreeMap<Service, DrillInventory>> {

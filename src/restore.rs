@@ -222,12 +222,20 @@ fn confirm(dir: &Path, manifest: &Manifest, services: &[Service], yes: bool) -> 
             names.join(", ")
         )));
     }
-    eprint!(
-        "Restore backup {} ({}) into {}?\nThis OVERWRITES their current data. Type 'yes' to continue: ",
-        manifest.timestamp,
-        dir.display(),
-        names.join(", ")
-    );
+    ask_yes(
+        &format!(
+            "Restore backup {} ({}) into {}?\nThis OVERWRITES their current data. Type 'yes' to continue: ",
+            manifest.timestamp,
+            dir.display(),
+            names.join(", ")
+        ),
+        "restore",
+    )
+}
+
+/// Ask on the terminal; anything but "yes" cancels `what` before any change.
+pub fn ask_yes(prompt: &str, what: &str) -> Result<()> {
+    eprint!("{prompt}");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer).ok();
@@ -236,7 +244,7 @@ fn confirm(dir: &Path, manifest: &Manifest, services: &[Service], yes: bool) -> 
     } else {
         Err(Error::failure(
             "confirm",
-            "restore cancelled; nothing was changed",
+            format!("{what} cancelled; nothing was changed"),
         ))
     }
 }
