@@ -297,6 +297,48 @@ fn logical_round_trip_restores_everything() {
     round_trip("logical");
 }
 
+/// A bare cluster (no pipeline, no template) answers `GET _ingest/pipeline` with
+/// 404: the logical export must take that as "none", not fail.
+#[test]
+fn logical_round_trip_on_a_cluster_without_pipelines_or_templates() {
+    let _guard = serial();
+    let os = Os::new();
+    os.wipe_fixture();
+    assert_eq!(
+        os.call(reqwest::Method::GET, "_ingest/pipeline", None).0,
+        404,
+        "precondition: the test cluster must hold no ingest pipeline"
+    );
+    os.put("itb-bare", json!({"settings": {"number_of_replicas": 0}}));
+    os.bulk(&[
+        json!({"index": {"_index": "itb-bare", "_id": "1"}}),
+        json!({"n": 1}),
+        json!({"index": {"_index": "itb-bare", "_id": "2"}}),
+        json!({"n": 2}),
+    ]);
+    let before = os.digest("itb-bare");
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "opensearch",
+            "--opensearch-method",
+            "logical",
+            "--indices",
+            "itb-*",
+        ],
+        &[],
+    );
+    os.wipe_fixture();
+    ok(&["--root", root_arg, "restore", "--yes"], &[]);
+    assert_eq!(os.digest("itb-bare"), before);
+    os.wipe_fixture();
+}
+
 #[test]
 fn an_interrupted_logical_restore_can_simply_be_run_again() {
     let _guard = serial();

@@ -162,6 +162,19 @@ impl Http {
         self.call(Method::GET, path, None, step).await
     }
 
+    /// GET of a listing endpoint; a 404 means the list is empty. OpenSearch answers
+    /// `GET _ingest/pipeline` with `404 {}` when no pipeline exists.
+    async fn get_listing(&self, path: &str, step: &str) -> Result<Value> {
+        match self.send_raw(self.request(Method::GET, path)).await {
+            Ok(body) => Ok(body),
+            Err(HttpError {
+                status: Some(StatusCode::NOT_FOUND),
+                ..
+            }) => Ok(json!({})),
+            Err(e) => Err(self.error(step, e)),
+        }
+    }
+
     /// DELETE that treats "not there" as done.
     async fn delete_if_present(&self, path: &str, step: &str) -> Result<()> {
         match self.send_raw(self.request(Method::DELETE, path)).await {
@@ -755,7 +768,7 @@ impl OpenSearch {
             ),
             ("index_template", "_index_template", "index_templates"),
         ] {
-            let all = self.http.get(path, "export templates").await?;
+            let all = self.http.get_listing(path, "export templates").await?;
             for item in all[key].as_array().into_iter().flatten() {
                 let mut line = Line::new(kind);
                 line.name = item["name"].as_str().map(String::from);
@@ -763,7 +776,10 @@ impl OpenSearch {
                 send(line.to_bytes()).await?;
             }
         }
-        let legacy = self.http.get("_template", "export templates").await?;
+        let legacy = self
+            .http
+            .get_listing("_template", "export templates")
+            .await?;
         for (name, body) in legacy.as_object().into_iter().flatten() {
             let mut line = Line::new("legacy_template");
             line.name = Some(name.clone());
@@ -772,7 +788,7 @@ impl OpenSearch {
         }
         let pipelines = self
             .http
-            .get("_ingest/pipeline", "export pipelines")
+            .get_listing("_ingest/pipeline", "export pipelines")
             .await?;
         for (id, body) in pipelines.as_object().into_iter().flatten() {
             let mut line = Line::new("pipeline");
