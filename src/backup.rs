@@ -12,6 +12,8 @@ use crate::config::Settings;
 use crate::error::{io_error, Error, Result};
 use crate::lock::RootLock;
 use crate::manifest::{Manifest, Status, ToolInfo, FORMAT_VERSION, MANIFEST_FILE};
+use crate::remote::{PushOutcome, Remote, STAGING_PREFIX};
+use crate::seal::{self, Recipients};
 use crate::service::{Service, ServiceList};
 use crate::stores::{self, BackupContext, Store, StoreBackup};
 
@@ -24,11 +26,17 @@ pub struct BackupRequest {
     pub services: Option<ServiceList>,
     pub timestamp: Option<String>,
     pub dry_run: bool,
+    /// Repository to upload the finished backup to.
+    pub upload: Option<String>,
+    /// With `upload`: stage the backup under the root and remove it once uploaded.
+    pub no_local: bool,
 }
 
 /// What a backup did, or would do.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
+// One value per run: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum BackupOutcome {
     Planned {
         dry_run: bool,
@@ -38,6 +46,11 @@ pub enum BackupOutcome {
     Done {
         dir: PathBuf,
         manifest: Manifest,
+        /// Where the backup was uploaded, when it was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        uploaded: Option<Box<PushOutcome>>,
+        /// False when the local copy was removed after the upload (`--no-local`).
+        local: bool,
     },
 }
 
@@ -78,9 +91,19 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
         .map(|l| l.0)
         .unwrap_or_else(|| stores::SUPPORTED.to_vec());
     let stores = open_stores(&services, settings)?;
-    let dir = request
-        .out
-        .unwrap_or_else(|| settings.root.join(&timestamp));
+    // Bad keys or URLs fail the run before any server is asked anything.
+    let recipients = Recipients::parse(&settings.encrypt_to)?.map(std::sync::Arc::new);
+    let remote = request.upload.as_deref().map(Remote::open).transpose()?;
+    let staged = request.no_local && request.out.is_none();
+    let dir = request.out.unwrap_or_else(|| {
+        if staged {
+            settings
+                .root
+                .join(format!("{STAGING_PREFIX}upload-{timestamp}"))
+        } else {
+            settings.root.join(&timestamp)
+        }
+    });
     let ctx = BackupContext {
         dir: &dir,
         timestamp: &timestamp,
@@ -138,6 +161,13 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
             }
         }
     }
+    if first_error.is_none() {
+        if let Some(recipients) = &recipients {
+            if let Err(e) = seal_all(&mut done, recipients.clone()).await {
+                first_error = Some(e);
+            }
+        }
+    }
     if let Some(err) = first_error {
         for backup in &done {
             backup.artifact.discard();
@@ -167,7 +197,65 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
         manifest_sha256: None,
     };
     commit(&dir, &done, &manifest)?;
-    Ok(BackupOutcome::Done { dir, manifest })
+    let uploaded = match &remote {
+        Some(remote) => {
+            let pushed = remote.push(&dir).await;
+            if staged && pushed.is_ok() {
+                fs::remove_dir_all(&dir)
+                    .map_err(|e| io_error(None, "remove staged backup", dir.display(), e))?;
+            }
+            Some(Box::new(pushed?))
+        }
+        None => None,
+    };
+    Ok(BackupOutcome::Done {
+        local: !staged,
+        dir,
+        manifest,
+        uploaded,
+    })
+}
+
+/// Seal every artifact to the recipients (one blocking task per store).
+async fn seal_all(done: &mut [StoreBackup], recipients: std::sync::Arc<Recipients>) -> Result<()> {
+    let tasks: Vec<_> = done
+        .iter()
+        .map(|backup| {
+            let (pending, mut record, recipients) = (
+                backup.artifact.clone(),
+                backup.record.clone(),
+                recipients.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                seal::seal(pending, &mut record, &recipients).map(|sealed| (sealed, record))
+            })
+        })
+        .collect();
+    let results = futures::future::join_all(tasks).await;
+    let mut first_error = None;
+    for (backup, result) in done.iter_mut().zip(results) {
+        let service = backup.service;
+        match result {
+            Ok(Ok((sealed, record))) => {
+                backup.artifact = sealed;
+                backup.record = record;
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(io_error(
+                    Some(service),
+                    "encrypt artifact",
+                    backup.artifact.partial.display(),
+                    e,
+                ));
+            }
+            Err(e) => {
+                first_error.get_or_insert(
+                    Error::failure("encrypt artifact", e.to_string()).service(service),
+                );
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Make the set visible: an older manifest at the same place goes first (so a

@@ -48,6 +48,22 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub compose: bool,
 
+    /// Seal every artifact with age to this public key (age1… or an SSH public
+    /// key, or a file of them); repeat for several. The manifest stays readable.
+    #[arg(
+        long,
+        global = true,
+        env = "IT_AGE_RECIPIENTS",
+        value_delimiter = ',',
+        value_name = "RECIPIENT"
+    )]
+    pub encrypt_to: Vec<String>,
+
+    /// age identity file (or unencrypted SSH private key) that opens sealed
+    /// artifacts for verify and restore.
+    #[arg(long, global = true, env = "IT_AGE_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -68,8 +84,20 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Re-hash and fully decode every artifact of a backup; touches no service.
     Verify(VerifyArgs),
-    /// List the backups under the root: timestamp, services, size, complete or not.
-    List,
+    /// List the backups under the root (or in a repository with --from):
+    /// timestamp, services, size, complete or not.
+    List(ListArgs),
+    /// Upload a complete local backup to a repository (s3://bucket/prefix …).
+    ///
+    /// Artifacts first, each checked after upload (size, then its sha256 read
+    /// back), the manifest last: an interrupted push leaves a backup that
+    /// `list --from` shows as incomplete, and running it again completes it.
+    Push(PushArgs),
+    /// Create an age key pair for encrypted backups.
+    ///
+    /// Writes the private identity to FILE (owner-only) and prints the public
+    /// recipient to give to --encrypt-to. Keep the identity away from the backups.
+    Keygen(KeygenArgs),
     /// Rehearse a recovery: populate synthetic data, back up, wipe, restore, verify.
     ///
     /// Synthetic data goes next to whatever the stores hold (database
@@ -133,6 +161,16 @@ pub struct BackupArgs {
     #[arg(long, env = "DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
     pub dry_run: bool,
 
+    /// Also upload the backup to this repository (s3://bucket/prefix, gs://,
+    /// az://, https:// WebDAV, file://), checked object by object, manifest last.
+    #[arg(long, value_name = "URL")]
+    pub upload: Option<String>,
+
+    /// With --upload: keep no local copy (the backup is staged under the root
+    /// while it is taken and removed once the remote copy is verified).
+    #[arg(long, requires = "upload")]
+    pub no_local: bool,
+
     #[command(flatten)]
     pub methods: MethodArgs,
 
@@ -141,6 +179,31 @@ pub struct BackupArgs {
 
     #[command(flatten)]
     pub monitor: MonitorArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// List a repository instead of the local root.
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The local backup directory to upload.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// The repository: s3://bucket/prefix (the backup goes to <prefix>/<TIMESTAMP>).
+    #[arg(value_name = "URL")]
+    pub url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the private identity (refuses to overwrite).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -193,8 +256,14 @@ pub enum PostgresFormat {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Backup directory to restore (default: the newest complete backup under the root).
-    #[arg(long, value_name = "DIR", conflicts_with = "manifest")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["manifest", "from"])]
     pub path: Option<PathBuf>,
+
+    /// Restore from a repository: URL/<TIMESTAMP>, or URL for its newest
+    /// complete backup. Every artifact is downloaded and verified under the
+    /// root before any service is touched.
+    #[arg(long, value_name = "URL", conflicts_with = "manifest")]
+    pub from: Option<String>,
 
     /// Manifest file of the backup to restore (its directory holds the artifacts).
     #[arg(long, value_name = "FILE")]
@@ -251,6 +320,11 @@ pub struct DrillArgs {
     #[arg(long)]
     pub sequential: bool,
 
+    /// Rehearse recovery from a repository: the backup goes only to URL
+    /// (as `backup --upload URL --no-local`) and is restored from there.
+    #[arg(long, value_name = "URL")]
+    pub upload: Option<String>,
+
     /// Test hook: remove one synthetic record of this service after the
     /// restore, to prove that the drill notices.
     #[arg(long, hide = true, env = "IT_DRILL_SABOTAGE", value_name = "SERVICE")]
@@ -266,8 +340,13 @@ pub struct DrillArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Backup directory to verify (default: the newest complete backup under the root).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "from")]
     pub path: Option<PathBuf>,
+
+    /// Verify a backup in a repository (URL/<TIMESTAMP>, or URL for its newest
+    /// complete one): downloaded into a private staging directory, checked, removed.
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
 }
 
 /// Monitoring of one run: a metrics file and a failure webhook.
@@ -333,6 +412,10 @@ pub struct PruneArgs {
     /// Show what would be kept and removed; change nothing.
     #[arg(long, env = "DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
     pub dry_run: bool,
+
+    /// Prune a repository (s3://bucket/prefix …) instead of the local root.
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -354,6 +437,10 @@ pub struct StatusArgs {
     /// Do not probe the servers (a backup host without access to them).
     #[arg(long)]
     pub offline: bool,
+
+    /// Judge the backups in a repository (s3://bucket/prefix …) instead of the local root.
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
 
     #[command(flatten)]
     pub monitor: MonitorArgs,

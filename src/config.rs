@@ -49,6 +49,17 @@ pub struct FileConfig {
     pub opensearch: OpenSearchFile,
     #[serde(default)]
     pub neo4j: Neo4jFile,
+    #[serde(default)]
+    pub encryption: EncryptionFile,
+}
+
+/// `[encryption]`: public recipients to seal backups to, and the private
+/// identity file that opens them (a path; the key itself never goes here).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionFile {
+    pub recipients: Option<Vec<String>>,
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +168,10 @@ pub struct Settings {
     pub postgres: PostgresSettings,
     pub opensearch: OpenSearchSettings,
     pub neo4j: Neo4jSettings,
+    /// age recipients (public keys, or files of them) every artifact is sealed to.
+    pub encrypt_to: Vec<String>,
+    /// age identity file that opens sealed artifacts.
+    pub identity: Option<PathBuf>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -237,7 +252,14 @@ impl Settings {
             batch_size: neo_file.batch_size.unwrap_or(1000).max(1),
             transactions: neo_file.transactions.unwrap_or(3).clamp(1, 16),
         };
+        let encrypt_to = if !cli.encrypt_to.is_empty() {
+            cli.encrypt_to.clone()
+        } else {
+            file.encryption.recipients.unwrap_or_default()
+        };
         Ok(Settings {
+            encrypt_to,
+            identity: cli.identity.clone().or(file.encryption.identity),
             target: resolve_target(cli.compose),
             neo4j,
             opensearch,

@@ -39,6 +39,8 @@ pub struct DrillRequest {
     /// restore, so that the drill must fail.
     pub sabotage: Option<Service>,
     pub json: bool,
+    /// Repository the backup is also uploaded to and restored from.
+    pub upload: Option<String>,
 }
 
 /// One store's part of `synthetic-validation.json`.
@@ -141,11 +143,13 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
             services: Some(ServiceList(services.clone())),
             timestamp: None,
             dry_run: false,
+            upload: request.upload.clone(),
+            no_local: false,
         },
     )
     .await?;
     let backup_seconds = started.elapsed().as_secs_f64();
-    let BackupOutcome::Done { dir, manifest } = outcome else {
+    let BackupOutcome::Done { dir, manifest, .. } = outcome else {
         unreachable!("not a dry run");
     };
     step.done(&format!(
@@ -161,7 +165,12 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
     let restore_result = restore::run(
         settings,
         RestoreRequest {
-            path: Some(dir.clone()),
+            // From the repository when the drill rehearses a remote recovery.
+            path: request.upload.is_none().then(|| dir.clone()),
+            from: request
+                .upload
+                .as_ref()
+                .map(|url| format!("{}/{}", url.trim_end_matches('/'), manifest.timestamp)),
             manifest: None,
             services: Some(ServiceList(services.clone())),
             dry_run: false,

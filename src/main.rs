@@ -8,7 +8,7 @@ use itbackup::config::Settings;
 use itbackup::drill::{self, DrillRequest};
 use itbackup::error::{Error, Result};
 use itbackup::restore::{self, RestoreRequest};
-use itbackup::{catalog, hooks, metrics, prune, report, schedule, status};
+use itbackup::{catalog, hooks, metrics, prune, remote, report, schedule, seal, status};
 
 fn main() {
     let cli = Cli::parse();
@@ -42,6 +42,8 @@ async fn run(cli: &Cli) -> Result<()> {
                         .unwrap_or_else(backup::default_timestamp),
                 ),
                 dry_run: args.dry_run,
+                upload: args.upload.clone(),
+                no_local: args.no_local,
             };
             let ctx = hooks::RunContext::backup(&settings, &request, &args.hooks, &args.monitor);
             let outcome = hooks::around(
@@ -56,6 +58,7 @@ async fn run(cli: &Cli) -> Result<()> {
             let settings = Settings::resolve(cli, None)?;
             let request = RestoreRequest {
                 path: args.path.clone(),
+                from: args.from.clone(),
                 manifest: args.manifest.clone(),
                 services: args.services.clone(),
                 dry_run: args.dry_run,
@@ -73,10 +76,9 @@ async fn run(cli: &Cli) -> Result<()> {
         }
         Command::Verify(args) => {
             let settings = Settings::resolve(cli, None)?;
-            let (dir, manifest) = restore::locate(&settings, args.path.as_deref(), None)?;
-            let services: Vec<_> = manifest.services.keys().copied().collect();
-            let stores = backup::open_stores(&services, &settings)?;
-            let checks = itbackup::verify::verify_artifacts(&dir, &manifest, &stores).await?;
+            let (dir, checks) =
+                itbackup::verify::run(&settings, args.path.as_deref(), args.from.as_deref())
+                    .await?;
             report::verify(&dir, &checks, json);
         }
         Command::Drill(args) => {
@@ -90,6 +92,7 @@ async fn run(cli: &Cli) -> Result<()> {
                 sequential: args.sequential,
                 sabotage: args.sabotage,
                 json,
+                upload: args.upload.clone(),
             };
             let ctx = hooks::RunContext::drill(&settings, &request, &args.monitor);
             // A drill that ran but found differences is a failure for the
@@ -116,8 +119,14 @@ async fn run(cli: &Cli) -> Result<()> {
         }
         Command::Prune(args) => {
             let settings = Settings::resolve(cli, None)?;
-            let location = prune::LocalRoot::new(&settings.root);
-            let outcome = prune::run(&location, &prune::request(&args.retention, args.dry_run))?;
+            let request = prune::request(&args.retention, args.dry_run);
+            let outcome = match &args.from {
+                Some(url) => {
+                    let location = prune::RemoteRoot::new(remote::Remote::open(url)?);
+                    prune::run(&location, &request)?
+                }
+                None => prune::run(&prune::LocalRoot::new(&settings.root), &request)?,
+            };
             report::prune(&outcome, json);
         }
         Command::Status(args) => {
@@ -130,10 +139,24 @@ async fn run(cli: &Cli) -> Result<()> {
             let settings = Settings::resolve(cli, Some(&args.methods))?;
             schedule::run(&settings, args, json).await?;
         }
-        Command::List => {
+        Command::List(args) => {
             let settings = Settings::resolve(cli, None)?;
-            let entries = catalog::scan(&settings.root)?;
-            report::list(&settings.root, &entries, json);
+            match &args.from {
+                Some(url) => {
+                    let (location, _) = remote::Remote::locate(url).await?;
+                    report::list_remote(&location.url, &location.backups().await?, json);
+                }
+                None => report::list(&settings.root, &catalog::scan(&settings.root)?, json),
+            }
+        }
+        Command::Push(args) => {
+            let location = remote::Remote::open(&args.url)?;
+            let outcome = location.push(&args.dir).await?;
+            report::push(&outcome, json);
+        }
+        Command::Keygen(args) => {
+            let recipient = seal::write_new_identity(&args.out)?;
+            report::keygen(&args.out, &recipient, json);
         }
     }
     Ok(())

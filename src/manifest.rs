@@ -65,6 +65,21 @@ pub struct ArtifactRecord {
     /// Store-specific facts (databases, method choice and why, edition …).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub details: serde_json::Map<String, serde_json::Value>,
+    /// Present when the file is sealed with age: `file`, `sha256` and `bytes`
+    /// then describe the sealed file, this the plaintext inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// How an artifact is encrypted. Holds public facts only: no key, no secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// Always `age` (<https://age-encryption.org/v1>).
+    pub scheme: String,
+    /// The public keys it was sealed to; any matching identity opens it.
+    pub recipients: Vec<String>,
+    pub plaintext_sha256: String,
+    pub plaintext_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,12 +141,18 @@ impl Manifest {
                 err.hint("no backup-manifest.json: the backup is incomplete (interrupted or failed) or the path is wrong; `itbackup list` shows complete backups")
             }
         })?;
-        let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
-            Error::failure(step, format!("{} is not a valid manifest: {e}", path.display()))
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate manifest bytes read from `origin` (a path or URL).
+    pub fn parse(text: &[u8], origin: &str) -> Result<Self> {
+        let step = "read manifest";
+        let manifest: Manifest = serde_json::from_slice(text).map_err(|e| {
+            Error::failure(step, format!("{origin} is not a valid manifest: {e}"))
                 .hint("the manifest is damaged; restore from another backup (`itbackup list`) or from the remote copy")
         })?;
         manifest.validate().map_err(|msg| {
-            Error::failure(step, format!("{}: {msg}", path.display())).hint(
+            Error::failure(step, format!("{origin}: {msg}")).hint(
                 "the manifest was altered or damaged after the backup was written; do not trust this backup, use another one",
             )
         })?;
@@ -178,7 +199,13 @@ impl Manifest {
                     "{service}: artifact file '{file}' is not a plain file name"
                 ));
             }
-            if !is_sha256(&record.sha256) || record.members.iter().any(|m| !is_sha256(&m.sha256)) {
+            if !is_sha256(&record.sha256)
+                || record.members.iter().any(|m| !is_sha256(&m.sha256))
+                || record
+                    .encryption
+                    .as_ref()
+                    .is_some_and(|e| !is_sha256(&e.plaintext_sha256))
+            {
                 return Err(format!("{service}: a sha256 is not 64 hex digits"));
             }
         }
@@ -219,6 +246,7 @@ pub(crate) mod tests {
             counts,
             members: vec![],
             details: Default::default(),
+            encryption: None,
         };
         Manifest {
             timestamp: "20250201_101500".into(),

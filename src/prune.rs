@@ -218,8 +218,9 @@ impl BackupLocation for LocalRoot {
             let meta =
                 fs::symlink_metadata(&path).map_err(|e| io_error(None, step, path.display(), e))?;
             if name.starts_with('.') {
-                let ours =
-                    name.starts_with(RESTORE_SCRATCH_PREFIX) || name.starts_with(REMOVING_PREFIX);
+                let ours = name.starts_with(RESTORE_SCRATCH_PREFIX)
+                    || name.starts_with(REMOVING_PREFIX)
+                    || name.starts_with(crate::remote::STAGING_PREFIX);
                 if ours && meta.is_dir() {
                     items.push(describe_dir(&path, name, ItemKind::Incomplete));
                 }
@@ -282,6 +283,82 @@ impl BackupLocation for LocalRoot {
             doomed
         };
         fs::remove_dir_all(&doomed).map_err(|e| io_error(None, step, doomed.display(), e))
+    }
+}
+
+/// A repository (`s3://bucket/prefix` …) holding one "directory" per backup.
+///
+/// Object stores have no locks: a backup being uploaded right now has no
+/// manifest yet and counts as incomplete, which the grace period protects.
+pub struct RemoteRoot {
+    remote: crate::remote::Remote,
+}
+
+impl RemoteRoot {
+    pub fn new(remote: crate::remote::Remote) -> Self {
+        RemoteRoot { remote }
+    }
+
+    /// The trait is synchronous (local file operations); the remote calls run
+    /// on the current multi-threaded runtime.
+    fn block_on<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(work))
+    }
+}
+
+impl BackupLocation for RemoteRoot {
+    fn describe(&self) -> String {
+        self.remote.url.clone()
+    }
+
+    fn lock(&self) -> Result<Option<Box<dyn std::any::Any>>> {
+        Ok(Some(Box::new(())))
+    }
+
+    fn items(&self) -> Result<Vec<Item>> {
+        let backups = self.block_on(self.remote.backups())?;
+        Ok(backups
+            .into_iter()
+            .map(|b| {
+                let kind = if !b.files.keys().all(|f| written_by_itbackup(f)) {
+                    ItemKind::Foreign {
+                        problem: "holds objects itbackup does not write".into(),
+                    }
+                } else {
+                    match (&b.manifest, b.has_manifest) {
+                        (Some(manifest), _) => match manifest.started_at.parse::<Timestamp>() {
+                            Ok(time) => ItemKind::Complete { time },
+                            Err(e) => ItemKind::Damaged {
+                                problem: format!("started_at is not a time: {e}"),
+                            },
+                        },
+                        (None, true) => ItemKind::Damaged {
+                            problem: b.problem.clone().unwrap_or_default(),
+                        },
+                        (None, false) => ItemKind::Incomplete,
+                    }
+                };
+                Item {
+                    modified: b.modified.parse().unwrap_or(Timestamp::UNIX_EPOCH),
+                    name: b.name,
+                    kind,
+                    bytes: b.bytes,
+                }
+            })
+            .collect())
+    }
+
+    fn remove(&self, item: &Item) -> Result<()> {
+        if matches!(
+            item.kind,
+            ItemKind::Foreign { .. } | ItemKind::Damaged { .. }
+        ) {
+            return Err(Error::failure(
+                "remove backup",
+                format!("refusing to remove {} in {}", item.name, self.remote.url),
+            ));
+        }
+        self.block_on(self.remote.remove(&item.name))
     }
 }
 

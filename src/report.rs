@@ -56,8 +56,15 @@ pub fn backup(outcome: &BackupOutcome, json: bool) {
     }
     match outcome {
         BackupOutcome::Planned { dir, plan, .. } => print_plan(dir, plan, "backup into"),
-        BackupOutcome::Done { dir, manifest } => {
-            println!("backup complete: {}", dir.display());
+        BackupOutcome::Done {
+            dir,
+            manifest,
+            uploaded,
+            local,
+        } => {
+            if *local {
+                println!("backup complete: {}", dir.display());
+            }
             for (service, record) in &manifest.artifacts {
                 let objects: u64 = record.counts.values().sum();
                 println!(
@@ -69,6 +76,9 @@ pub fn backup(outcome: &BackupOutcome, json: bool) {
                     record.method,
                     record.server_version
                 );
+            }
+            if let Some(pushed) = uploaded {
+                push(pushed, false);
             }
         }
     }
@@ -128,21 +138,83 @@ pub fn list(root: &Path, entries: &[BackupEntry], json: bool) {
         println!("no backups under {}", root.display());
         return;
     }
+    print_backup_table(entries.iter().map(|e| BackupRow {
+        name: &e.name,
+        complete: e.complete,
+        bytes: e.bytes,
+        services: &e.services,
+        problem: e.problem.as_deref(),
+    }));
+}
+
+/// `list --from URL`: the same table for a repository.
+pub fn list_remote(url: &str, backups: &[crate::remote::RemoteBackup], json: bool) {
+    if json {
+        return print_json(&json!({"url": url, "backups": backups}));
+    }
+    if backups.is_empty() {
+        println!("no backups in {url}");
+        return;
+    }
+    print_backup_table(backups.iter().map(|b| BackupRow {
+        name: &b.name,
+        complete: b.complete,
+        bytes: b.bytes,
+        services: &b.services,
+        problem: b.problem.as_deref(),
+    }));
+}
+
+struct BackupRow<'a> {
+    name: &'a str,
+    complete: bool,
+    bytes: u64,
+    services: &'a [String],
+    problem: Option<&'a str>,
+}
+
+fn print_backup_table<'a>(rows: impl Iterator<Item = BackupRow<'a>>) {
     println!("{:<24} {:<10} {:>10}  SERVICES", "BACKUP", "STATE", "SIZE");
-    for e in entries {
-        let state = if e.complete { "complete" } else { "INCOMPLETE" };
+    for row in rows {
+        let state = if row.complete {
+            "complete"
+        } else {
+            "INCOMPLETE"
+        };
         println!(
             "{:<24} {:<10} {:>10}  {}{}",
-            e.name,
+            row.name,
             state,
-            size(e.bytes),
-            e.services.join(","),
-            e.problem
-                .as_deref()
-                .map(|p| format!("  ({p})"))
-                .unwrap_or_default()
+            size(row.bytes),
+            row.services.join(","),
+            row.problem.map(|p| format!("  ({p})")).unwrap_or_default()
         );
     }
+}
+
+pub fn push(outcome: &crate::remote::PushOutcome, json: bool) {
+    if json {
+        return print_json(&json!({"ok": true, "result": outcome}));
+    }
+    println!(
+        "backup uploaded: {} ({} objects, {} in {:.1} s, each checked after upload)",
+        outcome.url,
+        outcome.objects,
+        size(outcome.bytes),
+        outcome.seconds
+    );
+}
+
+pub fn keygen(identity: &Path, recipient: &str, json: bool) {
+    if json {
+        return print_json(&json!({"identity": identity, "recipient": recipient}));
+    }
+    println!(
+        "identity written to {} (keep it off the backup host's disks)",
+        identity.display()
+    );
+    println!("recipient (public, for --encrypt-to / IT_AGE_RECIPIENTS):");
+    println!("{recipient}");
 }
 
 pub fn drill(outcome: &crate::drill::DrillOutcome, json: bool) {

@@ -20,11 +20,13 @@ use crate::lock::RootLock;
 use crate::manifest::Manifest;
 use crate::service::{Service, ServiceList};
 use crate::stores::{self, RestoreContext};
-use crate::verify::{verify_artifacts, ArtifactCheck};
+use crate::verify::{verify_artifacts, ArtifactCheck, Verified};
 
 #[derive(Debug, Default)]
 pub struct RestoreRequest {
     pub path: Option<PathBuf>,
+    /// A repository URL (`URL/<TS>` or `URL` for its newest complete backup).
+    pub from: Option<String>,
     pub manifest: Option<PathBuf>,
     pub services: Option<ServiceList>,
     pub dry_run: bool,
@@ -85,11 +87,31 @@ pub fn locate(
 }
 
 pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<RestoreOutcome> {
-    let (dir, manifest) = locate(
-        settings,
-        request.path.as_deref(),
-        request.manifest.as_deref(),
-    )?;
+    // A remote backup is downloaded and checked object by object into a
+    // staging directory (removed at the end); from there on it is a local restore.
+    let staged = match &request.from {
+        Some(url) if !request.dry_run => {
+            Some(crate::remote::fetch_to_staging(url, &settings.root).await?)
+        }
+        _ => None,
+    };
+    let (dir, manifest) = match (&staged, &request.from) {
+        (Some(staged), _) => (staged.dir.clone(), Manifest::read_dir(&staged.dir)?),
+        (None, Some(url)) => {
+            let (remote, name) = crate::remote::Remote::locate(url).await?;
+            let name = match name {
+                Some(name) => name,
+                None => remote.newest_complete().await?,
+            };
+            let manifest = remote.read_manifest(&name).await?;
+            (PathBuf::from(format!("{}/{name}", remote.url)), manifest)
+        }
+        (None, None) => locate(
+            settings,
+            request.path.as_deref(),
+            request.manifest.as_deref(),
+        )?,
+    };
     let services: Vec<Service> = match request.services {
         Some(list) => {
             for service in &list.0 {
@@ -133,18 +155,21 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     }
 
     confirm(&dir, &manifest, &services, request.yes)?;
-    let lock_root = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let lock_root = if staged.is_some() {
+        settings.root.clone()
+    } else {
+        dir.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
     let _lock = RootLock::acquire(&lock_root, "restore")?;
     let started = Instant::now();
 
     for store in &stores {
         store.probe().await?;
     }
-    let verified = verify_artifacts(&dir, &manifest, &stores).await?;
+    let verified = verify_artifacts(&dir, &manifest, &stores, settings.identity.as_deref()).await?;
 
     let scratch = tempfile::Builder::new()
         .prefix(".itbackup-restore-")
@@ -155,14 +180,14 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     let results = if request.sequential {
         let mut results = Vec::new();
         for store in &stores {
-            results.push(restore_one(store.as_ref(), &manifest, &dir, scratch.path()).await);
+            results.push(restore_one(store.as_ref(), &manifest, &verified, scratch.path()).await);
         }
         results
     } else {
         futures::future::join_all(
             stores
                 .iter()
-                .map(|store| restore_one(store.as_ref(), &manifest, &dir, scratch.path())),
+                .map(|store| restore_one(store.as_ref(), &manifest, &verified, scratch.path())),
         )
         .await
     };
@@ -172,30 +197,45 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
         restored.push(result?);
     }
     Ok(RestoreOutcome::Done {
-        dir,
+        // A remote backup is reported by its URL, not by the staging directory.
+        dir: match (&staged, &request.from) {
+            (Some(staged), Some(url)) => PathBuf::from(remote_backup_url(url, &staged.name)),
+            _ => dir,
+        },
         timestamp: manifest.timestamp.clone(),
-        verified,
+        verified: verified.checks,
         restored,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// `URL/<name>` for a `--from` URL that named either the location or the backup.
+pub fn remote_backup_url(url: &str, name: &str) -> String {
+    let url = url.trim_end_matches('/');
+    if url.ends_with(&format!("/{name}")) {
+        url.to_string()
+    } else {
+        format!("{url}/{name}")
+    }
 }
 
 /// Restore one store, compare its counts with the manifest, check its health.
 async fn restore_one(
     store: &dyn stores::Store,
     manifest: &Manifest,
-    dir: &Path,
+    verified: &Verified,
     scratch: &Path,
 ) -> Result<ServiceRestore> {
     let service = store.service();
     let record = &manifest.artifacts[&service];
+    let opened = &verified.opened[&service];
     let begun = Instant::now();
     tracing::info!(%service, file = %record.file, "restoring");
     let ctx = RestoreContext {
-        artifact: &dir.join(&record.file),
+        artifact: &opened.path,
         scratch,
     };
-    store.restore(&ctx, record).await?;
+    store.restore(&ctx, &opened.record).await?;
     let counts = store.counts(record).await?;
     stores::compare_counts(service, &record.counts, &counts)?;
     let info = store.probe().await?;

@@ -222,7 +222,7 @@ async fn one_run(
         out: None,
         services: args.services.clone(),
         timestamp: Some(fresh_timestamp(&settings.root)),
-        dry_run: false,
+        ..Default::default()
     };
     let ctx = RunContext::backup(settings, &request, &args.hooks, &args.monitor);
     let Some(backup) = abandonable(
@@ -238,13 +238,13 @@ async fn one_run(
         return abandoned(report, "backup");
     };
     report["backup"] = step_json(&backup, |o| match o {
-        BackupOutcome::Done { dir, manifest } => {
+        BackupOutcome::Done { dir, manifest, .. } => {
             json!({"dir": dir, "timestamp": manifest.timestamp})
         }
         BackupOutcome::Planned { dir, .. } => json!({"dir": dir}),
     });
     let (dir, manifest) = match backup {
-        Ok(BackupOutcome::Done { dir, manifest }) => {
+        Ok(BackupOutcome::Done { dir, manifest, .. }) => {
             tracing::info!(run = number, dir = %dir.display(), "backup complete");
             (dir, manifest)
         }
@@ -263,7 +263,9 @@ async fn one_run(
         let services: Vec<_> = manifest.services.keys().copied().collect();
         let work = async {
             let stores = backup::open_stores(&services, settings)?;
-            crate::verify::verify_artifacts(&dir, &manifest, &stores).await
+            crate::verify::verify_artifacts(&dir, &manifest, &stores, settings.identity.as_deref())
+                .await
+                .map(|v| v.checks)
         };
         let Some(verified) = abandonable(stop, hooks::around(&ctx, work, |_, _| {})).await else {
             return abandoned(report, "verify");
@@ -304,6 +306,7 @@ async fn one_run(
             sabotage: None,
             // No progress display in a service's log.
             json: true,
+            upload: None,
         };
         let work = async {
             let outcome = drill::run(settings, request).await?;

@@ -27,6 +27,8 @@ pub struct StatusRequest {
     /// Re-hash and decode the newest backups instead of checking their sizes only.
     pub verify: bool,
     pub offline: bool,
+    /// Judge the backups in this repository instead of the local root.
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,7 +154,14 @@ impl StatusReport {
 
 pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusReport> {
     let now = jiff::Timestamp::now();
-    let entries = catalog::scan(&settings.root)?;
+    let (entries, remote_sizes) = match &request.from {
+        Some(url) => remote_entries(url).await?,
+        None => (catalog::scan(&settings.root)?, None),
+    };
+    let location = request
+        .from
+        .clone()
+        .unwrap_or_else(|| settings.root.display().to_string());
     let services = match &request.services {
         Some(list) => list.clone(),
         None => {
@@ -216,10 +225,7 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
             }
         }
         match newest {
-            None => alarms.push(format!(
-                "{service}: no complete backup under {}",
-                settings.root.display()
-            )),
+            None => alarms.push(format!("{service}: no complete backup in {location}")),
             Some((entry, manifest)) => {
                 let record = &manifest.artifacts[&service];
                 let taken_at = record.started_at.clone();
@@ -236,10 +242,30 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
                         crate::prune::human_age(request.rpo)
                     ));
                 }
-                let verification = if request.verify {
-                    verify_full(&entry.path, manifest, service, settings).await
-                } else {
-                    verify_sizes(&entry.path, manifest, service)
+                let verification = match (&request.from, &remote_sizes) {
+                    (Some(url), _) if request.verify => {
+                        let url = format!("{}/{}", url.trim_end_matches('/'), entry.name);
+                        match crate::remote::fetch_to_staging(&url, &settings.root).await {
+                            Ok(staged) => {
+                                verify_full(&staged.dir, manifest, service, settings).await
+                            }
+                            Err(e) => failed_verification(e.to_string()),
+                        }
+                    }
+                    (Some(_), Some(sizes)) => {
+                        let record = &manifest.artifacts[&service];
+                        let size = sizes.get(&(entry.name.clone(), record.file.clone()));
+                        verify_size(
+                            &record.file,
+                            record.bytes,
+                            size.copied()
+                                .ok_or("missing from the repository".to_string()),
+                        )
+                    }
+                    _ if request.verify => {
+                        verify_full(&entry.path, manifest, service, settings).await
+                    }
+                    _ => verify_sizes(&entry.path, manifest, service),
                 };
                 if let Some(problem) = &verification.problem {
                     alarms.push(format!(
@@ -261,7 +287,16 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
     }
 
     for entry in entries.iter().filter(|e| !e.complete) {
-        if entry.path.join(crate::manifest::MANIFEST_FILE).exists() {
+        let damaged = match &request.from {
+            Some(_) => remote_sizes.as_ref().is_some_and(|sizes| {
+                sizes.contains_key(&(
+                    entry.name.clone(),
+                    crate::manifest::MANIFEST_FILE.to_string(),
+                ))
+            }),
+            None => entry.path.join(crate::manifest::MANIFEST_FILE).exists(),
+        };
+        if damaged {
             warnings.push(format!(
                 "{}: damaged manifest ({}); `itbackup prune` leaves it for you to inspect and remove",
                 entry.name,
@@ -313,21 +348,64 @@ fn newest_with(entries: &[BackupEntry], service: Service) -> Option<(&BackupEntr
 /// The cheap check every status does: the artifact is there with its size.
 fn verify_sizes(dir: &Path, manifest: &Manifest, service: Service) -> Verification {
     let record = &manifest.artifacts[&service];
-    let problem = match fs::metadata(dir.join(&record.file)) {
-        Ok(meta) if meta.len() == record.bytes => None,
-        Ok(meta) => Some(format!(
-            "{} has {} bytes, the manifest says {}",
-            record.file,
-            meta.len(),
-            record.bytes
+    let size = fs::metadata(dir.join(&record.file))
+        .map(|m| m.len())
+        .map_err(|e| e.to_string());
+    verify_size(&record.file, record.bytes, size)
+}
+
+fn verify_size(file: &str, expected: u64, found: std::result::Result<u64, String>) -> Verification {
+    let problem = match found {
+        Ok(len) if len == expected => None,
+        Ok(len) => Some(format!(
+            "{file} has {len} bytes, the manifest says {expected}"
         )),
-        Err(e) => Some(format!("{}: {e}", record.file)),
+        Err(e) => Some(format!("{file}: {e}")),
     };
     Verification {
         checked: "sizes",
         ok: problem.is_none(),
         problem,
     }
+}
+
+fn failed_verification(problem: String) -> Verification {
+    Verification {
+        checked: "full",
+        ok: false,
+        problem: Some(problem),
+    }
+}
+
+/// Object sizes of a repository's backups: (backup, file) → bytes.
+type RemoteSizes = std::collections::BTreeMap<(String, String), u64>;
+
+/// A repository's backups as catalog entries (their `path` is their URL).
+async fn remote_entries(url: &str) -> Result<(Vec<BackupEntry>, Option<RemoteSizes>)> {
+    let (location, _) = crate::remote::Remote::locate(url).await?;
+    let mut sizes = RemoteSizes::new();
+    let entries = location
+        .backups()
+        .await?
+        .into_iter()
+        .map(|b| {
+            for (file, size) in &b.files {
+                sizes.insert((b.name.clone(), file.clone()), *size);
+            }
+            BackupEntry {
+                path: PathBuf::from(format!("{}/{}", location.url, b.name)),
+                name: b.name,
+                complete: b.complete,
+                timestamp: b.timestamp,
+                finished_at: b.finished_at,
+                services: b.services,
+                bytes: b.bytes,
+                problem: b.problem,
+                manifest: b.manifest,
+            }
+        })
+        .collect();
+    Ok((entries, Some(sizes)))
 }
 
 /// The same checks as `itbackup verify`: checksums and a full decode.
@@ -338,9 +416,11 @@ async fn verify_full(
     settings: &Settings,
 ) -> Verification {
     let result = match open_stores(&[service], settings) {
-        Ok(stores) => crate::verify::verify_artifacts(dir, manifest, &stores)
-            .await
-            .map(|_| ()),
+        Ok(stores) => {
+            crate::verify::verify_artifacts(dir, manifest, &stores, settings.identity.as_deref())
+                .await
+                .map(|_| ())
+        }
         Err(e) => Err(e),
     };
     let problem = result.err().map(|e| e.to_string());
@@ -395,6 +475,7 @@ pub fn request(args: &crate::cli::StatusArgs) -> StatusRequest {
         services: args.services.as_ref().map(|l| l.0.clone()),
         verify: args.verify,
         offline: args.offline,
+        from: args.from.clone(),
     }
 }
 

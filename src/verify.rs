@@ -1,8 +1,11 @@
 //! Proving a backup restorable without touching any service: every artifact is
 //! re-hashed against the manifest and decoded end to end by its store.
-//! `restore` runs exactly this before it changes anything.
+//! `restore` runs exactly this before it changes anything. A sealed (age)
+//! artifact is checked as stored, then decrypted into a private scratch
+//! directory, its plaintext checked, and decoded from there.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -10,6 +13,7 @@ use serde::Serialize;
 use crate::artifact::digest_file;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::Manifest;
+use crate::seal::{self, Identities, OpenedArtifact};
 use crate::service::Service;
 use crate::stores::Store;
 
@@ -22,13 +26,27 @@ pub struct ArtifactCheck {
     pub seconds: f64,
 }
 
-/// Check the artifacts of `stores` in the backup directory `dir`.
+/// Verified artifacts, ready for their stores to read.
+pub struct Verified {
+    pub checks: Vec<ArtifactCheck>,
+    /// Per service, the file its store reads (the plaintext of a sealed one).
+    pub opened: BTreeMap<Service, OpenedArtifact>,
+    /// Holds decrypted plaintexts; removed when this is dropped.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+/// Check the artifacts of `stores` in the backup directory `dir`; sealed ones
+/// are opened with the age identity file `identity`.
 pub async fn verify_artifacts(
     dir: &Path,
     manifest: &Manifest,
     stores: &[Box<dyn Store>],
-) -> Result<Vec<ArtifactCheck>> {
+    identity: Option<&Path>,
+) -> Result<Verified> {
     let mut checks = Vec::new();
+    let mut opened = BTreeMap::new();
+    let mut scratch: Option<tempfile::TempDir> = None;
+    let mut identities: Option<std::sync::Arc<Identities>> = None;
     for store in stores {
         let service = store.service();
         let record = manifest.artifacts.get(&service).ok_or_else(|| {
@@ -74,9 +92,36 @@ pub async fn verify_artifacts(
             .service(service)
             .hint("the artifact is damaged or was altered; use another backup"));
         }
+        let readable = if record.encryption.is_some() {
+            if identities.is_none() {
+                if let Some(file) = identity {
+                    identities = Some(std::sync::Arc::new(Identities::load(file)?));
+                }
+            }
+            if scratch.is_none() {
+                scratch = Some(plaintext_scratch(dir)?);
+            }
+            let into = scratch
+                .as_ref()
+                .map(|s| s.path().to_path_buf())
+                .unwrap_or_default();
+            let ids = identities.clone();
+            let (record, path) = (record.clone(), path.clone());
+            tokio::task::spawn_blocking(move || {
+                seal::open(service, &path, &record, ids.as_deref(), &into)
+            })
+            .await
+            .map_err(|e| Error::failure("decrypt artifact", e.to_string()).service(service))??
+        } else {
+            OpenedArtifact {
+                path: path.clone(),
+                record: record.clone(),
+            }
+        };
         store
-            .check_artifact(&dir.join(&record.file), record)
+            .check_artifact(&readable.path, &readable.record)
             .await?;
+        opened.insert(service, readable);
         checks.push(ArtifactCheck {
             service,
             file: record.file.clone(),
@@ -85,5 +130,50 @@ pub async fn verify_artifacts(
         });
         tracing::info!(%service, file = %record.file, "artifact verified");
     }
-    Ok(checks)
+    Ok(Verified {
+        checks,
+        opened,
+        _scratch: scratch,
+    })
+}
+
+/// A private directory for decrypted plaintexts, beside the backup directory
+/// (same file system, same permissions regime).
+fn plaintext_scratch(dir: &Path) -> Result<tempfile::TempDir> {
+    let parent: PathBuf = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    tempfile::Builder::new()
+        .prefix(".itbackup-restore-plain-")
+        .tempdir_in(&parent)
+        .map_err(|e| io_error(None, "create scratch directory", parent.display(), e))
+}
+
+/// `itbackup verify`: the backup at `path` (default: the newest complete one
+/// under the root) or, with `from`, a remote backup downloaded and checked.
+pub async fn run(
+    settings: &crate::config::Settings,
+    path: Option<&Path>,
+    from: Option<&str>,
+) -> Result<(PathBuf, Vec<ArtifactCheck>)> {
+    let staged = match from {
+        Some(url) => Some(crate::remote::fetch_to_staging(url, &settings.root).await?),
+        None => None,
+    };
+    let (dir, manifest) = match &staged {
+        Some(staged) => (staged.dir.clone(), Manifest::read_dir(&staged.dir)?),
+        None => crate::restore::locate(settings, path, None)?,
+    };
+    let services: Vec<_> = manifest.services.keys().copied().collect();
+    let stores = crate::backup::open_stores(&services, settings)?;
+    let verified = verify_artifacts(&dir, &manifest, &stores, settings.identity.as_deref()).await?;
+    let shown = match (&staged, from) {
+        (Some(staged), Some(url)) => {
+            PathBuf::from(crate::restore::remote_backup_url(url, &staged.name))
+        }
+        _ => dir,
+    };
+    Ok((shown, verified.checks))
 }

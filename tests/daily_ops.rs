@@ -41,6 +41,7 @@ fn fake_backup(root: &Path, name: &str, started: Timestamp) -> PathBuf {
         counts: BTreeMap::from([("app/public.items".to_string(), 42)]),
         members: vec![],
         details: Default::default(),
+        encryption: None,
     };
     Manifest {
         timestamp: name.into(),

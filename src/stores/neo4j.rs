@@ -613,6 +613,7 @@ impl Neo4j {
             counts: BTreeMap::new(),
             members: Vec::new(),
             details: Default::default(),
+            encryption: None,
         };
         record.details.insert("edition".into(), json!(edition));
         record

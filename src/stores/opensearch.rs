@@ -1571,6 +1571,7 @@ impl Store for OpenSearch {
             counts: BTreeMap::new(),
             members: Vec::new(),
             details: Default::default(),
+            encryption: None,
         };
         record.details.insert("method_reason".into(), json!(reason));
         record.details.insert("indices".into(), json!(indices));

@@ -600,6 +600,7 @@ impl Store for Postgres {
             counts: BTreeMap::new(),
             members: Vec::new(),
             details: Default::default(),
+            encryption: None,
         };
         let artifact = match self.settings.format {
             PostgresFormat::Custom => {

@@ -1,0 +1,319 @@
+//! Encryption at rest with age: artifacts are sealed to public recipients
+//! when a backup is taken and opened with a private identity before anything
+//! is restored.
+//!
+//! A store always writes its artifact in the clear first (an owner-only
+//! `*.partial` file on the host that already holds the data); sealing then
+//! streams it through age into `<artifact>.age` and removes the clear copy
+//! before the backup becomes visible. What leaves the host is only ever the
+//! sealed file. The manifest records both checksums — of the sealed bytes (what
+//! `verify` and a remote copy can check without a key) and of the plaintext
+//! (what decryption must reproduce) — and the recipients, which are public.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use age::secrecy::ExposeSecret;
+
+use crate::artifact::{self, ArtifactWriter, Digest256, HashingReader, PendingArtifact, CHUNK};
+use crate::error::{Error, Result};
+use crate::manifest::{ArtifactRecord, Encryption};
+use crate::service::Service;
+
+/// File name suffix of a sealed artifact.
+pub const SEALED_SUFFIX: &str = ".age";
+
+/// The public keys backups are sealed to.
+pub struct Recipients {
+    keys: Vec<Box<dyn age::Recipient + Send + Sync>>,
+    /// As given (age `age1…` or SSH public keys): public, kept in the manifest.
+    pub names: Vec<String>,
+}
+
+impl fmt::Debug for Recipients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.names).finish()
+    }
+}
+
+impl Recipients {
+    /// Parse recipients: each entry is an age public key (`age1…`), an SSH
+    /// public key line (`ssh-ed25519 …`, `ssh-rsa …`) or the path of a file
+    /// holding such lines (as `age -R` takes).
+    pub fn parse(entries: &[String]) -> Result<Option<Recipients>> {
+        let mut keys: Vec<Box<dyn age::Recipient + Send + Sync>> = Vec::new();
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let lines: Vec<String> = if looks_like_key(entry) {
+                vec![entry.to_string()]
+            } else {
+                fs::read_to_string(entry)
+                    .map_err(|e| {
+                        Error::usage(format!(
+                            "encryption recipient '{entry}' is neither an age/SSH public key nor a readable file: {e}"
+                        ))
+                    })?
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from)
+                    .collect()
+            };
+            for line in lines {
+                keys.push(parse_recipient(&line)?);
+                names.push(line);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Recipients { keys, names }))
+    }
+}
+
+fn looks_like_key(entry: &str) -> bool {
+    entry.starts_with("age1") || entry.starts_with("ssh-")
+}
+
+fn parse_recipient(line: &str) -> Result<Box<dyn age::Recipient + Send + Sync>> {
+    if let Ok(key) = line.parse::<age::x25519::Recipient>() {
+        return Ok(Box::new(key));
+    }
+    if let Ok(key) = line.parse::<age::ssh::Recipient>() {
+        return Ok(Box::new(key));
+    }
+    let shown: String = line.chars().take(24).collect();
+    Err(Error::usage(format!(
+        "'{shown}…' is not an age recipient (age1…) or a supported SSH public key (ssh-ed25519, ssh-rsa)"
+    )))
+}
+
+/// The private keys that open sealed artifacts.
+pub struct Identities {
+    keys: Vec<Box<dyn age::Identity + Send + Sync>>,
+    source: PathBuf,
+}
+
+impl fmt::Debug for Identities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the keys themselves.
+        write!(f, "Identities({})", self.source.display())
+    }
+}
+
+impl Identities {
+    /// Read an age identity file (`AGE-SECRET-KEY-1…` lines, as `age-keygen`
+    /// writes) or an unencrypted SSH private key.
+    pub fn load(path: &Path) -> Result<Identities> {
+        let unreadable = |e: io::Error| {
+            Error::usage(format!("cannot read identity file {}: {e}", path.display()))
+        };
+        let text = fs::read(path).map_err(unreadable)?;
+        if let Ok(file) = age::IdentityFile::from_buffer(&text[..]) {
+            let keys = file
+                .into_identities()
+                .map_err(|e| Error::usage(format!("identity file {}: {e}", path.display())))?;
+            if !keys.is_empty() {
+                return Ok(Identities {
+                    keys,
+                    source: path.to_path_buf(),
+                });
+            }
+        }
+        match age::ssh::Identity::from_buffer(&text[..], Some(path.display().to_string())) {
+            Ok(age::ssh::Identity::Unencrypted(key)) => Ok(Identities {
+                keys: vec![Box::new(age::ssh::Identity::Unencrypted(key))],
+                source: path.to_path_buf(),
+            }),
+            Ok(age::ssh::Identity::Encrypted(_)) => Err(Error::usage(format!(
+                "the SSH key {} is passphrase-protected; give an unencrypted key or an age identity (age-keygen)",
+                path.display()
+            ))),
+            _ => Err(Error::usage(format!(
+                "{} holds no age identity (AGE-SECRET-KEY-1…) and no supported SSH private key",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Seal a clear artifact to `recipients`: `<name>.age.partial` is written next
+/// to it, the clear file is removed, and the record describes the sealed file.
+pub fn seal(
+    pending: PendingArtifact,
+    record: &mut ArtifactRecord,
+    recipients: &Recipients,
+) -> io::Result<PendingArtifact> {
+    let dir = pending
+        .partial
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let sealed_name = format!("{}{SEALED_SUFFIX}", record.file);
+    let writer = ArtifactWriter::create(&dir, &sealed_name)?;
+    let encryptor = age::Encryptor::with_recipients(
+        recipients
+            .keys
+            .iter()
+            .map(|k| k.as_ref() as &dyn age::Recipient),
+    )
+    .map_err(|e| io::Error::other(format!("age: {e}")))?;
+    let mut sealer = encryptor.wrap_output(io::BufWriter::with_capacity(CHUNK, writer))?;
+    let mut clear = HashingReader::new(artifact::open_buffered(&pending.partial)?);
+    io::copy(&mut clear, &mut sealer)?;
+    let mut buffered = sealer.finish()?;
+    buffered.flush()?;
+    let sealed = buffered
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .finish()?;
+    let plain = clear.digest();
+    if plain != pending.digest {
+        return Err(io::Error::other(format!(
+            "{} changed while it was being sealed",
+            pending.partial.display()
+        )));
+    }
+    pending.discard();
+    record.encryption = Some(Encryption {
+        scheme: "age".into(),
+        recipients: recipients.names.clone(),
+        plaintext_sha256: plain.sha256,
+        plaintext_bytes: plain.bytes,
+    });
+    record.file = sealed_name;
+    record.sha256 = sealed.digest.sha256.clone();
+    record.bytes = sealed.digest.bytes;
+    Ok(sealed)
+}
+
+/// Where a store finds an artifact it can read: the backup's own file, or the
+/// plaintext opened from a sealed one into a scratch directory.
+#[derive(Debug, Clone)]
+pub struct OpenedArtifact {
+    pub path: PathBuf,
+    /// The record as the store knows it: file name, checksum and size of the plaintext.
+    pub record: ArtifactRecord,
+}
+
+/// Make a (checksum-verified) artifact readable by its store. A sealed one is
+/// decrypted into `scratch` and its plaintext checked against the manifest.
+pub fn open(
+    service: Service,
+    path: &Path,
+    record: &ArtifactRecord,
+    identities: Option<&Identities>,
+    scratch: &Path,
+) -> Result<OpenedArtifact> {
+    let Some(encryption) = &record.encryption else {
+        return Ok(OpenedArtifact {
+            path: path.to_path_buf(),
+            record: record.clone(),
+        });
+    };
+    let step = "decrypt artifact";
+    let identities = identities.ok_or_else(|| {
+        Error::failure(step, format!("{} is encrypted (age)", record.file))
+            .service(service)
+            .hint("give the private key with --identity FILE or IT_AGE_IDENTITY")
+    })?;
+    let plain_name = record
+        .file
+        .strip_suffix(SEALED_SUFFIX)
+        .unwrap_or(&record.file)
+        .to_string();
+    let out = scratch.join(&plain_name);
+    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(
+        CHUNK,
+        fs::File::open(path)
+            .map_err(|e| crate::error::io_error(Some(service), step, path.display(), e))?,
+    ))
+    .map_err(|e| {
+        Error::failure(
+            step,
+            format!("{} is not a readable age file: {e}", record.file),
+        )
+        .service(service)
+    })?;
+    let mut reader = decryptor
+        .decrypt(
+            identities
+                .keys
+                .iter()
+                .map(|k| k.as_ref() as &dyn age::Identity),
+        )
+        .map_err(|e| {
+            Error::failure(step, format!("cannot open {}: {e}", record.file))
+                .service(service)
+                .hint(format!(
+                    "{} is not one of the keys it was sealed to ({})",
+                    identities.source.display(),
+                    encryption.recipients.join(", ")
+                ))
+        })?;
+    let written = (|| -> io::Result<Digest256> {
+        let mut writer = ArtifactWriter::create(scratch, &plain_name)?;
+        io::copy(&mut reader, &mut writer)?;
+        let pending = writer.finish()?;
+        pending.commit()?;
+        Ok(pending.digest)
+    })()
+    .map_err(|e| {
+        Error::failure(step, format!("{}: {e}", record.file))
+            .service(service)
+            .hint("the sealed artifact is damaged or truncated; use another backup")
+    })?;
+    if written.sha256 != encryption.plaintext_sha256 || written.bytes != encryption.plaintext_bytes
+    {
+        return Err(Error::failure(
+            step,
+            format!(
+                "the plaintext of {} does not match its checksum in the manifest",
+                record.file
+            ),
+        )
+        .service(service)
+        .hint("the artifact was replaced or damaged; use another backup"));
+    }
+    let mut opened = record.clone();
+    opened.file = plain_name;
+    opened.sha256 = written.sha256;
+    opened.bytes = written.bytes;
+    opened.encryption = None;
+    Ok(OpenedArtifact {
+        path: out,
+        record: opened,
+    })
+}
+
+/// A fresh age identity and its recipient, as `age-keygen` makes them.
+pub fn generate_identity() -> (String, String) {
+    let identity = age::x25519::Identity::generate();
+    let secret = identity.to_string().expose_secret().to_string();
+    (secret, identity.to_public().to_string())
+}
+
+/// Write a new identity file (owner-only, never over an existing file) in
+/// `age-keygen`'s format; returns its public recipient.
+pub fn write_new_identity(path: &Path) -> Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (secret, recipient) = generate_identity();
+    let created = jiff::Timestamp::now();
+    let text = format!("# created: {created}\n# public key: {recipient}\n{secret}\n");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| crate::error::io_error(None, "write identity", path.display(), e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| crate::error::io_error(None, "write identity", path.display(), e))?;
+    Ok(recipient)
+}
