@@ -3,8 +3,8 @@
 # Layout: everything a server writes (installed distribution, data, logs, pid
 # files) lives under $STATE (default <repo>/.testenv, gitignored), so
 # `testenv/down && rm -rf .testenv` is a clean slate. Downloads stay in Maven's
-# local repository (~/.m2) and Debian's package cache, so a second install is
-# offline and quick.
+# local repository (~/.m2), Debian's package cache and Go's module and build
+# caches, so a second install is offline and quick.
 
 set -euo pipefail
 
@@ -16,7 +16,7 @@ source "$TESTENV_SRC/versions"
 STATE="${IT_TESTENV_DIR:-$REPO_ROOT/.testenv}"
 JAVA_HOME="${IT_TESTENV_JAVA_HOME:-${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}}"
 JAVA="$JAVA_HOME/bin/java"
-ALL_SERVICES=(postgres opensearch neo4j)
+ALL_SERVICES=(postgres opensearch neo4j s3)
 
 log() { printf 'testenv: %s\n' "$*" >&2; }
 die() { printf 'testenv: error: %s\n' "$*" >&2; exit 1; }

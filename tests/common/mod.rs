@@ -3,7 +3,13 @@
 //! A missing server is a failure, never a skip.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use itbackup::manifest::{ArtifactRecord, Manifest, Status, ToolInfo, FORMAT_VERSION};
+use itbackup::service::Service;
+use jiff::Timestamp;
+use sha2::Digest;
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
@@ -153,4 +159,48 @@ pub fn kill_when(args: &[&str], reached: impl Fn() -> bool) -> bool {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// A complete backup `root/name` started at `started`, holding one small
+/// PostgreSQL artifact whose size and checksum match its manifest.
+pub fn fake_backup(root: &Path, name: &str, started: Timestamp) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = format!("postgres_{name}.tar");
+    let content = format!("not really a dump of {name}\n");
+    std::fs::write(dir.join(&file), &content).unwrap();
+    let started_at = started.to_string();
+    let finished_at = (started + jiff::SignedDuration::from_secs(5)).to_string();
+    let record = ArtifactRecord {
+        file: file.clone(),
+        sha256: hex::encode(sha2::Sha256::digest(content.as_bytes())),
+        bytes: content.len() as u64,
+        method: "pg_dump".into(),
+        format: "tar+custom".into(),
+        server_version: "15".into(),
+        started_at: started_at.clone(),
+        finished_at: finished_at.clone(),
+        counts: BTreeMap::from([("app/public.items".to_string(), 42)]),
+        members: vec![],
+        details: Default::default(),
+        encryption: None,
+    };
+    Manifest {
+        timestamp: name.into(),
+        services: BTreeMap::from([(Service::Postgres, file)]),
+        format_version: FORMAT_VERSION,
+        tool: ToolInfo {
+            name: "itbackup".into(),
+            version: "0.1.0".into(),
+        },
+        started_at,
+        finished_at,
+        status: Status::Complete,
+        host: "test".into(),
+        artifacts: BTreeMap::from([(Service::Postgres, record)]),
+        manifest_sha256: None,
+    }
+    .write(&dir)
+    .unwrap();
+    dir
 }
