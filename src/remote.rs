@@ -204,7 +204,21 @@ impl Remote {
                     "{url} holds a manifest at its top; give the location that holds backup directories"
                 )))
             }
-            Err(object_store::Error::NotFound { .. }) => Ok((remote, None)),
+            Err(object_store::Error::NotFound { .. }) => {
+                // `URL/<TS>` of a backup without a manifest: say so, rather
+                // than look for backups inside it.
+                if let Some((parent, name)) = remote.split_last() {
+                    let backups = parent.backups().await?;
+                    if backups.iter().any(|b| b.name == name && !b.complete) {
+                        return Err(Error::failure(
+                            "find backup",
+                            format!("the backup {name} in {} is incomplete (no manifest)", parent.url),
+                        )
+                        .hint("an upload was interrupted or is still running: run `itbackup push` again, or use another backup (`itbackup list --from URL`)"));
+                    }
+                }
+                Ok((remote, None))
+            }
             Err(e) => Err(remote_error("read repository", url, e)),
         }
     }

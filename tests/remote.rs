@@ -1,0 +1,443 @@
+//! Remote repositories and encryption against the real S3 server from
+//! `testenv/` (MinIO): all three stores through a repository, plain and
+//! sealed with age; wrong or missing keys and tampered objects refused before
+//! any store is touched; an interrupted upload that is incomplete until it is
+//! run again; prune and status on a repository.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// A repository URL of its own for each test (one bucket, many prefixes).
+fn repository(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}/{test}-{nanos}", required_env("IT_S3_URL"))
+}
+
+fn json_of(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("no JSON on stdout ({e})\n{}", text(output)))
+}
+
+/// A fresh age key pair in `dir`: (identity file, recipient).
+fn keypair(dir: &Path, name: &str) -> (String, String) {
+    let file = dir.join(name);
+    let out = ok(&["--json", "keygen", "--out", file.to_str().unwrap()], &[]);
+    let v = json_of(&out);
+    (
+        file.to_str().unwrap().to_string(),
+        v["recipient"].as_str().unwrap().to_string(),
+    )
+}
+
+fn remote_list(url: &str) -> Value {
+    json_of(&ok(&["--json", "list", "--from", url], &[]))
+}
+
+fn drill_through(url: &str, root: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "--root",
+        root.to_str().unwrap(),
+        "--json",
+        "drill",
+        "--yes",
+        "--scale",
+        "2000",
+        "--upload",
+        url,
+    ];
+    args.extend_from_slice(extra);
+    let out = itbackup(&args, &[]);
+    let v = json_of(&out);
+    assert!(out.status.success(), "{v:#}\n{}", text(&out));
+    assert_eq!(v["ok"], true, "{v:#}");
+    for service in ["postgres", "opensearch", "neo4j"] {
+        let s = &v["services"][service];
+        assert_eq!(s["ok"], true, "{service}: {s:#}");
+        assert_eq!(s["expected"], s["restored"], "{service}: {s:#}");
+        assert_eq!(s["expected"]["count"], 2000, "{service}: {s:#}");
+    }
+    v
+}
+
+#[test]
+fn all_three_stores_through_a_repository_plain_and_encrypted() {
+    let _guard = serial();
+    let root = temp_root();
+
+    // Plain: the drill uploads its backup and restores from the repository
+    // into wiped stores, then compares counts and digests.
+    let url = repository("plain");
+    drill_through(&url, &root.path().join("plain"), &[]);
+    let listed = remote_list(&url);
+    let backups = listed["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "{listed:#}");
+    assert_eq!(backups[0]["complete"], true);
+    assert_eq!(
+        backups[0]["services"],
+        serde_json::json!(["opensearch", "neo4j", "postgres"])
+    );
+
+    // Sealed with age: the same round trip, the artifacts are `.age` files,
+    // the manifest stays readable (list works without a key).
+    let keys = temp_root();
+    let (identity, recipient) = keypair(keys.path(), "key.txt");
+    let url = repository("sealed");
+    let v = drill_through(
+        &url,
+        &root.path().join("sealed"),
+        &["--encrypt-to", &recipient, "--identity", &identity],
+    );
+    let dir = Path::new(v["backup_dir"].as_str().unwrap());
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("backup-manifest.json")).unwrap()).unwrap();
+    for (service, record) in manifest["artifacts"].as_object().unwrap() {
+        let file = record["file"].as_str().unwrap();
+        assert!(file.ends_with(".age"), "{service}: {file}");
+        assert_eq!(record["encryption"]["scheme"], "age");
+        assert_eq!(record["encryption"]["recipients"][0], recipient.as_str());
+        assert_ne!(record["encryption"]["plaintext_sha256"], record["sha256"]);
+        // What is on disk is an age file, not a dump.
+        let head = std::fs::read(dir.join(file)).unwrap();
+        assert!(head.starts_with(b"age-encryption.org/v1\n"), "{service}");
+    }
+    assert_eq!(remote_list(&url)["backups"][0]["complete"], true);
+    ok(
+        &[
+            "--identity",
+            &identity,
+            "verify",
+            "--from",
+            &format!("{url}/{}", manifest["timestamp"].as_str().unwrap()),
+        ],
+        &[],
+    );
+}
+
+/// A database of its own with one table and a known number of rows.
+fn pg_fixture(database: &str, rows: u32) {
+    psql("postgres", &format!("DROP DATABASE IF EXISTS {database}"));
+    psql("postgres", &format!("CREATE DATABASE {database}"));
+    psql(
+        database,
+        &format!(
+            "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, {rows}) g"
+        ),
+    );
+}
+
+fn pg_rows(database: &str) -> String {
+    psql(database, "SELECT count(*) FROM t")
+}
+
+fn backup_postgres(root: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "--root",
+        root.to_str().unwrap(),
+        "--json",
+        "backup",
+        "--services",
+        "postgres",
+    ];
+    args.extend_from_slice(extra);
+    json_of(&ok(&args, &[]))
+}
+
+#[test]
+fn a_wrong_or_missing_identity_fails_before_any_store_is_touched() {
+    let _guard = serial();
+    let root = temp_root();
+    let r = root.path().to_str().unwrap();
+    let keys = temp_root();
+    let (identity, recipient) = keypair(keys.path(), "right.txt");
+    let (wrong, _) = keypair(keys.path(), "wrong.txt");
+    pg_fixture("itb_remote_keys", 10);
+    let url = repository("keys");
+    let out = backup_postgres(
+        root.path(),
+        &["--encrypt-to", &recipient, "--upload", &url, "--no-local"],
+    );
+    assert_eq!(out["result"]["local"], false, "{out:#}");
+    // --no-local: nothing stays under the root but its lock.
+    let left: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".itbackup.lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // Changed after the backup: a restore that touched the store would undo it.
+    psql("itb_remote_keys", "INSERT INTO t VALUES (11, 'late')");
+    let err = fails(
+        &[
+            "--root",
+            r,
+            "--identity",
+            &wrong,
+            "restore",
+            "--from",
+            &url,
+            "--yes",
+        ],
+        &[],
+        1,
+    );
+    assert!(err.contains("not one of the keys"), "{err}");
+    assert_eq!(pg_rows("itb_remote_keys"), "11");
+    let err = fails(&["--root", r, "restore", "--from", &url, "--yes"], &[], 1);
+    assert!(err.contains("--identity"), "{err}");
+    assert_eq!(pg_rows("itb_remote_keys"), "11");
+    // A key file that is not a key is a usage error, also before anything.
+    let junk = keys.path().join("junk.txt");
+    std::fs::write(&junk, "not a key\n").unwrap();
+    let err = fails(
+        &[
+            "--root",
+            r,
+            "--identity",
+            junk.to_str().unwrap(),
+            "restore",
+            "--from",
+            &url,
+            "--yes",
+        ],
+        &[],
+        2,
+    );
+    assert!(err.contains("identity"), "{err}");
+    assert_eq!(pg_rows("itb_remote_keys"), "11");
+
+    // The right key restores the backup's state; the staging copy is gone.
+    ok(
+        &[
+            "--root",
+            r,
+            "--identity",
+            &identity,
+            "restore",
+            "--from",
+            &url,
+            "--yes",
+        ],
+        &[],
+    );
+    assert_eq!(pg_rows("itb_remote_keys"), "10");
+    let staged: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".itbackup-staging"))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+    psql("postgres", "DROP DATABASE itb_remote_keys");
+}
+
+/// Run async work of the library (direct object access) from a test.
+fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(work)
+}
+
+#[test]
+fn a_tampered_remote_object_is_refused_by_verify_and_restore() {
+    let _guard = serial();
+    let root = temp_root();
+    let r = root.path().to_str().unwrap();
+    pg_fixture("itb_remote_tamper", 10);
+    let url = repository("tamper");
+    let out = backup_postgres(root.path(), &["--upload", &url]);
+    let manifest = &out["result"]["manifest"];
+    let name = manifest["timestamp"].as_str().unwrap().to_string();
+    let file = manifest["artifacts"]["postgres"]["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&["--root", r, "verify", "--from", &url], &[]);
+
+    // One byte flipped in the remote copy, same size: only the checksum tells.
+    let local = root.path().join(&name).join(&file);
+    let mut bytes = std::fs::read(&local).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    let location = itbackup::remote::Remote::open(&url).unwrap();
+    block_on(location.put_object(&name, &file, bytes)).unwrap();
+
+    let err = fails(&["--root", r, "verify", "--from", &url], &[], 1);
+    assert!(err.contains("does not match its sha256"), "{err}");
+    psql("itb_remote_tamper", "INSERT INTO t VALUES (11, 'late')");
+    let err = fails(&["--root", r, "restore", "--from", &url, "--yes"], &[], 1);
+    assert!(err.contains("does not match its sha256"), "{err}");
+    assert_eq!(pg_rows("itb_remote_tamper"), "11");
+
+    // A truncated object is named by its size.
+    block_on(location.put_object(&name, &file, b"short".to_vec())).unwrap();
+    let err = fails(&["--root", r, "verify", "--from", &url], &[], 1);
+    assert!(err.contains("bytes, the manifest says"), "{err}");
+    assert_eq!(pg_rows("itb_remote_tamper"), "11");
+
+    // The local copy is intact: pushing it again repairs the remote one.
+    ok(
+        &["push", root.path().join(&name).to_str().unwrap(), &url],
+        &[],
+    );
+    ok(&["--root", r, "verify", "--from", &url], &[]);
+    psql("postgres", "DROP DATABASE itb_remote_tamper");
+}
+
+#[test]
+fn an_interrupted_upload_is_incomplete_until_it_is_run_again() {
+    let _guard = serial();
+    let root = temp_root();
+    let r = root.path().to_str().unwrap();
+    // Incompressible rows, so that the upload takes long enough to interrupt.
+    psql("postgres", "DROP DATABASE IF EXISTS itb_remote_big");
+    psql("postgres", "CREATE DATABASE itb_remote_big");
+    psql("itb_remote_big", "CREATE EXTENSION pgcrypto");
+    psql(
+        "itb_remote_big",
+        "CREATE TABLE t AS SELECT g AS id, gen_random_bytes(1024) AS v FROM generate_series(1, 60000) g",
+    );
+    let out = backup_postgres(root.path(), &[]);
+    let name = out["result"]["manifest"]["timestamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = out["result"]["manifest"]["artifacts"]["postgres"]["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = root.path().join(&name);
+    let url = repository("interrupted");
+
+    // Killed once the artifact is in the bucket but before the manifest is.
+    let data = Path::new(&required_env("IT_S3_DATA")).join(url.trim_start_matches("s3://"));
+    let artifact_stored = || data.join(&name).join(&file).exists();
+    let killed = kill_when(&["push", dir.to_str().unwrap(), &url], artifact_stored);
+    assert!(killed, "the upload finished before it could be interrupted");
+    assert!(!data.join(&name).join("backup-manifest.json").exists());
+
+    let listed = remote_list(&url);
+    assert_eq!(listed["backups"][0]["name"], name.as_str(), "{listed:#}");
+    assert_eq!(listed["backups"][0]["complete"], false, "{listed:#}");
+    let err = fails(&["--root", r, "restore", "--from", &url, "--yes"], &[], 1);
+    assert!(err.contains("no complete backup"), "{err}");
+    let err = fails(
+        &[
+            "--root",
+            r,
+            "restore",
+            "--from",
+            &format!("{url}/{name}"),
+            "--yes",
+        ],
+        &[],
+        1,
+    );
+    assert!(err.contains("incomplete"), "{err}");
+
+    // Running it again completes it.
+    ok(&["push", dir.to_str().unwrap(), &url], &[]);
+    assert_eq!(remote_list(&url)["backups"][0]["complete"], true);
+    ok(&["--root", r, "verify", "--from", &url], &[]);
+    psql("postgres", "DROP DATABASE itb_remote_big");
+}
+
+#[test]
+fn prune_and_status_work_on_a_repository() {
+    let local = temp_root();
+    let url = repository("history");
+    // Five daily backups, the newest 30 hours old, pushed to the repository.
+    for day in 0..5 {
+        let started = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(30 + 24 * day);
+        let dir = fake_backup(local.path(), &format!("day{day}"), started);
+        ok(&["push", dir.to_str().unwrap(), &url], &[]);
+    }
+    // And an upload that is still running (no manifest yet).
+    let partial = fake_backup(local.path(), "running", jiff::Timestamp::now());
+    ok(&["push", partial.to_str().unwrap(), &url], &[]);
+    let location = itbackup::remote::Remote::open(&url).unwrap();
+    block_on(location.delete_object("running", "backup-manifest.json")).unwrap();
+
+    // Status: the RPO of 24 h is breached, two days is fine.
+    let status = |extra: &[&str], code: i32| {
+        let mut args = vec![
+            "--root",
+            local.path().to_str().unwrap(),
+            "--json",
+            "status",
+            "--offline",
+            "--from",
+            &url,
+        ];
+        args.extend_from_slice(extra);
+        let out = itbackup(&args, &[]);
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+        json_of(&out)
+    };
+    let report = status(&["--rpo", "24h"], 1);
+    assert_eq!(
+        report["services"][0]["newest"]["name"], "day0",
+        "{report:#}"
+    );
+    assert!(report["alarms"].to_string().contains("RPO breached"));
+    let report = status(&["--rpo", "2d"], 0);
+    assert_eq!(report["services"][0]["verification"]["checked"], "sizes");
+    // A full verification downloads the newest backup, re-hashes it and
+    // decodes it: these fakes pass the checksum and fail the decode.
+    let report = status(&["--rpo", "2d", "--verify"], 1);
+    let problem = report["services"][0]["verification"]["problem"].to_string();
+    assert!(
+        problem.contains("cannot be read as a tar archive"),
+        "{report:#}"
+    );
+
+    // Prune keeps the two newest complete backups and the running upload.
+    let out = ok(
+        &["--json", "prune", "--from", &url, "--keep-last", "2"],
+        &[],
+    );
+    let done = json_of(&out);
+    assert_eq!(done["removed"], 3, "{done:#}");
+    let mut names: Vec<String> = remote_list(&url)["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["day0", "day1", "running"]);
+
+    // Once the unfinished upload is older than the grace period, it goes too;
+    // the newest complete backup never does.
+    std::thread::sleep(Duration::from_secs(2));
+    let done = json_of(&ok(
+        &[
+            "--json",
+            "prune",
+            "--from",
+            &url,
+            "--keep-last",
+            "1",
+            "--grace",
+            "1s",
+        ],
+        &[],
+    ));
+    assert_eq!(done["removed"], 2, "{done:#}");
+    let names: Vec<String> = remote_list(&url)["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["day0"]);
+}
