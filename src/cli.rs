@@ -93,6 +93,12 @@ pub enum Command {
     /// back), the manifest last: an interrupted push leaves a backup that
     /// `list --from` shows as incomplete, and running it again completes it.
     Push(PushArgs),
+    /// Download a backup from a repository into the local root (or DIR).
+    ///
+    /// Every object is streamed through SHA-256 and checked against the
+    /// manifest; the manifest is written last, so an interrupted download is an
+    /// incomplete local backup. Sealed artifacts stay sealed.
+    Pull(PullArgs),
     /// Create an age key pair for encrypted backups.
     ///
     /// Writes the private identity to FILE (owner-only) and prints the public
@@ -197,6 +203,17 @@ pub struct PushArgs {
     /// The repository: s3://bucket/prefix (the backup goes to <prefix>/<TIMESTAMP>).
     #[arg(value_name = "URL")]
     pub url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The backup: URL/<TIMESTAMP>, or URL for the repository's newest complete one.
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// Directory to put the backup directory in (default: the root).
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

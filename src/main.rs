@@ -154,6 +154,12 @@ async fn run(cli: &Cli) -> Result<()> {
             let outcome = location.push(&args.dir).await?;
             report::push(&outcome, json);
         }
+        Command::Pull(args) => {
+            let settings = Settings::resolve(cli, None)?;
+            let parent = args.dir.clone().unwrap_or_else(|| settings.root.clone());
+            let outcome = remote::pull(&args.url, &parent).await?;
+            report::pull(&outcome, json);
+        }
         Command::Keygen(args) => {
             let recipient = seal::write_new_identity(&args.out)?;
             report::keygen(&args.out, &recipient, json);

@@ -577,6 +577,42 @@ pub struct Staged {
     _staging: tempfile::TempDir,
 }
 
+/// What `pull` did.
+#[derive(Debug, Serialize)]
+pub struct PullOutcome {
+    pub dir: PathBuf,
+    pub timestamp: String,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// `itbackup pull`: download a backup into `parent/<name>`, never over a
+/// complete local backup.
+pub async fn pull(url: &str, parent: &Path) -> Result<PullOutcome> {
+    let started = std::time::Instant::now();
+    let (remote, name) = Remote::locate(url).await?;
+    let name = match name {
+        Some(name) => name,
+        None => remote.newest_complete().await?,
+    };
+    let dir = parent.join(&name);
+    if dir.join(MANIFEST_FILE).exists() {
+        return Err(Error::failure(
+            "download",
+            format!("{} already holds a complete backup", dir.display()),
+        )
+        .hint("remove it first, or pull into another directory"));
+    }
+    let _lock = crate::lock::RootLock::acquire(parent, "pull")?;
+    let manifest = remote.fetch(&name, &dir).await?;
+    Ok(PullOutcome {
+        dir,
+        timestamp: manifest.timestamp.clone(),
+        bytes: manifest.artifacts.values().map(|r| r.bytes).sum(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 /// Download the backup named by `url` (`URL/<TS>`, or the newest complete one
 /// under `URL`) into a staging directory under `root`.
 pub async fn fetch_to_staging(url: &str, root: &Path) -> Result<Staged> {

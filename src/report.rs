@@ -205,6 +205,18 @@ pub fn push(outcome: &crate::remote::PushOutcome, json: bool) {
     );
 }
 
+pub fn pull(outcome: &crate::remote::PullOutcome, json: bool) {
+    if json {
+        return print_json(&json!({"ok": true, "result": outcome}));
+    }
+    println!(
+        "backup downloaded: {} ({} in {:.1} s, every object checked against the manifest)",
+        outcome.dir.display(),
+        size(outcome.bytes),
+        outcome.seconds
+    );
+}
+
 pub fn keygen(identity: &Path, recipient: &str, json: bool) {
     if json {
         return print_json(&json!({"identity": identity, "recipient": recipient}));

@@ -348,6 +348,16 @@ fn an_interrupted_upload_is_incomplete_until_it_is_run_again() {
     ok(&["push", dir.to_str().unwrap(), &url], &[]);
     assert_eq!(remote_list(&url)["backups"][0]["complete"], true);
     ok(&["--root", r, "verify", "--from", &url], &[]);
+
+    // Pulled to another host's root, it is a complete local backup.
+    let elsewhere = temp_root();
+    let e = elsewhere.path().to_str().unwrap();
+    ok(&["--root", e, "pull", &url], &[]);
+    let listed = json_of(&ok(&["--root", e, "--json", "list"], &[]));
+    assert_eq!(listed["backups"][0]["complete"], true, "{listed:#}");
+    ok(&["--root", e, "verify"], &[]);
+    let err = fails(&["--root", e, "pull", &url], &[], 1);
+    assert!(err.contains("already holds a complete backup"), "{err}");
     psql("postgres", "DROP DATABASE itb_remote_big");
 }
 
