@@ -477,6 +477,11 @@ pub struct ScheduleArgs {
     #[arg(long, value_name = "LIST")]
     pub services: Option<ServiceList>,
 
+    /// Upload each backup to this repository (as `backup --upload`); the
+    /// retention policy then prunes the repository too.
+    #[arg(long, value_name = "URL")]
+    pub upload: Option<String>,
+
     /// After each backup, run the recovery drill too (see `itbackup drill`).
     #[arg(long)]
     pub drill: bool,

@@ -222,6 +222,7 @@ async fn one_run(
         out: None,
         services: args.services.clone(),
         timestamp: Some(fresh_timestamp(&settings.root)),
+        upload: args.upload.clone(),
         ..Default::default()
     };
     let ctx = RunContext::backup(settings, &request, &args.hooks, &args.monitor);
@@ -280,8 +281,19 @@ async fn one_run(
 
     if *stop.borrow() == 0 && !retention.policy.is_empty() {
         let ctx = step_context("prune", settings, args, None);
-        let location = LocalRoot::new(&settings.root);
-        let work = async { prune::run(&location, retention) };
+        let work = async {
+            let mut outcome = prune::run(&LocalRoot::new(&settings.root), retention)?;
+            // The same policy for the repository the backups go to.
+            if let Some(url) = &args.upload {
+                let remote = prune::run(
+                    &prune::RemoteRoot::new(crate::remote::Remote::open(url)?),
+                    retention,
+                )?;
+                outcome.removed += remote.removed;
+                outcome.freed_bytes += remote.freed_bytes;
+            }
+            Ok(outcome)
+        };
         let pruned = hooks::around(&ctx, work, |_, _| {}).await;
         match &pruned {
             Ok(p) => tracing::info!(run = number, removed = p.removed, "pruned"),

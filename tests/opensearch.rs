@@ -228,15 +228,8 @@ impl Os {
     }
 }
 
-fn round_trip(method: &str) {
-    let _guard = serial();
-    let os = Os::new();
-    os.create_fixture();
-    let before = os.state();
-    assert_eq!(before["itb-a/count"], json!(12_000));
-
-    let root = temp_root();
-    let root_arg = root.path().to_str().unwrap();
+/// Back up the test indices (`itb-*`) with `method` into the root `root_arg`.
+fn backup_fixture(root_arg: &str, method: &str) {
     ok(
         &[
             "--root",
@@ -251,6 +244,18 @@ fn round_trip(method: &str) {
         ],
         &[],
     );
+}
+
+fn round_trip(method: &str) {
+    let _guard = serial();
+    let os = Os::new();
+    os.create_fixture();
+    let before = os.state();
+    assert_eq!(before["itb-a/count"], json!(12_000));
+
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    backup_fixture(root_arg, method);
     let dir = only_backup(root.path());
     let manifest: Value =
         serde_json::from_slice(&fs::read(dir.join("backup-manifest.json")).unwrap()).unwrap();
@@ -319,20 +324,7 @@ fn logical_round_trip_on_a_cluster_without_pipelines_or_templates() {
     let before = os.digest("itb-bare");
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
-    ok(
-        &[
-            "--root",
-            root_arg,
-            "backup",
-            "--services",
-            "opensearch",
-            "--opensearch-method",
-            "logical",
-            "--indices",
-            "itb-*",
-        ],
-        &[],
-    );
+    backup_fixture(root_arg, "logical");
     os.wipe_fixture();
     ok(&["--root", root_arg, "restore", "--yes"], &[]);
     assert_eq!(os.digest("itb-bare"), before);
@@ -347,20 +339,7 @@ fn an_interrupted_logical_restore_can_simply_be_run_again() {
     let before = os.state();
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
-    ok(
-        &[
-            "--root",
-            root_arg,
-            "backup",
-            "--services",
-            "opensearch",
-            "--opensearch-method",
-            "logical",
-            "--indices",
-            "itb-*",
-        ],
-        &[],
-    );
+    backup_fixture(root_arg, "logical");
     os.wipe_fixture();
     // Killed once the first index is back but before its documents are.
     let half_way = || {
