@@ -109,7 +109,7 @@ BODY="$W/section.md"
 {
   echo "## Remote repositories and encryption (bench/remote.sh $RUNS)"
   echo
-  echo "Reproduce: \`bench/remote.sh $RUNS\` (BLOB_MB=$BLOB_MB). itbackup $(itbackup_version), commit $(itbackup_commit); $AWS_VERSION; MinIO from testenv on loopback, same disk."
+  echo "Reproduce: \`bench/remote.sh $RUNS\` (BLOB_MB=$BLOB_MB). $(itbackup_version), commit $(itbackup_commit); $AWS_VERSION; MinIO from testenv on loopback, same disk."
   echo "Machine: $(machine_line); $LOAD_BEFORE before, $(load_line) after."
   echo
   echo "Backup directory: $(awk -v b="$BYTES" 'BEGIN{printf "%.0f MB", b/1048576}') (every database of the bench PostgreSQL, among them $BLOB_MB MB of random bytes); sealed: $(awk -v b="$SEALED_BYTES" 'BEGIN{printf "%.0f MB", b/1048576}')."

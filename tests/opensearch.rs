@@ -328,6 +328,29 @@ fn logical_round_trip_on_a_cluster_without_pipelines_or_templates() {
     os.wipe_fixture();
     ok(&["--root", root_arg, "restore", "--yes"], &[]);
     assert_eq!(os.digest("itb-bare"), before);
+
+    // A document the index refuses (a text in a long field) fails the
+    // restore and is named.
+    let dir = only_backup(root.path());
+    let export = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
+        .unwrap();
+    let text =
+        String::from_utf8(zstd::decode_all(fs::File::open(&export).unwrap()).unwrap()).unwrap();
+    assert!(
+        text.contains(r#""_source":{"n":2}"#) || text.contains(r#""source":{"n":2}"#),
+        "{text}"
+    );
+    let bad = text.replace(r#"{"n":2}"#, r#"{"n":"not a number"}"#);
+    fs::write(&export, zstd::encode_all(bad.as_bytes(), 3).unwrap()).unwrap();
+    forge(&dir, itbackup::service::Service::Opensearch, &export);
+    let err = fails(&["--root", root_arg, "restore", "--yes"], &[], 1);
+    assert!(
+        err.contains(r#"document "2" of index itb-bare was refused"#),
+        "{err}"
+    );
     os.wipe_fixture();
 }
 

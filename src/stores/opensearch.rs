@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -99,6 +98,15 @@ impl Http {
         &self,
         builder: reqwest::RequestBuilder,
     ) -> std::result::Result<Value, HttpError> {
+        let bytes = self.send_bytes(builder).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Send; the body of a successful answer as bytes, any other answer as an error.
+    async fn send_bytes(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> std::result::Result<bytes::Bytes, HttpError> {
         let response = builder.send().await.map_err(|e| HttpError {
             status: None,
             unreachable: e.is_connect() || e.is_timeout(),
@@ -111,7 +119,7 @@ impl Http {
             message: e.to_string(),
         })?;
         if status.is_success() {
-            return Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null));
+            return Ok(bytes);
         }
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let reason = body
@@ -1451,18 +1459,40 @@ impl Loader {
     }
 }
 
+/// The part of a `_bulk` answer that matters. Read without building a JSON
+/// tree: an answer carries one item per document, and most of it is ignored.
+#[derive(Deserialize)]
+struct BulkAnswer {
+    errors: bool,
+    #[serde(default)]
+    items: Vec<BTreeMap<String, BulkItem>>,
+}
+
+#[derive(Deserialize)]
+struct BulkItem {
+    #[serde(rename = "_id", default)]
+    id: Option<String>,
+    #[serde(rename = "_index", default)]
+    index: Option<String>,
+    #[serde(default)]
+    status: u16,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
 /// One `_bulk` request, retried with back-off while the cluster pushes back (429).
-/// Every action carries its `_id`, so sending a batch twice is harmless.
+/// Every action carries its `_id`, so sending a batch twice is harmless. The
+/// body is shared between attempts, never copied.
 async fn bulk(http: &Http, body: Vec<u8>) -> Result<()> {
     let step = "restore documents (_bulk)";
-    let body = Arc::new(body);
+    let body = bytes::Bytes::from(body);
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=10 {
         let request = http
             .request(Method::POST, "_bulk?pipeline=_none")
             .header("content-type", "application/x-ndjson")
-            .body((*body).clone());
-        let answer = match http.send_raw(request).await {
+            .body(body.clone());
+        let answer = match http.send_bytes(request).await {
             Ok(answer) => answer,
             Err(HttpError {
                 status: Some(StatusCode::TOO_MANY_REQUESTS),
@@ -1474,20 +1504,26 @@ async fn bulk(http: &Http, body: Vec<u8>) -> Result<()> {
             }
             Err(e) => return Err(http.error(step, e)),
         };
-        if !answer["errors"].as_bool().unwrap_or(false) {
+        let answer: BulkAnswer = serde_json::from_slice(&answer).map_err(|e| {
+            Error::failure(step, format!("unreadable _bulk answer: {e}")).service(SVC)
+        })?;
+        if !answer.errors {
             return Ok(());
         }
-        let items = answer["items"].as_array().cloned().unwrap_or_default();
-        let rejected = items.iter().any(|item| item["index"]["status"] == 429);
-        let failure = items.iter().find(|item| {
-            let status = item["index"]["status"].as_u64().unwrap_or(0);
-            !(200..300).contains(&status) && status != 429
-        });
-        if let Some(item) = failure {
-            let doc = &item["index"];
+        let results = answer.items.iter().flat_map(|item| item.values());
+        let rejected = results.clone().any(|item| item.status == 429);
+        let failure = results
+            .clone()
+            .find(|item| !(200..300).contains(&item.status) && item.status != 429);
+        if let Some(doc) = failure {
             return Err(Error::failure(
                 step,
-                format!("document {} of index {} was refused: {}", doc["_id"], doc["_index"], doc["error"]),
+                format!(
+                    "document \"{}\" of index {} was refused: {}",
+                    doc.id.as_deref().unwrap_or("?"),
+                    doc.index.as_deref().unwrap_or("?"),
+                    doc.error.as_ref().map(|e| e.to_string()).unwrap_or_default()
+                ),
             )
             .service(SVC)
             .hint("the target cluster's mappings or settings differ from the backup's; check the index template and mappings"));
