@@ -15,12 +15,18 @@ bench_up postgres opensearch neo4j
 MEASURE_OUT="$BENCH_WORK/drill.tsv"
 : >"$MEASURE_OUT"
 
-# ~750 MB of ordinary PostgreSQL data beside the drill's table, made once.
-if [ "$(psql -X -Atqc "SELECT count(*) FROM pg_database WHERE datname = 'bench_pgbench'" postgres)" != 1 ]; then
-  blog "creating bench_pgbench (pgbench -i -s 50)"
-  psql -X -qc "CREATE DATABASE bench_pgbench" postgres
-  "$IT_PG_BIN/pgbench" -i -s 50 -q bench_pgbench >&2
+# ~750 MB of ordinary PostgreSQL data beside the drill's table: the same
+# `pgbench -i -s 50` database "bench" that bench/postgres.sh uses (made once,
+# reused while its row count matches).
+have_rows=$(psql -X -Atqc "SELECT count(*) FROM pgbench_accounts" bench 2>/dev/null || echo 0)
+if [ "$have_rows" != 5000000 ]; then
+  blog "creating bench (pgbench -i -s 50)"
+  psql -X -qc "DROP DATABASE IF EXISTS bench WITH (FORCE)" postgres
+  psql -X -qc "CREATE DATABASE bench" postgres
+  "$IT_PG_BIN/pgbench" -i -s 50 -q bench >&2
 fi
+others=$(psql -X -Atqc "SELECT string_agg(datname, ',') FROM pg_database WHERE NOT datistemplate AND datname NOT IN ('postgres', 'bench')" postgres)
+[ -z "$others" ] || bdie "other databases on the bench PostgreSQL ($others) would change the reference scale: drop them first"
 
 root="$BENCH_WORK/drill-backups"
 rm -rf "$root"

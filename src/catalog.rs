@@ -39,7 +39,10 @@ pub fn scan(root: &Path) -> Result<Vec<BackupEntry>> {
     for item in read {
         let item = item.map_err(|e| io_error(None, step, root.display(), e))?;
         let name = item.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !item.path().is_dir() {
+        // A symbolic link is never taken for a backup (itbackup never writes
+        // one, and following it could restore something from elsewhere).
+        let is_real_dir = fs::symlink_metadata(item.path()).is_ok_and(|m| m.is_dir());
+        if name.starts_with('.') || !is_real_dir {
             continue;
         }
         entries.push(describe(&item.path(), name));
@@ -140,4 +143,25 @@ pub fn newest_complete(root: &Path) -> Result<PathBuf> {
             )
             .hint("pass --path DIR, set --root/IT_BACKUP_ROOT to where the backups are, or run `itbackup backup` first")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symbolic_link_is_never_taken_for_a_backup() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let real = root.path().join("20250201_101500");
+        fs::create_dir(&real).unwrap();
+        crate::manifest::tests::sample().write(&real).unwrap();
+        crate::manifest::tests::sample()
+            .write(elsewhere.path())
+            .unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join("20990101_000000")).unwrap();
+        let entries = scan(root.path()).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].path, real);
+    }
 }

@@ -132,3 +132,28 @@ fn drill_needs_consent_before_rewinding_stores_that_hold_other_data() {
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
     psql("postgres", "DROP DATABASE drill_canary");
 }
+
+/// Scales beyond 2^31 / 7919 once overflowed the synthetic rows' arithmetic
+/// (found by the reference-scale benchmark); PostgreSQL alone keeps it quick.
+#[test]
+fn drill_populates_large_scales() {
+    let _guard = serial();
+    let root = temp_root();
+    let out = ok(
+        &[
+            "--root",
+            root.path().to_str().unwrap(),
+            "--json",
+            "drill",
+            "--yes",
+            "--services",
+            "postgres",
+            "--scale",
+            "300000",
+        ],
+        &[],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(v["postgres_rows"], 300000, "{v:#}");
+}

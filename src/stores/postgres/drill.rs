@@ -75,7 +75,7 @@ impl DrillData for Postgres {
                     decode(md5(i::text), 'hex'),
                     timestamptz '2024-01-01 00:00:00+00' + i * interval '1 second',
                     md5(i::text)::uuid
-             FROM generate_series(1, {scale}) AS i;
+             FROM generate_series(1::bigint, {scale}::bigint) AS i;
              CREATE INDEX ON {DRILL_TABLE} (seen);
              ANALYZE {DRILL_TABLE};"
         ))
