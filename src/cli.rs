@@ -23,6 +23,11 @@ Quick start against the local stack:
   itbackup verify                        # re-hash and decode the newest backup
   itbackup restore --yes                 # verify, then restore the newest backup
 
+Off the host, encrypted (credentials from AWS_* variables, see docs/remote.md):
+  itbackup keygen --out key.txt          # an age key pair; prints the recipient
+  itbackup backup --encrypt-to age1… --upload s3://bucket/prefix
+  itbackup restore --from s3://bucket/prefix --identity key.txt --yes
+
 Connections come from the usual variables: PGHOST PGPORT PGUSER PGPASSWORD,
 OPENSEARCH_URL, NEO4J_URI NEO4J_USER NEO4J_PASSWORD. Settings may also live in a
 TOML file (--config, IT_CONFIG or ./itbackup.toml); flags beat the environment,

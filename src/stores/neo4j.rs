@@ -8,9 +8,9 @@
 //!   floats including NaN and ±∞, byte arrays, every temporal type (as the
 //!   ISO strings Neo4j itself prints and parses), points with their CRS.
 //!   Restore replaces the database: it wipes it, loads nodes in batches
-//!   (`UNWIND $rows …`, several transactions in flight), matches relationship
-//!   endpoints through a temporary label, property and index, then creates
-//!   the schema and removes the temporary markers.
+//!   (`UNWIND $rows …`, several transactions in flight) while recording each
+//!   exported id's new internal id in a scratch-file map, creates the
+//!   relationships by direct lookup of those ids, then creates the schema.
 //! * **dump**: `neo4j-admin database dump/load` (the runbook's `.dump`), with
 //!   the server stopped around it.
 //!
