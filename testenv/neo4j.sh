@@ -72,6 +72,9 @@ server.memory.heap.initial_size=$NEO4J_HEAP
 server.memory.heap.max_size=$NEO4J_HEAP
 server.memory.pagecache.size=$NEO4J_PAGECACHE
 dbms.security.auth_enabled=true
+# Test servers never need old transaction logs. The default keeps two days of
+# them, which repeated million-node drills turned into 47 GB (a full disk).
+db.tx_log.rotation.retention_policy=512M size
 CONF
   if [ ! -e "$NEO4J_DATA_DIR/dbms/auth.ini" ]; then
     "$NEO4J_ADMIN_BIN" dbms set-initial-password "$NEO4J_PASSWORD" >"$NEO4J_LOGS/set-password.log" 2>&1 \
