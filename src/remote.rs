@@ -205,11 +205,16 @@ impl Remote {
                 )))
             }
             Err(object_store::Error::NotFound { .. }) => {
-                // `URL/<TS>` of a backup without a manifest: say so, rather
-                // than look for backups inside it.
-                if let Some((parent, name)) = remote.split_last() {
-                    let backups = parent.backups().await?;
-                    if backups.iter().any(|b| b.name == name && !b.complete) {
+                // Files right under the URL (not in sub-directories) make it
+                // a backup without a manifest: say so, rather than look for
+                // backups inside it. One listing of this level only.
+                let level = remote
+                    .store
+                    .list_with_delimiter(Some(&remote.prefix))
+                    .await
+                    .map_err(|e| remote_error("read repository", url, e))?;
+                if !level.objects.is_empty() {
+                    if let Some((parent, name)) = remote.split_last() {
                         return Err(Error::failure(
                             "find backup",
                             format!("the backup {name} in {} is incomplete (no manifest)", parent.url),
