@@ -49,6 +49,10 @@ const PAGE_SIZE: usize = 2000;
 const BULK_BYTES: usize = 8 << 20;
 const BULK_DOCS: usize = 5000;
 const KEEP_ALIVE: &str = "5m";
+/// Every `_bulk` answer is cut to what [`BulkAnswer`] reads: the server then
+/// serialises a few bytes per document instead of its whole result.
+const BULK_PATH: &str =
+    "_bulk?pipeline=_none&filter_path=errors,items.*._id,items.*._index,items.*.status,items.*.error";
 /// Index settings the cluster sets itself; an index is created without them.
 const SERVER_SET: [&str; 7] = [
     "uuid",
@@ -1489,7 +1493,7 @@ async fn bulk(http: &Http, body: Vec<u8>) -> Result<()> {
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=10 {
         let request = http
-            .request(Method::POST, "_bulk?pipeline=_none")
+            .request(Method::POST, BULK_PATH)
             .header("content-type", "application/x-ndjson")
             .body(body.clone());
         let answer = match http.send_bytes(request).await {
