@@ -153,7 +153,7 @@ pub struct PostgresSettings {
     pub user: String,
     pub password: Option<Secret>,
     pub format: PostgresFormat,
-    /// Parallel jobs for pg_restore (default: number of cores).
+    /// Parallel jobs of pg_restore, and databases dumped at once (default: number of cores).
     pub jobs: usize,
     /// Directory of pg_dump/pg_restore/psql; `None` means look them up on PATH.
     pub bin_dir: Option<PathBuf>,

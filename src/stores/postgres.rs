@@ -291,35 +291,50 @@ impl Postgres {
         Ok(pending)
     }
 
-    /// Dump globals and every database into `work`; returns (member name, file) pairs.
+    /// Dump globals and every database into `work`; returns (member name, file)
+    /// pairs in database order. Databases are dumped `jobs` at a time (each from
+    /// its own snapshot, as PostgreSQL has no snapshot across databases), the
+    /// globals beside them: a cluster of many databases is not dumped one by one.
     async fn dump_databases(
         &self,
         work: &Path,
         record: &mut ArtifactRecord,
     ) -> Result<Vec<(String, PathBuf)>> {
+        use futures::stream::{StreamExt, TryStreamExt};
         let globals = work.join(GLOBALS_MEMBER);
         let cmd = self
             .tool("pg_dumpall")
             .args(["--globals-only", "--no-password"]);
         let file = globals.clone();
-        blocking(move || {
+        let dump_globals = blocking(move || {
             tool_output_to_file(&cmd, &file, "dump globals (pg_dumpall --globals-only)")
-        })
-        .await?;
-        let mut members = vec![(GLOBALS_MEMBER.to_string(), globals)];
+        });
 
         let admin = self.connect("postgres", "list databases").await?;
         let databases = self.databases(&admin).await?;
         drop(admin);
+        let dump_all = futures::stream::iter(databases.iter().cloned().enumerate())
+            .map(|(index, database)| async move {
+                let path = work.join(format!("{index:03}.dump"));
+                let mut counts = BTreeMap::new();
+                self.dump_database(&database, &path, &mut counts).await?;
+                tracing::info!(database = %database, "postgres: dumped database");
+                Ok::<_, Error>((index, path, counts))
+            })
+            .buffer_unordered(self.settings.jobs)
+            .try_collect::<Vec<_>>();
+        let (globals_dumped, dumped) = tokio::join!(dump_globals, dump_all);
+        globals_dumped?;
+        let mut dumped = dumped?;
+        dumped.sort_by_key(|(index, _, _)| *index);
+
+        let mut members = vec![(GLOBALS_MEMBER.to_string(), globals)];
         let mut entries = Vec::new();
-        for (index, database) in databases.iter().enumerate() {
+        for (index, path, counts) in dumped {
             let member = format!("databases/{index:03}.dump");
-            let path = work.join(format!("{index:03}.dump"));
-            self.dump_database(database, &path, &mut record.counts)
-                .await?;
-            tracing::info!(database = %database, "postgres: dumped database");
+            record.counts.extend(counts);
             entries.push(DatabaseEntry {
-                name: database.clone(),
+                name: databases[index].clone(),
                 member: member.clone(),
             });
             members.push((member, path));
@@ -566,7 +581,10 @@ impl Store for Postgres {
             PostgresFormat::Custom => vec![
                 format!("connect to {} as {} and list the databases", self.endpoint(), self.settings.user),
                 self.tool("pg_dumpall").args(["--globals-only", "--no-password"]).to_string() + " > globals.sql",
-                "for each database: open a repeatable-read snapshot, count the rows of every table, then".into(),
+                format!(
+                    "for each database, {} at a time: open a repeatable-read snapshot, count the rows of every table while",
+                    self.settings.jobs
+                ),
                 self.tool("pg_dump")
                     .args(["--format=custom", "--no-password", "--snapshot=<snapshot>", "-d", "dbname='<database>'"])
                     .to_string(),
