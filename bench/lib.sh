@@ -24,6 +24,8 @@ export IT_TESTENV_S3_CONSOLE_PORT=${IT_TESTENV_S3_CONSOLE_PORT:-19901}
 export IT_TESTENV_OPENSEARCH_HEAP=${IT_TESTENV_OPENSEARCH_HEAP:-1g}
 export IT_TESTENV_NEO4J_HEAP=${IT_TESTENV_NEO4J_HEAP:-1g}
 export IT_TESTENV_NEO4J_PAGECACHE=${IT_TESTENV_NEO4J_PAGECACHE:-512m}
+# APOC Core in the bench Neo4j: bench/neo4j.sh compares against its JSON export/import.
+export IT_TESTENV_NEO4J_APOC=${IT_TESTENV_NEO4J_APOC:-1}
 
 # Scratch space for datasets, backups and peer tools (never inside the repo).
 BENCH_WORK=${BENCH_WORK:-/var/tmp/itbackup-bench-work}

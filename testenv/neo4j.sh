@@ -54,6 +54,54 @@ SH
   date >"$NEO4J_HOME_DIR/lib/.complete"
 }
 
+# APOC Core of the same version as the server, with the libraries it needs
+# that the server does not already have (a second copy of a library in lib/
+# and plugins/ would put two versions of its classes on the classpath).
+neo4j_install_apoc() {
+  local plugins="$NEO4J_DIR/plugins"
+  [ -s "$plugins/.apoc-$NEO4J_VERSION-3" ] && return 0
+  local build="$NEO4J_DIR/build-apoc" jar base
+  mkdir -p "$build" "$plugins"
+  cat >"$build/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>itbackup.testenv</groupId>
+  <artifactId>neo4j-apoc-core</artifactId>
+  <version>1</version>
+  <dependencies>
+    <dependency>
+      <groupId>org.neo4j.procedure</groupId>
+      <artifactId>apoc-core</artifactId>
+      <version>$NEO4J_VERSION</version>
+    </dependency>
+    <!-- Shaded into the tarball's plugin jar, separate on Maven Central:
+         apoc-common, and Guava, which apoc.import.json needs. -->
+    <dependency>
+      <groupId>org.neo4j.procedure</groupId>
+      <artifactId>apoc-common</artifactId>
+      <version>$NEO4J_VERSION</version>
+    </dependency>
+    <dependency>
+      <groupId>com.google.guava</groupId>
+      <artifactId>guava</artifactId>
+      <version>33.5.0-jre</version>
+    </dependency>
+  </dependencies>
+</project>
+POM
+  log "installing APOC Core $NEO4J_VERSION from Maven Central into $plugins"
+  rm -rf "$build/jars" && mkdir -p "$build/jars"
+  maven_copy_deps "$build" "$build/jars"
+  rm -f "$plugins"/*.jar
+  for jar in "$build/jars"/*.jar; do
+    base=$(basename "$jar" | sed -E 's/-[0-9][^-]*(-[A-Za-z0-9.]+)?\.jar$//')
+    compgen -G "$NEO4J_HOME_DIR/lib/$base-[0-9]*.jar" >/dev/null || cp "$jar" "$plugins/"
+  done
+  # -3: the third layout (with apoc-common and Guava); an older install is redone.
+  rm -f "$plugins"/.apoc-*
+  date >"$plugins/.apoc-$NEO4J_VERSION-3"
+}
+
 neo4j_configure() {
   mkdir -p "$NEO4J_CONF_DIR" "$NEO4J_DATA_DIR" "$NEO4J_LOGS" "$NEO4J_DIR/run" "$NEO4J_DIR/import" "$NEO4J_DIR/plugins"
   cat >"$NEO4J_CONF_DIR/neo4j.conf" <<CONF
@@ -76,6 +124,14 @@ dbms.security.auth_enabled=true
 # them, which repeated million-node drills turned into 47 GB (a full disk).
 db.tx_log.rotation.retention_policy=512M size
 CONF
+  if [ "$NEO4J_APOC" = 1 ]; then
+    neo4j_install_apoc
+    printf 'dbms.security.procedures.unrestricted=apoc.*\n' >>"$NEO4J_CONF_DIR/neo4j.conf"
+    # Files are read and written in the import directory only.
+    printf 'apoc.export.file.enabled=true\napoc.import.file.enabled=true\n' >"$NEO4J_CONF_DIR/apoc.conf"
+  else
+    rm -f "$NEO4J_CONF_DIR/apoc.conf" "$NEO4J_DIR/plugins"/*.jar "$NEO4J_DIR/plugins"/.apoc-*
+  fi
   if [ ! -e "$NEO4J_DATA_DIR/dbms/auth.ini" ]; then
     "$NEO4J_ADMIN_BIN" dbms set-initial-password "$NEO4J_PASSWORD" >"$NEO4J_LOGS/set-password.log" 2>&1 \
       || fail_start neo4j "$NEO4J_LOGS/set-password.log" "neo4j-admin dbms set-initial-password failed"
@@ -97,9 +153,11 @@ neo4j_start() {
   require_free_port neo4j "$NEO4J_HTTP_PORT"
   : >"$NEO4J_CONSOLE"
   # setsid: the server outlives this script and the caller's terminal or pipe.
+  # plugins/ is on the class path as bin/neo4j puts it there: APOC's extensions
+  # (its configuration component) are found only that way.
   NEO4J_HOME="$NEO4J_HOME_DIR" NEO4J_CONF="$NEO4J_CONF_DIR" setsid "$JAVA" \
     -Xms"$NEO4J_HEAP" -Xmx"$NEO4J_HEAP" -XX:+ExitOnOutOfMemoryError \
-    -cp "$NEO4J_HOME_DIR/lib/*" org.neo4j.server.CommunityEntryPoint \
+    -cp "$NEO4J_HOME_DIR/lib/*:$NEO4J_DIR/plugins/*" org.neo4j.server.CommunityEntryPoint \
     --home-dir="$NEO4J_HOME_DIR" --config-dir="$NEO4J_CONF_DIR" \
     </dev/null >>"$NEO4J_CONSOLE" 2>&1 &
   echo $! >"$NEO4J_PIDFILE"
@@ -118,8 +176,8 @@ neo4j_describe() {
 
 # The command that stops or starts this very stack (its directory and ports).
 neo4j_lifecycle() {
-  printf 'IT_TESTENV_DIR=%s IT_TESTENV_NEO4J_BOLT_PORT=%s IT_TESTENV_NEO4J_HTTP_PORT=%s IT_TESTENV_NEO4J_HEAP=%s IT_TESTENV_NEO4J_PAGECACHE=%s %s/%s neo4j' \
-    "$STATE" "$NEO4J_BOLT_PORT" "$NEO4J_HTTP_PORT" "$NEO4J_HEAP" "$NEO4J_PAGECACHE" "$TESTENV_SRC" "$1"
+  printf 'IT_TESTENV_DIR=%s IT_TESTENV_NEO4J_BOLT_PORT=%s IT_TESTENV_NEO4J_HTTP_PORT=%s IT_TESTENV_NEO4J_HEAP=%s IT_TESTENV_NEO4J_PAGECACHE=%s IT_TESTENV_NEO4J_APOC=%s %s/%s neo4j' \
+    "$STATE" "$NEO4J_BOLT_PORT" "$NEO4J_HTTP_PORT" "$NEO4J_HEAP" "$NEO4J_PAGECACHE" "$NEO4J_APOC" "$TESTENV_SRC" "$1"
 }
 
 neo4j_env() {
