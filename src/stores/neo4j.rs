@@ -415,9 +415,18 @@ fn json_to_bolt(value: &Value) -> BoltType {
     }
 }
 
-/// One row for an `UNWIND $rows` batch: `{id, props, special}` for a node,
-/// `{s, e, props, special}` (the endpoints' new ids) for a relationship.
-fn restore_row(line: &Line, endpoints: Option<(i64, i64)>) -> Result<BoltType> {
+/// Where a restore row goes: a node's place in its batch, or a relationship's
+/// endpoints (their new ids).
+#[derive(Clone, Copy)]
+enum RowPlace {
+    Node(usize),
+    Relationship(i64, i64),
+}
+
+/// One row for an `UNWIND $rows` batch: `{i, props, special}` for a node (its
+/// place in the batch), `{s, e, props, special}` (the endpoints' new ids) for a
+/// relationship.
+fn restore_row(line: &Line, place: RowPlace) -> Result<BoltType> {
     let mut props = neo4rs::BoltMap::new();
     let mut special = Vec::new();
     for (key, typed) in line.props.iter().flatten() {
@@ -441,15 +450,12 @@ fn restore_row(line: &Line, endpoints: Option<(i64, i64)>) -> Result<BoltType> {
         }
     }
     let mut row = neo4rs::BoltMap::new();
-    match endpoints {
-        Some((start, end)) => {
+    match place {
+        RowPlace::Relationship(start, end) => {
             row.put("s".into(), BoltType::from(start));
             row.put("e".into(), BoltType::from(end));
         }
-        None => row.put(
-            "id".into(),
-            BoltType::from(line.id.clone().unwrap_or_default()),
-        ),
+        RowPlace::Node(index) => row.put("i".into(), BoltType::from(index as i64)),
     }
     row.put("props".into(), BoltType::Map(props));
     row.put(
@@ -1092,7 +1098,8 @@ struct Loader {
     batch_size: usize,
     max_in_flight: usize,
     in_flight: tokio::task::JoinSet<Result<Vec<(String, i64)>>>,
-    nodes: HashMap<Vec<String>, Vec<BoltType>>,
+    /// Pending node rows per label set, with their old ids in the same order.
+    nodes: HashMap<Vec<String>, (Vec<BoltType>, Vec<String>)>,
     rels: HashMap<String, Vec<BoltType>>,
     ids: IdMap,
     in_relationships: bool,
@@ -1112,12 +1119,13 @@ impl Loader {
         }
     }
 
-    /// Creates the batch's nodes and answers each one's new id. (`id()` is
+    /// Creates the batch's nodes and answers each one's new id by its place in
+    /// the batch (the old ids stay here: nothing long travels back). `id()` is
     /// deprecated in favour of element ids, but an integer is what lets a
-    /// relationship find its endpoint by direct lookup and keeps the map small.)
+    /// relationship find its endpoint by direct lookup and keeps the map small.
     fn node_cypher(labels: &[String]) -> String {
         let labels: String = labels.iter().map(|l| format!(":{}", quote(l))).collect();
-        format!("UNWIND $rows AS row CREATE (n{labels}) SET n += row.props FOREACH (s IN row.special | SET n[s[0]] = {SPECIAL}) RETURN row.id AS old, toString(id(n)) AS new")
+        format!("UNWIND $rows AS row CREATE (n{labels}) SET n += row.props FOREACH (s IN row.special | SET n[s[0]] = {SPECIAL}) RETURN row.i AS i, id(n) AS new")
     }
 
     fn rel_cypher(rel_type: &str) -> String {
@@ -1131,18 +1139,21 @@ impl Loader {
     async fn node(&mut self, line: &Line) -> Result<()> {
         let mut labels = line.labels.clone().unwrap_or_default();
         labels.sort();
-        let row = restore_row(line, None)?;
+        let old = line.id.clone().unwrap_or_default();
         if self.in_relationships {
             // A node exported late, for a relationship that follows: it must exist first.
             self.drain().await?;
-            self.spawn(Self::node_cypher(&labels), vec![row]).await?;
+            let row = restore_row(line, RowPlace::Node(0))?;
+            self.spawn(Self::node_cypher(&labels), vec![row], vec![old])
+                .await?;
             return self.drain().await;
         }
-        let batch = self.nodes.entry(labels.clone()).or_default();
-        batch.push(row);
-        if batch.len() >= self.batch_size {
-            let rows = std::mem::take(batch);
-            self.spawn(Self::node_cypher(&labels), rows).await?;
+        let (rows, olds) = self.nodes.entry(labels.clone()).or_default();
+        rows.push(restore_row(line, RowPlace::Node(rows.len()))?);
+        olds.push(old);
+        if rows.len() >= self.batch_size {
+            let (rows, olds) = (std::mem::take(rows), std::mem::take(olds));
+            self.spawn(Self::node_cypher(&labels), rows, olds).await?;
         }
         Ok(())
     }
@@ -1174,23 +1185,42 @@ impl Loader {
             self.new_id(line.end.as_deref())?,
         );
         let rel_type = line.rel_type.clone().unwrap_or_default();
-        let row = restore_row(line, Some(endpoints))?;
+        let row = restore_row(line, RowPlace::Relationship(endpoints.0, endpoints.1))?;
         let batch = self.rels.entry(rel_type.clone()).or_default();
         batch.push(row);
         if batch.len() >= self.batch_size {
             let rows = std::mem::take(batch);
-            self.spawn(Self::rel_cypher(&rel_type), rows).await?;
+            self.spawn(Self::rel_cypher(&rel_type), rows, Vec::new())
+                .await?;
         }
         Ok(())
     }
 
-    async fn spawn(&mut self, cypher: String, rows: Vec<BoltType>) -> Result<()> {
+    /// Run a batch in the background; `olds` are a node batch's old ids, in
+    /// row order (empty for relationships), paired with the new ids it answers.
+    async fn spawn(
+        &mut self,
+        cypher: String,
+        rows: Vec<BoltType>,
+        mut olds: Vec<String>,
+    ) -> Result<()> {
         while self.in_flight.len() >= self.max_in_flight {
             self.join_one().await?;
         }
         let graph = self.graph.clone();
-        self.in_flight
-            .spawn(async move { run_batch(&graph, &cypher, rows).await });
+        self.in_flight.spawn(async move {
+            let created = run_batch(&graph, &cypher, rows).await?;
+            created
+                .into_iter()
+                .map(|(place, new)| {
+                    let old = usize::try_from(place).ok().and_then(|p| olds.get_mut(p));
+                    old.map(|old| (std::mem::take(old), new)).ok_or_else(|| {
+                        Error::failure("restore nodes", "Neo4j answered a row that was not sent")
+                            .service(SVC)
+                    })
+                })
+                .collect()
+        });
         Ok(())
     }
 
@@ -1212,15 +1242,16 @@ impl Loader {
     /// Send every buffered batch and wait for all of them.
     async fn drain(&mut self) -> Result<()> {
         let nodes: Vec<_> = self.nodes.drain().collect();
-        for (labels, rows) in nodes {
+        for (labels, (rows, olds)) in nodes {
             if !rows.is_empty() {
-                self.spawn(Self::node_cypher(&labels), rows).await?;
+                self.spawn(Self::node_cypher(&labels), rows, olds).await?;
             }
         }
         let rels: Vec<_> = self.rels.drain().collect();
         for (rel_type, rows) in rels {
             if !rows.is_empty() {
-                self.spawn(Self::rel_cypher(&rel_type), rows).await?;
+                self.spawn(Self::rel_cypher(&rel_type), rows, Vec::new())
+                    .await?;
             }
         }
         while !self.in_flight.is_empty() {
@@ -1236,8 +1267,9 @@ impl Loader {
 
 /// One batch in its own transaction, retried when Neo4j reports a transient
 /// failure (a deadlock between concurrent batches, say). Answers the
-/// `(old, new)` id pairs a node batch returns (none for relationships).
-async fn run_batch(graph: &Graph, cypher: &str, rows: Vec<BoltType>) -> Result<Vec<(String, i64)>> {
+/// `(place in the batch, new id)` pairs a node batch returns (none for
+/// relationships).
+async fn run_batch(graph: &Graph, cypher: &str, rows: Vec<BoltType>) -> Result<Vec<(i64, i64)>> {
     let step = "restore batch";
     let rows = BoltType::List(neo4rs::BoltList::from(rows));
     let mut delay = Duration::from_millis(100);
@@ -1258,16 +1290,15 @@ async fn batch_once(
     graph: &Graph,
     cypher: &str,
     rows: BoltType,
-) -> std::result::Result<Vec<(String, i64)>, neo4rs::Error> {
+) -> std::result::Result<Vec<(i64, i64)>, neo4rs::Error> {
     let mut txn = graph.start_txn().await?;
     let mut stream = txn.execute(query(cypher).param("rows", rows)).await?;
     let mut ids = Vec::new();
     while let Some(row) = stream.next(txn.handle()).await? {
-        // The new id travels as text: neo4rs 0.8 misreads some small integers.
-        if let (Ok(old), Ok(new)) = (row.get::<String>("old"), row.get::<String>("new")) {
-            if let Ok(new) = new.parse() {
-                ids.push((old, new));
-            }
+        // Both are never negative, so neo4rs 0.8's misreading of the tiny
+        // integers -16..-1 cannot touch them.
+        if let (Ok(place), Ok(new)) = (row.get::<i64>("i"), row.get::<i64>("new")) {
+            ids.push((place, new));
         }
     }
     txn.commit().await?;
