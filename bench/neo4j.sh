@@ -239,8 +239,9 @@ body="$W/section.md"
   echo "neo4j-backup $(size_of "$W/nb/project"), itbackup dump $(size_of "$W/it-dump"), bare neo4j-admin dump $(size_of "$W/bare")."
   if [ -n "$APOC_VERSION" ]; then
     echo "APOC Core $APOC_VERSION (org.neo4j.procedure:apoc-core from Maven Central, the plugin the Neo4j tarball ships in labs/, installed by testenv):"
-    echo "\`apoc.export.json.all\` with useTypes to a file in the server's import directory ($(note_of apoc_size), uncompressed), \`apoc.import.json\` with cleanup"
-    echo "after uniqueness constraints on its import id per label, as its documentation asks. Both run inside the server: their time is Cypher client start to"
+    echo "\`apoc.export.json.all\` with useTypes to a file in the server's import directory ($(note_of apoc_size), uncompressed), \`apoc.import.json\`"
+    echo "after uniqueness constraints on its import id per label, as its documentation asks, the import id then removed with Cypher (its own cleanup"
+    echo "option left no relationship; timed with the import). Both run inside the server: their time is Cypher client start to"
     echo "end of the call, their peak RSS (of the small Python client) says nothing about the server's memory; APOC's JSON carries no schema."
   else
     echo "APOC Core could not be started on this stack, so APOC's JSON export/import is not compared."

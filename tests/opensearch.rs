@@ -309,10 +309,10 @@ fn logical_round_trip_on_a_cluster_without_pipelines_or_templates() {
     let _guard = serial();
     let os = Os::new();
     os.wipe_fixture();
+    let (status, pipelines) = os.call(reqwest::Method::GET, "_ingest/pipeline", None);
     assert_eq!(
-        os.call(reqwest::Method::GET, "_ingest/pipeline", None).0,
-        404,
-        "precondition: the test cluster must hold no ingest pipeline"
+        status, 404,
+        "precondition: the test cluster must hold no ingest pipeline; it holds {pipelines}"
     );
     os.put("itb-bare", json!({"settings": {"number_of_replicas": 0}}));
     os.bulk(&[
