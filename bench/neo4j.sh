@@ -135,14 +135,13 @@ for ((i = 1; i <= RUNS; i++)); do
   # ---- export / backup ----------------------------------------------------
   L="" D=""
   if step_on all; then
-  rm -rf "$W/it-logical" && mkdir -p "$W/it-logical"
-  measure "itbackup backup (logical)" "$IT" --root "$W/it-logical" --json backup --services neo4j --neo4j-method logical || true
+    rm -rf "$W/it-logical" && mkdir -p "$W/it-logical"
+    measure "itbackup backup (logical)" "$IT" --root "$W/it-logical" --json backup --services neo4j --neo4j-method logical || true
 
-  rm -rf "$W/nb" && mkdir -p "$W/nb"
-  t0=$SECONDS
-  if ! (cd "$W/nb" && measure "neo4j-backup export" timeout "$CAP" "$PY" "$BENCH_DIR/tools/neo4j_backup_run.py" export project); then
-    note "nb_export" "did not finish within ${CAP}s (or failed); its last progress lines: $(tqdm_tail)"
-  fi
+    rm -rf "$W/nb" && mkdir -p "$W/nb"
+    if ! (cd "$W/nb" && measure "neo4j-backup export" timeout "$CAP" "$PY" "$BENCH_DIR/tools/neo4j_backup_run.py" export project); then
+      note "nb_export" "did not finish within ${CAP}s (or failed); its last progress lines: $(tqdm_tail)"
+    fi
   fi
 
   if [ -n "$APOC_VERSION" ] && step_on apoc; then
@@ -153,30 +152,30 @@ for ((i = 1; i <= RUNS; i++)); do
   fi
 
   if step_on all; then
-  rm -rf "$W/it-dump" && mkdir -p "$W/it-dump"
-  measure "itbackup backup (dump)" "$IT" --root "$W/it-dump" --json backup --services neo4j --neo4j-method dump || true
+    rm -rf "$W/it-dump" && mkdir -p "$W/it-dump"
+    measure "itbackup backup (dump)" "$IT" --root "$W/it-dump" --json backup --services neo4j --neo4j-method dump || true
 
-  rm -rf "$W/bare" && mkdir -p "$W/bare"
-  measure "server stop (testenv)" sh -c "$IT_NEO4J_STOP_CMD" || true
-  measure "neo4j-admin dump (bare)" "$IT_NEO4J_ADMIN" database dump neo4j --to-path="$W/bare" --overwrite-destination=true || true
-  measure "server start (testenv)" sh -c "$IT_NEO4J_START_CMD" || true
+    rm -rf "$W/bare" && mkdir -p "$W/bare"
+    measure "server stop (testenv)" sh -c "$IT_NEO4J_STOP_CMD" || true
+    measure "neo4j-admin dump (bare)" "$IT_NEO4J_ADMIN" database dump neo4j --to-path="$W/bare" --overwrite-destination=true || true
+    measure "server start (testenv)" sh -c "$IT_NEO4J_START_CMD" || true
 
-  # ---- import / restore ---------------------------------------------------
-  L=$(backup_dir "$W/it-logical"); D=$(backup_dir "$W/it-dump")
-  if [ -n "$L" ]; then
-    wipe
-    measure "itbackup restore (logical)" "$IT" --root "$W/it-logical" --json restore --path "$L" --services neo4j --yes || true
-    check_counts "itbackup restore (logical)" || true
-  fi
-
-  if [ -f "$W/nb/project/compressed.json" ]; then
-    wipe
-    if ! (cd "$W/nb" && measure "neo4j-backup import" timeout "$CAP" "$PY" "$BENCH_DIR/tools/neo4j_backup_run.py" import project); then
-      note "nb_import" "stopped at the ${CAP}s cap (or failed) with $(count_nodes) of $NODES nodes and $(count_rels) of $RELS relationships imported; its last progress lines: $(tqdm_tail)"
-    else
-      check_counts "neo4j-backup import" || true
+    # ---- import / restore ---------------------------------------------------
+    L=$(backup_dir "$W/it-logical"); D=$(backup_dir "$W/it-dump")
+    if [ -n "$L" ]; then
+      wipe
+      measure "itbackup restore (logical)" "$IT" --root "$W/it-logical" --json restore --path "$L" --services neo4j --yes || true
+      check_counts "itbackup restore (logical)" || true
     fi
-  fi
+
+    if [ -f "$W/nb/project/compressed.json" ]; then
+      wipe
+      if ! (cd "$W/nb" && measure "neo4j-backup import" timeout "$CAP" "$PY" "$BENCH_DIR/tools/neo4j_backup_run.py" import project); then
+        note "nb_import" "stopped at the ${CAP}s cap (or failed) with $(count_nodes) of $NODES nodes and $(count_rels) of $RELS relationships imported; its last progress lines: $(tqdm_tail)"
+      else
+        check_counts "neo4j-backup import" || true
+      fi
+    fi
   fi
 
   if [ -n "$APOC_VERSION" ] && [ -s "$APOC_PATH" ] && step_on apoc; then
@@ -194,7 +193,6 @@ for ((i = 1; i <= RUNS; i++)); do
       "MATCH (n) WHERE n.neo4jImportId IS NOT NULL CALL (n) { REMOVE n.neo4jImportId } IN TRANSACTIONS OF 10000 ROWS" \
       "MATCH ()-[r]->() WHERE r.neo4jImportId IS NOT NULL CALL (r) { REMOVE r.neo4jImportId } IN TRANSACTIONS OF 10000 ROWS" || true
     check_counts "APOC import" || true
-    cypher "DROP CONSTRAINT bench_apoc_person IF EXISTS" "DROP CONSTRAINT bench_apoc_company IF EXISTS" || true
   fi
 
   if [ -n "$D" ] && step_on all; then
@@ -203,11 +201,12 @@ for ((i = 1; i <= RUNS; i++)); do
   fi
 
   stop_neo4j
+  load_bare=("$IT_NEO4J_ADMIN" database load neo4j --from-path="$W/bare" --overwrite-destination=true)
   if step_on all; then
-    measure "neo4j-admin load (bare)" "$IT_NEO4J_ADMIN" database load neo4j --from-path="$W/bare" --overwrite-destination=true || true
+    measure "neo4j-admin load (bare)" "${load_bare[@]}" || true
   else
-    # Only APOC's steps ran: put the dataset back from the last bare dump.
-    "$IT_NEO4J_ADMIN" database load neo4j --from-path="$W/bare" --overwrite-destination=true >&2
+    # Only APOC's steps ran: put the dataset back from the last bare dump, untimed.
+    "${load_bare[@]}" >&2
   fi
   start_neo4j
   check_counts "neo4j-admin load" || true

@@ -129,10 +129,6 @@ if [ "$(doc_count)" != "$DOCS" ]; then
   "$W/bare_load.sh" "$GEN" >/dev/null
   check_count "dataset creation" || bdie "the dataset was not loaded whole"
 fi
-# Earlier runs created an empty pipeline to work around an itbackup bug (a
-# cluster without ingest pipelines failed the logical export; fixed in 42be136):
-# removed, so that the export runs on such a cluster, as a fresh one is.
-os -XDELETE "$URL/_ingest/pipeline/bench-noop" >/dev/null 2>&1 || true
 OS_VERSION=$(os "$URL/" | jq -r .version.number)
 GEN_MB=$(du -sm "$GEN" | cut -f1)
 STORE_MB=$(os "$URL/_cat/indices/$INDEX?bytes=m&h=pri.store.size" | tr -d ' \n')

@@ -142,6 +142,24 @@ maven_fetch() {
   printf '%s\n' "$file"
 }
 
+# maven_write_pom DIR GROUP:ARTIFACT:VERSION... — a pom in DIR whose only
+# content is those dependencies (its artifactId is DIR's name).
+maven_write_pom() {
+  local dir="$1" coord group artifact version; shift
+  mkdir -p "$dir"
+  {
+    printf '<project xmlns="http://maven.apache.org/POM/4.0.0">\n  <modelVersion>4.0.0</modelVersion>\n'
+    printf '  <groupId>itbackup.testenv</groupId>\n  <artifactId>%s</artifactId>\n  <version>1</version>\n' "$(basename "$dir")"
+    printf '  <dependencies>\n'
+    for coord in "$@"; do
+      IFS=: read -r group artifact version <<<"$coord"
+      printf '    <dependency><groupId>%s</groupId><artifactId>%s</artifactId><version>%s</version></dependency>\n' \
+        "$group" "$artifact" "$version"
+    done
+    printf '  </dependencies>\n</project>\n'
+  } >"$dir/pom.xml"
+}
+
 # Copy the runtime dependency closure of the pom in POM_DIR into OUT.
 maven_copy_deps() {
   local pom_dir="$1" out="$2"; shift 2

@@ -17,27 +17,7 @@ NEO4J_ADMIN_BIN="$NEO4J_HOME_DIR/bin/neo4j-admin"
 neo4j_install() {
   [ -x "$NEO4J_ADMIN_BIN" ] && [ -s "$NEO4J_HOME_DIR/lib/.complete" ] && return 0
   local build="$NEO4J_DIR/build"
-  mkdir -p "$build"
-  cat >"$build/pom.xml" <<POM
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>itbackup.testenv</groupId>
-  <artifactId>neo4j-community-assembly</artifactId>
-  <version>1</version>
-  <dependencies>
-    <dependency>
-      <groupId>org.neo4j.app</groupId>
-      <artifactId>neo4j-server</artifactId>
-      <version>$NEO4J_VERSION</version>
-    </dependency>
-    <dependency>
-      <groupId>org.neo4j</groupId>
-      <artifactId>neo4j</artifactId>
-      <version>$NEO4J_VERSION</version>
-    </dependency>
-  </dependencies>
-</project>
-POM
+  maven_write_pom "$build" "org.neo4j.app:neo4j-server:$NEO4J_VERSION" "org.neo4j:neo4j:$NEO4J_VERSION"
   log "assembling Neo4j $NEO4J_VERSION Community from Maven artifacts into $NEO4J_HOME_DIR"
   rm -rf "$NEO4J_HOME_DIR"
   mkdir -p "$NEO4J_HOME_DIR/bin"
@@ -58,48 +38,22 @@ SH
 # that the server does not already have (a second copy of a library in lib/
 # and plugins/ would put two versions of its classes on the classpath).
 neo4j_install_apoc() {
-  local plugins="$NEO4J_DIR/plugins"
-  [ -s "$plugins/.apoc-$NEO4J_VERSION-3" ] && return 0
-  local build="$NEO4J_DIR/build-apoc" jar base
-  mkdir -p "$build" "$plugins"
-  cat >"$build/pom.xml" <<POM
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>itbackup.testenv</groupId>
-  <artifactId>neo4j-apoc-core</artifactId>
-  <version>1</version>
-  <dependencies>
-    <dependency>
-      <groupId>org.neo4j.procedure</groupId>
-      <artifactId>apoc-core</artifactId>
-      <version>$NEO4J_VERSION</version>
-    </dependency>
-    <!-- Shaded into the tarball's plugin jar, separate on Maven Central:
-         apoc-common, and Guava, which apoc.import.json needs. -->
-    <dependency>
-      <groupId>org.neo4j.procedure</groupId>
-      <artifactId>apoc-common</artifactId>
-      <version>$NEO4J_VERSION</version>
-    </dependency>
-    <dependency>
-      <groupId>com.google.guava</groupId>
-      <artifactId>guava</artifactId>
-      <version>33.5.0-jre</version>
-    </dependency>
-  </dependencies>
-</project>
-POM
+  local plugins="$NEO4J_DIR/plugins" build="$NEO4J_DIR/build-apoc" jar base
+  # apoc-common and Guava (which apoc.import.json needs) are inside the
+  # tarball's plugin jar, separate artifacts on Maven Central.
+  maven_write_pom "$build" "org.neo4j.procedure:apoc-core:$NEO4J_VERSION" \
+    "org.neo4j.procedure:apoc-common:$NEO4J_VERSION" "com.google.guava:guava:33.5.0-jre"
+  # Installed from this very pom already: nothing to do.
+  cmp -s "$build/pom.xml" "$plugins/.apoc-pom.xml" && return 0
   log "installing APOC Core $NEO4J_VERSION from Maven Central into $plugins"
-  rm -rf "$build/jars" && mkdir -p "$build/jars"
+  rm -rf "$build/jars" && mkdir -p "$build/jars" "$plugins"
   maven_copy_deps "$build" "$build/jars"
   rm -f "$plugins"/*.jar
   for jar in "$build/jars"/*.jar; do
     base=$(basename "$jar" | sed -E 's/-[0-9][^-]*(-[A-Za-z0-9.]+)?\.jar$//')
     compgen -G "$NEO4J_HOME_DIR/lib/$base-[0-9]*.jar" >/dev/null || cp "$jar" "$plugins/"
   done
-  # -3: the third layout (with apoc-common and Guava); an older install is redone.
-  rm -f "$plugins"/.apoc-*
-  date >"$plugins/.apoc-$NEO4J_VERSION-3"
+  cp "$build/pom.xml" "$plugins/.apoc-pom.xml"
 }
 
 neo4j_configure() {

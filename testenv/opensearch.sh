@@ -26,21 +26,7 @@ opensearch_add_module() {
   local build="$OS_DIR/build/$name" dest="$OS_HOME/modules/$name"
   [ -s "$dest/plugin-descriptor.properties" ] && return 0
   mkdir -p "$build" "$dest.tmp"
-  cat >"$build/pom.xml" <<POM
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>itbackup.testenv</groupId>
-  <artifactId>opensearch-module-$name</artifactId>
-  <version>1</version>
-  <dependencies>
-    <dependency>
-      <groupId>org.opensearch.plugin</groupId>
-      <artifactId>$name</artifactId>
-      <version>$OPENSEARCH_VERSION</version>
-    </dependency>
-  </dependencies>
-</project>
-POM
+  maven_write_pom "$build" "org.opensearch.plugin:$name:$OPENSEARCH_VERSION"
   maven_copy_deps "$build" "$build/jars"
   # Keep the module's own jars: whatever the server's lib/ already has is dropped.
   local jar base

@@ -313,28 +313,27 @@ impl Postgres {
         let admin = self.connect("postgres", "list databases").await?;
         let databases = self.databases(&admin).await?;
         drop(admin);
-        let dump_all = futures::stream::iter(databases.iter().cloned().enumerate())
+        // `buffered` runs `jobs` dumps at once and yields them in database order.
+        let dump_all = futures::stream::iter(databases.into_iter().enumerate())
             .map(|(index, database)| async move {
                 let path = work.join(format!("{index:03}.dump"));
                 let mut counts = BTreeMap::new();
                 self.dump_database(&database, &path, &mut counts).await?;
                 tracing::info!(database = %database, "postgres: dumped database");
-                Ok::<_, Error>((index, path, counts))
+                Ok::<_, Error>((database, path, counts))
             })
-            .buffer_unordered(self.settings.jobs)
+            .buffered(self.settings.jobs)
             .try_collect::<Vec<_>>();
         let (globals_dumped, dumped) = tokio::join!(dump_globals, dump_all);
         globals_dumped?;
-        let mut dumped = dumped?;
-        dumped.sort_by_key(|(index, _, _)| *index);
 
         let mut members = vec![(GLOBALS_MEMBER.to_string(), globals)];
         let mut entries = Vec::new();
-        for (index, path, counts) in dumped {
+        for (index, (name, path, counts)) in dumped?.into_iter().enumerate() {
             let member = format!("databases/{index:03}.dump");
             record.counts.extend(counts);
             entries.push(DatabaseEntry {
-                name: databases[index].clone(),
+                name,
                 member: member.clone(),
             });
             members.push((member, path));
