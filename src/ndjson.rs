@@ -17,31 +17,65 @@ pub fn read<T: DeserializeOwned>(
     service: Service,
     mut sink: impl FnMut(Result<T>) -> bool,
 ) {
-    let step = "read export";
-    let reader = match artifact::open_zstd(path) {
+    read_lines(path, service, |line| match line {
+        Ok((number, bytes)) => {
+            let parsed = serde_json::from_slice::<T>(bytes)
+                .map_err(|e| damaged(path, service, number, e.to_string()));
+            let failed = parsed.is_err();
+            sink(parsed) && !failed
+        }
+        Err(e) => {
+            sink(Err(e));
+            false
+        }
+    })
+}
+
+/// Hand each raw line of `path` (without its newline) and its 1-based number
+/// to `sink`, which returns false to stop. For readers that decode a line in
+/// more than one way, or later than they read it.
+pub fn read_lines(
+    path: &Path,
+    service: Service,
+    mut sink: impl FnMut(Result<(usize, &[u8])>) -> bool,
+) {
+    let mut reader = match artifact::open_zstd(path) {
         Ok(r) => r,
         Err(e) => {
-            sink(Err(io_error(Some(service), step, path.display(), e)));
+            sink(Err(io_error(Some(service), STEP, path.display(), e)));
             return;
         }
     };
-    let damaged = |number: usize, what: String| {
-        Error::failure(
-            step,
-            format!("{} is damaged at line {number}: {what}", path.display()),
-        )
-        .service(service)
-        .hint("the artifact is truncated or damaged; use another backup")
-    };
-    for (index, line) in reader.split(b'\n').enumerate() {
-        let parsed = line
-            .map_err(|e| damaged(index + 1, e.to_string()))
-            .and_then(|bytes| {
-                serde_json::from_slice::<T>(&bytes).map_err(|e| damaged(index + 1, e.to_string()))
-            });
-        let failed = parsed.is_err();
-        if !sink(parsed) || failed {
-            return;
+    // One buffer for every line: a line costs no allocation.
+    let mut line = Vec::new();
+    for number in 1.. {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                if !sink(Ok((number, &line))) {
+                    return;
+                }
+            }
+            Err(e) => {
+                sink(Err(damaged(path, service, number, e.to_string())));
+                return;
+            }
         }
     }
+}
+
+const STEP: &str = "read export";
+
+/// The error for line `number` of `path`, which does not read or decode.
+pub fn damaged(path: &Path, service: Service, number: usize, what: String) -> Error {
+    Error::failure(
+        STEP,
+        format!("{} is damaged at line {number}: {what}", path.display()),
+    )
+    .service(service)
+    .hint("the artifact is truncated or damaged; use another backup")
 }
