@@ -24,8 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use base64::Engine;
-use neo4rs::{query, BoltType, ConfigBuilder, Graph};
+use neo4rs::{query, ConfigBuilder, Graph};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
@@ -42,6 +41,7 @@ use crate::target::Target;
 
 mod drill;
 mod load;
+mod props_json;
 
 const SVC: Service = Service::Neo4j;
 const LOGICAL_FORMAT: &str = "itbackup-neo4j-ndjson";
@@ -176,108 +176,6 @@ fn neo_error(step: &str, err: neo4rs::Error) -> Error {
 /// Backtick-quote a label, relationship type or name for Cypher.
 fn quote(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
-}
-
-/// `LIST<INTEGER NOT NULL> NOT NULL` → `LIST<INTEGER>`.
-fn normal_type(value_type: &str) -> String {
-    value_type.replace(" NOT NULL", "")
-}
-
-/// A Bolt value as JSON: integers exact, non-finite floats as strings, bytes in base64.
-fn bolt_to_json(value: &BoltType) -> Result<Value> {
-    Ok(match value {
-        BoltType::Null(_) => Value::Null,
-        BoltType::Boolean(b) => json!(b.value),
-        BoltType::Integer(i) => json!(i.value),
-        BoltType::Float(f) => {
-            if f.value.is_finite() {
-                json!(f.value)
-            } else if f.value.is_nan() {
-                json!("NaN")
-            } else if f.value > 0.0 {
-                json!("Infinity")
-            } else {
-                json!("-Infinity")
-            }
-        }
-        BoltType::String(s) => json!(s.value),
-        BoltType::Bytes(b) => json!(base64::engine::general_purpose::STANDARD.encode(&b.value)),
-        BoltType::List(items) => Value::Array(
-            items
-                .value
-                .iter()
-                .map(bolt_to_json)
-                .collect::<Result<_>>()?,
-        ),
-        BoltType::Map(map) => {
-            let mut out = Map::new();
-            for (k, v) in &map.value {
-                if !matches!(v, BoltType::Null(_)) {
-                    out.insert(k.value.clone(), bolt_to_json(v)?);
-                }
-            }
-            Value::Object(out)
-        }
-        other => {
-            return Err(Error::failure(
-                "export",
-                format!("unexpected value from Neo4j: {other:?}"),
-            )
-            .service(SVC));
-        }
-    })
-}
-
-/// `[[key, valueType, value], …]` from Cypher → `{key: [TYPE, value]}`.
-fn encode_props(props: &BoltType) -> Result<Map<String, Value>> {
-    let mut out = Map::new();
-    let BoltType::List(items) = props else {
-        return Ok(out);
-    };
-    for item in &items.value {
-        let BoltType::List(triple) = item else {
-            continue;
-        };
-        let [BoltType::String(key), BoltType::String(kind), value] = triple.value.as_slice() else {
-            continue;
-        };
-        let mut kind = normal_type(&kind.value);
-        let mut value = value;
-        if let BoltType::Map(pair) = value {
-            // A LIST<INTEGER> (see `PROPS`): raw bytes, or integers as text.
-            match (pair.value.get("raw"), pair.value.get("text")) {
-                (Some(raw @ BoltType::Bytes(_)), _) => {
-                    kind = "BYTES".to_string();
-                    value = raw;
-                }
-                (_, Some(text)) => value = text,
-                _ => {}
-            }
-        } else if matches!(value, BoltType::Bytes(_)) {
-            kind = "BYTES".to_string();
-        }
-        let mut value = bolt_to_json(value)?;
-        if kind == "INTEGER" || kind == "LIST<INTEGER>" {
-            value = integers_from_text(value)?;
-        }
-        out.insert(key.value.clone(), json!([kind, value]));
-    }
-    Ok(out)
-}
-
-/// Integers exported as decimal text (see `PROPS`) back to JSON numbers.
-fn integers_from_text(value: Value) -> Result<Value> {
-    match value {
-        Value::String(text) => text.parse::<i64>().map(Value::from).map_err(|_| {
-            Error::failure("export", format!("'{text}' is not an integer")).service(SVC)
-        }),
-        Value::Array(items) => items
-            .into_iter()
-            .map(integers_from_text)
-            .collect::<Result<Vec<_>>>()
-            .map(Value::Array),
-        other => Ok(other),
-    }
 }
 
 impl Neo4j {
@@ -557,13 +455,11 @@ impl Neo4j {
             .await
             .map_err(|e| neo_error(step, e))?;
         while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
-            let line = node_line(&row, step)?;
-            for label in line.labels.iter().flatten() {
-                *labels.entry(label.clone()).or_default() += 1;
-            }
-            exported.insert(line.id.as_deref().unwrap_or_default());
+            let node = Entity::node(&row, step)?;
+            count_labels(&mut labels, &node.labels);
+            exported.insert(node.id);
             nodes += 1;
-            out.push(&line).await?;
+            out.push_entity(&node).await?;
         }
         tracing::info!(nodes, "neo4j: exported nodes");
 
@@ -582,34 +478,25 @@ impl Neo4j {
             .await
             .map_err(|e| neo_error(step, e))?;
         'rels: while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
-            let mut line = Line::new("rel");
-            line.id = row.get("id").ok();
-            line.rel_type = row.get("type").ok();
-            line.start = row.get("start").ok();
-            line.end = row.get("end").ok();
-            line.props = Some(encode_props(
-                &row.get::<BoltType>("props")
-                    .map_err(|e| Error::failure(step, e.to_string()).service(SVC))?,
-            )?);
-            for endpoint in [line.start.clone(), line.end.clone()].into_iter().flatten() {
-                if exported.contains(&endpoint) {
+            let rel = Entity::relationship(&row, step)?;
+            let [rel_type, start, end] = rel.rel.expect("a relationship has endpoints");
+            for endpoint in [start, end] {
+                if exported.contains(endpoint) {
                     continue;
                 }
                 let cypher = format!("MATCH (x) WHERE elementId(x) = $id RETURN elementId(x) AS id, labels(x) AS labels, {PROPS} AS props");
                 let mut found = graph
-                    .execute(query(&cypher).param("id", endpoint.clone()))
+                    .execute(query(&cypher).param("id", endpoint))
                     .await
                     .map_err(|e| neo_error(step, e))?;
                 match found.next().await.map_err(|e| neo_error(step, e))? {
                     Some(row) => {
-                        let node = node_line(&row, step)?;
-                        for label in node.labels.iter().flatten() {
-                            *labels.entry(label.clone()).or_default() += 1;
-                        }
-                        exported.insert(&endpoint);
+                        let node = Entity::node(&row, step)?;
+                        count_labels(&mut labels, &node.labels);
+                        exported.insert(endpoint);
                         nodes += 1;
                         late_nodes += 1;
-                        out.push(&node).await?;
+                        out.push_entity(&node).await?;
                     }
                     None => {
                         // Deleted since: so is this relationship, in any later state.
@@ -618,11 +505,14 @@ impl Neo4j {
                     }
                 }
             }
-            *types
-                .entry(line.rel_type.clone().unwrap_or_default())
-                .or_default() += 1;
+            match types.get_mut(rel_type) {
+                Some(n) => *n += 1,
+                None => {
+                    types.insert(rel_type.to_string(), 1);
+                }
+            }
             relationships += 1;
-            out.push(&line).await?;
+            out.push_entity(&rel).await?;
         }
         tracing::info!(relationships, "neo4j: exported relationships");
 
@@ -834,15 +724,78 @@ impl Neo4j {
     }
 }
 
-fn node_line(row: &neo4rs::Row, step: &str) -> Result<Line> {
-    let mut line = Line::new("node");
-    line.id = row.get("id").ok();
-    line.labels = Some(row.get("labels").unwrap_or_default());
-    let props: BoltType = row
-        .get("props")
-        .map_err(|e| Error::failure(step, e.to_string()).service(SVC))?;
-    line.props = Some(encode_props(&props)?);
-    Ok(line)
+fn count_labels(counts: &mut BTreeMap<String, u64>, labels: &[&str]) {
+    for label in labels {
+        match counts.get_mut(*label) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(label.to_string(), 1);
+            }
+        }
+    }
+}
+
+/// A node or relationship as the export reads it, borrowed from its row.
+struct Entity<'r> {
+    id: &'r str,
+    labels: Vec<&'r str>,
+    /// A relationship's type, start and end.
+    rel: Option<[&'r str; 3]>,
+    props: props_json::PropsJson,
+}
+
+impl<'r> Entity<'r> {
+    fn node(row: &'r neo4rs::Row, step: &str) -> Result<Self> {
+        let bad = |e: neo4rs::DeError| Error::failure(step, e.to_string()).service(SVC);
+        Ok(Entity {
+            id: row.get("id").map_err(bad)?,
+            labels: row.get("labels").map_err(bad)?,
+            rel: None,
+            props: row.get("props").map_err(bad)?,
+        })
+    }
+
+    fn relationship(row: &'r neo4rs::Row, step: &str) -> Result<Self> {
+        let bad = |e: neo4rs::DeError| Error::failure(step, e.to_string()).service(SVC);
+        Ok(Entity {
+            id: row.get("id").map_err(bad)?,
+            labels: Vec::new(),
+            rel: Some([
+                row.get("type").map_err(bad)?,
+                row.get("start").map_err(bad)?,
+                row.get("end").map_err(bad)?,
+            ]),
+            props: row.get("props").map_err(bad)?,
+        })
+    }
+
+    /// The line, with `Line`'s fields in `Line`'s order.
+    fn write(&self, out: &mut Vec<u8>) {
+        let text = |out: &mut Vec<u8>, name: &str, value: &str| {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            serde_json::to_writer(&mut *out, value).expect("a string serialises");
+        };
+        match &self.rel {
+            None => {
+                out.extend_from_slice(br#"{"type":"node""#);
+                text(out, "id", self.id);
+                out.extend_from_slice(br#","labels":"#);
+                serde_json::to_writer(&mut *out, &self.labels).expect("labels serialise");
+            }
+            Some([rel_type, start, end]) => {
+                out.extend_from_slice(br#"{"type":"rel""#);
+                text(out, "id", self.id);
+                text(out, "rel_type", rel_type);
+                text(out, "start", start);
+                text(out, "end", end);
+            }
+        }
+        out.extend_from_slice(br#","props":"#);
+        out.extend_from_slice(&self.props.0);
+        out.push(b'}');
+    }
 }
 
 /// Buffers serialised lines and sends them to the writer in chunks.
@@ -854,6 +807,15 @@ struct LineSink<'a> {
 impl LineSink<'_> {
     async fn push(&mut self, line: &Line) -> Result<()> {
         serde_json::to_writer(&mut self.chunk, line).expect("line serialises");
+        self.end_line().await
+    }
+
+    async fn push_entity(&mut self, entity: &Entity<'_>) -> Result<()> {
+        entity.write(&mut self.chunk);
+        self.end_line().await
+    }
+
+    async fn end_line(&mut self) -> Result<()> {
         self.chunk.push(b'\n');
         if self.chunk.len() >= CHUNK_BYTES {
             self.flush().await?;
@@ -1068,15 +1030,5 @@ mod tests {
         assert!(set.contains("4:0b5c:12345"));
         assert!(!set.contains("4:0b5c:12346"));
         assert!(set.contains("weird-id"));
-    }
-
-    #[test]
-    fn values_survive_json_round_trip() {
-        let float = BoltType::from(f64::INFINITY);
-        assert_eq!(bolt_to_json(&float).unwrap(), json!("Infinity"));
-        assert_eq!(
-            normal_type("LIST<INTEGER NOT NULL> NOT NULL"),
-            "LIST<INTEGER>"
-        );
     }
 }
