@@ -16,6 +16,7 @@
 //! Memory is bounded by one page of hits per slice and the bulk requests in
 //! flight, whatever the size of the index.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -246,30 +247,42 @@ impl Line {
     }
 }
 
+/// A search hit, borrowed from its page: `_source` stays the page's own bytes.
 #[derive(Deserialize)]
-struct Hit {
-    #[serde(rename = "_id")]
-    id: String,
-    #[serde(rename = "_routing")]
-    routing: Option<String>,
-    #[serde(rename = "_source")]
-    source: Option<Box<RawValue>>,
-    #[serde(default)]
-    sort: Option<Vec<Value>>,
+struct Hit<'a> {
+    #[serde(rename = "_id", borrow)]
+    id: Cow<'a, str>,
+    #[serde(rename = "_routing", default, borrow)]
+    routing: Option<Cow<'a, str>>,
+    #[serde(rename = "_source", default, borrow)]
+    source: Option<&'a RawValue>,
+    /// Only the last hit's is decoded (for `search_after`).
+    #[serde(default, borrow)]
+    sort: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct Hits<'a> {
+    #[serde(borrow, default)]
+    hits: Vec<Hit<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Hits {
-    hits: Vec<Hit>,
-}
-
-#[derive(Deserialize)]
-struct SearchPage {
+struct SearchPage<'a> {
     #[serde(default)]
     pit_id: Option<String>,
     #[serde(default, rename = "_scroll_id")]
     scroll_id: Option<String>,
-    hits: Hits,
+    #[serde(borrow, default)]
+    hits: Hits<'a>,
+}
+
+impl<'a> SearchPage<'a> {
+    fn parse(bytes: &'a [u8], step: &str) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            Error::failure(step, format!("unexpected search answer: {e}")).service(SVC)
+        })
+    }
 }
 
 /// An index as selected for backup.
@@ -938,20 +951,27 @@ impl OpenSearch {
             if let Some(after) = &after {
                 body["search_after"] = json!(after);
             }
-            let page = self.search_page("_search", &body, step).await?;
+            let bytes = self.search_page("_search", &body, step).await?;
+            let page = SearchPage::parse(&bytes, step)?;
             if let Some(id) = page.pit_id.clone() {
                 pit_id = id;
             }
             let Some(last) = page.hits.hits.last() else {
                 break;
             };
-            after = last.sort.clone();
-            if after.is_none() {
-                return Err(
-                    Error::failure(step, "search hits came back without sort values").service(SVC),
-                );
-            }
-            count += self.send_hits(index, page.hits.hits, tx, step).await?;
+            let sort = last
+                .sort
+                .map(|raw| serde_json::from_str::<Vec<Value>>(raw.get()));
+            after = match sort {
+                Some(Ok(sort)) => Some(sort),
+                _ => {
+                    return Err(
+                        Error::failure(step, "search hits came back without sort values")
+                            .service(SVC),
+                    )
+                }
+            };
+            count += self.send_hits(index, &page.hits.hits, tx, step).await?;
         }
         Ok(count)
     }
@@ -968,11 +988,12 @@ impl OpenSearch {
         if slices > 1 {
             body["slice"] = json!({"id": slice, "max": slices});
         }
-        let mut page = self
+        let mut bytes = self
             .search_page(&format!("{index}/_search?scroll={KEEP_ALIVE}"), &body, step)
             .await?;
         let mut count = 0;
         loop {
+            let page = SearchPage::parse(&bytes, step)?;
             let scroll_id = page.scroll_id.clone();
             if page.hits.hits.is_empty() {
                 if let Some(id) = scroll_id {
@@ -988,11 +1009,9 @@ impl OpenSearch {
                 }
                 break;
             }
-            count += self
-                .send_hits(index, std::mem::take(&mut page.hits.hits), tx, step)
-                .await?;
+            count += self.send_hits(index, &page.hits.hits, tx, step).await?;
             let Some(id) = scroll_id else { break };
-            page = self
+            bytes = self
                 .search_page(
                     "_search/scroll",
                     &json!({"scroll": KEEP_ALIVE, "scroll_id": id}),
@@ -1003,7 +1022,8 @@ impl OpenSearch {
         Ok(count)
     }
 
-    async fn search_page(&self, path: &str, body: &Value, step: &str) -> Result<SearchPage> {
+    /// One page of hits, as the server sent it (parsed by the caller, borrowing from it).
+    async fn search_page(&self, path: &str, body: &Value, step: &str) -> Result<bytes::Bytes> {
         let response = self
             .http
             .request(Method::POST, path)
@@ -1035,38 +1055,48 @@ impl OpenSearch {
             )
             .service(SVC));
         }
-        serde_json::from_slice(&bytes).map_err(|e| {
-            Error::failure(step, format!("unexpected search answer: {e}")).service(SVC)
-        })
+        Ok(bytes)
     }
 
+    /// The hits as `doc` lines (`Line`'s fields in `Line`'s order), written
+    /// directly: each `_source` is copied once, from the page to the line.
     async fn send_hits(
         &self,
         index: &str,
-        hits: Vec<Hit>,
+        hits: &[Hit<'_>],
         tx: &mpsc::Sender<Vec<u8>>,
         step: &str,
     ) -> Result<u64> {
-        let mut chunk = Vec::with_capacity(hits.len() * 256);
-        let n = hits.len() as u64;
+        let text = |out: &mut Vec<u8>, value: &str| {
+            serde_json::to_writer(out, value).expect("a string serialises")
+        };
+        let mut chunk = Vec::with_capacity(
+            hits.iter()
+                .map(|h| h.source.map_or(0, |s| s.get().len()) + 64)
+                .sum(),
+        );
         for hit in hits {
             let source = hit.source.ok_or_else(|| {
                 Error::failure(step, format!("document {} of index {index} has no _source", hit.id))
                     .service(SVC)
                     .hint("the index has _source disabled, so its documents cannot be exported: use --opensearch-method snapshot")
             })?;
-            let mut line = Line::new("doc");
-            line.index = Some(index.to_string());
-            line.id = Some(hit.id);
-            line.routing = hit.routing;
-            line.source = Some(source);
-            serde_json::to_writer(&mut chunk, &line).expect("line serialises");
-            chunk.push(b'\n');
+            chunk.extend_from_slice(br#"{"type":"doc","index":"#);
+            text(&mut chunk, index);
+            chunk.extend_from_slice(br#","id":"#);
+            text(&mut chunk, &hit.id);
+            if let Some(routing) = &hit.routing {
+                chunk.extend_from_slice(br#","routing":"#);
+                text(&mut chunk, routing);
+            }
+            chunk.extend_from_slice(br#","source":"#);
+            chunk.extend_from_slice(source.get().as_bytes());
+            chunk.extend_from_slice(b"}\n");
         }
         tx.send(chunk).await.map_err(|_| {
             Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
         })?;
-        Ok(n)
+        Ok(hits.len() as u64)
     }
 
     async fn restore_logical(&self, ctx: &RestoreContext<'_>) -> Result<()> {
