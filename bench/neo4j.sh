@@ -14,7 +14,11 @@
 # server stopped meanwhile), once: reused while the counts match.
 # Before each logical import the database is emptied (not timed), since
 # neo4j-backup refuses a non-empty database; the time that wipe takes is
-# reported (itbackup's restore wipes by itself on a populated database).
+# reported (itbackup's restore wipes by itself on a populated database). The
+# server is then restarted (not timed either), so that every import starts
+# alike, on a freshly started server with an empty database (as after a
+# disaster), whatever ran before it: itbackup's restore took 57 s right after
+# the dump steps' restart against 40 s on a server warmed by earlier work.
 # neo4j-backup runs under a time cap (NEO4J_BACKUP_TIMEOUT, default 900 s
 # each way); when it hits the cap, how far it got is reported.
 # Each measurement runs once (RUNS=1; BENCH_RUNS=N for more: medians then).
@@ -86,6 +90,8 @@ wipe() {
   local t0=$SECONDS
   cypher --wipe
   note wipe_seconds $((SECONDS - t0))
+  stop_neo4j
+  start_neo4j
 }
 
 # ---- dataset ------------------------------------------------------------
