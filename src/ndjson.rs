@@ -68,6 +68,48 @@ pub fn read_lines(
     }
 }
 
+/// Hand the lines of `path` to `sink` in chunks of whole lines (each but
+/// perhaps the last ending in a newline) of about `bytes`, which returns false
+/// to stop: for readers that route lines in bulk to another thread.
+pub fn read_chunks(
+    path: &Path,
+    service: Service,
+    bytes: usize,
+    mut sink: impl FnMut(Result<Vec<u8>>) -> bool,
+) {
+    let mut reader = match artifact::open_zstd(path) {
+        Ok(r) => r,
+        Err(e) => {
+            sink(Err(io_error(Some(service), STEP, path.display(), e)));
+            return;
+        }
+    };
+    let mut number = 0;
+    loop {
+        // Lines are read straight into the chunk: no copy per line.
+        let mut chunk = Vec::with_capacity(bytes + bytes / 2);
+        while chunk.len() < bytes {
+            number += 1;
+            match reader.read_until(b'\n', &mut chunk) {
+                Ok(0) => {
+                    if !chunk.is_empty() {
+                        sink(Ok(chunk));
+                    }
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    sink(Err(damaged(path, service, number, e.to_string())));
+                    return;
+                }
+            }
+        }
+        if !sink(Ok(chunk)) {
+            return;
+        }
+    }
+}
+
 const STEP: &str = "read export";
 
 /// The error for line `number` of `path`, which does not read or decode.

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use neo4rs::{query, ConfigBuilder, Graph};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
@@ -81,35 +81,24 @@ pub struct Neo4j {
     target: Target,
 }
 
-/// One line of the logical format.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// A header, schema or end line of the logical format. Node and relationship
+/// lines are written by [`Entity::write`]; every line is read as
+/// [`load::Record`].
+#[derive(Debug, Default, Serialize)]
 struct Line {
     #[serde(rename = "type")]
     kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    labels: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    rel_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    start: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    end: Option<String>,
-    /// `{key: [TYPE, value]}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    props: Option<Map<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     statement: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     nodes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     relationships: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     format: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<u32>,
 }
 
@@ -505,12 +494,7 @@ impl Neo4j {
                     }
                 }
             }
-            match types.get_mut(rel_type) {
-                Some(n) => *n += 1,
-                None => {
-                    types.insert(rel_type.to_string(), 1);
-                }
-            }
+            count(&mut types, rel_type);
             relationships += 1;
             out.push_entity(&rel).await?;
         }
@@ -724,14 +708,19 @@ impl Neo4j {
     }
 }
 
+/// One more of `key` (allocating its name only the first time).
+fn count(counts: &mut BTreeMap<String, u64>, key: &str) {
+    match counts.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(key.to_string(), 1);
+        }
+    }
+}
+
 fn count_labels(counts: &mut BTreeMap<String, u64>, labels: &[&str]) {
     for label in labels {
-        match counts.get_mut(*label) {
-            Some(n) => *n += 1,
-            None => {
-                counts.insert(label.to_string(), 1);
-            }
-        }
+        count(counts, label);
     }
 }
 

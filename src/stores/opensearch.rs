@@ -247,6 +247,19 @@ impl Line {
     }
 }
 
+/// A `doc` line as the export writes it: `Line`'s document fields, borrowed
+/// from the search page instead of copied into a `Line`.
+#[derive(Serialize)]
+struct DocLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    index: &'a str,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routing: Option<&'a str>,
+    source: &'a RawValue,
+}
+
 /// A search hit, borrowed from its page: `_source` stays the page's own bytes.
 #[derive(Deserialize)]
 struct Hit<'a> {
@@ -1058,8 +1071,7 @@ impl OpenSearch {
         Ok(bytes)
     }
 
-    /// The hits as `doc` lines (`Line`'s fields in `Line`'s order), written
-    /// directly: each `_source` is copied once, from the page to the line.
+    /// The hits as `doc` lines, each `_source` copied once, from the page to the line.
     async fn send_hits(
         &self,
         index: &str,
@@ -1067,9 +1079,6 @@ impl OpenSearch {
         tx: &mpsc::Sender<Vec<u8>>,
         step: &str,
     ) -> Result<u64> {
-        let text = |out: &mut Vec<u8>, value: &str| {
-            serde_json::to_writer(out, value).expect("a string serialises")
-        };
         let mut chunk = Vec::with_capacity(
             hits.iter()
                 .map(|h| h.source.map_or(0, |s| s.get().len()) + 64)
@@ -1081,17 +1090,15 @@ impl OpenSearch {
                     .service(SVC)
                     .hint("the index has _source disabled, so its documents cannot be exported: use --opensearch-method snapshot")
             })?;
-            chunk.extend_from_slice(br#"{"type":"doc","index":"#);
-            text(&mut chunk, index);
-            chunk.extend_from_slice(br#","id":"#);
-            text(&mut chunk, &hit.id);
-            if let Some(routing) = &hit.routing {
-                chunk.extend_from_slice(br#","routing":"#);
-                text(&mut chunk, routing);
-            }
-            chunk.extend_from_slice(br#","source":"#);
-            chunk.extend_from_slice(source.get().as_bytes());
-            chunk.extend_from_slice(b"}\n");
+            let line = DocLine {
+                kind: "doc",
+                index,
+                id: &hit.id,
+                routing: hit.routing.as_deref(),
+                source,
+            };
+            serde_json::to_writer(&mut chunk, &line).expect("line serialises");
+            chunk.push(b'\n');
         }
         tx.send(chunk).await.map_err(|_| {
             Error::failure("write export", "the writer stopped (disk full?)").service(SVC)

@@ -72,6 +72,16 @@ pub(super) struct Record<'a, P> {
     pub props: Option<P>,
 }
 
+/// A line that the verification read but the restore cannot.
+fn undecodable(e: serde_json::Error) -> Error {
+    Error::failure(
+        "restore",
+        format!("a line of the export does not decode: {e}"),
+    )
+    .service(SVC)
+    .hint("the artifact is damaged; use another backup")
+}
+
 /// Only a line's properties (the rest of the line is skipped).
 #[derive(Deserialize)]
 struct PropsOf {
@@ -113,38 +123,37 @@ impl Scalar {
 
 impl<'de> Deserialize<'de> for TypedProps {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        struct PropsVisitor;
-        impl<'de> Visitor<'de> for PropsVisitor {
-            type Value = TypedProps;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of property name to [type, value]")
-            }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<TypedProps, A::Error> {
-                let mut props = TypedProps {
-                    direct: neo4rs::BoltMap::with_capacity(map.size_hint().unwrap_or(8)),
-                    special: Vec::new(),
-                };
-                while let Some(key) = map.next_key::<String>()? {
-                    match map.next_value_seed(TypedSeed)? {
-                        Typed::Direct(value) => props.direct.put(key.into(), value),
-                        Typed::Special(kind, value) => {
-                            props
-                                .special
-                                .push(BoltType::List(neo4rs::BoltList::from(vec![
-                                    BoltType::from(key),
-                                    BoltType::from(kind),
-                                    json_to_bolt(&value),
-                                ])))
-                        }
-                    }
+        deserializer.deserialize_map(PropsVisitor)
+    }
+}
+
+struct PropsVisitor;
+
+impl<'de> Visitor<'de> for PropsVisitor {
+    type Value = TypedProps;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of property name to [type, value]")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<TypedProps, A::Error> {
+        let mut props = TypedProps {
+            direct: neo4rs::BoltMap::with_capacity(map.size_hint().unwrap_or(8)),
+            special: Vec::new(),
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            match map.next_value_seed(TypedSeed)? {
+                Typed::Direct(value) => props.direct.put(key.into(), value),
+                Typed::Special(kind, value) => {
+                    props
+                        .special
+                        .push(BoltType::List(neo4rs::BoltList::from(vec![
+                            BoltType::from(key),
+                            BoltType::from(kind),
+                            json_to_bolt(&value),
+                        ])))
                 }
-                Ok(props)
             }
         }
-        deserializer.deserialize_map(PropsVisitor)
+        Ok(props)
     }
 }
 
@@ -159,40 +168,37 @@ struct TypedSeed;
 impl<'de> DeserializeSeed<'de> for TypedSeed {
     type Value = Typed;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Typed, D::Error> {
-        struct PairVisitor;
-        impl<'de> Visitor<'de> for PairVisitor {
-            type Value = Typed;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("[type, value]")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<Typed, A::Error> {
-                let kind: Cow<'de, str> = seq
-                    .next_element()?
-                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
-                let list_of = kind
-                    .strip_prefix("LIST<")
-                    .and_then(|k| k.strip_suffix('>'))
-                    .and_then(Scalar::of);
-                let typed = if let Some(scalar) = Scalar::of(&kind) {
-                    seq.next_element_seed(ScalarSeed(scalar))?
-                        .map(Typed::Direct)
-                } else if let Some(scalar) = list_of {
-                    seq.next_element_seed(ListSeed(scalar))?.map(Typed::Direct)
-                } else {
-                    seq.next_element::<Value>()?
-                        .map(|value| Typed::Special(kind.into_owned(), value))
-                };
-                let typed = typed.ok_or_else(|| de::Error::invalid_length(1, &self))?;
-                if seq.next_element::<IgnoredAny>()?.is_some() {
-                    return Err(de::Error::invalid_length(3, &self));
-                }
-                Ok(typed)
-            }
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TypedSeed {
+    type Value = Typed;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("[type, value]")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Typed, A::Error> {
+        let kind: Cow<'de, str> = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+        let list_of = kind
+            .strip_prefix("LIST<")
+            .and_then(|k| k.strip_suffix('>'))
+            .and_then(Scalar::of);
+        let typed = if let Some(scalar) = Scalar::of(&kind) {
+            seq.next_element_seed(ScalarSeed(scalar))?
+                .map(Typed::Direct)
+        } else if let Some(scalar) = list_of {
+            seq.next_element_seed(ListSeed(scalar))?.map(Typed::Direct)
+        } else {
+            seq.next_element::<Value>()?
+                .map(|value| Typed::Special(kind.into_owned(), value))
+        };
+        let typed = typed.ok_or_else(|| de::Error::invalid_length(1, &self))?;
+        if seq.next_element::<IgnoredAny>()?.is_some() {
+            return Err(de::Error::invalid_length(3, &self));
         }
-        d.deserialize_seq(PairVisitor)
+        Ok(typed)
     }
 }
 
@@ -251,24 +257,21 @@ struct ListSeed(Scalar);
 impl<'de> DeserializeSeed<'de> for ListSeed {
     type Value = BoltType;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<BoltType, D::Error> {
-        struct ListVisitor(Scalar);
-        impl<'de> Visitor<'de> for ListVisitor {
-            type Value = BoltType;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<BoltType, A::Error> {
-                let mut items = neo4rs::BoltList::with_capacity(seq.size_hint().unwrap_or(4));
-                while let Some(item) = seq.next_element_seed(ScalarSeed(self.0))? {
-                    items.push(item);
-                }
-                Ok(BoltType::List(items))
-            }
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListSeed {
+    type Value = BoltType;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<BoltType, A::Error> {
+        let mut items = neo4rs::BoltList::with_capacity(seq.size_hint().unwrap_or(4));
+        while let Some(item) = seq.next_element_seed(ScalarSeed(self.0))? {
+            items.push(item);
         }
-        d.deserialize_seq(ListVisitor(self.0))
+        Ok(BoltType::List(items))
     }
 }
 
@@ -376,7 +379,6 @@ impl IdMap {
 }
 
 /// What a batch creates.
-#[derive(Clone, PartialEq, Eq, Hash)]
 enum Target {
     /// Nodes with these labels (sorted).
     Nodes(Vec<String>),
@@ -411,14 +413,7 @@ impl Batch {
     fn rows(&self, target: &Target) -> Result<(BoltType, bool)> {
         let mut decoded = Vec::with_capacity(self.rows);
         for line in self.text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let props = serde_json::from_slice::<PropsOf>(line).map_err(|e| {
-                Error::failure(
-                    "restore",
-                    format!("a line of the export does not decode: {e}"),
-                )
-                .service(SVC)
-                .hint("the artifact is damaged; use another backup")
-            })?;
+            let props = serde_json::from_slice::<PropsOf>(line).map_err(undecodable)?;
             decoded.push(props.props.unwrap_or_default());
         }
         let special = decoded.iter().any(|p| !p.special.is_empty());
@@ -487,27 +482,9 @@ pub(super) async fn load_graph(
     let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>>>(8);
     let reader_path = path.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || {
-        let mut chunk = Vec::with_capacity(CHUNK_BYTES * 2);
-        crate::ndjson::read_lines(&reader_path, SVC, |line| match line {
-            Ok((_, bytes)) => {
-                chunk.extend_from_slice(bytes);
-                chunk.push(b'\n');
-                chunk.len() < CHUNK_BYTES
-                    || tx
-                        .blocking_send(Ok(std::mem::replace(
-                            &mut chunk,
-                            Vec::with_capacity(CHUNK_BYTES * 2),
-                        )))
-                        .is_ok()
-            }
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                false
-            }
-        });
-        if !chunk.is_empty() {
-            let _ = tx.blocking_send(Ok(chunk));
-        }
+        crate::ndjson::read_chunks(&reader_path, SVC, CHUNK_BYTES, |chunk| {
+            tx.blocking_send(chunk).is_ok()
+        })
     });
     let mut loader = Loader::new(graph.clone(), batch_size, transactions, ids);
     let mut schema = Vec::new();
@@ -541,7 +518,9 @@ struct Loader {
     batch_size: usize,
     max_in_flight: usize,
     in_flight: tokio::task::JoinSet<Result<Vec<(String, i64)>>>,
-    pending: HashMap<Target, Batch>,
+    /// Batches being filled, by label set (sorted) and by relationship type.
+    pending_nodes: HashMap<Vec<String>, Batch>,
+    pending_rels: HashMap<String, Batch>,
     ids: IdMap,
     in_relationships: bool,
 }
@@ -553,43 +532,36 @@ impl Loader {
             batch_size: batch_size.max(1),
             max_in_flight: max_in_flight.max(1),
             in_flight: tokio::task::JoinSet::new(),
-            pending: HashMap::new(),
+            pending_nodes: HashMap::new(),
+            pending_rels: HashMap::new(),
             ids,
             in_relationships: false,
         }
     }
 
     async fn route(&mut self, line: &[u8], schema: &mut Vec<String>) -> Result<()> {
-        let record: Record<IgnoredAny> = serde_json::from_slice(line).map_err(|e| {
-            Error::failure(
-                "restore",
-                format!("a line of the export does not decode: {e}"),
-            )
-            .service(SVC)
-            .hint("the artifact is damaged; use another backup")
-        })?;
+        let record: Record<IgnoredAny> = serde_json::from_slice(line).map_err(undecodable)?;
         match record.kind.as_ref() {
             "constraint" | "index" => schema.extend(record.statement),
             "node" => {
                 let mut labels = record.labels.unwrap_or_default();
                 labels.sort();
                 let old = record.id.map(Cow::into_owned).unwrap_or_default();
-                let target = Target::Nodes(labels);
                 if self.in_relationships {
                     // A node exported late, for a relationship that follows: it must exist first.
                     self.drain().await?;
                     let mut batch = Batch::default();
                     batch.push(line);
                     batch.olds.push(old);
-                    self.spawn(target, batch).await?;
+                    self.spawn(Target::Nodes(labels), batch).await?;
                     return self.drain().await;
                 }
-                let batch = self.pending.entry(target.clone()).or_default();
+                let batch = batch_for(&mut self.pending_nodes, labels.as_slice());
                 batch.push(line);
                 batch.olds.push(old);
                 if batch.rows >= self.batch_size {
                     let batch = std::mem::take(batch);
-                    self.spawn(target, batch).await?;
+                    self.spawn(Target::Nodes(labels), batch).await?;
                 }
             }
             "rel" => {
@@ -602,14 +574,14 @@ impl Loader {
                     self.new_id(record.start.as_deref())?,
                     self.new_id(record.end.as_deref())?,
                 ];
-                let target =
-                    Target::Relationships(record.rel_type.unwrap_or_default().into_owned());
-                let batch = self.pending.entry(target.clone()).or_default();
+                let rel_type = record.rel_type.as_deref().unwrap_or_default();
+                let batch = batch_for(&mut self.pending_rels, rel_type);
                 batch.push(line);
                 batch.ends.push(ends);
                 if batch.rows >= self.batch_size {
                     let batch = std::mem::take(batch);
-                    self.spawn(target, batch).await?;
+                    self.spawn(Target::Relationships(rel_type.to_string()), batch)
+                        .await?;
                 }
             }
             _ => {}
@@ -674,7 +646,15 @@ impl Loader {
 
     /// Send every pending batch and wait for all of them.
     async fn drain(&mut self) -> Result<()> {
-        let pending: Vec<_> = self.pending.drain().collect();
+        let nodes = self
+            .pending_nodes
+            .drain()
+            .map(|(k, b)| (Target::Nodes(k), b));
+        let rels = self
+            .pending_rels
+            .drain()
+            .map(|(k, b)| (Target::Relationships(k), b));
+        let pending: Vec<_> = nodes.chain(rels).collect();
         for (target, batch) in pending {
             if batch.rows > 0 {
                 self.spawn(target, batch).await?;
@@ -685,6 +665,19 @@ impl Loader {
         }
         Ok(())
     }
+}
+
+/// The batch being filled for `key`; the key is copied only when it is new
+/// (a lookup per line, an allocation per label set or type).
+fn batch_for<'m, K, Q>(pending: &'m mut HashMap<K, Batch>, key: &Q) -> &'m mut Batch
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: ToOwned<Owned = K> + std::hash::Hash + Eq + ?Sized,
+{
+    if !pending.contains_key(key) {
+        pending.insert(key.to_owned(), Batch::default());
+    }
+    pending.get_mut(key).expect("inserted above")
 }
 
 /// One batch in its own transaction, retried when Neo4j reports a transient
