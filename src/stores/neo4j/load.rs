@@ -455,7 +455,7 @@ impl Target {
             Target::Nodes(labels) => {
                 let labels: String = labels.iter().map(|l| format!(":{}", quote(l))).collect();
                 format!(
-                    "UNWIND $rows AS row CREATE (n{labels}) SET n += row[1]{} RETURN row[0] AS i, id(n) AS new",
+                    "UNWIND $rows AS row CREATE (n{labels}) SET n += row[1]{} RETURN collect(row[0]) AS i, collect(id(n)) AS new",
                     convert("n", 2)
                 )
             }
@@ -472,22 +472,61 @@ impl Target {
 /// Load the nodes and relationships of the export at `path` into the (empty)
 /// database; answers the schema statements, which the caller runs after the
 /// data (building an index once is faster than maintaining it per row).
+/// Nodes go in export order; relationships after every node, grouped by start
+/// node (see `spill`), which a second reader prepares in `scratch` meanwhile.
 pub(super) async fn load_graph(
     graph: &Graph,
     path: &Path,
+    scratch: &Path,
+    relationships: Option<u64>,
     ids: IdMap,
     batch_size: usize,
     transactions: usize,
 ) -> Result<Vec<String>> {
-    let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>>>(8);
-    let reader_path = path.to_path_buf();
-    let reader = tokio::task::spawn_blocking(move || {
-        crate::ndjson::read_chunks(&reader_path, SVC, CHUNK_BYTES, |chunk| {
-            tx.blocking_send(chunk).is_ok()
-        })
+    let (spill_from, spill_to) = (path.to_path_buf(), scratch.to_path_buf());
+    let spiller = tokio::task::spawn_blocking(move || {
+        super::spill::spill(&spill_from, &spill_to, relationships)
     });
     let mut loader = Loader::new(graph.clone(), batch_size, transactions, ids);
     let mut schema = Vec::new();
+    let read_from = path.to_path_buf();
+    let nodes = route_all(&mut loader, &mut schema, move |sink| {
+        crate::ndjson::read_chunks(&read_from, SVC, CHUNK_BYTES, sink)
+    })
+    .await;
+    let nodes = match nodes {
+        Ok(()) => loader.drain().await,
+        Err(e) => Err(e),
+    };
+    // Waited for even after a failure: its scratch files close with it.
+    let spilled = spiller
+        .await
+        .map_err(|e| Error::failure("sort relationships", e.to_string()).service(SVC));
+    nodes?;
+    let spilled = spilled??;
+    tracing::info!(
+        service = %SVC,
+        relationships = spilled.relationships,
+        "nodes restored; restoring relationships"
+    );
+    loader.in_relationships = true;
+    route_all(&mut loader, &mut schema, move |sink| {
+        spilled.read_sorted(CHUNK_BYTES, sink)
+    })
+    .await?;
+    loader.drain().await?;
+    Ok(schema)
+}
+
+/// Route every line that `produce` (run on a blocking thread) hands over in
+/// chunks of whole lines.
+async fn route_all<P>(loader: &mut Loader, schema: &mut Vec<String>, produce: P) -> Result<()>
+where
+    P: FnOnce(&mut dyn FnMut(Result<Vec<u8>>) -> bool) + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>>>(8);
+    let reader =
+        tokio::task::spawn_blocking(move || produce(&mut |chunk| tx.blocking_send(chunk).is_ok()));
     let mut outcome = Ok(());
     'chunks: while let Some(chunk) = rx.recv().await {
         let chunk = match chunk {
@@ -498,7 +537,7 @@ pub(super) async fn load_graph(
             }
         };
         for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            if let Err(e) = loader.route(line, &mut schema).await {
+            if let Err(e) = loader.route(line, schema).await {
                 outcome = Err(e);
                 break 'chunks;
             }
@@ -506,9 +545,7 @@ pub(super) async fn load_graph(
     }
     drop(rx);
     let _ = reader.await;
-    outcome?;
-    loader.drain().await?;
-    Ok(schema)
+    outcome
 }
 
 /// Routes lines into batches by label set and relationship type and runs
@@ -522,6 +559,7 @@ struct Loader {
     pending_nodes: HashMap<Vec<String>, Batch>,
     pending_rels: HashMap<String, Batch>,
     ids: IdMap,
+    /// Every node is in: relationship lines are loaded, not skipped.
     in_relationships: bool,
 }
 
@@ -539,7 +577,13 @@ impl Loader {
         }
     }
 
+    /// Put one line into its batch. Relationship lines are taken only once
+    /// every node is in (`in_relationships`); before that they are skipped,
+    /// the spilled copy being the one loaded.
     async fn route(&mut self, line: &[u8], schema: &mut Vec<String>) -> Result<()> {
+        if !self.in_relationships && line.starts_with(br#"{"type":"rel","#) {
+            return Ok(());
+        }
         let record: Record<IgnoredAny> = serde_json::from_slice(line).map_err(undecodable)?;
         match record.kind.as_ref() {
             "constraint" | "index" => schema.extend(record.statement),
@@ -547,15 +591,6 @@ impl Loader {
                 let mut labels = record.labels.unwrap_or_default();
                 labels.sort();
                 let old = record.id.map(Cow::into_owned).unwrap_or_default();
-                if self.in_relationships {
-                    // A node exported late, for a relationship that follows: it must exist first.
-                    self.drain().await?;
-                    let mut batch = Batch::default();
-                    batch.push(line);
-                    batch.olds.push(old);
-                    self.spawn(Target::Nodes(labels), batch).await?;
-                    return self.drain().await;
-                }
                 let batch = batch_for(&mut self.pending_nodes, labels.as_slice());
                 batch.push(line);
                 batch.olds.push(old);
@@ -564,12 +599,7 @@ impl Loader {
                     self.spawn(Target::Nodes(labels), batch).await?;
                 }
             }
-            "rel" => {
-                if !self.in_relationships {
-                    // Every node must be created (and its new id known) before relationships.
-                    self.drain().await?;
-                    self.in_relationships = true;
-                }
+            "rel" if self.in_relationships => {
                 let ends = [
                     self.new_id(record.start.as_deref())?,
                     self.new_id(record.end.as_deref())?,
@@ -693,6 +723,7 @@ async fn run_batch(graph: &Graph, target: &Target, batch: &Batch) -> Result<Vec<
         match batch_once(graph, &target.cypher(special), rows).await {
             Ok(ids) => return Ok(ids),
             Err(e) if attempt < 8 && e.to_string().contains("Transient") => {
+                tracing::debug!(service = %SVC, attempt, error = %e, "batch failed transiently, retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
@@ -713,8 +744,10 @@ async fn batch_once(
     while let Some(row) = stream.next(txn.handle()).await? {
         // Both are never negative, so neo4rs 0.8's misreading of the tiny
         // integers -16..-1 cannot touch them.
-        if let (Ok(place), Ok(new)) = (row.get::<i64>("i"), row.get::<i64>("new")) {
-            ids.push((place, new));
+        // One answer per batch, two lists aligned by the aggregation (not a
+        // record per row: 1M records cost the server and the client more).
+        if let (Ok(places), Ok(news)) = (row.get::<Vec<i64>>("i"), row.get::<Vec<i64>>("new")) {
+            ids.extend(places.into_iter().zip(news));
         }
     }
     txn.commit().await?;
