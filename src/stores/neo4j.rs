@@ -579,8 +579,9 @@ impl Neo4j {
         let schema = load::load_graph(
             graph,
             ctx.artifact,
-            ctx.scratch,
-            relationships,
+            self.settings
+                .group_relationships
+                .then_some((ctx.scratch, relationships)),
             ids,
             self.settings.batch_size,
             self.settings.transactions,

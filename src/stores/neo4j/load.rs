@@ -473,19 +473,20 @@ impl Target {
 /// database; answers the schema statements, which the caller runs after the
 /// data (building an index once is faster than maintaining it per row).
 /// Nodes go in export order; relationships after every node, grouped by start
-/// node (see `spill`), which a second reader prepares in `scratch` meanwhile.
+/// node (see `spill`) when `spill_to` names a scratch directory (and the
+/// manifest's relationship count), where a second reader prepares them
+/// meanwhile; in export order otherwise.
 pub(super) async fn load_graph(
     graph: &Graph,
     path: &Path,
-    scratch: &Path,
-    relationships: Option<u64>,
+    spill_to: Option<(&Path, Option<u64>)>,
     ids: IdMap,
     batch_size: usize,
     transactions: usize,
 ) -> Result<Vec<String>> {
-    let (spill_from, spill_to) = (path.to_path_buf(), scratch.to_path_buf());
-    let spiller = tokio::task::spawn_blocking(move || {
-        super::spill::spill(&spill_from, &spill_to, relationships)
+    let spiller = spill_to.map(|(scratch, relationships)| {
+        let (from, to) = (path.to_path_buf(), scratch.to_path_buf());
+        tokio::task::spawn_blocking(move || super::spill::spill(&from, &to, relationships))
     });
     let mut loader = Loader::new(graph.clone(), batch_size, transactions, ids);
     let mut schema = Vec::new();
@@ -499,21 +500,48 @@ pub(super) async fn load_graph(
         Err(e) => Err(e),
     };
     // Waited for even after a failure: its scratch files close with it.
-    let spilled = spiller
-        .await
-        .map_err(|e| Error::failure("sort relationships", e.to_string()).service(SVC));
+    let spilled = match spiller {
+        Some(spiller) => Some(
+            spiller
+                .await
+                .map_err(|e| Error::failure("sort relationships", e.to_string()).service(SVC))
+                .and_then(|spilled| spilled),
+        ),
+        None => None,
+    };
     nodes?;
-    let spilled = spilled??;
-    tracing::info!(
-        service = %SVC,
-        relationships = spilled.relationships,
-        "nodes restored; restoring relationships"
-    );
     loader.in_relationships = true;
-    route_all(&mut loader, &mut schema, move |sink| {
-        spilled.read_sorted(CHUNK_BYTES, sink)
-    })
-    .await?;
+    match spilled {
+        Some(Ok(spilled)) => {
+            tracing::info!(
+                service = %SVC,
+                relationships = spilled.relationships,
+                "nodes restored; restoring relationships, grouped by start node"
+            );
+            route_all(&mut loader, &mut schema, move |sink| {
+                spilled.read_sorted(CHUNK_BYTES, sink)
+            })
+            .await?;
+        }
+        not_grouped => {
+            if let Some(Err(e)) = not_grouped {
+                // The grouping only makes the load faster: without room for
+                // it (a full scratch disk, say), load in export order rather
+                // than fail half-way.
+                tracing::warn!(
+                    service = %SVC,
+                    "could not group the relationships by start node ({e}); restoring them in export order"
+                );
+            } else {
+                tracing::info!(service = %SVC, "nodes restored; restoring relationships in export order");
+            }
+            let read_from = path.to_path_buf();
+            route_all(&mut loader, &mut schema, move |sink| {
+                crate::ndjson::read_chunks(&read_from, SVC, CHUNK_BYTES, sink)
+            })
+            .await?;
+        }
+    }
     loader.drain().await?;
     Ok(schema)
 }
@@ -559,7 +587,8 @@ struct Loader {
     pending_nodes: HashMap<Vec<String>, Batch>,
     pending_rels: HashMap<String, Batch>,
     ids: IdMap,
-    /// Every node is in: relationship lines are loaded, not skipped.
+    /// Every node is in: relationship lines are loaded, the others skipped
+    /// (before: the other way round).
     in_relationships: bool,
 }
 
@@ -586,8 +615,9 @@ impl Loader {
         }
         let record: Record<IgnoredAny> = serde_json::from_slice(line).map_err(undecodable)?;
         match record.kind.as_ref() {
-            "constraint" | "index" => schema.extend(record.statement),
-            "node" => {
+            // Nodes and schema are taken in the first pass only.
+            "constraint" | "index" if !self.in_relationships => schema.extend(record.statement),
+            "node" if !self.in_relationships => {
                 let mut labels = record.labels.unwrap_or_default();
                 labels.sort();
                 let old = record.id.map(Cow::into_owned).unwrap_or_default();
