@@ -223,7 +223,7 @@ fn build_graph(neo: &Neo) {
         "CREATE (a:Person:`Odd Label` {uid: 1, name: 'Zoë \"Q\" \\n line\\ttab \\\\ back', `key with space`: 'v',
            neg1: -1, neg16: -16, neg17: -17, maxint: 9223372036854775807, minint: -9223372036854775808, score: 1.5, tiny: 4.9e-324,
            big: 1.7976931348623157e308, negzero: -0.0, nan: 0.0/0.0, inf: 1.0/0.0, ninf: -1.0/0.0,
-           yes: true, no: false, empty: '', sevenths: [x IN range(1, 300) | x / 7.0], third: 1.0 / 3.0,
+           yes: true, no: false, empty: '', nolist: [], sevenths: [x IN range(1, 300) | x / 7.0], third: 1.0 / 3.0,
            tags: ['a', 'b', ''], nums: [1, -2, 3], floats: [0.1, 2.5], flags: [true, false],
            born: date('1987-06-05'), early: date('-0044-03-15'),
            berlin: datetime('2024-03-31T02:30:00.123456789[Europe/Berlin]'),

@@ -35,6 +35,25 @@ const SPECIAL: &str = "CASE s[1]
       WHEN 'LIST<POINT>' THEN [v IN s[2] | point(v)]
       END";
 
+/// The stored types that `SPECIAL` converts; any other is refused (it would
+/// be converted to null, and so silently not restored).
+const SPECIAL_KINDS: [&str; 14] = [
+    "DATE",
+    "LOCAL TIME",
+    "ZONED TIME",
+    "LOCAL DATETIME",
+    "ZONED DATETIME",
+    "DURATION",
+    "POINT",
+    "LIST<DATE>",
+    "LIST<LOCAL TIME>",
+    "LIST<ZONED TIME>",
+    "LIST<LOCAL DATETIME>",
+    "LIST<ZONED DATETIME>",
+    "LIST<DURATION>",
+    "LIST<POINT>",
+];
+
 /// Lines travel from the reading thread in chunks of about this size.
 const CHUNK_BYTES: usize = 256 * 1024;
 
@@ -190,9 +209,15 @@ impl<'de> Visitor<'de> for TypedSeed {
                 .map(Typed::Direct)
         } else if let Some(scalar) = list_of {
             seq.next_element_seed(ListSeed(scalar))?.map(Typed::Direct)
-        } else {
+        } else if kind == "LIST<NOTHING>" {
+            // An empty list: Cypher cannot tell what it was to hold.
+            seq.next_element_seed(ListSeed(Scalar::String))?
+                .map(Typed::Direct)
+        } else if SPECIAL_KINDS.contains(&kind.as_ref()) {
             seq.next_element::<Value>()?
                 .map(|value| Typed::Special(kind.into_owned(), value))
+        } else {
+            return Err(de::Error::custom(format!("unknown property type '{kind}'")));
         };
         let typed = typed.ok_or_else(|| de::Error::invalid_length(1, &self))?;
         if seq.next_element::<IgnoredAny>()?.is_some() {
@@ -800,9 +825,11 @@ mod tests {
         let props = decode(
             r#"{"type":"node","props":{"big":["INTEGER",9007199254740993],"nan":["FLOAT","NaN"],
             "inf":["FLOAT","-Infinity"],"f":["FLOAT",2],"b":["BYTES","AAEC/w=="],"l":["LIST<INTEGER>",[1,-2]],
-            "s":["STRING","x\"y"],"t":["BOOLEAN",true],"z":["ZONED DATETIME","2024-01-01T00:00Z[Europe/Paris]"]}}"#,
+            "s":["STRING","x\"y"],"t":["BOOLEAN",true],"z":["ZONED DATETIME","2024-01-01T00:00Z[Europe/Paris]"],
+            "e":["LIST<NOTHING>",[]]}}"#,
         );
-        assert_eq!(props.direct.len(), 8);
+        assert_eq!(props.direct.len(), 9);
+        assert!(props.direct.get::<Vec<String>>("e").unwrap().is_empty());
         assert_eq!(props.direct.get::<i64>("big").unwrap(), 9007199254740993);
         assert!(props.direct.get::<f64>("nan").unwrap().is_nan());
         assert_eq!(props.direct.get::<f64>("f").unwrap(), 2.0);
@@ -820,6 +847,7 @@ mod tests {
             r#"{"props":{"a":["BYTES","not base64!"]}}"#,
             r#"{"props":{"a":["STRING","x",3]}}"#,
             r#"{"props":{"a":[7,"x"]}}"#,
+            r#"{"props":{"a":["MYSTERY","x"]}}"#,
         ] {
             assert!(serde_json::from_str::<PropsOf>(bad).is_err(), "{bad}");
         }
