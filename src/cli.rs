@@ -399,6 +399,12 @@ pub struct HookArgs {
     /// IT_HOOK_ERROR. When it fails, the run's exit status is 1.
     #[arg(long, value_name = "CMD")]
     pub post_hook: Option<String>,
+
+    /// Seconds a hook may run; then it and every process it started are
+    /// killed and the hook counts as failed (a hung hook must not hold the
+    /// run, and its lock, for ever).
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub hook_timeout: u64,
 }
 
 /// The retention policy and the grace period of incomplete backups.

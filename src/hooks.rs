@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -92,7 +92,7 @@ async fn run_between_hooks<T>(
     if let Some(cmd) = hooks.and_then(|h| h.pre_hook.as_deref()) {
         let mut vars = ctx.variables();
         vars.push(("IT_HOOK_EVENT", format!("pre-{}", ctx.operation)));
-        run_hook(cmd, "pre-hook", &vars)
+        run_hook(cmd, "pre-hook", &vars, hook_timeout(hooks))
             .await
             .map_err(|e| e.hint("the pre-hook failed, so nothing was changed; fix the hook or run without --pre-hook"))?;
     }
@@ -112,7 +112,7 @@ async fn run_between_hooks<T>(
                 .map(|e| e.to_string())
                 .unwrap_or_default(),
         ));
-        let post = run_hook(cmd, "post-hook", &vars).await;
+        let post = run_hook(cmd, "post-hook", &vars, hook_timeout(hooks)).await;
         match (&result, post) {
             (Ok(_), Err(e)) => {
                 return Err(e.hint(format!(
@@ -127,28 +127,57 @@ async fn run_between_hooks<T>(
     result
 }
 
+fn hook_timeout(hooks: Option<&HookArgs>) -> Duration {
+    Duration::from_secs(hooks.map_or(600, |h| h.hook_timeout))
+}
+
 /// `sh -c CMD` with the run's variables; its output goes to standard error
-/// (standard output is kept for `--json`).
-pub async fn run_hook(cmd: &str, which: &str, vars: &[(&str, String)]) -> Result<()> {
+/// (standard output is kept for `--json`). Past `timeout`, the shell and
+/// everything it started (its own process group) are killed.
+pub async fn run_hook(
+    cmd: &str,
+    which: &str,
+    vars: &[(&str, String)],
+    timeout: Duration,
+) -> Result<()> {
     let step = which.to_string();
     tracing::info!(hook = which, command = cmd, "running");
-    let mut command = Command::new("sh");
+    let mut command = tokio::process::Command::new("sh");
     command
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())
         .stdout(std::io::stderr())
-        .stderr(std::io::stderr());
+        .stderr(std::io::stderr())
+        .process_group(0)
+        .kill_on_drop(true);
     for (key, value) in vars {
         command.env(key, value);
     }
-    let status = tokio::task::spawn_blocking(move || command.status())
-        .await
-        .map_err(|e| Error::failure(step.clone(), e.to_string()))?
-        .map_err(|e| {
-            Error::failure(step.clone(), format!("cannot run sh: {e}"))
-                .hint("is /bin/sh installed and executable?")
-        })?;
+    let mut child = command.spawn().map_err(|e| {
+        Error::failure(step.clone(), format!("cannot run sh: {e}"))
+            .hint("is /bin/sh installed and executable?")
+    })?;
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status.map_err(|e| Error::failure(step.clone(), e.to_string()))?,
+        Err(_) => {
+            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                // SAFETY: kill(2) on the hook's own process group, which
+                // process_group(0) made with the shell's pid as its id.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+            let _ = child.wait().await;
+            return Err(Error::failure(
+                step,
+                format!(
+                    "`{cmd}` did not finish within {} s (--hook-timeout); it and the processes it started were killed",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+    };
     if status.success() {
         Ok(())
     } else {

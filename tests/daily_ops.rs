@@ -836,6 +836,40 @@ fn a_failed_backup_posts_to_the_webhook_and_tells_the_post_hook() {
     let (_, body) = requests.recv_timeout(Duration::from_secs(30)).unwrap();
     let payload: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(payload["error"]["step"], "pre-hook", "{payload:#}");
+
+    // A hook that hangs is killed, with what it started, after --hook-timeout.
+    let late = root.path().join("late-marker");
+    let hang = format!("sleep 3 && touch {}", late.display());
+    let started = std::time::Instant::now();
+    let stderr = fails(
+        &[
+            "--root",
+            r.to_str().unwrap(),
+            "backup",
+            "--services",
+            "postgres",
+            "--timestamp",
+            "hung",
+            "--pre-hook",
+            &hang,
+            "--hook-timeout",
+            "1",
+        ],
+        &[],
+        1,
+    );
+    assert!(
+        stderr.contains("did not finish within 1 s") && stderr.contains("--hook-timeout"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!r.join("hung").exists());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!late.exists(), "the hook's sleep outlived the timeout");
 }
 
 // ---------------------------------------------------------------- schedule
