@@ -811,22 +811,15 @@ fn a_failed_backup_posts_to_the_webhook_and_tells_the_post_hook() {
         .all(|e| !e.complete));
 
     // A failing pre-hook aborts before anything is touched, and is reported too.
-    let stderr = fails(
+    let stderr = backup_refused_by_pre_hook(
+        &r,
+        "never",
         &[
-            "--root",
-            r.to_str().unwrap(),
-            "backup",
-            "--services",
-            "postgres",
-            "--timestamp",
-            "never",
             "--notify-url",
             &url,
             "--pre-hook",
             "echo maintenance mode refused >&2; exit 3",
         ],
-        &[],
-        1,
     );
     assert!(
         stderr.contains("pre-hook") && stderr.contains("maintenance mode refused"),
@@ -841,23 +834,8 @@ fn a_failed_backup_posts_to_the_webhook_and_tells_the_post_hook() {
     let late = root.path().join("late-marker");
     let hang = format!("sleep 3 && touch {}", late.display());
     let started = std::time::Instant::now();
-    let stderr = fails(
-        &[
-            "--root",
-            r.to_str().unwrap(),
-            "backup",
-            "--services",
-            "postgres",
-            "--timestamp",
-            "hung",
-            "--pre-hook",
-            &hang,
-            "--hook-timeout",
-            "1",
-        ],
-        &[],
-        1,
-    );
+    let stderr =
+        backup_refused_by_pre_hook(&r, "hung", &["--pre-hook", &hang, "--hook-timeout", "1"]);
     assert!(
         stderr.contains("did not finish within 1 s") && stderr.contains("--hook-timeout"),
         "{stderr}"
@@ -870,6 +848,16 @@ fn a_failed_backup_posts_to_the_webhook_and_tells_the_post_hook() {
     assert!(!r.join("hung").exists());
     std::thread::sleep(Duration::from_secs(3));
     assert!(!late.exists(), "the hook's sleep outlived the timeout");
+}
+
+/// A PostgreSQL backup into `root` at `timestamp` that the pre-hook in `extra`
+/// stops (exit 1); answers its standard error.
+fn backup_refused_by_pre_hook(root: &Path, timestamp: &str, extra: &[&str]) -> String {
+    let root = root.to_str().unwrap();
+    let mut args = vec!["--root", root, "backup", "--services", "postgres"];
+    args.extend_from_slice(&["--timestamp", timestamp]);
+    args.extend_from_slice(extra);
+    fails(&args, &[], 1)
 }
 
 // ---------------------------------------------------------------- schedule
