@@ -127,8 +127,15 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         show,
         &format!("populating synthetic data (scale {})", request.scale),
     );
-    futures::future::try_join_all(stores.iter().map(|s| s.drill_populate(request.scale))).await?;
-    let expected = inventories(&stores).await?;
+    let populated = async {
+        futures::future::try_join_all(stores.iter().map(|s| s.drill_populate(request.scale)))
+            .await?;
+        inventories(&stores).await
+    };
+    let expected = match populated.await {
+        Ok(expected) => expected,
+        Err(e) => return Err(abandon(&stores, request.keep, e).await),
+    };
     step.done(&format!(
         "populated: {}",
         summary(&expected, |i| i.count.to_string())
@@ -147,7 +154,11 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
             no_local: false,
         },
     )
-    .await?;
+    .await;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => return Err(abandon(&stores, request.keep, e).await),
+    };
     let backup_seconds = started.elapsed().as_secs_f64();
     let BackupOutcome::Done { dir, manifest, .. } = outcome else {
         unreachable!("not a dry run");
@@ -282,6 +293,20 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         step.done("synthetic data removed (the backup stays)");
     }
     Ok(DrillOutcome { validation, file })
+}
+
+/// A drill that fails before its restore removes the synthetic data it
+/// populated (unless `--keep`), so that no half-made drill data stays in the
+/// stores; answers the failure.
+async fn abandon(stores: &[Box<dyn Store>], keep: bool, failure: Error) -> Error {
+    if !keep {
+        for store in stores {
+            if let Err(e) = store.drill_wipe().await {
+                tracing::warn!(service = %store.service(), error = %e, "could not remove the drill's synthetic data");
+            }
+        }
+    }
+    failure
 }
 
 /// A full restore rewinds each store to the backup: harmless when the stores

@@ -133,6 +133,42 @@ fn drill_needs_consent_before_rewinding_stores_that_hold_other_data() {
     psql("postgres", "DROP DATABASE drill_canary");
 }
 
+#[test]
+fn a_drill_whose_backup_fails_removes_its_synthetic_data() {
+    let _guard = serial();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    // The backup cannot create its directory under a regular file.
+    let blocker = root.path().join("not-a-directory");
+    std::fs::write(&blocker, "x").unwrap();
+    let out = blocker.join("backup");
+    let stderr = fails(
+        &[
+            "--root",
+            root_arg,
+            "drill",
+            "--yes",
+            "--scale",
+            "50",
+            "--services",
+            "postgres",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+        1,
+    );
+    assert!(stderr.contains("not-a-directory"), "{stderr}");
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'itbackup_drill'"
+        ),
+        "0",
+        "the synthetic database outlived the failed drill"
+    );
+}
+
 /// Scales beyond 2^31 / 7919 once overflowed the synthetic rows' arithmetic
 /// (found by the reference-scale benchmark); PostgreSQL alone keeps it quick.
 #[test]
