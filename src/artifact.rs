@@ -200,6 +200,42 @@ pub fn write_zstd_stream(
         .finish()
 }
 
+/// Stream what `produce` sends on its channel into `dir/name` through
+/// [`write_zstd_stream`] (on a blocking thread). The artifact is kept only
+/// when both the producer and the writer succeed; otherwise its partial file
+/// is removed and the first failure answered.
+pub async fn export_zstd<F, Fut>(
+    dir: &Path,
+    name: String,
+    service: crate::service::Service,
+    produce: F,
+) -> crate::error::Result<PendingArtifact>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Vec<u8>>) -> Fut,
+    Fut: std::future::Future<Output = crate::error::Result<()>>,
+{
+    use crate::error::{io_error, Error};
+    let step = "write export";
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let to = dir.to_path_buf();
+    let writer = tokio::task::spawn_blocking(move || write_zstd_stream(&to, &name, rx));
+    // The producer owns the sender: when it is done, the writer sees the end.
+    let exported = produce(tx).await;
+    let written = writer
+        .await
+        .map_err(|e| Error::failure(step, e.to_string()).service(service))?;
+    match (exported, written) {
+        (Ok(()), Ok(pending)) => Ok(pending),
+        (Err(e), written) => {
+            if let Ok(pending) = written {
+                pending.discard();
+            }
+            Err(e)
+        }
+        (Ok(()), Err(e)) => Err(io_error(Some(service), step, dir.display(), e)),
+    }
+}
+
 /// Open a zstd-compressed artifact for buffered line reading.
 pub fn open_zstd(path: &Path) -> io::Result<BufReader<zstd::Decoder<'static, BufReader<File>>>> {
     Ok(BufReader::with_capacity(

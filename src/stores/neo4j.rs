@@ -360,25 +360,10 @@ impl Neo4j {
         record: &mut ArtifactRecord,
     ) -> Result<PendingArtifact> {
         let file = format!("neo4j_{}.ndjson.zst", ctx.timestamp);
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
-        let dir = ctx.dir.to_path_buf();
-        let writer =
-            tokio::task::spawn_blocking(move || artifact::write_zstd_stream(&dir, &file, rx));
-        let exported = self.export_lines(graph, &tx, record).await;
-        drop(tx);
-        let written = writer
-            .await
-            .map_err(|e| Error::failure("write export", e.to_string()).service(SVC))?;
-        match (exported, written) {
-            (Ok(()), Ok(pending)) => Ok(pending),
-            (Err(e), written) => {
-                if let Ok(pending) = written {
-                    pending.discard();
-                }
-                Err(e)
-            }
-            (Ok(()), Err(e)) => Err(io_error(Some(SVC), "write export", ctx.dir.display(), e)),
-        }
+        artifact::export_zstd(ctx.dir, file, SVC, |tx| async move {
+            self.export_lines(graph, &tx, record).await
+        })
+        .await
     }
 
     async fn export_lines(
