@@ -89,10 +89,12 @@ async fn run_between_hooks<T>(
     work: impl Future<Output = Result<T>>,
 ) -> Result<T> {
     let hooks = ctx.hooks;
+    // Read only when a hook runs, that is when `hooks` is there.
+    let timeout = hooks.map_or(Duration::ZERO, |h| Duration::from_secs(h.hook_timeout));
     if let Some(cmd) = hooks.and_then(|h| h.pre_hook.as_deref()) {
         let mut vars = ctx.variables();
         vars.push(("IT_HOOK_EVENT", format!("pre-{}", ctx.operation)));
-        run_hook(cmd, "pre-hook", &vars, hook_timeout(hooks))
+        run_hook(cmd, "pre-hook", &vars, timeout)
             .await
             .map_err(|e| e.hint("the pre-hook failed, so nothing was changed; fix the hook or run without --pre-hook"))?;
     }
@@ -112,7 +114,7 @@ async fn run_between_hooks<T>(
                 .map(|e| e.to_string())
                 .unwrap_or_default(),
         ));
-        let post = run_hook(cmd, "post-hook", &vars, hook_timeout(hooks)).await;
+        let post = run_hook(cmd, "post-hook", &vars, timeout).await;
         match (&result, post) {
             (Ok(_), Err(e)) => {
                 return Err(e.hint(format!(
@@ -125,10 +127,6 @@ async fn run_between_hooks<T>(
         }
     }
     result
-}
-
-fn hook_timeout(hooks: Option<&HookArgs>) -> Duration {
-    Duration::from_secs(hooks.map_or(600, |h| h.hook_timeout))
 }
 
 /// `sh -c CMD` with the run's variables; its output goes to standard error

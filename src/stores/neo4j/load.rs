@@ -515,11 +515,7 @@ pub(super) async fn load_graph(
     });
     let mut loader = Loader::new(graph.clone(), batch_size, transactions, ids);
     let mut schema = Vec::new();
-    let read_from = path.to_path_buf();
-    let nodes = route_all(&mut loader, &mut schema, move |sink| {
-        crate::ndjson::read_chunks(&read_from, SVC, CHUNK_BYTES, sink)
-    })
-    .await;
+    let nodes = route_all(&mut loader, &mut schema, artifact_chunks(path)).await;
     let nodes = match nodes {
         Ok(()) => loader.drain().await,
         Err(e) => Err(e),
@@ -560,15 +556,17 @@ pub(super) async fn load_graph(
             } else {
                 tracing::info!(service = %SVC, "nodes restored; restoring relationships in export order");
             }
-            let read_from = path.to_path_buf();
-            route_all(&mut loader, &mut schema, move |sink| {
-                crate::ndjson::read_chunks(&read_from, SVC, CHUNK_BYTES, sink)
-            })
-            .await?;
+            route_all(&mut loader, &mut schema, artifact_chunks(path)).await?;
         }
     }
     loader.drain().await?;
     Ok(schema)
+}
+
+/// The artifact's lines in chunks, for [`route_all`].
+fn artifact_chunks(path: &Path) -> impl FnOnce(&mut dyn FnMut(Result<Vec<u8>>) -> bool) + Send {
+    let path = path.to_path_buf();
+    move |sink| crate::ndjson::read_chunks(&path, SVC, CHUNK_BYTES, sink)
 }
 
 /// Route every line that `produce` (run on a blocking thread) hands over in
