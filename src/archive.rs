@@ -30,13 +30,21 @@ impl ArchiveCompression {
     }
 }
 
+/// A packed archive, not yet committed.
+pub struct PackedArchive {
+    pub pending: PendingArtifact,
+    /// Size of the uncompressed tar stream: what unpacking it writes, plus
+    /// its headers, so a restore can check the destination's free space first.
+    pub tar_bytes: u64,
+}
+
 /// Pack the contents of `source` (paths relative to it) into `dir/name`.
 pub fn pack_dir(
     source: &Path,
     dir: &Path,
     name: &str,
     compression: ArchiveCompression,
-) -> io::Result<PendingArtifact> {
+) -> io::Result<PackedArchive> {
     write_compressed(dir, name, compression, |out| {
         append_tree(tar::Builder::new(out), source).map(|_| ())
     })
@@ -48,7 +56,7 @@ pub fn pack_stream(
     dir: &Path,
     name: &str,
     compression: ArchiveCompression,
-) -> io::Result<PendingArtifact> {
+) -> io::Result<PackedArchive> {
     write_compressed(dir, name, compression, |out| {
         io::copy(tar_stream, out).map(|_| ())
     })
@@ -60,23 +68,55 @@ fn write_compressed(
     name: &str,
     compression: ArchiveCompression,
     fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<PendingArtifact> {
+) -> io::Result<PackedArchive> {
     let writer = ArtifactWriter::create(dir, name)?;
     let buffered = BufWriter::with_capacity(artifact::CHUNK, writer);
-    let writer = match compression {
+    let (writer, tar_bytes) = match compression {
         ArchiveCompression::Gzip => {
             // Level 1: snapshot segments are compressed already; more effort buys little.
             let mut encoder = flate2::write::GzEncoder::new(buffered, flate2::Compression::fast());
-            fill(&mut encoder)?;
-            encoder.finish()?
+            let tar_bytes = fill_counted(&mut encoder, fill)?;
+            (encoder.finish()?, tar_bytes)
         }
         ArchiveCompression::Zstd => {
             let mut encoder = zstd::Encoder::new(buffered, 3)?;
-            fill(&mut encoder)?;
-            encoder.finish()?
+            let tar_bytes = fill_counted(&mut encoder, fill)?;
+            (encoder.finish()?, tar_bytes)
         }
     };
-    writer.into_inner().map_err(|e| e.into_error())?.finish()
+    Ok(PackedArchive {
+        pending: writer.into_inner().map_err(|e| e.into_error())?.finish()?,
+        tar_bytes,
+    })
+}
+
+/// Run `fill` on `out`, returning how many bytes it wrote.
+fn fill_counted(
+    out: &mut dyn Write,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut counted = CountingWriter {
+        inner: out,
+        bytes: 0,
+    };
+    fill(&mut counted)?;
+    Ok(counted.bytes)
+}
+
+struct CountingWriter<'a> {
+    inner: &'a mut dyn Write,
+    bytes: u64,
+}
+
+impl Write for CountingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.bytes += written as u64;
+        Ok(written)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn append_tree<W: Write>(mut builder: tar::Builder<W>, source: &Path) -> io::Result<W> {
@@ -246,7 +286,14 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         for compression in [ArchiveCompression::Gzip, ArchiveCompression::Zstd] {
             let name = format!("x.{}", compression.extension());
-            let pending = pack_dir(src.path(), out.path(), &name, compression).unwrap();
+            let packed = pack_dir(src.path(), out.path(), &name, compression).unwrap();
+            let pending = packed.pending;
+            let decompressed = io::copy(
+                &mut open(&pending.partial, compression).unwrap(),
+                &mut io::sink(),
+            )
+            .unwrap();
+            assert_eq!(packed.tar_bytes, decompressed);
             assert_eq!(
                 check(open(&pending.partial, compression).unwrap()).unwrap(),
                 2

@@ -175,6 +175,16 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
         .prefix(".itbackup-restore-")
         .tempdir_in(&lock_root)
         .map_err(|e| io_error(None, "create scratch directory", lock_root.display(), e))?;
+    // Every store's local work first (extracting dumps, checking free space):
+    // a full disk stops the restore here, while no store has been changed.
+    for store in &stores {
+        let opened = &verified.opened[&store.service()];
+        let ctx = RestoreContext {
+            artifact: &opened.path,
+            scratch: scratch.path(),
+        };
+        store.prepare_restore(&ctx, &opened.record).await?;
+    }
     // The stores are separate servers, so restoring them at once is safe and
     // the recovery takes as long as the slowest one.
     let results = if request.sequential {

@@ -50,6 +50,8 @@ const PAGE_SIZE: usize = 2000;
 const BULK_BYTES: usize = 8 << 20;
 const BULK_DOCS: usize = 5000;
 const KEEP_ALIVE: &str = "5m";
+/// Manifest detail of a snapshot artifact: the size of its uncompressed tar.
+const UNPACKED_BYTES: &str = "unpacked_bytes";
 /// Every `_bulk` answer is cut to what [`BulkAnswer`] reads: the server then
 /// serialises a few bytes per document instead of its whole result.
 const BULK_PATH: &str =
@@ -546,7 +548,7 @@ impl OpenSearch {
         let dir = ctx.dir.to_path_buf();
         let source = location.to_path_buf();
         let step = "pack snapshot";
-        if let Target::Compose(compose) = &self.target {
+        let packed = if let Target::Compose(compose) = &self.target {
             // The repository is inside the container: stream it out with tar.
             let tar = compose.exec(
                 SVC,
@@ -555,7 +557,7 @@ impl OpenSearch {
                     .arg(&source)
                     .args(["-cf", "-", "."]),
             );
-            return super::blocking(SVC, move || {
+            super::blocking(SVC, move || {
                 let mut running = tar
                     .spawn(std::process::Stdio::null(), std::process::Stdio::piped())
                     .map_err(|e| process::spawn_failed(SVC, step, &tar.program, e))?;
@@ -565,21 +567,27 @@ impl OpenSearch {
                 let finished = running
                     .wait()
                     .map_err(|e| Error::failure(step, e.to_string()).service(SVC))?;
-                let pending =
+                let packed =
                     packed.map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
                 if let Err(e) = finished.check(SVC, step) {
-                    pending.discard();
+                    packed.pending.discard();
                     return Err(e);
                 }
-                Ok(pending)
+                Ok(packed)
             })
-            .await;
-        }
-        super::blocking(SVC, move || {
-            archive::pack_dir(&source, &dir, &file, compression)
-                .map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))
-        })
-        .await
+            .await?
+        } else {
+            super::blocking(SVC, move || {
+                archive::pack_dir(&source, &dir, &file, compression)
+                    .map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))
+            })
+            .await?
+        };
+        // What the restore will unpack under path.repo, for its free-space check.
+        record
+            .details
+            .insert(UNPACKED_BYTES.into(), json!(packed.tar_bytes));
+        Ok(packed.pending)
     }
 
     /// Whether this process can reach `path.repo`: through the container in
@@ -617,6 +625,23 @@ impl OpenSearch {
         ctx: &RestoreContext<'_>,
         record: &ArtifactRecord,
     ) -> Result<()> {
+        let repo_root = self.restore_repository_root().await?;
+        let repo = format!("itbackup-restore-{}", std::process::id());
+        let location = repo_root.join(&repo);
+        let result = self
+            .unpack_and_restore(ctx, record, &repo, &repo_root, &location)
+            .await;
+        let _ = self
+            .http
+            .delete_if_present(&format!("_snapshot/{repo}"), "remove snapshot repository")
+            .await;
+        self.remove_repository_files(&location).await;
+        result
+    }
+
+    /// `path.repo`, where a snapshot restore unpacks its artifact; an error
+    /// when the cluster has none or this process cannot write there.
+    async fn restore_repository_root(&self) -> Result<PathBuf> {
         let step = "restore snapshot";
         let repo_root = self.path_repo().await?.ok_or_else(|| {
             Error::failure(step, "the cluster has no path.repo, which a snapshot restore needs")
@@ -634,17 +659,7 @@ impl OpenSearch {
             .service(SVC)
             .hint("run the restore where path.repo can be written, and verify its disk space"));
         }
-        let repo = format!("itbackup-restore-{}", std::process::id());
-        let location = repo_root.join(&repo);
-        let result = self
-            .unpack_and_restore(ctx, record, &repo, &repo_root, &location)
-            .await;
-        let _ = self
-            .http
-            .delete_if_present(&format!("_snapshot/{repo}"), "remove snapshot repository")
-            .await;
-        self.remove_repository_files(&location).await;
-        result
+        Ok(repo_root)
     }
 
     async fn unpack_and_restore(
@@ -1691,6 +1706,10 @@ impl Store for OpenSearch {
         let indices: Vec<String> = record.counts.keys().cloned().collect();
         match record.method.as_str() {
             "snapshot" => vec![
+                format!(
+                    "check cluster health, path.repo and its free space (needs {}) before any store is changed",
+                    record.details.get(UNPACKED_BYTES).and_then(|v| v.as_u64()).map_or("the artifact's size".to_string(), crate::report::size)
+                ),
                 format!("unpack {} under path.repo and register it read-only", record.file),
                 format!("DELETE {url}/<index> for each index being replaced: {}", indices.join(", ")),
                 format!("POST {url}/_snapshot/<repo>/snapshot/_restore (with global state and aliases)"),
@@ -1702,6 +1721,37 @@ impl Store for OpenSearch {
                 "wait until every restored index is at least yellow".into(),
             ],
         }
+    }
+
+    async fn prepare_restore(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        self.health("cluster health").await?;
+        if record.method != "snapshot" {
+            return Ok(());
+        }
+        let repo_root = self.restore_repository_root().await?;
+        if self.target.compose().is_some() {
+            // path.repo is inside the container; its unpack reports a full disk itself.
+            return Ok(());
+        }
+        // Backups made before the size was recorded: the artifact's own size,
+        // which the unpacked snapshot (already compressed segments) is not below.
+        let needed = match record.details.get(UNPACKED_BYTES).and_then(|v| v.as_u64()) {
+            Some(bytes) => bytes,
+            None => std::fs::metadata(ctx.artifact)
+                .map_err(|e| io_error(Some(SVC), "restore snapshot", ctx.artifact.display(), e))?
+                .len(),
+        };
+        super::require_free_space(
+            SVC,
+            "restore snapshot",
+            &repo_root,
+            needed,
+            "unpacking the snapshot under path.repo",
+        )
     }
 
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {

@@ -391,25 +391,24 @@ impl Postgres {
         record: &ArtifactRecord,
     ) -> Result<()> {
         let databases = database_entries(record)?;
-        let artifact = ctx.artifact.to_path_buf();
-        let scratch = ctx.scratch.to_path_buf();
-        let members = record.members.clone();
-        let extracted = blocking(move || extract_members(&artifact, &members, &scratch)).await?;
+        let extracted = |member: &str, step: &str| {
+            let path = extracted_path(ctx.scratch, member);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(
+                    Error::failure(step, format!("{member} was not extracted from the archive"))
+                        .service(SVC),
+                )
+            }
+        };
 
-        let globals = extracted.get(GLOBALS_MEMBER).ok_or_else(|| {
-            Error::failure("restore globals", "the archive has no globals.sql").service(SVC)
-        })?;
-        self.restore_globals(globals).await?;
+        let globals = extracted(GLOBALS_MEMBER, "restore globals")?;
+        self.restore_globals(&globals).await?;
 
         for entry in &databases {
-            let dump = extracted.get(&entry.member).ok_or_else(|| {
-                Error::failure(
-                    "restore",
-                    format!("the archive has no member {}", entry.member),
-                )
-                .service(SVC)
-            })?;
-            self.restore_database(&entry.name, dump).await?;
+            let dump = extracted(&entry.member, "restore")?;
+            self.restore_database(&entry.name, &dump).await?;
             tracing::info!(database = %entry.name, "postgres: restored database");
         }
         Ok(())
@@ -663,7 +662,11 @@ impl Store for Postgres {
         match record.format.as_str() {
             "tar+custom" => {
                 let mut plan = vec![
-                    format!("extract {} into a private scratch directory", record.file),
+                    format!(
+                        "extract {} into a private scratch directory under the backup root (needs {} free: checked, like every store's, before any store is changed)",
+                        record.file,
+                        crate::report::size(record.members.iter().map(|m| m.bytes).sum())
+                    ),
                     format!(
                         "{} -f globals.idempotent.sql  (roles: created if missing, else altered)",
                         self.tool("psql")
@@ -700,6 +703,26 @@ impl Store for Postgres {
                 ),
             ],
         }
+    }
+
+    async fn prepare_restore(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let (_, server_major) = self.server_version().await?;
+        self.check_client(server_major).await?;
+        if record.format != "tar+custom" {
+            return Ok(());
+        }
+        // pg_restore -j needs each dump as a file of its own.
+        let step = "extract archive";
+        let needed = record.members.iter().map(|m| m.bytes).sum();
+        super::require_free_space(SVC, step, ctx.scratch, needed, "extracting the dumps")?;
+        let artifact = ctx.artifact.to_path_buf();
+        let scratch = ctx.scratch.to_path_buf();
+        let members = record.members.clone();
+        blocking(move || extract_members(&artifact, &members, &scratch)).await
     }
 
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
@@ -920,23 +943,22 @@ fn tool_output_to_file(cmd: &ToolCommand, path: &Path, step: &str) -> Result<()>
         .map_err(|e| io_error(Some(SVC), step, path.display(), e))
 }
 
-/// Extract the recorded members into `scratch` (never by the archive's own paths).
-fn extract_members(
-    archive: &Path,
-    members: &[Member],
-    scratch: &Path,
-) -> Result<BTreeMap<String, PathBuf>> {
+/// Where [`extract_members`] puts a member: by the manifest's name, never
+/// by the archive's own paths.
+fn extracted_path(scratch: &Path, member: &str) -> PathBuf {
+    scratch.join(member.replace('/', "_"))
+}
+
+/// Extract the recorded members into `scratch`.
+fn extract_members(archive: &Path, members: &[Member], scratch: &Path) -> Result<()> {
     let step = "extract archive";
-    let mut extracted = BTreeMap::new();
     walk_members(archive, members, step, |member, reader| {
-        let path = scratch.join(member.name.replace('/', "_"));
+        let path = extracted_path(scratch, &member.name);
         let mut out = artifact::create_private_file(&path)
             .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
         io::copy(reader, &mut out).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
-        extracted.insert(member.name.clone(), path);
         Ok(())
-    })?;
-    Ok(extracted)
+    })
 }
 
 /// A plain dump is complete only when it ends with pg_dumpall's closing comment.

@@ -1,0 +1,275 @@
+//! A full disk, on either side: a backup that runs out of space leaves nothing
+//! that looks like a backup, and a restore that would run out of space stops
+//! before it has changed any store. The disks are small tmpfs mounts (the
+//! tests run as root, like CI on this machine).
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// A tmpfs of `bytes` mounted on a fresh directory, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> SmallDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("itbackup-small-disk-")
+            .tempdir()
+            .expect("temp dir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (these tests need root, as in CI): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(self.path())
+            .output()
+            .expect("run df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df output")
+    }
+
+    /// Take all but `keep` bytes of the free space with a filler file.
+    fn fill_leaving(&self, keep: u64) {
+        let take = self.free().saturating_sub(keep);
+        let mut filler = fs::File::create(self.path().join("filler")).unwrap();
+        let block = vec![0x5au8; 4096];
+        let mut written = 0;
+        while written + 4096 <= take {
+            filler.write_all(&block).unwrap();
+            written += 4096;
+        }
+        filler.sync_all().unwrap();
+    }
+
+    /// Every file left on the disk, for "nothing was left behind" checks.
+    fn files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in fs::read_dir(dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(self.path(), &mut files);
+        files
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// A database whose dump (about 1 MiB compressed) does not fit a small disk.
+struct Filler;
+
+impl Filler {
+    fn create() -> Filler {
+        psql(
+            "postgres",
+            "DROP DATABASE IF EXISTS itb_filler WITH (FORCE)",
+        );
+        psql("postgres", "CREATE DATABASE itb_filler");
+        psql(
+            "itb_filler",
+            "CREATE TABLE f AS SELECT i, (SELECT string_agg(md5(random()::text || i || j), '') FROM generate_series(1, 32) j) AS payload FROM generate_series(1, 2000) i",
+        );
+        Filler
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        psql(
+            "postgres",
+            "DROP DATABASE IF EXISTS itb_filler WITH (FORCE)",
+        );
+    }
+}
+
+fn opensearch(
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let url = format!("{}/{}", required_env("OPENSEARCH_URL"), path);
+    let mut req = reqwest::blocking::Client::new().request(method, url);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().expect("OpenSearch answers");
+    resp.json().unwrap_or(serde_json::Value::Null)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_backup_that_fills_the_disk_fails_clearly_and_leaves_nothing() {
+    let _guard = serial();
+    let _filler = Filler::create();
+    let disk = SmallDisk::mount(512 * 1024);
+    let root = disk.path().to_str().unwrap();
+
+    let err = fails(
+        &["--root", root, "backup", "--services", "postgres"],
+        &[],
+        1,
+    );
+    assert!(
+        err.contains("No space left on device") && err.contains("the disk is full"),
+        "the error should say the disk is full:\n{err}"
+    );
+    assert!(
+        err.contains("postgres"),
+        "the error should name the service:\n{err}"
+    );
+    // No artifact, partial file or manifest is left to take space or be mistaken for a backup.
+    let left: Vec<_> = disk
+        .files()
+        .into_iter()
+        .filter(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".itbackup")
+        })
+        .collect();
+    assert!(left.is_empty(), "files left on the full disk: {left:?}");
+    let listed = ok(&["--root", root, "--json", "list"], &[]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed["backups"].as_array().map(|b| b.len()),
+        Some(0),
+        "list shows a backup after a failed run: {listed}"
+    );
+    // The lock went with the run: the next attempt meets the disk again, not a lock.
+    let again = fails(
+        &["--root", root, "backup", "--services", "postgres"],
+        &[],
+        1,
+    );
+    assert!(!again.contains("lock"), "{again}");
+}
+
+#[test]
+fn a_restore_without_room_to_extract_stops_before_any_store_changes() {
+    let _guard = serial();
+    let _filler = Filler::create();
+    let index = "itb-full-disk";
+    opensearch(reqwest::Method::DELETE, index, None);
+    opensearch(
+        reqwest::Method::PUT,
+        &format!("{index}/_doc/before?refresh=true"),
+        Some(serde_json::json!({"v": "at backup"})),
+    );
+
+    // A complete backup of both stores on an ordinary disk.
+    let roomy = temp_root();
+    ok(
+        &[
+            "--root",
+            roomy.path().to_str().unwrap(),
+            "backup",
+            "--services",
+            "postgres,opensearch",
+            "--indices",
+            index,
+        ],
+        &[],
+    );
+    let backup = only_backup(roomy.path());
+    psql(
+        "itb_filler",
+        "UPDATE f SET payload = 'after backup' WHERE i = 1",
+    );
+    opensearch(
+        reqwest::Method::PUT,
+        &format!("{index}/_doc/after?refresh=true"),
+        Some(serde_json::json!({"v": "after backup"})),
+    );
+
+    // The same backup on a disk with room for it but not for the extracted dumps.
+    let backup_bytes: u64 = fs::read_dir(&backup)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let disk = SmallDisk::mount(2 * backup_bytes + (4 << 20));
+    let copied = disk.path().join(backup.file_name().unwrap());
+    copy_tree(&backup, &copied);
+    disk.fill_leaving(256 * 1024);
+
+    let err = fails(
+        &["restore", "--path", copied.to_str().unwrap(), "--yes"],
+        &[],
+        1,
+    );
+    assert_eq!(
+        psql("itb_filler", "SELECT payload FROM f WHERE i = 1"),
+        "after backup",
+        "the failed restore changed PostgreSQL"
+    );
+    let count = opensearch(reqwest::Method::GET, &format!("{index}/_count"), None);
+    assert_eq!(
+        count["count"], 2,
+        "the failed restore changed OpenSearch: {count}"
+    );
+    assert!(
+        err.contains("extracting the dumps needs") && err.contains("the disk is full"),
+        "the error should say the dumps do not fit:\n{err}"
+    );
+    // Its scratch directory went with it.
+    let scratch: Vec<_> = fs::read_dir(disk.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".itbackup-restore-")
+        })
+        .collect();
+    assert!(scratch.is_empty(), "scratch left behind");
+
+    opensearch(reqwest::Method::DELETE, index, None);
+}
