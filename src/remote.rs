@@ -30,6 +30,8 @@ use crate::manifest::{is_safe_component, Manifest, MANIFEST_FILE};
 const PART_SIZE: usize = 8 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 4;
 const READ_CHUNK: usize = 1024 * 1024;
+/// Manifests read at once when listing a location.
+const MANIFEST_READS: usize = 8;
 
 /// A backup location in an object store.
 #[derive(Debug, Clone)]
@@ -228,7 +230,7 @@ impl Remote {
         }
     }
 
-    /// Every backup in the location, oldest first.
+    /// Every backup in the location, oldest first (by finish time, then name).
     pub async fn backups(&self) -> Result<Vec<RemoteBackup>> {
         let step = "list remote backups";
         let mut by_name: std::collections::BTreeMap<String, RemoteBackup> = Default::default();
@@ -264,26 +266,40 @@ impl Remote {
                 entry.has_manifest = true;
             }
         }
-        let mut backups = Vec::new();
-        for (_, mut entry) in by_name {
-            if entry.has_manifest {
-                match self.read_manifest(&entry.name).await {
-                    Ok(manifest) => {
-                        entry.complete = true;
-                        entry.problem = None;
-                        entry.timestamp = manifest.timestamp.clone();
-                        entry.finished_at = Some(manifest.finished_at.clone());
-                        entry.services = manifest.services.keys().map(|s| s.to_string()).collect();
-                        entry.manifest = Some(manifest);
+        // One GET per manifest: a few at a time, so a long history lists in
+        // round trips / MANIFEST_READS rather than one after the other.
+        let mut backups: Vec<RemoteBackup> = futures::stream::iter(by_name.into_values())
+            .map(|mut entry| async move {
+                if entry.has_manifest {
+                    match self.read_manifest(&entry.name).await {
+                        Ok(manifest) => {
+                            entry.complete = true;
+                            entry.problem = None;
+                            entry.timestamp = manifest.timestamp.clone();
+                            entry.finished_at = Some(manifest.finished_at.clone());
+                            entry.services =
+                                manifest.services.keys().map(|s| s.to_string()).collect();
+                            entry.manifest = Some(manifest);
+                        }
+                        Err(e) => entry.problem = Some(e.message),
                     }
-                    Err(e) => entry.problem = Some(e.message),
                 }
-            }
-            backups.push(entry);
-        }
+                entry
+            })
+            .buffer_unordered(MANIFEST_READS)
+            .collect()
+            .await;
         backups.sort_by(|a, b| {
-            (a.finished_at.as_deref().unwrap_or(""), &a.timestamp)
-                .cmp(&(b.finished_at.as_deref().unwrap_or(""), &b.timestamp))
+            (
+                a.finished_at.as_deref().unwrap_or(""),
+                &a.timestamp,
+                &a.name,
+            )
+                .cmp(&(
+                    b.finished_at.as_deref().unwrap_or(""),
+                    &b.timestamp,
+                    &b.name,
+                ))
         });
         Ok(backups)
     }
