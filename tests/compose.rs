@@ -63,22 +63,6 @@ fn succeeded(out: &Output) {
     assert!(out.status.success(), "{}", text(out));
 }
 
-fn opensearch(
-    method: reqwest::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let url = format!("{}/{}", required_env("OPENSEARCH_URL"), path);
-    let mut req = reqwest::blocking::Client::new().request(method, url);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    req.send()
-        .unwrap()
-        .json()
-        .unwrap_or(serde_json::Value::Null)
-}
-
 fn neo4j_count(label: &str) -> u64 {
     let url = format!(
         "http://{}/db/neo4j/tx/commit",

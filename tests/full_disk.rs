@@ -118,20 +118,6 @@ impl Drop for Filler {
     }
 }
 
-fn opensearch(
-    method: reqwest::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let url = format!("{}/{}", required_env("OPENSEARCH_URL"), path);
-    let mut req = reqwest::blocking::Client::new().request(method, url);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().expect("OpenSearch answers");
-    resp.json().unwrap_or(serde_json::Value::Null)
-}
-
 fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap().flatten() {

@@ -479,12 +479,7 @@ impl OpenSearch {
         let result = self
             .take_snapshot(ctx, &repo, &location, indices, record)
             .await;
-        // The repository was only a vehicle: unregister it and remove its files.
-        let _ = self
-            .http
-            .delete_if_present(&format!("_snapshot/{repo}"), "remove snapshot repository")
-            .await;
-        self.remove_repository_files(&location).await;
+        self.remove_repository(&repo, &location).await;
         result
     }
 
@@ -596,8 +591,13 @@ impl OpenSearch {
         self.target.compose().is_some() || writable_dir(repo)
     }
 
-    /// Remove a temporary repository's files, wherever they are.
-    async fn remove_repository_files(&self, location: &Path) {
+    /// A temporary repository was only a vehicle: unregister it and remove
+    /// its files, whatever happened while it was used (errors are ignored).
+    async fn remove_repository(&self, repo: &str, location: &Path) {
+        let _ = self
+            .http
+            .delete_if_present(&format!("_snapshot/{repo}"), "remove snapshot repository")
+            .await;
         match &self.target {
             Target::Compose(compose) => {
                 let rm = compose.exec(SVC, ToolCommand::new("rm").arg("-rf").arg(location));
@@ -631,11 +631,7 @@ impl OpenSearch {
         let result = self
             .unpack_and_restore(ctx, record, &repo, &repo_root, &location)
             .await;
-        let _ = self
-            .http
-            .delete_if_present(&format!("_snapshot/{repo}"), "remove snapshot repository")
-            .await;
-        self.remove_repository_files(&location).await;
+        self.remove_repository(&repo, &location).await;
         result
     }
 

@@ -108,6 +108,23 @@ pub fn psql(database: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// One OpenSearch REST call; the answer's JSON (null when it has none).
+pub fn opensearch(
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let url = format!("{}/{}", required_env("OPENSEARCH_URL"), path);
+    let mut req = reqwest::blocking::Client::new().request(method, url);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send()
+        .unwrap_or_else(|e| panic!("OpenSearch is not answering: {e}"))
+        .json()
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// A fresh backup root for one test.
 pub fn temp_root() -> tempfile::TempDir {
     tempfile::Builder::new()
