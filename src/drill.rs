@@ -169,7 +169,10 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
     ));
 
     let step = Progress::step(show, "removing the synthetic data");
-    futures::future::try_join_all(stores.iter().map(|s| s.drill_wipe())).await?;
+    if let Err(e) = futures::future::try_join_all(stores.iter().map(|s| s.drill_wipe())).await {
+        // Another store's wipe may have run: try them all once more, then report.
+        return Err(abandon(&stores, request.keep, e).await);
+    }
     step.done("synthetic data removed");
 
     let step = Progress::step(show, "restoring (the normal restore path)");
