@@ -12,21 +12,31 @@ use std::process::Command;
 
 use common::*;
 
-/// A tmpfs of `bytes` mounted on a fresh directory, unmounted on drop.
+/// A tmpfs of a given size mounted on a directory, unmounted on drop.
 struct SmallDisk {
-    dir: tempfile::TempDir,
+    path: PathBuf,
+    /// The directory it was mounted on, when the test made it.
+    _made: Option<tempfile::TempDir>,
 }
 
 impl SmallDisk {
+    /// On a fresh directory, for root only.
     fn mount(bytes: u64) -> SmallDisk {
         let dir = tempfile::Builder::new()
             .prefix("itbackup-small-disk-")
             .tempdir()
             .expect("temp dir");
+        let mut disk = SmallDisk::mount_over(dir.path(), bytes, "uid=0,gid=0,mode=0700");
+        disk._made = Some(dir);
+        disk
+    }
+
+    /// Over an existing directory (hiding what it holds until unmounted).
+    fn mount_over(dir: &Path, bytes: u64, options: &str) -> SmallDisk {
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700")])
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes},{options}")])
             .arg("tmpfs")
-            .arg(dir.path())
+            .arg(dir)
             .output()
             .expect("run mount");
         assert!(
@@ -34,11 +44,14 @@ impl SmallDisk {
             "cannot mount a tmpfs (these tests need root, as in CI): {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        SmallDisk { dir }
+        SmallDisk {
+            path: dir.to_path_buf(),
+            _made: None,
+        }
     }
 
     fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     fn free(&self) -> u64 {
@@ -87,7 +100,7 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        let _ = Command::new("umount").arg(&self.path).status();
     }
 }
 
@@ -257,5 +270,122 @@ fn a_restore_without_room_to_extract_stops_before_any_store_changes() {
         .collect();
     assert!(scratch.is_empty(), "scratch left behind");
 
+    opensearch(reqwest::Method::DELETE, index, None);
+}
+
+/// The OpenSearch test server's `path.repo` (its first entry).
+fn path_repo() -> PathBuf {
+    let settings = opensearch(reqwest::Method::GET, "_nodes/_local/settings", None);
+    let node = settings["nodes"]
+        .as_object()
+        .and_then(|n| n.values().next())
+        .expect("a node")
+        .clone();
+    let repo = &node["settings"]["path"]["repo"];
+    PathBuf::from(
+        repo.as_str()
+            .or_else(|| repo[0].as_str())
+            .expect("testenv's OpenSearch has path.repo"),
+    )
+}
+
+#[test]
+fn a_full_path_repo_stops_snapshot_backup_and_restore_before_they_start() {
+    let _guard = serial();
+    let index = "itb-full-repo";
+    opensearch(reqwest::Method::DELETE, index, None);
+    // Text that compresses poorly, so the index outgrows the small disk below.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for doc in 0..60 {
+        let text: String = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'a' + (state % 26) as u8)
+            })
+            .collect();
+        opensearch(
+            reqwest::Method::PUT,
+            &format!("{index}/_doc/{doc}"),
+            Some(serde_json::json!({ "text": text })),
+        );
+    }
+    opensearch(reqwest::Method::POST, &format!("{index}/_refresh"), None);
+    let small: u64 = 64 * 1024;
+    let stats = opensearch(
+        reqwest::Method::GET,
+        &format!("_cat/indices/{index}?format=json&bytes=b&h=pri.store.size"),
+        None,
+    );
+    let store: u64 = stats[0]["pri.store.size"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        store > small,
+        "the test index ({store} bytes) must outgrow {small} bytes"
+    );
+
+    let roomy = temp_root();
+    let roomy_arg = roomy.path().to_str().unwrap();
+    let snapshot_backup = [
+        "--root",
+        roomy_arg,
+        "backup",
+        "--services",
+        "opensearch",
+        "--opensearch-method",
+        "snapshot",
+        "--indices",
+        index,
+    ];
+    ok(&snapshot_backup, &[]);
+    let backup = only_backup(roomy.path());
+    opensearch(
+        reqwest::Method::PUT,
+        &format!("{index}/_doc/after?refresh=true"),
+        Some(serde_json::json!({"text": "after backup"})),
+    );
+
+    // path.repo on a small disk, owned like the real one so OpenSearch could write.
+    let repo = path_repo();
+    let owner = Command::new("stat")
+        .args(["-c", "uid=%u,gid=%g,mode=0755"])
+        .arg(&repo)
+        .output()
+        .expect("run stat");
+    let owner = String::from_utf8_lossy(&owner.stdout).trim().to_string();
+    let small_repo = SmallDisk::mount_over(&repo, small, &owner);
+
+    let err = fails(&snapshot_backup, &[], 1);
+    assert!(
+        err.contains("the snapshot (a full copy") && err.contains("the disk is full"),
+        "the backup should be refused for path.repo's free space:\n{err}"
+    );
+    assert_eq!(
+        fs::read_dir(&repo).unwrap().count(),
+        0,
+        "the refused backup wrote under path.repo"
+    );
+
+    let err = fails(
+        &["restore", "--path", backup.to_str().unwrap(), "--yes"],
+        &[],
+        1,
+    );
+    let count = opensearch(reqwest::Method::GET, &format!("{index}/_count"), None);
+    assert_eq!(
+        count["count"], 61,
+        "the refused restore changed the index: {count}"
+    );
+    assert!(
+        err.contains("unpacking the snapshot under path.repo needs")
+            && err.contains("the disk is full"),
+        "the restore should be refused for path.repo's free space:\n{err}"
+    );
+
+    drop(small_repo);
     opensearch(reqwest::Method::DELETE, index, None);
 }

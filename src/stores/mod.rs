@@ -183,7 +183,7 @@ pub(crate) fn require_free_space(
         ),
     )
     .service(service)
-    .hint("the disk is full: free space there (or restore from a backup root on a bigger disk); nothing has been changed"))
+    .hint("the disk is full: free space there, or use a bigger disk; nothing was changed"))
 }
 
 /// Services this build can back up and restore.

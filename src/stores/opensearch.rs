@@ -305,6 +305,8 @@ impl<'a> SearchPage<'a> {
 struct IndexInfo {
     name: String,
     primaries: usize,
+    /// Size of its primary shards, which a snapshot into a new repository copies whole.
+    primary_bytes: u64,
 }
 
 impl OpenSearch {
@@ -349,7 +351,9 @@ impl OpenSearch {
     /// The indices to back up, by the `--indices` patterns or all visible ones.
     async fn select_indices(&self) -> Result<Vec<IndexInfo>> {
         let pattern = self.settings.indices.as_deref().unwrap_or("*");
-        let path = format!("_cat/indices/{pattern}?format=json&h=index,pri&expand_wildcards=open");
+        let path = format!(
+            "_cat/indices/{pattern}?format=json&bytes=b&h=index,pri,pri.store.size&expand_wildcards=open"
+        );
         let rows = self.http.get(&path, "list indices").await?;
         let mut indices: Vec<IndexInfo> = rows
             .as_array()
@@ -361,7 +365,15 @@ impl OpenSearch {
                     .as_str()
                     .and_then(|p| p.parse().ok())
                     .unwrap_or(1);
-                Some(IndexInfo { name, primaries })
+                let primary_bytes = row["pri.store.size"]
+                    .as_str()
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(0);
+                Some(IndexInfo {
+                    name,
+                    primaries,
+                    primary_bytes,
+                })
             })
             .filter(|i| self.settings.indices.is_some() || !i.name.starts_with('.'))
             .collect();
@@ -470,6 +482,17 @@ impl OpenSearch {
         record: &mut ArtifactRecord,
     ) -> Result<PendingArtifact> {
         let repo_root = self.path_repo().await?.expect("chosen only with path.repo");
+        if self.target.compose().is_none() {
+            // A new repository holds a full copy: refuse now rather than let
+            // OpenSearch fill the disk half-way through the snapshot.
+            super::require_free_space(
+                SVC,
+                "snapshot",
+                &repo_root,
+                indices.iter().map(|i| i.primary_bytes).sum(),
+                "the snapshot (a full copy of the indices' primary shards under path.repo)",
+            )?;
+        }
         let repo = format!(
             "itbackup-{}-{}",
             ctx.timestamp.to_ascii_lowercase(),
