@@ -114,6 +114,37 @@ pub fn io_hint(err: &std::io::Error) -> &'static str {
     }
 }
 
+/// Fail with the full-disk advice unless the filesystem holding `dir` has
+/// `needed` bytes free for `what` (checked before work that would otherwise
+/// fill the disk half-way).
+pub fn require_free_space(
+    service: Option<Service>,
+    step: &str,
+    dir: &std::path::Path,
+    needed: u64,
+    what: &str,
+) -> Result<()> {
+    let free =
+        crate::artifact::free_bytes(dir).map_err(|e| io_error(service, step, dir.display(), e))?;
+    if free >= needed {
+        return Ok(());
+    }
+    Err(Error {
+        kind: Kind::Failure,
+        service,
+        step: step.to_string(),
+        message: format!(
+            "{what} needs {} in {}, which has {} free",
+            crate::report::size(needed),
+            dir.display(),
+            crate::report::size(free)
+        ),
+        hint: Some(
+            "the disk is full: free space there, or use a bigger disk; nothing was changed".into(),
+        ),
+    })
+}
+
 /// Turn an I/O error into a failure with the disk-oriented hint.
 pub fn io_error(
     service: Option<Service>,
@@ -128,5 +159,32 @@ pub fn io_error(
         step: step.to_string(),
         message: format!("{what}: {err}"),
         hint: Some(hint.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_required_with_the_numbers_and_the_disk_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        require_free_space(Some(Service::Postgres), "extract", dir.path(), 0, "nothing").unwrap();
+        let err = require_free_space(
+            Some(Service::Postgres),
+            "extract",
+            dir.path(),
+            u64::MAX,
+            "extracting the dumps",
+        )
+        .unwrap_err();
+        assert!(
+            err.message
+                .starts_with("extracting the dumps needs 16777216.0 TiB in "),
+            "{}",
+            err.message
+        );
+        assert!(err.hint.unwrap().contains("the disk is full"));
+        assert_eq!(err.service, Some(Service::Postgres));
     }
 }

@@ -495,7 +495,25 @@ impl Remote {
             return Err(Error::usage(format!("'{name}' is not a backup name")));
         }
         let manifest = self.read_manifest(name).await?;
+        let created = !into.exists();
         create_private_dir(into).map_err(|e| io_error(None, "download", into.display(), e))?;
+        let result = self.fetch_artifacts(name, &manifest, into).await;
+        if result.is_err() {
+            // Leave no half-downloaded copy taking the space a retry needs.
+            if created {
+                let _ = fs::remove_dir_all(into);
+            } else {
+                for record in manifest.artifacts.values() {
+                    let _ = fs::remove_file(into.join(format!("{}{PARTIAL_SUFFIX}", record.file)));
+                }
+            }
+        }
+        result.map(|_| manifest)
+    }
+
+    async fn fetch_artifacts(&self, name: &str, manifest: &Manifest, into: &Path) -> Result<()> {
+        let needed = manifest.artifacts.values().map(|r| r.bytes).sum();
+        crate::error::require_free_space(None, "download", into, needed, "downloading the backup")?;
         for (service, record) in &manifest.artifacts {
             let key = self.key(&[name, &record.file]);
             let partial = into.join(format!("{}{PARTIAL_SUFFIX}", record.file));
@@ -517,8 +535,7 @@ impl Remote {
             fs::rename(&partial, into.join(&record.file))
                 .map_err(|e| io_error(None, "download", partial.display(), e))?;
         }
-        manifest.write(into)?;
-        Ok(manifest)
+        manifest.write(into)
     }
 
     /// Remove one backup: its manifest first (it stops counting as complete),

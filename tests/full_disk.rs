@@ -389,3 +389,74 @@ fn a_full_path_repo_stops_snapshot_backup_and_restore_before_they_start() {
     drop(small_repo);
     opensearch(reqwest::Method::DELETE, index, None);
 }
+
+#[test]
+fn a_download_that_would_not_fit_is_refused_before_it_starts() {
+    let _guard = serial();
+    let _filler = Filler::create();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let url = format!("{}/full-disk-{nanos}", required_env("IT_S3_URL"));
+    let roomy = temp_root();
+    ok(
+        &[
+            "--root",
+            roomy.path().to_str().unwrap(),
+            "backup",
+            "--services",
+            "postgres",
+            "--upload",
+            &url,
+            "--no-local",
+        ],
+        &[],
+    );
+    psql(
+        "itb_filler",
+        "UPDATE f SET payload = 'after backup' WHERE i = 1",
+    );
+
+    let disk = SmallDisk::mount(512 * 1024);
+    let root = disk.path().to_str().unwrap();
+    let err = fails(&["--root", root, "pull", &url], &[], 1);
+    assert!(
+        err.contains("downloading the backup needs") && err.contains("the disk is full"),
+        "the pull should be refused for free space:\n{err}"
+    );
+    let err = fails(
+        &["--root", root, "restore", "--from", &url, "--yes"],
+        &[],
+        1,
+    );
+    assert_eq!(
+        psql("itb_filler", "SELECT payload FROM f WHERE i = 1"),
+        "after backup",
+        "the refused restore changed PostgreSQL"
+    );
+    assert!(
+        err.contains("downloading the backup needs"),
+        "the restore should be refused for free space:\n{err}"
+    );
+    let left: Vec<_> = disk
+        .files()
+        .into_iter()
+        .filter(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".itbackup")
+        })
+        .collect();
+    assert!(left.is_empty(), "files left on the small disk: {left:?}");
+    let dirs: Vec<_> = fs::read_dir(disk.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(
+        dirs.is_empty(),
+        "directories left on the small disk: {dirs:?}"
+    );
+}

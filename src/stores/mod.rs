@@ -159,33 +159,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .step(Some(service), "background task")?
 }
 
-/// Fail with the full-disk advice unless the filesystem holding `dir` has
-/// `needed` bytes free for `what`.
-pub(crate) fn require_free_space(
-    service: Service,
-    step: &str,
-    dir: &Path,
-    needed: u64,
-    what: &str,
-) -> Result<()> {
-    let free = crate::artifact::free_bytes(dir)
-        .map_err(|e| crate::error::io_error(Some(service), step, dir.display(), e))?;
-    if free >= needed {
-        return Ok(());
-    }
-    Err(Error::failure(
-        step,
-        format!(
-            "{what} needs {} in {}, which has {} free",
-            crate::report::size(needed),
-            dir.display(),
-            crate::report::size(free)
-        ),
-    )
-    .service(service)
-    .hint("the disk is full: free space there, or use a bigger disk; nothing was changed"))
-}
-
 /// Services this build can back up and restore.
 pub const SUPPORTED: [Service; 3] = Service::ALL;
 
@@ -237,31 +210,4 @@ pub fn compare_counts(
     Err(Error::failure("compare counts", message)
         .service(service)
         .hint("something wrote to the store during the restore, or the restore was incomplete; stop the writers and run the restore again"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn free_space_is_required_with_the_numbers_and_the_disk_advice() {
-        let dir = tempfile::tempdir().unwrap();
-        require_free_space(Service::Postgres, "extract", dir.path(), 0, "nothing").unwrap();
-        let err = require_free_space(
-            Service::Postgres,
-            "extract",
-            dir.path(),
-            u64::MAX,
-            "extracting the dumps",
-        )
-        .unwrap_err();
-        assert!(
-            err.message
-                .starts_with("extracting the dumps needs 16777216.0 TiB in "),
-            "{}",
-            err.message
-        );
-        assert!(err.hint.unwrap().contains("the disk is full"));
-        assert_eq!(err.service, Some(Service::Postgres));
-    }
 }

@@ -485,8 +485,8 @@ impl OpenSearch {
         if self.target.compose().is_none() {
             // A new repository holds a full copy: refuse now rather than let
             // OpenSearch fill the disk half-way through the snapshot.
-            super::require_free_space(
-                SVC,
+            crate::error::require_free_space(
+                Some(SVC),
                 "snapshot",
                 &repo_root,
                 indices.iter().map(|i| i.primary_bytes).sum(),
@@ -1764,8 +1764,8 @@ impl Store for OpenSearch {
                 .map_err(|e| io_error(Some(SVC), "restore snapshot", ctx.artifact.display(), e))?
                 .len(),
         };
-        super::require_free_space(
-            SVC,
+        crate::error::require_free_space(
+            Some(SVC),
             "restore snapshot",
             &repo_root,
             needed,

@@ -718,7 +718,13 @@ impl Store for Postgres {
         // pg_restore -j needs each dump as a file of its own.
         let step = "extract archive";
         let needed = record.members.iter().map(|m| m.bytes).sum();
-        super::require_free_space(SVC, step, ctx.scratch, needed, "extracting the dumps")?;
+        crate::error::require_free_space(
+            Some(SVC),
+            step,
+            ctx.scratch,
+            needed,
+            "extracting the dumps",
+        )?;
         let artifact = ctx.artifact.to_path_buf();
         let scratch = ctx.scratch.to_path_buf();
         let members = record.members.clone();
