@@ -82,14 +82,26 @@ impl ArtifactWriter {
     pub fn finish(mut self) -> io::Result<PendingArtifact> {
         self.file.flush()?;
         self.file.sync_all()?;
+        // Taken out of the writer, the partial file outlives it (see Drop).
         Ok(PendingArtifact {
-            partial: self.partial,
-            target: self.target,
+            partial: std::mem::take(&mut self.partial),
+            target: std::mem::take(&mut self.target),
             digest: Digest256 {
-                sha256: hex::encode(self.hasher.finalize()),
+                sha256: hex::encode(std::mem::take(&mut self.hasher).finalize()),
                 bytes: self.bytes,
             },
         })
+    }
+}
+
+impl Drop for ArtifactWriter {
+    /// A writer dropped before [`ArtifactWriter::finish`] failed half-way (a
+    /// full disk, a failed producer): its partial file goes with it, rather
+    /// than keep the space a retry needs.
+    fn drop(&mut self) {
+        if !self.partial.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.partial);
+        }
     }
 }
 
@@ -280,6 +292,20 @@ mod tests {
         assert_eq!(
             digest_file(&dir.path().join("x_1.sql")).unwrap(),
             pending.digest
+        );
+    }
+
+    #[test]
+    fn a_writer_dropped_unfinished_removes_its_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ArtifactWriter::create(dir.path(), "x_2.sql").unwrap();
+        w.write_all(b"half").unwrap();
+        let partial = dir.path().join("x_2.sql.partial");
+        assert!(partial.exists());
+        drop(w);
+        assert!(
+            !partial.exists(),
+            "the partial file outlived a failed write"
         );
     }
 }

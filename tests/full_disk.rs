@@ -131,6 +131,29 @@ impl Drop for Filler {
     }
 }
 
+/// A fresh index of 60 documents of 4 KiB random letters: about 250 KB that
+/// compress poorly, so it outgrows a small disk.
+fn random_index(index: &str) {
+    opensearch(reqwest::Method::DELETE, index, None);
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for doc in 0..60 {
+        let text: String = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'a' + (state % 26) as u8)
+            })
+            .collect();
+        opensearch(
+            reqwest::Method::PUT,
+            &format!("{index}/_doc/{doc}"),
+            Some(serde_json::json!({ "text": text })),
+        );
+    }
+    opensearch(reqwest::Method::POST, &format!("{index}/_refresh"), None);
+}
+
 fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap().flatten() {
@@ -147,48 +170,57 @@ fn copy_tree(from: &Path, to: &Path) {
 fn a_backup_that_fills_the_disk_fails_clearly_and_leaves_nothing() {
     let _guard = serial();
     let _filler = Filler::create();
-    let disk = SmallDisk::mount(512 * 1024);
+    let index = "itb-full-export";
+    random_index(index);
+    let disk = SmallDisk::mount(128 * 1024);
     let root = disk.path().to_str().unwrap();
 
-    let err = fails(
-        &["--root", root, "backup", "--services", "postgres"],
-        &[],
-        1,
-    );
-    assert!(
-        err.contains("No space left on device") && err.contains("the disk is full"),
-        "the error should say the disk is full:\n{err}"
-    );
-    assert!(
-        err.contains("postgres"),
-        "the error should name the service:\n{err}"
-    );
-    // No artifact, partial file or manifest is left to take space or be mistaken for a backup.
-    let left: Vec<_> = disk
-        .files()
-        .into_iter()
-        .filter(|p| {
-            !p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".itbackup")
-        })
-        .collect();
-    assert!(left.is_empty(), "files left on the full disk: {left:?}");
-    let listed = ok(&["--root", root, "--json", "list"], &[]);
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(
-        listed["backups"].as_array().map(|b| b.len()),
-        Some(0),
-        "list shows a backup after a failed run: {listed}"
-    );
-    // The lock went with the run: the next attempt meets the disk again, not a lock.
-    let again = fails(
-        &["--root", root, "backup", "--services", "postgres"],
-        &[],
-        1,
-    );
-    assert!(!again.contains("lock"), "{again}");
+    // pg_dump's own file, and the logical export's stream (shared with Neo4j's).
+    for (service, extra) in [
+        ("postgres", vec![]),
+        (
+            "opensearch",
+            vec!["--opensearch-method", "logical", "--indices", index],
+        ),
+    ] {
+        let mut args = vec!["--root", root, "backup", "--services", service];
+        args.extend(extra);
+        let err = fails(&args, &[], 1);
+        assert!(
+            err.contains("No space left on device") && err.contains("the disk is full"),
+            "the error should say the disk is full:\n{err}"
+        );
+        assert!(
+            err.contains(service),
+            "the error should name the service:\n{err}"
+        );
+        // No artifact, partial file or manifest is left to take space or be mistaken for a backup.
+        let left: Vec<_> = disk
+            .files()
+            .into_iter()
+            .filter(|p| {
+                !p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".itbackup")
+            })
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{service}: files left on the full disk: {left:?}"
+        );
+        let listed = ok(&["--root", root, "--json", "list"], &[]);
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        assert_eq!(
+            listed["backups"].as_array().map(|b| b.len()),
+            Some(0),
+            "{service}: list shows a backup after a failed run: {listed}"
+        );
+        // The lock went with the run: the next attempt meets the disk again, not a lock.
+        let again = fails(&args, &[], 1);
+        assert!(!again.contains("lock"), "{again}");
+    }
+    opensearch(reqwest::Method::DELETE, index, None);
 }
 
 #[test]
@@ -293,25 +325,7 @@ fn path_repo() -> PathBuf {
 fn a_full_path_repo_stops_snapshot_backup_and_restore_before_they_start() {
     let _guard = serial();
     let index = "itb-full-repo";
-    opensearch(reqwest::Method::DELETE, index, None);
-    // Text that compresses poorly, so the index outgrows the small disk below.
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    for doc in 0..60 {
-        let text: String = (0..4096)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                char::from(b'a' + (state % 26) as u8)
-            })
-            .collect();
-        opensearch(
-            reqwest::Method::PUT,
-            &format!("{index}/_doc/{doc}"),
-            Some(serde_json::json!({ "text": text })),
-        );
-    }
-    opensearch(reqwest::Method::POST, &format!("{index}/_refresh"), None);
+    random_index(index);
     let small: u64 = 64 * 1024;
     let stats = opensearch(
         reqwest::Method::GET,
