@@ -71,6 +71,27 @@ pub struct ArtifactRecord {
     pub encryption: Option<Encryption>,
 }
 
+impl ArtifactRecord {
+    /// The record of a store backup that has just begun: the rest is filled
+    /// in as it runs, the file's facts when it ends.
+    pub fn begun(server_version: String, started_at: String) -> Self {
+        ArtifactRecord {
+            file: String::new(),
+            sha256: String::new(),
+            bytes: 0,
+            method: String::new(),
+            format: String::new(),
+            server_version,
+            started_at,
+            finished_at: String::new(),
+            counts: BTreeMap::new(),
+            members: Vec::new(),
+            details: Default::default(),
+            encryption: None,
+        }
+    }
+}
+
 /// How an artifact is encrypted. Holds public facts only: no key, no secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Encryption {

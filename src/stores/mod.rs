@@ -39,6 +39,26 @@ pub struct StoreBackup {
     pub record: ArtifactRecord,
 }
 
+impl StoreBackup {
+    /// The backup of a store whose artifact is written: the artifact's name,
+    /// checksum and size, and the end time, go into its record.
+    pub fn finished(
+        service: Service,
+        artifact: PendingArtifact,
+        mut record: ArtifactRecord,
+    ) -> Self {
+        record.file = artifact.file_name();
+        record.sha256 = artifact.digest.sha256.clone();
+        record.bytes = artifact.digest.bytes;
+        record.finished_at = jiff::Timestamp::now().to_string();
+        StoreBackup {
+            service,
+            artifact,
+            record,
+        }
+    }
+}
+
 /// Where a restore reads from.
 pub struct RestoreContext<'a> {
     /// The artifact file, already checked against the manifest.

@@ -313,20 +313,7 @@ impl Neo4j {
     }
 
     fn new_record(&self, server_version: String, edition: &str) -> ArtifactRecord {
-        let mut record = ArtifactRecord {
-            file: String::new(),
-            sha256: String::new(),
-            bytes: 0,
-            method: String::new(),
-            format: String::new(),
-            server_version,
-            started_at: jiff::Timestamp::now().to_string(),
-            finished_at: String::new(),
-            counts: BTreeMap::new(),
-            members: Vec::new(),
-            details: Default::default(),
-            encryption: None,
-        };
+        let mut record = ArtifactRecord::begun(server_version, jiff::Timestamp::now().to_string());
         record.details.insert("edition".into(), json!(edition));
         record
             .details
@@ -1033,15 +1020,7 @@ impl Store for Neo4j {
                 self.dump(ctx).await?
             }
         };
-        record.file = artifact.file_name();
-        record.sha256 = artifact.digest.sha256.clone();
-        record.bytes = artifact.digest.bytes;
-        record.finished_at = jiff::Timestamp::now().to_string();
-        Ok(StoreBackup {
-            service: SVC,
-            artifact,
-            record,
-        })
+        Ok(StoreBackup::finished(SVC, artifact, record))
     }
 
     async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {

@@ -1655,20 +1655,7 @@ impl Store for OpenSearch {
         self.health("cluster health").await?;
         let (method, reason) = self.choose_method().await?;
         let indices = self.select_indices().await?;
-        let mut record = ArtifactRecord {
-            file: String::new(),
-            sha256: String::new(),
-            bytes: 0,
-            method: String::new(),
-            format: String::new(),
-            server_version,
-            started_at,
-            finished_at: String::new(),
-            counts: BTreeMap::new(),
-            members: Vec::new(),
-            details: Default::default(),
-            encryption: None,
-        };
+        let mut record = ArtifactRecord::begun(server_version, started_at);
         record.details.insert("method_reason".into(), json!(reason));
         record.details.insert("indices".into(), json!(indices));
         let artifact = match method {
@@ -1683,15 +1670,7 @@ impl Store for OpenSearch {
                 self.backup_logical(ctx, &indices, &mut record).await?
             }
         };
-        record.file = artifact.file_name();
-        record.sha256 = artifact.digest.sha256.clone();
-        record.bytes = artifact.digest.bytes;
-        record.finished_at = jiff::Timestamp::now().to_string();
-        Ok(StoreBackup {
-            service: SVC,
-            artifact,
-            record,
-        })
+        Ok(StoreBackup::finished(SVC, artifact, record))
     }
 
     async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {

@@ -604,20 +604,7 @@ impl Store for Postgres {
         let started_at = jiff::Timestamp::now().to_string();
         let (server_version, server_major) = self.server_version().await?;
         self.check_client(server_major).await?;
-        let mut record = ArtifactRecord {
-            file: String::new(),
-            sha256: String::new(),
-            bytes: 0,
-            method: String::new(),
-            format: String::new(),
-            server_version,
-            started_at,
-            finished_at: String::new(),
-            counts: BTreeMap::new(),
-            members: Vec::new(),
-            details: Default::default(),
-            encryption: None,
-        };
+        let mut record = ArtifactRecord::begun(server_version, started_at);
         let artifact = match self.settings.format {
             PostgresFormat::Custom => {
                 record.method = "pg_dump".into();
@@ -630,15 +617,7 @@ impl Store for Postgres {
                 self.backup_plain(ctx, &mut record).await?
             }
         };
-        record.file = artifact.file_name();
-        record.sha256 = artifact.digest.sha256.clone();
-        record.bytes = artifact.digest.bytes;
-        record.finished_at = jiff::Timestamp::now().to_string();
-        Ok(StoreBackup {
-            service: SVC,
-            artifact,
-            record,
-        })
+        Ok(StoreBackup::finished(SVC, artifact, record))
     }
 
     async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
