@@ -221,11 +221,14 @@ pub fn write_zstd_stream(
 /// Stream what `produce` sends on its channel into `dir/name` through
 /// [`write_zstd_stream`] (on a blocking thread). The artifact is kept only
 /// when both the producer and the writer succeed; otherwise its partial file
-/// is removed and the first failure answered.
+/// is removed and the first failure answered. At most `queue` chunks wait
+/// for the writer: the compression is usually the slower side, so the queue
+/// runs full and its depth times the producer's chunk size is memory held.
 pub async fn export_zstd<F, Fut>(
     dir: &Path,
     name: String,
     service: crate::service::Service,
+    queue: usize,
     produce: F,
 ) -> crate::error::Result<PendingArtifact>
 where
@@ -234,7 +237,7 @@ where
 {
     use crate::error::{io_error, Error};
     let step = "write export";
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(queue);
     let to = dir.to_path_buf();
     let writer = tokio::task::spawn_blocking(move || write_zstd_stream(&to, &name, rx));
     // The producer owns the sender: when it is done, the writer sees the end.

@@ -347,7 +347,8 @@ impl Neo4j {
         record: &mut ArtifactRecord,
     ) -> Result<PendingArtifact> {
         let file = format!("neo4j_{}.ndjson.zst", ctx.timestamp);
-        artifact::export_zstd(ctx.dir, file, SVC, |tx| async move {
+        // Chunks of CHUNK_BYTES: 16 of them are 4 MB.
+        artifact::export_zstd(ctx.dir, file, SVC, 16, |tx| async move {
             self.export_lines(graph, &tx, record).await
         })
         .await
