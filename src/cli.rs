@@ -140,8 +140,9 @@ pub enum Command {
     /// Alarms (exit status 1): a service's newest complete backup is older than
     /// --rpo or missing; the newest backup fails verification (its files'
     /// sizes always, their checksums and a full decode with --verify); a server
-    /// is unreachable (skipped with --offline). A last drill over the 30-minute
-    /// RTO, or none found, is a warning.
+    /// is unreachable (skipped with --offline); the backup root has less free
+    /// space than the newest complete backup takes. A last drill over the
+    /// 30-minute RTO, or none found, is a warning.
     Status(StatusArgs),
     /// Run backup → verify → prune (optionally a drill) on an interval or cron schedule.
     ///

@@ -81,6 +81,10 @@ pub const FAMILIES: &[(&str, &str)] = &[
         "The recovery point objective status checks against.",
     ),
     (
+        "itbackup_backup_root_free_bytes",
+        "Free space on the backup root's disk at the last status check.",
+    ),
+    (
         "itbackup_newest_backup_age_seconds",
         "Age of the store's newest complete backup at the last status check.",
     ),

@@ -366,6 +366,15 @@ pub fn status(report: &crate::status::StatusReport, json: bool) {
         ),
         None => println!("  last drill: none found"),
     }
+    if let Some(disk) = &report.disk {
+        println!(
+            "  disk: {} free{}",
+            size(disk.free_bytes),
+            disk.newest_backup_bytes
+                .map(|b| format!(", the newest complete backup takes {}", size(b)))
+                .unwrap_or_default()
+        );
+    }
     for w in &report.warnings {
         println!("  warning: {w}");
     }

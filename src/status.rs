@@ -81,6 +81,44 @@ pub struct DrillStatus {
     pub rto_ok: bool,
 }
 
+/// Room on the backup root's disk for the next backup.
+#[derive(Debug, Serialize)]
+pub struct DiskStatus {
+    pub free_bytes: u64,
+    /// Size of the newest complete backup: about what the next one will need.
+    pub newest_backup_bytes: Option<u64>,
+}
+
+impl DiskStatus {
+    /// The local root's free space beside its newest complete backup; `None`
+    /// when the root cannot be examined (it does not exist yet).
+    fn of(root: &Path, entries: &[BackupEntry]) -> Option<DiskStatus> {
+        let free_bytes = crate::artifact::free_bytes(root).ok()?;
+        let newest_backup_bytes = entries
+            .iter()
+            .filter(|e| e.complete)
+            .max_by(|a, b| (&a.finished_at, &a.name).cmp(&(&b.finished_at, &b.name)))
+            .map(|e| e.bytes);
+        Some(DiskStatus {
+            free_bytes,
+            newest_backup_bytes,
+        })
+    }
+
+    /// Why the next backup will probably fail for lack of space, if it will.
+    fn problem(&self, root: &Path) -> Option<String> {
+        let needed = self.newest_backup_bytes?;
+        (self.free_bytes < needed).then(|| {
+            format!(
+                "the next backup will probably not fit: {} has {} free, the newest complete backup takes {}; run `itbackup prune` or free space",
+                root.display(),
+                crate::report::size(self.free_bytes),
+                crate::report::size(needed)
+            )
+        })
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub ok: bool,
@@ -89,6 +127,8 @@ pub struct StatusReport {
     pub rpo_seconds: u64,
     pub services: Vec<ServiceStatus>,
     pub last_drill: Option<DrillStatus>,
+    /// The local root's disk (`None` for a repository, or a root not made yet).
+    pub disk: Option<DiskStatus>,
     /// Each reason for exit status 1.
     pub alarms: Vec<String>,
     /// Worth a look, but no alarm: the drill, damaged backups.
@@ -103,7 +143,7 @@ impl StatusReport {
         }
         Some(
             Error::failure("status", format!("{} alarm(s):\n  {}", self.alarms.len(), self.alarms.join("\n  ")))
-                .hint("a missing or old backup: check the scheduled runs' logs and run `itbackup backup`; a failed verification: `itbackup verify --path DIR` shows why, take a new backup; a server down: start it or check the connection settings"),
+                .hint("a missing or old backup: check the scheduled runs' logs and run `itbackup backup`; a failed verification: `itbackup verify --path DIR` shows why, take a new backup; a server down: start it or check the connection settings; no room for the next backup: `itbackup prune` or free space"),
         )
     }
 
@@ -133,6 +173,13 @@ impl StatusReport {
                     if server.up { 1.0 } else { 0.0 },
                 );
             }
+        }
+        if let Some(disk) = &self.disk {
+            metrics.set(
+                "itbackup_backup_root_free_bytes",
+                &[],
+                disk.free_bytes as f64,
+            );
         }
         if let Some(drill) = &self.last_drill {
             if let Some(rto) = drill.rto_seconds {
@@ -304,6 +351,13 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
             ));
         }
     }
+    let disk = match request.from {
+        Some(_) => None,
+        None => DiskStatus::of(&settings.root, &entries),
+    };
+    if let Some(problem) = disk.as_ref().and_then(|d| d.problem(&settings.root)) {
+        alarms.push(problem);
+    }
     let last_drill = last_drill(&settings.root);
     match &last_drill {
         None => warnings.push(format!(
@@ -328,6 +382,7 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
         rpo_seconds: request.rpo.as_secs(),
         services: statuses,
         last_drill,
+        disk,
         alarms,
         warnings,
     })

@@ -474,3 +474,45 @@ fn a_download_that_would_not_fit_is_refused_before_it_starts() {
         "directories left on the small disk: {dirs:?}"
     );
 }
+
+#[test]
+fn status_raises_an_alarm_before_the_next_backup_runs_out_of_room() {
+    let _guard = serial();
+    let _filler = Filler::create();
+    let roomy = temp_root();
+    let roomy_arg = roomy.path().to_str().unwrap();
+    ok(
+        &["--root", roomy_arg, "backup", "--services", "postgres"],
+        &[],
+    );
+    // With room to spare: no alarm (and so exit 0).
+    let fine = ok(&["--root", roomy_arg, "--json", "status", "--offline"], &[]);
+    let fine: serde_json::Value = serde_json::from_slice(&fine.stdout).unwrap();
+    assert_eq!(fine["ok"], true, "{fine:#}");
+    assert!(fine["disk"]["free_bytes"].as_u64().unwrap() > 0, "{fine:#}");
+
+    // The same backup on a disk left with less room than it takes.
+    let backup = only_backup(roomy.path());
+    let backup_bytes: u64 = fs::read_dir(&backup)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let disk = SmallDisk::mount(2 * backup_bytes + (4 << 20));
+    copy_tree(&backup, &disk.path().join(backup.file_name().unwrap()));
+    disk.fill_leaving(64 * 1024);
+    let root = disk.path().to_str().unwrap();
+    let out = itbackup(&["--root", root, "--json", "status", "--offline"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alarms = report["alarms"].to_string();
+    assert!(
+        alarms.contains("the next backup will probably not fit"),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["disk"]["newest_backup_bytes"].as_u64(),
+        Some(backup_bytes),
+        "{report:#}"
+    );
+}
