@@ -436,8 +436,31 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
     let canary_present =
         |os: &Os| os.call(reqwest::Method::GET, "itb-b/_doc/canary", None).0 == 200;
 
-    // A tarball that climbs out of its directory, with a manifest that vouches for it.
+    // A snapshot from a newer cluster than this one, which could not read it.
     let snap_dir = root.path().join("snap");
+    let mut manifest = itbackup::manifest::Manifest::read_dir(&snap_dir).unwrap();
+    let real_version = manifest.artifacts[&itbackup::service::Service::Opensearch]
+        .server_version
+        .clone();
+    let set_version = |manifest: &mut itbackup::manifest::Manifest, version: &str| {
+        let record = manifest
+            .artifacts
+            .get_mut(&itbackup::service::Service::Opensearch)
+            .unwrap();
+        record.server_version = version.to_string();
+        manifest.write(&snap_dir).unwrap();
+    };
+    set_version(&mut manifest, "99.0.0");
+    let err = fails(
+        &["restore", "--path", snap_dir.to_str().unwrap(), "--yes"],
+        &[],
+        1,
+    );
+    assert!(err.contains("newer than this server's"), "{err}");
+    assert!(canary_present(&os), "a refused restore changed the index");
+    set_version(&mut manifest, &real_version);
+
+    // A tarball that climbs out of its directory, with a manifest that vouches for it.
     let tarball = fs::read_dir(&snap_dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -142,6 +142,21 @@ fn truncated_or_flipped_artifacts_are_refused_before_any_change() {
 }
 
 #[test]
+fn a_backup_from_a_newer_major_version_is_refused_before_any_change() {
+    let _guard = serial();
+    let (_root, dir, canary) = backed_up();
+    let mut manifest = itbackup::manifest::Manifest::read_dir(&dir).unwrap();
+    manifest
+        .artifacts
+        .get_mut(&itbackup::service::Service::Postgres)
+        .unwrap()
+        .server_version = "99.1 (from the future)".into();
+    manifest.write(&dir).unwrap();
+    restore_fails(&dir, "newer than this server's");
+    canary.assert_untouched();
+}
+
+#[test]
 fn unreachable_server_and_wrong_password_fail_clearly_and_write_nothing() {
     let _guard = serial();
     let root = temp_root();

@@ -179,6 +179,45 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .step(Some(service), "background task")?
 }
 
+/// The leading dotted numbers of a version string: "15.18 (Debian 15.18-0)"
+/// → [15, 18], "2.19.6" → [2, 19, 6]; empty when it starts with none.
+pub(crate) fn version_numbers(version: &str) -> Vec<u32> {
+    version
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map_while(|part| part.parse().ok())
+        .collect()
+}
+
+/// Refuse, before anything is changed, to restore a backup taken on a newer
+/// server than this one, compared on the first `significant` numbers of the
+/// versions (1: the major; 2: major.minor). Older servers cannot load what
+/// newer ones wrote, and the restore would fail after the old data was gone.
+/// Versions that do not parse are let through.
+pub(crate) fn refuse_newer_backup(
+    service: Service,
+    significant: usize,
+    backup_version: &str,
+    server_version: &str,
+    hint: &str,
+) -> Result<()> {
+    let take = |v: &str| -> Vec<u32> { version_numbers(v).into_iter().take(significant).collect() };
+    let (backup, server) = (take(backup_version), take(server_version));
+    if backup.len() < significant || server.len() < significant || backup <= server {
+        return Ok(());
+    }
+    Err(Error::failure(
+        "check versions",
+        format!(
+            "the backup was taken on {service} {backup_version}, newer than this server's {server_version}: an older server cannot load it"
+        ),
+    )
+    .service(service)
+    .hint(format!("{hint}; nothing was changed")))
+}
+
 /// Services this build can back up and restore.
 pub const SUPPORTED: [Service; 3] = Service::ALL;
 
@@ -230,4 +269,48 @@ pub fn compare_counts(
     Err(Error::failure("compare counts", message)
         .service(service)
         .hint("something wrote to the store during the restore, or the restore was incomplete; stop the writers and run the restore again"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_numbers_read_the_leading_dotted_numbers() {
+        assert_eq!(version_numbers("15.18 (Debian 15.18-0+deb12u1)"), [15, 18]);
+        assert_eq!(version_numbers("2.19.6"), [2, 19, 6]);
+        assert_eq!(version_numbers("5.26.12"), [5, 26, 12]);
+        assert!(version_numbers("unknown").is_empty());
+    }
+
+    #[test]
+    fn only_a_backup_from_a_newer_server_is_refused() {
+        let check = |significant, backup, server| {
+            refuse_newer_backup(Service::Postgres, significant, backup, server, "upgrade").is_ok()
+        };
+        assert!(
+            check(1, "15.18 (Debian)", "15.2"),
+            "a newer minor of the same major"
+        );
+        assert!(check(1, "14.9", "15.2"), "an older major");
+        assert!(!check(1, "16.1", "15.18"), "a newer major");
+        assert!(check(2, "2.11.0", "2.19.6"));
+        assert!(
+            !check(2, "2.19.6", "2.11.0"),
+            "a newer minor where minors count"
+        );
+        assert!(check(2, "2.19.6", "2.19.1"), "patch levels do not count");
+        assert!(
+            check(1, "unknown", "15.2"),
+            "what does not parse is let through"
+        );
+        let err = refuse_newer_backup(Service::Postgres, 1, "16.1", "15.18", "upgrade first")
+            .unwrap_err();
+        assert!(
+            err.message.contains("newer than this server's 15.18"),
+            "{}",
+            err.message
+        );
+        assert!(err.hint.unwrap().contains("nothing was changed"));
+    }
 }

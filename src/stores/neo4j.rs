@@ -1054,6 +1054,26 @@ impl Store for Neo4j {
         }
     }
 
+    async fn prepare_restore(
+        &self,
+        _ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        if record.method == "logical" {
+            // The logical format loads into any version.
+            return Ok(());
+        }
+        let graph = self.graph().await?;
+        let (version, _) = self.version_and_edition(&graph).await?;
+        super::refuse_newer_backup(
+            SVC,
+            2,
+            &record.server_version,
+            &version,
+            "load the dump into Neo4j of that version or newer, or take a logical backup, which any version reads",
+        )
+    }
+
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
         match record.method.as_str() {
             "logical" => {

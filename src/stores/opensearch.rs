@@ -1730,8 +1730,16 @@ impl Store for OpenSearch {
     ) -> Result<()> {
         self.health("cluster health").await?;
         if record.method != "snapshot" {
+            // A logical export loads into any version: that is what it is for.
             return Ok(());
         }
+        super::refuse_newer_backup(
+            SVC,
+            2,
+            &record.server_version,
+            &self.version().await?,
+            "restore the snapshot into a cluster of that version or newer, or take a logical backup (--opensearch-method logical) where it came from",
+        )?;
         let repo_root = self.restore_repository_root().await?;
         if self.target.compose().is_some() {
             // path.repo is inside the container; its unpack reports a full disk itself.

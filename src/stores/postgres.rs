@@ -689,7 +689,14 @@ impl Store for Postgres {
         ctx: &RestoreContext<'_>,
         record: &ArtifactRecord,
     ) -> Result<()> {
-        let (_, server_major) = self.server_version().await?;
+        let (server_version, server_major) = self.server_version().await?;
+        super::refuse_newer_backup(
+            SVC,
+            1,
+            &record.server_version,
+            &server_version,
+            "restore it into a server of that major version or newer: PostgreSQL does not support loading a dump into an older major version",
+        )?;
         self.check_client(server_major).await?;
         if record.format != "tar+custom" {
             return Ok(());
