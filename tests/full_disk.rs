@@ -80,8 +80,9 @@ impl SmallDisk {
         filler.sync_all().unwrap();
     }
 
-    /// Every file left on the disk, for "nothing was left behind" checks.
-    fn files(&self) -> Vec<PathBuf> {
+    /// Every file on the disk but the backup root's lock file (`.itbackup.lock`),
+    /// for "nothing was left behind" checks.
+    fn files_but_the_lock(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             for entry in fs::read_dir(dir).unwrap().flatten() {
                 let path = entry.path();
@@ -94,6 +95,7 @@ impl SmallDisk {
         }
         let mut files = Vec::new();
         walk(self.path(), &mut files);
+        files.retain(|p| p.file_name().unwrap() != ".itbackup.lock");
         files
     }
 }
@@ -195,16 +197,7 @@ fn a_backup_that_fills_the_disk_fails_clearly_and_leaves_nothing() {
             "the error should name the service:\n{err}"
         );
         // No artifact, partial file or manifest is left to take space or be mistaken for a backup.
-        let left: Vec<_> = disk
-            .files()
-            .into_iter()
-            .filter(|p| {
-                !p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(".itbackup")
-            })
-            .collect();
+        let left = disk.files_but_the_lock();
         assert!(
             left.is_empty(),
             "{service}: files left on the full disk: {left:?}"
@@ -453,16 +446,7 @@ fn a_download_that_would_not_fit_is_refused_before_it_starts() {
         err.contains("downloading the backup needs"),
         "the restore should be refused for free space:\n{err}"
     );
-    let left: Vec<_> = disk
-        .files()
-        .into_iter()
-        .filter(|p| {
-            !p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(".itbackup")
-        })
-        .collect();
+    let left = disk.files_but_the_lock();
     assert!(left.is_empty(), "files left on the small disk: {left:?}");
     let dirs: Vec<_> = fs::read_dir(disk.path())
         .unwrap()
