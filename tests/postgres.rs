@@ -132,6 +132,15 @@ fn round_trip(format: &str) {
 
     ok(&["--root", root_arg, "restore", "--yes"], &[]);
     assert_eq!(snapshot(), before, "restored data differs ({format})");
+    // The restore leaves planner statistics (its own ANALYZE, not autovacuum's).
+    assert_eq!(
+        psql(
+            "itb_shop",
+            "SELECT string_agg(relname, ', ') FROM pg_stat_user_tables WHERE last_analyze IS NULL"
+        ),
+        "",
+        "tables without statistics after the restore ({format})"
+    );
 
     // A second restore over the restored data gives the same result (idempotent).
     ok(

@@ -151,39 +151,92 @@ impl Postgres {
     }
 
     /// Exact row counts of every ordinary table of the database `client` is in.
+    /// The user tables of the connected database, largest first: (schema, name, bytes).
+    async fn tables(
+        client: &impl tokio_postgres::GenericClient,
+        step: &str,
+    ) -> Result<Vec<(String, String, i64)>> {
+        let rows = client
+            .query(
+                "SELECT n.nspname, c.relname, pg_relation_size(c.oid) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' \
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+                 ORDER BY 3 DESC, 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| Self::query_error(step, e))?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect())
+    }
+
+    /// The exact number of rows of one table (not of its partitions or children).
+    async fn count_table(
+        client: &impl tokio_postgres::GenericClient,
+        schema: &str,
+        name: &str,
+        step: &str,
+    ) -> Result<u64> {
+        let sql = format!(
+            "SELECT count(*) FROM ONLY {}.{}",
+            quote_ident(schema),
+            quote_ident(name)
+        );
+        let row = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| Self::query_error(step, e))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Exact row counts of every table, one after another on `client` (at
+    /// backup time: inside the dump's snapshot, beside pg_dump).
     async fn count_rows(
         client: &impl tokio_postgres::GenericClient,
         database: &str,
         counts: &mut BTreeMap<String, u64>,
     ) -> Result<()> {
         let step = "count rows";
-        let tables = client
-            .query(
-                "SELECT n.nspname, c.relname FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind = 'r' \
-                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-                 ORDER BY 1, 2",
-                &[],
-            )
-            .await
-            .map_err(|e| Self::query_error(step, e))?;
-        for table in tables {
-            let schema: String = table.get(0);
-            let name: String = table.get(1);
-            let sql = format!(
-                "SELECT count(*) FROM ONLY {}.{}",
-                quote_ident(&schema),
-                quote_ident(&name)
-            );
-            let row = client
-                .query_one(&sql, &[])
-                .await
-                .map_err(|e| Self::query_error(step, e))?;
-            let n: i64 = row.get(0);
-            counts.insert(count_key(database, &schema, &name), n as u64);
+        for (schema, name, _) in Self::tables(client, step).await? {
+            let n = Self::count_table(client, &schema, &name, step).await?;
+            counts.insert(count_key(database, &schema, &name), n);
         }
+        Ok(())
+    }
+
+    /// Exact row counts of every table on `jobs` connections at once, each
+    /// table going to the connection with the least bytes so far (after a
+    /// restore, when nothing else needs the server).
+    async fn count_rows_in_parallel(
+        &self,
+        database: &str,
+        counts: &mut BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let step = "count rows";
+        let tables = Self::tables(&self.connect(database, step).await?, step).await?;
+        let jobs = self.settings.jobs.clamp(1, tables.len().max(1));
+        let mut shares: Vec<(i64, Vec<(String, String)>)> = vec![(0, Vec::new()); jobs];
+        for (schema, name, bytes) in tables {
+            let share = shares.iter_mut().min_by_key(|s| s.0).expect("jobs >= 1");
+            share.0 += bytes.max(1);
+            share.1.push((schema, name));
+        }
+        let counted =
+            futures::future::try_join_all(shares.into_iter().map(|(_, tables)| async move {
+                let client = self.connect(database, step).await?;
+                let mut counted = Vec::with_capacity(tables.len());
+                for (schema, name) in tables {
+                    let n = Self::count_table(&client, &schema, &name, step).await?;
+                    counted.push((count_key(database, &schema, &name), n));
+                }
+                Ok::<_, Error>(counted)
+            }))
+            .await?;
+        counts.extend(counted.into_iter().flatten());
         Ok(())
     }
 
@@ -252,12 +305,16 @@ impl Postgres {
         Ok(row.is_some())
     }
 
+    /// Planner statistics for the restored database (pg_restore leaves none):
+    /// vacuumdb analyzes `jobs` tables at once, where one ANALYZE goes table
+    /// by table.
     async fn analyze(&self, database: &str) -> Result<()> {
-        let client = self.connect(database, "analyze").await?;
-        client
-            .batch_execute("ANALYZE")
-            .await
-            .map_err(|e| Self::query_error("analyze", e))
+        let cmd = self
+            .tool("vacuumdb")
+            .args(["--analyze-only", "--quiet", "--no-password"])
+            .arg(format!("--jobs={}", self.settings.jobs.max(1)))
+            .arg(format!("--dbname={}", conninfo_dbname(database)));
+        blocking(move || process::output(&cmd, SVC, "analyze (vacuumdb)").map(|_| ())).await
     }
 
     // ---- custom format -------------------------------------------------
@@ -662,7 +719,11 @@ impl Store for Postgres {
                             Some(Path::new(&entry.member))
                         )
                     ));
-                    plan.push(format!("ANALYZE database {}", entry.name));
+                    plan.push(format!(
+                        "vacuumdb --analyze-only --jobs={} on database {}",
+                        self.settings.jobs.max(1),
+                        entry.name
+                    ));
                 }
                 plan
             }
@@ -735,8 +796,7 @@ impl Store for Postgres {
         databases.dedup();
         let mut counts = BTreeMap::new();
         for database in databases {
-            let client = self.connect(&database, "count rows").await?;
-            Self::count_rows(&client, &database, &mut counts).await?;
+            self.count_rows_in_parallel(&database, &mut counts).await?;
         }
         Ok(counts)
     }
