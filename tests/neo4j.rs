@@ -457,7 +457,29 @@ fn dump_round_trip_stops_and_starts_the_server() {
     // The server is back after the backup.
     let neo = Neo::connect();
     damage(&neo);
+    let damaged = neo.snapshot();
     drop(neo);
+
+    // A dump from a newer Neo4j is refused before the server is stopped.
+    let set_version = |version: &str| {
+        let mut manifest = itbackup::manifest::Manifest::read_dir(&dir).unwrap();
+        let record = manifest
+            .artifacts
+            .get_mut(&itbackup::service::Service::Neo4j)
+            .unwrap();
+        let real = std::mem::replace(&mut record.server_version, version.to_string());
+        manifest.write(&dir).unwrap();
+        real
+    };
+    let real_version = set_version("99.0.0");
+    let err = fails(
+        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
+        &env,
+        1,
+    );
+    assert!(err.contains("newer than this server's"), "{err}");
+    assert_same("graphs", &damaged, &Neo::connect().snapshot());
+    set_version(&real_version);
 
     restore(&dir, &env);
     let neo = Neo::connect();
