@@ -522,6 +522,93 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
 }
 
 #[test]
+fn index_definitions_another_version_refuses_are_found_before_any_index_is_replaced() {
+    let _guard = serial();
+    let os = Os::new();
+    os.create_fixture();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "opensearch",
+            "--opensearch-method",
+            "logical",
+            "--indices",
+            "itb-b",
+            "--timestamp",
+            "logical",
+        ],
+        &[],
+    );
+    os.bulk(&[
+        json!({"index": {"_index": "itb-b", "_id": "canary"}}),
+        json!({"kind": "canary"}),
+    ]);
+
+    // As if taken on another version whose mapping this cluster does not know.
+    let dir = root.path().join("logical");
+    let export = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
+        .unwrap();
+    let text =
+        String::from_utf8(zstd::decode_all(fs::File::open(&export).unwrap()).unwrap()).unwrap();
+    let mut changed = 0;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let mut value: Value = serde_json::from_str(line).unwrap();
+            if value["type"] == "index" {
+                value["body"]["mappings"]["properties"]["from_elsewhere"] =
+                    json!({"type": "no_such_field_type"});
+                changed += 1;
+            }
+            serde_json::to_string(&value).unwrap()
+        })
+        .collect();
+    assert_eq!(changed, 1);
+    let forged = zstd::encode_all((lines.join("\n") + "\n").as_bytes(), 3).unwrap();
+    fs::write(&export, forged).unwrap();
+    let mut manifest = itbackup::manifest::Manifest::read_dir(&dir).unwrap();
+    let digest = itbackup::artifact::digest_file(&export).unwrap();
+    let record = manifest
+        .artifacts
+        .get_mut(&itbackup::service::Service::Opensearch)
+        .unwrap();
+    record.sha256 = digest.sha256;
+    record.bytes = digest.bytes;
+    record.server_version = "1.3.0".into();
+    manifest.write(&dir).unwrap();
+
+    let err = fails(
+        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
+        &[],
+        1,
+    );
+    assert_eq!(
+        os.call(reqwest::Method::GET, "itb-b/_doc/canary", None).0,
+        200,
+        "the refused restore replaced the index:\n{err}"
+    );
+    assert!(
+        err.contains("refuses the settings or mappings of index itb-b"),
+        "{err}"
+    );
+    let (_, leftovers) = os.call(
+        reqwest::Method::GET,
+        "_cat/indices/itbackup-check-*?format=json",
+        None,
+    );
+    assert_eq!(leftovers, json!([]), "temporary indices left behind");
+    os.wipe_fixture();
+}
+
+#[test]
 fn unreachable_or_red_cluster_gives_a_clear_error() {
     let _guard = serial();
     let root = temp_root();

@@ -658,6 +658,79 @@ impl OpenSearch {
         result
     }
 
+    /// A logical export loads into other versions, which is what it is for;
+    /// but a cluster of another version (or without a plugin an index used)
+    /// may refuse an index's settings or mappings, and the restore deletes
+    /// each index just before it creates it. So, on a cluster of another
+    /// major.minor than the backup's, each index is first created once under
+    /// a temporary name and removed, before anything is replaced.
+    async fn check_index_definitions(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let server_version = self.version().await?;
+        let release = |v: &str| {
+            super::version_numbers(v)
+                .into_iter()
+                .take(2)
+                .collect::<Vec<_>>()
+        };
+        if release(&record.server_version) == release(&server_version) {
+            return Ok(());
+        }
+        let step = "check index definitions";
+        let path = ctx.artifact.to_path_buf();
+        let definitions = super::blocking(SVC, move || {
+            let mut definitions = Vec::new();
+            let mut failure = None;
+            crate::ndjson::read_lines(&path, SVC, |line| match line {
+                // Only index lines are decoded; documents are skipped unparsed.
+                Ok((_, bytes)) if bytes.starts_with(br#"{"type":"index","#) => {
+                    match serde_json::from_slice::<Line>(bytes) {
+                        Ok(line) => {
+                            definitions.push((
+                                line.name.unwrap_or_default(),
+                                line.body.unwrap_or(Value::Null),
+                            ));
+                            true
+                        }
+                        Err(e) => {
+                            failure = Some(Error::failure(step, e.to_string()).service(SVC));
+                            false
+                        }
+                    }
+                }
+                Ok(_) => true,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            });
+            failure.map_or(Ok(definitions), Err)
+        })
+        .await?;
+        tracing::info!(service = %SVC, indices = definitions.len(), backup_version = %record.server_version, %server_version, "another version: trying each index definition under a temporary name first");
+        for (number, (name, meta)) in definitions.iter().enumerate() {
+            let probe = format!("itbackup-check-{}-{number}", std::process::id());
+            let (body, _) = creation_body(meta);
+            let created = self.http.call(Method::PUT, &probe, Some(&body), step).await;
+            let _ = self.http.delete_if_present(&probe, step).await;
+            if let Err(e) = created {
+                return Err(Error::failure(
+                    step,
+                    format!(
+                        "this cluster (OpenSearch {server_version}) refuses the settings or mappings of index {name} from OpenSearch {}: {}",
+                        record.server_version, e.message
+                    ),
+                )
+                .service(SVC)
+                .hint("restore into a cluster that accepts them (the same version, with the same plugins), or adapt the index definition; nothing was changed"));
+            }
+        }
+        Ok(())
+    }
+
     /// `path.repo`, where a snapshot restore unpacks its artifact; an error
     /// when the cluster has none or this process cannot write there.
     async fn restore_repository_root(&self) -> Result<PathBuf> {
@@ -1150,6 +1223,43 @@ impl OpenSearch {
     }
 }
 
+/// The body that creates an index from its exported definition (settings the
+/// cluster sets itself removed; replicas 0 and refresh off for the load), and
+/// the load-time settings to put back after it.
+fn creation_body(meta: &Value) -> (Value, Map<String, Value>) {
+    let mut settings = meta["settings"]["index"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for key in SERVER_SET {
+        settings.remove(key);
+    }
+    if let Some(Value::Object(routing)) = settings.get_mut("routing") {
+        if let Some(Value::Object(allocation)) = routing.get_mut("allocation") {
+            allocation.remove("initial_recovery");
+        }
+    }
+    let mut after_load = Map::new();
+    for key in LOAD_TIME {
+        match settings.remove(key) {
+            Some(value) => {
+                after_load.insert(key.to_string(), value);
+            }
+            // `null` puts a plain setting back to its default; `blocks` is a group.
+            None if key != "blocks" => {
+                after_load.insert(key.to_string(), Value::Null);
+            }
+            None => {}
+        }
+    }
+    settings.insert("number_of_replicas".into(), json!(0));
+    settings.insert("refresh_interval".into(), json!("-1"));
+    (
+        json!({"settings": {"index": settings}, "mappings": meta["mappings"]}),
+        after_load,
+    )
+}
+
 /// Counts that stayed the same across the snapshot go into the record; the rest
 /// changed while it ran and are listed instead of being compared later.
 fn record_stable_counts(
@@ -1383,41 +1493,10 @@ impl Loader {
 
     async fn create_index(&mut self, name: &str, meta: Value) -> Result<()> {
         let step = format!("create index {name}");
-        let mut settings = meta["settings"]["index"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        for key in SERVER_SET {
-            settings.remove(key);
-        }
-        if let Some(Value::Object(routing)) = settings.get_mut("routing") {
-            if let Some(Value::Object(allocation)) = routing.get_mut("allocation") {
-                allocation.remove("initial_recovery");
-            }
-        }
-        let mut after_load = Map::new();
-        for key in LOAD_TIME {
-            match settings.remove(key) {
-                Some(value) => {
-                    after_load.insert(key.to_string(), value);
-                }
-                // `null` puts a plain setting back to its default; `blocks` is a group.
-                None if key != "blocks" => {
-                    after_load.insert(key.to_string(), Value::Null);
-                }
-                None => {}
-            }
-        }
-        settings.insert("number_of_replicas".into(), json!(0));
-        settings.insert("refresh_interval".into(), json!("-1"));
+        let (body, after_load) = creation_body(&meta);
         self.http.delete_if_present(name, &step).await?;
         self.http
-            .call(
-                Method::PUT,
-                name,
-                Some(&json!({"settings": {"index": settings}, "mappings": meta["mappings"]})),
-                &step,
-            )
+            .call(Method::PUT, name, Some(&body), &step)
             .await?;
         self.current = Some((
             name.to_string(),
@@ -1716,6 +1795,7 @@ impl Store for OpenSearch {
                 "wait until every restored index is at least yellow; unregister and remove the repository".into(),
             ],
             _ => vec![
+                format!("on a cluster of another major.minor than {}: create each index definition once under a temporary name and remove it, before any change", record.server_version),
                 "PUT templates and ingest pipelines".into(),
                 format!("for each index ({}): DELETE, create with its settings (replicas 0, refresh off), _bulk load, put settings back, refresh, aliases", indices.join(", ")),
                 "wait until every restored index is at least yellow".into(),
@@ -1730,8 +1810,7 @@ impl Store for OpenSearch {
     ) -> Result<()> {
         self.health("cluster health").await?;
         if record.method != "snapshot" {
-            // A logical export loads into any version: that is what it is for.
-            return Ok(());
+            return self.check_index_definitions(ctx, record).await;
         }
         super::refuse_newer_backup(
             SVC,
