@@ -129,13 +129,15 @@ fn is_in_progress(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The newest complete backup among `entries` (as [`scan`] orders them, oldest first).
+pub fn newest_complete_entry(entries: &[BackupEntry]) -> Option<&BackupEntry> {
+    entries.iter().rev().find(|entry| entry.complete)
+}
+
 /// The newest complete backup under `root`.
 pub fn newest_complete(root: &Path) -> Result<PathBuf> {
-    scan(root)?
-        .into_iter()
-        .rev()
-        .find(|entry| entry.complete)
-        .map(|entry| entry.path)
+    newest_complete_entry(&scan(root)?)
+        .map(|entry| entry.path.clone())
         .ok_or_else(|| {
             Error::failure(
                 "find backup",

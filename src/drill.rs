@@ -123,57 +123,53 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
     confirm_rewind(&stores, request.yes).await?;
     step.done("servers reachable");
 
-    let step = Progress::step(
-        show,
-        &format!("populating synthetic data (scale {})", request.scale),
-    );
-    let populated = async {
+    // Populate, back up, wipe: a failure on the way removes the synthetic
+    // data made so far (see `abandon`) before it is reported.
+    let prepared = async {
+        let step = Progress::step(
+            show,
+            &format!("populating synthetic data (scale {})", request.scale),
+        );
         futures::future::try_join_all(stores.iter().map(|s| s.drill_populate(request.scale)))
             .await?;
-        inventories(&stores).await
+        let expected = inventories(&stores).await?;
+        step.done(&format!(
+            "populated: {}",
+            summary(&expected, |i| i.count.to_string())
+        ));
+
+        let step = Progress::step(show, "backing up (the normal backup path)");
+        let started = Instant::now();
+        let outcome = backup::run(
+            settings,
+            BackupRequest {
+                out: request.out.clone(),
+                services: Some(ServiceList(services.clone())),
+                timestamp: None,
+                dry_run: false,
+                upload: request.upload.clone(),
+                no_local: false,
+            },
+        )
+        .await?;
+        let backup_seconds = started.elapsed().as_secs_f64();
+        let BackupOutcome::Done { dir, manifest, .. } = outcome else {
+            unreachable!("not a dry run");
+        };
+        step.done(&format!(
+            "backed up in {backup_seconds:.1} s to {}",
+            dir.display()
+        ));
+
+        let step = Progress::step(show, "removing the synthetic data");
+        futures::future::try_join_all(stores.iter().map(|s| s.drill_wipe())).await?;
+        step.done("synthetic data removed");
+        Ok::<_, Error>((expected, backup_seconds, dir, manifest))
     };
-    let expected = match populated.await {
-        Ok(expected) => expected,
+    let (expected, backup_seconds, dir, manifest) = match prepared.await {
+        Ok(prepared) => prepared,
         Err(e) => return Err(abandon(&stores, request.keep, e).await),
     };
-    step.done(&format!(
-        "populated: {}",
-        summary(&expected, |i| i.count.to_string())
-    ));
-
-    let step = Progress::step(show, "backing up (the normal backup path)");
-    let started = Instant::now();
-    let outcome = backup::run(
-        settings,
-        BackupRequest {
-            out: request.out.clone(),
-            services: Some(ServiceList(services.clone())),
-            timestamp: None,
-            dry_run: false,
-            upload: request.upload.clone(),
-            no_local: false,
-        },
-    )
-    .await;
-    let outcome = match outcome {
-        Ok(outcome) => outcome,
-        Err(e) => return Err(abandon(&stores, request.keep, e).await),
-    };
-    let backup_seconds = started.elapsed().as_secs_f64();
-    let BackupOutcome::Done { dir, manifest, .. } = outcome else {
-        unreachable!("not a dry run");
-    };
-    step.done(&format!(
-        "backed up in {backup_seconds:.1} s to {}",
-        dir.display()
-    ));
-
-    let step = Progress::step(show, "removing the synthetic data");
-    if let Err(e) = futures::future::try_join_all(stores.iter().map(|s| s.drill_wipe())).await {
-        // Another store's wipe may have run: try them all once more, then report.
-        return Err(abandon(&stores, request.keep, e).await);
-    }
-    step.done("synthetic data removed");
 
     let step = Progress::step(show, "restoring (the normal restore path)");
     let restore_result = restore::run(

@@ -94,11 +94,7 @@ impl DiskStatus {
     /// when the root cannot be examined (it does not exist yet).
     fn of(root: &Path, entries: &[BackupEntry]) -> Option<DiskStatus> {
         let free_bytes = crate::artifact::free_bytes(root).ok()?;
-        let newest_backup_bytes = entries
-            .iter()
-            .filter(|e| e.complete)
-            .max_by(|a, b| (&a.finished_at, &a.name).cmp(&(&b.finished_at, &b.name)))
-            .map(|e| e.bytes);
+        let newest_backup_bytes = catalog::newest_complete_entry(entries).map(|e| e.bytes);
         Some(DiskStatus {
             free_bytes,
             newest_backup_bytes,

@@ -191,6 +191,15 @@ pub(crate) fn version_numbers(version: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The first `significant` numbers of a version (2: major.minor), for comparing
+/// releases.
+pub(crate) fn release(version: &str, significant: usize) -> Vec<u32> {
+    version_numbers(version)
+        .into_iter()
+        .take(significant)
+        .collect()
+}
+
 /// Refuse, before anything is changed, to restore a backup taken on a newer
 /// server than this one, compared on the first `significant` numbers of the
 /// versions (1: the major; 2: major.minor). Older servers cannot load what
@@ -203,8 +212,10 @@ pub(crate) fn refuse_newer_backup(
     server_version: &str,
     hint: &str,
 ) -> Result<()> {
-    let take = |v: &str| -> Vec<u32> { version_numbers(v).into_iter().take(significant).collect() };
-    let (backup, server) = (take(backup_version), take(server_version));
+    let (backup, server) = (
+        release(backup_version, significant),
+        release(server_version, significant),
+    );
     if backup.len() < significant || server.len() < significant || backup <= server {
         return Ok(());
     }

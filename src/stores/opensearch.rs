@@ -670,13 +670,7 @@ impl OpenSearch {
         record: &ArtifactRecord,
     ) -> Result<()> {
         let server_version = self.version().await?;
-        let release = |v: &str| {
-            super::version_numbers(v)
-                .into_iter()
-                .take(2)
-                .collect::<Vec<_>>()
-        };
-        if release(&record.server_version) == release(&server_version) {
+        if super::release(&record.server_version, 2) == super::release(&server_version, 2) {
             return Ok(());
         }
         let step = "check index definitions";

@@ -701,7 +701,7 @@ impl Store for Postgres {
                     format!(
                         "extract {} into a private scratch directory under the backup root (needs {} free: checked, like every store's, before any store is changed)",
                         record.file,
-                        crate::report::size(record.members.iter().map(|m| m.bytes).sum())
+                        crate::report::size(extracted_bytes(record))
                     ),
                     format!(
                         "{} -f globals.idempotent.sql  (roles: created if missing, else altered)",
@@ -764,7 +764,7 @@ impl Store for Postgres {
         }
         // pg_restore -j needs each dump as a file of its own.
         let step = "extract archive";
-        let needed = record.members.iter().map(|m| m.bytes).sum();
+        let needed = extracted_bytes(record);
         crate::error::require_free_space(
             Some(SVC),
             step,
@@ -779,8 +779,7 @@ impl Store for Postgres {
     }
 
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
-        let (_, server_major) = self.server_version().await?;
-        self.check_client(server_major).await?;
+        // The versions were checked by prepare_restore.
         match record.format.as_str() {
             "tar+custom" => self.restore_custom(ctx, record).await,
             _ => self.restore_plain(ctx, record).await,
@@ -993,6 +992,11 @@ fn tool_output_to_file(cmd: &ToolCommand, path: &Path, step: &str) -> Result<()>
     drop(buffered);
     file.sync_all()
         .map_err(|e| io_error(Some(SVC), step, path.display(), e))
+}
+
+/// What [`extract_members`] writes into the scratch directory.
+fn extracted_bytes(record: &ArtifactRecord) -> u64 {
+    record.members.iter().map(|m| m.bytes).sum()
 }
 
 /// Where [`extract_members`] puts a member: by the manifest's name, never

@@ -23,36 +23,45 @@ use tokio::sync::mpsc;
 use super::{neo_error, quote, IdSet, SVC};
 use crate::error::{io_error, Error, Result};
 
-/// Cypher that turns a stored special value `s = [key, type, value]` back into
-/// its Neo4j type.
-const SPECIAL: &str = "CASE s[1]
-      WHEN 'DATE' THEN date(s[2]) WHEN 'LOCAL TIME' THEN localtime(s[2]) WHEN 'ZONED TIME' THEN time(s[2])
-      WHEN 'LOCAL DATETIME' THEN localdatetime(s[2]) WHEN 'ZONED DATETIME' THEN datetime(s[2])
-      WHEN 'DURATION' THEN duration(s[2]) WHEN 'POINT' THEN point(s[2])
-      WHEN 'LIST<DATE>' THEN [v IN s[2] | date(v)] WHEN 'LIST<LOCAL TIME>' THEN [v IN s[2] | localtime(v)]
-      WHEN 'LIST<ZONED TIME>' THEN [v IN s[2] | time(v)] WHEN 'LIST<LOCAL DATETIME>' THEN [v IN s[2] | localdatetime(v)]
-      WHEN 'LIST<ZONED DATETIME>' THEN [v IN s[2] | datetime(v)] WHEN 'LIST<DURATION>' THEN [v IN s[2] | duration(v)]
-      WHEN 'LIST<POINT>' THEN [v IN s[2] | point(v)]
-      END";
-
-/// The stored types that `SPECIAL` converts; any other is refused (it would
-/// be converted to null, and so silently not restored).
-const SPECIAL_KINDS: [&str; 14] = [
-    "DATE",
-    "LOCAL TIME",
-    "ZONED TIME",
-    "LOCAL DATETIME",
-    "ZONED DATETIME",
-    "DURATION",
-    "POINT",
-    "LIST<DATE>",
-    "LIST<LOCAL TIME>",
-    "LIST<ZONED TIME>",
-    "LIST<LOCAL DATETIME>",
-    "LIST<ZONED DATETIME>",
-    "LIST<DURATION>",
-    "LIST<POINT>",
+/// The stored types Cypher must convert back (temporal values, points), with
+/// the function that does it; each also comes as a list (`LIST<DATE>` …).
+/// Any other type Bolt cannot carry as stored is refused: converting it
+/// would give null, and so silently not restore it.
+const SPECIAL_TYPES: [(&str, &str); 7] = [
+    ("DATE", "date"),
+    ("LOCAL TIME", "localtime"),
+    ("ZONED TIME", "time"),
+    ("LOCAL DATETIME", "localdatetime"),
+    ("ZONED DATETIME", "datetime"),
+    ("DURATION", "duration"),
+    ("POINT", "point"),
 ];
+
+/// Whether `kind` is one of [`SPECIAL_TYPES`] or a list of one.
+fn is_special(kind: &str) -> bool {
+    let element = kind
+        .strip_prefix("LIST<")
+        .and_then(|k| k.strip_suffix('>'))
+        .unwrap_or(kind);
+    SPECIAL_TYPES.iter().any(|(special, _)| *special == element)
+}
+
+/// Cypher that turns a stored special value `s = [key, type, value]` back into
+/// its Neo4j type, made from [`SPECIAL_TYPES`].
+fn special_cypher() -> &'static str {
+    static CASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CASE.get_or_init(|| {
+        let mut case = String::from("CASE s[1]");
+        for (kind, function) in SPECIAL_TYPES {
+            case.push_str(&format!(" WHEN '{kind}' THEN {function}(s[2])"));
+            case.push_str(&format!(
+                " WHEN 'LIST<{kind}>' THEN [v IN s[2] | {function}(v)]"
+            ));
+        }
+        case.push_str(" END");
+        case
+    })
+}
 
 /// Lines travel from the reading thread in chunks of about this size.
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -110,7 +119,7 @@ struct PropsOf {
 
 /// Stored properties `{key: [TYPE, value]}` as Bolt: the values Bolt can carry
 /// as they are, and `[key, TYPE, value]` for those Cypher must convert
-/// (temporal values, points; see `SPECIAL`).
+/// (temporal values, points; see [`SPECIAL_TYPES`]).
 #[derive(Default)]
 pub(super) struct TypedProps {
     direct: neo4rs::BoltMap,
@@ -213,7 +222,7 @@ impl<'de> Visitor<'de> for TypedSeed {
             // An empty list: Cypher cannot tell what it was to hold.
             seq.next_element_seed(ListSeed(Scalar::String))?
                 .map(Typed::Direct)
-        } else if SPECIAL_KINDS.contains(&kind.as_ref()) {
+        } else if is_special(&kind) {
             seq.next_element::<Value>()?
                 .map(|value| Typed::Special(kind.into_owned(), value))
         } else {
@@ -471,7 +480,10 @@ impl Target {
     fn cypher(&self, special: bool) -> String {
         let convert = |var: &str, at: usize| {
             if special {
-                format!(" FOREACH (s IN row[{at}] | SET {var}[s[0]] = {SPECIAL})")
+                format!(
+                    " FOREACH (s IN row[{at}] | SET {var}[s[0]] = {})",
+                    special_cypher()
+                )
             } else {
                 String::new()
             }
@@ -810,6 +822,30 @@ async fn batch_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_types_and_their_lists_are_converted_and_nothing_else() {
+        for kind in ["DATE", "ZONED TIME", "LIST<POINT>", "LIST<DURATION>"] {
+            assert!(is_special(kind), "{kind}");
+        }
+        for kind in ["MYSTERY", "LIST<MYSTERY>", "STRING", "LIST<>"] {
+            assert!(!is_special(kind), "{kind}");
+        }
+        let case = special_cypher();
+        assert!(
+            case.starts_with("CASE s[1] ") && case.ends_with(" END"),
+            "{case}"
+        );
+        assert!(
+            case.contains(" WHEN 'ZONED TIME' THEN time(s[2])"),
+            "{case}"
+        );
+        assert!(
+            case.contains(" WHEN 'LIST<ZONED TIME>' THEN [v IN s[2] | time(v)]"),
+            "{case}"
+        );
+        assert_eq!(case.matches(" WHEN ").count(), 2 * SPECIAL_TYPES.len());
+    }
 
     fn decode(line: &str) -> TypedProps {
         serde_json::from_str::<PropsOf>(line)
