@@ -50,15 +50,34 @@ ensure_reachable_by() {
   fi
 }
 
+# What the process named by PIDFILE is, printed as one word:
+#   ours     its command line mentions MARKER (our install directory);
+#   gone     no such process, or a zombie waiting to be reaped;
+#   unknown  alive, but its command line does not mention MARKER.
+# "unknown" is normal for a moment after a launch: `cmd &` puts the pid of a
+# fork of this shell in $!, and until that fork has passed through execve its
+# /proc cmdline reads as this shell's ("bash testenv/up") and, inside execve, as
+# empty (measured: 45 of 300 reads right after `env … setsid sleep &`). It is
+# also what a stale pid reused by another program looks like, which must never
+# be touched. The command line is read with bash's own mapfile, not through a
+# pipe: `tr | grep -q` under pipefail failed whenever tr was still writing a
+# long (Java) command line when grep had matched and exited.
+pid_state() {
+  local pidfile="$1" marker="$2" pid="" stat="" args=()
+  [ -s "$pidfile" ] && read -r pid <"$pidfile" 2>/dev/null || true
+  [[ "$pid" =~ ^[0-9]+$ ]] || { echo gone; return 0; }
+  read -r stat <"/proc/$pid/stat" 2>/dev/null || { echo gone; return 0; }
+  # Field 3, after "pid (comm) "; comm may itself hold spaces and parentheses.
+  stat="${stat##*) }"
+  [ "${stat:0:1}" != Z ] || { echo gone; return 0; }
+  mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || true
+  if [[ " ${args[*]} " == *"$marker"* ]]; then echo ours; else echo unknown; fi
+}
+
 # A pid file names a live process of ours only when the process's command line
-# mentions MARKER (our install directory): a stale pid reused by another program
-# is never touched.
+# mentions MARKER: a stale pid reused by another program is never touched.
 pid_alive() {
-  local pidfile="$1" marker="$2" pid
-  [ -s "$pidfile" ] || return 1
-  pid="$(head -n1 "$pidfile")"
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$marker"
+  [ "$(pid_state "$1" "$2")" = ours ]
 }
 
 # Stop the process named by PIDFILE (TERM, then KILL after GRACE seconds).
@@ -91,14 +110,26 @@ require_free_port() {
 }
 
 # Wait until CHECK (a command) succeeds; on timeout print the log tail, stop
-# what we started and fail.
+# what we started and fail. The server counts as exited only when its process
+# is gone, or when its pid has stayed someone else's (not naming MARKER) over
+# UNKNOWN_LIMIT checks a second apart: a launch still inside fork/exec reads as
+# "unknown" for a moment and is not a failure (see pid_state).
 wait_until() {
   local name="$1" logfile="$2" pidfile="$3" marker="$4"; shift 4
-  local deadline=$((SECONDS + START_TIMEOUT))
+  local deadline=$((SECONDS + START_TIMEOUT)) unknown=0 state
   while ! "$@" >/dev/null 2>&1; do
     # A daemon may write its pid file a moment after its launcher returns.
-    if [ -n "$pidfile" ] && [ -s "$pidfile" ] && ! pid_alive "$pidfile" "$marker"; then
-      fail_start "$name" "$logfile" "the server process exited"
+    if [ -n "$pidfile" ] && [ -s "$pidfile" ]; then
+      state="$(pid_state "$pidfile" "$marker")"
+      case "$state" in
+        gone) fail_start "$name" "$logfile" "the server process (pid $(head -n1 "$pidfile")) exited" ;;
+        unknown)
+          unknown=$((unknown + 1))
+          ((unknown < UNKNOWN_LIMIT)) || fail_start "$name" "$logfile" \
+            "pid $(head -n1 "$pidfile") has not named $marker in its command line over $unknown checks: it is not the server"
+          ;;
+        *) unknown=0 ;;
+      esac
     fi
     if ((SECONDS >= deadline)); then
       [ -n "$pidfile" ] && stop_pidfile "$name" "$pidfile" "$marker" 10
@@ -107,6 +138,7 @@ wait_until() {
     sleep 1
   done
 }
+UNKNOWN_LIMIT=5
 
 # LOGFILES is one path or several separated by ':'; each non-empty one is shown.
 fail_start() {

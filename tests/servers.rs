@@ -154,3 +154,69 @@ fn a_server_that_fails_to_start_fails_up_with_its_log() {
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
     testenv("down");
 }
+
+/// testenv's start wait (`wait_until` in testenv/lib.sh) against launches
+/// whose exec chain is slow: for two seconds the pid names a shell, not the
+/// server, as every `cmd &` does for a moment after the fork. Such a launch
+/// must be waited for; a launch that dies must fail at once; a pid that never
+/// becomes the server must fail after a few checks, not after the whole start
+/// timeout.
+#[test]
+fn testenv_counts_a_server_as_exited_only_when_its_process_is_gone() {
+    let dir = tempfile::Builder::new()
+        .prefix("itbackup-testenv-wait-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path().display();
+    // `launch.sh SECONDS` is a shell for SECONDS, then execs a process whose
+    // command line names the marker directory $d/server.
+    std::fs::write(
+        dir.path().join("launch.sh"),
+        "sleep \"$1\"\nexec tail -f /dev/null \"$(dirname \"$0\")/server\"\n",
+    )
+    .unwrap();
+    // The check passes 4 s after the launch, or never; each launch has its own
+    // ready file (an earlier launch's timer may still be running).
+    let launches = std::cell::Cell::new(0);
+    let wait = |launcher: &str, ready: bool| {
+        launches.set(launches.get() + 1);
+        let ready_file = format!("{d}/ready-{}", launches.get());
+        let script = format!(
+            "source '{lib}'\n\
+             {ready}\n\
+             {launcher} </dev/null >/dev/null 2>&1 &\n\
+             echo $! >'{d}/pid'\n\
+             rc=0; (wait_until demo /dev/null '{d}/pid' '{d}/server' test -e '{ready_file}') || rc=$?\n\
+             kill \"$(cat '{d}/pid')\" 2>/dev/null || true\n\
+             exit $rc\n",
+            lib = common::repo_root().join("testenv/lib.sh").display(),
+            ready = if ready { format!("(sleep 4; touch '{ready_file}') >/dev/null 2>&1 &") } else { String::new() },
+        );
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        (out, started.elapsed())
+    };
+
+    let (slow, _) = wait(&format!("bash '{d}/launch.sh' 2"), true);
+    assert!(slow.status.success(), "{}", common::text(&slow));
+
+    let (died, took) = wait("bash -c 'sleep 1; exit 3'", true);
+    let stderr = String::from_utf8_lossy(&died.stderr);
+    assert!(!died.status.success(), "{}", common::text(&died));
+    assert!(
+        stderr.contains("demo failed to start: the server process"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("exited"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+
+    let (stranger, took) = wait(&format!("bash '{d}/launch.sh' 30"), false);
+    let stderr = String::from_utf8_lossy(&stranger.stderr);
+    assert!(!stranger.status.success(), "{}", common::text(&stranger));
+    assert!(stderr.contains("it is not the server"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+}
