@@ -121,6 +121,9 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         store.probe().await?;
     }
     confirm_rewind(&stores, request.yes).await?;
+    // Held from the first synthetic write to the last; the drill's own
+    // backup and restore share it (same process).
+    let _servers = stores::lock_servers(&stores, "drill")?;
     step.done("servers reachable");
 
     // Populate, back up, wipe: a failure on the way removes the synthetic

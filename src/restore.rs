@@ -164,6 +164,8 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
             .unwrap_or_else(|| PathBuf::from("."))
     };
     let _lock = RootLock::acquire(&lock_root, "restore")?;
+    // Whatever root or repository the backup comes from, one writer per server.
+    let _servers = stores::lock_servers(&stores, "restore")?;
     let started = Instant::now();
 
     for store in &stores {
@@ -201,10 +203,21 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
         )
         .await
     };
+    // Every store has finished (or failed) by now: report the first failure,
+    // and with it what became of every store of the set.
     let mut restored = Vec::new();
-    for result in results {
-        // Every store has finished (or failed) by now; report the first failure.
-        restored.push(result?);
+    let mut failed = Vec::new();
+    for (store, result) in stores.iter().zip(results) {
+        match result {
+            Ok(done) => restored.push(done),
+            Err(e) => failed.push((store.service(), e)),
+        }
+    }
+    if !failed.is_empty() {
+        let services: Vec<Service> = failed.iter().map(|(s, _)| *s).collect();
+        let (_, mut first) = failed.remove(0);
+        first.message.push_str(&set_outcome(&restored, &services));
+        return Err(first);
     }
     Ok(RestoreOutcome::Done {
         // A remote backup is reported by its URL, not by the staging directory.
@@ -217,6 +230,22 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
         restored,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What a restore that failed did to each store of the set, for its error.
+fn set_outcome(restored: &[ServiceRestore], failed: &[Service]) -> String {
+    let names = |services: &mut dyn Iterator<Item = Service>| {
+        services.map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    };
+    let failed = names(&mut failed.iter().copied());
+    if restored.is_empty() {
+        format!("\n  backup set: no store was restored; failed: {failed} (see its own message for what it left)")
+    } else {
+        format!(
+            "\n  backup set: PARTLY restored — restored from the backup and checked: {}; failed: {failed} (see its own message for what it left); run the restore again with --services {failed} once the cause is fixed",
+            names(&mut restored.iter().map(|r| r.service))
+        )
+    }
 }
 
 /// `URL/<name>` for a `--from` URL that named either the location or the backup.

@@ -133,6 +133,10 @@ impl UnorderedDigest {
 pub trait Store: DrillData + Send + Sync {
     fn service(&self) -> Service;
 
+    /// The server's address as configured (credentials included, never
+    /// shown): what the store lock ([`crate::lock::server_key`]) is keyed by.
+    fn address(&self) -> String;
+
     /// Connect and ask the server for its version; fails with a clear error when
     /// the server is unreachable or refuses our credentials.
     async fn probe(&self) -> Result<ServerInfo>;
@@ -167,6 +171,28 @@ pub trait Store: DrillData + Send + Sync {
 
     /// Current object counts in the store for the keys the record has counts for.
     async fn counts(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, u64>>;
+}
+
+/// Take the store lock of every store's server (in service order), or fail
+/// naming the run that holds one; `command` is what this run records.
+pub fn lock_servers(
+    stores: &[Box<dyn Store>],
+    command: &str,
+) -> Result<Vec<crate::lock::StoreLock>> {
+    let mut keyed: Vec<(Service, String)> = stores
+        .iter()
+        .map(|s| {
+            (
+                s.service(),
+                crate::lock::server_key(s.service(), &s.address()),
+            )
+        })
+        .collect();
+    keyed.sort();
+    keyed
+        .iter()
+        .map(|(service, key)| crate::lock::StoreLock::acquire(*service, key, command))
+        .collect()
 }
 
 /// Run blocking work (child processes, file I/O) off the async threads.

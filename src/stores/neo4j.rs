@@ -969,6 +969,10 @@ fn tally_chunk(index: usize, chunk: &[u8]) -> std::result::Result<ChunkTally, Ch
 
 #[async_trait]
 impl Store for Neo4j {
+    fn address(&self) -> String {
+        self.settings.uri.clone()
+    }
+
     fn service(&self) -> Service {
         SVC
     }

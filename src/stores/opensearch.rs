@@ -1681,6 +1681,10 @@ async fn bulk(http: &Http, body: Vec<u8>) -> Result<()> {
 
 #[async_trait]
 impl Store for OpenSearch {
+    fn address(&self) -> String {
+        self.settings.url.clone()
+    }
+
     fn service(&self) -> Service {
         SVC
     }

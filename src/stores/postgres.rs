@@ -32,6 +32,9 @@ use crate::service::Service;
 use crate::target::Target;
 
 mod drill;
+mod replace;
+
+use replace::WORK_DB;
 
 const SVC: Service = Service::Postgres;
 const GLOBALS_MEMBER: &str = "globals.sql";
@@ -138,7 +141,9 @@ impl Postgres {
         Error::failure(step, detail).service(SVC)
     }
 
-    /// Non-template databases that accept connections, in name order.
+    /// Non-template databases that accept connections, in name order, but for
+    /// the work and safety databases of an interrupted restore (see
+    /// [`replace`]), which are named in a warning instead.
     async fn databases(&self, client: &tokio_postgres::Client) -> Result<Vec<String>> {
         let rows = client
             .query(
@@ -147,7 +152,17 @@ impl Postgres {
             )
             .await
             .map_err(|e| Self::query_error("list databases", e))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        let (internal, user): (Vec<String>, Vec<String>) = rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .partition(|name| replace::is_internal(name));
+        if !internal.is_empty() {
+            tracing::warn!(
+                databases = %internal.join(", "),
+                "postgres: left out databases an interrupted restore left behind (a safety copy holds the data from before that restore: run the restore again to finish it)"
+            );
+        }
+        Ok(user)
     }
 
     /// Exact row counts of every ordinary table of the database `client` is in.
@@ -205,6 +220,27 @@ impl Postgres {
             let n = Self::count_table(client, &schema, &name, step).await?;
             counts.insert(count_key(database, &schema, &name), n);
         }
+        Self::count_large_objects(client, database, counts).await
+    }
+
+    /// Large objects live outside the user's tables: counted on their own, so
+    /// that a restore that lost them fails its count check.
+    async fn count_large_objects(
+        client: &impl tokio_postgres::GenericClient,
+        database: &str,
+        counts: &mut BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let n = Self::count_table(
+            client,
+            "pg_catalog",
+            "pg_largeobject_metadata",
+            "count large objects",
+        )
+        .await?;
+        counts.insert(
+            count_key(database, "pg_catalog", "pg_largeobject_metadata"),
+            n,
+        );
         Ok(())
     }
 
@@ -217,7 +253,10 @@ impl Postgres {
         counts: &mut BTreeMap<String, u64>,
     ) -> Result<()> {
         let step = "count rows";
-        let tables = Self::tables(&self.connect(database, step).await?, step).await?;
+        let client = self.connect(database, step).await?;
+        let tables = Self::tables(&client, step).await?;
+        Self::count_large_objects(&client, database, counts).await?;
+        drop(client);
         let jobs = self.settings.jobs.clamp(1, tables.len().max(1));
         let mut shares: Vec<(i64, Vec<(String, String)>)> = vec![(0, Vec::new()); jobs];
         for (schema, name, bytes) in tables {
@@ -281,28 +320,6 @@ impl Postgres {
             }
         }
         Ok(())
-    }
-
-    async fn terminate_connections(&self, database: &str) -> Result<()> {
-        let client = self.connect("postgres", "end sessions").await?;
-        client
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[&database],
-            )
-            .await
-            .map_err(|e| Self::query_error("end sessions", e))?;
-        Ok(())
-    }
-
-    async fn database_exists(&self, database: &str) -> Result<bool> {
-        let client = self.connect("postgres", "restore").await?;
-        let row = client
-            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
-            .await
-            .map_err(|e| Self::query_error("restore", e))?;
-        Ok(row.is_some())
     }
 
     /// Planner statistics for the restored database (pg_restore leaves none):
@@ -461,24 +478,41 @@ impl Postgres {
         };
 
         let globals = extracted(GLOBALS_MEMBER, "restore globals")?;
+        let dumps = databases
+            .iter()
+            .map(|entry| Ok((entry.name.clone(), extracted(&entry.member, "restore")?)))
+            .collect::<Result<Vec<_>>>()?;
         self.restore_globals(&globals).await?;
-
-        for entry in &databases {
-            let dump = extracted(&entry.member, "restore")?;
-            self.restore_database(&entry.name, &dump).await?;
-            tracing::info!(database = %entry.name, "postgres: restored database");
+        let names: Vec<String> = dumps.iter().map(|(name, _)| name.clone()).collect();
+        let replacement = self.begin_replacement(&names).await?;
+        let loaded = async {
+            for (name, dump) in &dumps {
+                self.load_database(name, dump).await?;
+                tracing::info!(database = %name, "postgres: restored database");
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        self.settle_replacement(replacement, loaded).await
     }
 
-    /// pg_restore for one database; `None` for the dump file means it reads
-    /// standard input (compose mode: the file is on this side).
-    fn restore_database_command(
+    /// Keep what was loaded, or put everything back as it was.
+    async fn settle_replacement(
         &self,
-        database: &str,
-        exists: bool,
-        dump: Option<&Path>,
-    ) -> ToolCommand {
+        replacement: replace::Replacement,
+        loaded: Result<()>,
+    ) -> Result<()> {
+        match loaded {
+            Ok(()) => self.commit_replacement(replacement).await,
+            Err(e) => Err(self.roll_back(replacement, e).await),
+        }
+    }
+
+    /// pg_restore of one database into a new database of its name, created
+    /// with its encoding, locale, owner, comment, settings and privileges
+    /// (`--create`); `None` for the dump file means it reads standard input
+    /// (compose mode: the file is on this side).
+    fn restore_database_command(&self, dump: Option<&Path>) -> ToolCommand {
         let mut cmd = self
             .tool("pg_restore")
             .args(["--no-password", "--exit-on-error"]);
@@ -486,29 +520,19 @@ impl Postgres {
             // Parallel jobs need a seekable file, which standard input is not.
             cmd = cmd.arg(format!("--jobs={}", self.settings.jobs));
         }
-        cmd = if exists {
-            cmd.args(["--clean", "--if-exists", "-d"])
-                .arg(conninfo_dbname(database))
-        } else {
-            // --create takes the database's own encoding, locale and owner from the dump.
-            cmd.args(["--create", "-d"])
-                .arg(conninfo_dbname("postgres"))
-        };
+        cmd = cmd.args(["--create", "-d"]).arg(conninfo_dbname(WORK_DB));
         match dump {
             Some(file) => cmd.arg(file),
             None => cmd,
         }
     }
 
-    async fn restore_database(&self, database: &str, dump: &Path) -> Result<()> {
+    /// Load one database (set aside beforehand, so its name is free) and analyze it.
+    async fn load_database(&self, database: &str, dump: &Path) -> Result<()> {
         let step = format!("restore database {database}");
-        let exists = self.database_exists(database).await?;
-        if exists {
-            self.terminate_connections(database).await?;
-        }
         let step_for_tool = step.clone();
         let restored = if self.target.compose().is_some() {
-            let cmd = self.restore_database_command(database, exists, None);
+            let cmd = self.restore_database_command(None);
             let file = dump.to_path_buf();
             blocking(move || {
                 let mut input = File::open(&file)
@@ -519,29 +543,30 @@ impl Postgres {
             })
             .await
         } else {
-            let cmd = self.restore_database_command(database, exists, Some(dump));
+            let cmd = self.restore_database_command(Some(dump));
             blocking(move || process::output(&cmd, SVC, &step_for_tool)).await
         };
-        restored
-            .map_err(|e| {
-                e.hint("if objects were added or changed since the backup, pg_restore --clean may not be able to drop them: drop the conflicting objects (or the whole database) and run the restore again")
-            })?;
+        restored.map_err(|e| {
+            e.hint("the dump does not load into this server (an extension, a role, a tablespace or a function body it needs is missing?): fix the cause pg_restore names and run the restore again")
+        })?;
         self.analyze(database).await
     }
 
     /// Roles and tablespaces: re-created idempotently, existing roles updated in place.
     async fn restore_globals(&self, globals: &Path) -> Result<()> {
-        self.run_sql_file(globals, "restore globals (roles)").await
+        // template1, never a database the restore replaces.
+        self.run_sql_file(globals, "template1", "restore globals (roles)")
+            .await
     }
 
     /// Run an SQL file from pg_dumpall with psql, roles made idempotent on the way.
-    async fn run_sql_file(&self, file: &Path, step: &'static str) -> Result<()> {
+    async fn run_sql_file(&self, file: &Path, database: &str, step: &'static str) -> Result<()> {
         let current_user = self.settings.user.clone();
         let source = file.to_path_buf();
         let cmd = self
             .tool("psql")
             .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(conninfo_dbname("postgres"));
+            .arg(conninfo_dbname(database));
         blocking(move || {
             let input = artifact::open_buffered(&source)
                 .map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
@@ -600,25 +625,34 @@ impl Postgres {
             .get("databases")
             .and_then(|v| serde_json::from_value(v.clone()).ok())
             .unwrap_or_default();
-        for database in &databases {
-            if self.database_exists(database).await? {
-                self.terminate_connections(database).await?;
+        // pg_dumpall --clean drops and re-creates template1 too.
+        let mut replaced = databases.clone();
+        if !replaced.iter().any(|d| d == "template1") {
+            replaced.push("template1".into());
+        }
+        let replacement = self.begin_replacement(&replaced).await?;
+        let loaded = async {
+            self.run_sql_file(ctx.artifact, WORK_DB, "restore cluster (psql)")
+                .await
+                .map_err(|e| {
+                    e.hint("the dump does not load into this server (an extension, a role, a tablespace or a function body it needs is missing?): fix the cause psql names and run the restore again")
+                })?;
+            for database in &databases {
+                self.analyze(database).await?;
             }
+            Ok(())
         }
-        self.run_sql_file(ctx.artifact, "restore cluster (psql)")
-            .await
-            .map_err(|e| {
-                e.hint("the dump was made with --clean --if-exists; if objects were changed by hand since the backup, drop the conflicting objects, or take a new backup to capture the latest schema")
-            })?;
-        for database in &databases {
-            self.analyze(database).await?;
-        }
-        Ok(())
+        .await;
+        self.settle_replacement(replacement, loaded).await
     }
 }
 
 #[async_trait]
 impl Store for Postgres {
+    fn address(&self) -> String {
+        self.endpoint()
+    }
+
     fn service(&self) -> Service {
         SVC
     }
@@ -709,15 +743,14 @@ impl Store for Postgres {
                             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
                     ),
                 ];
-                for entry in database_entries(record).unwrap_or_default() {
-                    plan.push(format!("end other sessions on database {}", entry.name));
+                let entries = database_entries(record).unwrap_or_default();
+                let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+                plan.push(set_aside_step(&names));
+                for entry in &entries {
                     plan.push(format!(
-                        "{}   (when the database does not exist: --create -d dbname='postgres')",
-                        self.restore_database_command(
-                            &entry.name,
-                            true,
-                            Some(Path::new(&entry.member))
-                        )
+                        "{}   (database {})",
+                        self.restore_database_command(Some(Path::new(&entry.member))),
+                        entry.name
                     ));
                     plan.push(format!(
                         "vacuumdb --analyze-only --jobs={} on database {}",
@@ -725,23 +758,28 @@ impl Store for Postgres {
                         entry.name
                     ));
                 }
+                plan.push(SETTLE_STEP.into());
                 plan
             }
-            _ => vec![
-                "end other sessions on the databases in the dump".into(),
-                format!(
-                    "{} -f {}",
-                    self.tool("psql").args([
-                        "-X",
-                        "-q",
-                        "-v",
-                        "ON_ERROR_STOP=1",
-                        "-d",
-                        "dbname='postgres'"
-                    ]),
-                    record.file
-                ),
-            ],
+            _ => {
+                let mut names = record
+                    .details
+                    .get("databases")
+                    .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+                    .unwrap_or_default();
+                names.push("template1".into());
+                vec![
+                    set_aside_step(&names),
+                    format!(
+                        "{} -f {}  (roles: created if missing, else altered, never dropped)",
+                        self.tool("psql")
+                            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+                            .arg(conninfo_dbname(WORK_DB)),
+                        record.file
+                    ),
+                    SETTLE_STEP.into(),
+                ]
+            }
         }
     }
 
@@ -800,6 +838,16 @@ impl Store for Postgres {
         Ok(counts)
     }
 }
+
+/// The first restore step: the databases it replaces are renamed aside, not dropped.
+fn set_aside_step(databases: &[String]) -> String {
+    format!(
+        "end other sessions on, then rename aside (to itbackup_old_<hash>) the existing databases of: {}; connect to a new empty {WORK_DB} meanwhile",
+        databases.join(", ")
+    )
+}
+
+const SETTLE_STEP: &str = "all loaded: drop the renamed-aside copies; on any failure: drop what was loaded and rename every copy back (the cluster is as before)";
 
 /// Blocking work (child processes, file I/O) for this store, off the async threads.
 async fn blocking<T: Send + 'static>(
@@ -1044,9 +1092,13 @@ fn check_plain_trailer(path: &Path) -> Result<()> {
 
 /// Make `pg_dumpall` output runnable against a cluster that already has the
 /// roles, streaming line by line (COPY data passes untouched):
-/// `CREATE ROLE x;` only when x is missing, and the connecting role neither
-/// dropped nor altered (its password!), so the restore can go on connecting
-/// with the credentials it was given.
+/// * `CREATE ROLE x;` only when x is missing;
+/// * no role is ever dropped: the bootstrap superuser cannot be, the
+///   connecting role must not be (the restore goes on connecting as it), and
+///   any role may own objects in databases the backup does not hold;
+/// * the connecting role is not altered either (its password!);
+/// * `DROP DATABASE x;` (template1, postgres) becomes `DROP DATABASE IF
+///   EXISTS x;`: the restore has renamed them aside (see [`replace`]).
 fn make_roles_idempotent(
     input: impl BufRead,
     out: &mut dyn Write,
@@ -1054,7 +1106,6 @@ fn make_roles_idempotent(
 ) -> io::Result<()> {
     let me = pg_ident(current_user);
     let own_alter = format!("ALTER ROLE {me} WITH ");
-    let own_drop = format!("DROP ROLE IF EXISTS {me};");
     let mut in_copy = false;
     for line in input.split(b'\n') {
         let line = line?;
@@ -1073,8 +1124,15 @@ fn make_roles_idempotent(
             .and_then(|r| r.strip_suffix(';'))
         {
             writeln!(out, "DO $itbackup$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $itbackup$;")?;
-        } else if text.starts_with(&own_alter) || text == own_drop {
+        } else if let Some(role) = text.strip_prefix("DROP ROLE ") {
+            writeln!(out, "-- itbackup: roles are never dropped: {role}")?;
+        } else if text.starts_with(&own_alter) {
             writeln!(out, "-- itbackup: kept the connecting role {me} as it is")?;
+        } else if let Some(database) = text
+            .strip_prefix("DROP DATABASE ")
+            .filter(|rest| !rest.starts_with("IF EXISTS "))
+        {
+            writeln!(out, "DROP DATABASE IF EXISTS {database}")?;
         } else {
             out.write_all(&line)?;
             out.write_all(b"\n")?;
@@ -1128,5 +1186,20 @@ mod tests {
             out.contains("\nCREATE ROLE data;\n\\.\n"),
             "COPY data is left alone: {out}"
         );
+    }
+
+    #[test]
+    fn no_role_is_dropped_and_databases_are_dropped_only_if_they_exist() {
+        let input = "DROP DATABASE IF EXISTS app;\nDROP ROLE IF EXISTS postgres;\nDROP ROLE IF EXISTS admin;\nDROP ROLE app;\nDROP DATABASE template1;\nDROP DATABASE postgres;\n";
+        let mut out = Vec::new();
+        make_roles_idempotent(input.as_bytes(), &mut out, "admin").unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.lines().any(|l| l.starts_with("DROP ROLE")), "{out}");
+        assert!(out.contains("DROP DATABASE IF EXISTS app;\n"), "{out}");
+        assert!(
+            out.contains("DROP DATABASE IF EXISTS template1;\n"),
+            "{out}"
+        );
+        assert!(out.contains("DROP DATABASE IF EXISTS postgres;\n"), "{out}");
     }
 }

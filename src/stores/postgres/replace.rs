@@ -1,0 +1,257 @@
+//! Replacing whole databases without destroying the old ones first.
+//!
+//! A restore used to load each dump over the live database (`pg_restore
+//! --clean`, or pg_dumpall's `DROP DATABASE`): anything that failed half-way —
+//! a schema changed since the backup, a dump that does not load — left the
+//! database empty or mixed. Instead, every database the backup holds is first
+//! renamed aside to its *safety name*, the backup is loaded into fresh
+//! databases under the original names (with their comment, settings and
+//! privileges: `pg_restore --create`), and only when every database loaded are
+//! the safety copies dropped. On any failure the new databases are dropped and
+//! the safety copies renamed back: the cluster is as it was before the restore.
+//!
+//! While it works the restore is connected to its own [`WORK_DB`], never to a
+//! database it renames (`postgres` and `template1` included). The cost is
+//! that the server holds both copies until the end: a restore needs free
+//! space on the server for the databases it restores.
+//!
+//! A run killed half-way leaves safety copies behind. The next restore
+//! recognises them by name: a safety copy holds the data from before the
+//! interrupted restore, so it is kept and whatever is under the original name
+//! (a partial load) is dropped, then the restore goes on as usual.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use super::{quote_ident, Postgres};
+use crate::error::{Error, Result};
+
+/// The database a restore connects to while it renames, creates and drops
+/// the others. Created empty from template0 and dropped at the end.
+pub const WORK_DB: &str = "itbackup_restore_work";
+
+/// Prefix of every database itbackup creates for its own work: never backed
+/// up, never taken for the user's data.
+pub const INTERNAL_PREFIX: &str = "itbackup_";
+
+/// The name `database` is kept under while a restore replaces it: derived
+/// from the name (so the next run finds it after a kill) and short enough for
+/// PostgreSQL's 63-byte identifiers whatever the original's length.
+pub fn safety_name(database: &str) -> String {
+    let hash = Sha256::digest(database.as_bytes());
+    format!("{INTERNAL_PREFIX}old_{}", hex::encode(&hash[..8]))
+}
+
+/// True for the work database and the safety copies: itbackup's own, never
+/// the user's data to back up.
+pub fn is_internal(database: &str) -> bool {
+    database == WORK_DB
+        || database
+            .strip_prefix(INTERNAL_PREFIX)
+            .and_then(|rest| rest.strip_prefix("old_"))
+            .is_some_and(|hash| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Databases set aside by a restore in progress.
+pub struct Replacement {
+    admin: Client,
+    /// Original names, in the order they were set aside.
+    set_aside: Vec<String>,
+}
+
+/// How many times a rename or drop is tried while sessions keep reconnecting.
+const ATTEMPTS: u32 = 20;
+
+impl Postgres {
+    /// Create the work database and set aside every one of `databases` that
+    /// exists. On failure, what was already set aside is put back.
+    pub(super) async fn begin_replacement(&self, databases: &[String]) -> Result<Replacement> {
+        let step = "set aside the databases to replace";
+        let bootstrap = self.connect("template1", step).await?;
+        drop_database(&bootstrap, WORK_DB, step).await?;
+        bootstrap
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE template0",
+                quote_ident(WORK_DB)
+            ))
+            .await
+            .map_err(|e| Self::query_error(step, e))?;
+        drop(bootstrap);
+        let admin = self.connect(WORK_DB, step).await?;
+        let mut replacement = Replacement {
+            admin,
+            set_aside: Vec::new(),
+        };
+        for database in databases {
+            if let Err(e) = self.set_aside(&replacement.admin, database).await {
+                return Err(self.roll_back(replacement, e).await);
+            }
+            replacement.set_aside.push(database.clone());
+        }
+        Ok(replacement)
+    }
+
+    async fn set_aside(&self, admin: &Client, database: &str) -> Result<()> {
+        let step = format!("set aside database {database}");
+        let safety = safety_name(database);
+        if exists(admin, &safety, &step).await? {
+            tracing::warn!(
+                database,
+                safety,
+                "postgres: an interrupted restore left the data from before it in {safety}; keeping that copy and replacing what is under {database}"
+            );
+            drop_database(admin, database, &step).await
+        } else if exists(admin, database, &step).await? {
+            rename_database(admin, database, &safety, &step).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Every database loaded: drop the safety copies and the work database.
+    pub(super) async fn commit_replacement(&self, replacement: Replacement) -> Result<()> {
+        let step = "drop the replaced databases";
+        for database in &replacement.set_aside {
+            drop_database(&replacement.admin, &safety_name(database), step).await?;
+        }
+        drop(replacement.admin);
+        let bootstrap = self.connect("template1", step).await?;
+        drop_database(&bootstrap, WORK_DB, step).await
+    }
+
+    /// A load failed with `cause`: drop what was loaded, rename every safety
+    /// copy back, and say so in the error that is returned.
+    pub(super) async fn roll_back(&self, replacement: Replacement, cause: Error) -> Error {
+        let step = "put the databases back";
+        let mut unrestored = Vec::new();
+        for database in &replacement.set_aside {
+            let safety = safety_name(database);
+            let put_back = async {
+                drop_database(&replacement.admin, database, step).await?;
+                if exists(&replacement.admin, &safety, step).await? {
+                    rename_database(&replacement.admin, &safety, database, step).await?;
+                }
+                Ok::<_, Error>(())
+            }
+            .await;
+            if let Err(e) = put_back {
+                tracing::error!(
+                    database,
+                    safety,
+                    "postgres: could not put the database back: {e}"
+                );
+                unrestored.push(format!("{database} (its data is in {safety})"));
+            }
+        }
+        drop(replacement.admin);
+        if let Ok(bootstrap) = self.connect("template1", step).await {
+            let _ = drop_database(&bootstrap, WORK_DB, step).await;
+        }
+        let names = replacement.set_aside.join(", ");
+        if unrestored.is_empty() {
+            let mut cause = cause;
+            cause.message.push_str(&format!(
+                "; every database this restore had set aside ({names}) was put back as it was before the restore"
+            ));
+            cause
+        } else {
+            let mut cause = cause;
+            cause.message.push_str(&format!(
+                "; these databases could NOT be put back: {} — rename the copy back (ALTER DATABASE … RENAME TO …) or run the restore again, which keeps and reuses those copies",
+                unrestored.join(", ")
+            ));
+            cause
+        }
+    }
+}
+
+async fn exists(admin: &Client, database: &str, step: &str) -> Result<bool> {
+    let row = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .await
+        .map_err(|e| Postgres::query_error(step, e))?;
+    Ok(row.is_some())
+}
+
+/// Run `sql` on `database`'s behalf after ending its other sessions, again
+/// while new sessions keep arriving ("being accessed by other users").
+async fn without_sessions(
+    admin: &Client,
+    database: &str,
+    statements: &[String],
+    step: &str,
+) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&database],
+            )
+            .await
+            .map_err(|e| Postgres::query_error(step, e))?;
+        // One statement per call: a multi-statement string is a transaction
+        // block, where CREATE/DROP DATABASE cannot run.
+        let mut outcome = Ok(());
+        for sql in statements {
+            outcome = admin.batch_execute(sql).await;
+            if outcome.is_err() {
+                break;
+            }
+        }
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && attempt < ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            Err(e) => {
+                return Err(Postgres::query_error(step, e).hint(format!(
+                    "sessions keep connecting to database {database}: stop the applications that use it, then run the restore again"
+                )))
+            }
+        }
+    }
+}
+
+async fn rename_database(admin: &Client, from: &str, to: &str, step: &str) -> Result<()> {
+    let sql = format!(
+        "ALTER DATABASE {} RENAME TO {}",
+        quote_ident(from),
+        quote_ident(to)
+    );
+    without_sessions(admin, from, &[sql], step).await
+}
+
+/// Drop `database` if it exists, a template (template1's safety copy) too.
+async fn drop_database(admin: &Client, database: &str, step: &str) -> Result<()> {
+    if !exists(admin, database, step).await? {
+        return Ok(());
+    }
+    let name = quote_ident(database);
+    let statements = [
+        format!("ALTER DATABASE {name} IS_TEMPLATE false"),
+        format!("DROP DATABASE IF EXISTS {name}"),
+    ];
+    without_sessions(admin, database, &statements, step).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safety_names_are_stable_distinct_and_short() {
+        let long = "x".repeat(63);
+        assert_eq!(safety_name("app"), safety_name("app"));
+        assert_ne!(safety_name("app"), safety_name("App"));
+        assert!(safety_name(&long).len() <= 63);
+        assert!(safety_name("app").starts_with(INTERNAL_PREFIX));
+        assert!(is_internal(&safety_name("app")) && is_internal(WORK_DB));
+        assert!(!is_internal("itbackup_old_app") && !is_internal("app"));
+    }
+}
