@@ -95,10 +95,24 @@ impl Postgres {
         if let Some(password) = &self.settings.password {
             config.password(password.expose());
         }
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| self.connect_error(database, step, e))?;
+        let (client, connection) = match config.connect(NoTls).await {
+            Ok(connected) => connected,
+            // A restore killed while `postgres` was renamed aside (see
+            // `replace`) leaves the cluster without it until the next
+            // restore, which must still be able to connect: pg_dumpall and
+            // psql fall back to template1 the same way.
+            Err(e)
+                if database == "postgres" && e.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
+            {
+                tracing::warn!("postgres: the database postgres does not exist (an interrupted restore?); connecting to template1");
+                config.dbname("template1");
+                config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| self.connect_error("template1", step, e))?
+            }
+            Err(e) => return Err(self.connect_error(database, step, e)),
+        };
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("postgres connection closed: {e}");
