@@ -17,13 +17,33 @@ pub const PARTIAL_SUFFIX: &str = ".partial";
 /// Size of the chunks data is copied in.
 pub const CHUNK: usize = 256 * 1024;
 
-/// Create `dir` (and parents) readable by the owner only.
+/// Create `dir` and any missing parents, each readable by the owner only.
+///
+/// Only the components created here are made 0700: a directory that already
+/// exists keeps its mode. The lock root is the parent of `--out`, often a
+/// shared directory such as `/tmp` or a mount point; changing its mode would
+/// lock every other user and service out of it.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_private_dir(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        // The umask may take bits away but never adds any; set the mode
+        // exactly, on the directory made here and on nothing else.
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700)),
+        // Made by someone else in the meantime: theirs, left as it is.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a directory that already existed lets others than its owner in;
+/// created directories never do (see [`create_private_dir`]).
+pub fn open_to_others(dir: &Path) -> bool {
+    fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
 }
 
 /// Open a new file readable and writable by the owner only, replacing any old one.
