@@ -8,7 +8,6 @@
 //! with a JSON Schema in `docs/manifest.schema.json`.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::Write;
 use std::path::Path;
 
@@ -154,9 +153,9 @@ impl Manifest {
     /// Read and validate a manifest file: syntax, format version, checksum, consistency.
     pub fn read_file(path: &Path) -> Result<Self> {
         let step = "read manifest";
-        let text = fs::read(path).map_err(|e| {
+        let text = artifact::read_manifest_bytes(path).map_err(|e| {
             let err = io_error(None, step, path.display(), e);
-            if path.exists() {
+            if path.symlink_metadata().is_ok() {
                 err
             } else {
                 err.hint("no backup-manifest.json: the backup is incomplete (interrupted or failed) or the path is wrong; `itbackup list` shows complete backups")
@@ -251,6 +250,7 @@ fn is_sha256(s: &str) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::fs;
 
     pub fn sample() -> Manifest {
         let mut counts = BTreeMap::new();

@@ -210,6 +210,141 @@ fn unreachable_server_and_wrong_password_fail_clearly_and_write_nothing() {
     canary.assert_untouched();
 }
 
+/// itbackup with a time limit: a run that hangs (on a FIFO, say) is killed
+/// and fails the test instead of hanging it.
+fn bounded(args: &[&str]) -> std::process::Output {
+    let limit = Duration::from_secs(30);
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "itbackup=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start itbackup");
+    let started = Instant::now();
+    while child.try_wait().expect("poll itbackup").is_none() {
+        if started.elapsed() > limit {
+            child.kill().expect("kill itbackup");
+            child.wait().expect("reap itbackup");
+            panic!("itbackup {args:?} hung for {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect itbackup")
+}
+
+fn mkfifo(path: &Path) {
+    let _ = fs::remove_file(path);
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Make the manifest agree with whatever the artifact now is, as a forger would.
+fn manifest_matches(dir: &Path, tar: &Path) {
+    use sha2::Digest;
+    let bytes = fs::read(tar).unwrap();
+    let mut manifest = itbackup::manifest::Manifest::read_dir(dir).unwrap();
+    let record = manifest
+        .artifacts
+        .get_mut(&itbackup::service::Service::Postgres)
+        .unwrap();
+    record.sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    record.bytes = bytes.len() as u64;
+    record.members.clear();
+    manifest.write(dir).unwrap();
+}
+
+/// Artifacts and manifests must be regular files inside the backup
+/// directory: a FIFO or a link to /dev/zero hung verify and restore (the size
+/// was checked after hashing), a FIFO manifest hung list, status and prune
+/// (which then held the root's lock), a link to a copy elsewhere was
+/// accepted, and a refused file's first bytes were printed.
+#[test]
+fn special_files_are_refused_fast_without_printing_their_content() {
+    let _guard = serial();
+    let (_root, dir, canary) = backed_up();
+    let dir_arg = dir.to_str().unwrap();
+    let tar = tar_of(&dir);
+    let original = fs::read(&tar).unwrap();
+    let manifest_text = fs::read(dir.join("backup-manifest.json")).unwrap();
+    let outside = temp_root();
+    let verify = ["verify", "--path", dir_arg];
+    let restore = ["restore", "--path", dir_arg, "--yes"];
+
+    let refused = |what: &str, expect: &str| {
+        for args in [&verify[..], &restore[..]] {
+            let out = bounded(args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{what}: {args:?}\n{}",
+                text(&out)
+            );
+            assert!(
+                err.contains(expect),
+                "{what}: expected '{expect}' in\n{err}"
+            );
+            assert!(err.contains("hint:"), "{what}: no hint in\n{err}");
+            assert!(
+                !err.contains("root:x:0"),
+                "{what}: file content printed\n{err}"
+            );
+        }
+    };
+
+    mkfifo(&tar);
+    refused("a FIFO artifact", "not a regular file");
+
+    fs::remove_file(&tar).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &tar).unwrap();
+    refused("a link to /dev/zero", "symbolic link");
+
+    // A faithful copy outside the backup directory is still not the backup.
+    let copy = outside.path().join("copy.tar");
+    fs::write(&copy, &original).unwrap();
+    fs::remove_file(&tar).unwrap();
+    std::os::unix::fs::symlink(&copy, &tar).unwrap();
+    refused("a link to a copy elsewhere", "symbolic link");
+
+    // A link to /etc/passwd, with a manifest forged to match it.
+    fs::remove_file(&tar).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", &tar).unwrap();
+    manifest_matches(&dir, Path::new("/etc/passwd"));
+    refused("a link to /etc/passwd", "symbolic link");
+    // The same bytes as a regular file: refused by the decode, unprinted.
+    fs::remove_file(&tar).unwrap();
+    fs::copy("/etc/passwd", &tar).unwrap();
+    for args in [&verify[..], &restore[..]] {
+        let out = bounded(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}\n{}", text(&out));
+        assert!(!err.contains("root:x:0"), "file content printed\n{err}");
+    }
+
+    fs::write(&tar, &original).unwrap();
+    fs::write(dir.join("backup-manifest.json"), &manifest_text).unwrap();
+    ok(&verify, &[]);
+
+    // A FIFO in place of the manifest: every command that reads it answers.
+    let manifest = dir.join("backup-manifest.json");
+    mkfifo(&manifest);
+    let root_arg = dir.parent().unwrap().to_str().unwrap();
+    let out = bounded(&["--root", root_arg, "list"]);
+    assert!(out.status.code().is_some(), "{}", text(&out));
+    let out = bounded(&["--root", root_arg, "status", "--offline"]);
+    assert!(out.status.code().is_some(), "{}", text(&out));
+    let out = bounded(&["--root", root_arg, "prune", "--keep-last", "1"]);
+    assert!(out.status.code().is_some(), "{}", text(&out));
+    assert!(manifest.exists(), "prune removed what it could not read");
+    let out = bounded(&["verify", "--path", dir_arg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(err.contains("not a regular file"), "{err}");
+    canary.assert_untouched();
+}
+
 #[test]
 fn a_second_concurrent_run_is_told_who_holds_the_lock() {
     let _guard = serial();
