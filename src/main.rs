@@ -20,7 +20,11 @@ fn main() {
     let code = match runtime.block_on(run(&cli)) {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("error: {err}");
+            // Sources mask the URLs they show; this catches any quoted by a library.
+            eprintln!(
+                "error: {}",
+                itbackup::process::mask_userinfo(&err.to_string())
+            );
             err.exit_code()
         }
     };

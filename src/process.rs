@@ -141,6 +141,40 @@ impl fmt::Display for ToolCommand {
     }
 }
 
+/// `text` with the credentials of every URL in it masked: the password of
+/// `scheme://user:password@host` becomes `***` (`user:***@host`), a lone
+/// user part, often a token, too (`***@host`). The one function for showing
+/// an endpoint (OPENSEARCH_URL, NEO4J_URI, repository URLs) or a message
+/// that may quote one, in logs, errors, hints and plans.
+pub fn mask_userinfo(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("://") {
+        let (head, tail) = rest.split_at(start + 3);
+        shown.push_str(head);
+        let end = tail
+            .find(|c: char| "/?#\"'<>`()[]{}".contains(c) || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                match authority[..at].split_once(':') {
+                    Some((user, _password)) => {
+                        shown.push_str(user);
+                        shown.push_str(":***");
+                    }
+                    None => shown.push_str("***"),
+                }
+                shown.push_str(&authority[at..]);
+            }
+            None => shown.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    shown.push_str(rest);
+    shown
+}
+
 fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
@@ -342,6 +376,22 @@ mod tests {
         let shown = cmd.to_string();
         assert_eq!(shown, "PGHOST=db PGPASSWORD=*** pg_dump -Fc 'my db'");
         assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn credentials_in_urls_are_masked_wherever_they_appear() {
+        assert_eq!(
+            mask_userinfo("http://admin:pw@host:9200/x?y"),
+            "http://admin:***@host:9200/x?y"
+        );
+        assert_eq!(
+            mask_userinfo(
+                "error sending request for url (http://u:p@h/_cat): refused; bolt://tok@n:7687"
+            ),
+            "error sending request for url (http://u:***@h/_cat): refused; bolt://***@n:7687"
+        );
+        assert_eq!(mask_userinfo("http://h:1/a@b"), "http://h:1/a@b");
+        assert_eq!(mask_userinfo("no url: a@b"), "no url: a@b");
     }
 
     #[test]

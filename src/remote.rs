@@ -95,7 +95,8 @@ impl Remote {
     pub fn open(url: &str) -> Result<Remote> {
         let parsed = url::Url::parse(url).map_err(|e| {
             Error::usage(format!(
-                "'{url}' is not a repository URL ({e}); use s3://bucket/prefix, gs://, az://, https:// or file://"
+                "'{}' is not a repository URL ({e}); use s3://bucket/prefix, gs://, az://, https:// or file://",
+                crate::process::mask_userinfo(url)
             ))
         })?;
         if !parsed.username().is_empty() || parsed.password().is_some() {
