@@ -345,6 +345,47 @@ fn special_files_are_refused_fast_without_printing_their_content() {
     canary.assert_untouched();
 }
 
+/// A duplicate key was resolved last-wins (so a manifest could say two
+/// things at once and pass its checksum), and a manifest of any size was
+/// read whole into memory.
+#[test]
+fn manifests_with_duplicate_keys_or_of_absurd_size_are_refused() {
+    let _guard = serial();
+    let (_root, dir, canary) = backed_up();
+    let dir_arg = dir.to_str().unwrap();
+    let path = dir.join("backup-manifest.json");
+    let original = fs::read_to_string(&path).unwrap();
+
+    // 17 MiB of spaces after a valid manifest: refused by its size, unread.
+    let mut huge = original.clone().into_bytes();
+    huge.resize(17 * 1024 * 1024, b' ');
+    fs::write(&path, &huge).unwrap();
+    let err = fails(&["verify", "--path", dir_arg], &[], 1);
+    assert!(err.contains("at most 16777216"), "{err}");
+    restore_fails(&dir, "at most 16777216");
+
+    // The first of two "postgres" in "services" names another file; the
+    // last names the real one, so last-wins parsing passed the checksum.
+    let doubled = original.replacen(
+        "\"services\": {",
+        "\"services\": {\n    \"postgres\": \"elsewhere.tar\",",
+        1,
+    );
+    assert_ne!(doubled, original);
+    fs::write(&path, &doubled).unwrap();
+    let err = fails(&["verify", "--path", dir_arg], &[], 1);
+    assert!(err.contains("duplicate key \"postgres\""), "{err}");
+    restore_fails(&dir, "duplicate key");
+    // Deeper levels too: a repeated "sha256" inside the artifact's record.
+    let nested = original.replacen("\"sha256\": ", "\"sha256\": \"0\", \"sha256\": ", 1);
+    fs::write(&path, &nested).unwrap();
+    restore_fails(&dir, "duplicate key \"sha256\"");
+
+    fs::write(&path, &original).unwrap();
+    ok(&["verify", "--path", dir_arg], &[]);
+    canary.assert_untouched();
+}
+
 #[test]
 fn a_second_concurrent_run_is_told_who_holds_the_lock() {
     let _guard = serial();
