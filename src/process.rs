@@ -83,6 +83,14 @@ impl ToolCommand {
     fn to_std(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
+        // Only this command's own secrets: a PostgreSQL tool gets PGPASSWORD
+        // because its command sets it, never a repository key or another
+        // store's password from our environment.
+        for name in inherited_secrets() {
+            if !self.env.iter().any(|(key, _)| *key == name) {
+                cmd.env_remove(name);
+            }
+        }
         for (key, value) in &self.env {
             match value {
                 EnvValue::Plain(v) => {
@@ -139,6 +147,44 @@ impl fmt::Display for ToolCommand {
         }
         Ok(())
     }
+}
+
+/// Variables that hold a password or key of a store or of a repository.
+const SECRET_VARIABLES: &[&str] = &[
+    "PGPASSWORD",
+    "OPENSEARCH_PASSWORD",
+    "NEO4J_PASSWORD",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_TOKEN",
+    "AZURE_CLIENT_SECRET",
+];
+
+/// Variables that hold a URL, secret when it carries credentials.
+const URL_VARIABLES: &[&str] = &["OPENSEARCH_URL", "NEO4J_URI", "IT_NOTIFY_URL"];
+
+/// The variables of our own environment that carry a secret: none of them
+/// reaches a child (a store's tool, a hook) unless its command sets it.
+pub fn inherited_secrets() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = SECRET_VARIABLES
+        .iter()
+        .copied()
+        .filter(|name| std::env::var_os(name).is_some())
+        .collect();
+    names.extend(
+        URL_VARIABLES
+            .iter()
+            .copied()
+            .filter(|name| std::env::var(name).is_ok_and(|url| mask_userinfo(&url) != url)),
+    );
+    names
 }
 
 /// `text` with the credentials of every URL in it masked: the password of
