@@ -156,8 +156,9 @@ pub fn without_content(err: io::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, said)
 }
 
-/// Why an entry may not be unpacked, if it may not.
-fn refuse(entry: &tar::Entry<'_, impl Read>) -> Option<String> {
+/// Why an entry may not be unpacked, if it may not: a path that climbs out
+/// or is absolute, or anything but a file or a directory.
+pub fn refuse(entry: &tar::Entry<'_, impl Read>) -> Option<String> {
     let path = match entry.path() {
         Ok(p) => p.into_owned(),
         Err(e) => return Some(format!("unreadable entry path: {e}")),

@@ -224,6 +224,12 @@ impl Manifest {
                     "{service}: artifact file '{file}' is not a plain file name"
                 ));
             }
+            if let Some(member) = record.members.iter().find(|m| !is_safe_relative(&m.name)) {
+                return Err(format!(
+                    "{service}: member '{}' is not a relative path inside the artifact",
+                    member.name
+                ));
+            }
             if !is_sha256(&record.sha256)
                 || record.members.iter().any(|m| !is_sha256(&m.sha256))
                 || record
@@ -309,6 +315,12 @@ pub fn is_safe_component(name: &str) -> bool {
         && !name.contains('/')
         && !name.contains('\\')
         && !name.contains('\0')
+}
+
+/// A relative path of plain names (`databases/000.dump`): never absolute,
+/// never `..`.
+fn is_safe_relative(path: &str) -> bool {
+    path.split('/').all(is_safe_component)
 }
 
 fn is_sha256(s: &str) -> bool {

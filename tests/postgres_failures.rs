@@ -386,6 +386,89 @@ fn manifests_with_duplicate_keys_or_of_absurd_size_are_refused() {
     canary.assert_untouched();
 }
 
+/// Rewrite the PostgreSQL tar in `dir` with each member name passed through
+/// `rename` (raw header bytes: the tar crate itself refuses to write such
+/// names), and make the manifest agree, as a forger would.
+fn forge_member_names(dir: &Path, rename: impl Fn(&str) -> String, in_manifest: bool) {
+    let tar = tar_of(dir);
+    let mut members = Vec::new();
+    let mut archive = tar::Archive::new(fs::File::open(&tar).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        members.push((name, data));
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, data) in &members {
+        let mut header = tar::Header::new_gnu();
+        let forged = rename(name);
+        header.as_gnu_mut().unwrap().name[..forged.len()].copy_from_slice(forged.as_bytes());
+        header.set_size(data.len() as u64);
+        header.set_mode(0o600);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, data.as_slice()).unwrap();
+    }
+    let bytes = builder.into_inner().unwrap();
+    fs::write(&tar, &bytes).unwrap();
+    let mut manifest = itbackup::manifest::Manifest::read_dir(dir).unwrap();
+    let record = manifest
+        .artifacts
+        .get_mut(&itbackup::service::Service::Postgres)
+        .unwrap();
+    use sha2::Digest;
+    record.sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    record.bytes = bytes.len() as u64;
+    if !in_manifest {
+        manifest.write(dir).unwrap();
+        return;
+    }
+    for member in &mut record.members {
+        member.name = rename(&member.name);
+    }
+    if let Some(databases) = record
+        .details
+        .get_mut("databases")
+        .and_then(|d| d.as_array_mut())
+    {
+        for db in databases {
+            if let Some(member) = db.get("member").and_then(|m| m.as_str()).map(&rename) {
+                db["member"] = member.into();
+            }
+        }
+    }
+    manifest.write(dir).unwrap();
+}
+
+/// Member names with `..` or a leading `/` were accepted (flattened into
+/// the scratch directory); they are refused like the OpenSearch case,
+/// before anything changes.
+#[test]
+fn postgres_tar_members_that_climb_out_or_are_absolute_are_refused() {
+    let _guard = serial();
+    for (what, rename, expect) in [
+        (
+            "'..'",
+            (|n: &str| format!("../{n}")) as fn(&str) -> String,
+            "'..'",
+        ),
+        ("absolute", |n: &str| format!("/{n}"), "absolute"),
+    ] {
+        // The archive alone (its manifest names the real members), then
+        // both: each level refuses on its own.
+        for (in_manifest, expect) in [(false, expect), (true, "is not a relative path")] {
+            let (_root, dir, canary) = backed_up();
+            forge_member_names(&dir, rename, in_manifest);
+            let err = fails(&["verify", "--path", dir.to_str().unwrap()], &[], 1);
+            assert!(err.contains(expect), "{what}: {err}");
+            restore_fails(&dir, expect);
+            canary.assert_untouched();
+        }
+    }
+}
+
 #[test]
 fn a_second_concurrent_run_is_told_who_holds_the_lock() {
     let _guard = serial();

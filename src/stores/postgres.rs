@@ -900,6 +900,16 @@ fn walk_members(
     let mut seen = 0;
     for entry in entries {
         let mut entry = entry.map_err(|e| truncated(step, archive, e))?;
+        // As for OpenSearch archives: a member that climbs out, is absolute
+        // or is no plain file is refused, never renamed into place.
+        if let Some(reason) = crate::archive::refuse(&entry) {
+            return Err(Error::failure(
+                step,
+                format!("{}: unsafe member {reason}", archive.display()),
+            )
+            .service(SVC)
+            .hint("the archive was not written by itbackup or was altered; nothing was extracted; use another backup"));
+        }
         let name = entry
             .path()
             .map_err(|e| truncated(step, archive, e))?
