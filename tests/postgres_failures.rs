@@ -469,6 +469,55 @@ fn postgres_tar_members_that_climb_out_or_are_absolute_are_refused() {
     }
 }
 
+/// With --json a failed run printed nothing on standard output; it prints
+/// `{"error": {"kind", "service", "step", "message", "hint"}}` (design.md).
+#[test]
+fn a_failed_run_with_json_prints_the_error_object_on_stdout() {
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let out = itbackup(
+        &[
+            "--root",
+            root_arg,
+            "--json",
+            "backup",
+            "--services",
+            "postgres",
+        ],
+        &[("PGPORT", "1")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON on stdout ({e})\n{}", text(&out)));
+    let error = &v["error"];
+    assert_eq!(error["kind"], "failure", "{v:#}");
+    assert_eq!(error["service"], "postgres", "{v:#}");
+    assert!(
+        error["step"].as_str().is_some_and(|s| !s.is_empty()),
+        "{v:#}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{v:#}"
+    );
+    assert!(
+        error["hint"].as_str().is_some_and(|h| !h.is_empty()),
+        "{v:#}"
+    );
+    // The human form stays on standard error.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error: postgres"));
+
+    let out = itbackup(&["--root", root_arg, "--json", "prune"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON on stdout ({e})\n{}", text(&out)));
+    assert_eq!(v["error"]["kind"], "usage", "{v:#}");
+    assert_eq!(v["error"]["service"], serde_json::Value::Null, "{v:#}");
+}
+
 #[test]
 fn a_second_concurrent_run_is_told_who_holds_the_lock() {
     let _guard = serial();
