@@ -482,6 +482,31 @@ fn existing_directories_keep_their_mode_through_backup_restore_prune_and_drill()
     expect("drill --out");
 }
 
+/// node_exporter's textfile collector runs as its own user: the metrics file
+/// must be readable by it whatever itbackup's umask (0600 under umask 077
+/// made the metrics silently vanish). It holds no secret, so 0644.
+#[test]
+fn the_metrics_file_is_readable_by_the_collector_whatever_the_umask() {
+    let root = temp_root();
+    let metrics = root.path().join("itbackup.prom");
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "umask 077; exec \"$0\" --root \"$1\" status --offline --metrics-file \"$2\"",
+            bin(),
+            root.path().to_str().unwrap(),
+            metrics.to_str().unwrap(),
+        ])
+        .env("PGPASSWORD", "metrics-Secret-42")
+        .output()
+        .unwrap();
+    assert!(metrics.exists(), "{}", text(&out));
+    assert_eq!(mode_of(&metrics), 0o644);
+    let content = fs::read_to_string(&metrics).unwrap();
+    assert!(content.contains("itbackup_status_ok"), "{content}");
+    assert!(!content.contains("metrics-Secret-42"), "{content}");
+}
+
 // ---------------------------------------------------------------- status
 
 /// `synthetic-validation.json` as a drill leaves it, with the given RTO.
