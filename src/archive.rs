@@ -135,8 +135,30 @@ pub fn open(path: &Path, compression: ArchiveCompression) -> io::Result<Box<dyn 
     })
 }
 
-/// Why an entry may not be unpacked, if it may not.
-fn refuse(entry: &tar::Entry<'_, impl Read>) -> Option<String> {
+/// An error of the tar reader, told without the archive's bytes: its
+/// messages quote header fields, which for a file that is not a tar at all
+/// (a forged artifact, `/etc/passwd`) are that file's first bytes. Errors of
+/// the system and of the decompressor (which quote nothing) pass unchanged.
+pub fn without_content(err: io::Error) -> io::Error {
+    if err.raw_os_error().is_some() {
+        return err;
+    }
+    let said = match err.kind() {
+        io::ErrorKind::UnexpectedEof => "the archive ends early",
+        _ if ["when getting", "numeric field", "header", "path"]
+            .iter()
+            .any(|quoting| err.to_string().contains(quoting)) =>
+        {
+            "a malformed tar header (the file is not a tar archive, or is damaged)"
+        }
+        _ => return err,
+    };
+    io::Error::new(io::ErrorKind::InvalidData, said)
+}
+
+/// Why an entry may not be unpacked, if it may not: a path that climbs out
+/// or is absolute, or anything but a file or a directory.
+pub fn refuse(entry: &tar::Entry<'_, impl Read>) -> Option<String> {
     let path = match entry.path() {
         Ok(p) => p.into_owned(),
         Err(e) => return Some(format!("unreadable entry path: {e}")),
@@ -164,8 +186,8 @@ fn refuse(entry: &tar::Entry<'_, impl Read>) -> Option<String> {
 pub fn check(reader: impl Read) -> io::Result<u64> {
     let mut archive = tar::Archive::new(reader);
     let mut files = 0;
-    for entry in archive.entries()? {
-        let mut entry = entry?;
+    for entry in archive.entries().map_err(without_content)? {
+        let mut entry = entry.map_err(without_content)?;
         if let Some(reason) = refuse(&entry) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
         }
@@ -185,8 +207,8 @@ pub fn unpack(reader: impl Read, dest: &Path) -> io::Result<Vec<PathBuf>> {
     artifact::create_private_dir(dest)?;
     let mut archive = tar::Archive::new(reader);
     let mut written = Vec::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
+    for entry in archive.entries().map_err(without_content)? {
+        let mut entry = entry.map_err(without_content)?;
         if let Some(reason) = refuse(&entry) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
         }

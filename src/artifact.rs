@@ -17,13 +17,33 @@ pub const PARTIAL_SUFFIX: &str = ".partial";
 /// Size of the chunks data is copied in.
 pub const CHUNK: usize = 256 * 1024;
 
-/// Create `dir` (and parents) readable by the owner only.
+/// Create `dir` and any missing parents, each readable by the owner only.
+///
+/// Only the components created here are made 0700: a directory that already
+/// exists keeps its mode. The lock root is the parent of `--out`, often a
+/// shared directory such as `/tmp` or a mount point; changing its mode would
+/// lock every other user and service out of it.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_private_dir(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        // The umask may take bits away but never adds any; set the mode
+        // exactly, on the directory made here and on nothing else.
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700)),
+        // Made by someone else in the meantime: theirs, left as it is.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a directory that already existed lets others than its owner in;
+/// created directories never do (see [`create_private_dir`]).
+pub fn open_to_others(dir: &Path) -> bool {
+    fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
 }
 
 /// Open a new file readable and writable by the owner only, replacing any old one.
@@ -156,9 +176,129 @@ impl PendingArtifact {
     }
 }
 
-/// SHA-256 and length of a file, read in chunks.
+/// Largest manifest read: a real one is a few KiB (a few MiB with thousands
+/// of indices); anything larger is damaged or forged, and is refused before
+/// it is read into memory.
+pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why a file of a backup was refused before it was read. Its message never
+/// holds the file's content, and [`crate::error::io_hint`] gives its advice.
+#[derive(Debug)]
+pub struct NotRegular(String);
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+fn not_regular(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, NotRegular(message))
+}
+
+/// Open a file of a backup (an artifact, a manifest) for reading. It must be
+/// a regular file under that very name: a symbolic link is refused (it may
+/// lead anywhere, /dev/zero or a copy outside the backup), and so are FIFOs
+/// and devices, which would block or never end. The open itself never
+/// blocks: O_NONBLOCK keeps a FIFO without writer from hanging it (it has no
+/// effect on the regular files that pass).
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => not_regular("is a symbolic link, not a regular file".into()),
+            _ => e,
+        })?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a special file"
+        };
+        return Err(not_regular(format!("is {what}, not a regular file")));
+    }
+    Ok(file)
+}
+
+/// Open a file of a backup like [`open_regular`], refusing it when its size
+/// is not `expected` (or, with `at_most`, larger than that) before a byte is
+/// read.
+pub fn open_sized(path: &Path, expected: u64, at_most: bool) -> io::Result<File> {
+    let file = open_regular(path)?;
+    let len = file.metadata()?.len();
+    if len == expected || (at_most && len <= expected) {
+        return Ok(file);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        SizeMismatch {
+            found: len,
+            expected,
+            at_most,
+        },
+    ))
+}
+
+/// A file whose size is not what it should be (see [`open_sized`]).
+#[derive(Debug)]
+pub struct SizeMismatch {
+    pub found: u64,
+    pub expected: u64,
+    pub at_most: bool,
+}
+
+impl std::fmt::Display for SizeMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bound = if self.at_most { "at most " } else { "" };
+        write!(
+            f,
+            "has {} bytes, {bound}{} expected",
+            self.found, self.expected
+        )
+    }
+}
+
+impl std::error::Error for SizeMismatch {}
+
+/// Read a manifest's bytes: a regular file of at most [`MAX_MANIFEST_BYTES`].
+pub fn read_manifest_bytes(path: &Path) -> io::Result<Vec<u8>> {
+    let file = open_sized(path, MAX_MANIFEST_BYTES, true)?;
+    let mut bytes = Vec::new();
+    // Bounded again while reading: the file may grow after the check.
+    file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            SizeMismatch {
+                found: bytes.len() as u64,
+                expected: MAX_MANIFEST_BYTES,
+                at_most: true,
+            },
+        ));
+    }
+    Ok(bytes)
+}
+
+/// SHA-256 and length of a file of a backup, read in chunks (see [`open_regular`]).
 pub fn digest_file(path: &Path) -> io::Result<Digest256> {
-    let mut reader = HashingReader::new(File::open(path)?);
+    digest_reader(open_regular(path)?)
+}
+
+/// SHA-256 and length of everything `file` holds.
+pub fn digest_reader(file: File) -> io::Result<Digest256> {
+    let mut reader = HashingReader::new(file);
     io::copy(&mut reader, &mut io::sink())?;
     Ok(reader.digest())
 }
@@ -265,9 +405,9 @@ pub fn open_zstd(path: &Path) -> io::Result<BufReader<zstd::Decoder<'static, Buf
     ))
 }
 
-/// Open a file for buffered reading in large chunks.
+/// Open a file of a backup (see [`open_regular`]) for buffered reading in large chunks.
 pub fn open_buffered(path: &Path) -> io::Result<BufReader<File>> {
-    Ok(BufReader::with_capacity(CHUNK, File::open(path)?))
+    Ok(BufReader::with_capacity(CHUNK, open_regular(path)?))
 }
 
 #[cfg(test)]

@@ -151,6 +151,10 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
     let created_dir = !dir.exists();
     create_private_dir(&dir)
         .map_err(|e| io_error(None, "create backup directory", dir.display(), e))?;
+    if !created_dir && artifact::open_to_others(&dir) {
+        // Not ours to change (see create_private_dir); the files stay 0600.
+        tracing::warn!(dir = %dir.display(), "the backup directory existed and others than its owner may enter it; consider chmod 700");
+    }
     let started_at = jiff::Timestamp::now().to_string();
 
     let results = futures::future::join_all(stores.iter().map(|store| store.backup(&ctx))).await;

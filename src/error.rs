@@ -102,6 +102,18 @@ impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
 
 /// The usual advice when a local filesystem operation fails.
 pub fn io_hint(err: &std::io::Error) -> &'static str {
+    if err
+        .get_ref()
+        .is_some_and(|e| e.is::<crate::artifact::NotRegular>())
+    {
+        return "artifacts and manifests must be regular files inside the backup directory (not links, FIFOs or devices): put the real file back, or use another backup";
+    }
+    if err
+        .get_ref()
+        .is_some_and(|e| e.is::<crate::artifact::SizeMismatch>())
+    {
+        return "the file is truncated, damaged or was replaced: use another backup";
+    }
     match err.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
             "the disk is full: free space under the backup root or choose another --out/--root"

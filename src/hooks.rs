@@ -149,6 +149,11 @@ pub async fn run_hook(
         .stderr(std::io::stderr())
         .process_group(0)
         .kill_on_drop(true);
+    // A hook is the operator's command: it gets the run's facts, no secret
+    // of a store or repository.
+    for name in crate::process::inherited_secrets() {
+        command.env_remove(name);
+    }
     for (key, value) in vars {
         command.env(key, value);
     }

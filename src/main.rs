@@ -1,12 +1,14 @@
 //! Entry point: parse, run, print, map errors to exit codes (0 ok, 1 failure, 2 usage).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use clap::Parser;
 
 use itbackup::backup::{self, BackupRequest};
 use itbackup::cli::{Cli, Command};
 use itbackup::config::Settings;
 use itbackup::drill::{self, DrillRequest};
-use itbackup::error::{Error, Result};
+use itbackup::error::{Error, Kind, Result};
 use itbackup::restore::{self, RestoreRequest};
 use itbackup::{catalog, hooks, metrics, prune, remote, report, schedule, seal, status};
 
@@ -20,11 +22,37 @@ fn main() {
     let code = match runtime.block_on(run(&cli)) {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("error: {err}");
+            // Sources mask the URLs they show; this catches any quoted by a library.
+            let mask = itbackup::process::mask_userinfo;
+            eprintln!("error: {}", mask(&err.to_string()));
+            // A script reading --json gets the failure too, unless the run
+            // already printed its own report (a failed drill, a status alarm).
+            if cli.json && !REPORTED.load(Ordering::Relaxed) {
+                let kind = match err.kind {
+                    Kind::Usage => "usage",
+                    Kind::Failure => "failure",
+                };
+                let error = serde_json::json!({ "error": {
+                    "kind": kind,
+                    "service": err.service.map(|s| s.as_str()),
+                    "step": err.step,
+                    "message": mask(&err.message),
+                    "hint": err.hint.as_deref().map(mask),
+                }});
+                println!("{error:#}");
+            }
             err.exit_code()
         }
     };
     std::process::exit(code);
+}
+
+/// Set once a command has printed its report: an error after it (a drill
+/// that found differences, a status alarm) is not printed again on stdout.
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
+fn reported() {
+    REPORTED.store(true, Ordering::Relaxed);
 }
 
 async fn run(cli: &Cli) -> Result<()> {
@@ -100,6 +128,7 @@ async fn run(cli: &Cli) -> Result<()> {
             let work = async {
                 let outcome = drill::run(&settings, request).await?;
                 report::drill(&outcome, json);
+                reported();
                 metrics::update(args.monitor.metrics_file.as_deref(), |m| {
                     metrics::record_drill(m, &outcome.validation)
                 });
@@ -133,6 +162,7 @@ async fn run(cli: &Cli) -> Result<()> {
             let settings = Settings::resolve(cli, None)?;
             let status = status::run(&settings, &status::request(args)).await?;
             report::status(&status, json);
+            reported();
             status::finish(&status, &settings, &args.monitor).await?;
         }
         Command::Schedule(args) => {

@@ -8,7 +8,6 @@
 //! with a JSON Schema in `docs/manifest.schema.json`.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::Write;
 use std::path::Path;
 
@@ -154,9 +153,9 @@ impl Manifest {
     /// Read and validate a manifest file: syntax, format version, checksum, consistency.
     pub fn read_file(path: &Path) -> Result<Self> {
         let step = "read manifest";
-        let text = fs::read(path).map_err(|e| {
+        let text = artifact::read_manifest_bytes(path).map_err(|e| {
             let err = io_error(None, step, path.display(), e);
-            if path.exists() {
+            if path.symlink_metadata().is_ok() {
                 err
             } else {
                 err.hint("no backup-manifest.json: the backup is incomplete (interrupted or failed) or the path is wrong; `itbackup list` shows complete backups")
@@ -168,10 +167,15 @@ impl Manifest {
     /// Parse and validate manifest bytes read from `origin` (a path or URL).
     pub fn parse(text: &[u8], origin: &str) -> Result<Self> {
         let step = "read manifest";
-        let manifest: Manifest = serde_json::from_slice(text).map_err(|e| {
+        let invalid = |e: serde_json::Error| {
             Error::failure(step, format!("{origin} is not a valid manifest: {e}"))
                 .hint("the manifest is damaged; restore from another backup (`itbackup list`) or from the remote copy")
-        })?;
+        };
+        // serde_json keeps the last of two equal keys: a manifest could then
+        // say two things at once and still match its checksum. Refused at
+        // every level before the manifest is read for real.
+        serde_json::from_slice::<NoDuplicateKeys>(text).map_err(invalid)?;
+        let manifest: Manifest = serde_json::from_slice(text).map_err(invalid)?;
         manifest.validate().map_err(|msg| {
             Error::failure(step, format!("{origin}: {msg}")).hint(
                 "the manifest was altered or damaged after the backup was written; do not trust this backup, use another one",
@@ -220,6 +224,12 @@ impl Manifest {
                     "{service}: artifact file '{file}' is not a plain file name"
                 ));
             }
+            if let Some(member) = record.members.iter().find(|m| !is_safe_relative(&m.name)) {
+                return Err(format!(
+                    "{service}: member '{}' is not a relative path inside the artifact",
+                    member.name
+                ));
+            }
             if !is_sha256(&record.sha256)
                 || record.members.iter().any(|m| !is_sha256(&m.sha256))
                 || record
@@ -234,6 +244,69 @@ impl Manifest {
     }
 }
 
+/// Any JSON value whose objects, at every depth, have no key twice; it
+/// keeps nothing, so checking costs no memory beyond the keys of one object.
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(NoDuplicateKeysVisitor)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key \"{key}\"")));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+}
+
 /// A name that stays inside the directory it is joined to.
 pub fn is_safe_component(name: &str) -> bool {
     !name.is_empty()
@@ -244,6 +317,12 @@ pub fn is_safe_component(name: &str) -> bool {
         && !name.contains('\0')
 }
 
+/// A relative path of plain names (`databases/000.dump`): never absolute,
+/// never `..`.
+fn is_safe_relative(path: &str) -> bool {
+    path.split('/').all(is_safe_component)
+}
+
 fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -251,6 +330,7 @@ fn is_sha256(s: &str) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::fs;
 
     pub fn sample() -> Manifest {
         let mut counts = BTreeMap::new();

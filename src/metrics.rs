@@ -13,6 +13,10 @@ use std::path::Path;
 
 use crate::manifest::Manifest;
 
+/// The metrics file's mode: owner read-write, everyone read. The textfile
+/// collector runs as another user and must read it; it holds no secret.
+pub const METRICS_FILE_MODE: u32 = 0o644;
+
 /// Every metric itbackup writes (all gauges), with its help text. Series of
 /// other names found in an existing file are dropped.
 pub const FAMILIES: &[(&str, &str)] = &[
@@ -175,7 +179,8 @@ impl Metrics {
         out
     }
 
-    /// Replace the file at `path` in one step (temporary file beside it, fsync, rename).
+    /// Replace the file at `path` in one step (temporary file beside it,
+    /// fsync, rename), mode [`METRICS_FILE_MODE`].
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let dir = path
             .parent()
@@ -190,6 +195,11 @@ impl Metrics {
         let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let result = (|| {
             let mut file = fs::File::create(&temp)?;
+            // Readable by node_exporter, which runs as its own user, whatever
+            // our umask: the file holds numbers and service names, no secret.
+            // (Everything else itbackup writes is 0600.)
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(METRICS_FILE_MODE))?;
             file.write_all(self.render().as_bytes())?;
             file.sync_all()?;
             drop(file);

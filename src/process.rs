@@ -83,6 +83,14 @@ impl ToolCommand {
     fn to_std(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
+        // Only this command's own secrets: a PostgreSQL tool gets PGPASSWORD
+        // because its command sets it, never a repository key or another
+        // store's password from our environment.
+        for name in inherited_secrets() {
+            if !self.env.iter().any(|(key, _)| *key == name) {
+                cmd.env_remove(name);
+            }
+        }
         for (key, value) in &self.env {
             match value {
                 EnvValue::Plain(v) => {
@@ -139,6 +147,78 @@ impl fmt::Display for ToolCommand {
         }
         Ok(())
     }
+}
+
+/// Variables that hold a password or key of a store or of a repository.
+const SECRET_VARIABLES: &[&str] = &[
+    "PGPASSWORD",
+    "OPENSEARCH_PASSWORD",
+    "NEO4J_PASSWORD",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_TOKEN",
+    "AZURE_CLIENT_SECRET",
+];
+
+/// Variables that hold a URL, secret when it carries credentials.
+const URL_VARIABLES: &[&str] = &["OPENSEARCH_URL", "NEO4J_URI", "IT_NOTIFY_URL"];
+
+/// The variables of our own environment that carry a secret: none of them
+/// reaches a child (a store's tool, a hook) unless its command sets it.
+pub fn inherited_secrets() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = SECRET_VARIABLES
+        .iter()
+        .copied()
+        .filter(|name| std::env::var_os(name).is_some())
+        .collect();
+    names.extend(
+        URL_VARIABLES
+            .iter()
+            .copied()
+            .filter(|name| std::env::var(name).is_ok_and(|url| mask_userinfo(&url) != url)),
+    );
+    names
+}
+
+/// `text` with the credentials of every URL in it masked: the password of
+/// `scheme://user:password@host` becomes `***` (`user:***@host`), a lone
+/// user part, often a token, too (`***@host`). The one function for showing
+/// an endpoint (OPENSEARCH_URL, NEO4J_URI, repository URLs) or a message
+/// that may quote one, in logs, errors, hints and plans.
+pub fn mask_userinfo(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("://") {
+        let (head, tail) = rest.split_at(start + 3);
+        shown.push_str(head);
+        let end = tail
+            .find(|c: char| "/?#\"'<>`()[]{}".contains(c) || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                match authority[..at].split_once(':') {
+                    Some((user, _password)) => {
+                        shown.push_str(user);
+                        shown.push_str(":***");
+                    }
+                    None => shown.push_str("***"),
+                }
+                shown.push_str(&authority[at..]);
+            }
+            None => shown.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    shown.push_str(rest);
+    shown
 }
 
 fn shell_quote(s: &str) -> String {
@@ -342,6 +422,22 @@ mod tests {
         let shown = cmd.to_string();
         assert_eq!(shown, "PGHOST=db PGPASSWORD=*** pg_dump -Fc 'my db'");
         assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn credentials_in_urls_are_masked_wherever_they_appear() {
+        assert_eq!(
+            mask_userinfo("http://admin:pw@host:9200/x?y"),
+            "http://admin:***@host:9200/x?y"
+        );
+        assert_eq!(
+            mask_userinfo(
+                "error sending request for url (http://u:p@h/_cat): refused; bolt://tok@n:7687"
+            ),
+            "error sending request for url (http://u:***@h/_cat): refused; bolt://***@n:7687"
+        );
+        assert_eq!(mask_userinfo("http://h:1/a@b"), "http://h:1/a@b");
+        assert_eq!(mask_userinfo("no url: a@b"), "no url: a@b");
     }
 
     #[test]

@@ -95,7 +95,8 @@ impl Remote {
     pub fn open(url: &str) -> Result<Remote> {
         let parsed = url::Url::parse(url).map_err(|e| {
             Error::usage(format!(
-                "'{url}' is not a repository URL ({e}); use s3://bucket/prefix, gs://, az://, https:// or file://"
+                "'{}' is not a repository URL ({e}); use s3://bucket/prefix, gs://, az://, https:// or file://",
+                crate::process::mask_userinfo(url)
             ))
         })?;
         if !parsed.username().is_empty() || parsed.password().is_some() {
@@ -309,6 +310,17 @@ impl Remote {
         let key = self.key(&[name, MANIFEST_FILE]);
         let origin = format!("{}/{name}/{MANIFEST_FILE}", self.url);
         let bytes = match self.store.get(&key).await {
+            Ok(got) if got.meta.size > artifact::MAX_MANIFEST_BYTES => {
+                return Err(Error::failure(
+                    "read manifest",
+                    format!(
+                        "{origin} has {} bytes, at most {} expected",
+                        got.meta.size,
+                        artifact::MAX_MANIFEST_BYTES
+                    ),
+                )
+                .hint("the manifest is damaged or forged; use another backup"))
+            }
             Ok(got) => got
                 .bytes()
                 .await
@@ -343,8 +355,8 @@ impl Remote {
     async fn upload_file(&self, local: &Path, key: &ObjectPath) -> Result<Digest256> {
         let step = "upload";
         let shown = format!("{}/{}", self.url, key_tail(key));
-        let mut file = tokio::fs::File::open(local)
-            .await
+        let mut file = artifact::open_regular(local)
+            .map(tokio::fs::File::from_std)
             .map_err(|e| io_error(None, step, local.display(), e))?;
         let upload = self
             .store
@@ -470,7 +482,7 @@ impl Remote {
             self.stream_object(&key, None, &expected).await?;
             bytes += record.bytes;
         }
-        let manifest_bytes = fs::read(dir.join(MANIFEST_FILE))
+        let manifest_bytes = artifact::read_manifest_bytes(&dir.join(MANIFEST_FILE))
             .map_err(|e| io_error(None, "upload", dir.join(MANIFEST_FILE).display(), e))?;
         bytes += manifest_bytes.len() as u64;
         let key = self.key(&[&name, MANIFEST_FILE]);

@@ -231,7 +231,7 @@ pub fn open(
     let out = scratch.join(&plain_name);
     let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(
         CHUNK,
-        fs::File::open(path)
+        artifact::open_regular(path)
             .map_err(|e| crate::error::io_error(Some(service), step, path.display(), e))?,
     ))
     .map_err(|e| {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::artifact::digest_file;
+use crate::artifact::{digest_reader, open_regular};
 use crate::error::{io_error, Error, Result};
 use crate::manifest::Manifest;
 use crate::seal::{self, Identities, OpenedArtifact};
@@ -61,28 +61,46 @@ pub async fn verify_artifacts(
         let step = "verify checksum";
         let expected_sha = record.sha256.clone();
         let expected_bytes = record.bytes;
-        let file_path = path.clone();
-        let digest = tokio::task::spawn_blocking(move || digest_file(&file_path))
-            .await
-            .map_err(|e| Error::failure(step, e.to_string()).service(service))?
-            .map_err(|e| {
-                let err = io_error(Some(service), step, path.display(), e);
-                if path.exists() {
-                    err
-                } else {
-                    err.hint("the artifact is missing from the backup directory; copy it back or use another backup")
-                }
-            })?;
-        if digest.bytes != expected_bytes {
+        let file = open_regular(&path).map_err(|e| {
+            let err = io_error(Some(service), step, path.display(), e);
+            if path.symlink_metadata().is_ok() {
+                err
+            } else {
+                err.hint("the artifact is missing from the backup directory; copy it back or use another backup")
+            }
+        })?;
+        // The size first: a file of another size is refused before it is read.
+        let found_bytes = file
+            .metadata()
+            .map_err(|e| io_error(Some(service), step, path.display(), e))?
+            .len();
+        if found_bytes != expected_bytes {
             return Err(Error::failure(
                 step,
                 format!(
-                    "{} has {} bytes, the manifest says {expected_bytes}",
-                    record.file, digest.bytes
+                    "{} has {found_bytes} bytes, the manifest says {expected_bytes}",
+                    record.file
                 ),
             )
             .service(service)
             .hint("the artifact is truncated or was replaced; use another backup"));
+        }
+        let digest = tokio::task::spawn_blocking(move || digest_reader(file))
+            .await
+            .map_err(|e| Error::failure(step, e.to_string()).service(service))?
+            .map_err(|e| io_error(Some(service), step, path.display(), e))?;
+        if digest.bytes != expected_bytes {
+            return Err(Error::failure(
+                step,
+                format!(
+                    "{} changed while it was read ({} bytes, the manifest says {expected_bytes})",
+                    record.file, digest.bytes
+                ),
+            )
+            .service(service)
+            .hint(
+                "something is writing into the backup directory; stop it, or use another backup",
+            ));
         }
         if digest.sha256 != expected_sha {
             return Err(Error::failure(

@@ -395,6 +395,118 @@ fn prune_refuses_to_run_without_a_rule() {
     assert_eq!(names(scene.root.path()), EVERYTHING);
 }
 
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Directories that existed before a run keep their mode: `backup --out
+/// /tmp/x` once made `/tmp` drwx------ (the lock root is the parent of
+/// --out), which locked every other user and service out of it. Only the
+/// directories itbackup creates are 0700.
+#[test]
+fn existing_directories_keep_their_mode_through_backup_restore_prune_and_drill() {
+    let _guard = serial();
+    let top = temp_root();
+    // A shared directory like /tmp, and a backup root an operator made 0755.
+    let shared = top.path().join("shared");
+    let root = top.path().join("root");
+    fs::create_dir(&shared).unwrap();
+    fs::create_dir(&root).unwrap();
+    set_mode(top.path(), 0o755);
+    set_mode(&shared, 0o1777);
+    set_mode(&root, 0o755);
+    let expect = |when: &str| {
+        assert_eq!(mode_of(top.path()), 0o755, "{when}: parent of the root");
+        assert_eq!(mode_of(&shared), 0o1777, "{when}: parent of --out");
+        assert_eq!(mode_of(&root), 0o755, "{when}: backup root");
+    };
+    let root_arg = root.to_str().unwrap();
+    let pg = ["--services", "postgres"];
+
+    let out = shared.join("x");
+    let out_arg = out.to_str().unwrap();
+    ok(&[&["backup", "--out", out_arg][..], &pg].concat(), &[]);
+    expect("backup --out");
+    assert_eq!(mode_of(&out), 0o700, "the backup directory itbackup made");
+    // Each component itbackup creates is private, not only the last.
+    let deep = shared.join("new/deeper/x");
+    let deep_arg = deep.to_str().unwrap();
+    ok(&[&["backup", "--out", deep_arg][..], &pg].concat(), &[]);
+    expect("backup --out into new directories");
+    assert_eq!(mode_of(&shared.join("new")), 0o700);
+    assert_eq!(mode_of(&shared.join("new/deeper")), 0o700);
+
+    ok(&["restore", "--path", out_arg, "--yes"], &[]);
+    expect("restore --path");
+
+    ok(&[&["--root", root_arg, "backup"][..], &pg].concat(), &[]);
+    expect("backup --root");
+    ok(&["--root", root_arg, "restore", "--yes"], &[]);
+    expect("restore --root");
+    ok(&["--root", root_arg, "prune", "--keep-last", "1"], &[]);
+    expect("prune");
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "drill",
+            "--yes",
+            "--scale",
+            "50",
+            "--services",
+            "postgres",
+        ],
+        &[],
+    );
+    expect("drill --root");
+    let drilled = shared.join("drill");
+    ok(
+        &[
+            "drill",
+            "--yes",
+            "--scale",
+            "50",
+            "--services",
+            "postgres",
+            "--out",
+            drilled.to_str().unwrap(),
+        ],
+        &[],
+    );
+    expect("drill --out");
+}
+
+/// node_exporter's textfile collector runs as its own user: the metrics file
+/// must be readable by it whatever itbackup's umask (0600 under umask 077
+/// made the metrics silently vanish). It holds no secret, so 0644.
+#[test]
+fn the_metrics_file_is_readable_by_the_collector_whatever_the_umask() {
+    let root = temp_root();
+    let metrics = root.path().join("itbackup.prom");
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "umask 077; exec \"$0\" --root \"$1\" status --offline --metrics-file \"$2\"",
+            bin(),
+            root.path().to_str().unwrap(),
+            metrics.to_str().unwrap(),
+        ])
+        .env("PGPASSWORD", "metrics-Secret-42")
+        .output()
+        .unwrap();
+    assert!(metrics.exists(), "{}", text(&out));
+    assert_eq!(mode_of(&metrics), 0o644);
+    let content = fs::read_to_string(&metrics).unwrap();
+    assert!(content.contains("itbackup_status_ok"), "{content}");
+    assert!(!content.contains("metrics-Secret-42"), "{content}");
+}
+
 // ---------------------------------------------------------------- status
 
 /// `synthetic-validation.json` as a drill leaves it, with the given RTO.

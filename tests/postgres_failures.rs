@@ -210,6 +210,314 @@ fn unreachable_server_and_wrong_password_fail_clearly_and_write_nothing() {
     canary.assert_untouched();
 }
 
+/// itbackup with a time limit: a run that hangs (on a FIFO, say) is killed
+/// and fails the test instead of hanging it.
+fn bounded(args: &[&str]) -> std::process::Output {
+    let limit = Duration::from_secs(30);
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "itbackup=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start itbackup");
+    let started = Instant::now();
+    while child.try_wait().expect("poll itbackup").is_none() {
+        if started.elapsed() > limit {
+            child.kill().expect("kill itbackup");
+            child.wait().expect("reap itbackup");
+            panic!("itbackup {args:?} hung for {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect itbackup")
+}
+
+fn mkfifo(path: &Path) {
+    let _ = fs::remove_file(path);
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Make the manifest agree with whatever the artifact now is, as a forger would.
+fn manifest_matches(dir: &Path, tar: &Path) {
+    use sha2::Digest;
+    let bytes = fs::read(tar).unwrap();
+    let mut manifest = itbackup::manifest::Manifest::read_dir(dir).unwrap();
+    let record = manifest
+        .artifacts
+        .get_mut(&itbackup::service::Service::Postgres)
+        .unwrap();
+    record.sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    record.bytes = bytes.len() as u64;
+    record.members.clear();
+    manifest.write(dir).unwrap();
+}
+
+/// Artifacts and manifests must be regular files inside the backup
+/// directory: a FIFO or a link to /dev/zero hung verify and restore (the size
+/// was checked after hashing), a FIFO manifest hung list, status and prune
+/// (which then held the root's lock), a link to a copy elsewhere was
+/// accepted, and a refused file's first bytes were printed.
+#[test]
+fn special_files_are_refused_fast_without_printing_their_content() {
+    let _guard = serial();
+    let (_root, dir, canary) = backed_up();
+    let dir_arg = dir.to_str().unwrap();
+    let tar = tar_of(&dir);
+    let original = fs::read(&tar).unwrap();
+    let manifest_text = fs::read(dir.join("backup-manifest.json")).unwrap();
+    let outside = temp_root();
+    let verify = ["verify", "--path", dir_arg];
+    let restore = ["restore", "--path", dir_arg, "--yes"];
+
+    let refused = |what: &str, expect: &str| {
+        for args in [&verify[..], &restore[..]] {
+            let out = bounded(args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{what}: {args:?}\n{}",
+                text(&out)
+            );
+            assert!(
+                err.contains(expect),
+                "{what}: expected '{expect}' in\n{err}"
+            );
+            assert!(err.contains("hint:"), "{what}: no hint in\n{err}");
+            assert!(
+                !err.contains("root:x:0"),
+                "{what}: file content printed\n{err}"
+            );
+        }
+    };
+
+    mkfifo(&tar);
+    refused("a FIFO artifact", "not a regular file");
+
+    fs::remove_file(&tar).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &tar).unwrap();
+    refused("a link to /dev/zero", "symbolic link");
+
+    // A faithful copy outside the backup directory is still not the backup.
+    let copy = outside.path().join("copy.tar");
+    fs::write(&copy, &original).unwrap();
+    fs::remove_file(&tar).unwrap();
+    std::os::unix::fs::symlink(&copy, &tar).unwrap();
+    refused("a link to a copy elsewhere", "symbolic link");
+
+    // A link to /etc/passwd, with a manifest forged to match it.
+    fs::remove_file(&tar).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", &tar).unwrap();
+    manifest_matches(&dir, Path::new("/etc/passwd"));
+    refused("a link to /etc/passwd", "symbolic link");
+    // The same bytes as a regular file: refused by the decode, unprinted.
+    fs::remove_file(&tar).unwrap();
+    fs::copy("/etc/passwd", &tar).unwrap();
+    for args in [&verify[..], &restore[..]] {
+        let out = bounded(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}\n{}", text(&out));
+        assert!(!err.contains("root:x:0"), "file content printed\n{err}");
+    }
+
+    fs::write(&tar, &original).unwrap();
+    fs::write(dir.join("backup-manifest.json"), &manifest_text).unwrap();
+    ok(&verify, &[]);
+
+    // A FIFO in place of the manifest: every command that reads it answers.
+    let manifest = dir.join("backup-manifest.json");
+    mkfifo(&manifest);
+    let root_arg = dir.parent().unwrap().to_str().unwrap();
+    let out = bounded(&["--root", root_arg, "list"]);
+    assert!(out.status.code().is_some(), "{}", text(&out));
+    let out = bounded(&["--root", root_arg, "status", "--offline"]);
+    assert!(out.status.code().is_some(), "{}", text(&out));
+    let out = bounded(&["--root", root_arg, "prune", "--keep-last", "1"]);
+    assert!(out.status.code().is_some(), "{}", text(&out));
+    assert!(manifest.exists(), "prune removed what it could not read");
+    let out = bounded(&["verify", "--path", dir_arg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(err.contains("not a regular file"), "{err}");
+    canary.assert_untouched();
+}
+
+/// A duplicate key was resolved last-wins (so a manifest could say two
+/// things at once and pass its checksum), and a manifest of any size was
+/// read whole into memory.
+#[test]
+fn manifests_with_duplicate_keys_or_of_absurd_size_are_refused() {
+    let _guard = serial();
+    let (_root, dir, canary) = backed_up();
+    let dir_arg = dir.to_str().unwrap();
+    let path = dir.join("backup-manifest.json");
+    let original = fs::read_to_string(&path).unwrap();
+
+    // 17 MiB of spaces after a valid manifest: refused by its size, unread.
+    let mut huge = original.clone().into_bytes();
+    huge.resize(17 * 1024 * 1024, b' ');
+    fs::write(&path, &huge).unwrap();
+    let err = fails(&["verify", "--path", dir_arg], &[], 1);
+    assert!(err.contains("at most 16777216"), "{err}");
+    restore_fails(&dir, "at most 16777216");
+
+    // The first of two "postgres" in "services" names another file; the
+    // last names the real one, so last-wins parsing passed the checksum.
+    let doubled = original.replacen(
+        "\"services\": {",
+        "\"services\": {\n    \"postgres\": \"elsewhere.tar\",",
+        1,
+    );
+    assert_ne!(doubled, original);
+    fs::write(&path, &doubled).unwrap();
+    let err = fails(&["verify", "--path", dir_arg], &[], 1);
+    assert!(err.contains("duplicate key \"postgres\""), "{err}");
+    restore_fails(&dir, "duplicate key");
+    // Deeper levels too: a repeated "sha256" inside the artifact's record.
+    let nested = original.replacen("\"sha256\": ", "\"sha256\": \"0\", \"sha256\": ", 1);
+    fs::write(&path, &nested).unwrap();
+    restore_fails(&dir, "duplicate key \"sha256\"");
+
+    fs::write(&path, &original).unwrap();
+    ok(&["verify", "--path", dir_arg], &[]);
+    canary.assert_untouched();
+}
+
+/// Rewrite the PostgreSQL tar in `dir` with each member name passed through
+/// `rename` (raw header bytes: the tar crate itself refuses to write such
+/// names), and make the manifest agree, as a forger would.
+fn forge_member_names(dir: &Path, rename: impl Fn(&str) -> String, in_manifest: bool) {
+    let tar = tar_of(dir);
+    let mut members = Vec::new();
+    let mut archive = tar::Archive::new(fs::File::open(&tar).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        members.push((name, data));
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, data) in &members {
+        let mut header = tar::Header::new_gnu();
+        let forged = rename(name);
+        header.as_gnu_mut().unwrap().name[..forged.len()].copy_from_slice(forged.as_bytes());
+        header.set_size(data.len() as u64);
+        header.set_mode(0o600);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, data.as_slice()).unwrap();
+    }
+    let bytes = builder.into_inner().unwrap();
+    fs::write(&tar, &bytes).unwrap();
+    let mut manifest = itbackup::manifest::Manifest::read_dir(dir).unwrap();
+    let record = manifest
+        .artifacts
+        .get_mut(&itbackup::service::Service::Postgres)
+        .unwrap();
+    use sha2::Digest;
+    record.sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    record.bytes = bytes.len() as u64;
+    if !in_manifest {
+        manifest.write(dir).unwrap();
+        return;
+    }
+    for member in &mut record.members {
+        member.name = rename(&member.name);
+    }
+    if let Some(databases) = record
+        .details
+        .get_mut("databases")
+        .and_then(|d| d.as_array_mut())
+    {
+        for db in databases {
+            if let Some(member) = db.get("member").and_then(|m| m.as_str()).map(&rename) {
+                db["member"] = member.into();
+            }
+        }
+    }
+    manifest.write(dir).unwrap();
+}
+
+/// Member names with `..` or a leading `/` were accepted (flattened into
+/// the scratch directory); they are refused like the OpenSearch case,
+/// before anything changes.
+#[test]
+fn postgres_tar_members_that_climb_out_or_are_absolute_are_refused() {
+    let _guard = serial();
+    for (what, rename, expect) in [
+        (
+            "'..'",
+            (|n: &str| format!("../{n}")) as fn(&str) -> String,
+            "'..'",
+        ),
+        ("absolute", |n: &str| format!("/{n}"), "absolute"),
+    ] {
+        // The archive alone (its manifest names the real members), then
+        // both: each level refuses on its own.
+        for (in_manifest, expect) in [(false, expect), (true, "is not a relative path")] {
+            let (_root, dir, canary) = backed_up();
+            forge_member_names(&dir, rename, in_manifest);
+            let err = fails(&["verify", "--path", dir.to_str().unwrap()], &[], 1);
+            assert!(err.contains(expect), "{what}: {err}");
+            restore_fails(&dir, expect);
+            canary.assert_untouched();
+        }
+    }
+}
+
+/// With --json a failed run printed nothing on standard output; it prints
+/// `{"error": {"kind", "service", "step", "message", "hint"}}` (design.md).
+#[test]
+fn a_failed_run_with_json_prints_the_error_object_on_stdout() {
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let out = itbackup(
+        &[
+            "--root",
+            root_arg,
+            "--json",
+            "backup",
+            "--services",
+            "postgres",
+        ],
+        &[("PGPORT", "1")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON on stdout ({e})\n{}", text(&out)));
+    let error = &v["error"];
+    assert_eq!(error["kind"], "failure", "{v:#}");
+    assert_eq!(error["service"], "postgres", "{v:#}");
+    assert!(
+        error["step"].as_str().is_some_and(|s| !s.is_empty()),
+        "{v:#}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{v:#}"
+    );
+    assert!(
+        error["hint"].as_str().is_some_and(|h| !h.is_empty()),
+        "{v:#}"
+    );
+    // The human form stays on standard error.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error: postgres"));
+
+    let out = itbackup(&["--root", root_arg, "--json", "prune"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON on stdout ({e})\n{}", text(&out)));
+    assert_eq!(v["error"]["kind"], "usage", "{v:#}");
+    assert_eq!(v["error"]["service"], serde_json::Value::Null, "{v:#}");
+}
+
 #[test]
 fn a_second_concurrent_run_is_told_who_holds_the_lock() {
     let _guard = serial();

@@ -35,7 +35,7 @@ use crate::cli::Neo4jMethod;
 use crate::config::Neo4jSettings;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
-use crate::process::{self, ToolCommand};
+use crate::process::{self, mask_userinfo, ToolCommand};
 use crate::service::Service;
 use crate::target::Target;
 
@@ -149,7 +149,7 @@ impl IdSet {
 }
 
 fn neo_error(step: &str, err: neo4rs::Error) -> Error {
-    let text = err.to_string();
+    let text = mask_userinfo(&err.to_string());
     let e = Error::failure(step, text.clone()).service(SVC);
     match err {
         neo4rs::Error::AuthenticationError(_) => e.hint("Neo4j refused the credentials: check NEO4J_USER and NEO4J_PASSWORD (default test12345)"),
@@ -183,7 +183,7 @@ impl Neo4j {
             .max_connections(self.settings.transactions + 2)
             .build()
             .map_err(|e| neo_error("connect", e))?;
-        let uri = &self.settings.uri;
+        let uri = mask_userinfo(&self.settings.uri);
         let unreachable = |detail: String| {
             Error::failure("connect", format!("cannot reach Neo4j at {uri}: {detail}"))
                 .service(SVC)
@@ -203,7 +203,7 @@ impl Neo4j {
             Err(_) => Err(unreachable("no answer within 20 s".into())),
             Ok(Ok(graph)) => Ok(graph),
             Ok(Err(e)) => {
-                let text = e.to_string();
+                let text = mask_userinfo(&e.to_string());
                 if matches!(e, neo4rs::Error::AuthenticationError(_))
                     || text.contains("authentication")
                     || text.contains("Unauthorized")
@@ -982,7 +982,7 @@ impl Store for Neo4j {
         let (version, edition) = self.version_and_edition(&graph).await?;
         Ok(ServerInfo {
             version: format!("{version} {edition}"),
-            endpoint: self.settings.uri.clone(),
+            endpoint: mask_userinfo(&self.settings.uri),
         })
     }
 
@@ -990,13 +990,13 @@ impl Store for Neo4j {
         let db = &self.settings.database;
         match self.settings.method {
             Neo4jMethod::Logical => vec![
-                format!("connect to {} as {} (database {db}), online: no downtime", self.settings.uri, self.settings.user),
+                format!("connect to {} as {} (database {db}), online: no downtime", mask_userinfo(&self.settings.uri), self.settings.user),
                 "SHOW CONSTRAINTS / SHOW INDEXES: every schema definition".into(),
                 "MATCH (x): every node with its labels and properties; then MATCH (a)-[x]->(b): every relationship".into(),
                 format!("write {}/neo4j_{}.ndjson.zst", ctx.dir.display(), ctx.timestamp),
             ],
             Neo4jMethod::Dump => vec![
-                format!("count nodes and relationships over {}", self.settings.uri),
+                format!("count nodes and relationships over {}", mask_userinfo(&self.settings.uri)),
                 format!("stop the server: {}", self.settings.stop_command.as_deref().unwrap_or("<not configured: the run will refuse>")),
                 format!("{} > {}/neo4j_{}.dump", self.admin().args(["database", "dump", db.as_str(), "--to-stdout"]), ctx.dir.display(), ctx.timestamp),
                 format!("start the server: {}; wait until Bolt answers", self.settings.start_command.as_deref().unwrap_or("<not configured>")),

@@ -35,7 +35,7 @@ use crate::cli::OpenSearchMethod;
 use crate::config::{ArchiveCompression, OpenSearchSettings};
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
-use crate::process::{self, ToolCommand};
+use crate::process::{self, mask_userinfo, ToolCommand};
 use crate::service::Service;
 use crate::target::Target;
 
@@ -117,7 +117,7 @@ impl Http {
         let response = builder.send().await.map_err(|e| HttpError {
             status: None,
             unreachable: e.is_connect() || e.is_timeout(),
-            message: e.to_string(),
+            message: mask_userinfo(&e.to_string()),
         })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| HttpError {
@@ -144,7 +144,7 @@ impl Http {
     }
 
     fn error(&self, step: &str, err: HttpError) -> Error {
-        let base = &self.base;
+        let base = mask_userinfo(&self.base);
         let e = Error::failure(step, err.message).service(SVC);
         if err.unreachable {
             e.hint(format!("is OpenSearch running and reachable at {base}? check `docker compose ps` and OPENSEARCH_URL"))
@@ -1137,7 +1137,7 @@ impl OpenSearch {
                     HttpError {
                         status: None,
                         unreachable: e.is_connect(),
-                        message: e.to_string(),
+                        message: mask_userinfo(&e.to_string()),
                     },
                 )
             })?;
@@ -1694,7 +1694,7 @@ impl Store for OpenSearch {
         self.health("cluster health").await?;
         Ok(ServerInfo {
             version,
-            endpoint: self.settings.url.clone(),
+            endpoint: mask_userinfo(&self.settings.url),
         })
     }
 
@@ -1704,7 +1704,7 @@ impl Store for OpenSearch {
             .indices
             .as_deref()
             .unwrap_or("all non-hidden, non-system indices");
-        let url = &self.settings.url;
+        let url = mask_userinfo(&self.settings.url);
         let snapshot = vec![
             format!("PUT {url}/_snapshot/itbackup-<ts>  (fs repository under path.repo)"),
             format!("PUT {url}/_snapshot/itbackup-<ts>/snapshot?wait_for_completion=true  (indices: {indices}, with global state)"),
@@ -1779,7 +1779,7 @@ impl Store for OpenSearch {
     }
 
     fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String> {
-        let url = &self.settings.url;
+        let url = mask_userinfo(&self.settings.url);
         let indices: Vec<String> = record.counts.keys().cloned().collect();
         match record.method.as_str() {
             "snapshot" => vec![

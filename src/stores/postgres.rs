@@ -549,7 +549,7 @@ impl Postgres {
             let cmd = self.restore_database_command(None);
             let file = dump.to_path_buf();
             blocking(move || {
-                let mut input = File::open(&file)
+                let mut input = artifact::open_regular(&file)
                     .map_err(|e| io_error(Some(SVC), &step_for_tool, file.display(), e))?;
                 process::run_feeding(&cmd, SVC, &step_for_tool, |stdin| {
                     io::copy(&mut input, stdin).map(|_| ())
@@ -962,6 +962,16 @@ fn walk_members(
     let mut seen = 0;
     for entry in entries {
         let mut entry = entry.map_err(|e| truncated(step, archive, e))?;
+        // As for OpenSearch archives: a member that climbs out, is absolute
+        // or is no plain file is refused, never renamed into place.
+        if let Some(reason) = crate::archive::refuse(&entry) {
+            return Err(Error::failure(
+                step,
+                format!("{}: unsafe member {reason}", archive.display()),
+            )
+            .service(SVC)
+            .hint("the archive was not written by itbackup or was altered; nothing was extracted; use another backup"));
+        }
         let name = entry
             .path()
             .map_err(|e| truncated(step, archive, e))?
@@ -1012,8 +1022,9 @@ fn truncated(step: &str, archive: &Path, err: io::Error) -> Error {
     Error::failure(
         step,
         format!(
-            "{} cannot be read as a tar archive: {err}",
-            archive.display()
+            "{} cannot be read as a tar archive: {}",
+            archive.display(),
+            crate::archive::without_content(err)
         ),
     )
     .service(SVC)
@@ -1082,7 +1093,8 @@ fn extract_members(archive: &Path, members: &[Member], scratch: &Path) -> Result
 /// A plain dump is complete only when it ends with pg_dumpall's closing comment.
 fn check_plain_trailer(path: &Path) -> Result<()> {
     let step = "verify dump";
-    let mut file = File::open(path).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+    let mut file =
+        artifact::open_regular(path).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(4096);
     let mut tail = String::new();
