@@ -597,3 +597,173 @@ fn unreachable_or_red_cluster_gives_a_clear_error() {
     os.delete("itb-red");
     assert!(err.contains("red"), "{err}");
 }
+
+/// A data stream (its index template, two backing indices after a rollover),
+/// a plain index beside it, and a hidden and a closed index that a default
+/// selection leaves out (and must say so).
+fn create_data_stream_fixture(os: &Os) {
+    wipe_data_stream_fixture(os);
+    os.put(
+        "_index_template/itb-ds-tpl",
+        json!({"index_patterns": ["itb-ds*"], "data_stream": {}, "priority": 60,
+               "template": {"settings": {"number_of_shards": 1, "number_of_replicas": 0},
+                            "mappings": {"properties": {"msg": {"type": "keyword"}, "n": {"type": "long"}}}}}),
+    );
+    os.put("_data_stream/itb-ds", json!({}));
+    let batch = |from: u64, to: u64| -> Vec<Value> {
+        (from..to)
+            .flat_map(|i| {
+                [
+                    json!({"create": {"_index": "itb-ds", "_id": format!("e{i}")}}),
+                    json!({"@timestamp": format!("2024-02-{:02}T10:00:{:02}Z", 1 + i % 28, i % 60),
+                           "msg": format!("event {i}"), "n": i, "extra": {"k": i % 7}}),
+                ]
+            })
+            .collect()
+    };
+    os.bulk(&batch(0, 3000));
+    os.ok(reqwest::Method::POST, "itb-ds/_rollover", None);
+    os.bulk(&batch(3000, 4200));
+    os.put("itb-plain", json!({"settings": {"number_of_shards": 1}}));
+    os.bulk(&[
+        json!({"index": {"_index": "itb-plain", "_id": "p1"}}),
+        json!({"kind": "plain"}),
+    ]);
+}
+
+fn wipe_data_stream_fixture(os: &Os) {
+    os.delete("_data_stream/itb-ds");
+    os.delete("itb-plain");
+    os.delete("_index_template/itb-ds-tpl");
+    // Plain indices under the backing indices' names, as a restore that
+    // did not know data streams left them.
+    os.delete(".ds-itb-ds-*?expand_wildcards=all");
+}
+
+/// The data stream as the cluster describes it, and every backing index's
+/// documents and mappings.
+fn data_stream_state(os: &Os) -> BTreeMap<String, Value> {
+    let mut state = BTreeMap::new();
+    let (status, streams) = os.call(reqwest::Method::GET, "_data_stream/itb-ds", None);
+    let stream = if status == 200 {
+        streams["data_streams"][0].clone()
+    } else {
+        Value::Null
+    };
+    let backing: Vec<String> = stream["indices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| i["index_name"].as_str().unwrap().to_string())
+        .collect();
+    state.insert("stream/indices".into(), json!(backing));
+    for key in ["generation", "template", "timestamp_field"] {
+        state.insert(format!("stream/{key}"), stream[key].clone());
+    }
+    for index in &backing {
+        os.ok(reqwest::Method::POST, &format!("{index}/_refresh"), None);
+        let (count, digest) = os.digest(index);
+        state.insert(format!("{index}/count"), json!(count));
+        state.insert(format!("{index}/digest"), json!(digest));
+        state.insert(
+            format!("{index}/mappings"),
+            os.get(&format!("{index}/_mapping"))[index]["mappings"].clone(),
+        );
+    }
+    state.insert(
+        "template".into(),
+        os.get("_index_template/itb-ds-tpl")["index_templates"][0]["index_template"].clone(),
+    );
+    state.insert("itb-plain".into(), json!(os.digest("itb-plain")));
+    state
+}
+
+fn data_stream_round_trip(method: &str) {
+    let _guard = serial();
+    let os = Os::new();
+    os.wipe_fixture();
+    create_data_stream_fixture(&os);
+    os.delete("itb-hidden");
+    os.delete("itb-closed");
+    os.put("itb-hidden", json!({"settings": {"index.hidden": true}}));
+    os.put("itb-closed", json!({}));
+    os.ok(reqwest::Method::POST, "itb-closed/_close", None);
+    let before = data_stream_state(&os);
+    assert_eq!(
+        before["stream/indices"],
+        json!([".ds-itb-ds-000001", ".ds-itb-ds-000002"])
+    );
+    assert_eq!(before[".ds-itb-ds-000001/count"], json!(3000));
+
+    // By default (no --indices), and naming the stream.
+    for (name, indices) in [("default", None), ("named", Some("itb-ds,itb-plain"))] {
+        let root = temp_root();
+        let root_arg = root.path().to_str().unwrap();
+        let mut args = vec![
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "opensearch",
+            "--opensearch-method",
+            method,
+        ];
+        if let Some(indices) = indices {
+            args.extend(["--indices", indices]);
+        }
+        let out = ok(&args, &[]);
+        let manifest: Value = serde_json::from_slice(
+            &fs::read(only_backup(root.path()).join("backup-manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let record = &manifest["artifacts"]["opensearch"];
+        assert_eq!(
+            record["counts"][".ds-itb-ds-000001"], 3000,
+            "{name}: {record}"
+        );
+        assert_eq!(
+            record["counts"][".ds-itb-ds-000002"], 1200,
+            "{name}: {record}"
+        );
+        if indices.is_none() {
+            // What a default selection leaves out is named, in the manifest and the summary.
+            let left_out = record["details"]["left_out"].to_string();
+            let summary = String::from_utf8_lossy(&out.stdout);
+            for index in ["itb-hidden", "itb-closed"] {
+                assert!(left_out.contains(index), "{name}: {record}");
+                assert!(summary.contains(index), "{name}: {summary}");
+            }
+        }
+
+        wipe_data_stream_fixture(&os);
+        ok(&["--root", root_arg, "restore", "--yes"], &[]);
+        assert_eq!(
+            data_stream_state(&os),
+            before,
+            "{method}, {name}: the restored data stream differs"
+        );
+        // A restore over the live stream replaces it, and it still rolls over.
+        ok(&["--root", root_arg, "restore", "--yes"], &[]);
+        assert_eq!(
+            data_stream_state(&os),
+            before,
+            "{method}, {name}: second restore"
+        );
+    }
+    os.ok(reqwest::Method::POST, "itb-ds/_rollover", None);
+    let rolled = os.get("_data_stream/itb-ds");
+    assert_eq!(rolled["data_streams"][0]["generation"], 3, "{rolled}");
+    wipe_data_stream_fixture(&os);
+    os.delete("itb-hidden");
+    os.delete("itb-closed");
+}
+
+#[test]
+fn snapshot_backs_up_and_restores_data_streams_as_data_streams() {
+    data_stream_round_trip("snapshot");
+}
+
+#[test]
+fn logical_backs_up_and_restores_data_streams_as_data_streams() {
+    data_stream_round_trip("logical");
+}
