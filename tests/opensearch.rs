@@ -767,3 +767,108 @@ fn snapshot_backs_up_and_restores_data_streams_as_data_streams() {
 fn logical_backs_up_and_restores_data_streams_as_data_streams() {
     data_stream_round_trip("logical");
 }
+
+/// Rewrite the logical export in `dir` line by line and make the manifest
+/// vouch for it.
+fn rewrite_export(dir: &Path, change: impl Fn(String) -> String) {
+    let export = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
+        .unwrap();
+    let text =
+        String::from_utf8(zstd::decode_all(fs::File::open(&export).unwrap()).unwrap()).unwrap();
+    let lines: Vec<String> = text.lines().map(|l| change(l.to_string())).collect();
+    let forged = zstd::encode_all((lines.join("\n") + "\n").as_bytes(), 1).unwrap();
+    fs::write(&export, forged).unwrap();
+    forge(dir, itbackup::service::Service::Opensearch, &export);
+}
+
+/// An export that decodes but that the load would fail on is refused before
+/// any index is touched: a document larger than the cluster's
+/// `http.max_content_length` (the `_bulk` request that carries it would get
+/// HTTP 413 after the index was deleted), an `_id` longer than OpenSearch
+/// takes, a `_source` that is not an object, an index name OpenSearch refuses.
+#[test]
+fn an_export_the_cluster_cannot_load_is_refused_before_anything_changes() {
+    let _guard = serial();
+    let os = Os::new();
+    os.create_fixture();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    backup_indices(root_arg, "logical", "itb-b", Some("logical"));
+    add_canary(&os);
+    let before = os.digest("itb-b");
+    let dir = root.path().join("logical");
+    let original = fs::read(dir.join("backup-manifest.json")).unwrap();
+    let export = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
+        .unwrap();
+    let pristine = fs::read(&export).unwrap();
+    let restore = || {
+        fails(
+            &["restore", "--path", dir.to_str().unwrap(), "--yes"],
+            &[],
+            1,
+        )
+    };
+    let doc_b0 = r#"{"type":"doc","index":"itb-b","id":"b0","source":"#;
+    type Rewrite = Box<dyn Fn(String) -> String>;
+    let cases: Vec<(&str, Rewrite, &str)> = vec![
+        (
+            "a 105 MB document",
+            Box::new(move |line: String| {
+                if line.starts_with(doc_b0) {
+                    let big = "x".repeat(105_000_000);
+                    format!(r#"{doc_b0}{{"kind":"keep","big":"{big}"}}}}"#)
+                } else {
+                    line
+                }
+            }),
+            "http.max_content_length",
+        ),
+        (
+            "a 600-byte _id",
+            Box::new(move |line: String| {
+                line.replace(r#""id":"b0""#, &format!(r#""id":"{}""#, "i".repeat(600)))
+            }),
+            "512 bytes",
+        ),
+        (
+            "a _source that is not an object",
+            Box::new(move |line: String| {
+                if line.starts_with(doc_b0) {
+                    format!("{doc_b0}[1,2]}}")
+                } else {
+                    line
+                }
+            }),
+            "not a JSON object",
+        ),
+        (
+            "an index name OpenSearch refuses",
+            Box::new(move |line: String| line.replace(r#""itb-b""#, r#""ITB/b?x""#)),
+            "not a valid",
+        ),
+    ];
+    for (what, change, expected) in cases {
+        fs::write(&export, &pristine).unwrap();
+        fs::write(dir.join("backup-manifest.json"), &original).unwrap();
+        rewrite_export(&dir, change);
+        let err = restore();
+        assert!(err.contains(expected), "{what}: {err}");
+        assert!(err.contains("line"), "{what}: the line is named: {err}");
+        assert_eq!(
+            os.digest("itb-b"),
+            before,
+            "{what}: the refused restore changed itb-b"
+        );
+        assert!(
+            canary_present(&os),
+            "{what}: the refused restore changed itb-b"
+        );
+    }
+    os.wipe_fixture();
+}

@@ -50,6 +50,17 @@ const PAGE_SIZE: usize = 2000;
 const BULK_BYTES: usize = 8 << 20;
 const BULK_DOCS: usize = 5000;
 const KEEP_ALIVE: &str = "5m";
+/// The longest line of the logical format: one record, which the export, the
+/// verification and the restore each hold whole. The export refuses a
+/// document that would make a longer line; the readers refuse such a line.
+const MAX_LINE: usize = 256 << 20;
+/// The restore's reader runs ahead of the loader by at most this many bytes
+/// of lines (or one line, when a line is longer).
+const READ_AHEAD_KIB: usize = 32 << 10;
+/// OpenSearch's default `http.max_content_length`, when the node says none.
+const DEFAULT_MAX_CONTENT_LENGTH: u64 = 100 << 20;
+/// OpenSearch refuses longer document ids.
+const MAX_ID_BYTES: usize = 512;
 /// Manifest detail of a snapshot artifact: the size of its uncompressed tar.
 const UNPACKED_BYTES: &str = "unpacked_bytes";
 /// Manifest detail: the data streams backed up ([`StreamInfo`]).
@@ -209,6 +220,21 @@ pub struct OpenSearch {
     settings: OpenSearchSettings,
     target: Target,
     http: Http,
+    /// What each verified logical export needs of the cluster, by path:
+    /// found by the verification, compared with the cluster's limits before
+    /// the restore changes anything.
+    needs: std::sync::Mutex<BTreeMap<PathBuf, LoadNeeds>>,
+}
+
+/// The largest `_bulk` entry (action line and source) that loading an export
+/// takes: no request can be smaller than the entry it carries.
+#[derive(Debug, Clone, Default)]
+struct LoadNeeds {
+    largest_entry: u64,
+    /// Where it is: line number, index and document id.
+    line: usize,
+    index: String,
+    id: String,
 }
 
 /// One line of the logical format. Fields not used by a line's type are absent.
@@ -369,6 +395,7 @@ impl OpenSearch {
             settings,
             target,
             http,
+            needs: Default::default(),
         }
     }
 
@@ -837,7 +864,7 @@ impl OpenSearch {
         let definitions = super::blocking(SVC, move || {
             let mut definitions = Vec::new();
             let mut failure = None;
-            crate::ndjson::read_lines(&path, SVC, |line| match line {
+            crate::ndjson::read_lines(&path, SVC, MAX_LINE, |line| match line {
                 // Only index lines are decoded; documents are skipped unparsed.
                 Ok((_, bytes)) if bytes.starts_with(br#"{"type":"index","#) => {
                     match serde_json::from_slice::<Line>(bytes) {
@@ -1412,7 +1439,21 @@ impl OpenSearch {
                 routing: hit.routing.as_deref(),
                 source,
             };
+            let start = chunk.len();
             serde_json::to_writer(&mut chunk, &line).expect("line serialises");
+            if chunk.len() - start > MAX_LINE {
+                return Err(Error::failure(
+                    step,
+                    format!(
+                        "document {} of index {index} is {} as a line of the export, more than the {} a logical restore loads as one record",
+                        hit.id,
+                        crate::report::size((chunk.len() - start) as u64),
+                        crate::report::size(MAX_LINE as u64)
+                    ),
+                )
+                .service(SVC)
+                .hint("back this index up with --opensearch-method snapshot, which has no such bound"));
+            }
             chunk.push(b'\n');
         }
         tx.send(chunk).await.map_err(|_| {
@@ -1421,16 +1462,113 @@ impl OpenSearch {
         Ok(hits.len() as u64)
     }
 
+    /// The largest request body the node we talk to accepts
+    /// (`http.max_content_length`, a static node setting; 100mb by default).
+    async fn max_content_length(&self) -> Result<u64> {
+        let step = "read http.max_content_length";
+        let key = "http.max_content_length";
+        let node = self
+            .http
+            .get("_nodes/_local/settings?flat_settings=true", step)
+            .await?;
+        let set = node["nodes"]
+            .as_object()
+            .and_then(|n| n.values().next())
+            .and_then(|n| n["settings"][key].as_str().map(String::from));
+        let value = match set {
+            Some(value) => Some(value),
+            None => {
+                let cluster = self
+                    .http
+                    .get(
+                        "_cluster/settings?include_defaults=true&flat_settings=true",
+                        step,
+                    )
+                    .await?;
+                ["transient", "persistent", "defaults"]
+                    .iter()
+                    .find_map(|scope| cluster[scope][key].as_str().map(String::from))
+            }
+        };
+        Ok(value
+            .and_then(|v| parse_byte_size(&v))
+            .unwrap_or(DEFAULT_MAX_CONTENT_LENGTH))
+    }
+
+    /// Refuse, before anything is changed, an export with a document the
+    /// cluster could not take: its `_bulk` entry alone would be a request
+    /// larger than `http.max_content_length` (HTTP 413, after the index had
+    /// been deleted).
+    async fn check_load_limits(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let known = self
+            .needs
+            .lock()
+            .ok()
+            .and_then(|needs| needs.get(ctx.artifact).cloned());
+        let needs = match known {
+            Some(needs) => needs,
+            None => {
+                let (path, record) = (ctx.artifact.to_path_buf(), record.clone());
+                super::blocking(SVC, move || check_logical(&path, &record)).await?
+            }
+        };
+        let limit = self.max_content_length().await?;
+        if needs.largest_entry <= limit {
+            return Ok(());
+        }
+        Err(Error::failure(
+            "check load limits",
+            format!(
+                "line {} of {}: document \"{}\" of index {} makes a _bulk request of {} ({} bytes), more than this cluster's http.max_content_length of {} ({limit} bytes)",
+                needs.line,
+                record.file,
+                needs.id,
+                needs.index,
+                crate::report::size(needs.largest_entry),
+                needs.largest_entry,
+                crate::report::size(limit),
+            ),
+        )
+        .service(SVC)
+        .hint(format!(
+            "raise http.max_content_length in opensearch.yml of the node at {} above {} bytes (a static setting: restart the node), or restore into a cluster that accepts it; nothing was changed",
+            self.settings.url, needs.largest_entry
+        )))
+    }
+
     async fn restore_logical(&self, ctx: &RestoreContext<'_>) -> Result<()> {
-        let (tx, mut rx) = mpsc::channel::<Result<Line>>(4096);
+        let max_body = self.max_content_length().await?;
+        // Lines queued for the loader hold permits, one per KiB: the queue
+        // is bounded in bytes, whatever the size of the documents.
+        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_KIB));
+        type Queued = (Result<Line>, Option<tokio::sync::OwnedSemaphorePermit>);
+        let (tx, mut rx) = mpsc::channel::<Queued>(4096);
         let path = ctx.artifact.to_path_buf();
         let reader = tokio::task::spawn_blocking(move || {
-            read_lines(&path, |line| tx.blocking_send(line).is_ok())
+            read_records(&path, |record| {
+                let permits = record
+                    .as_ref()
+                    .map_or(1, |(_, bytes, _)| (bytes >> 10).clamp(1, READ_AHEAD_KIB));
+                let permit =
+                    futures::executor::block_on(budget.clone().acquire_many_owned(permits as u32))
+                        .ok();
+                tx.blocking_send((record.map(|(_, _, line)| line), permit))
+                    .is_ok()
+            })
         });
-        let mut loader = Loader::new(self.http.clone(), self.settings.bulk_requests);
+        let mut loader = Loader::new(self.http.clone(), self.settings.bulk_requests, max_body);
         let mut outcome = Ok(());
-        while let Some(line) = rx.recv().await {
-            if let Err(e) = loader.apply(line?).await {
+        while let Some((line, permit)) = rx.recv().await {
+            let applied = match line {
+                Ok(line) => loader.apply(line).await,
+                Err(e) => Err(e),
+            };
+            drop(permit);
+            if let Err(e) = applied {
                 outcome = Err(e);
                 break;
             }
@@ -1531,13 +1669,92 @@ fn writable_dir(dir: &Path) -> bool {
     ok
 }
 
-fn read_lines(path: &Path, sink: impl FnMut(Result<Line>) -> bool) {
-    crate::ndjson::read(path, SVC, sink)
+/// Each record of the export at `path` with its line number and its size
+/// in bytes; a line longer than [`MAX_LINE`] or that does not decode ends
+/// the reading with an error naming it.
+fn read_records(path: &Path, mut sink: impl FnMut(Result<(usize, usize, Line)>) -> bool) {
+    crate::ndjson::read_lines(path, SVC, MAX_LINE, |line| match line {
+        Ok((number, bytes)) => match serde_json::from_slice::<Line>(bytes) {
+            Ok(line) => sink(Ok((number, bytes.len(), line))),
+            Err(e) => {
+                sink(Err(crate::ndjson::damaged(
+                    path,
+                    SVC,
+                    number,
+                    e.to_string(),
+                )));
+                false
+            }
+        },
+        Err(e) => sink(Err(e)),
+    })
+}
+
+/// The action line of a document's `_bulk` entry: `action` (`index`, or
+/// `create` into a data stream) into `target`. Built by the loader and
+/// measured by the verification, so both see the same request sizes.
+fn bulk_action(action: &str, target: &str, id: Option<&str>, routing: Option<&str>) -> Vec<u8> {
+    let action = json!({action: {"_index": target, "_id": id, "routing": routing}});
+    serde_json::to_vec(&action).expect("serialises")
+}
+
+/// The size of a document's whole `_bulk` entry: action, source, newlines.
+fn bulk_entry_len(action: &[u8], source: &RawValue) -> u64 {
+    (action.len() + 1 + source.get().len() + 1) as u64
+}
+
+/// A name OpenSearch takes for an index or data stream (lowercase, none of
+/// `\ / * ? " < > | , # :` or spaces, not starting with `_ - +`, at most 255
+/// bytes). The restore puts names into request paths (`DELETE <name>`): a
+/// wildcard or a path there would reach other indices.
+fn valid_index_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.starts_with(['_', '-', '+'])
+        && !name.chars().any(|c| {
+            c.is_uppercase() || c.is_whitespace() || c.is_control() || "\\/*?\"<>|,#:%".contains(c)
+        })
+}
+
+/// A template or pipeline name that stays one path segment.
+fn valid_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "\\/*?#%,".contains(c))
+}
+
+/// An OpenSearch byte size (`100mb`, `104857600b`, `1.5gb`, `512KB`).
+fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let digits = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: f64 = number.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        "t" | "tb" => 1 << 40,
+        "p" | "pb" => 1 << 50,
+        _ => return None,
+    };
+    Some((number * scale as f64) as u64)
 }
 
 /// Full decode of a logical export: every line parsed, the structure and the
-/// per-index document counts checked against the trailer and the manifest.
-fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
+/// per-index document counts checked against the trailer and the manifest,
+/// and every record checked for what the load would be refused (names
+/// OpenSearch does not take, ids longer than it takes, sources that are not
+/// objects). Answers what the load needs of the cluster, which the restore
+/// compares with the cluster's limits before it changes anything.
+fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<LoadNeeds> {
     let step = "verify export";
     let fail = |msg: String| {
         Error::failure(step, format!("{}: {msg}", path.display()))
@@ -1551,14 +1768,23 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
     // The data stream whose backing indices come next, and those still to come.
     let mut stream: Option<(String, std::collections::VecDeque<String>)> = None;
+    // Where the current index's documents go: (`_bulk` action, target).
+    let mut into: (&str, String) = ("index", String::new());
+    let mut needs = LoadNeeds::default();
     let mut problem: Option<Error> = None;
-    read_lines(path, |line| {
-        let line = match line {
-            Ok(line) => line,
+    read_records(path, |line| {
+        let (number, line) = match line {
+            Ok((number, _, line)) => (number, line),
             Err(e) => {
                 problem = Some(e);
                 return false;
             }
+        };
+        // What the load would be refused: named with its line.
+        let refuse = |msg: String| {
+            Error::failure(step, format!("{} line {number}: {msg}", path.display()))
+                .service(SVC)
+                .hint("the restore would fail on this record after replacing the index; the artifact is damaged or was not written by itbackup; nothing was changed: use another backup")
         };
         let result = (|| {
             if ended {
@@ -1591,6 +1817,11 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
                 "data_stream" => {
                     waiting(&stream)?;
                     let name = line.name.clone().unwrap_or_default();
+                    if !valid_index_name(&name) {
+                        return Err(refuse(format!(
+                            "\"{name}\" is not a valid data stream name"
+                        )));
+                    }
                     let body = line.body.clone().unwrap_or(Value::Null);
                     let backing: std::collections::VecDeque<String> = body["indices"]
                         .as_array()
@@ -1621,8 +1852,15 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
                 }
                 "index" => {
                     let name = line.name.clone().unwrap_or_default();
+                    if !valid_index_name(&name) {
+                        return Err(refuse(format!("\"{name}\" is not a valid index name")));
+                    }
+                    if !line.body.as_ref().is_some_and(Value::is_object) {
+                        return Err(refuse(format!("index {name} has no definition")));
+                    }
+                    into = ("index", name.clone());
                     match &mut stream {
-                        Some((_, rest)) if !rest.is_empty() => {
+                        Some((stream_name, rest)) if !rest.is_empty() => {
                             if rest.front() != Some(&name) {
                                 return Err(fail(format!(
                                     "index {name} where backing index {} of its data stream was expected",
@@ -1630,6 +1868,7 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
                                 )));
                             }
                             rest.pop_front();
+                            into = ("create", stream_name.clone());
                         }
                         _ => stream = None,
                     }
@@ -1640,7 +1879,31 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
                         if line.index.as_deref() == Some(name.as_str())
                             && line.source.is_some() =>
                     {
-                        *n += 1
+                        *n += 1;
+                        let id = line.id.as_deref().unwrap_or_default();
+                        if id.is_empty() || id.len() > MAX_ID_BYTES {
+                            return Err(refuse(format!(
+                                "document id of {} bytes in index {name}: OpenSearch takes 1 to {MAX_ID_BYTES} bytes",
+                                id.len()
+                            )));
+                        }
+                        let source = line.source.as_deref().expect("checked above");
+                        if !source.get().trim_start().starts_with('{') {
+                            return Err(refuse(format!(
+                                "the _source of document \"{id}\" of index {name} is not a JSON object"
+                            )));
+                        }
+                        let action =
+                            bulk_action(into.0, &into.1, Some(id), line.routing.as_deref());
+                        let entry = bulk_entry_len(&action, source);
+                        if entry > needs.largest_entry {
+                            needs = LoadNeeds {
+                                largest_entry: entry,
+                                line: number,
+                                index: name.clone(),
+                                id: id.to_string(),
+                            };
+                        }
                     }
                     _ => return Err(fail("a document outside its index".into())),
                 },
@@ -1666,7 +1929,15 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
                     }
                     ended = true;
                 }
-                "component_template" | "index_template" | "legacy_template" | "pipeline" => {}
+                "component_template" | "index_template" | "legacy_template" | "pipeline" => {
+                    let name = line.name.as_deref().unwrap_or_default();
+                    if !valid_object_name(name) {
+                        return Err(refuse(format!(
+                            "\"{name}\" is not a valid {} name",
+                            line.kind.replace('_', " ")
+                        )));
+                    }
+                }
                 other => return Err(fail(format!("unknown record type '{other}'"))),
             }
             Ok(())
@@ -1693,7 +1964,7 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    Ok(needs)
 }
 
 /// Loads a logical export into a cluster: templates and pipelines as they come,
@@ -1703,6 +1974,8 @@ struct Loader {
     http: Http,
     in_flight: tokio::task::JoinSet<Result<()>>,
     max_in_flight: usize,
+    /// The cluster's `http.max_content_length`: no request is built larger.
+    max_body: u64,
     batch: Vec<u8>,
     batch_docs: usize,
     /// The index being loaded.
@@ -1733,11 +2006,12 @@ struct StreamLoad {
 }
 
 impl Loader {
-    fn new(http: Http, max_in_flight: usize) -> Self {
+    fn new(http: Http, max_in_flight: usize, max_body: u64) -> Self {
         Loader {
             http,
             in_flight: tokio::task::JoinSet::new(),
             max_in_flight,
+            max_body,
             batch: Vec::with_capacity(BULK_BYTES + (1 << 20)),
             batch_docs: 0,
             current: None,
@@ -1971,15 +2245,35 @@ impl Loader {
 
     async fn add_doc(&mut self, line: Line) -> Result<()> {
         let (action, target) = match &self.current {
-            Some(loading) => (loading.action, loading.target.as_str()),
-            None => ("index", line.index.as_deref().unwrap_or_default()),
+            Some(loading) => (loading.action, loading.target.clone()),
+            None => ("index", line.index.clone().unwrap_or_default()),
         };
-        let action = json!({action: {"_index": target, "_id": line.id, "routing": line.routing}});
-        serde_json::to_writer(&mut self.batch, &action).expect("serialises");
-        self.batch.push(b'\n');
-        if let Some(source) = line.source {
-            self.batch.extend_from_slice(source.get().as_bytes());
+        let action = bulk_action(action, &target, line.id.as_deref(), line.routing.as_deref());
+        let source = line
+            .source
+            .unwrap_or_else(|| RawValue::from_string("{}".into()).expect("valid JSON"));
+        let entry = bulk_entry_len(&action, &source);
+        // A request never exceeds the cluster's limit: the batch goes first
+        // when this document would take it over. One document over the limit
+        // alone was refused before the restore began (check_load_limits).
+        if !self.batch.is_empty() && self.batch.len() as u64 + entry > self.max_body {
+            self.send_batch().await?;
         }
+        if entry > self.max_body {
+            return Err(Error::failure(
+                "restore documents",
+                format!(
+                    "document \"{}\" of index {target} makes a _bulk request of {entry} bytes, more than http.max_content_length ({} bytes)",
+                    line.id.as_deref().unwrap_or_default(),
+                    self.max_body
+                ),
+            )
+            .service(SVC)
+            .hint("raise http.max_content_length on the node itbackup talks to (a static setting: restart it), then restore again"));
+        }
+        self.batch.extend_from_slice(&action);
+        self.batch.push(b'\n');
+        self.batch.extend_from_slice(source.get().as_bytes());
         self.batch.push(b'\n');
         self.batch_docs += 1;
         if self.batch.len() >= BULK_BYTES || self.batch_docs >= BULK_DOCS {
@@ -2260,7 +2554,12 @@ impl Store for OpenSearch {
             }
             "logical" => {
                 let record = record.clone();
-                super::blocking(SVC, move || check_logical(&path, &record)).await
+                let key = path.clone();
+                let needs = super::blocking(SVC, move || check_logical(&path, &record)).await?;
+                if let Ok(mut known) = self.needs.lock() {
+                    known.insert(key, needs);
+                }
+                Ok(())
             }
             other => Err(
                 Error::failure("verify", format!("unknown OpenSearch method '{other}'"))
@@ -2300,6 +2599,7 @@ impl Store for OpenSearch {
     ) -> Result<()> {
         self.health("cluster health").await?;
         if record.method != "snapshot" {
+            self.check_load_limits(ctx, record).await?;
             return self.check_index_definitions(ctx, record).await;
         }
         super::refuse_newer_backup(
@@ -2355,5 +2655,38 @@ impl Store for OpenSearch {
             }
         }
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_read_as_opensearch_writes_them() {
+        assert_eq!(parse_byte_size("100mb"), Some(100 << 20));
+        assert_eq!(parse_byte_size("104857600b"), Some(104_857_600));
+        assert_eq!(parse_byte_size("1.5GB"), Some(3 << 29));
+        assert_eq!(parse_byte_size("512kb"), Some(512 << 10));
+        assert_eq!(parse_byte_size("lots"), None);
+    }
+
+    #[test]
+    fn names_that_would_reach_other_indices_are_not_valid() {
+        for name in ["itb-b", ".ds-logs-000001", "a.b_c+d"] {
+            assert!(valid_index_name(name), "{name}");
+        }
+        for name in ["", "*", "_all", "a/b", "A", "a,b", "a?x", "..", "a b", "-x"] {
+            assert!(!valid_index_name(name), "{name}");
+        }
+        assert!(valid_object_name("logs-template"));
+        assert!(!valid_object_name("../_all"));
+    }
+
+    #[test]
+    fn backing_generations_are_read_from_their_names() {
+        assert_eq!(backing_generation("logs", ".ds-logs-000002"), Some(2));
+        assert_eq!(backing_generation("logs", ".ds-logs-x-000002"), None);
+        assert_eq!(backing_generation("logs", ".ds-logs-12"), None);
     }
 }
