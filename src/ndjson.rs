@@ -1,7 +1,11 @@
 //! Reading the zstd-compressed NDJSON that the logical methods write, one
 //! record at a time, so memory holds a line, never a file.
+//!
+//! Every reader takes the longest line it accepts (`max_line`, the store's
+//! bound for one record, shared by its export, its verification and its
+//! load): a longer line is refused when it is met, without being held whole.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -15,9 +19,10 @@ use crate::service::Service;
 pub fn read<T: DeserializeOwned>(
     path: &Path,
     service: Service,
+    max_line: usize,
     mut sink: impl FnMut(Result<T>) -> bool,
 ) {
-    read_lines(path, service, |line| match line {
+    read_lines(path, service, max_line, |line| match line {
         Ok((number, bytes)) => {
             let parsed = serde_json::from_slice::<T>(bytes)
                 .map_err(|e| damaged(path, service, number, e.to_string()));
@@ -37,6 +42,7 @@ pub fn read<T: DeserializeOwned>(
 pub fn read_lines(
     path: &Path,
     service: Service,
+    max_line: usize,
     mut sink: impl FnMut(Result<(usize, &[u8])>) -> bool,
 ) {
     let mut reader = match artifact::open_zstd(path) {
@@ -50,11 +56,17 @@ pub fn read_lines(
     let mut line = Vec::new();
     for number in 1.. {
         line.clear();
-        match reader.read_until(b'\n', &mut line) {
+        match (&mut reader)
+            .take(limit(max_line))
+            .read_until(b'\n', &mut line)
+        {
             Ok(0) => return,
             Ok(_) => {
                 if line.last() == Some(&b'\n') {
                     line.pop();
+                } else if line.len() > max_line {
+                    sink(Err(too_long(path, service, number, max_line)));
+                    return;
                 }
                 if !sink(Ok((number, &line))) {
                     return;
@@ -75,6 +87,7 @@ pub fn read_chunks(
     path: &Path,
     service: Service,
     bytes: usize,
+    max_line: usize,
     mut sink: impl FnMut(Result<Vec<u8>>) -> bool,
 ) {
     let mut reader = match artifact::open_zstd(path) {
@@ -90,11 +103,19 @@ pub fn read_chunks(
         let mut chunk = Vec::with_capacity(bytes + bytes / 2);
         while chunk.len() < bytes {
             number += 1;
-            match reader.read_until(b'\n', &mut chunk) {
+            let start = chunk.len();
+            match (&mut reader)
+                .take(limit(max_line))
+                .read_until(b'\n', &mut chunk)
+            {
                 Ok(0) => {
                     if !chunk.is_empty() {
                         sink(Ok(chunk));
                     }
+                    return;
+                }
+                Ok(_) if chunk.last() != Some(&b'\n') && chunk.len() - start > max_line => {
+                    sink(Err(too_long(path, service, number, max_line)));
                     return;
                 }
                 Ok(_) => {}
@@ -112,6 +133,26 @@ pub fn read_chunks(
 
 const STEP: &str = "read export";
 
+/// How much one read may take: a line of `max_line` bytes and its newline,
+/// or one byte more, which tells a longer line.
+fn limit(max_line: usize) -> u64 {
+    max_line as u64 + 1
+}
+
+/// The error for line `number` of `path`, longer than `max_line` bytes.
+pub fn too_long(path: &Path, service: Service, number: usize, max_line: usize) -> Error {
+    Error::failure(
+        STEP,
+        format!(
+            "{} line {number} is longer than {} ({max_line} bytes), the most a {service} restore loads as one record",
+            path.display(),
+            crate::report::size(max_line as u64)
+        ),
+    )
+    .service(service)
+    .hint("itbackup never exports such a line (the backup refuses it), so the artifact is damaged or was not written by itbackup; nothing was changed: use another backup")
+}
+
 /// The error for line `number` of `path`, which does not read or decode.
 pub fn damaged(path: &Path, service: Service, number: usize, what: String) -> Error {
     Error::failure(
@@ -120,4 +161,50 @@ pub fn damaged(path: &Path, service: Service, number: usize, what: String) -> Er
     )
     .service(service)
     .hint("the artifact is truncated or damaged; use another backup")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_longer_than_the_bound_is_refused_without_being_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.ndjson.zst");
+        let text = format!("{{\"a\":1}}\n\"{}\"\n{{\"b\":2}}\n", "x".repeat(5000));
+        std::fs::write(&path, zstd::encode_all(text.as_bytes(), 1).unwrap()).unwrap();
+        let mut seen = Vec::new();
+        let mut error = None;
+        read_lines(&path, Service::Opensearch, 1000, |line| match line {
+            Ok((number, bytes)) => {
+                seen.push((number, bytes.len()));
+                true
+            }
+            Err(e) => {
+                error = Some(e.message);
+                false
+            }
+        });
+        assert_eq!(seen, [(1, 7)]);
+        assert!(error.unwrap().contains("line 2 is longer than"));
+        let mut chunks = 0;
+        let mut error = None;
+        read_chunks(&path, Service::Neo4j, 64, 1000, |chunk| match chunk {
+            Ok(_) => {
+                chunks += 1;
+                true
+            }
+            Err(e) => {
+                error = Some(e.message);
+                false
+            }
+        });
+        assert!(error.unwrap().contains("line 2 is longer than"));
+        let mut lines = 0;
+        read_lines(&path, Service::Opensearch, 6000, |line| {
+            lines += usize::from(line.is_ok());
+            true
+        });
+        assert_eq!(lines, 3, "a line within the bound is read whole");
+    }
 }

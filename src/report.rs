@@ -76,6 +76,21 @@ pub fn backup(outcome: &BackupOutcome, json: bool) {
                     record.method,
                     record.server_version
                 );
+                // What the selection matched but did not take: never silent.
+                for left in record
+                    .details
+                    .get("left_out")
+                    .and_then(|l| l.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    println!(
+                        "  {:<10} left out: {} ({})",
+                        "",
+                        left["name"].as_str().unwrap_or("?"),
+                        left["reason"].as_str().unwrap_or("?")
+                    );
+                }
             }
             if let Some(pushed) = uploaded {
                 push(pushed, false);

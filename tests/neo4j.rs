@@ -654,3 +654,73 @@ fn wrong_password_and_unreachable_server_fail_clearly() {
         .filter_map(|e| e.ok())
         .all(|e| e.file_name().to_string_lossy().starts_with('.')));
 }
+
+/// A line that decodes but that the load could not hold (100 MB of
+/// properties: Neo4j failed with MemoryPoolOutOfMemoryError after it had
+/// emptied the graph) is refused before the graph is touched, naming the
+/// line and the bound.
+#[test]
+fn a_line_the_load_cannot_hold_is_refused_before_the_graph_is_touched() {
+    let _guard = serial();
+    let neo = Neo::connect();
+    neo.wipe();
+    neo.run("UNWIND range(1, 300) AS i CREATE (:Saved {i: i, pad: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'})");
+    let root = temp_root();
+    let dir = backup(root.path(), &[], &[]);
+    neo.run("MATCH (n:Saved) WHERE n.i > 100 DETACH DELETE n");
+    neo.run("CREATE (:Canary {alive: true})");
+    let before = neo.snapshot();
+    let artifact = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
+        .expect("logical artifact");
+    let text =
+        String::from_utf8(zstd::decode_all(std::fs::File::open(&artifact).unwrap()).unwrap())
+            .unwrap();
+    let pad = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+    let at = text.find(pad).expect("a node with the pad");
+    let big = "y".repeat(100_000_000);
+    let forged = format!("{}{big}{}", &text[..at], &text[at + pad.len()..]);
+    std::fs::write(&artifact, zstd::encode_all(forged.as_bytes(), 1).unwrap()).unwrap();
+    let mut manifest = itbackup::manifest::Manifest::read_dir(&dir).unwrap();
+    let digest = itbackup::artifact::digest_file(&artifact).unwrap();
+    let record = manifest
+        .artifacts
+        .get_mut(&itbackup::service::Service::Neo4j)
+        .unwrap();
+    record.sha256 = digest.sha256;
+    record.bytes = digest.bytes;
+    manifest.write(&dir).unwrap();
+
+    let started = std::time::Instant::now();
+    let stderr = fails(
+        &[
+            "restore",
+            "--path",
+            dir.to_str().unwrap(),
+            "--services",
+            "neo4j",
+            "--yes",
+        ],
+        &[],
+        1,
+    );
+    assert!(stderr.contains("line"), "the line is named: {stderr}");
+    assert!(
+        stderr.contains("longer than"),
+        "the bound is named: {stderr}"
+    );
+    assert_same(
+        "the graph after a refused restore",
+        &before,
+        &neo.snapshot(),
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+    neo.wipe();
+}

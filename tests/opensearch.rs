@@ -597,3 +597,278 @@ fn unreachable_or_red_cluster_gives_a_clear_error() {
     os.delete("itb-red");
     assert!(err.contains("red"), "{err}");
 }
+
+/// A data stream (its index template, two backing indices after a rollover),
+/// a plain index beside it, and a hidden and a closed index that a default
+/// selection leaves out (and must say so).
+fn create_data_stream_fixture(os: &Os) {
+    wipe_data_stream_fixture(os);
+    os.put(
+        "_index_template/itb-ds-tpl",
+        json!({"index_patterns": ["itb-ds*"], "data_stream": {}, "priority": 60,
+               "template": {"settings": {"number_of_shards": 1, "number_of_replicas": 0},
+                            "mappings": {"properties": {"msg": {"type": "keyword"}, "n": {"type": "long"}}}}}),
+    );
+    os.put("_data_stream/itb-ds", json!({}));
+    let batch = |from: u64, to: u64| -> Vec<Value> {
+        (from..to)
+            .flat_map(|i| {
+                [
+                    json!({"create": {"_index": "itb-ds", "_id": format!("e{i}")}}),
+                    json!({"@timestamp": format!("2024-02-{:02}T10:00:{:02}Z", 1 + i % 28, i % 60),
+                           "msg": format!("event {i}"), "n": i, "extra": {"k": i % 7}}),
+                ]
+            })
+            .collect()
+    };
+    os.bulk(&batch(0, 3000));
+    os.ok(reqwest::Method::POST, "itb-ds/_rollover", None);
+    os.bulk(&batch(3000, 4200));
+    os.put("itb-plain", json!({"settings": {"number_of_shards": 1}}));
+    os.bulk(&[
+        json!({"index": {"_index": "itb-plain", "_id": "p1"}}),
+        json!({"kind": "plain"}),
+    ]);
+}
+
+fn wipe_data_stream_fixture(os: &Os) {
+    os.delete("_data_stream/itb-ds");
+    os.delete("itb-plain");
+    os.delete("_index_template/itb-ds-tpl");
+    // Plain indices under the backing indices' names, as a restore that
+    // did not know data streams left them.
+    os.delete(".ds-itb-ds-*?expand_wildcards=all");
+}
+
+/// The data stream as the cluster describes it, and every backing index's
+/// documents and mappings.
+fn data_stream_state(os: &Os) -> BTreeMap<String, Value> {
+    let mut state = BTreeMap::new();
+    let (status, streams) = os.call(reqwest::Method::GET, "_data_stream/itb-ds", None);
+    let stream = if status == 200 {
+        streams["data_streams"][0].clone()
+    } else {
+        Value::Null
+    };
+    let backing: Vec<String> = stream["indices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| i["index_name"].as_str().unwrap().to_string())
+        .collect();
+    state.insert("stream/indices".into(), json!(backing));
+    for key in ["generation", "template", "timestamp_field"] {
+        state.insert(format!("stream/{key}"), stream[key].clone());
+    }
+    for index in &backing {
+        os.ok(reqwest::Method::POST, &format!("{index}/_refresh"), None);
+        let (count, digest) = os.digest(index);
+        state.insert(format!("{index}/count"), json!(count));
+        state.insert(format!("{index}/digest"), json!(digest));
+        state.insert(
+            format!("{index}/mappings"),
+            os.get(&format!("{index}/_mapping"))[index]["mappings"].clone(),
+        );
+    }
+    state.insert(
+        "template".into(),
+        os.get("_index_template/itb-ds-tpl")["index_templates"][0]["index_template"].clone(),
+    );
+    state.insert("itb-plain".into(), json!(os.digest("itb-plain")));
+    state
+}
+
+fn data_stream_round_trip(method: &str) {
+    let _guard = serial();
+    let os = Os::new();
+    os.wipe_fixture();
+    create_data_stream_fixture(&os);
+    os.delete("itb-hidden");
+    os.delete("itb-closed");
+    os.put("itb-hidden", json!({"settings": {"index.hidden": true}}));
+    os.put("itb-closed", json!({}));
+    os.ok(reqwest::Method::POST, "itb-closed/_close", None);
+    let before = data_stream_state(&os);
+    assert_eq!(
+        before["stream/indices"],
+        json!([".ds-itb-ds-000001", ".ds-itb-ds-000002"])
+    );
+    assert_eq!(before[".ds-itb-ds-000001/count"], json!(3000));
+
+    // By default (no --indices), and naming the stream.
+    for (name, indices) in [("default", None), ("named", Some("itb-ds,itb-plain"))] {
+        let root = temp_root();
+        let root_arg = root.path().to_str().unwrap();
+        let mut args = vec![
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "opensearch",
+            "--opensearch-method",
+            method,
+        ];
+        if let Some(indices) = indices {
+            args.extend(["--indices", indices]);
+        }
+        let out = ok(&args, &[]);
+        let manifest: Value = serde_json::from_slice(
+            &fs::read(only_backup(root.path()).join("backup-manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let record = &manifest["artifacts"]["opensearch"];
+        assert_eq!(
+            record["counts"][".ds-itb-ds-000001"], 3000,
+            "{name}: {record}"
+        );
+        assert_eq!(
+            record["counts"][".ds-itb-ds-000002"], 1200,
+            "{name}: {record}"
+        );
+        if indices.is_none() {
+            // What a default selection leaves out is named, in the manifest and the summary.
+            let left_out = record["details"]["left_out"].to_string();
+            let summary = String::from_utf8_lossy(&out.stdout);
+            for index in ["itb-hidden", "itb-closed"] {
+                assert!(left_out.contains(index), "{name}: {record}");
+                assert!(summary.contains(index), "{name}: {summary}");
+            }
+        }
+
+        wipe_data_stream_fixture(&os);
+        ok(&["--root", root_arg, "restore", "--yes"], &[]);
+        assert_eq!(
+            data_stream_state(&os),
+            before,
+            "{method}, {name}: the restored data stream differs"
+        );
+        // A restore over the live stream replaces it, and it still rolls over.
+        ok(&["--root", root_arg, "restore", "--yes"], &[]);
+        assert_eq!(
+            data_stream_state(&os),
+            before,
+            "{method}, {name}: second restore"
+        );
+    }
+    os.ok(reqwest::Method::POST, "itb-ds/_rollover", None);
+    let rolled = os.get("_data_stream/itb-ds");
+    assert_eq!(rolled["data_streams"][0]["generation"], 3, "{rolled}");
+    wipe_data_stream_fixture(&os);
+    os.delete("itb-hidden");
+    os.delete("itb-closed");
+}
+
+#[test]
+fn snapshot_backs_up_and_restores_data_streams_as_data_streams() {
+    data_stream_round_trip("snapshot");
+}
+
+#[test]
+fn logical_backs_up_and_restores_data_streams_as_data_streams() {
+    data_stream_round_trip("logical");
+}
+
+/// Rewrite the logical export in `dir` line by line and make the manifest
+/// vouch for it.
+fn rewrite_export(dir: &Path, change: impl Fn(String) -> String) {
+    let export = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
+        .unwrap();
+    let text =
+        String::from_utf8(zstd::decode_all(fs::File::open(&export).unwrap()).unwrap()).unwrap();
+    let lines: Vec<String> = text.lines().map(|l| change(l.to_string())).collect();
+    let forged = zstd::encode_all((lines.join("\n") + "\n").as_bytes(), 1).unwrap();
+    fs::write(&export, forged).unwrap();
+    forge(dir, itbackup::service::Service::Opensearch, &export);
+}
+
+/// An export that decodes but that the load would fail on is refused before
+/// any index is touched: a document larger than the cluster's
+/// `http.max_content_length` (the `_bulk` request that carries it would get
+/// HTTP 413 after the index was deleted), an `_id` longer than OpenSearch
+/// takes, a `_source` that is not an object, an index name OpenSearch refuses.
+#[test]
+fn an_export_the_cluster_cannot_load_is_refused_before_anything_changes() {
+    let _guard = serial();
+    let os = Os::new();
+    os.create_fixture();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    backup_indices(root_arg, "logical", "itb-b", Some("logical"));
+    add_canary(&os);
+    let before = os.digest("itb-b");
+    let dir = root.path().join("logical");
+    let original = fs::read(dir.join("backup-manifest.json")).unwrap();
+    let export = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
+        .unwrap();
+    let pristine = fs::read(&export).unwrap();
+    let restore = || {
+        fails(
+            &["restore", "--path", dir.to_str().unwrap(), "--yes"],
+            &[],
+            1,
+        )
+    };
+    let doc_b0 = r#"{"type":"doc","index":"itb-b","id":"b0","source":"#;
+    type Rewrite = Box<dyn Fn(String) -> String>;
+    let cases: Vec<(&str, Rewrite, &str)> = vec![
+        (
+            "a 105 MB document",
+            Box::new(move |line: String| {
+                if line.starts_with(doc_b0) {
+                    let big = "x".repeat(105_000_000);
+                    format!(r#"{doc_b0}{{"kind":"keep","big":"{big}"}}}}"#)
+                } else {
+                    line
+                }
+            }),
+            "http.max_content_length",
+        ),
+        (
+            "a 600-byte _id",
+            Box::new(move |line: String| {
+                line.replace(r#""id":"b0""#, &format!(r#""id":"{}""#, "i".repeat(600)))
+            }),
+            "512 bytes",
+        ),
+        (
+            "a _source that is not an object",
+            Box::new(move |line: String| {
+                if line.starts_with(doc_b0) {
+                    format!("{doc_b0}[1,2]}}")
+                } else {
+                    line
+                }
+            }),
+            "not a JSON object",
+        ),
+        (
+            "an index name OpenSearch refuses",
+            Box::new(move |line: String| line.replace(r#""itb-b""#, r#""ITB/b?x""#)),
+            "not a valid",
+        ),
+    ];
+    for (what, change, expected) in cases {
+        fs::write(&export, &pristine).unwrap();
+        fs::write(dir.join("backup-manifest.json"), &original).unwrap();
+        rewrite_export(&dir, change);
+        let err = restore();
+        assert!(err.contains(expected), "{what}: {err}");
+        assert!(err.contains("line"), "{what}: the line is named: {err}");
+        assert_eq!(
+            os.digest("itb-b"),
+            before,
+            "{what}: the refused restore changed itb-b"
+        );
+        assert!(
+            canary_present(&os),
+            "{what}: the refused restore changed itb-b"
+        );
+    }
+    os.wipe_fixture();
+}

@@ -52,6 +52,15 @@ const TEMP_LABEL: &str = "__ItbRestore";
 const TEMP_INDEX: &str = "itbackup_restore_id";
 /// Lines are sent to the writer in chunks of about this size.
 const CHUNK_BYTES: usize = 256 * 1024;
+/// The longest line of the logical format (one node or relationship with its
+/// properties). The restore sends a line as one row of one transaction, which
+/// Neo4j holds several times over in its transaction memory (a 100 MB line
+/// failed with MemoryPoolOutOfMemoryError). The export refuses a longer
+/// line, the verification and the load's readers refuse it too.
+pub(super) const MAX_LINE: usize = 32 << 20;
+/// A batch is sent once its lines reach this many bytes (or `batch_size`
+/// rows): a transaction's rows stay about this size, whatever the rows.
+pub(super) const BATCH_BYTES: usize = 8 << 20;
 
 /// Properties as Cypher sees them, with temporal values and points turned into
 /// the forms we store: `[[key, valueType, value], …]`. Integers travel as
@@ -784,7 +793,27 @@ impl LineSink<'_> {
     }
 
     async fn push_entity(&mut self, entity: &Entity<'_>) -> Result<()> {
+        let start = self.chunk.len();
         entity.write(&mut self.chunk);
+        let bytes = self.chunk.len() - start;
+        if bytes > MAX_LINE {
+            let what = if entity.rel.is_some() {
+                "relationship"
+            } else {
+                "node"
+            };
+            return Err(Error::failure(
+                "export",
+                format!(
+                    "{what} {} has {} of properties, more than the {} a logical restore loads as one row",
+                    entity.id,
+                    crate::report::size(bytes as u64),
+                    crate::report::size(MAX_LINE as u64)
+                ),
+            )
+            .service(SVC)
+            .hint("back this database up with --neo4j-method dump, which has no such bound"));
+        }
         self.end_line().await
     }
 
@@ -830,7 +859,7 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
         let read_error = &read_error;
         scope.spawn(move || {
             let mut index = 0;
-            crate::ndjson::read_chunks(path, SVC, CHUNK_BYTES, |chunk| match chunk {
+            crate::ndjson::read_chunks(path, SVC, CHUNK_BYTES, MAX_LINE, |chunk| match chunk {
                 Ok(chunk) => {
                     index += 1;
                     work_tx.send((index - 1, chunk)).is_ok()

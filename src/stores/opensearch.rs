@@ -50,8 +50,21 @@ const PAGE_SIZE: usize = 2000;
 const BULK_BYTES: usize = 8 << 20;
 const BULK_DOCS: usize = 5000;
 const KEEP_ALIVE: &str = "5m";
+/// The longest line of the logical format: one record, which the export, the
+/// verification and the restore each hold whole. The export refuses a
+/// document that would make a longer line; the readers refuse such a line.
+const MAX_LINE: usize = 256 << 20;
+/// The restore's reader runs ahead of the loader by at most this many bytes
+/// of lines (or one line, when a line is longer).
+const READ_AHEAD_KIB: usize = 32 << 10;
+/// OpenSearch's default `http.max_content_length`, when the node says none.
+const DEFAULT_MAX_CONTENT_LENGTH: u64 = 100 << 20;
+/// OpenSearch refuses longer document ids.
+const MAX_ID_BYTES: usize = 512;
 /// Manifest detail of a snapshot artifact: the size of its uncompressed tar.
 const UNPACKED_BYTES: &str = "unpacked_bytes";
+/// Manifest detail: the data streams backed up ([`StreamInfo`]).
+const DATA_STREAMS: &str = "data_streams";
 /// Every `_bulk` answer is cut to what [`BulkAnswer`] reads: the server then
 /// serialises a few bytes per document instead of its whole result.
 const BULK_PATH: &str =
@@ -207,6 +220,21 @@ pub struct OpenSearch {
     settings: OpenSearchSettings,
     target: Target,
     http: Http,
+    /// What each verified logical export needs of the cluster, by path:
+    /// found by the verification, compared with the cluster's limits before
+    /// the restore changes anything.
+    needs: std::sync::Mutex<BTreeMap<PathBuf, LoadNeeds>>,
+}
+
+/// The largest `_bulk` entry (action line and source) that loading an export
+/// takes: no request can be smaller than the entry it carries.
+#[derive(Debug, Clone, Default)]
+struct LoadNeeds {
+    largest_entry: u64,
+    /// Where it is: line number, index and document id.
+    line: usize,
+    index: String,
+    id: String,
 }
 
 /// One line of the logical format. Fields not used by a line's type are absent.
@@ -309,6 +337,47 @@ struct IndexInfo {
     primary_bytes: u64,
 }
 
+/// A data stream as selected for backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StreamInfo {
+    name: String,
+    timestamp_field: String,
+    generation: u64,
+    /// The index template the stream matches (restored with the templates).
+    template: Option<String>,
+    /// Its backing indices, oldest generation first; the last is the write index.
+    indices: Vec<IndexInfo>,
+}
+
+/// An index the selection matched but the backup does not take, and why.
+#[derive(Debug, Clone, Serialize)]
+struct LeftOut {
+    name: String,
+    reason: String,
+}
+
+/// What a backup takes: plain indices and whole data streams; and what it
+/// leaves out, which the manifest and the summary name.
+#[derive(Debug, Default)]
+struct Selection {
+    indices: Vec<IndexInfo>,
+    streams: Vec<StreamInfo>,
+    left_out: Vec<LeftOut>,
+}
+
+impl Selection {
+    /// Every index whose documents are backed up: plain and backing indices.
+    fn concrete(&self) -> impl Iterator<Item = &IndexInfo> {
+        self.indices
+            .iter()
+            .chain(self.streams.iter().flat_map(|s| s.indices.iter()))
+    }
+
+    fn concrete_names(&self) -> Vec<String> {
+        self.concrete().map(|i| i.name.clone()).collect()
+    }
+}
+
 impl OpenSearch {
     pub fn new(settings: OpenSearchSettings, target: Target) -> Self {
         let client = reqwest::Client::builder()
@@ -326,6 +395,7 @@ impl OpenSearch {
             settings,
             target,
             http,
+            needs: Default::default(),
         }
     }
 
@@ -348,37 +418,144 @@ impl OpenSearch {
             .to_string())
     }
 
-    /// The indices to back up, by the `--indices` patterns or all visible ones.
-    async fn select_indices(&self) -> Result<Vec<IndexInfo>> {
-        let pattern = self.settings.indices.as_deref().unwrap_or("*");
-        let path = format!(
-            "_cat/indices/{pattern}?format=json&bytes=b&h=index,pri,pri.store.size&expand_wildcards=open"
-        );
-        let rows = self.http.get(&path, "list indices").await?;
-        let mut indices: Vec<IndexInfo> = rows
+    /// What to back up, by the `--indices` patterns or everything: plain
+    /// indices, and data streams whole (their backing indices in generation
+    /// order). Whatever a pattern matches but the backup does not take
+    /// (closed, hidden or dot-prefixed indices) is listed as left out, so that
+    /// nothing is skipped silently.
+    async fn select(&self) -> Result<Selection> {
+        let step = "list indices";
+        let named = self.settings.indices.as_deref();
+        let pattern = named.unwrap_or("*");
+        // `_resolve/index` tells indices, aliases and data streams apart,
+        // hidden and closed ones included.
+        let resolved = self
+            .http
+            .get(
+                &format!("_resolve/index/{pattern}?expand_wildcards=all"),
+                step,
+            )
+            .await?;
+        let rows = self
+            .http
+            .get(
+                &format!("_cat/indices/{pattern}?format=json&bytes=b&h=index,pri,pri.store.size&expand_wildcards=all"),
+                step,
+            )
+            .await?;
+        let sizes: BTreeMap<String, (usize, u64)> = rows
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|row| {
-                let name = row["index"].as_str()?.to_string();
                 let primaries = row["pri"]
                     .as_str()
                     .and_then(|p| p.parse().ok())
                     .unwrap_or(1);
-                let primary_bytes = row["pri.store.size"]
+                let bytes = row["pri.store.size"]
                     .as_str()
                     .and_then(|b| b.parse().ok())
                     .unwrap_or(0);
-                Some(IndexInfo {
-                    name,
-                    primaries,
-                    primary_bytes,
-                })
+                Some((row["index"].as_str()?.to_string(), (primaries, bytes)))
             })
-            .filter(|i| self.settings.indices.is_some() || !i.name.starts_with('.'))
             .collect();
-        indices.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(indices)
+        let info = |name: &str| {
+            let (primaries, primary_bytes) = sizes.get(name).copied().unwrap_or((1, 0));
+            IndexInfo {
+                name: name.to_string(),
+                primaries,
+                primary_bytes,
+            }
+        };
+        // Names given literally (not through a wildcard) are taken even when
+        // hidden or dot-prefixed; so are the indices of an alias named so.
+        let mut literal: std::collections::BTreeSet<String> = named
+            .into_iter()
+            .flat_map(|n| n.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !p.contains('*') && !p.starts_with('-'))
+            .map(String::from)
+            .collect();
+        for alias in resolved["aliases"].as_array().into_iter().flatten() {
+            if literal.contains(alias["name"].as_str().unwrap_or_default()) {
+                for index in alias["indices"].as_array().into_iter().flatten() {
+                    literal.extend(index.as_str().map(String::from));
+                }
+            }
+        }
+        let mut stream_names: std::collections::BTreeSet<String> = resolved["data_streams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["name"].as_str().map(String::from))
+            .collect();
+        let mut selection = Selection::default();
+        for index in resolved["indices"].as_array().into_iter().flatten() {
+            let Some(name) = index["name"].as_str() else {
+                continue;
+            };
+            let attributes: Vec<&str> = index["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+                .collect();
+            // A backing index goes with its data stream, whole.
+            if let Some(stream) = index["data_stream"].as_str() {
+                stream_names.insert(stream.to_string());
+                continue;
+            }
+            let reason = if attributes.contains(&"closed") {
+                Some("closed: its documents cannot be read; open it (POST <index>/_open) to back it up")
+            } else if literal.contains(name) {
+                None
+            } else if attributes.contains(&"hidden") || attributes.contains(&"system") {
+                Some("hidden or system index: name it in --indices to back it up")
+            } else if named.is_none() && name.starts_with('.') {
+                Some("dot-prefixed (system or plugin) index: name it in --indices to back it up")
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => selection.left_out.push(LeftOut {
+                    name: name.to_string(),
+                    reason: reason.to_string(),
+                }),
+                None => selection.indices.push(info(name)),
+            }
+        }
+        for name in stream_names {
+            let answer = self
+                .http
+                .get(&format!("_data_stream/{name}"), "list data streams")
+                .await?;
+            let stream = &answer["data_streams"][0];
+            let indices: Vec<IndexInfo> = stream["indices"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["index_name"].as_str())
+                .map(info)
+                .collect();
+            selection.streams.push(StreamInfo {
+                timestamp_field: stream["timestamp_field"]["name"]
+                    .as_str()
+                    .unwrap_or("@timestamp")
+                    .to_string(),
+                generation: stream["generation"]
+                    .as_u64()
+                    .unwrap_or(indices.len() as u64),
+                template: stream["template"].as_str().map(String::from),
+                indices,
+                name,
+            });
+        }
+        selection.indices.sort_by(|a, b| a.name.cmp(&b.name));
+        if !selection.left_out.is_empty() {
+            let names: Vec<&str> = selection.left_out.iter().map(|l| l.name.as_str()).collect();
+            tracing::warn!(service = %SVC, left_out = %names.join(", "), "indices left out of the backup (named in the manifest's details.left_out)");
+        }
+        Ok(selection)
     }
 
     async fn count_docs(&self, index: &str) -> Result<u64> {
@@ -478,7 +655,7 @@ impl OpenSearch {
     async fn backup_snapshot(
         &self,
         ctx: &BackupContext<'_>,
-        indices: &[IndexInfo],
+        indices: &Selection,
         record: &mut ArtifactRecord,
     ) -> Result<PendingArtifact> {
         let repo_root = self.path_repo().await?.expect("chosen only with path.repo");
@@ -489,7 +666,7 @@ impl OpenSearch {
                 Some(SVC),
                 "snapshot",
                 &repo_root,
-                indices.iter().map(|i| i.primary_bytes).sum(),
+                indices.concrete().map(|i| i.primary_bytes).sum(),
                 "the snapshot (a full copy of the indices' primary shards under path.repo)",
             )?;
         }
@@ -511,7 +688,7 @@ impl OpenSearch {
         ctx: &BackupContext<'_>,
         repo: &str,
         location: &Path,
-        indices: &[IndexInfo],
+        selection: &Selection,
         record: &mut ArtifactRecord,
     ) -> Result<PendingArtifact> {
         let step = "snapshot";
@@ -524,8 +701,16 @@ impl OpenSearch {
             )
             .await
             .map_err(|e| e.hint("verify disk space and that OpenSearch may create files under path.repo (the runbook's /usr/share/opensearch/data)"))?;
-        let names: Vec<String> = indices.iter().map(|i| i.name.clone()).collect();
-        let before = self.counts_of(&names).await?;
+        // Data streams by name: the snapshot then holds them as data streams
+        // (with their backing indices), which is how they are restored.
+        let names: Vec<String> = selection
+            .indices
+            .iter()
+            .map(|i| i.name.clone())
+            .chain(selection.streams.iter().map(|s| s.name.clone()))
+            .collect();
+        let concrete = selection.concrete_names();
+        let before = self.counts_of(&concrete).await?;
         let body = json!({
             "indices": if names.is_empty() { "-*".to_string() } else { names.join(",") },
             "include_global_state": true,
@@ -551,11 +736,12 @@ impl OpenSearch {
                 .service(SVC)
                 .hint("verify disk space and that the opensearch container can create files under /usr/share/opensearch/data"));
         }
-        let after = self.counts_of(&names).await?;
+        let after = self.counts_of(&concrete).await?;
         record_stable_counts(record, &before, &after);
+        let plain: Vec<&str> = selection.indices.iter().map(|i| i.name.as_str()).collect();
         record
             .details
-            .insert("snapshot_indices".into(), json!(names));
+            .insert("snapshot_indices".into(), json!(plain));
         record.details.insert(
             "snapshot".into(),
             json!({"repository": repo, "name": "snapshot", "include_global_state": true}),
@@ -678,7 +864,7 @@ impl OpenSearch {
         let definitions = super::blocking(SVC, move || {
             let mut definitions = Vec::new();
             let mut failure = None;
-            crate::ndjson::read_lines(&path, SVC, |line| match line {
+            crate::ndjson::read_lines(&path, SVC, MAX_LINE, |line| match line {
                 // Only index lines are decoded; documents are skipped unparsed.
                 Ok((_, bytes)) if bytes.starts_with(br#"{"type":"index","#) => {
                     match serde_json::from_slice::<Line>(bytes) {
@@ -813,21 +999,55 @@ impl OpenSearch {
                 .service(SVC)
                 .hint("the artifact is not a snapshot backup; use another backup")
         })?;
-        let indices: Vec<String> = listed["snapshots"][0]["indices"]
-            .as_array()
+        let strings = |value: &Value| -> Vec<String> {
+            value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        };
+        let streams = strings(&listed["snapshots"][0]["data_streams"]);
+        let in_snapshot = strings(&listed["snapshots"][0]["indices"]);
+        // Indices named in --indices at backup time, dot-prefixed or not;
+        // older backups did not record them and took no dot-prefixed ones.
+        let selected = strings(
+            &record
+                .details
+                .get("snapshot_indices")
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let backing = |name: &str| {
+            streams
+                .iter()
+                .any(|s| name.starts_with(&format!(".ds-{s}-")))
+        };
+        let (backing_indices, indices): (Vec<String>, Vec<String>) = in_snapshot
             .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .filter(|name| !name.starts_with('.'))
-            .collect();
-        // Replace, not merge: the indices being restored go first.
-        for index in &indices {
+            .filter(|name| !name.starts_with('.') || backing(name) || selected.contains(name))
+            .partition(|name| backing(name));
+        // Replace, not merge: what is being restored goes first. A data
+        // stream is deleted with its backing indices; plain indices under a
+        // backing index's name (left by a restore that did not know data
+        // streams) go too, or the stream could not be restored.
+        for stream in &streams {
+            self.http
+                .delete_if_present(
+                    &format!("_data_stream/{stream}"),
+                    "delete data stream being replaced",
+                )
+                .await?;
+        }
+        for index in indices.iter().chain(&backing_indices).chain(&streams) {
             self.http
                 .delete_if_present(index, "delete index being replaced")
                 .await?;
         }
+        let mut names = indices.clone();
+        names.extend(streams.iter().cloned());
         let body = json!({
-            "indices": if indices.is_empty() { "-*".to_string() } else { indices.join(",") },
+            "indices": if names.is_empty() { "-*".to_string() } else { names.join(",") },
             "include_global_state": true,
             "include_aliases": true,
         });
@@ -848,7 +1068,9 @@ impl OpenSearch {
             )
             .service(SVC));
         }
-        self.wait_healthy(&indices, step).await
+        let mut restored = indices;
+        restored.extend(backing_indices);
+        self.wait_healthy(&restored, step).await
     }
 
     // ---- logical ------------------------------------------------------------
@@ -856,7 +1078,7 @@ impl OpenSearch {
     async fn backup_logical(
         &self,
         ctx: &BackupContext<'_>,
-        indices: &[IndexInfo],
+        indices: &Selection,
         record: &mut ArtifactRecord,
     ) -> Result<PendingArtifact> {
         let file = format!("opensearch_{}.ndjson.zst", ctx.timestamp);
@@ -870,7 +1092,7 @@ impl OpenSearch {
 
     async fn export_all(
         &self,
-        indices: &[IndexInfo],
+        selection: &Selection,
         tx: &mpsc::Sender<Vec<u8>>,
         record: &mut ArtifactRecord,
     ) -> Result<()> {
@@ -924,29 +1146,61 @@ impl OpenSearch {
         }
 
         let mut total = 0;
-        for index in indices {
-            let meta = self.http.get(&index.name, "export index settings").await?;
-            let meta = &meta[&index.name];
-            let mut line = Line::new("index");
-            line.name = Some(index.name.clone());
+        for index in &selection.indices {
+            total += self.export_index(index, tx, record).await?;
+        }
+        // A data stream: its line, then its backing indices oldest first, so
+        // that the restore can recreate the stream and roll it over to each.
+        for stream in &selection.streams {
+            let mut line = Line::new("data_stream");
+            line.name = Some(stream.name.clone());
             line.body = Some(json!({
-                "settings": meta["settings"],
-                "mappings": meta["mappings"],
-                "aliases": meta["aliases"],
+                "timestamp_field": stream.timestamp_field,
+                "generation": stream.generation,
+                "template": stream.template,
+                "indices": stream.indices.iter().map(|i| &i.name).collect::<Vec<_>>(),
             }));
             send(line.to_bytes()).await?;
-            let docs = self.export_documents(index, tx).await?;
-            let mut end = Line::new("index_end");
-            end.name = Some(index.name.clone());
-            end.docs = Some(docs);
-            send(end.to_bytes()).await?;
-            record.counts.insert(index.name.clone(), docs);
-            total += docs;
-            tracing::info!(index = %index.name, docs, "opensearch: exported index");
+            for index in &stream.indices {
+                total += self.export_index(index, tx, record).await?;
+            }
         }
         let mut end = Line::new("end");
         end.docs = Some(total);
         send(end.to_bytes()).await
+    }
+
+    /// One index: its definition, its documents, its end record; answers its
+    /// document count.
+    async fn export_index(
+        &self,
+        index: &IndexInfo,
+        tx: &mpsc::Sender<Vec<u8>>,
+        record: &mut ArtifactRecord,
+    ) -> Result<u64> {
+        let send = |bytes: Vec<u8>| async move {
+            tx.send(bytes).await.map_err(|_| {
+                Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
+            })
+        };
+        let meta = self.http.get(&index.name, "export index settings").await?;
+        let meta = &meta[&index.name];
+        let mut line = Line::new("index");
+        line.name = Some(index.name.clone());
+        line.body = Some(json!({
+            "settings": meta["settings"],
+            "mappings": meta["mappings"],
+            "aliases": meta["aliases"],
+        }));
+        send(line.to_bytes()).await?;
+        let docs = self.export_documents(index, tx).await?;
+        let mut end = Line::new("index_end");
+        end.name = Some(index.name.clone());
+        end.docs = Some(docs);
+        send(end.to_bytes()).await?;
+        record.counts.insert(index.name.clone(), docs);
+        tracing::info!(index = %index.name, docs, "opensearch: exported index");
+        Ok(docs)
     }
 
     /// Every document of one index, in parallel slices over one point in time.
@@ -1185,7 +1439,21 @@ impl OpenSearch {
                 routing: hit.routing.as_deref(),
                 source,
             };
+            let start = chunk.len();
             serde_json::to_writer(&mut chunk, &line).expect("line serialises");
+            if chunk.len() - start > MAX_LINE {
+                return Err(Error::failure(
+                    step,
+                    format!(
+                        "document {} of index {index} is {} as a line of the export, more than the {} a logical restore loads as one record",
+                        hit.id,
+                        crate::report::size((chunk.len() - start) as u64),
+                        crate::report::size(MAX_LINE as u64)
+                    ),
+                )
+                .service(SVC)
+                .hint("back this index up with --opensearch-method snapshot, which has no such bound"));
+            }
             chunk.push(b'\n');
         }
         tx.send(chunk).await.map_err(|_| {
@@ -1194,16 +1462,113 @@ impl OpenSearch {
         Ok(hits.len() as u64)
     }
 
+    /// The largest request body the node we talk to accepts
+    /// (`http.max_content_length`, a static node setting; 100mb by default).
+    async fn max_content_length(&self) -> Result<u64> {
+        let step = "read http.max_content_length";
+        let key = "http.max_content_length";
+        let node = self
+            .http
+            .get("_nodes/_local/settings?flat_settings=true", step)
+            .await?;
+        let set = node["nodes"]
+            .as_object()
+            .and_then(|n| n.values().next())
+            .and_then(|n| n["settings"][key].as_str().map(String::from));
+        let value = match set {
+            Some(value) => Some(value),
+            None => {
+                let cluster = self
+                    .http
+                    .get(
+                        "_cluster/settings?include_defaults=true&flat_settings=true",
+                        step,
+                    )
+                    .await?;
+                ["transient", "persistent", "defaults"]
+                    .iter()
+                    .find_map(|scope| cluster[scope][key].as_str().map(String::from))
+            }
+        };
+        Ok(value
+            .and_then(|v| parse_byte_size(&v))
+            .unwrap_or(DEFAULT_MAX_CONTENT_LENGTH))
+    }
+
+    /// Refuse, before anything is changed, an export with a document the
+    /// cluster could not take: its `_bulk` entry alone would be a request
+    /// larger than `http.max_content_length` (HTTP 413, after the index had
+    /// been deleted).
+    async fn check_load_limits(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let known = self
+            .needs
+            .lock()
+            .ok()
+            .and_then(|needs| needs.get(ctx.artifact).cloned());
+        let needs = match known {
+            Some(needs) => needs,
+            None => {
+                let (path, record) = (ctx.artifact.to_path_buf(), record.clone());
+                super::blocking(SVC, move || check_logical(&path, &record)).await?
+            }
+        };
+        let limit = self.max_content_length().await?;
+        if needs.largest_entry <= limit {
+            return Ok(());
+        }
+        Err(Error::failure(
+            "check load limits",
+            format!(
+                "line {} of {}: document \"{}\" of index {} makes a _bulk request of {} ({} bytes), more than this cluster's http.max_content_length of {} ({limit} bytes)",
+                needs.line,
+                record.file,
+                needs.id,
+                needs.index,
+                crate::report::size(needs.largest_entry),
+                needs.largest_entry,
+                crate::report::size(limit),
+            ),
+        )
+        .service(SVC)
+        .hint(format!(
+            "raise http.max_content_length in opensearch.yml of the node at {} above {} bytes (a static setting: restart the node), or restore into a cluster that accepts it; nothing was changed",
+            self.settings.url, needs.largest_entry
+        )))
+    }
+
     async fn restore_logical(&self, ctx: &RestoreContext<'_>) -> Result<()> {
-        let (tx, mut rx) = mpsc::channel::<Result<Line>>(4096);
+        let max_body = self.max_content_length().await?;
+        // Lines queued for the loader hold permits, one per KiB: the queue
+        // is bounded in bytes, whatever the size of the documents.
+        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_KIB));
+        type Queued = (Result<Line>, Option<tokio::sync::OwnedSemaphorePermit>);
+        let (tx, mut rx) = mpsc::channel::<Queued>(4096);
         let path = ctx.artifact.to_path_buf();
         let reader = tokio::task::spawn_blocking(move || {
-            read_lines(&path, |line| tx.blocking_send(line).is_ok())
+            read_records(&path, |record| {
+                let permits = record
+                    .as_ref()
+                    .map_or(1, |(_, bytes, _)| (bytes >> 10).clamp(1, READ_AHEAD_KIB));
+                let permit =
+                    futures::executor::block_on(budget.clone().acquire_many_owned(permits as u32))
+                        .ok();
+                tx.blocking_send((record.map(|(_, _, line)| line), permit))
+                    .is_ok()
+            })
         });
-        let mut loader = Loader::new(self.http.clone(), self.settings.bulk_requests);
+        let mut loader = Loader::new(self.http.clone(), self.settings.bulk_requests, max_body);
         let mut outcome = Ok(());
-        while let Some(line) = rx.recv().await {
-            if let Err(e) = loader.apply(line?).await {
+        while let Some((line, permit)) = rx.recv().await {
+            let applied = match line {
+                Ok(line) => loader.apply(line).await,
+                Err(e) => Err(e),
+            };
+            drop(permit);
+            if let Err(e) = applied {
                 outcome = Err(e);
                 break;
             }
@@ -1254,6 +1619,15 @@ fn creation_body(meta: &Value) -> (Value, Map<String, Value>) {
     )
 }
 
+/// The generation of the backing index `index` of data stream `stream`
+/// (`.ds-<stream>-000002` → 2).
+fn backing_generation(stream: &str, index: &str) -> Option<u64> {
+    index
+        .strip_prefix(&format!(".ds-{stream}-"))
+        .filter(|n| n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse().ok())
+}
+
 /// Counts that stayed the same across the snapshot go into the record; the rest
 /// changed while it ran and are listed instead of being compared later.
 fn record_stable_counts(
@@ -1295,13 +1669,92 @@ fn writable_dir(dir: &Path) -> bool {
     ok
 }
 
-fn read_lines(path: &Path, sink: impl FnMut(Result<Line>) -> bool) {
-    crate::ndjson::read(path, SVC, sink)
+/// Each record of the export at `path` with its line number and its size
+/// in bytes; a line longer than [`MAX_LINE`] or that does not decode ends
+/// the reading with an error naming it.
+fn read_records(path: &Path, mut sink: impl FnMut(Result<(usize, usize, Line)>) -> bool) {
+    crate::ndjson::read_lines(path, SVC, MAX_LINE, |line| match line {
+        Ok((number, bytes)) => match serde_json::from_slice::<Line>(bytes) {
+            Ok(line) => sink(Ok((number, bytes.len(), line))),
+            Err(e) => {
+                sink(Err(crate::ndjson::damaged(
+                    path,
+                    SVC,
+                    number,
+                    e.to_string(),
+                )));
+                false
+            }
+        },
+        Err(e) => sink(Err(e)),
+    })
+}
+
+/// The action line of a document's `_bulk` entry: `action` (`index`, or
+/// `create` into a data stream) into `target`. Built by the loader and
+/// measured by the verification, so both see the same request sizes.
+fn bulk_action(action: &str, target: &str, id: Option<&str>, routing: Option<&str>) -> Vec<u8> {
+    let action = json!({action: {"_index": target, "_id": id, "routing": routing}});
+    serde_json::to_vec(&action).expect("serialises")
+}
+
+/// The size of a document's whole `_bulk` entry: action, source, newlines.
+fn bulk_entry_len(action: &[u8], source: &RawValue) -> u64 {
+    (action.len() + 1 + source.get().len() + 1) as u64
+}
+
+/// A name OpenSearch takes for an index or data stream (lowercase, none of
+/// `\ / * ? " < > | , # :` or spaces, not starting with `_ - +`, at most 255
+/// bytes). The restore puts names into request paths (`DELETE <name>`): a
+/// wildcard or a path there would reach other indices.
+fn valid_index_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.starts_with(['_', '-', '+'])
+        && !name.chars().any(|c| {
+            c.is_uppercase() || c.is_whitespace() || c.is_control() || "\\/*?\"<>|,#:%".contains(c)
+        })
+}
+
+/// A template or pipeline name that stays one path segment.
+fn valid_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "\\/*?#%,".contains(c))
+}
+
+/// An OpenSearch byte size (`100mb`, `104857600b`, `1.5gb`, `512KB`).
+fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let digits = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: f64 = number.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        "t" | "tb" => 1 << 40,
+        "p" | "pb" => 1 << 50,
+        _ => return None,
+    };
+    Some((number * scale as f64) as u64)
 }
 
 /// Full decode of a logical export: every line parsed, the structure and the
-/// per-index document counts checked against the trailer and the manifest.
-fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
+/// per-index document counts checked against the trailer and the manifest,
+/// and every record checked for what the load would be refused (names
+/// OpenSearch does not take, ids longer than it takes, sources that are not
+/// objects). Answers what the load needs of the cluster, which the restore
+/// compares with the cluster's limits before it changes anything.
+fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<LoadNeeds> {
     let step = "verify export";
     let fail = |msg: String| {
         Error::failure(step, format!("{}: {msg}", path.display()))
@@ -1313,14 +1766,25 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
     let mut current: Option<(String, u64)> = None;
     let mut total = 0u64;
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    // The data stream whose backing indices come next, and those still to come.
+    let mut stream: Option<(String, std::collections::VecDeque<String>)> = None;
+    // Where the current index's documents go: (`_bulk` action, target).
+    let mut into: (&str, String) = ("index", String::new());
+    let mut needs = LoadNeeds::default();
     let mut problem: Option<Error> = None;
-    read_lines(path, |line| {
-        let line = match line {
-            Ok(line) => line,
+    read_records(path, |line| {
+        let (number, line) = match line {
+            Ok((number, _, line)) => (number, line),
             Err(e) => {
                 problem = Some(e);
                 return false;
             }
+        };
+        // What the load would be refused: named with its line.
+        let refuse = |msg: String| {
+            Error::failure(step, format!("{} line {number}: {msg}", path.display()))
+                .service(SVC)
+                .hint("the restore would fail on this record after replacing the index; the artifact is damaged or was not written by itbackup; nothing was changed: use another backup")
         };
         let result = (|| {
             if ended {
@@ -1341,14 +1805,105 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
                 }
                 return Ok(());
             }
+            let waiting =
+                |stream: &Option<(String, std::collections::VecDeque<String>)>| match stream {
+                    Some((name, rest)) if !rest.is_empty() => Err(fail(format!(
+                        "data stream {name}: backing index {} is missing",
+                        rest[0]
+                    ))),
+                    _ => Ok(()),
+                };
             match line.kind.as_str() {
-                "index" => current = Some((line.name.clone().unwrap_or_default(), 0)),
+                "data_stream" => {
+                    waiting(&stream)?;
+                    let name = line.name.clone().unwrap_or_default();
+                    if !valid_index_name(&name) {
+                        return Err(refuse(format!(
+                            "\"{name}\" is not a valid data stream name"
+                        )));
+                    }
+                    let body = line.body.clone().unwrap_or(Value::Null);
+                    let backing: std::collections::VecDeque<String> = body["indices"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i.as_str().map(String::from))
+                        .collect();
+                    // Rollover makes backing indices in generation order:
+                    // the restore reaches each so, and only so.
+                    let generations: Vec<Option<u64>> = backing
+                        .iter()
+                        .map(|i| backing_generation(&name, i))
+                        .collect();
+                    let ordered = generations.windows(2).all(|w| w[0] < w[1]);
+                    let last = generations.last().copied().flatten();
+                    if name.is_empty()
+                        || backing.is_empty()
+                        || generations.iter().any(Option::is_none)
+                        || !ordered
+                        || body["generation"].as_u64().is_some_and(|g| Some(g) != last)
+                    {
+                        return Err(fail(format!(
+                            "data stream {name}: its backing indices {backing:?} are not .ds-{name}-<generation> in generation order up to generation {}",
+                            body["generation"]
+                        )));
+                    }
+                    stream = Some((name, backing));
+                }
+                "index" => {
+                    let name = line.name.clone().unwrap_or_default();
+                    if !valid_index_name(&name) {
+                        return Err(refuse(format!("\"{name}\" is not a valid index name")));
+                    }
+                    if !line.body.as_ref().is_some_and(Value::is_object) {
+                        return Err(refuse(format!("index {name} has no definition")));
+                    }
+                    into = ("index", name.clone());
+                    match &mut stream {
+                        Some((stream_name, rest)) if !rest.is_empty() => {
+                            if rest.front() != Some(&name) {
+                                return Err(fail(format!(
+                                    "index {name} where backing index {} of its data stream was expected",
+                                    rest[0]
+                                )));
+                            }
+                            rest.pop_front();
+                            into = ("create", stream_name.clone());
+                        }
+                        _ => stream = None,
+                    }
+                    current = Some((name, 0))
+                }
                 "doc" => match &mut current {
                     Some((name, n))
                         if line.index.as_deref() == Some(name.as_str())
                             && line.source.is_some() =>
                     {
-                        *n += 1
+                        *n += 1;
+                        let id = line.id.as_deref().unwrap_or_default();
+                        if id.is_empty() || id.len() > MAX_ID_BYTES {
+                            return Err(refuse(format!(
+                                "document id of {} bytes in index {name}: OpenSearch takes 1 to {MAX_ID_BYTES} bytes",
+                                id.len()
+                            )));
+                        }
+                        let source = line.source.as_deref().expect("checked above");
+                        if !source.get().trim_start().starts_with('{') {
+                            return Err(refuse(format!(
+                                "the _source of document \"{id}\" of index {name} is not a JSON object"
+                            )));
+                        }
+                        let action =
+                            bulk_action(into.0, &into.1, Some(id), line.routing.as_deref());
+                        let entry = bulk_entry_len(&action, source);
+                        if entry > needs.largest_entry {
+                            needs = LoadNeeds {
+                                largest_entry: entry,
+                                line: number,
+                                index: name.clone(),
+                                id: id.to_string(),
+                            };
+                        }
                     }
                     _ => return Err(fail("a document outside its index".into())),
                 },
@@ -1366,6 +1921,7 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
                     seen.insert(name, n);
                 }
                 "end" => {
+                    waiting(&stream)?;
                     if line.docs != Some(total) || current.is_some() {
                         return Err(fail(
                             "the end record does not match the documents read".into(),
@@ -1373,7 +1929,15 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
                     }
                     ended = true;
                 }
-                "component_template" | "index_template" | "legacy_template" | "pipeline" => {}
+                "component_template" | "index_template" | "legacy_template" | "pipeline" => {
+                    let name = line.name.as_deref().unwrap_or_default();
+                    if !valid_object_name(name) {
+                        return Err(refuse(format!(
+                            "\"{name}\" is not a valid {} name",
+                            line.kind.replace('_', " ")
+                        )));
+                    }
+                }
                 other => return Err(fail(format!("unknown record type '{other}'"))),
             }
             Ok(())
@@ -1400,7 +1964,7 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    Ok(needs)
 }
 
 /// Loads a logical export into a cluster: templates and pipelines as they come,
@@ -1410,22 +1974,48 @@ struct Loader {
     http: Http,
     in_flight: tokio::task::JoinSet<Result<()>>,
     max_in_flight: usize,
+    /// The cluster's `http.max_content_length`: no request is built larger.
+    max_body: u64,
     batch: Vec<u8>,
     batch_docs: usize,
-    /// The index being loaded: its name and what to put back after the load.
-    current: Option<(String, Value, Value)>,
+    /// The index being loaded.
+    current: Option<Loading>,
+    /// The data stream whose backing indices are being loaded.
+    stream: Option<StreamLoad>,
     restored: Vec<String>,
 }
 
+/// An index being loaded: where its documents go and what to put back after.
+struct Loading {
+    name: String,
+    after_load: Value,
+    aliases: Value,
+    /// The `_bulk` action and its target: `index` into the index itself;
+    /// `create` into its data stream (OpenSearch refuses writes into a
+    /// backing index), which writes into the stream's write index.
+    action: &'static str,
+    target: String,
+}
+
+/// A data stream being recreated: its backing indices as exported, and the
+/// write index it has now.
+struct StreamLoad {
+    name: String,
+    backing: Vec<String>,
+    write: String,
+}
+
 impl Loader {
-    fn new(http: Http, max_in_flight: usize) -> Self {
+    fn new(http: Http, max_in_flight: usize, max_body: u64) -> Self {
         Loader {
             http,
             in_flight: tokio::task::JoinSet::new(),
             max_in_flight,
+            max_body,
             batch: Vec::with_capacity(BULK_BYTES + (1 << 20)),
             batch_docs: 0,
             current: None,
+            stream: None,
             restored: Vec::new(),
         }
     }
@@ -1466,9 +2056,18 @@ impl Loader {
                 )
                 .await
             }
-            "index" => {
-                self.create_index(&name, line.body.unwrap_or(Value::Null))
+            "data_stream" => {
+                self.create_stream(&name, line.body.unwrap_or(Value::Null))
                     .await
+            }
+            "index" => {
+                let meta = line.body.unwrap_or(Value::Null);
+                match &self.stream {
+                    Some(stream) if stream.backing.contains(&name) => {
+                        self.open_backing_index(&name, meta).await
+                    }
+                    _ => self.create_index(&name, meta).await,
+                }
             }
             "doc" => self.add_doc(line).await,
             "index_end" => self.finish_index().await,
@@ -1492,22 +2091,189 @@ impl Loader {
         self.http
             .call(Method::PUT, name, Some(&body), &step)
             .await?;
-        self.current = Some((
-            name.to_string(),
-            Value::Object(after_load),
-            meta["aliases"].clone(),
-        ));
+        self.stream = None;
+        self.current = Some(Loading {
+            name: name.to_string(),
+            after_load: Value::Object(after_load),
+            aliases: meta["aliases"].clone(),
+            action: "index",
+            target: name.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Recreate a data stream, empty: whatever holds its name or its backing
+    /// indices' names is deleted, and the stream created from its index
+    /// template (restored before it), which makes its first backing index.
+    /// Its backing indices are then reached one after the other by rollover
+    /// ([`Loader::open_backing_index`]), so they get their exported names and
+    /// the stream its generation.
+    async fn create_stream(&mut self, name: &str, body: Value) -> Result<()> {
+        let step = format!("create data stream {name}");
+        self.current = None;
+        let backing: Vec<String> = body["indices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.as_str().map(String::from))
+            .collect();
+        self.http
+            .delete_if_present(&format!("_data_stream/{name}"), &step)
+            .await?;
+        for index in backing.iter().map(String::as_str).chain([name]) {
+            self.http.delete_if_present(index, &step).await?;
+        }
+        self.http
+            .call(Method::PUT, &format!("_data_stream/{name}"), None, &step)
+            .await
+            .map_err(|e| {
+                e.hint(format!(
+                    "the index template {} that makes {name} a data stream must be in the backup and accepted by this cluster",
+                    body["template"]
+                ))
+            })?;
+        let write = self.write_index(name, &step).await?;
+        self.stream = Some(StreamLoad {
+            name: name.to_string(),
+            backing,
+            write,
+        });
+        Ok(())
+    }
+
+    async fn write_index(&self, stream: &str, step: &str) -> Result<String> {
+        let answer = self
+            .http
+            .get(&format!("_data_stream/{stream}"), step)
+            .await?;
+        answer["data_streams"][0]["indices"]
+            .as_array()
+            .and_then(|i| i.last())
+            .and_then(|i| i["index_name"].as_str())
+            .map(String::from)
+            .ok_or_else(|| {
+                Error::failure(
+                    step,
+                    format!("data stream {stream} has no write index: {answer}"),
+                )
+                .service(SVC)
+            })
+    }
+
+    /// Make the backing index `name` of the stream being recreated its write
+    /// index, rolling over as often as it takes (an intermediate generation
+    /// the export does not hold was removed from the stream before the
+    /// backup: it is deleted again, empty), then give it the exported
+    /// mappings and the load-time settings. Its documents go in through the
+    /// stream.
+    async fn open_backing_index(&mut self, name: &str, meta: Value) -> Result<()> {
+        let step = format!("create backing index {name}");
+        let stream = self.stream.as_mut().expect("checked by the caller");
+        let wanted = backing_generation(&stream.name, name);
+        while stream.write != name {
+            let current = backing_generation(&stream.name, &stream.write);
+            if current.is_none() || current >= wanted {
+                return Err(Error::failure(
+                    &step,
+                    format!(
+                        "data stream {} writes into {}, and rolling over cannot reach {name}",
+                        stream.name, stream.write
+                    ),
+                )
+                .service(SVC)
+                .hint("the export's backing indices are not in generation order; the artifact is damaged, use another backup"));
+            }
+            let answer = self
+                .http
+                .call(
+                    Method::POST,
+                    &format!("{}/_rollover", stream.name),
+                    None,
+                    &step,
+                )
+                .await?;
+            let old = std::mem::replace(
+                &mut stream.write,
+                answer["new_index"].as_str().unwrap_or_default().to_string(),
+            );
+            if !stream.backing.contains(&old) {
+                self.http.delete_if_present(&old, &step).await?;
+            }
+        }
+        let (body, after_load) = creation_body(&meta);
+        let mut mappings = meta["mappings"].clone();
+        if let Some(mappings) = mappings.as_object_mut() {
+            // Set by the stream's template; not a mapping one may put.
+            mappings.remove("_data_stream_timestamp");
+        }
+        if mappings.as_object().is_some_and(|m| !m.is_empty()) {
+            self.http
+                .call(
+                    Method::PUT,
+                    &format!("{name}/_mapping"),
+                    Some(&mappings),
+                    &step,
+                )
+                .await?;
+        }
+        // What `creation_body` switches off for the load, on an index that
+        // exists already; pipelines explicitly off (the template may set them).
+        let mut load_time = Map::new();
+        for key in ["number_of_replicas", "refresh_interval"] {
+            load_time.insert(key.into(), body["settings"]["index"][key].clone());
+        }
+        load_time.insert("default_pipeline".into(), json!("_none"));
+        load_time.insert("final_pipeline".into(), json!("_none"));
+        self.http
+            .call(
+                Method::PUT,
+                &format!("{name}/_settings"),
+                Some(&json!({"index": load_time})),
+                &step,
+            )
+            .await?;
+        let target = stream.name.clone();
+        self.current = Some(Loading {
+            name: name.to_string(),
+            after_load: Value::Object(after_load),
+            aliases: meta["aliases"].clone(),
+            action: "create",
+            target,
+        });
         Ok(())
     }
 
     async fn add_doc(&mut self, line: Line) -> Result<()> {
-        let index = line.index.unwrap_or_default();
-        let action = json!({"index": {"_index": index, "_id": line.id, "routing": line.routing}});
-        serde_json::to_writer(&mut self.batch, &action).expect("serialises");
-        self.batch.push(b'\n');
-        if let Some(source) = line.source {
-            self.batch.extend_from_slice(source.get().as_bytes());
+        let (action, target) = match &self.current {
+            Some(loading) => (loading.action, loading.target.clone()),
+            None => ("index", line.index.clone().unwrap_or_default()),
+        };
+        let action = bulk_action(action, &target, line.id.as_deref(), line.routing.as_deref());
+        let source = line
+            .source
+            .unwrap_or_else(|| RawValue::from_string("{}".into()).expect("valid JSON"));
+        let entry = bulk_entry_len(&action, &source);
+        // A request never exceeds the cluster's limit: the batch goes first
+        // when this document would take it over. One document over the limit
+        // alone was refused before the restore began (check_load_limits).
+        if !self.batch.is_empty() && self.batch.len() as u64 + entry > self.max_body {
+            self.send_batch().await?;
         }
+        if entry > self.max_body {
+            return Err(Error::failure(
+                "restore documents",
+                format!(
+                    "document \"{}\" of index {target} makes a _bulk request of {entry} bytes, more than http.max_content_length ({} bytes)",
+                    line.id.as_deref().unwrap_or_default(),
+                    self.max_body
+                ),
+            )
+            .service(SVC)
+            .hint("raise http.max_content_length on the node itbackup talks to (a static setting: restart it), then restore again"));
+        }
+        self.batch.extend_from_slice(&action);
+        self.batch.push(b'\n');
+        self.batch.extend_from_slice(source.get().as_bytes());
         self.batch.push(b'\n');
         self.batch_docs += 1;
         if self.batch.len() >= BULK_BYTES || self.batch_docs >= BULK_DOCS {
@@ -1548,7 +2314,13 @@ impl Loader {
 
     async fn finish_index(&mut self) -> Result<()> {
         self.drain().await?;
-        let Some((name, after_load, aliases)) = self.current.take() else {
+        let Some(Loading {
+            name,
+            after_load,
+            aliases,
+            ..
+        }) = self.current.take()
+        else {
             return Ok(());
         };
         let step = format!("finish index {name}");
@@ -1647,9 +2419,13 @@ async fn bulk(http: &Http, body: Vec<u8>) -> Result<()> {
         }
         let results = answer.items.iter().flat_map(|item| item.values());
         let rejected = results.clone().any(|item| item.status == 429);
-        let failure = results
-            .clone()
-            .find(|item| !(200..300).contains(&item.status) && item.status != 429);
+        // A resent batch: a document of a data stream (`create`) that the
+        // first attempt wrote answers 409 now, and is there.
+        let failure = results.clone().find(|item| {
+            !(200..300).contains(&item.status)
+                && item.status != 429
+                && !(attempt > 1 && item.status == 409)
+        });
         if let Some(doc) = failure {
             return Err(Error::failure(
                 step,
@@ -1703,7 +2479,7 @@ impl Store for OpenSearch {
             .settings
             .indices
             .as_deref()
-            .unwrap_or("all non-hidden, non-system indices");
+            .unwrap_or("every open index and data stream; closed, hidden and dot-prefixed indices are named in the manifest as left out");
         let url = mask_userinfo(&self.settings.url);
         let snapshot = vec![
             format!("PUT {url}/_snapshot/itbackup-<ts>  (fs repository under path.repo)"),
@@ -1733,20 +2509,33 @@ impl Store for OpenSearch {
         let server_version = self.version().await?;
         self.health("cluster health").await?;
         let (method, reason) = self.choose_method().await?;
-        let indices = self.select_indices().await?;
+        let selection = self.select().await?;
         let mut record = ArtifactRecord::begun(server_version, started_at);
         record.details.insert("method_reason".into(), json!(reason));
-        record.details.insert("indices".into(), json!(indices));
+        record
+            .details
+            .insert("indices".into(), json!(selection.indices));
+        if !selection.streams.is_empty() {
+            record
+                .details
+                .insert(DATA_STREAMS.into(), json!(selection.streams));
+        }
+        if !selection.left_out.is_empty() {
+            record
+                .details
+                .insert("left_out".into(), json!(selection.left_out));
+        }
+        let indices = &selection;
         let artifact = match method {
             OpenSearchMethod::Snapshot => {
                 record.method = "snapshot".into();
                 record.format = self.settings.snapshot_compression.extension().into();
-                self.backup_snapshot(ctx, &indices, &mut record).await?
+                self.backup_snapshot(ctx, indices, &mut record).await?
             }
             OpenSearchMethod::Logical => {
                 record.method = "logical".into();
                 record.format = "ndjson.zst".into();
-                self.backup_logical(ctx, &indices, &mut record).await?
+                self.backup_logical(ctx, indices, &mut record).await?
             }
         };
         Ok(StoreBackup::finished(SVC, artifact, record))
@@ -1769,7 +2558,12 @@ impl Store for OpenSearch {
             }
             "logical" => {
                 let record = record.clone();
-                super::blocking(SVC, move || check_logical(&path, &record)).await
+                let key = path.clone();
+                let needs = super::blocking(SVC, move || check_logical(&path, &record)).await?;
+                if let Ok(mut known) = self.needs.lock() {
+                    known.insert(key, needs);
+                }
+                Ok(())
             }
             other => Err(
                 Error::failure("verify", format!("unknown OpenSearch method '{other}'"))
@@ -1796,6 +2590,7 @@ impl Store for OpenSearch {
                 format!("on a cluster of another major.minor than {}: create each index definition once under a temporary name and remove it, before any change", record.server_version),
                 "PUT templates and ingest pipelines".into(),
                 format!("for each index ({}): DELETE, create with its settings (replicas 0, refresh off), _bulk load, put settings back, refresh, aliases", indices.join(", ")),
+                "a data stream: DELETE it, PUT _data_stream/<name>, roll over to each backing index and _bulk create its documents through the stream".into(),
                 "wait until every restored index is at least yellow".into(),
             ],
         }
@@ -1808,6 +2603,7 @@ impl Store for OpenSearch {
     ) -> Result<()> {
         self.health("cluster health").await?;
         if record.method != "snapshot" {
+            self.check_load_limits(ctx, record).await?;
             return self.check_index_definitions(ctx, record).await;
         }
         super::refuse_newer_backup(
@@ -1863,5 +2659,38 @@ impl Store for OpenSearch {
             }
         }
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_read_as_opensearch_writes_them() {
+        assert_eq!(parse_byte_size("100mb"), Some(100 << 20));
+        assert_eq!(parse_byte_size("104857600b"), Some(104_857_600));
+        assert_eq!(parse_byte_size("1.5GB"), Some(3 << 29));
+        assert_eq!(parse_byte_size("512kb"), Some(512 << 10));
+        assert_eq!(parse_byte_size("lots"), None);
+    }
+
+    #[test]
+    fn names_that_would_reach_other_indices_are_not_valid() {
+        for name in ["itb-b", ".ds-logs-000001", "a.b_c+d"] {
+            assert!(valid_index_name(name), "{name}");
+        }
+        for name in ["", "*", "_all", "a/b", "A", "a,b", "a?x", "..", "a b", "-x"] {
+            assert!(!valid_index_name(name), "{name}");
+        }
+        assert!(valid_object_name("logs-template"));
+        assert!(!valid_object_name("../_all"));
+    }
+
+    #[test]
+    fn backing_generations_are_read_from_their_names() {
+        assert_eq!(backing_generation("logs", ".ds-logs-000002"), Some(2));
+        assert_eq!(backing_generation("logs", ".ds-logs-x-000002"), None);
+        assert_eq!(backing_generation("logs", ".ds-logs-12"), None);
     }
 }

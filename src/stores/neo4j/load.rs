@@ -434,6 +434,13 @@ struct Batch {
 }
 
 impl Batch {
+    /// Whether `line` would take the batch over [`super::BATCH_BYTES`]: the
+    /// batch is sent first, so a transaction's rows stay within the bound
+    /// (or are one line, at most [`super::MAX_LINE`]).
+    fn overflows(&self, line: &[u8]) -> bool {
+        self.rows > 0 && self.text.len() + line.len() + 1 > super::BATCH_BYTES
+    }
+
     fn push(&mut self, line: &[u8]) {
         self.text.extend_from_slice(line);
         self.text.push(b'\n');
@@ -578,7 +585,7 @@ pub(super) async fn load_graph(
 /// The artifact's lines in chunks, for [`route_all`].
 fn artifact_chunks(path: &Path) -> impl FnOnce(&mut dyn FnMut(Result<Vec<u8>>) -> bool) + Send {
     let path = path.to_path_buf();
-    move |sink| crate::ndjson::read_chunks(&path, SVC, CHUNK_BYTES, sink)
+    move |sink| crate::ndjson::read_chunks(&path, SVC, CHUNK_BYTES, super::MAX_LINE, sink)
 }
 
 /// Route every line that `produce` (run on a blocking thread) hands over in
@@ -657,9 +664,14 @@ impl Loader {
                 labels.sort();
                 let old = record.id.map(Cow::into_owned).unwrap_or_default();
                 let batch = batch_for(&mut self.pending_nodes, labels.as_slice());
+                if batch.overflows(line) {
+                    let batch = std::mem::take(batch);
+                    self.spawn(Target::Nodes(labels.clone()), batch).await?;
+                }
+                let batch = batch_for(&mut self.pending_nodes, labels.as_slice());
                 batch.push(line);
                 batch.olds.push(old);
-                if batch.rows >= self.batch_size {
+                if batch.rows >= self.batch_size || batch.text.len() >= super::BATCH_BYTES {
                     let batch = std::mem::take(batch);
                     self.spawn(Target::Nodes(labels), batch).await?;
                 }
@@ -671,9 +683,15 @@ impl Loader {
                 ];
                 let rel_type = record.rel_type.as_deref().unwrap_or_default();
                 let batch = batch_for(&mut self.pending_rels, rel_type);
+                if batch.overflows(line) {
+                    let batch = std::mem::take(batch);
+                    self.spawn(Target::Relationships(rel_type.to_string()), batch)
+                        .await?;
+                }
+                let batch = batch_for(&mut self.pending_rels, rel_type);
                 batch.push(line);
                 batch.ends.push(ends);
-                if batch.rows >= self.batch_size {
+                if batch.rows >= self.batch_size || batch.text.len() >= super::BATCH_BYTES {
                     let batch = std::mem::take(batch);
                     self.spawn(Target::Relationships(rel_type.to_string()), batch)
                         .await?;

@@ -78,7 +78,7 @@ pub(super) fn spill(path: &Path, scratch: &Path, relationships: Option<u64>) -> 
     let mut width: Option<u64> = None;
     let mut spilled = 0u64;
     let mut outcome: Result<()> = Ok(());
-    crate::ndjson::read_lines(path, SVC, |line| {
+    crate::ndjson::read_lines(path, SVC, super::MAX_LINE, |line| {
         let (number, line) = match line {
             Ok(line) => line,
             Err(e) => {
