@@ -38,6 +38,7 @@ use crate::manifest::ArtifactRecord;
 use crate::process::{self, ToolCommand};
 use crate::service::Service;
 use crate::target::Target;
+use crate::timeout::{Phase, Timeouts};
 
 mod drill;
 
@@ -82,6 +83,7 @@ struct Http {
     client: reqwest::Client,
     username: Option<String>,
     password: Option<crate::config::Secret>,
+    timeouts: Timeouts,
 }
 
 /// An HTTP failure: the status (if the server answered) and a readable message.
@@ -89,6 +91,17 @@ struct HttpError {
     status: Option<StatusCode>,
     message: String,
     unreachable: bool,
+    /// Which bound ran out, when one did.
+    timed_out: Option<Phase>,
+}
+
+/// The bound a reqwest error ran out of, if any.
+fn timed_out(e: &reqwest::Error) -> Option<Phase> {
+    match (e.is_timeout(), e.is_connect()) {
+        (true, true) => Some(Phase::Connect),
+        (true, false) => Some(Phase::Idle),
+        _ => None,
+    }
 }
 
 impl Http {
@@ -114,18 +127,30 @@ impl Http {
         &self,
         builder: reqwest::RequestBuilder,
     ) -> std::result::Result<bytes::Bytes, HttpError> {
+        self.send_bytes_allowing(builder, None).await
+    }
+
+    /// `send_bytes`, taking `allowed` as a success too (cluster health
+    /// answers a wait that ran out with 408 and the health itself).
+    async fn send_bytes_allowing(
+        &self,
+        builder: reqwest::RequestBuilder,
+        allowed: Option<StatusCode>,
+    ) -> std::result::Result<bytes::Bytes, HttpError> {
         let response = builder.send().await.map_err(|e| HttpError {
             status: None,
             unreachable: e.is_connect() || e.is_timeout(),
+            timed_out: timed_out(&e),
             message: e.to_string(),
         })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| HttpError {
             status: Some(status),
             unreachable: false,
+            timed_out: timed_out(&e),
             message: e.to_string(),
         })?;
-        if status.is_success() {
+        if status.is_success() || Some(status) == allowed {
             return Ok(bytes);
         }
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -139,12 +164,22 @@ impl Http {
         Err(HttpError {
             status: Some(status),
             unreachable: false,
+            timed_out: None,
             message: format!("HTTP {status}: {reason}"),
         })
     }
 
     fn error(&self, step: &str, err: HttpError) -> Error {
         let base = &self.base;
+        if let Some(phase) = err.timed_out {
+            return self.timeouts.error(
+                Some(SVC),
+                step,
+                phase,
+                &format!("OpenSearch at {base}"),
+                &format!("{base}: "),
+            );
+        }
         let e = Error::failure(step, err.message).service(SVC);
         if err.unreachable {
             e.hint(format!("is OpenSearch running and reachable at {base}? check `docker compose ps` and OPENSEARCH_URL"))
@@ -311,8 +346,12 @@ struct IndexInfo {
 
 impl OpenSearch {
     pub fn new(settings: OpenSearchSettings, target: Target) -> Self {
+        // The idle bound is per read, never a total: a big `_bulk` or a long
+        // export page may take long as long as the server answers; the
+        // server-side waits (snapshot, restore, health) are polled below it.
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(settings.timeouts.connect)
+            .read_timeout(settings.timeouts.idle)
             .pool_max_idle_per_host(16)
             .build()
             .expect("http client");
@@ -321,6 +360,7 @@ impl OpenSearch {
             client,
             username: settings.username.clone(),
             password: settings.password.clone(),
+            timeouts: settings.timeouts,
         };
         OpenSearch {
             settings,
@@ -447,30 +487,75 @@ impl OpenSearch {
         })
     }
 
+    /// How long one server-side wait may last: well under the idle bound,
+    /// so that a long wait is a series of answers, never one long silence.
+    fn server_wait(&self) -> Duration {
+        (self.settings.timeouts.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
+    /// Wait until `indices` (all, when empty) are at least yellow. Polled:
+    /// while shards are initializing (a snapshot restore copying data) the
+    /// wait goes on however long it takes; when nothing has moved for two
+    /// minutes and they are still not active, it fails.
     async fn wait_healthy(&self, indices: &[String], step: &str) -> Result<()> {
-        let target = if indices.is_empty() {
-            String::new()
-        } else {
-            indices.join(",")
-        };
-        let health = self
-            .http
-            .get(
-                &format!("_cluster/health/{target}?wait_for_status=yellow&timeout=120s"),
-                step,
-            )
-            .await?;
-        if health["timed_out"].as_bool().unwrap_or(false) || health["status"] == "red" {
-            return Err(Error::failure(
-                step,
-                format!("restored indices did not become active: {health}"),
-            )
-            .service(SVC)
-            .hint(
-                "look at GET _cluster/allocation/explain; verify disk space on the OpenSearch node",
-            ));
+        let target = indices.join(",");
+        let wait = self.server_wait();
+        let mut still = Duration::ZERO;
+        loop {
+            let path = format!(
+                "_cluster/health/{target}?wait_for_status=yellow&timeout={}ms",
+                wait.as_millis()
+            );
+            let health = self
+                .http
+                .send_bytes_allowing(
+                    self.http.request(Method::GET, &path),
+                    Some(StatusCode::REQUEST_TIMEOUT),
+                )
+                .await
+                .map_err(|e| self.http.error(step, e))?;
+            let health: Value = serde_json::from_slice(&health).unwrap_or(Value::Null);
+            let timed_out = health["timed_out"].as_bool().unwrap_or(false);
+            if !timed_out && health["status"] != "red" {
+                return Ok(());
+            }
+            let moving = health["initializing_shards"].as_u64().unwrap_or(0) > 0
+                || health["relocating_shards"].as_u64().unwrap_or(0) > 0;
+            still = if moving { Duration::ZERO } else { still + wait };
+            if still >= Duration::from_secs(120) {
+                return Err(Error::failure(
+                    step,
+                    format!("restored indices did not become active: {health}"),
+                )
+                .service(SVC)
+                .hint(
+                    "look at GET _cluster/allocation/explain; verify disk space on the OpenSearch node",
+                ));
+            }
+            if !timed_out {
+                // Red at once (no wait happened): do not spin.
+                tokio::time::sleep(wait).await;
+            }
         }
-        Ok(())
+    }
+
+    /// Wait for the snapshot `repo`/snapshot to end, polling (a snapshot of
+    /// a large cluster takes longer than any idle bound); its final state.
+    async fn wait_for_snapshot(&self, repo: &str, step: &str) -> Result<Value> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let listed = self
+                .http
+                .get(&format!("_snapshot/{repo}/snapshot"), step)
+                .await?;
+            let snapshot = listed["snapshots"][0].clone();
+            match snapshot["state"].as_str() {
+                Some("IN_PROGRESS") | Some("STARTED") | Some("INIT") => {}
+                _ => return Ok(snapshot),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
     }
 
     // ---- snapshot ---------------------------------------------------------
@@ -532,11 +617,12 @@ impl OpenSearch {
             "ignore_unavailable": false,
             "partial": false,
         });
-        let answer = self
-            .http
+        // Started, then polled: waiting for completion in one request would
+        // be one long silence, which the idle bound would cut.
+        self.http
             .call(
                 Method::PUT,
-                &format!("_snapshot/{repo}/snapshot?wait_for_completion=true"),
+                &format!("_snapshot/{repo}/snapshot"),
                 Some(&body),
                 step,
             )
@@ -544,10 +630,11 @@ impl OpenSearch {
             .map_err(|e| {
                 e.hint("verify disk space and that OpenSearch may write under path.repo")
             })?;
-        let state = answer["snapshot"]["state"].as_str().unwrap_or("unknown");
-        let failed = answer["snapshot"]["shards"]["failed"].as_u64().unwrap_or(0);
+        let answer = self.wait_for_snapshot(repo, step).await?;
+        let state = answer["state"].as_str().unwrap_or("unknown");
+        let failed = answer["shards"]["failed"].as_u64().unwrap_or(0);
         if state != "SUCCESS" || failed > 0 {
-            return Err(Error::failure(step, format!("snapshot ended {state} with {failed} failed shard(s): {}", answer["snapshot"]["failures"]))
+            return Err(Error::failure(step, format!("snapshot ended {state} with {failed} failed shard(s): {}", answer["failures"]))
                 .service(SVC)
                 .hint("verify disk space and that the opensearch container can create files under /usr/share/opensearch/data"));
         }
@@ -831,23 +918,16 @@ impl OpenSearch {
             "include_global_state": true,
             "include_aliases": true,
         });
-        let answer = self
-            .http
+        // Started, then polled through the indices' health (see wait_healthy):
+        // a restore copies whole shards, longer than any idle bound.
+        self.http
             .call(
                 Method::POST,
-                &format!("_snapshot/{repo}/{snapshot}/_restore?wait_for_completion=true"),
+                &format!("_snapshot/{repo}/{snapshot}/_restore"),
                 Some(&body),
                 step,
             )
             .await?;
-        let failed = answer["snapshot"]["shards"]["failed"].as_u64().unwrap_or(0);
-        if failed > 0 {
-            return Err(Error::failure(
-                step,
-                format!("{failed} shard(s) failed to restore: {answer}"),
-            )
-            .service(SVC));
-        }
         self.wait_healthy(&indices, step).await
     }
 
@@ -1137,15 +1217,23 @@ impl OpenSearch {
                     HttpError {
                         status: None,
                         unreachable: e.is_connect(),
+                        timed_out: timed_out(&e),
                         message: e.to_string(),
                     },
                 )
             })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Error::failure(step, e.to_string()).service(SVC))?;
+        let bytes = response.bytes().await.map_err(|e| {
+            self.http.error(
+                step,
+                HttpError {
+                    status: Some(status),
+                    unreachable: false,
+                    timed_out: timed_out(&e),
+                    message: e.to_string(),
+                },
+            )
+        })?;
         if !status.is_success() {
             return Err(Error::failure(
                 step,
@@ -1703,7 +1791,7 @@ impl Store for OpenSearch {
         let url = &self.settings.url;
         let snapshot = vec![
             format!("PUT {url}/_snapshot/itbackup-<ts>  (fs repository under path.repo)"),
-            format!("PUT {url}/_snapshot/itbackup-<ts>/snapshot?wait_for_completion=true  (indices: {indices}, with global state)"),
+            format!("PUT {url}/_snapshot/itbackup-<ts>/snapshot  (indices: {indices}, with global state), polled until it ends"),
             format!("pack the repository into {}/opensearch_{}.{}", ctx.dir.display(), ctx.timestamp, self.settings.snapshot_compression.extension()),
             "unregister the repository and remove its files".into(),
         ];

@@ -30,6 +30,7 @@ use crate::manifest::{ArtifactRecord, Member};
 use crate::process::{self, ToolCommand};
 use crate::service::Service;
 use crate::target::Target;
+use crate::timeout::Phase;
 
 mod drill;
 
@@ -74,6 +75,10 @@ impl Postgres {
                 .env("PGPORT", self.settings.port.to_string());
         }
         cmd = cmd.env("PGUSER", &self.settings.user);
+        // libpq's bound on establishing a connection (TCP, startup and
+        // authentication), in whole seconds; libpq treats less than 2 as 2.
+        let connect = self.settings.timeouts.connect.as_secs_f64().ceil().max(2.0);
+        cmd = cmd.env("PGCONNECT_TIMEOUT", format!("{connect}"));
         if let Some(password) = &self.settings.password {
             cmd = cmd.secret_env("PGPASSWORD", password);
         }
@@ -81,6 +86,7 @@ impl Postgres {
     }
 
     async fn connect(&self, database: &str, step: &str) -> Result<tokio_postgres::Client> {
+        let timeouts = self.settings.timeouts;
         let mut config = tokio_postgres::Config::new();
         config
             .host(&self.settings.host)
@@ -88,13 +94,34 @@ impl Postgres {
             .user(&self.settings.user)
             .dbname(database)
             .application_name("itbackup")
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(timeouts.connect)
+            // A peer that vanishes (host down, network cut) is found by TCP
+            // keepalive and unacknowledged sends, not waited for for ever; a
+            // statement the server is still running is never cut (counting
+            // the rows of a large table can take minutes).
+            .keepalives(true)
+            .keepalives_idle(timeouts.idle.min(Duration::from_secs(60)))
+            .tcp_user_timeout(timeouts.idle);
         if let Some(password) = &self.settings.password {
             config.password(password.expose());
         }
-        let (client, connection) = config
-            .connect(NoTls)
+        // tokio-postgres' connect_timeout covers only the TCP connection: a
+        // server that takes it and never answers the startup would hang here.
+        let (client, connection) = tokio::time::timeout(timeouts.connect, config.connect(NoTls))
             .await
+            .map_err(|_| {
+                let endpoint = self.endpoint();
+                timeouts.error(
+                    Some(SVC),
+                    step,
+                    Phase::Connect,
+                    &format!("PostgreSQL at {endpoint}"),
+                    &format!(
+                        "cannot connect to {endpoint} (database {database}, user {}): ",
+                        self.settings.user
+                    ),
+                )
+            })?
             .map_err(|e| self.connect_error(database, step, e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
