@@ -41,6 +41,7 @@ use crate::target::Target;
 use crate::timeout::{Phase, Timeouts};
 
 mod drill;
+mod leftovers;
 
 const SVC: Service = Service::Opensearch;
 const LOGICAL_FORMAT: &str = "itbackup-opensearch-ndjson";
@@ -604,7 +605,7 @@ impl OpenSearch {
             .call(
                 Method::PUT,
                 &format!("_snapshot/{repo}"),
-                Some(&json!({"type": "fs", "settings": {"location": location, "compress": true}})),
+                Some(&repository_body(json!({"location": location, "compress": true}))),
                 "register snapshot repository",
             )
             .await
@@ -887,7 +888,9 @@ impl OpenSearch {
             .call(
                 Method::PUT,
                 &format!("_snapshot/{repo}"),
-                Some(&json!({"type": "fs", "settings": {"location": location, "readonly": true}})),
+                Some(&repository_body(
+                    json!({"location": location, "readonly": true}),
+                )),
                 "register snapshot repository",
             )
             .await?;
@@ -1703,6 +1706,18 @@ struct BulkItem {
     error: Option<Value>,
 }
 
+/// The registration of a temporary fs repository: `settings` and its holder
+/// (see `leftovers`), so that what a killed run leaves can be told apart
+/// from what a live one uses.
+fn repository_body(settings: Value) -> Value {
+    let mut settings = match settings {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    settings.extend(leftovers::holder_settings());
+    json!({"type": "fs", "settings": settings})
+}
+
 /// One `_bulk` request, retried with back-off while the cluster pushes back (429).
 /// Every action carries its `_id`, so sending a batch twice is harmless. The
 /// body is shared between attempts, never copied.
@@ -1817,6 +1832,7 @@ impl Store for OpenSearch {
         let server_version = self.version().await?;
         self.health("cluster health").await?;
         let (method, reason) = self.choose_method().await?;
+        self.remove_dead_runs_repositories().await;
         let indices = self.select_indices().await?;
         let mut record = ArtifactRecord::begun(server_version, started_at);
         record.details.insert("method_reason".into(), json!(reason));
@@ -1925,6 +1941,7 @@ impl Store for OpenSearch {
 
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
         self.health("cluster health").await?;
+        self.remove_dead_runs_repositories().await;
         match record.method.as_str() {
             "snapshot" => self.restore_snapshot(ctx, record).await?,
             _ => self.restore_logical(ctx).await?,
