@@ -128,16 +128,6 @@ impl Http {
         &self,
         builder: reqwest::RequestBuilder,
     ) -> std::result::Result<bytes::Bytes, HttpError> {
-        self.send_bytes_allowing(builder, None).await
-    }
-
-    /// `send_bytes`, taking `allowed` as a success too (cluster health
-    /// answers a wait that ran out with 408 and the health itself).
-    async fn send_bytes_allowing(
-        &self,
-        builder: reqwest::RequestBuilder,
-        allowed: Option<StatusCode>,
-    ) -> std::result::Result<bytes::Bytes, HttpError> {
         let response = builder.send().await.map_err(|e| HttpError {
             status: None,
             unreachable: e.is_connect() || e.is_timeout(),
@@ -151,7 +141,7 @@ impl Http {
             timed_out: timed_out(&e),
             message: e.to_string(),
         })?;
-        if status.is_success() || Some(status) == allowed {
+        if status.is_success() {
             return Ok(bytes);
         }
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -488,55 +478,68 @@ impl OpenSearch {
         })
     }
 
-    /// How long one server-side wait may last: well under the idle bound,
-    /// so that a long wait is a series of answers, never one long silence.
-    fn server_wait(&self) -> Duration {
-        (self.settings.timeouts.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
-    }
-
-    /// Wait until `indices` (all, when empty) are at least yellow. Polled:
-    /// while shards are initializing (a snapshot restore copying data) the
-    /// wait goes on however long it takes; when nothing has moved for two
-    /// minutes and they are still not active, it fails.
+    /// Wait until every primary shard of `indices` (all, when empty) is
+    /// started. Polled with quick requests, never one long server-side wait
+    /// (which the idle bound would cut); and through the shards, not the
+    /// health: OpenSearch reports an index whose primaries are still waiting
+    /// to be restored from a snapshot as yellow. While primaries are
+    /// initializing (a restore copying data) the wait goes on however long it
+    /// takes; when nothing has moved for two minutes, it fails.
     async fn wait_healthy(&self, indices: &[String], step: &str) -> Result<()> {
-        let target = indices.join(",");
-        let wait = self.server_wait();
+        let path = format!(
+            "_cat/shards/{}?format=json&h=index,shard,prirep,state,unassigned.reason",
+            indices.join(",")
+        );
+        let mut delay = Duration::from_millis(200);
         let mut still = Duration::ZERO;
         loop {
-            let path = format!(
-                "_cluster/health/{target}?wait_for_status=yellow&timeout={}ms",
-                wait.as_millis()
-            );
-            let health = self
-                .http
-                .send_bytes_allowing(
-                    self.http.request(Method::GET, &path),
-                    Some(StatusCode::REQUEST_TIMEOUT),
-                )
-                .await
-                .map_err(|e| self.http.error(step, e))?;
-            let health: Value = serde_json::from_slice(&health).unwrap_or(Value::Null);
-            let timed_out = health["timed_out"].as_bool().unwrap_or(false);
-            if !timed_out && health["status"] != "red" {
+            let shards = self.http.get(&path, step).await?;
+            let primaries: Vec<&Value> = shards
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["prirep"] == "p")
+                .collect();
+            let started = primaries.iter().all(|s| s["state"] == "STARTED");
+            if started && (indices.is_empty() || !primaries.is_empty()) {
                 return Ok(());
             }
-            let moving = health["initializing_shards"].as_u64().unwrap_or(0) > 0
-                || health["relocating_shards"].as_u64().unwrap_or(0) > 0;
-            still = if moving { Duration::ZERO } else { still + wait };
+            let moving = primaries
+                .iter()
+                .any(|s| s["state"] == "INITIALIZING" || s["state"] == "RELOCATING");
+            still = if moving {
+                Duration::ZERO
+            } else {
+                still + delay
+            };
             if still >= Duration::from_secs(120) {
+                let waiting: Vec<String> = primaries
+                    .iter()
+                    .filter(|s| s["state"] != "STARTED")
+                    .map(|s| {
+                        format!(
+                            "{}[{}] {} {}",
+                            s["index"].as_str().unwrap_or("?"),
+                            s["shard"].as_str().unwrap_or("?"),
+                            s["state"].as_str().unwrap_or("?"),
+                            s["unassigned.reason"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
                 return Err(Error::failure(
                     step,
-                    format!("restored indices did not become active: {health}"),
+                    format!(
+                        "restored indices did not become active: {}",
+                        waiting.join(", ")
+                    ),
                 )
                 .service(SVC)
                 .hint(
                     "look at GET _cluster/allocation/explain; verify disk space on the OpenSearch node",
                 ));
             }
-            if !timed_out {
-                // Red at once (no wait happened): do not spin.
-                tokio::time::sleep(wait).await;
-            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
