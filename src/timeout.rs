@@ -80,7 +80,7 @@ impl Timeouts {
     /// What to do about it, and how to change the bound.
     pub fn hint(&self, phase: Phase, what: &str) -> String {
         format!(
-            "{what} took the connection but did not answer in time: is it overloaded, hung, or is something else listening there? If it is only slow, raise the bound with {} (or {}_timeout under [{}] in the config file); nothing that looks complete was written",
+            "{what} took the connection but did not answer in time: is it overloaded, hung, or is something else listening there? If it is only slow, raise the bound with {} (or {}_timeout under [{}] in the config file)",
             self.variable(phase),
             phase.name(),
             self.scope
