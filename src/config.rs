@@ -9,6 +9,7 @@ use crate::cli::{Cli, MethodArgs, Neo4jMethod, OpenSearchMethod, PostgresFormat}
 use crate::error::{Error, Result};
 use crate::service::Service;
 use crate::target::{Compose, Target};
+use crate::timeout::{self, Timeouts};
 
 pub const DEFAULT_ROOT: &str = "artifacts/backup";
 pub const DEFAULT_CONFIG_FILE: &str = "itbackup.toml";
@@ -51,6 +52,16 @@ pub struct FileConfig {
     pub neo4j: Neo4jFile,
     #[serde(default)]
     pub encryption: EncryptionFile,
+    #[serde(default)]
+    pub remote: RemoteFile,
+}
+
+/// `[remote]`: the repository's network bounds (durations like "10s", "2m").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteFile {
+    pub connect_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 /// `[encryption]`: public recipients to seal backups to, and the private
@@ -80,6 +91,8 @@ pub struct Neo4jFile {
     pub transactions: Option<usize>,
     /// Send relationships grouped by start node (needs scratch space, faster).
     pub group_relationships: Option<bool>,
+    pub connect_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 /// How to reach Neo4j and how to back it up.
@@ -96,6 +109,7 @@ pub struct Neo4jSettings {
     pub batch_size: usize,
     pub transactions: usize,
     pub group_relationships: bool,
+    pub timeouts: Timeouts,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +126,8 @@ pub struct OpenSearchFile {
     pub slices: Option<usize>,
     /// `_bulk` requests in flight during a logical restore.
     pub bulk_requests: Option<usize>,
+    pub connect_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 /// Compression of packed archives.
@@ -134,6 +150,7 @@ pub struct OpenSearchSettings {
     pub snapshot_compression: ArchiveCompression,
     pub slices: usize,
     pub bulk_requests: usize,
+    pub timeouts: Timeouts,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +163,8 @@ pub struct PostgresFile {
     pub format: Option<PostgresFormat>,
     pub jobs: Option<usize>,
     pub bin_dir: Option<PathBuf>,
+    pub connect_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 /// How to reach PostgreSQL and how to dump it.
@@ -160,6 +179,7 @@ pub struct PostgresSettings {
     pub jobs: usize,
     /// Directory of pg_dump/pg_restore/psql; `None` means look them up on PATH.
     pub bin_dir: Option<PathBuf>,
+    pub timeouts: Timeouts,
 }
 
 /// Everything a run needs to know, resolved once.
@@ -207,6 +227,12 @@ impl Settings {
                 .unwrap_or(PostgresFormat::Custom),
             jobs: pg_file.jobs.unwrap_or_else(default_jobs).max(1),
             bin_dir: env("IT_PG_BIN").map(PathBuf::from).or(pg_file.bin_dir),
+            timeouts: resolve_timeouts(
+                "postgres",
+                timeout::POSTGRES,
+                pg_file.connect_timeout.as_deref(),
+                pg_file.idle_timeout.as_deref(),
+            )?,
         };
         let os_file = file.opensearch;
         let opensearch = OpenSearchSettings {
@@ -226,6 +252,12 @@ impl Settings {
                 .unwrap_or(ArchiveCompression::Gzip),
             slices: os_file.slices.unwrap_or(2).clamp(1, 16),
             bulk_requests: os_file.bulk_requests.unwrap_or(3).clamp(1, 16),
+            timeouts: resolve_timeouts(
+                "opensearch",
+                timeout::OPENSEARCH,
+                os_file.connect_timeout.as_deref(),
+                os_file.idle_timeout.as_deref(),
+            )?,
         };
         let neo_file = file.neo4j;
         let neo4j = Neo4jSettings {
@@ -257,7 +289,19 @@ impl Settings {
             batch_size: neo_file.batch_size.unwrap_or(2000).max(1),
             transactions: neo_file.transactions.unwrap_or(4).clamp(1, 16),
             group_relationships: neo_file.group_relationships.unwrap_or(true),
+            timeouts: resolve_timeouts(
+                "neo4j",
+                timeout::NEO4J,
+                neo_file.connect_timeout.as_deref(),
+                neo_file.idle_timeout.as_deref(),
+            )?,
         };
+        timeout::set_remote(resolve_timeouts(
+            "remote",
+            timeout::REMOTE,
+            file.remote.connect_timeout.as_deref(),
+            file.remote.idle_timeout.as_deref(),
+        )?);
         let encrypt_to = if !cli.encrypt_to.is_empty() {
             cli.encrypt_to.clone()
         } else {
@@ -302,6 +346,36 @@ fn resolve_target(flag: bool) -> Target {
         project,
         services,
     })
+}
+
+/// The connect and idle bounds of `scope`: `IT_<SCOPE>_CONNECT_TIMEOUT` and
+/// `IT_<SCOPE>_IDLE_TIMEOUT` beat `connect_timeout`/`idle_timeout` in the
+/// file's `[scope]` section, which beat the defaults.
+pub fn resolve_timeouts(
+    scope: &'static str,
+    defaults: (u64, u64),
+    file_connect: Option<&str>,
+    file_idle: Option<&str>,
+) -> Result<Timeouts> {
+    let mut timeouts = Timeouts::new(scope, defaults);
+    for (phase, file) in [
+        (timeout::Phase::Connect, file_connect),
+        (timeout::Phase::Idle, file_idle),
+    ] {
+        let variable = timeouts.variable(phase);
+        let (text, origin) = match (env(&variable), file) {
+            (Some(text), _) => (text, variable),
+            (None, Some(text)) => (text.to_string(), format!("[{scope}] in the config file")),
+            (None, None) => continue,
+        };
+        let value = crate::schedule::parse_duration(&text)
+            .map_err(|e| Error::usage(format!("{origin}: {e}")))?;
+        match phase {
+            timeout::Phase::Connect => timeouts.connect = value,
+            timeout::Phase::Idle => timeouts.idle = value,
+        }
+    }
+    Ok(timeouts)
 }
 
 fn default_jobs() -> usize {

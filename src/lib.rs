@@ -26,4 +26,5 @@ pub mod service;
 pub mod status;
 pub mod stores;
 pub mod target;
+pub mod timeout;
 pub mod verify;

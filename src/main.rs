@@ -180,6 +180,8 @@ async fn run(cli: &Cli) -> Result<()> {
             }
         }
         Command::Push(args) => {
+            // For the repository's timeouts ([remote] in the config file).
+            Settings::resolve(cli, None)?;
             let location = remote::Remote::open(&args.url)?;
             let outcome = location.push(&args.dir).await?;
             report::push(&outcome, json);

@@ -25,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::artifact::{self, create_private_dir, Digest256, PARTIAL_SUFFIX};
 use crate::error::{io_error, Error, Result};
 use crate::manifest::{is_safe_component, Manifest, MANIFEST_FILE};
+use crate::timeout::{self, Phase};
 
 /// Size of the parts of a multipart upload, and how many are in flight.
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -75,7 +76,41 @@ pub struct PushOutcome {
     pub seconds: f64,
 }
 
+/// The bound a repository request ran out of, if that is why it failed.
+fn timed_out(err: &object_store::Error) -> Option<Phase> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut found = None;
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<reqwest::Error>() {
+            if e.is_timeout() {
+                return Some(if e.is_connect() {
+                    Phase::Connect
+                } else {
+                    Phase::Idle
+                });
+            }
+        }
+        if let Some(e) = e.downcast_ref::<object_store::client::HttpError>() {
+            if e.kind() == object_store::client::HttpErrorKind::Timeout {
+                found = Some(Phase::Idle);
+            }
+        }
+        source = e.source();
+    }
+    found
+}
+
 fn remote_error(step: &str, url: &str, err: object_store::Error) -> Error {
+    if let Some(phase) = timed_out(&err) {
+        let timeouts = timeout::remote();
+        return timeouts.error(
+            None,
+            step,
+            phase,
+            &format!("the repository {url}"),
+            &format!("{url}: "),
+        );
+    }
     let hint = match &err {
         object_store::Error::NotFound { .. } => {
             "the bucket or object does not exist; check the URL (s3://bucket/prefix)"
@@ -87,6 +122,27 @@ fn remote_error(step: &str, url: &str, err: object_store::Error) -> Error {
         _ => "is the remote reachable? for S3-compatible servers set AWS_ENDPOINT_URL (and AWS_ALLOW_HTTP=true for plain http)",
     };
     Error::failure(step, format!("{url}: {err}")).hint(hint)
+}
+
+/// Connect and idle (per read) bounds; no total bound, which would cut the
+/// download of a large artifact that is still flowing (object_store's
+/// default is 30 s per request).
+fn client_options() -> object_store::ClientOptions {
+    let timeouts = timeout::remote();
+    object_store::ClientOptions::new()
+        .with_connect_timeout(timeouts.connect)
+        .with_read_timeout(timeouts.idle)
+        .with_timeout_disabled()
+}
+
+/// Retries (of timeouts too) stop once a request is older than the idle
+/// bound: a silent repository fails within about twice that, instead of
+/// object_store's default of three minutes of retries.
+fn retry_config() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        retry_timeout: timeout::remote().idle,
+        ..Default::default()
+    }
 }
 
 impl Remote {
@@ -106,7 +162,19 @@ impl Remote {
         }
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match parsed.scheme() {
             "s3" | "s3a" => {
-                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+                // AmazonS3Builder::from_env, over our timeouts: an AWS_*
+                // variable (AWS_TIMEOUT, AWS_PROXY_URL …) still wins.
+                let mut builder = object_store::aws::AmazonS3Builder::new()
+                    .with_client_options(client_options())
+                    .with_retry(retry_config());
+                for (key, value) in std::env::vars() {
+                    if key.starts_with("AWS_") {
+                        if let Ok(key) = key.to_ascii_lowercase().parse() {
+                            builder = builder.with_config(key, value);
+                        }
+                    }
+                }
+                builder = builder.with_url(url);
                 let endpoint = std::env::var("AWS_ENDPOINT_URL")
                     .or_else(|_| std::env::var("AWS_ENDPOINT"))
                     .unwrap_or_default();
@@ -128,6 +196,8 @@ impl Remote {
             "gs" => {
                 let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(url)
+                    .with_client_options(client_options())
+                    .with_retry(retry_config())
                     .build()
                     .map_err(|e| Error::usage(format!("repository {url}: {e}")))?;
                 (Arc::new(store), path_of(&parsed)?)
@@ -135,6 +205,8 @@ impl Remote {
             "az" | "azure" | "abfs" | "abfss" => {
                 let store = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(url)
+                    .with_client_options(client_options())
+                    .with_retry(retry_config())
                     .build()
                     .map_err(|e| Error::usage(format!("repository {url}: {e}")))?;
                 (Arc::new(store), path_of(&parsed)?)
@@ -142,6 +214,8 @@ impl Remote {
             "http" | "https" => {
                 let store = object_store::http::HttpBuilder::new()
                     .with_url(&parsed[..url::Position::BeforePath])
+                    .with_client_options(client_options())
+                    .with_retry(retry_config())
                     .build()
                     .map_err(|e| Error::usage(format!("repository {url}: {e}")))?;
                 (Arc::new(store), path_of(&parsed)?)

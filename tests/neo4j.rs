@@ -432,6 +432,82 @@ fn logical_backup_during_writes_restores_a_consistent_graph() {
     neo.wipe();
 }
 
+/// A thread that runs `statement(round)` until `stop` (at most 2000 rounds,
+/// so that a backup that never ends fails the test); returns its rounds.
+fn churn(
+    stop: &Arc<AtomicBool>,
+    statement: impl Fn(i64) -> String + Send + 'static,
+) -> std::thread::JoinHandle<i64> {
+    let stop = stop.clone();
+    std::thread::spawn(move || {
+        let neo = Neo::connect();
+        let mut round = 0i64;
+        while !stop.load(Ordering::Relaxed) && round < 2000 {
+            round += 1;
+            // A write may lose a race with the other writer: that is the point.
+            let _ = neo.rt.block_on(neo.graph.run(query(&statement(round))));
+        }
+        round
+    })
+}
+
+#[test]
+fn logical_backups_survive_random_deletes_between_and_during_their_passes() {
+    let _guard = serial();
+    let neo = Neo::connect();
+    neo.wipe();
+    neo.run("UNWIND range(1, 30000) AS i CREATE (:Base {n: i, name: 'node ' + toString(i)})");
+    neo.run("MATCH (a:Base) WHERE a.n % 3 <> 0 MATCH (b:Base {n: a.n + 1}) CREATE (a)-[:NEXT {w: a.n}]->(b)");
+    let top = neo.count("MATCH (x) RETURN max(id(x)) AS n");
+
+    // One writer links new nodes to random existing ones; another deletes
+    // random nodes (with their relationships), while the backups run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let creator = churn(&stop, move |round| {
+        format!(
+            "UNWIND range(1, 40) AS i MATCH (x) WHERE id(x) = toInteger(rand() * {top}) \
+             CREATE (x)-[:LINK {{round: {round}}}]->(:Live {{round: {round}, i: i}})"
+        )
+    });
+    let deleter = churn(&stop, move |_| {
+        format!(
+            "UNWIND range(1, 40) AS i MATCH (x) WHERE id(x) = toInteger(rand() * {top}) DETACH DELETE x"
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let root = temp_root();
+        let root_arg = root.path().to_str().unwrap();
+        let out = itbackup(&["--root", root_arg, "backup", "--services", "neo4j"], &[]);
+        let verified = out
+            .status
+            .success()
+            .then(|| itbackup(&["--root", root_arg, "verify"], &[]));
+        outcomes.push((out, verified));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (created, deleted) = (creator.join().unwrap(), deleter.join().unwrap());
+    assert!(
+        created > 1 && deleted > 1,
+        "the writers must have run during the backups"
+    );
+    for (out, verified) in &outcomes {
+        assert!(
+            out.status.success(),
+            "backup under deletes failed\n{}",
+            text(out)
+        );
+        let verified = verified.as_ref().unwrap();
+        assert!(
+            verified.status.success(),
+            "verify failed\n{}",
+            text(verified)
+        );
+    }
+    neo.wipe();
+}
+
 #[test]
 fn dump_round_trip_stops_and_starts_the_server() {
     let _guard = serial();

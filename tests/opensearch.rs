@@ -570,6 +570,87 @@ fn index_definitions_another_version_refuses_are_found_before_any_index_is_repla
     os.wipe_fixture();
 }
 
+/// Repositories named like itbackup's temporary ones: name → location.
+fn temporary_repositories(os: &Os) -> BTreeMap<String, String> {
+    let all = os.get("_snapshot/_all");
+    all.as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| name.starts_with("itbackup-"))
+        .map(|(name, repo)| {
+            let location = repo["settings"]["location"].as_str().unwrap_or_default();
+            (name.clone(), location.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn repositories_of_killed_snapshot_runs_are_removed_by_the_next_backup() {
+    let _guard = serial();
+    let os = Os::new();
+    os.create_fixture();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let repo_root = Path::new(&required_env("IT_OPENSEARCH_REPO")).to_path_buf();
+    // Those of runs that are not this test's (another test's, or too recent
+    // to be judged without a holder) are left out of the count.
+    let before = temporary_repositories(&os);
+    let new_ones = |os: &Os| {
+        let mut now = temporary_repositories(os);
+        now.retain(|name, _| !before.contains_key(name));
+        now
+    };
+
+    // Killed (kill -9) once its temporary repository is registered, while it snapshots.
+    let backup = [
+        "--root",
+        root_arg,
+        "backup",
+        "--services",
+        "opensearch",
+        "--opensearch-method",
+        "snapshot",
+        "--indices",
+        "itb-*",
+    ];
+    let killed = kill_when(&backup, || !new_ones(&os).is_empty());
+    assert!(killed, "the backup finished before it could be interrupted");
+    let left = new_ones(&os);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let (dead, dead_location) = left.into_iter().next().unwrap();
+
+    // A live run's repository (this test process is alive, on this host) is never touched.
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let live = format!("itbackup-live-{}", std::process::id());
+    let live_location = repo_root.join(&live);
+    os.put(
+        &format!("_snapshot/{live}"),
+        json!({"type": "fs", "settings": {
+            "location": live_location, "itbackup_host": host.trim(),
+            "itbackup_pid": std::process::id().to_string(),
+            "itbackup_started": jiff::Timestamp::now().to_string()}}),
+    );
+
+    // The next backup removes the dead run's registration and its copy.
+    ok(&backup, &[]);
+    let after = temporary_repositories(&os);
+    assert!(
+        !after.contains_key(&dead),
+        "the killed run's repository {dead} is still registered: {after:?}"
+    );
+    assert!(
+        !Path::new(&dead_location).exists(),
+        "the killed run's copy {dead_location} is still under path.repo"
+    );
+    assert!(
+        after.contains_key(&live) && live_location.exists(),
+        "a live run's repository was removed: {after:?}"
+    );
+    os.delete(&format!("_snapshot/{live}"));
+    let _ = fs::remove_dir_all(&live_location);
+    os.wipe_fixture();
+}
+
 #[test]
 fn unreachable_or_red_cluster_gives_a_clear_error() {
     let _guard = serial();

@@ -38,6 +38,7 @@ use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo, ToolCommand};
 use crate::service::Service;
 use crate::target::Target;
+use crate::timeout::Phase;
 
 mod drill;
 mod load;
@@ -208,8 +209,15 @@ impl Neo4j {
             txn.commit().await?;
             Ok::<Graph, neo4rs::Error>(graph)
         };
-        match tokio::time::timeout(Duration::from_secs(20), connect_and_ping).await {
-            Err(_) => Err(unreachable("no answer within 20 s".into())),
+        let timeouts = &self.settings.timeouts;
+        match tokio::time::timeout(timeouts.connect, connect_and_ping).await {
+            Err(_) => Err(timeouts.error(
+                Some(SVC),
+                "connect",
+                Phase::Connect,
+                &format!("Neo4j at {uri}"),
+                &format!("cannot reach Neo4j at {uri}: "),
+            )),
             Ok(Ok(graph)) => Ok(graph),
             Ok(Err(e)) => {
                 let text = mask_userinfo(&e.to_string());
@@ -235,15 +243,36 @@ impl Neo4j {
 
     /// Rows of a query, each as a map of column → Bolt value.
     async fn rows(&self, graph: &Graph, cypher: &str, step: &str) -> Result<Vec<neo4rs::Row>> {
-        let mut stream = graph
-            .execute(query(cypher))
-            .await
-            .map_err(|e| neo_error(step, e))?;
+        let mut stream = self.bounded(step, graph.execute(query(cypher))).await?;
         let mut rows = Vec::new();
-        while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
+        while let Some(row) = self.bounded(step, stream.next()).await? {
             rows.push(row);
         }
         Ok(rows)
+    }
+
+    /// One exchange with the server (a query's first answer, or its next
+    /// batch of rows), bounded by the idle timeout: Community has no
+    /// per-transaction timeout the driver can set, so a query that stops
+    /// answering is abandoned here, and dropping its connection ends it on
+    /// the server. Used for reads; a restore's long writes (the wipe, index
+    /// builds) are not cut.
+    async fn bounded<T>(
+        &self,
+        step: &str,
+        work: impl std::future::Future<Output = std::result::Result<T, neo4rs::Error>>,
+    ) -> Result<T> {
+        let timeouts = &self.settings.timeouts;
+        match tokio::time::timeout(timeouts.idle, work).await {
+            Ok(result) => result.map_err(|e| neo_error(step, e)),
+            Err(_) => Err(timeouts.error(
+                Some(SVC),
+                step,
+                Phase::Idle,
+                &format!("Neo4j at {}", self.settings.uri),
+                &format!("{}: ", self.settings.uri),
+            )),
+        }
     }
 
     async fn version_and_edition(&self, graph: &Graph) -> Result<(String, String)> {
@@ -394,11 +423,13 @@ impl Neo4j {
             out.push(&line).await?;
         }
         let indexes = "SHOW INDEXES YIELD name, owningConstraint, createStatement WHERE owningConstraint IS NULL AND name <> $temp RETURN name, createStatement";
-        let mut stream = graph
-            .execute(query(indexes).param("temp", TEMP_INDEX))
-            .await
-            .map_err(|e| neo_error(step, e))?;
-        while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
+        let mut stream = self
+            .bounded(
+                step,
+                graph.execute(query(indexes).param("temp", TEMP_INDEX)),
+            )
+            .await?;
+        while let Some(row) = self.bounded(step, stream.next()).await? {
             let mut line = Line::new("index");
             line.name = row.get("name").ok();
             line.statement = row.get("createStatement").ok();
@@ -422,12 +453,19 @@ impl Neo4j {
         let cypher = format!(
             "MATCH (x) WHERE id(x) <= $max RETURN elementId(x) AS id, labels(x) AS labels, {PROPS} AS props"
         );
-        let mut stream = graph
-            .execute(query(&cypher).param("max", max_node_id))
-            .await
-            .map_err(|e| neo_error(step, e))?;
-        while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
-            let node = Entity::node(&row, step)?;
+        let mut stream = self
+            .bounded(
+                step,
+                graph.execute(query(&cypher).param("max", max_node_id)),
+            )
+            .await?;
+        let mut vanished = 0u64;
+        while let Some(row) = self.bounded(step, stream.next()).await? {
+            let Some(node) = Entity::node(&row, step)? else {
+                // Deleted while it was read: as if the scan had missed it.
+                vanished += 1;
+                continue;
+            };
             count_labels(&mut labels, &node.labels);
             exported.insert(node.id);
             nodes += 1;
@@ -445,25 +483,31 @@ impl Neo4j {
         let cypher = format!(
             "MATCH (a)-[x]->(b) WHERE id(x) <= $max RETURN elementId(x) AS id, type(x) AS type, elementId(a) AS start, elementId(b) AS end, {PROPS} AS props"
         );
-        let mut stream = graph
-            .execute(query(&cypher).param("max", max_rel_id))
-            .await
-            .map_err(|e| neo_error(step, e))?;
-        'rels: while let Some(row) = stream.next().await.map_err(|e| neo_error(step, e))? {
-            let rel = Entity::relationship(&row, step)?;
+        let mut stream = self
+            .bounded(step, graph.execute(query(&cypher).param("max", max_rel_id)))
+            .await?;
+        'rels: while let Some(row) = self.bounded(step, stream.next()).await? {
+            let Some(rel) = Entity::relationship(&row, step)? else {
+                dangling += 1;
+                continue;
+            };
             let [rel_type, start, end] = rel.rel.expect("a relationship has endpoints");
             for endpoint in [start, end] {
                 if exported.contains(endpoint) {
                     continue;
                 }
                 let cypher = format!("MATCH (x) WHERE elementId(x) = $id RETURN elementId(x) AS id, labels(x) AS labels, {PROPS} AS props");
-                let mut found = graph
-                    .execute(query(&cypher).param("id", endpoint))
-                    .await
-                    .map_err(|e| neo_error(step, e))?;
-                match found.next().await.map_err(|e| neo_error(step, e))? {
-                    Some(row) => {
-                        let node = Entity::node(&row, step)?;
+                let mut found = self
+                    .bounded(step, graph.execute(query(&cypher).param("id", endpoint)))
+                    .await?;
+                let row = self.bounded(step, found.next()).await?;
+                match row
+                    .as_ref()
+                    .map(|row| Entity::node(row, step))
+                    .transpose()?
+                    .flatten()
+                {
+                    Some(node) => {
                         count_labels(&mut labels, &node.labels);
                         exported.insert(endpoint);
                         nodes += 1;
@@ -504,6 +548,9 @@ impl Neo4j {
         record
             .details
             .insert("relationships_left_out".into(), json!(dangling));
+        record
+            .details
+            .insert("nodes_left_out".into(), json!(vanished));
         Ok(())
     }
 
@@ -727,28 +774,45 @@ struct Entity<'r> {
 }
 
 impl<'r> Entity<'r> {
-    fn node(row: &'r neo4rs::Row, step: &str) -> Result<Self> {
+    /// The node of a row; `None` when it was deleted while the row was read:
+    /// reads are read-committed, so a node matched by the scan and deleted
+    /// by another transaction before its projection comes back with nulls.
+    fn node(row: &'r neo4rs::Row, step: &str) -> Result<Option<Self>> {
         let bad = |e: neo4rs::DeError| Error::failure(step, e.to_string()).service(SVC);
-        Ok(Entity {
-            id: row.get("id").map_err(bad)?,
-            labels: row.get("labels").map_err(bad)?,
+        let (Some(id), Some(labels), Some(props)) = (
+            row.get("id").map_err(bad)?,
+            row.get("labels").map_err(bad)?,
+            row.get("props").map_err(bad)?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Entity {
+            id,
+            labels,
             rel: None,
-            props: row.get("props").map_err(bad)?,
-        })
+            props,
+        }))
     }
 
-    fn relationship(row: &'r neo4rs::Row, step: &str) -> Result<Self> {
+    /// The relationship of a row; `None` when it, or an endpoint, was
+    /// deleted while the row was read (see [`Entity::node`]).
+    fn relationship(row: &'r neo4rs::Row, step: &str) -> Result<Option<Self>> {
         let bad = |e: neo4rs::DeError| Error::failure(step, e.to_string()).service(SVC);
-        Ok(Entity {
-            id: row.get("id").map_err(bad)?,
+        let (Some(id), Some(rel_type), Some(start), Some(end), Some(props)) = (
+            row.get("id").map_err(bad)?,
+            row.get("type").map_err(bad)?,
+            row.get("start").map_err(bad)?,
+            row.get("end").map_err(bad)?,
+            row.get("props").map_err(bad)?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Entity {
+            id,
             labels: Vec::new(),
-            rel: Some([
-                row.get("type").map_err(bad)?,
-                row.get("start").map_err(bad)?,
-                row.get("end").map_err(bad)?,
-            ]),
-            props: row.get("props").map_err(bad)?,
-        })
+            rel: Some([rel_type, start, end]),
+            props,
+        }))
     }
 
     /// The line, with `Line`'s fields in `Line`'s order.

@@ -38,8 +38,10 @@ use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo, ToolCommand};
 use crate::service::Service;
 use crate::target::Target;
+use crate::timeout::{Phase, Timeouts};
 
 mod drill;
+mod leftovers;
 
 const SVC: Service = Service::Opensearch;
 const LOGICAL_FORMAT: &str = "itbackup-opensearch-ndjson";
@@ -95,6 +97,7 @@ struct Http {
     client: reqwest::Client,
     username: Option<String>,
     password: Option<crate::config::Secret>,
+    timeouts: Timeouts,
 }
 
 /// An HTTP failure: the status (if the server answered) and a readable message.
@@ -102,6 +105,17 @@ struct HttpError {
     status: Option<StatusCode>,
     message: String,
     unreachable: bool,
+    /// Which bound ran out, when one did.
+    timed_out: Option<Phase>,
+}
+
+/// The bound a reqwest error ran out of, if any.
+fn timed_out(e: &reqwest::Error) -> Option<Phase> {
+    match (e.is_timeout(), e.is_connect()) {
+        (true, true) => Some(Phase::Connect),
+        (true, false) => Some(Phase::Idle),
+        _ => None,
+    }
 }
 
 impl Http {
@@ -130,12 +144,14 @@ impl Http {
         let response = builder.send().await.map_err(|e| HttpError {
             status: None,
             unreachable: e.is_connect() || e.is_timeout(),
+            timed_out: timed_out(&e),
             message: mask_userinfo(&e.to_string()),
         })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| HttpError {
             status: Some(status),
             unreachable: false,
+            timed_out: timed_out(&e),
             message: e.to_string(),
         })?;
         if status.is_success() {
@@ -152,12 +168,22 @@ impl Http {
         Err(HttpError {
             status: Some(status),
             unreachable: false,
+            timed_out: None,
             message: format!("HTTP {status}: {reason}"),
         })
     }
 
     fn error(&self, step: &str, err: HttpError) -> Error {
         let base = mask_userinfo(&self.base);
+        if let Some(phase) = err.timed_out {
+            return self.timeouts.error(
+                Some(SVC),
+                step,
+                phase,
+                &format!("OpenSearch at {base}"),
+                &format!("{base}: "),
+            );
+        }
         let e = Error::failure(step, err.message).service(SVC);
         if err.unreachable {
             e.hint(format!("is OpenSearch running and reachable at {base}? check `docker compose ps` and OPENSEARCH_URL"))
@@ -380,8 +406,12 @@ impl Selection {
 
 impl OpenSearch {
     pub fn new(settings: OpenSearchSettings, target: Target) -> Self {
+        // The idle bound is per read, never a total: a big `_bulk` or a long
+        // export page may take long as long as the server answers; the
+        // server-side waits (snapshot, restore, health) are polled below it.
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(settings.timeouts.connect)
+            .read_timeout(settings.timeouts.idle)
             .pool_max_idle_per_host(16)
             .build()
             .expect("http client");
@@ -390,6 +420,7 @@ impl OpenSearch {
             client,
             username: settings.username.clone(),
             password: settings.password.clone(),
+            timeouts: settings.timeouts,
         };
         OpenSearch {
             settings,
@@ -624,30 +655,88 @@ impl OpenSearch {
         })
     }
 
+    /// Wait until every primary shard of `indices` (all, when empty) is
+    /// started. Polled with quick requests, never one long server-side wait
+    /// (which the idle bound would cut); and through the shards, not the
+    /// health: OpenSearch reports an index whose primaries are still waiting
+    /// to be restored from a snapshot as yellow. While primaries are
+    /// initializing (a restore copying data) the wait goes on however long it
+    /// takes; when nothing has moved for two minutes, it fails.
     async fn wait_healthy(&self, indices: &[String], step: &str) -> Result<()> {
-        let target = if indices.is_empty() {
-            String::new()
-        } else {
+        let path = format!(
+            "_cat/shards/{}?format=json&h=index,shard,prirep,state,unassigned.reason",
             indices.join(",")
-        };
-        let health = self
-            .http
-            .get(
-                &format!("_cluster/health/{target}?wait_for_status=yellow&timeout=120s"),
-                step,
-            )
-            .await?;
-        if health["timed_out"].as_bool().unwrap_or(false) || health["status"] == "red" {
-            return Err(Error::failure(
-                step,
-                format!("restored indices did not become active: {health}"),
-            )
-            .service(SVC)
-            .hint(
-                "look at GET _cluster/allocation/explain; verify disk space on the OpenSearch node",
-            ));
+        );
+        let mut delay = Duration::from_millis(200);
+        let mut still = Duration::ZERO;
+        loop {
+            let shards = self.http.get(&path, step).await?;
+            let primaries: Vec<&Value> = shards
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["prirep"] == "p")
+                .collect();
+            let started = primaries.iter().all(|s| s["state"] == "STARTED");
+            if started && (indices.is_empty() || !primaries.is_empty()) {
+                return Ok(());
+            }
+            let moving = primaries
+                .iter()
+                .any(|s| s["state"] == "INITIALIZING" || s["state"] == "RELOCATING");
+            still = if moving {
+                Duration::ZERO
+            } else {
+                still + delay
+            };
+            if still >= Duration::from_secs(120) {
+                let waiting: Vec<String> = primaries
+                    .iter()
+                    .filter(|s| s["state"] != "STARTED")
+                    .map(|s| {
+                        format!(
+                            "{}[{}] {} {}",
+                            s["index"].as_str().unwrap_or("?"),
+                            s["shard"].as_str().unwrap_or("?"),
+                            s["state"].as_str().unwrap_or("?"),
+                            s["unassigned.reason"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                return Err(Error::failure(
+                    step,
+                    format!(
+                        "restored indices did not become active: {}",
+                        waiting.join(", ")
+                    ),
+                )
+                .service(SVC)
+                .hint(
+                    "look at GET _cluster/allocation/explain; verify disk space on the OpenSearch node",
+                ));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
-        Ok(())
+    }
+
+    /// Wait for the snapshot `repo`/snapshot to end, polling (a snapshot of
+    /// a large cluster takes longer than any idle bound); its final state.
+    async fn wait_for_snapshot(&self, repo: &str, step: &str) -> Result<Value> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let listed = self
+                .http
+                .get(&format!("_snapshot/{repo}/snapshot"), step)
+                .await?;
+            let snapshot = listed["snapshots"][0].clone();
+            match snapshot["state"].as_str() {
+                Some("IN_PROGRESS") | Some("STARTED") | Some("INIT") => {}
+                _ => return Ok(snapshot),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
     }
 
     // ---- snapshot ---------------------------------------------------------
@@ -696,7 +785,7 @@ impl OpenSearch {
             .call(
                 Method::PUT,
                 &format!("_snapshot/{repo}"),
-                Some(&json!({"type": "fs", "settings": {"location": location, "compress": true}})),
+                Some(&repository_body(json!({"location": location, "compress": true}))),
                 "register snapshot repository",
             )
             .await
@@ -717,11 +806,12 @@ impl OpenSearch {
             "ignore_unavailable": false,
             "partial": false,
         });
-        let answer = self
-            .http
+        // Started, then polled: waiting for completion in one request would
+        // be one long silence, which the idle bound would cut.
+        self.http
             .call(
                 Method::PUT,
-                &format!("_snapshot/{repo}/snapshot?wait_for_completion=true"),
+                &format!("_snapshot/{repo}/snapshot"),
                 Some(&body),
                 step,
             )
@@ -729,10 +819,11 @@ impl OpenSearch {
             .map_err(|e| {
                 e.hint("verify disk space and that OpenSearch may write under path.repo")
             })?;
-        let state = answer["snapshot"]["state"].as_str().unwrap_or("unknown");
-        let failed = answer["snapshot"]["shards"]["failed"].as_u64().unwrap_or(0);
+        let answer = self.wait_for_snapshot(repo, step).await?;
+        let state = answer["state"].as_str().unwrap_or("unknown");
+        let failed = answer["shards"]["failed"].as_u64().unwrap_or(0);
         if state != "SUCCESS" || failed > 0 {
-            return Err(Error::failure(step, format!("snapshot ended {state} with {failed} failed shard(s): {}", answer["snapshot"]["failures"]))
+            return Err(Error::failure(step, format!("snapshot ended {state} with {failed} failed shard(s): {}", answer["failures"]))
                 .service(SVC)
                 .hint("verify disk space and that the opensearch container can create files under /usr/share/opensearch/data"));
         }
@@ -986,7 +1077,9 @@ impl OpenSearch {
             .call(
                 Method::PUT,
                 &format!("_snapshot/{repo}"),
-                Some(&json!({"type": "fs", "settings": {"location": location, "readonly": true}})),
+                Some(&repository_body(
+                    json!({"location": location, "readonly": true}),
+                )),
                 "register snapshot repository",
             )
             .await?;
@@ -1051,23 +1144,16 @@ impl OpenSearch {
             "include_global_state": true,
             "include_aliases": true,
         });
-        let answer = self
-            .http
+        // Started, then polled through the indices' health (see wait_healthy):
+        // a restore copies whole shards, longer than any idle bound.
+        self.http
             .call(
                 Method::POST,
-                &format!("_snapshot/{repo}/{snapshot}/_restore?wait_for_completion=true"),
+                &format!("_snapshot/{repo}/{snapshot}/_restore"),
                 Some(&body),
                 step,
             )
             .await?;
-        let failed = answer["snapshot"]["shards"]["failed"].as_u64().unwrap_or(0);
-        if failed > 0 {
-            return Err(Error::failure(
-                step,
-                format!("{failed} shard(s) failed to restore: {answer}"),
-            )
-            .service(SVC));
-        }
         let mut restored = indices;
         restored.extend(backing_indices);
         self.wait_healthy(&restored, step).await
@@ -1391,15 +1477,23 @@ impl OpenSearch {
                     HttpError {
                         status: None,
                         unreachable: e.is_connect(),
+                        timed_out: timed_out(&e),
                         message: mask_userinfo(&e.to_string()),
                     },
                 )
             })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Error::failure(step, e.to_string()).service(SVC))?;
+        let bytes = response.bytes().await.map_err(|e| {
+            self.http.error(
+                step,
+                HttpError {
+                    status: Some(status),
+                    unreachable: false,
+                    timed_out: timed_out(&e),
+                    message: e.to_string(),
+                },
+            )
+        })?;
         if !status.is_success() {
             return Err(Error::failure(
                 step,
@@ -2387,6 +2481,18 @@ struct BulkItem {
     error: Option<Value>,
 }
 
+/// The registration of a temporary fs repository: `settings` and its holder
+/// (see `leftovers`), so that what a killed run leaves can be told apart
+/// from what a live one uses.
+fn repository_body(settings: Value) -> Value {
+    let mut settings = match settings {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    settings.extend(leftovers::holder_settings());
+    json!({"type": "fs", "settings": settings})
+}
+
 /// One `_bulk` request, retried with back-off while the cluster pushes back (429).
 /// Every action carries its `_id`, so sending a batch twice is harmless. The
 /// body is shared between attempts, never copied.
@@ -2483,7 +2589,7 @@ impl Store for OpenSearch {
         let url = mask_userinfo(&self.settings.url);
         let snapshot = vec![
             format!("PUT {url}/_snapshot/itbackup-<ts>  (fs repository under path.repo)"),
-            format!("PUT {url}/_snapshot/itbackup-<ts>/snapshot?wait_for_completion=true  (indices: {indices}, with global state)"),
+            format!("PUT {url}/_snapshot/itbackup-<ts>/snapshot  (indices: {indices}, with global state), polled until it ends"),
             format!("pack the repository into {}/opensearch_{}.{}", ctx.dir.display(), ctx.timestamp, self.settings.snapshot_compression.extension()),
             "unregister the repository and remove its files".into(),
         ];
@@ -2509,6 +2615,7 @@ impl Store for OpenSearch {
         let server_version = self.version().await?;
         self.health("cluster health").await?;
         let (method, reason) = self.choose_method().await?;
+        self.remove_dead_runs_repositories().await;
         let selection = self.select().await?;
         let mut record = ArtifactRecord::begun(server_version, started_at);
         record.details.insert("method_reason".into(), json!(reason));
@@ -2637,6 +2744,7 @@ impl Store for OpenSearch {
 
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
         self.health("cluster health").await?;
+        self.remove_dead_runs_repositories().await;
         match record.method.as_str() {
             "snapshot" => self.restore_snapshot(ctx, record).await?,
             _ => self.restore_logical(ctx).await?,

@@ -30,6 +30,7 @@ use crate::manifest::{ArtifactRecord, Member};
 use crate::process::{self, ToolCommand};
 use crate::service::Service;
 use crate::target::Target;
+use crate::timeout::Phase;
 
 mod drill;
 mod replace;
@@ -77,6 +78,10 @@ impl Postgres {
                 .env("PGPORT", self.settings.port.to_string());
         }
         cmd = cmd.env("PGUSER", &self.settings.user);
+        // libpq's bound on establishing a connection (TCP, startup and
+        // authentication), in whole seconds; libpq treats less than 2 as 2.
+        let connect = self.settings.timeouts.connect.as_secs_f64().ceil().max(2.0);
+        cmd = cmd.env("PGCONNECT_TIMEOUT", format!("{connect}"));
         if let Some(password) = &self.settings.password {
             cmd = cmd.secret_env("PGPASSWORD", password);
         }
@@ -84,6 +89,7 @@ impl Postgres {
     }
 
     async fn connect(&self, database: &str, step: &str) -> Result<tokio_postgres::Client> {
+        let timeouts = self.settings.timeouts;
         let mut config = tokio_postgres::Config::new();
         config
             .host(&self.settings.host)
@@ -91,24 +97,28 @@ impl Postgres {
             .user(&self.settings.user)
             .dbname(database)
             .application_name("itbackup")
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(timeouts.connect)
+            // A peer that vanishes (host down, network cut) is found by TCP
+            // keepalive and unacknowledged sends, not waited for for ever; a
+            // statement the server is still running is never cut (counting
+            // the rows of a large table can take minutes).
+            .keepalives(true)
+            .keepalives_idle(timeouts.idle.min(Duration::from_secs(60)))
+            .tcp_user_timeout(timeouts.idle);
         if let Some(password) = &self.settings.password {
             config.password(password.expose());
         }
-        let (client, connection) = match config.connect(NoTls).await {
+        let (client, connection) = match self.connect_within(&config, database, step).await? {
             Ok(connected) => connected,
             // A restore killed while `postgres` was renamed aside (see
             // `replace`) leaves the cluster without it until the next
             // restore, which must still be able to connect: pg_dumpall and
             // psql fall back to template1 the same way.
-            Err(e)
-                if database == "postgres" && e.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
-            {
+            Err(e) if database == "postgres" && e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
                 tracing::warn!("postgres: the database postgres does not exist (an interrupted restore?); connecting to template1");
                 config.dbname("template1");
-                config
-                    .connect(NoTls)
-                    .await
+                self.connect_within(&config, "template1", step)
+                    .await?
                     .map_err(|e| self.connect_error("template1", step, e))?
             }
             Err(e) => return Err(self.connect_error(database, step, e)),
@@ -119,6 +129,42 @@ impl Postgres {
             }
         });
         Ok(client)
+    }
+
+    /// Connect with `config`, bounded by the connect timeout as a whole:
+    /// tokio-postgres' own connect_timeout covers only the TCP connection, so
+    /// a server that takes it and never answers the startup would hang. The
+    /// outer error is the timeout; the inner one is the server's answer.
+    async fn connect_within(
+        &self,
+        config: &tokio_postgres::Config,
+        database: &str,
+        step: &str,
+    ) -> Result<
+        std::result::Result<
+            (
+                tokio_postgres::Client,
+                tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+            ),
+            tokio_postgres::Error,
+        >,
+    > {
+        let timeouts = self.settings.timeouts;
+        tokio::time::timeout(timeouts.connect, config.connect(NoTls))
+            .await
+            .map_err(|_| {
+                let endpoint = self.endpoint();
+                timeouts.error(
+                    Some(SVC),
+                    step,
+                    Phase::Connect,
+                    &format!("PostgreSQL at {endpoint}"),
+                    &format!(
+                        "cannot connect to {endpoint} (database {database}, user {}): ",
+                        self.settings.user
+                    ),
+                )
+            })
     }
 
     fn connect_error(&self, database: &str, step: &str, err: tokio_postgres::Error) -> Error {
