@@ -2749,6 +2749,10 @@ impl Store for OpenSearch {
             "snapshot" => self.restore_snapshot(ctx, record).await?,
             _ => self.restore_logical(ctx).await?,
         }
+        // Again: a killed run's snapshot restore still running in the
+        // cluster kept its repository in use at the start; replacing the
+        // same indices has ended it.
+        self.remove_dead_runs_repositories().await;
         self.health("cluster health after restore")
             .await
             .map(|_| ())

@@ -114,7 +114,9 @@ impl Postgres {
             // `replace`) leaves the cluster without it until the next
             // restore, which must still be able to connect: pg_dumpall and
             // psql fall back to template1 the same way.
-            Err(e) if database == "postgres" && e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+            Err(e)
+                if database == "postgres" && e.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
+            {
                 tracing::warn!("postgres: the database postgres does not exist (an interrupted restore?); connecting to template1");
                 config.dbname("template1");
                 self.connect_within(&config, "template1", step)
@@ -144,7 +146,10 @@ impl Postgres {
         std::result::Result<
             (
                 tokio_postgres::Client,
-                tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+                tokio_postgres::Connection<
+                    tokio_postgres::Socket,
+                    tokio_postgres::tls::NoTlsStream,
+                >,
             ),
             tokio_postgres::Error,
         >,

@@ -152,7 +152,9 @@ impl OpenSearch {
 
     /// Copies under `path.repo` named like ours that no repository uses
     /// (a run killed between unregistering and deleting, or while a restore
-    /// unpacked): removed once untouched for [`STALE_AFTER`].
+    /// unpacked): removed at once when the pid their name ends with is not
+    /// alive on this host (itbackup names them, from this host, since it
+    /// reaches `path.repo` here), else once untouched for [`STALE_AFTER`].
     fn remove_unregistered_copies(&self, root: &Path, registered: &Value, now: jiff::Timestamp) {
         let Ok(entries) = std::fs::read_dir(root) else {
             return;
@@ -169,7 +171,12 @@ impl OpenSearch {
                 .and_then(|m| jiff::Timestamp::try_from(m).ok())
                 .map(|m| now.duration_since(m));
             let stale = jiff::SignedDuration::try_from(STALE_AFTER).ok();
-            if meta.is_dir() && untouched.zip(stale).is_some_and(|(u, s)| u > s) {
+            let run_gone = name
+                .rsplit('-')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| pid != std::process::id() && !alive(pid));
+            if meta.is_dir() && (run_gone || untouched.zip(stale).is_some_and(|(u, s)| u > s)) {
                 match std::fs::remove_dir_all(entry.path()) {
                     Ok(()) => {
                         tracing::info!(service = %SVC, path = %entry.path().display(), "removed an unregistered copy of a killed run")
