@@ -167,8 +167,8 @@ fn compose_backup_and_restore_of_all_three_stores() {
     // the password went by name only.
     let calls = stack.calls();
     for needle in [
-        "\texec\t-T\t-e\tPGUSER\t-e\tPGPASSWORD\tpostgres\tpg_dump\t",
-        "\texec\t-T\t-e\tPGUSER\t-e\tPGPASSWORD\tpostgres\tpg_restore\t",
+        "\texec\t-T\t-e\tPGUSER\t-e\tPGCONNECT_TIMEOUT\t-e\tPGPASSWORD\tpostgres\tpg_dump\t",
+        "\texec\t-T\t-e\tPGUSER\t-e\tPGCONNECT_TIMEOUT\t-e\tPGPASSWORD\tpostgres\tpg_restore\t",
         "\tstop\tneo4j",
         "\trun\t--rm\t-T\t--no-deps\tneo4j\tneo4j-admin\tdatabase\tdump\t",
         "\trun\t--rm\t-T\t--no-deps\tneo4j\tneo4j-admin\tdatabase\tload\t",
@@ -234,7 +234,7 @@ fn dry_run_prints_the_docker_compose_command_lines() {
     succeeded(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("docker compose -f docker-compose.yml -f docker-compose.override.yml -p infoterminal exec -T -e PGUSER -e PGPASSWORD postgres pg_dump"),
+        stdout.contains("docker compose -f docker-compose.yml -f docker-compose.override.yml -p infoterminal exec -T -e PGUSER -e PGCONNECT_TIMEOUT -e PGPASSWORD postgres pg_dump"),
         "{stdout}"
     );
     assert!(stack.calls().is_empty(), "a dry run must not call docker");
