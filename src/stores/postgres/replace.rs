@@ -70,17 +70,28 @@ impl Postgres {
     /// exists. On failure, what was already set aside is put back.
     pub(super) async fn begin_replacement(&self, databases: &[String]) -> Result<Replacement> {
         let step = "set aside the databases to replace";
-        let bootstrap = self.connect("template1", step).await?;
-        drop_database(&bootstrap, WORK_DB, step).await?;
-        bootstrap
-            .batch_execute(&format!(
-                "CREATE DATABASE {} TEMPLATE template0",
-                quote_ident(WORK_DB)
-            ))
+        // "postgres" falls back to template1, then to a killed run's work
+        // database (when both were renamed aside), which is then reused.
+        let bootstrap = self.connect("postgres", step).await?;
+        let on_work_db: bool = bootstrap
+            .query_one("SELECT current_database() = $1", &[&WORK_DB])
             .await
-            .map_err(|e| Self::query_error(step, e))?;
-        drop(bootstrap);
-        let admin = self.connect(WORK_DB, step).await?;
+            .map_err(|e| Self::query_error(step, e))?
+            .get(0);
+        let admin = if on_work_db {
+            bootstrap
+        } else {
+            drop_database(&bootstrap, WORK_DB, step).await?;
+            bootstrap
+                .batch_execute(&format!(
+                    "CREATE DATABASE {} TEMPLATE template0",
+                    quote_ident(WORK_DB)
+                ))
+                .await
+                .map_err(|e| Self::query_error(step, e))?;
+            drop(bootstrap);
+            self.connect(WORK_DB, step).await?
+        };
         let mut replacement = Replacement {
             admin,
             set_aside: Vec::new(),
@@ -118,7 +129,7 @@ impl Postgres {
             drop_database(&replacement.admin, &safety_name(database), step).await?;
         }
         drop(replacement.admin);
-        let bootstrap = self.connect("template1", step).await?;
+        let bootstrap = self.connect("postgres", step).await?;
         drop_database(&bootstrap, WORK_DB, step).await
     }
 
@@ -147,7 +158,7 @@ impl Postgres {
             }
         }
         drop(replacement.admin);
-        if let Ok(bootstrap) = self.connect("template1", step).await {
+        if let Ok(bootstrap) = self.connect("postgres", step).await {
             let _ = drop_database(&bootstrap, WORK_DB, step).await;
         }
         let names = replacement.set_aside.join(", ");
