@@ -129,7 +129,7 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
     let _lock = RootLock::acquire(&lock_root, "backup")?;
     // A backup beside a restore (or drill) of the same server would copy a
     // half-restored store.
-    let _servers = stores::lock_servers(&stores, "backup")?;
+    let _servers = stores::lock_servers(&stores, "backup").await?;
 
     // Probe everything first: an unreachable server fails the run before any file exists.
     for store in &stores {
