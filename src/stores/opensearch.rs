@@ -17,11 +17,12 @@
 //! flight, whatever the size of the index.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -65,6 +66,8 @@ const DEFAULT_MAX_CONTENT_LENGTH: u64 = 100 << 20;
 const MAX_ID_BYTES: usize = 512;
 /// Manifest detail of a snapshot artifact: the size of its uncompressed tar.
 const UNPACKED_BYTES: &str = "unpacked_bytes";
+/// Index definitions tried at once under temporary names before a restore.
+const DEFINITION_CHECKS: usize = 4;
 /// Manifest detail: the data streams backed up ([`StreamInfo`]).
 const DATA_STREAMS: &str = "data_streams";
 /// Every `_bulk` answer is cut to what [`BulkAnswer`] reads: the server then
@@ -935,21 +938,19 @@ impl OpenSearch {
         result
     }
 
-    /// A logical export loads into other versions, which is what it is for;
-    /// but a cluster of another version (or without a plugin an index used)
-    /// may refuse an index's settings or mappings, and the restore deletes
-    /// each index just before it creates it. So, on a cluster of another
-    /// major.minor than the backup's, each index is first created once under
-    /// a temporary name and removed, before anything is replaced.
+    /// A logical export loads into other clusters and versions, which is
+    /// what it is for; but a cluster of another version, or one without a
+    /// plugin an index used (an analyzer, a field type), or with other
+    /// analysis files, may refuse an index's settings or mappings — and the
+    /// restore deletes each index just before it creates it. So every
+    /// distinct index definition is first created once under a temporary
+    /// name and removed, before anything is replaced, whatever the versions.
     async fn check_index_definitions(
         &self,
         ctx: &RestoreContext<'_>,
         record: &ArtifactRecord,
     ) -> Result<()> {
         let server_version = self.version().await?;
-        if super::release(&record.server_version, 2) == super::release(&server_version, 2) {
-            return Ok(());
-        }
         let step = "check index definitions";
         let path = ctx.artifact.to_path_buf();
         let definitions = super::blocking(SVC, move || {
@@ -981,25 +982,47 @@ impl OpenSearch {
             failure.map_or(Ok(definitions), Err)
         })
         .await?;
-        tracing::info!(service = %SVC, indices = definitions.len(), backup_version = %record.server_version, %server_version, "another version: trying each index definition under a temporary name first");
-        for (number, (name, meta)) in definitions.iter().enumerate() {
-            let probe = format!("itbackup-check-{}-{number}", std::process::id());
-            let (body, _) = creation_body(meta);
-            let created = self.http.call(Method::PUT, &probe, Some(&body), step).await;
-            let _ = self.http.delete_if_present(&probe, step).await;
-            if let Err(e) = created {
-                return Err(Error::failure(
-                    step,
-                    format!(
-                        "this cluster (OpenSearch {server_version}) refuses the settings or mappings of index {name} from OpenSearch {}: {}",
-                        record.server_version, e.message
-                    ),
-                )
-                .service(SVC)
-                .hint("restore into a cluster that accepts them (the same version, with the same plugins), or adapt the index definition; nothing was changed"));
-            }
+        // Daily indices share one definition: each distinct body is tried once.
+        let mut seen = HashSet::new();
+        let distinct: Vec<(String, Value)> = definitions
+            .into_iter()
+            .filter_map(|(name, meta)| {
+                let (body, _) = creation_body(&meta);
+                seen.insert(body.to_string()).then_some((name, body))
+            })
+            .collect();
+        tracing::info!(service = %SVC, definitions = distinct.len(), backup_version = %record.server_version, %server_version, "trying each index definition under a temporary name first");
+        let tries: Vec<_> = distinct
+            .into_iter()
+            .enumerate()
+            .map(|(number, (name, body))| {
+                let http = self.http.clone();
+                Box::pin(async move {
+                    let probe = format!("itbackup-check-{}-{number}", std::process::id());
+                    let created = http.call(Method::PUT, &probe, Some(&body), step).await;
+                    let _ = http.delete_if_present(&probe, step).await;
+                    created.map(|_| ()).map_err(|e| (name, e))
+                })
+            })
+            .collect();
+        // Every try runs to its end (a dropped one would leave its index).
+        let refused = futures::stream::iter(tries)
+            .buffer_unordered(DEFINITION_CHECKS)
+            .filter_map(|tried| async move { tried.err() })
+            .collect::<Vec<_>>()
+            .await;
+        match refused.into_iter().next() {
+            None => Ok(()),
+            Some((name, e)) => Err(Error::failure(
+                step,
+                format!(
+                    "this cluster (OpenSearch {server_version}) refuses the settings or mappings of index {name} from OpenSearch {}: {}",
+                    record.server_version, e.message
+                ),
+            )
+            .service(SVC)
+            .hint("restore into a cluster that accepts them (the same version, with the same plugins and analysis files), or adapt the index definition; nothing was changed")),
         }
-        Ok(())
     }
 
     /// `path.repo`, where a snapshot restore unpacks its artifact; an error
