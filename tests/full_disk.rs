@@ -500,3 +500,70 @@ fn status_raises_an_alarm_before_the_next_backup_runs_out_of_room() {
         "{report:#}"
     );
 }
+
+/// One Cypher statement against the testenv Neo4j, over Bolt as itbackup talks to it.
+fn cypher(statement: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let graph = neo4rs::Graph::new(
+            required_env("NEO4J_URI"),
+            required_env("NEO4J_USER"),
+            required_env("NEO4J_PASSWORD"),
+        )
+        .await
+        .expect("the testenv Neo4j answers over Bolt");
+        graph
+            .run(neo4rs::query(statement))
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    });
+}
+
+#[test]
+fn a_neo4j_export_that_fills_the_disk_says_so_with_the_path_and_leaves_nothing() {
+    let _guard = serial();
+    // About 9 MB of properties that compress poorly: more than the writer's
+    // queue holds, so the export is still sending when the disk fills and
+    // finds the writer gone (the path that lost the disk error).
+    cypher("MATCH (n:ItbFullDisk) DETACH DELETE n");
+    cypher(
+        "UNWIND range(1, 4000) AS i CREATE (:ItbFullDisk {i: i, pad: reduce(s = '', j IN range(1, 64) | s + randomUUID())})",
+    );
+    let disk = SmallDisk::mount(128 * 1024);
+    let root = disk.path().to_str().unwrap();
+    let args = [
+        "--root",
+        root,
+        "backup",
+        "--services",
+        "neo4j",
+        "--neo4j-method",
+        "logical",
+    ];
+    let err = fails(&args, &[], 1);
+    cypher("MATCH (n:ItbFullDisk) DETACH DELETE n");
+    assert!(
+        err.contains("neo4j: write export"),
+        "the error should name the service and the step:\n{err}"
+    );
+    assert!(
+        err.contains("No space left on device") && err.contains("the disk is full"),
+        "the error should say the disk is full, with the usual advice:\n{err}"
+    );
+    assert!(
+        err.contains(root) && err.contains("the export needs more than"),
+        "the error should name where it was writing, and the room it had:\n{err}"
+    );
+    let left = disk.files_but_the_lock();
+    assert!(left.is_empty(), "files left on the full disk: {left:?}");
+    let listed = ok(&["--root", root, "--json", "list"], &[]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed["backups"].as_array().map(|b| b.len()),
+        Some(0),
+        "list shows a backup after a failed run: {listed}"
+    );
+}
