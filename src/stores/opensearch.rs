@@ -442,7 +442,22 @@ impl OpenSearch {
     }
 
     async fn version(&self) -> Result<String> {
-        let root = self.http.get("", "connect").await?;
+        let step = "connect";
+        let root = match self.http.send_raw(self.http.request(Method::GET, "")).await {
+            Ok(root) => root,
+            // OpenSearch answers its root path whenever it is up: a 404 there
+            // comes from something else at that address, or from a path that
+            // does not lead to the cluster.
+            Err(e) if e.status == Some(StatusCode::NOT_FOUND) => {
+                let url = mask_userinfo(&self.settings.url);
+                return Err(Error::failure(step, format!("GET {url} answered {}", e.message))
+                    .service(SVC)
+                    .hint(format!(
+                        "{url} does not seem to point at OpenSearch: check OPENSEARCH_URL — the port (9200 by default), a proxy's path prefix, or whether another service answers there"
+                    )));
+            }
+            Err(e) => return Err(self.http.error(step, e)),
+        };
         Ok(root["version"]["number"]
             .as_str()
             .unwrap_or("unknown")
