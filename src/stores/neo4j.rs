@@ -27,10 +27,9 @@ use async_trait::async_trait;
 use neo4rs::{query, ConfigBuilder, Graph};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
-use crate::artifact::{self, ArtifactWriter, PendingArtifact};
+use crate::artifact::{self, ArtifactWriter, ExportSender, PendingArtifact};
 use crate::cli::Neo4jMethod;
 use crate::config::Neo4jSettings;
 use crate::error::{io_error, Error, Result};
@@ -396,7 +395,7 @@ impl Neo4j {
     async fn export_lines(
         &self,
         graph: &Graph,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         record: &mut ArtifactRecord,
     ) -> Result<()> {
         let mut out = LineSink {
@@ -867,7 +866,7 @@ impl<'r> Entity<'r> {
 
 /// Buffers serialised lines and sends them to the writer in chunks.
 struct LineSink<'a> {
-    tx: &'a mpsc::Sender<Vec<u8>>,
+    tx: &'a ExportSender,
     chunk: Vec<u8>,
 }
 
@@ -915,9 +914,7 @@ impl LineSink<'_> {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES * 2));
-        self.tx.send(chunk).await.map_err(|_| {
-            Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
-        })
+        self.tx.send(chunk).await
     }
 }
 

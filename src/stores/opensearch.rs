@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::archive;
-use crate::artifact::{self, PendingArtifact};
+use crate::artifact::{self, ExportSender, PendingArtifact};
 use crate::cli::OpenSearchMethod;
 use crate::config::{ArchiveCompression, OpenSearchSettings};
 use crate::error::{io_error, Error, Result};
@@ -445,7 +445,22 @@ impl OpenSearch {
     }
 
     async fn version(&self) -> Result<String> {
-        let root = self.http.get("", "connect").await?;
+        let step = "connect";
+        let root = match self.http.send_raw(self.http.request(Method::GET, "")).await {
+            Ok(root) => root,
+            // OpenSearch answers its root path whenever it is up: a 404 there
+            // comes from something else at that address, or from a path that
+            // does not lead to the cluster.
+            Err(e) if e.status == Some(StatusCode::NOT_FOUND) => {
+                let url = mask_userinfo(&self.settings.url);
+                return Err(Error::failure(step, format!("GET {url} answered {}", e.message))
+                    .service(SVC)
+                    .hint(format!(
+                        "{url} does not seem to point at OpenSearch: check OPENSEARCH_URL — the port (9200 by default), a proxy's path prefix, or whether another service answers there"
+                    )));
+            }
+            Err(e) => return Err(self.http.error(step, e)),
+        };
         Ok(root["version"]["number"]
             .as_str()
             .unwrap_or("unknown")
@@ -1202,19 +1217,14 @@ impl OpenSearch {
     async fn export_all(
         &self,
         selection: &Selection,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         record: &mut ArtifactRecord,
     ) -> Result<()> {
-        let send = |bytes: Vec<u8>| async move {
-            tx.send(bytes).await.map_err(|_| {
-                Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
-            })
-        };
         let mut header = Line::new("header");
         header.format = Some(LOGICAL_FORMAT.into());
         header.version = Some(LOGICAL_VERSION);
         header.body = Some(json!({"cluster_version": record.server_version}));
-        send(header.to_bytes()).await?;
+        tx.send(header.to_bytes()).await?;
 
         // Templates and pipelines first: restore puts them back before any index.
         for (kind, path, key) in [
@@ -1230,7 +1240,7 @@ impl OpenSearch {
                 let mut line = Line::new(kind);
                 line.name = item["name"].as_str().map(String::from);
                 line.body = Some(item[kind].clone());
-                send(line.to_bytes()).await?;
+                tx.send(line.to_bytes()).await?;
             }
         }
         let legacy = self
@@ -1241,7 +1251,7 @@ impl OpenSearch {
             let mut line = Line::new("legacy_template");
             line.name = Some(name.clone());
             line.body = Some(body.clone());
-            send(line.to_bytes()).await?;
+            tx.send(line.to_bytes()).await?;
         }
         let pipelines = self
             .http
@@ -1251,7 +1261,7 @@ impl OpenSearch {
             let mut line = Line::new("pipeline");
             line.name = Some(id.clone());
             line.body = Some(body.clone());
-            send(line.to_bytes()).await?;
+            tx.send(line.to_bytes()).await?;
         }
 
         let mut total = 0;
@@ -1269,14 +1279,14 @@ impl OpenSearch {
                 "template": stream.template,
                 "indices": stream.indices.iter().map(|i| &i.name).collect::<Vec<_>>(),
             }));
-            send(line.to_bytes()).await?;
+            tx.send(line.to_bytes()).await?;
             for index in &stream.indices {
                 total += self.export_index(index, tx, record).await?;
             }
         }
         let mut end = Line::new("end");
         end.docs = Some(total);
-        send(end.to_bytes()).await
+        tx.send(end.to_bytes()).await
     }
 
     /// One index: its definition, its documents, its end record; answers its
@@ -1284,14 +1294,9 @@ impl OpenSearch {
     async fn export_index(
         &self,
         index: &IndexInfo,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         record: &mut ArtifactRecord,
     ) -> Result<u64> {
-        let send = |bytes: Vec<u8>| async move {
-            tx.send(bytes).await.map_err(|_| {
-                Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
-            })
-        };
         let meta = self.http.get(&index.name, "export index settings").await?;
         let meta = &meta[&index.name];
         let mut line = Line::new("index");
@@ -1301,19 +1306,19 @@ impl OpenSearch {
             "mappings": meta["mappings"],
             "aliases": meta["aliases"],
         }));
-        send(line.to_bytes()).await?;
+        tx.send(line.to_bytes()).await?;
         let docs = self.export_documents(index, tx).await?;
         let mut end = Line::new("index_end");
         end.name = Some(index.name.clone());
         end.docs = Some(docs);
-        send(end.to_bytes()).await?;
+        tx.send(end.to_bytes()).await?;
         record.counts.insert(index.name.clone(), docs);
         tracing::info!(index = %index.name, docs, "opensearch: exported index");
         Ok(docs)
     }
 
     /// Every document of one index, in parallel slices over one point in time.
-    async fn export_documents(&self, index: &IndexInfo, tx: &mpsc::Sender<Vec<u8>>) -> Result<u64> {
+    async fn export_documents(&self, index: &IndexInfo, tx: &ExportSender) -> Result<u64> {
         let step = format!("export documents of {}", index.name);
         self.http
             .call(
@@ -1366,7 +1371,7 @@ impl OpenSearch {
         &self,
         index: &IndexInfo,
         pit_id: &str,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         step: &str,
     ) -> Result<u64> {
         use futures::stream::{StreamExt, TryStreamExt};
@@ -1396,7 +1401,7 @@ impl OpenSearch {
         pit_id: &str,
         slice: usize,
         slices: usize,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         step: &str,
     ) -> Result<u64> {
         let mut pit_id = pit_id.to_string();
@@ -1445,7 +1450,7 @@ impl OpenSearch {
         index: &str,
         slice: usize,
         slices: usize,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         step: &str,
     ) -> Result<u64> {
         let mut body = json!({"size": PAGE_SIZE, "sort": ["_doc"]});
@@ -1535,7 +1540,7 @@ impl OpenSearch {
         &self,
         index: &str,
         hits: &[Hit<'_>],
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         step: &str,
     ) -> Result<u64> {
         let mut chunk = Vec::with_capacity(
@@ -1573,9 +1578,7 @@ impl OpenSearch {
             }
             chunk.push(b'\n');
         }
-        tx.send(chunk).await.map_err(|_| {
-            Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
-        })?;
+        tx.send(chunk).await?;
         Ok(hits.len() as u64)
     }
 
