@@ -945,6 +945,51 @@ fn a_restore_that_fails_half_way_puts_every_database_back_as_it_was() {
     psql("postgres", "DROP DATABASE itb_unloadable WITH (FORCE)");
 }
 
+/// A plain-format restore killed after it renamed both `postgres` and
+/// `template1` aside (its work database exists) leaves a cluster where the
+/// usual bootstrap databases are missing: the rerun must still connect, put
+/// them back from the backup and drop the safety copies.
+#[test]
+fn a_rerun_connects_when_a_killed_plain_restore_left_postgres_and_template1_aside() {
+    let _guard = serial();
+    let canary = Canary::create();
+    let (_root, dir) = postgres_backup(&["--postgres-format", "plain"], &[]);
+    canary.change_after_backup();
+    let safety = |db: &str| {
+        psql(
+            "postgres",
+            &format!(
+                "SELECT 'itbackup_old_' || substr(encode(sha256('{db}'::bytea), 'hex'), 1, 16)"
+            ),
+        )
+    };
+    let (postgres_aside, template1_aside) = (safety("postgres"), safety("template1"));
+    psql(
+        "template1",
+        "CREATE DATABASE itbackup_restore_work TEMPLATE template0",
+    );
+    psql(
+        "itbackup_restore_work",
+        &format!("ALTER DATABASE postgres RENAME TO {postgres_aside}"),
+    );
+    psql(
+        "itbackup_restore_work",
+        &format!("ALTER DATABASE template1 IS_TEMPLATE false; ALTER DATABASE template1 RENAME TO {template1_aside}"),
+    );
+    let out = itbackup(&["restore", "--path", dir.to_str().unwrap(), "--yes"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(psql("itb_canary", "SELECT v FROM c"), "at backup");
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname IN ('postgres', 'template1')"
+        ),
+        "2"
+    );
+    assert_eq!(restore_leftovers(), "");
+    drop(canary);
+}
+
 /// Roles named `itb_r_*`: attributes, password hash, settings and
 /// memberships, one line each, for comparing before and after.
 fn roles_state() -> String {

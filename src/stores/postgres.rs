@@ -108,29 +108,37 @@ impl Postgres {
         if let Some(password) = &self.settings.password {
             config.password(password.expose());
         }
-        let (client, connection) = match self.connect_within(&config, database, step).await? {
-            Ok(connected) => connected,
-            // A restore killed while `postgres` was renamed aside (see
-            // `replace`) leaves the cluster without it until the next
-            // restore, which must still be able to connect: pg_dumpall and
-            // psql fall back to template1 the same way.
-            Err(e)
-                if database == "postgres" && e.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
-            {
-                tracing::warn!("postgres: the database postgres does not exist (an interrupted restore?); connecting to template1");
-                config.dbname("template1");
-                self.connect_within(&config, "template1", step)
-                    .await?
-                    .map_err(|e| self.connect_error("template1", step, e))?
-            }
-            Err(e) => return Err(self.connect_error(database, step, e)),
+        // A restore killed while `postgres` was renamed aside (see
+        // `replace`) leaves the cluster without it until the next restore,
+        // which must still be able to connect: like pg_dumpall and psql it
+        // falls back to template1, and then (a plain-format restore renames
+        // template1 aside too) to the killed run's work database.
+        let candidates = if database == "postgres" {
+            vec!["postgres", "template1", WORK_DB]
+        } else {
+            vec![database]
         };
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("postgres connection closed: {e}");
-            }
-        });
-        Ok(client)
+        for (n, candidate) in candidates.iter().enumerate() {
+            config.dbname(*candidate);
+            let (client, connection) = match self.connect_within(&config, candidate, step).await? {
+                Ok(connected) => connected,
+                Err(e)
+                    if n + 1 < candidates.len()
+                        && e.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
+                {
+                    tracing::warn!("postgres: the database {candidate} does not exist (an interrupted restore?); trying {}", candidates[n + 1]);
+                    continue;
+                }
+                Err(e) => return Err(self.connect_error(candidate, step, e)),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("postgres connection closed: {e}");
+                }
+            });
+            return Ok(client);
+        }
+        unreachable!("the last candidate returns")
     }
 
     /// Connect with `config`, bounded by the connect timeout as a whole:
@@ -142,18 +150,7 @@ impl Postgres {
         config: &tokio_postgres::Config,
         database: &str,
         step: &str,
-    ) -> Result<
-        std::result::Result<
-            (
-                tokio_postgres::Client,
-                tokio_postgres::Connection<
-                    tokio_postgres::Socket,
-                    tokio_postgres::tls::NoTlsStream,
-                >,
-            ),
-            tokio_postgres::Error,
-        >,
-    > {
+    ) -> Result<std::result::Result<Connected, tokio_postgres::Error>> {
         let timeouts = self.settings.timeouts;
         tokio::time::timeout(timeouts.connect, config.connect(NoTls))
             .await
@@ -723,6 +720,12 @@ impl Postgres {
         self.settle_replacement(replacement, loaded).await
     }
 }
+
+/// A client and the connection task that drives it.
+type Connected = (
+    tokio_postgres::Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+);
 
 #[async_trait]
 impl Store for Postgres {

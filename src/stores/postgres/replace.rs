@@ -165,7 +165,9 @@ impl Postgres {
         let dump = scratch.join("roles-before-restore.sql");
         let cmd = self
             .tool("pg_dumpall")
-            .args(["--roles-only", "--no-password"]);
+            .args(["--roles-only", "--no-password"])
+            // postgres and template1 may be renamed aside by now.
+            .arg(format!("--database={}", super::conninfo_dbname(WORK_DB)));
         let file = dump.clone();
         blocking(move || tool_output_to_file(&cmd, &file, step)).await?;
         Ok(RolesBefore {
