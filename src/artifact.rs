@@ -147,17 +147,6 @@ pub struct PendingArtifact {
 }
 
 impl PendingArtifact {
-    /// Hash a file that a store's own tool wrote (for example `pg_dump -f x.partial`).
-    pub fn from_written_file(partial: PathBuf, target: PathBuf) -> io::Result<Self> {
-        let digest = digest_file(&partial)?;
-        fs::set_permissions(&partial, fs::Permissions::from_mode(0o600))?;
-        Ok(PendingArtifact {
-            partial,
-            target,
-            digest,
-        })
-    }
-
     pub fn file_name(&self) -> String {
         self.target
             .file_name()

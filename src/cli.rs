@@ -429,6 +429,8 @@ pub struct RetentionArgs {
 
     /// Remove incomplete backups (no manifest, *.partial) only once untouched
     /// this long (24h, 90m, 7d …).
+    // Younger debris may still belong to a run about to finish, or to one an
+    // operator is looking into.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::schedule::parse_duration)]
     pub grace: std::time::Duration,
 }

@@ -21,10 +21,6 @@ use crate::lock::RootLock;
 use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::service::Service;
 
-/// Debris younger than this may still belong to a run that is about to
-/// finish (or to one an operator is looking into), so it is left alone.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
-
 /// Prefix of the restore's scratch directories (`tempdir_in(root)` in restore.rs).
 const RESTORE_SCRATCH_PREFIX: &str = ".itbackup-restore-";
 /// A backup being removed is first renamed to this prefix, so that a crash in
