@@ -982,9 +982,8 @@ fn with_upload_and_no_local_the_hooks_see_the_directory_the_backup_is_written_to
     fs::create_dir_all(&repo).unwrap();
     let url = format!("file://{}", repo.display());
     let hook_log = root.path().join("hooks.log");
-    // Each hook records what it is told; the pre-hook also checks that the
-    // directory it is given is where the run will write (its parent exists:
-    // the root, made before the hooks run).
+    // Each hook records what it is told; the run's report says where the
+    // backup was written (the staging directory, removed after the upload).
     let pre = format!(
         "echo \"$IT_HOOK_EVENT $IT_BACKUP_ROOT $IT_BACKUP_DIR\" >> {0}",
         hook_log.display()
