@@ -12,13 +12,12 @@ use crate::config::Settings;
 use crate::error::{io_error, Error, Result};
 use crate::lock::RootLock;
 use crate::manifest::{Manifest, Status, ToolInfo, FORMAT_VERSION, MANIFEST_FILE};
-use crate::remote::{PushOutcome, Remote, STAGING_PREFIX};
+use crate::remote::{PushOutcome, Remote};
 use crate::seal::{self, Recipients};
 use crate::service::{Service, ServiceList};
 use crate::stores::{self, BackupContext, Store, StoreBackup};
 
-/// Format of default timestamps and directory names.
-pub const TIMESTAMP_FORMAT: &str = "%Y%m%d_%H%M%S";
+pub use crate::backup_target::{default_timestamp, BackupTarget, TIMESTAMP_FORMAT};
 
 #[derive(Debug, Default)]
 pub struct BackupRequest {
@@ -30,6 +29,19 @@ pub struct BackupRequest {
     pub upload: Option<String>,
     /// With `upload`: stage the backup under the root and remove it once uploaded.
     pub no_local: bool,
+}
+
+impl BackupRequest {
+    /// Where this backup goes under `root`: resolved once, before the hooks
+    /// run, and given to them and to [`run`] alike.
+    pub fn target(&self, root: &std::path::Path) -> Result<BackupTarget> {
+        BackupTarget::resolve(
+            root,
+            self.out.as_deref(),
+            self.timestamp.as_deref(),
+            self.no_local,
+        )
+    }
 }
 
 /// What a backup did, or would do.
@@ -54,26 +66,6 @@ pub enum BackupOutcome {
     },
 }
 
-pub fn default_timestamp() -> String {
-    jiff::Zoned::now().strftime(TIMESTAMP_FORMAT).to_string()
-}
-
-fn check_timestamp(ts: &str) -> Result<()> {
-    let ok = !ts.is_empty()
-        && ts.len() <= 64
-        && ts
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
-        && !ts.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::usage(format!(
-            "timestamp '{ts}' may only hold letters, digits, '_', '-' and '.'"
-        )))
-    }
-}
-
 /// The stores for `services`, or for every supported service.
 pub fn open_stores(services: &[Service], settings: &Settings) -> Result<Vec<Box<dyn Store>>> {
     services
@@ -82,10 +74,11 @@ pub fn open_stores(services: &[Service], settings: &Settings) -> Result<Vec<Box<
         .collect()
 }
 
-pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOutcome> {
-    let explicit_name = request.timestamp.is_some() || request.out.is_some();
-    let timestamp = request.timestamp.unwrap_or_else(default_timestamp);
-    check_timestamp(&timestamp)?;
+pub async fn run(
+    settings: &Settings,
+    request: BackupRequest,
+    target: BackupTarget,
+) -> Result<BackupOutcome> {
     let services = request
         .services
         .map(|l| l.0)
@@ -94,16 +87,13 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
     // Bad keys or URLs fail the run before any server is asked anything.
     let recipients = Recipients::parse(&settings.encrypt_to)?.map(std::sync::Arc::new);
     let remote = request.upload.as_deref().map(Remote::open).transpose()?;
-    let staged = request.no_local && request.out.is_none();
-    let dir = request.out.unwrap_or_else(|| {
-        if staged {
-            settings
-                .root
-                .join(format!("{STAGING_PREFIX}upload-{timestamp}"))
-        } else {
-            settings.root.join(&timestamp)
-        }
-    });
+    let BackupTarget {
+        dir,
+        timestamp,
+        staged,
+        lock_root,
+        named,
+    } = target;
     let ctx = BackupContext {
         dir: &dir,
         timestamp: &timestamp,
@@ -121,12 +111,10 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
         });
     }
 
-    let lock_root = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
     let _lock = RootLock::acquire(&lock_root, "backup")?;
+    if !named {
+        refuse_to_replace(&dir, &timestamp, remote.as_ref()).await?;
+    }
     // A backup beside a restore (or drill) of the same server would copy a
     // half-restored store.
     let _servers = stores::lock_servers(&stores, "backup").await?;
@@ -137,17 +125,6 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
         tracing::info!(service = %store.service(), version = %info.version, endpoint = %info.endpoint, "server reachable");
     }
 
-    // A default timestamp names a new backup: never replace a complete one
-    // that happens to carry the same second. An explicit --timestamp (or
-    // --out) that names an existing backup re-runs it, as the runbook's
-    // deterministic file names intend.
-    if !explicit_name && dir.join(MANIFEST_FILE).exists() {
-        return Err(Error::failure(
-            "create backup directory",
-            format!("{} already holds a complete backup", dir.display()),
-        )
-        .hint("wait a second and run again, or name the backup with --timestamp/--out to replace it on purpose"));
-    }
     let created_dir = !dir.exists();
     create_private_dir(&dir)
         .map_err(|e| io_error(None, "create backup directory", dir.display(), e))?;
@@ -219,6 +196,46 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
         manifest,
         uploaded,
     })
+}
+
+/// A default name names a new backup: it never replaces one. The name was
+/// chosen free before the hooks ran; a backup found under it now (with the
+/// root locked) was taken in the same second by a run that finished in
+/// between, or, in the repository, by a run of another root. An explicit
+/// `--timestamp`/`--out` that names an existing backup takes it again, as
+/// the runbook's deterministic names intend.
+async fn refuse_to_replace(
+    dir: &std::path::Path,
+    name: &str,
+    remote: Option<&Remote>,
+) -> Result<()> {
+    let step = "create backup directory";
+    let hint = "run again: the next run takes a new name (or name the backup with --timestamp/--out to replace it on purpose)";
+    if dir.join(MANIFEST_FILE).exists() {
+        return Err(Error::failure(
+            step,
+            format!("{} already holds a complete backup", dir.display()),
+        )
+        .hint(hint));
+    }
+    if let Some(remote) = remote {
+        match remote.holds(name).await {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(Error::failure(
+                    step,
+                    format!("{} already holds a backup named {name}", remote.url),
+                )
+                .hint(hint))
+            }
+            // The upload will meet the same problem and say so; the local
+            // copy (or the staged one, for `push`) is worth taking meanwhile.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the repository for a backup named {name}")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Seal every artifact to the recipients (one blocking task per store).

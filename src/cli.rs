@@ -165,7 +165,8 @@ pub struct BackupArgs {
     #[arg(long, value_name = "LIST")]
     pub services: Option<ServiceList>,
 
-    /// Timestamp used in the directory and file names (default: now, %Y%m%d_%H%M%S).
+    /// Timestamp used in the directory and file names (default: now, %Y%m%d_%H%M%S,
+    /// then -2, -3 … when a backup of that second exists; a TS given here takes it again).
     #[arg(long, env = "IT_BACKUP_TIMESTAMP", value_name = "TS")]
     pub timestamp: Option<String>,
 

@@ -144,18 +144,16 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
 
         let step = Progress::step(show, "backing up (the normal backup path)");
         let started = Instant::now();
-        let outcome = backup::run(
-            settings,
-            BackupRequest {
-                out: request.out.clone(),
-                services: Some(ServiceList(services.clone())),
-                timestamp: None,
-                dry_run: false,
-                upload: request.upload.clone(),
-                no_local: false,
-            },
-        )
-        .await?;
+        let backup_request = BackupRequest {
+            out: request.out.clone(),
+            services: Some(ServiceList(services.clone())),
+            timestamp: None,
+            dry_run: false,
+            upload: request.upload.clone(),
+            no_local: false,
+        };
+        let target = backup_request.target(&settings.root)?;
+        let outcome = backup::run(settings, backup_request, target).await?;
         let backup_seconds = started.elapsed().as_secs_f64();
         let BackupOutcome::Done { dir, manifest, .. } = outcome else {
             unreachable!("not a dry run");

@@ -243,22 +243,23 @@ pub async fn notify_failure(url: &str, ctx: &RunContext<'_>, err: &Error) {
 }
 
 impl<'a> RunContext<'a> {
+    /// A backup's hooks are told its [`BackupTarget`]: the directory it is
+    /// really written to, staged or not.
+    ///
+    /// [`BackupTarget`]: crate::backup_target::BackupTarget
     pub fn backup(
         settings: &crate::config::Settings,
         request: &crate::backup::BackupRequest,
+        target: &crate::backup_target::BackupTarget,
         hooks: &'a HookArgs,
         monitor: &'a MonitorArgs,
     ) -> Self {
-        let dir = request
-            .out
-            .clone()
-            .or_else(|| request.timestamp.as_ref().map(|ts| settings.root.join(ts)));
         RunContext {
             operation: "backup",
             hooks: Some(hooks),
             monitor,
             root: settings.root.clone(),
-            dir,
+            dir: Some(target.dir.clone()),
             services: request
                 .services
                 .as_ref()

@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod artifact;
 pub mod backup;
+pub mod backup_target;
 pub mod catalog;
 pub mod cli;
 pub mod config;

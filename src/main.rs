@@ -63,20 +63,18 @@ async fn run(cli: &Cli) -> Result<()> {
             let request = BackupRequest {
                 out: args.out.clone(),
                 services: args.services.clone(),
-                // Resolved here so that the hooks know the directory beforehand.
-                timestamp: Some(
-                    args.timestamp
-                        .clone()
-                        .unwrap_or_else(backup::default_timestamp),
-                ),
+                timestamp: args.timestamp.clone(),
                 dry_run: args.dry_run,
                 upload: args.upload.clone(),
                 no_local: args.no_local,
             };
-            let ctx = hooks::RunContext::backup(&settings, &request, &args.hooks, &args.monitor);
+            // Resolved once, so that the hooks know where the backup goes.
+            let target = request.target(&settings.root)?;
+            let ctx =
+                hooks::RunContext::backup(&settings, &request, &target, &args.hooks, &args.monitor);
             let outcome = hooks::around(
                 &ctx,
-                backup::run(&settings, request),
+                backup::run(&settings, request, target),
                 metrics::record_backup_outcome,
             )
             .await?;

@@ -379,6 +379,15 @@ impl Remote {
         Ok(backups)
     }
 
+    /// Whether anything, complete or not, is stored under backup `name`.
+    pub async fn holds(&self, name: &str) -> Result<bool> {
+        match self.store.list(Some(&self.key(&[name]))).next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(remote_error("list remote backups", &self.url, e)),
+        }
+    }
+
     /// Read and validate one backup's manifest.
     pub async fn read_manifest(&self, name: &str) -> Result<Manifest> {
         let key = self.key(&[name, MANIFEST_FILE]);

@@ -181,19 +181,6 @@ fn newest_backup_time(settings: &Settings) -> Option<jiff::Timestamp> {
         .max()
 }
 
-/// A timestamp for the directory name that no backup under the root has yet
-/// (two runs within one second must not share a directory).
-fn fresh_timestamp(root: &std::path::Path) -> String {
-    let base = backup::default_timestamp();
-    let mut candidate = base.clone();
-    let mut n = 1;
-    while root.join(&candidate).exists() {
-        n += 1;
-        candidate = format!("{base}-{n}");
-    }
-    candidate
-}
-
 /// One run: backup → verify → prune (→ drill). Each step is logged, measured
 /// and, on failure, sent to the webhook; a failed backup skips the rest.
 async fn one_run(
@@ -221,16 +208,27 @@ async fn one_run(
     let request = BackupRequest {
         out: None,
         services: args.services.clone(),
-        timestamp: Some(fresh_timestamp(&settings.root)),
+        // A default name: two runs within one second get distinct names.
+        timestamp: None,
         upload: args.upload.clone(),
         ..Default::default()
     };
-    let ctx = RunContext::backup(settings, &request, &args.hooks, &args.monitor);
+    let target = match request.target(&settings.root) {
+        Ok(target) => target,
+        Err(e) => {
+            tracing::error!(run = number, error = %e, "backup failed; the rest of this run is skipped");
+            report["backup"] = json!({"ok": false, "error": e.to_string()});
+            report["ok"] = json!(false);
+            report["seconds"] = json!(started.elapsed().as_secs_f64());
+            return report;
+        }
+    };
+    let ctx = RunContext::backup(settings, &request, &target, &args.hooks, &args.monitor);
     let Some(backup) = abandonable(
         stop,
         hooks::around(
             &ctx,
-            backup::run(settings, request),
+            backup::run(settings, request, target),
             metrics::record_backup_outcome,
         ),
     )

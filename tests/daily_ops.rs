@@ -972,6 +972,186 @@ fn backup_refused_by_pre_hook(root: &Path, timestamp: &str, extra: &[&str]) -> S
     fails(&args, &[], 1)
 }
 
+#[test]
+fn with_upload_and_no_local_the_hooks_see_the_directory_the_backup_is_written_to() {
+    let _guard = serial();
+    required_env("PGHOST");
+    let root = temp_root();
+    let r = root.path().join("backups");
+    let repo = root.path().join("repo");
+    fs::create_dir_all(&repo).unwrap();
+    let url = format!("file://{}", repo.display());
+    let hook_log = root.path().join("hooks.log");
+    // Each hook records what it is told; the run's report says where the
+    // backup was written (the staging directory, removed after the upload).
+    let pre = format!(
+        "echo \"$IT_HOOK_EVENT $IT_BACKUP_ROOT $IT_BACKUP_DIR\" >> {0}",
+        hook_log.display()
+    );
+    let post = format!(
+        "echo \"$IT_HOOK_EVENT $IT_BACKUP_ROOT $IT_BACKUP_DIR $IT_HOOK_STATUS\" >> {0}",
+        hook_log.display()
+    );
+    let out = ok(
+        &[
+            "--root",
+            r.to_str().unwrap(),
+            "--json",
+            "backup",
+            "--services",
+            "postgres",
+            "--upload",
+            &url,
+            "--no-local",
+            "--pre-hook",
+            &pre,
+            "--post-hook",
+            &post,
+        ],
+        &[],
+    );
+    let report = json_of(&out);
+    let result = &report["result"];
+    assert_eq!(result["local"], false, "{report:#}");
+    let written = result["dir"].as_str().unwrap();
+    let name = result["manifest"]["timestamp"].as_str().unwrap();
+    assert_eq!(
+        written,
+        r.join(format!(".itbackup-staging-upload-{name}"))
+            .to_str()
+            .unwrap(),
+        "{report:#}"
+    );
+    assert!(!Path::new(written).exists(), "the staging copy stayed");
+    assert!(repo.join(name).join("backup-manifest.json").is_file());
+    assert_eq!(
+        fs::read_to_string(&hook_log).unwrap(),
+        format!(
+            "pre-backup {root} {written}\npost-backup {root} {written} success\n",
+            root = r.display()
+        ),
+        "the hooks were told another directory than the one the backup was written to"
+    );
+}
+
+/// The default directory names of the next `seconds` seconds, in the
+/// backup's own format and time zone.
+fn default_names(seconds: i64) -> Vec<String> {
+    let now = jiff::Zoned::now();
+    (0..seconds)
+        .map(|s| {
+            now.checked_add(jiff::SignedDuration::from_secs(s))
+                .unwrap()
+                .strftime(itbackup::backup::TIMESTAMP_FORMAT)
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_backup_never_replaces_a_complete_one_taken_in_the_same_second() {
+    let _guard = serial();
+    required_env("PGHOST");
+    let root = temp_root();
+    let r = root.path().join("backups");
+    let r_arg = r.to_str().unwrap();
+    // Complete backups already hold every name a backup started within the
+    // next 20 s would get by default: as if each was taken in that second.
+    let names = default_names(20);
+    let taken: Vec<(PathBuf, String)> = names
+        .iter()
+        .map(|name| {
+            let dir = fake_backup(&r, name, Timestamp::now());
+            let manifest = fs::read_to_string(dir.join("backup-manifest.json")).unwrap();
+            (dir, manifest)
+        })
+        .collect();
+    let unchanged = |taken: &[(PathBuf, String)]| {
+        for (dir, manifest) in taken {
+            assert!(
+                &fs::read_to_string(dir.join("backup-manifest.json")).unwrap() == manifest,
+                "{} was replaced",
+                dir.display()
+            );
+        }
+    };
+
+    // A default name: the run takes the same second's name with a suffix.
+    let out = ok(
+        &[
+            "--root",
+            r_arg,
+            "--json",
+            "backup",
+            "--services",
+            "postgres",
+        ],
+        &[],
+    );
+    unchanged(&taken);
+    let report = json_of(&out);
+    let dir = PathBuf::from(report["result"]["dir"].as_str().unwrap());
+    let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        names.iter().any(|n| name == format!("{n}-2")),
+        "{name} is not a second's name with -2: {report:#}"
+    );
+    assert_eq!(report["result"]["manifest"]["timestamp"], name.as_str());
+    assert!(dir.join("backup-manifest.json").is_file());
+
+    // The same with a repository: a backup of that second in the repository
+    // is not replaced either.
+    let other = root.path().join("other-root");
+    let repo = root.path().join("repo");
+    let remote_taken: Vec<(PathBuf, String)> = default_names(20)
+        .iter()
+        .map(|name| {
+            let dir = fake_backup(&repo, name, Timestamp::now());
+            let manifest = fs::read_to_string(dir.join("backup-manifest.json")).unwrap();
+            (dir, manifest)
+        })
+        .collect();
+    let url = format!("file://{}", repo.display());
+    let stderr = fails(
+        &[
+            "--root",
+            other.to_str().unwrap(),
+            "backup",
+            "--services",
+            "postgres",
+            "--upload",
+            &url,
+            "--no-local",
+        ],
+        &[],
+        1,
+    );
+    unchanged(&remote_taken);
+    assert!(
+        stderr.contains("already holds a backup named") && stderr.contains("run again"),
+        "{stderr}"
+    );
+
+    // A name the operator gives re-takes that backup on purpose, as the
+    // runbook's deterministic names intend.
+    let (again, fake_manifest) = &taken[0];
+    let again_name = again.file_name().unwrap().to_str().unwrap();
+    ok(
+        &[
+            "--root",
+            r_arg,
+            "backup",
+            "--services",
+            "postgres",
+            "--timestamp",
+            again_name,
+        ],
+        &[],
+    );
+    assert!(&fs::read_to_string(again.join("backup-manifest.json")).unwrap() != fake_manifest);
+    Manifest::read_dir(again).unwrap();
+}
+
 // ---------------------------------------------------------------- schedule
 
 #[test]
