@@ -3,7 +3,7 @@
 //! restore makes the drill fail and name the difference; stores holding other
 //! data are not rewound without consent.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

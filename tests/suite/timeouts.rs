@@ -4,7 +4,7 @@
 //! service, the step, the timeout and the setting that changes it; and they
 //! leave nothing that looks like a complete backup.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::Path;

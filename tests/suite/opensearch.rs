@@ -2,7 +2,7 @@
 //! delete everything, restore, and compare mappings, settings, aliases,
 //! templates, pipelines, counts and a digest of every document.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -3,7 +3,7 @@
 //! histories with real manifests (written by the crate's own `Manifest`), so
 //! they need no server; the ones that back up or probe use the real servers.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

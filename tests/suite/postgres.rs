@@ -1,6 +1,6 @@
 //! PostgreSQL end to end against the real server: back up, destroy, restore, compare.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -3,7 +3,7 @@
 //! before it has changed any store. The disks are small tmpfs mounts (the
 //! tests run as root, like CI on this machine).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write;

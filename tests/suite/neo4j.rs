@@ -3,7 +3,7 @@
 //! Community edition has, back it up, damage it, restore it, and compare the
 //! whole graph and schema value by value.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Bad input and bad luck: each gets a clear message, a non-zero exit, and changes nothing.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -4,7 +4,7 @@
 //! any store is touched; an interrupted upload that is incomplete until it is
 //! run again; prune and status on a repository.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! printed (logs, errors, hints, plans), and each child tool gets only the
 //! secrets of its own store.
 
-mod common;
+use crate::common;
 
 use common::*;
 

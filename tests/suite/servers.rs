@@ -2,7 +2,7 @@
 //! (tokio-postgres, reqwest, neo4rs) with the runbook's development defaults.
 //! Every other integration test stands on these.
 
-mod common;
+use crate::common;
 use common::required_env;
 
 #[tokio::test]

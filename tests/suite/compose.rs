@@ -3,7 +3,7 @@
 //! engine). The stand-in records every call and carries it out against the
 //! testenv servers, so a compose backup and restore really moves the data.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
