@@ -170,7 +170,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 #[test]
 fn a_backup_that_fills_the_disk_fails_clearly_and_leaves_nothing() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres, Opensearch]);
     let _filler = Filler::create();
     let index = "itb-full-export";
     random_index(index);
@@ -218,7 +218,7 @@ fn a_backup_that_fills_the_disk_fails_clearly_and_leaves_nothing() {
 
 #[test]
 fn a_restore_without_room_to_extract_stops_before_any_store_changes() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres, Opensearch]);
     let _filler = Filler::create();
     let index = "itb-full-disk";
     opensearch(reqwest::Method::DELETE, index, None);
@@ -316,7 +316,8 @@ fn path_repo() -> PathBuf {
 
 #[test]
 fn a_full_path_repo_stops_snapshot_backup_and_restore_before_they_start() {
-    let _guard = serial();
+    // The tmpfs hides every snapshot repository under path.repo while it is mounted.
+    let _guard = exclusive(&[Opensearch]);
     let index = "itb-full-repo";
     random_index(index);
     let small: u64 = 64 * 1024;
@@ -399,7 +400,7 @@ fn a_full_path_repo_stops_snapshot_backup_and_restore_before_they_start() {
 
 #[test]
 fn a_download_that_would_not_fit_is_refused_before_it_starts() {
-    let _guard = serial();
+    let _guard = lock(&[Postgres], &[S3]);
     let _filler = Filler::create();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -461,7 +462,7 @@ fn a_download_that_would_not_fit_is_refused_before_it_starts() {
 
 #[test]
 fn status_raises_an_alarm_before_the_next_backup_runs_out_of_room() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let _filler = Filler::create();
     let roomy = temp_root();
     let roomy_arg = roomy.path().to_str().unwrap();

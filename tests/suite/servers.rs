@@ -3,10 +3,11 @@
 //! Every other integration test stands on these.
 
 use crate::common;
-use common::required_env;
+use common::{required_env, shared, Neo4j, Opensearch, Postgres};
 
 #[tokio::test]
 async fn postgres_answers_select_version() {
+    let _guard = shared(&[Postgres]);
     let conninfo = format!(
         "host={} port={} user={} password={} dbname=postgres",
         required_env("PGHOST"),
@@ -25,6 +26,7 @@ async fn postgres_answers_select_version() {
 
 #[tokio::test]
 async fn postgres_refuses_a_wrong_password() {
+    let _guard = shared(&[Postgres]);
     let conninfo = format!(
         "host={} port={} user={} password=not-the-password dbname=postgres",
         required_env("PGHOST"),
@@ -44,6 +46,7 @@ async fn postgres_refuses_a_wrong_password() {
 
 #[tokio::test]
 async fn opensearch_answers_get_root() {
+    let _guard = shared(&[Opensearch]);
     let url = required_env("OPENSEARCH_URL");
     let body: serde_json::Value = reqwest::get(format!("{url}/"))
         .await
@@ -91,6 +94,7 @@ async fn opensearch_answers_get_root() {
 
 #[tokio::test]
 async fn neo4j_answers_return_1() {
+    let _guard = shared(&[Neo4j]);
     let graph = neo4rs::Graph::new(
         required_env("NEO4J_URI"),
         required_env("NEO4J_USER"),

@@ -165,7 +165,7 @@ fn a_silent_opensearch_fails_the_backup_and_the_restore() {
     assert_nothing_complete(root.path());
 
     // A real backup of one small index, restored into the silent server.
-    let _guard = serial();
+    let _guard = exclusive(&[Opensearch]);
     let url = required_env("OPENSEARCH_URL");
     let http = reqwest::blocking::Client::new();
     http.delete(format!("{url}/itb-timeout")).send().unwrap();
