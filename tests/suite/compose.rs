@@ -116,7 +116,7 @@ fn compose_backup_and_restore_of_all_three_stores() {
     psql("compose_shop", "DELETE FROM orders WHERE id > 100");
     opensearch(reqwest::Method::DELETE, "compose-docs", None);
     neo4j_run("MATCH (n:ComposeNode) WHERE n.i > 10 DELETE n");
-    succeeded(&stack.itbackup(&["restore", "--path", dir.to_str().unwrap(), "--yes"], &[]));
+    succeeded(&stack.itbackup(&restore_args(&dir, None), &[]));
     assert_eq!(psql("compose_shop", "SELECT count(*) FROM orders"), "500");
     opensearch(reqwest::Method::POST, "compose-docs/_refresh", None);
     assert_eq!(

@@ -230,19 +230,12 @@ fn a_restore_without_room_to_extract_stops_before_any_store_changes() {
 
     // A complete backup of both stores on an ordinary disk.
     let roomy = temp_root();
-    ok(
-        &[
-            "--root",
-            roomy.path().to_str().unwrap(),
-            "backup",
-            "--services",
-            "postgres,opensearch",
-            "--indices",
-            index,
-        ],
+    let backup = backup_into(
+        roomy.path(),
+        "postgres,opensearch",
+        &["--indices", index],
         &[],
     );
-    let backup = only_backup(roomy.path());
     psql(
         "itb_filler",
         "UPDATE f SET payload = 'after backup' WHERE i = 1",
@@ -264,11 +257,7 @@ fn a_restore_without_room_to_extract_stops_before_any_store_changes() {
     copy_tree(&backup, &copied);
     disk.fill_leaving(256 * 1024);
 
-    let err = fails(
-        &["restore", "--path", copied.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&copied, None), &[], 1);
     assert_eq!(
         psql("itb_filler", "SELECT payload FROM f WHERE i = 1"),
         "after backup",
@@ -378,11 +367,7 @@ fn a_full_path_repo_stops_snapshot_backup_and_restore_before_they_start() {
         "the refused backup wrote under path.repo"
     );
 
-    let err = fails(
-        &["restore", "--path", backup.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&backup, None), &[], 1);
     let count = opensearch(reqwest::Method::GET, &format!("{index}/_count"), None);
     assert_eq!(
         count["count"], 61,

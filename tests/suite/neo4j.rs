@@ -473,11 +473,7 @@ fn dump_round_trip_stops_and_starts_the_server() {
         real
     };
     let real_version = set_version("99.0.0");
-    let err = fails(
-        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-        &env,
-        1,
-    );
+    let err = fails(&restore_args(&dir, None), &env, 1);
     assert!(err.contains("newer than this server's"), "{err}");
     assert_same("graphs", &damaged, &Neo::connect().snapshot());
     set_version(&real_version);

@@ -392,17 +392,24 @@ fn canary_present(os: &Os) -> bool {
     os.call(reqwest::Method::GET, "itb-b/_doc/canary", None).0 == 200
 }
 
+/// The fixture, backups of `itb-b` with each `(method, name)` as `<root>/<name>`,
+/// and the canary added after them (a restore would undo it); the root.
+fn itb_b_backed_up_then_changed(os: &Os, backups: &[(&str, &str)]) -> tempfile::TempDir {
+    os.create_fixture();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    for (method, name) in backups {
+        backup_indices(root_arg, method, "itb-b", Some(name));
+    }
+    add_canary(os);
+    root
+}
+
 #[test]
 fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
     let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
-    os.create_fixture();
-    let root = temp_root();
-    let root_arg = root.path().to_str().unwrap();
-    backup_indices(root_arg, "snapshot", "itb-b", Some("snap"));
-    backup_indices(root_arg, "logical", "itb-b", Some("logical"));
-    // Changed after the backups: a restore would undo this.
-    add_canary(&os);
+    let root = itb_b_backed_up_then_changed(&os, &[("snapshot", "snap"), ("logical", "logical")]);
 
     // A snapshot from a newer cluster than this one, which could not read it.
     let snap_dir = root.path().join("snap");
@@ -419,11 +426,7 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
         manifest.write(&snap_dir).unwrap();
     };
     set_version(&mut manifest, "99.0.0");
-    let err = fails(
-        &["restore", "--path", snap_dir.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&snap_dir, None), &[], 1);
     assert!(err.contains("newer than this server's"), "{err}");
     assert!(canary_present(&os), "a refused restore changed the index");
     set_version(&mut manifest, &real_version);
@@ -446,11 +449,7 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
         builder.into_inner().unwrap().finish().unwrap();
     }
     reseal(&snap_dir, itbackup::service::Service::Opensearch, &tarball);
-    let err = fails(
-        &["restore", "--path", snap_dir.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&snap_dir, None), &[], 1);
     assert!(err.contains("climbs out"), "{err}");
     assert!(
         !Path::new("/tmp").join(&escape).exists(),
@@ -468,11 +467,7 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
         itbackup::service::Service::Opensearch,
         &export,
     );
-    let err = fails(
-        &["restore", "--path", logical_dir.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&logical_dir, None), &[], 1);
     assert!(
         err.contains("damaged") || err.contains("ends before"),
         "{err}"
@@ -485,11 +480,7 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
 fn index_definitions_another_version_refuses_are_found_before_any_index_is_replaced() {
     let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
-    os.create_fixture();
-    let root = temp_root();
-    let root_arg = root.path().to_str().unwrap();
-    backup_indices(root_arg, "logical", "itb-b", Some("logical"));
-    add_canary(&os);
+    let root = itb_b_backed_up_then_changed(&os, &[("logical", "logical")]);
 
     // As if taken on another version whose mapping this cluster does not know.
     let dir = root.path().join("logical");
@@ -521,11 +512,7 @@ fn index_definitions_another_version_refuses_are_found_before_any_index_is_repla
         .server_version = "1.3.0".into();
     manifest.write(&dir).unwrap();
 
-    let err = fails(
-        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&dir, None), &[], 1);
     assert!(
         canary_present(&os),
         "the refused restore replaced the index:\n{err}"
@@ -843,23 +830,13 @@ fn rewrite_export(dir: &Path, change: impl Fn(String) -> String) {
 fn an_export_the_cluster_cannot_load_is_refused_before_anything_changes() {
     let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
-    os.create_fixture();
-    let root = temp_root();
-    let root_arg = root.path().to_str().unwrap();
-    backup_indices(root_arg, "logical", "itb-b", Some("logical"));
-    add_canary(&os);
+    let root = itb_b_backed_up_then_changed(&os, &[("logical", "logical")]);
     let before = os.digest("itb-b");
     let dir = root.path().join("logical");
     let original = fs::read(dir.join("backup-manifest.json")).unwrap();
     let export = artifact_ending(&dir, ".ndjson.zst");
     let pristine = fs::read(&export).unwrap();
-    let restore = || {
-        fails(
-            &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-            &[],
-            1,
-        )
-    };
+    let restore = || fails(&restore_args(&dir, None), &[], 1);
     let doc_b0 = r#"{"type":"doc","index":"itb-b","id":"b0","source":"#;
     type Rewrite = Box<dyn Fn(String) -> String>;
     let cases: Vec<(&str, Rewrite, &str)> = vec![

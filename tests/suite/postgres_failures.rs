@@ -181,11 +181,7 @@ fn unreachable_server_and_wrong_password_fail_clearly_and_write_nothing() {
 
     // A restore that cannot reach the server changes nothing either.
     let (_root, dir, canary) = backed_up();
-    let err = fails(
-        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-        &[("PGPORT", "1")],
-        1,
-    );
+    let err = fails(&restore_args(&dir, None), &[("PGPORT", "1")], 1);
     assert!(err.contains("cannot connect"), "{err}");
     canary.assert_untouched();
 }
@@ -780,10 +776,7 @@ fn a_plain_restore_by_another_superuser_restores_and_drops_no_role() {
         "itb_canary",
         "CREATE TABLE later_owned (x int); ALTER TABLE later_owned OWNER TO itb_later",
     );
-    let out = itbackup(
-        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-        &admin,
-    );
+    let out = itbackup(&restore_args(&dir, None), &admin);
     let report = text(&out);
     assert!(out.status.success(), "{report}");
     assert_eq!(
@@ -859,7 +852,7 @@ fn a_restore_over_a_changed_schema_gives_back_exactly_the_backup() {
          COMMENT ON DATABASE itb_schema IS 'changed'; \
          ALTER DATABASE itb_schema SET work_mem = '9MB'",
     );
-    let out = itbackup(&["restore", "--path", dir.to_str().unwrap(), "--yes"], &[]);
+    let out = itbackup(&restore_args(&dir, None), &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(psql("itb_schema", "SELECT count(*) FROM app.t"), "1500");
     assert_eq!(
@@ -949,9 +942,6 @@ fn a_server_being_written_by_another_run_is_refused_whatever_the_root() {
         canary.assert_untouched();
     }
     drop(held);
-    ok(
-        &["restore", "--path", other_dir.to_str().unwrap(), "--yes"],
-        &[],
-    );
+    ok(&restore_args(&other_dir, None), &[]);
     assert_eq!(psql("itb_canary", "SELECT v FROM c"), "at backup");
 }

@@ -131,11 +131,18 @@ fn a_server_that_fails_to_start_fails_up_with_its_log() {
         .unwrap();
     // The postgres user must reach it, as under .testenv.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A free port, not a fixed one: every stack on this host (another
+    // worktree's tests, say) runs this test too.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+        .to_string();
     let testenv = |action: &str| {
         Command::new(common::repo_root().join("testenv").join(action))
             .arg("postgres")
             .env("IT_TESTENV_DIR", dir.path())
-            .env("IT_TESTENV_PG_PORT", "55998")
+            .env("IT_TESTENV_PG_PORT", &port)
             .output()
             .unwrap()
     };
