@@ -358,12 +358,39 @@ pub fn write_zstd_stream(
         .finish()
 }
 
+/// The producer's end of [`export_zstd`]'s channel. A send fails only when
+/// the writer has stopped; it says so, and marks the export so that the
+/// writer's own error (a full disk, with its path and advice) is the one
+/// answered, not this consequence of it.
+pub struct ExportSender {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    service: crate::service::Service,
+    writer_stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ExportSender {
+    /// Queue `chunk` for the writer, waiting while the queue is full.
+    pub async fn send(&self, chunk: Vec<u8>) -> crate::error::Result<()> {
+        if self.tx.send(chunk).await.is_ok() {
+            return Ok(());
+        }
+        self.writer_stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Err(
+            crate::error::Error::failure("write export", "the writer stopped")
+                .service(self.service),
+        )
+    }
+}
+
 /// Stream what `produce` sends on its channel into `dir/name` through
 /// [`write_zstd_stream`] (on a blocking thread). The artifact is kept only
 /// when both the producer and the writer succeed; otherwise its partial file
-/// is removed and the first failure answered. At most `queue` chunks wait
-/// for the writer: the compression is usually the slower side, so the queue
-/// runs full and its depth times the producer's chunk size is memory held.
+/// is removed and the first failure answered: the writer's I/O error when
+/// the producer failed because the writer had stopped, else the producer's.
+/// At most `queue` chunks wait for the writer: the compression is usually
+/// the slower side, so the queue runs full and its depth times the
+/// producer's chunk size is memory held.
 pub async fn export_zstd<F, Fut>(
     dir: &Path,
     name: String,
@@ -372,28 +399,51 @@ pub async fn export_zstd<F, Fut>(
     produce: F,
 ) -> crate::error::Result<PendingArtifact>
 where
-    F: FnOnce(tokio::sync::mpsc::Sender<Vec<u8>>) -> Fut,
+    F: FnOnce(ExportSender) -> Fut,
     Fut: std::future::Future<Output = crate::error::Result<()>>,
 {
     use crate::error::{io_error, Error};
     let step = "write export";
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(queue);
+    let writer_stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = ExportSender {
+        tx,
+        service,
+        writer_stopped: writer_stopped.clone(),
+    };
     let to = dir.to_path_buf();
+    let file = dir.join(&name);
     let writer = tokio::task::spawn_blocking(move || write_zstd_stream(&to, &name, rx));
     // The producer owns the sender: when it is done, the writer sees the end.
-    let exported = produce(tx).await;
+    let exported = produce(sender).await;
     let written = writer
         .await
         .map_err(|e| Error::failure(step, e.to_string()).service(service))?;
+    let disk_error = |e: io::Error| {
+        let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        let mut err = io_error(Some(service), step, file.display(), e);
+        // The partial file is gone by now: what is free is all the export
+        // had to fit in, and it needs more.
+        if let (true, Ok(free)) = (full, free_bytes(dir)) {
+            err.message.push_str(&format!(
+                "; the export needs more than the {} free there",
+                crate::report::size(free)
+            ));
+        }
+        err
+    };
     match (exported, written) {
         (Ok(()), Ok(pending)) => Ok(pending),
+        (Err(_), Err(e)) if writer_stopped.load(std::sync::atomic::Ordering::Relaxed) => {
+            Err(disk_error(e))
+        }
         (Err(e), written) => {
             if let Ok(pending) = written {
                 pending.discard();
             }
             Err(e)
         }
-        (Ok(()), Err(e)) => Err(io_error(Some(service), step, dir.display(), e)),
+        (Ok(()), Err(e)) => Err(disk_error(e)),
     }
 }
 
@@ -436,6 +486,37 @@ mod tests {
             digest_file(&dir.path().join("x_1.sql")).unwrap(),
             pending.digest
         );
+    }
+
+    #[test]
+    fn an_export_whose_writer_stops_answers_the_writers_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // The writer cannot even create its file; the producer keeps sending
+        // until it finds the writer gone.
+        let err = rt
+            .block_on(export_zstd(
+                &missing,
+                "x_3.ndjson.zst".into(),
+                crate::service::Service::Neo4j,
+                1,
+                |tx| async move {
+                    loop {
+                        tx.send(vec![b'x'; 1024]).await?;
+                    }
+                },
+            ))
+            .unwrap_err();
+        assert_eq!(err.step, "write export");
+        assert_eq!(err.service, Some(crate::service::Service::Neo4j));
+        assert!(
+            err.message.contains("x_3.ndjson.zst") && err.message.contains("No such file"),
+            "{err}"
+        );
+        assert!(err.hint.is_some(), "{err}");
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
     let _lock = RootLock::acquire(&lock_root, "backup")?;
     // A backup beside a restore (or drill) of the same server would copy a
     // half-restored store.
-    let _servers = stores::lock_servers(&stores, "backup")?;
+    let _servers = stores::lock_servers(&stores, "backup").await?;
 
     // Probe everything first: an unreachable server fails the run before any file exists.
     for store in &stores {
@@ -176,12 +176,7 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
         }
     }
     if let Some(err) = first_error {
-        for backup in &done {
-            backup.artifact.discard();
-        }
-        if created_dir {
-            let _ = fs::remove_dir(&dir);
-        }
+        discard(&dir, &done, created_dir);
         return Err(err);
     }
 
@@ -203,7 +198,10 @@ pub async fn run(settings: &Settings, request: BackupRequest) -> Result<BackupOu
         artifacts: done.iter().map(|b| (b.service, b.record.clone())).collect(),
         manifest_sha256: None,
     };
-    commit(&dir, &done, &manifest)?;
+    if let Err(err) = commit(&dir, &done, &manifest) {
+        discard(&dir, &done, created_dir);
+        return Err(err);
+    }
     let uploaded = match &remote {
         Some(remote) => {
             let pushed = remote.push(&dir).await;
@@ -265,27 +263,60 @@ async fn seal_all(done: &mut [StoreBackup], recipients: std::sync::Arc<Recipient
     first_error.map_or(Ok(()), Err)
 }
 
-/// Make the set visible: an older manifest at the same place goes first (so a
-/// crash in between leaves an incomplete set, never a mixed one), then the
-/// artifacts get their names, then the new manifest is written.
+/// Make the set visible, the manifest last. The manifest is written first,
+/// as `*.partial`: it is the last file that needs room, so a full disk fails
+/// the run before anything has its final name. Then an older manifest at the
+/// same place goes (so a crash in between leaves an incomplete set, never a
+/// mixed one), the artifacts get their names and the manifest its own. A
+/// failure on the way takes back every name given: the caller then removes
+/// the partial files, and a failed run leaves nothing that looks complete.
 fn commit(dir: &std::path::Path, done: &[StoreBackup], manifest: &Manifest) -> Result<()> {
     let step = "commit backup";
-    let old = dir.join(MANIFEST_FILE);
-    if old.exists() {
-        fs::remove_file(&old).map_err(|e| io_error(None, step, old.display(), e))?;
+    let written = manifest.write_partial(dir)?;
+    let mut renamed: Vec<&artifact::PendingArtifact> = Vec::new();
+    let mut make_visible = || -> Result<()> {
+        let old = dir.join(MANIFEST_FILE);
+        if old.exists() {
+            fs::remove_file(&old).map_err(|e| io_error(None, step, old.display(), e))?;
+        }
+        for backup in done {
+            backup.artifact.commit().map_err(|e| {
+                io_error(
+                    Some(backup.service),
+                    step,
+                    backup.artifact.target.display(),
+                    e,
+                )
+            })?;
+            renamed.push(&backup.artifact);
+        }
+        artifact::sync_dir(dir).map_err(|e| io_error(None, step, dir.display(), e))?;
+        written
+            .commit()
+            .map_err(|e| io_error(None, "write manifest", written.target.display(), e))?;
+        renamed.push(&written);
+        artifact::sync_dir(dir).map_err(|e| io_error(None, "write manifest", dir.display(), e))
+    };
+    let result = make_visible();
+    if result.is_err() {
+        // The manifest first: without it, nothing here counts as a backup.
+        for pending in renamed.iter().rev() {
+            let _ = fs::rename(&pending.target, &pending.partial);
+        }
+        written.discard();
     }
+    result
+}
+
+/// Remove what a failed run wrote: its partial artifacts, and the backup
+/// directory when the run made it.
+fn discard(dir: &std::path::Path, done: &[StoreBackup], created_dir: bool) {
     for backup in done {
-        backup.artifact.commit().map_err(|e| {
-            io_error(
-                Some(backup.service),
-                step,
-                backup.artifact.target.display(),
-                e,
-            )
-        })?;
+        backup.artifact.discard();
     }
-    artifact::sync_dir(dir).map_err(|e| io_error(None, step, dir.display(), e))?;
-    manifest.write(dir)
+    if created_dir {
+        let _ = fs::remove_dir(dir);
+    }
 }
 
 fn hostname() -> String {

@@ -117,13 +117,14 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
     let show = !request.json;
 
     let step = Progress::step(show, "checking the servers");
+    // Held from the first synthetic write to the last; the drill's own
+    // backup and restore share it (same process). Taken before the probe:
+    // it also starts a server a killed run left stopped.
+    let _servers = stores::lock_servers(&stores, "drill").await?;
     for store in &stores {
         store.probe().await?;
     }
     confirm_rewind(&stores, request.yes).await?;
-    // Held from the first synthetic write to the last; the drill's own
-    // backup and restore share it (same process).
-    let _servers = stores::lock_servers(&stores, "drill")?;
     step.done("servers reachable");
 
     // Populate, back up, wipe: a failure on the way removes the synthetic

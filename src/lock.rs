@@ -141,6 +141,75 @@ pub fn server_key(service: Service, address: &str) -> String {
     format!("{service} {host}:{port}")
 }
 
+/// The file of the server `key` in [`lock_dir`] with this extension.
+fn server_file(service: Service, key: &str, extension: &str) -> PathBuf {
+    let hash = sha2::Sha256::digest(key.as_bytes());
+    lock_dir().join(format!("{service}-{}.{extension}", hex::encode(&hash[..8])))
+}
+
+/// A server an itbackup run of this host stopped (the Neo4j dump method) and
+/// has not started again: recorded before the stop, cleared once the server
+/// answers again. A run killed in between leaves the record; the next run
+/// that takes the server's lock knows from it that the server is down
+/// because of itbackup, not because the operator stopped it, and starts it.
+pub struct StoppedServer {
+    path: PathBuf,
+}
+
+impl StoppedServer {
+    /// The record for the server at `address` (it may not exist).
+    pub fn of(service: Service, address: &str) -> Self {
+        StoppedServer {
+            path: server_file(service, &server_key(service, address), "stopped"),
+        }
+    }
+
+    /// Note, before stopping the server, who stops it and why.
+    pub fn record(&self, service: Service, command: &str) -> Result<()> {
+        let holder = format!(
+            "itbackup {command} (pid {}) stopped it at {}\n",
+            std::process::id(),
+            jiff::Timestamp::now()
+        );
+        // The lock directory is writable by all: never follow a link there.
+        let write = || -> std::io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&self.path)?;
+            file.write_all(holder.as_bytes())?;
+            file.sync_all()
+        };
+        write().map_err(|e| {
+            io_error(
+                Some(service),
+                "record the stopped server",
+                self.path.display(),
+                e,
+            )
+        })
+    }
+
+    /// Who stopped the server and has not started it again, if anyone.
+    pub fn left_by(&self) -> Option<String> {
+        std::fs::read_to_string(&self.path)
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// The server answers again.
+    pub fn clear(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
 fn default_port(service: Service) -> u16 {
     match service {
         Service::Postgres => 5432,
@@ -184,8 +253,7 @@ impl StoreLock {
                 Err(e) => return Err(lock_error(e, &dir)),
             }
         }
-        let hash = sha2::Sha256::digest(key.as_bytes());
-        let path = dir.join(format!("{service}-{}.lock", hex::encode(&hash[..8])));
+        let path = server_file(service, key, "lock");
         let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
         let held = held.get_or_insert_with(HashMap::new);
         if let Some(file) = held.get(&path).and_then(Weak::upgrade) {

@@ -131,18 +131,31 @@ impl Manifest {
 
     /// Write the manifest into `dir` atomically (`*.partial`, fsync, rename, fsync dir).
     pub fn write(&self, dir: &Path) -> Result<()> {
+        let pending = self.write_partial(dir)?;
+        let commit = || -> std::io::Result<()> {
+            pending.commit()?;
+            artifact::sync_dir(dir)
+        };
+        commit().map_err(|e| {
+            pending.discard();
+            io_error(None, "write manifest", pending.target.display(), e)
+        })
+    }
+
+    /// Write the manifest into `dir` as `*.partial`, synced, not yet under
+    /// its name: a backup writes it before it renames its artifacts, so that
+    /// a manifest that does not fit fails the run while nothing looks done.
+    pub fn write_partial(&self, dir: &Path) -> Result<artifact::PendingArtifact> {
         let mut sealed = self.clone();
         sealed.manifest_sha256 = Some(self.compute_checksum());
         let mut json = serde_json::to_vec_pretty(&sealed).expect("manifest serialises");
         json.push(b'\n');
-        let step = "write manifest";
-        let write = || -> std::io::Result<()> {
+        let write = || -> std::io::Result<artifact::PendingArtifact> {
             let mut writer = ArtifactWriter::create(dir, MANIFEST_FILE)?;
             writer.write_all(&json)?;
-            writer.finish()?.commit()?;
-            artifact::sync_dir(dir)
+            writer.finish()
         };
-        write().map_err(|e| io_error(None, step, dir.join(MANIFEST_FILE).display(), e))
+        write().map_err(|e| io_error(None, "write manifest", dir.join(MANIFEST_FILE).display(), e))
     }
 
     /// Read and validate the manifest in `dir`.

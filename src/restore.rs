@@ -165,7 +165,7 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     };
     let _lock = RootLock::acquire(&lock_root, "restore")?;
     // Whatever root or repository the backup comes from, one writer per server.
-    let _servers = stores::lock_servers(&stores, "restore")?;
+    let _servers = stores::lock_servers(&stores, "restore").await?;
     let started = Instant::now();
 
     for store in &stores {

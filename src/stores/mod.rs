@@ -141,6 +141,13 @@ pub trait Store: DrillData + Send + Sync {
     /// the server is unreachable or refuses our credentials.
     async fn probe(&self) -> Result<ServerInfo>;
 
+    /// Undo what a killed run of this host left in the server's way (a
+    /// server it stopped and never started again). Called with the server's
+    /// lock held, so no live run is in the middle of it.
+    async fn recover_from_killed_run(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The steps and commands a backup would run (passwords masked), for `--dry-run`.
     fn backup_plan(&self, ctx: &BackupContext<'_>) -> Vec<String>;
 
@@ -174,8 +181,9 @@ pub trait Store: DrillData + Send + Sync {
 }
 
 /// Take the store lock of every store's server (in service order), or fail
-/// naming the run that holds one; `command` is what this run records.
-pub fn lock_servers(
+/// naming the run that holds one; `command` is what this run records. Then
+/// each store recovers from whatever a killed run left behind.
+pub async fn lock_servers(
     stores: &[Box<dyn Store>],
     command: &str,
 ) -> Result<Vec<crate::lock::StoreLock>> {
@@ -189,10 +197,14 @@ pub fn lock_servers(
         })
         .collect();
     keyed.sort();
-    keyed
+    let locks = keyed
         .iter()
         .map(|(service, key)| crate::lock::StoreLock::acquire(*service, key, command))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    for store in stores {
+        store.recover_from_killed_run().await?;
+    }
+    Ok(locks)
 }
 
 /// Run blocking work (child processes, file I/O) off the async threads.

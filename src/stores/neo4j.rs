@@ -27,13 +27,13 @@ use async_trait::async_trait;
 use neo4rs::{query, ConfigBuilder, Graph};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
-use crate::artifact::{self, ArtifactWriter, PendingArtifact};
+use crate::artifact::{self, ArtifactWriter, ExportSender, PendingArtifact};
 use crate::cli::Neo4jMethod;
 use crate::config::Neo4jSettings;
 use crate::error::{io_error, Error, Result};
+use crate::lock::StoppedServer;
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo, ToolCommand};
 use crate::service::Service;
@@ -395,7 +395,7 @@ impl Neo4j {
     async fn export_lines(
         &self,
         graph: &Graph,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         record: &mut ArtifactRecord,
     ) -> Result<()> {
         let mut out = LineSink {
@@ -690,23 +690,43 @@ impl Neo4j {
         }
     }
 
-    /// Stop the server, run `work`, start it again whatever happened, wait for it.
+    /// Stop the server, run `work` (named `what`), start it again whatever
+    /// happened, wait for it. The stop is recorded on this host until the
+    /// server answers again, so that a run killed in between is made good
+    /// by the next one ([`Store::recover_from_killed_run`]).
     async fn with_server_stopped<T>(
         &self,
+        what: &str,
         work: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
         let stop = self.lifecycle_command("stop")?;
-        let start = self.lifecycle_command("start")?;
+        self.lifecycle_command("start")?;
+        let stopped = StoppedServer::of(SVC, &self.settings.uri);
+        stopped.record(SVC, what)?;
         Self::run_tool(stop, "stop server").await?;
         let result = work.await;
-        let started = Self::run_tool(start, "start server").await;
-        let up = match started {
-            Ok(()) => self.wait_until_up().await,
-            Err(e) => Err(e),
-        };
+        let up = self.start_and_wait().await;
+        if up.is_ok() {
+            stopped.clear();
+        }
         let value = result?;
         up?;
         Ok(value)
+    }
+
+    /// Run the start command and wait until Bolt answers.
+    async fn start_and_wait(&self) -> Result<()> {
+        Self::run_tool(self.lifecycle_command("start")?, "start server").await?;
+        self.wait_until_up().await
+    }
+
+    /// Whether Bolt answers a query now.
+    async fn answers(&self) -> bool {
+        let attempt = async {
+            let graph = self.graph().await?;
+            self.rows(&graph, "RETURN 1 AS one", "probe").await
+        };
+        attempt.await.is_ok()
     }
 
     async fn dump(&self, ctx: &BackupContext<'_>) -> Result<PendingArtifact> {
@@ -718,7 +738,7 @@ impl Neo4j {
         ]);
         let dir = ctx.dir.to_path_buf();
         let file = format!("neo4j_{}.dump", ctx.timestamp);
-        self.with_server_stopped(super::blocking(SVC, move || {
+        self.with_server_stopped("backup (neo4j-admin database dump)", super::blocking(SVC, move || {
             let step = "dump (neo4j-admin database dump)";
             let mut writer = ArtifactWriter::create(&dir, &file).map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
             process::run_with_output_into(&cmd, &mut writer, SVC, step)
@@ -737,7 +757,7 @@ impl Neo4j {
             "--overwrite-destination=true",
         ]);
         let source = ctx.artifact.to_path_buf();
-        self.with_server_stopped(super::blocking(SVC, move || {
+        self.with_server_stopped("restore (neo4j-admin database load)", super::blocking(SVC, move || {
             let step = "load (neo4j-admin database load)";
             let mut input = artifact::open_buffered(&source).map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
             process::run_feeding(&cmd, SVC, step, |stdin| std::io::copy(&mut input, stdin).map(|_| ()))
@@ -846,7 +866,7 @@ impl<'r> Entity<'r> {
 
 /// Buffers serialised lines and sends them to the writer in chunks.
 struct LineSink<'a> {
-    tx: &'a mpsc::Sender<Vec<u8>>,
+    tx: &'a ExportSender,
     chunk: Vec<u8>,
 }
 
@@ -894,9 +914,7 @@ impl LineSink<'_> {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES * 2));
-        self.tx.send(chunk).await.map_err(|_| {
-            Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
-        })
+        self.tx.send(chunk).await
     }
 }
 
@@ -1071,12 +1089,40 @@ impl Store for Neo4j {
     }
 
     async fn probe(&self) -> Result<ServerInfo> {
-        let graph = self.graph().await?;
-        let (version, edition) = self.version_and_edition(&graph).await?;
+        let answer = async {
+            let graph = self.graph().await?;
+            self.version_and_edition(&graph).await
+        };
+        let (version, edition) = answer.await.map_err(|e| {
+            match StoppedServer::of(SVC, &self.settings.uri).left_by() {
+                Some(by) => e.hint(format!(
+                    "{by} and was killed before starting it again: the next backup or restore on this host starts it (IT_NEO4J_START_CMD), or start it yourself"
+                )),
+                None => e,
+            }
+        })?;
         Ok(ServerInfo {
             version: format!("{version} {edition}"),
             endpoint: mask_userinfo(&self.settings.uri),
         })
+    }
+
+    async fn recover_from_killed_run(&self) -> Result<()> {
+        let stopped = StoppedServer::of(SVC, &self.settings.uri);
+        let Some(by) = stopped.left_by() else {
+            return Ok(());
+        };
+        // Killed after the start command but before it saw Bolt answer.
+        if self.answers().await {
+            stopped.clear();
+            return Ok(());
+        }
+        tracing::warn!(service = %SVC, "{by} and was killed before starting it again: starting it");
+        self.start_and_wait()
+            .await
+            .map_err(|e| e.hint(format!("{by}; start it, then run again")))?;
+        stopped.clear();
+        Ok(())
     }
 
     fn backup_plan(&self, ctx: &BackupContext<'_>) -> Vec<String> {

@@ -17,11 +17,12 @@
 //! flight, whatever the size of the index.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -30,7 +31,7 @@ use tokio::sync::mpsc;
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::archive;
-use crate::artifact::{self, PendingArtifact};
+use crate::artifact::{self, ExportSender, PendingArtifact};
 use crate::cli::OpenSearchMethod;
 use crate::config::{ArchiveCompression, OpenSearchSettings};
 use crate::error::{io_error, Error, Result};
@@ -65,6 +66,8 @@ const DEFAULT_MAX_CONTENT_LENGTH: u64 = 100 << 20;
 const MAX_ID_BYTES: usize = 512;
 /// Manifest detail of a snapshot artifact: the size of its uncompressed tar.
 const UNPACKED_BYTES: &str = "unpacked_bytes";
+/// Index definitions tried at once under temporary names before a restore.
+const DEFINITION_CHECKS: usize = 4;
 /// Manifest detail: the data streams backed up ([`StreamInfo`]).
 const DATA_STREAMS: &str = "data_streams";
 /// Every `_bulk` answer is cut to what [`BulkAnswer`] reads: the server then
@@ -442,7 +445,22 @@ impl OpenSearch {
     }
 
     async fn version(&self) -> Result<String> {
-        let root = self.http.get("", "connect").await?;
+        let step = "connect";
+        let root = match self.http.send_raw(self.http.request(Method::GET, "")).await {
+            Ok(root) => root,
+            // OpenSearch answers its root path whenever it is up: a 404 there
+            // comes from something else at that address, or from a path that
+            // does not lead to the cluster.
+            Err(e) if e.status == Some(StatusCode::NOT_FOUND) => {
+                let url = mask_userinfo(&self.settings.url);
+                return Err(Error::failure(step, format!("GET {url} answered {}", e.message))
+                    .service(SVC)
+                    .hint(format!(
+                        "{url} does not seem to point at OpenSearch: check OPENSEARCH_URL — the port (9200 by default), a proxy's path prefix, or whether another service answers there"
+                    )));
+            }
+            Err(e) => return Err(self.http.error(step, e)),
+        };
         Ok(root["version"]["number"]
             .as_str()
             .unwrap_or("unknown")
@@ -935,21 +953,19 @@ impl OpenSearch {
         result
     }
 
-    /// A logical export loads into other versions, which is what it is for;
-    /// but a cluster of another version (or without a plugin an index used)
-    /// may refuse an index's settings or mappings, and the restore deletes
-    /// each index just before it creates it. So, on a cluster of another
-    /// major.minor than the backup's, each index is first created once under
-    /// a temporary name and removed, before anything is replaced.
+    /// A logical export loads into other clusters and versions, which is
+    /// what it is for; but a cluster of another version, or one without a
+    /// plugin an index used (an analyzer, a field type), or with other
+    /// analysis files, may refuse an index's settings or mappings — and the
+    /// restore deletes each index just before it creates it. So every
+    /// distinct index definition is first created once under a temporary
+    /// name and removed, before anything is replaced, whatever the versions.
     async fn check_index_definitions(
         &self,
         ctx: &RestoreContext<'_>,
         record: &ArtifactRecord,
     ) -> Result<()> {
         let server_version = self.version().await?;
-        if super::release(&record.server_version, 2) == super::release(&server_version, 2) {
-            return Ok(());
-        }
         let step = "check index definitions";
         let path = ctx.artifact.to_path_buf();
         let definitions = super::blocking(SVC, move || {
@@ -981,25 +997,47 @@ impl OpenSearch {
             failure.map_or(Ok(definitions), Err)
         })
         .await?;
-        tracing::info!(service = %SVC, indices = definitions.len(), backup_version = %record.server_version, %server_version, "another version: trying each index definition under a temporary name first");
-        for (number, (name, meta)) in definitions.iter().enumerate() {
-            let probe = format!("itbackup-check-{}-{number}", std::process::id());
-            let (body, _) = creation_body(meta);
-            let created = self.http.call(Method::PUT, &probe, Some(&body), step).await;
-            let _ = self.http.delete_if_present(&probe, step).await;
-            if let Err(e) = created {
-                return Err(Error::failure(
-                    step,
-                    format!(
-                        "this cluster (OpenSearch {server_version}) refuses the settings or mappings of index {name} from OpenSearch {}: {}",
-                        record.server_version, e.message
-                    ),
-                )
-                .service(SVC)
-                .hint("restore into a cluster that accepts them (the same version, with the same plugins), or adapt the index definition; nothing was changed"));
-            }
+        // Daily indices share one definition: each distinct body is tried once.
+        let mut seen = HashSet::new();
+        let distinct: Vec<(String, Value)> = definitions
+            .into_iter()
+            .filter_map(|(name, meta)| {
+                let (body, _) = creation_body(&meta);
+                seen.insert(body.to_string()).then_some((name, body))
+            })
+            .collect();
+        tracing::info!(service = %SVC, definitions = distinct.len(), backup_version = %record.server_version, %server_version, "trying each index definition under a temporary name first");
+        let tries: Vec<_> = distinct
+            .into_iter()
+            .enumerate()
+            .map(|(number, (name, body))| {
+                let http = self.http.clone();
+                Box::pin(async move {
+                    let probe = format!("itbackup-check-{}-{number}", std::process::id());
+                    let created = http.call(Method::PUT, &probe, Some(&body), step).await;
+                    let _ = http.delete_if_present(&probe, step).await;
+                    created.map(|_| ()).map_err(|e| (name, e))
+                })
+            })
+            .collect();
+        // Every try runs to its end (a dropped one would leave its index).
+        let refused = futures::stream::iter(tries)
+            .buffer_unordered(DEFINITION_CHECKS)
+            .filter_map(|tried| async move { tried.err() })
+            .collect::<Vec<_>>()
+            .await;
+        match refused.into_iter().next() {
+            None => Ok(()),
+            Some((name, e)) => Err(Error::failure(
+                step,
+                format!(
+                    "this cluster (OpenSearch {server_version}) refuses the settings or mappings of index {name} from OpenSearch {}: {}",
+                    record.server_version, e.message
+                ),
+            )
+            .service(SVC)
+            .hint("restore into a cluster that accepts them (the same version, with the same plugins and analysis files), or adapt the index definition; nothing was changed")),
         }
-        Ok(())
     }
 
     /// `path.repo`, where a snapshot restore unpacks its artifact; an error
@@ -1179,19 +1217,14 @@ impl OpenSearch {
     async fn export_all(
         &self,
         selection: &Selection,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         record: &mut ArtifactRecord,
     ) -> Result<()> {
-        let send = |bytes: Vec<u8>| async move {
-            tx.send(bytes).await.map_err(|_| {
-                Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
-            })
-        };
         let mut header = Line::new("header");
         header.format = Some(LOGICAL_FORMAT.into());
         header.version = Some(LOGICAL_VERSION);
         header.body = Some(json!({"cluster_version": record.server_version}));
-        send(header.to_bytes()).await?;
+        tx.send(header.to_bytes()).await?;
 
         // Templates and pipelines first: restore puts them back before any index.
         for (kind, path, key) in [
@@ -1207,7 +1240,7 @@ impl OpenSearch {
                 let mut line = Line::new(kind);
                 line.name = item["name"].as_str().map(String::from);
                 line.body = Some(item[kind].clone());
-                send(line.to_bytes()).await?;
+                tx.send(line.to_bytes()).await?;
             }
         }
         let legacy = self
@@ -1218,7 +1251,7 @@ impl OpenSearch {
             let mut line = Line::new("legacy_template");
             line.name = Some(name.clone());
             line.body = Some(body.clone());
-            send(line.to_bytes()).await?;
+            tx.send(line.to_bytes()).await?;
         }
         let pipelines = self
             .http
@@ -1228,7 +1261,7 @@ impl OpenSearch {
             let mut line = Line::new("pipeline");
             line.name = Some(id.clone());
             line.body = Some(body.clone());
-            send(line.to_bytes()).await?;
+            tx.send(line.to_bytes()).await?;
         }
 
         let mut total = 0;
@@ -1246,14 +1279,14 @@ impl OpenSearch {
                 "template": stream.template,
                 "indices": stream.indices.iter().map(|i| &i.name).collect::<Vec<_>>(),
             }));
-            send(line.to_bytes()).await?;
+            tx.send(line.to_bytes()).await?;
             for index in &stream.indices {
                 total += self.export_index(index, tx, record).await?;
             }
         }
         let mut end = Line::new("end");
         end.docs = Some(total);
-        send(end.to_bytes()).await
+        tx.send(end.to_bytes()).await
     }
 
     /// One index: its definition, its documents, its end record; answers its
@@ -1261,14 +1294,9 @@ impl OpenSearch {
     async fn export_index(
         &self,
         index: &IndexInfo,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         record: &mut ArtifactRecord,
     ) -> Result<u64> {
-        let send = |bytes: Vec<u8>| async move {
-            tx.send(bytes).await.map_err(|_| {
-                Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
-            })
-        };
         let meta = self.http.get(&index.name, "export index settings").await?;
         let meta = &meta[&index.name];
         let mut line = Line::new("index");
@@ -1278,19 +1306,19 @@ impl OpenSearch {
             "mappings": meta["mappings"],
             "aliases": meta["aliases"],
         }));
-        send(line.to_bytes()).await?;
+        tx.send(line.to_bytes()).await?;
         let docs = self.export_documents(index, tx).await?;
         let mut end = Line::new("index_end");
         end.name = Some(index.name.clone());
         end.docs = Some(docs);
-        send(end.to_bytes()).await?;
+        tx.send(end.to_bytes()).await?;
         record.counts.insert(index.name.clone(), docs);
         tracing::info!(index = %index.name, docs, "opensearch: exported index");
         Ok(docs)
     }
 
     /// Every document of one index, in parallel slices over one point in time.
-    async fn export_documents(&self, index: &IndexInfo, tx: &mpsc::Sender<Vec<u8>>) -> Result<u64> {
+    async fn export_documents(&self, index: &IndexInfo, tx: &ExportSender) -> Result<u64> {
         let step = format!("export documents of {}", index.name);
         self.http
             .call(
@@ -1343,7 +1371,7 @@ impl OpenSearch {
         &self,
         index: &IndexInfo,
         pit_id: &str,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         step: &str,
     ) -> Result<u64> {
         use futures::stream::{StreamExt, TryStreamExt};
@@ -1373,7 +1401,7 @@ impl OpenSearch {
         pit_id: &str,
         slice: usize,
         slices: usize,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         step: &str,
     ) -> Result<u64> {
         let mut pit_id = pit_id.to_string();
@@ -1422,7 +1450,7 @@ impl OpenSearch {
         index: &str,
         slice: usize,
         slices: usize,
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         step: &str,
     ) -> Result<u64> {
         let mut body = json!({"size": PAGE_SIZE, "sort": ["_doc"]});
@@ -1512,7 +1540,7 @@ impl OpenSearch {
         &self,
         index: &str,
         hits: &[Hit<'_>],
-        tx: &mpsc::Sender<Vec<u8>>,
+        tx: &ExportSender,
         step: &str,
     ) -> Result<u64> {
         let mut chunk = Vec::with_capacity(
@@ -1550,9 +1578,7 @@ impl OpenSearch {
             }
             chunk.push(b'\n');
         }
-        tx.send(chunk).await.map_err(|_| {
-            Error::failure("write export", "the writer stopped (disk full?)").service(SVC)
-        })?;
+        tx.send(chunk).await?;
         Ok(hits.len() as u64)
     }
 

@@ -547,10 +547,10 @@ impl Postgres {
             .iter()
             .map(|entry| Ok((entry.name.clone(), extracted(&entry.member, "restore")?)))
             .collect::<Result<Vec<_>>>()?;
-        self.restore_globals(&globals).await?;
         let names: Vec<String> = dumps.iter().map(|(name, _)| name.clone()).collect();
-        let replacement = self.begin_replacement(&names).await?;
+        let replacement = self.begin_replacement(&names, ctx.scratch).await?;
         let loaded = async {
+            self.restore_globals(&globals).await?;
             for (name, dump) in &dumps {
                 self.load_database(name, dump).await?;
                 tracing::info!(database = %name, "postgres: restored database");
@@ -620,22 +620,34 @@ impl Postgres {
     /// Roles and tablespaces: re-created idempotently, existing roles updated in place.
     async fn restore_globals(&self, globals: &Path) -> Result<()> {
         // template1, never a database the restore replaces.
-        self.run_sql_file(globals, "template1", "restore globals (roles)")
+        self.run_sql_file(globals, "template1", "restore globals (roles)", None)
             .await
     }
 
-    /// Run an SQL file from pg_dumpall with psql, roles made idempotent on the way.
-    async fn run_sql_file(&self, file: &Path, database: &str, step: &'static str) -> Result<()> {
+    /// Run an SQL file from pg_dumpall with psql, roles made idempotent on
+    /// the way. With a `prelude` (statements of itbackup's own, sent first
+    /// as they are), prelude and file run as one transaction: all or nothing.
+    async fn run_sql_file(
+        &self,
+        file: &Path,
+        database: &str,
+        step: &'static str,
+        prelude: Option<String>,
+    ) -> Result<()> {
         let current_user = self.settings.user.clone();
         let source = file.to_path_buf();
-        let cmd = self
-            .tool("psql")
-            .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(conninfo_dbname(database));
+        let mut cmd =
+            self.tool("psql")
+                .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]);
+        if prelude.is_some() {
+            cmd = cmd.arg("--single-transaction");
+        }
+        let cmd = cmd.arg("-d").arg(conninfo_dbname(database));
         blocking(move || {
             let input = artifact::open_buffered(&source)
                 .map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
             process::run_feeding(&cmd, SVC, step, |stdin| {
+                stdin.write_all(prelude.unwrap_or_default().as_bytes())?;
                 make_roles_idempotent(input, stdin, &current_user)
             })
         })
@@ -695,9 +707,9 @@ impl Postgres {
         if !replaced.iter().any(|d| d == "template1") {
             replaced.push("template1".into());
         }
-        let replacement = self.begin_replacement(&replaced).await?;
+        let replacement = self.begin_replacement(&replaced, ctx.scratch).await?;
         let loaded = async {
-            self.run_sql_file(ctx.artifact, WORK_DB, "restore cluster (psql)")
+            self.run_sql_file(ctx.artifact, WORK_DB, "restore cluster (psql)", None)
                 .await
                 .map_err(|e| {
                     e.hint("the dump does not load into this server (an extension, a role, a tablespace or a function body it needs is missing?): fix the cause psql names and run the restore again")

@@ -274,6 +274,31 @@ impl Subject for Neo {
     }
 }
 
+/// The dump method stops and starts the server: every look at the graph
+/// opens a new connection (the previous one died with the server).
+struct NeoDump;
+
+impl Subject for NeoDump {
+    fn service(&self) -> &'static str {
+        "neo4j"
+    }
+    fn extra(&self) -> Vec<&'static str> {
+        vec!["--neo4j-method", "dump"]
+    }
+    fn populate(&self) {
+        Neo::connect().populate()
+    }
+    fn fingerprint(&self) -> String {
+        Neo::connect().fingerprint()
+    }
+    fn leftovers(&self) -> Vec<String> {
+        Neo::connect().leftovers()
+    }
+    fn cleanup(&self) {
+        Neo::connect().cleanup()
+    }
+}
+
 /// Everything under the root but complete backups and the lock, after the
 /// debris of killed runs was swept.
 fn debris(root: &Path) -> Vec<String> {
@@ -432,4 +457,9 @@ fn opensearch_snapshot_survives_kill_9_anywhere() {
 #[test]
 fn neo4j_logical_survives_kill_9_anywhere() {
     every_point_held(&Neo::connect());
+}
+
+#[test]
+fn neo4j_dump_survives_kill_9_anywhere() {
+    every_point_held(&NeoDump);
 }

@@ -486,3 +486,151 @@ fn status_raises_an_alarm_before_the_next_backup_runs_out_of_room() {
         "{report:#}"
     );
 }
+
+/// One Cypher statement against the testenv Neo4j, over Bolt as itbackup talks to it.
+fn cypher(statement: &str) {
+    Neo::connect().run(statement);
+}
+
+#[test]
+fn a_neo4j_export_that_fills_the_disk_says_so_with_the_path_and_leaves_nothing() {
+    let _guard = exclusive(&[Neo4j]);
+    // About 9 MB of properties that compress poorly: more than the writer's
+    // queue holds, so the export is still sending when the disk fills and
+    // finds the writer gone (the path that lost the disk error).
+    cypher("MATCH (n:ItbFullDisk) DETACH DELETE n");
+    cypher(
+        "UNWIND range(1, 4000) AS i CREATE (:ItbFullDisk {i: i, pad: reduce(s = '', j IN range(1, 64) | s + randomUUID())})",
+    );
+    let disk = SmallDisk::mount(128 * 1024);
+    let root = disk.path().to_str().unwrap();
+    let args = [
+        "--root",
+        root,
+        "backup",
+        "--services",
+        "neo4j",
+        "--neo4j-method",
+        "logical",
+    ];
+    let err = fails(&args, &[], 1);
+    cypher("MATCH (n:ItbFullDisk) DETACH DELETE n");
+    assert!(
+        err.contains("neo4j: write export"),
+        "the error should name the service and the step:\n{err}"
+    );
+    assert!(
+        err.contains("No space left on device") && err.contains("the disk is full"),
+        "the error should say the disk is full, with the usual advice:\n{err}"
+    );
+    assert!(
+        err.contains(root) && err.contains("the export needs more than"),
+        "the error should name where it was writing, and the room it had:\n{err}"
+    );
+    let left = disk.files_but_the_lock();
+    assert!(left.is_empty(), "files left on the full disk: {left:?}");
+    let listed = ok(&["--root", root, "--json", "list"], &[]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed["backups"].as_array().map(|b| b.len()),
+        Some(0),
+        "list shows a backup after a failed run: {listed}"
+    );
+}
+
+/// tmpfs hands out space in pages.
+const PAGE: u64 = 4096;
+
+#[test]
+fn a_backup_whose_manifest_does_not_fit_leaves_nothing_that_looks_complete() {
+    let _guard = exclusive(&[Postgres, Opensearch, Neo4j]);
+    let index = "itb-full-manifest";
+    opensearch(reqwest::Method::DELETE, index, None);
+    for doc in 0..20 {
+        opensearch(
+            reqwest::Method::PUT,
+            &format!("{index}/_doc/{doc}"),
+            Some(serde_json::json!({ "n": doc, "text": "a small document" })),
+        );
+    }
+    opensearch(reqwest::Method::POST, &format!("{index}/_refresh"), None);
+    // Every store, each writing its artifact straight into the backup
+    // directory (no scratch copy), under a fixed name: the same run twice
+    // writes the same bytes.
+    let backup = [
+        "backup",
+        "--services",
+        "postgres,opensearch,neo4j",
+        "--postgres-format",
+        "plain",
+        "--opensearch-method",
+        "logical",
+        "--indices",
+        index,
+        "--neo4j-method",
+        "logical",
+        "--timestamp",
+        "20260101_000000",
+    ];
+
+    // What the artifacts take on a tmpfs, measured on an ordinary disk.
+    let roomy = temp_root();
+    let mut args = vec!["--root", roomy.path().to_str().unwrap()];
+    args.extend(backup);
+    ok(&args, &[]);
+    let mut artifacts = 0;
+    let mut manifest = 0;
+    for entry in fs::read_dir(only_backup(roomy.path())).unwrap().flatten() {
+        let bytes = entry.metadata().unwrap().len();
+        if entry.file_name() == "backup-manifest.json" {
+            manifest = bytes;
+        } else {
+            artifacts += bytes.div_ceil(PAGE) * PAGE;
+        }
+    }
+    assert!(manifest > 0 && artifacts > 0);
+
+    // A disk with room for the artifacts and the root's lock file, and not a
+    // byte more: the manifest, written last, does not fit.
+    let disk = SmallDisk::mount(artifacts + (2 << 20));
+    disk.fill_leaving(artifacts + PAGE);
+    let root = disk.path().to_str().unwrap();
+    let mut args = vec!["--root", root];
+    args.extend(backup);
+    let err = fails(&args, &[], 1);
+    opensearch(reqwest::Method::DELETE, index, None);
+    assert!(
+        err.contains("write manifest") && err.contains("the disk is full"),
+        "the manifest should be what did not fit:\n{err}"
+    );
+    // No artifact under its final name, no partial file, no directory that
+    // could pass for a backup.
+    let left: Vec<_> = disk
+        .files_but_the_lock()
+        .into_iter()
+        .filter(|p| p.file_name().unwrap() != "filler")
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a failed manifest left files that look like a backup: {left:?}"
+    );
+    let dirs: Vec<_> = fs::read_dir(disk.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    assert!(dirs.is_empty(), "directories left on the disk: {dirs:?}");
+    let listed = ok(&["--root", root, "--json", "list"], &[]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed["backups"].as_array().map(|b| b.len()),
+        Some(0),
+        "list shows a backup after a failed run: {listed}"
+    );
+    let verify = fails(&["--root", root, "verify"], &[], 1);
+    assert!(
+        !verify.contains("20260101_000000"),
+        "verify found the failed backup:\n{verify}"
+    );
+}

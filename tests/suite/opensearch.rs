@@ -478,6 +478,19 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
 
 #[test]
 fn index_definitions_another_version_refuses_are_found_before_any_index_is_replaced() {
+    refused_definition_changes_nothing(Some("1.3.0"));
+}
+
+/// The same version, but a mapping this cluster cannot take (a plugin's
+/// field type or analyzer the backup's cluster had and this one lacks).
+#[test]
+fn index_definitions_this_cluster_refuses_are_found_before_any_index_is_replaced() {
+    refused_definition_changes_nothing(None);
+}
+
+/// A logical backup whose index definition the cluster refuses, taken on
+/// `version` (or this cluster's): the restore refuses it before any change.
+fn refused_definition_changes_nothing(version: Option<&str>) {
     let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
     let root = itb_b_backed_up_then_changed(&os, &[("logical", "logical")]);
@@ -504,13 +517,15 @@ fn index_definitions_another_version_refuses_are_found_before_any_index_is_repla
     let forged = zstd::encode_all((lines.join("\n") + "\n").as_bytes(), 3).unwrap();
     fs::write(&export, forged).unwrap();
     reseal(&dir, itbackup::service::Service::Opensearch, &export);
-    let mut manifest = itbackup::manifest::Manifest::read_dir(&dir).unwrap();
-    manifest
-        .artifacts
-        .get_mut(&itbackup::service::Service::Opensearch)
-        .unwrap()
-        .server_version = "1.3.0".into();
-    manifest.write(&dir).unwrap();
+    if let Some(version) = version {
+        let mut manifest = itbackup::manifest::Manifest::read_dir(&dir).unwrap();
+        manifest
+            .artifacts
+            .get_mut(&itbackup::service::Service::Opensearch)
+            .unwrap()
+            .server_version = version.into();
+        manifest.write(&dir).unwrap();
+    }
 
     let err = fails(&restore_args(&dir, None), &[], 1);
     assert!(

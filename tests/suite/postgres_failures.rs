@@ -900,6 +900,77 @@ fn a_restore_that_fails_half_way_puts_every_database_back_as_it_was() {
     psql("postgres", "DROP DATABASE itb_unloadable WITH (FORCE)");
 }
 
+/// Roles named `itb_r_*`: attributes, password hash, settings and
+/// memberships, one line each, for comparing before and after.
+fn roles_state() -> String {
+    psql(
+        "postgres",
+        "SELECT string_agg(line, E'\\n' ORDER BY line) FROM ( \
+           SELECT a.rolname || ' ' || a.rolcanlogin || ' ' || a.rolcreatedb || ' ' || a.rolconnlimit \
+                  || ' ' || coalesce(a.rolpassword, '-') \
+                  || ' ' || coalesce((SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting \
+                                      WHERE setrole = a.oid AND setdatabase = 0), '-') \
+                  || ' in ' || coalesce((SELECT string_agg(g.rolname, ',' ORDER BY g.rolname) \
+                                         FROM pg_auth_members m JOIN pg_authid g ON g.oid = m.roleid \
+                                         WHERE m.member = a.oid), '-') AS line \
+           FROM pg_authid a WHERE a.rolname LIKE 'itb\\_r\\_%') lines",
+    )
+}
+
+fn drop_test_roles() {
+    psql(
+        "postgres",
+        "DROP ROLE IF EXISTS itb_r_kept; DROP ROLE IF EXISTS itb_r_group; DROP ROLE IF EXISTS itb_r_gone",
+    );
+}
+
+/// A restore that fails once the roles of the backup were applied (its
+/// database does not load) must put the roles back too: passwords,
+/// attributes, settings and memberships as they were before the restore,
+/// and no role of the backup left behind that did not exist.
+#[test]
+fn a_restore_that_fails_half_way_puts_the_roles_back_as_they_were() {
+    let _guard = exclusive(&[Postgres]);
+    for format in ["custom", "plain"] {
+        drop_test_roles();
+        psql(
+            "postgres",
+            "DROP DATABASE IF EXISTS itb_unloadable WITH (FORCE)",
+        );
+        psql("postgres", "CREATE DATABASE itb_unloadable");
+        psql(
+            "itb_unloadable",
+            "CREATE TABLE lim (v int); INSERT INTO lim VALUES (100); \
+             CREATE FUNCTION below_lim(x int) RETURNS bool LANGUAGE sql AS 'SELECT x < (SELECT v FROM lim)'; \
+             CREATE TABLE t (x int CHECK (below_lim(x))); INSERT INTO t VALUES (1), (2)",
+        );
+        psql(
+            "postgres",
+            "CREATE ROLE itb_r_group; CREATE ROLE itb_r_gone; \
+             CREATE ROLE itb_r_kept LOGIN PASSWORD 'pw-at-backup' CONNECTION LIMIT 5; \
+             ALTER ROLE itb_r_kept SET work_mem = '3MB'; GRANT itb_r_group TO itb_r_kept",
+        );
+        let (_root, dir) = postgres_backup(&["--postgres-format", format], &[]);
+        psql(
+            "postgres",
+            "ALTER ROLE itb_r_kept PASSWORD 'pw-after' CONNECTION LIMIT 7 CREATEDB; \
+             ALTER ROLE itb_r_kept SET work_mem = '4MB'; REVOKE itb_r_group FROM itb_r_kept; \
+             DROP ROLE itb_r_gone",
+        );
+        let before = roles_state();
+        let err = fails(&restore_args(&dir, None), &[], 1);
+        assert!(err.contains("put back"), "{format}: {err}");
+        assert_eq!(
+            roles_state(),
+            before,
+            "{format}: the roles were not put back\n{err}"
+        );
+        assert_eq!(restore_leftovers(), "", "{format}");
+    }
+    psql("postgres", "DROP DATABASE itb_unloadable WITH (FORCE)");
+    drop_test_roles();
+}
+
 /// Defect: the lock belonged to the backup root, so two restores of the same
 /// servers from different roots (or `restore --from` beside `restore --path`)
 /// ran at once and corrupted the store. Now each server has one writer at a

@@ -28,6 +28,31 @@ fn silent_server() -> u16 {
     port
 }
 
+/// A loopback port whose listener answers every request `404 Not Found`, as
+/// another web service on that port, or a proxy without a route to
+/// OpenSearch, would.
+fn not_found_server() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&stream);
+                // The request head, up to its empty line; a body, if any, is never read.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                let _ = (&stream).write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\nNot Found\n",
+                );
+            });
+        }
+    });
+    port
+}
+
 /// What a bounded run did.
 struct Bounded {
     code: Option<i32>,
@@ -256,4 +281,63 @@ fn a_silent_s3_endpoint_fails_list_from() {
             "IT_REMOTE_IDLE_TIMEOUT",
         ],
     );
+}
+
+#[test]
+fn an_address_that_answers_404_is_named_as_not_opensearch() {
+    // The prefixed URL is the real server's (itbackup locks it by host and
+    // port, whatever the path).
+    let _guard = exclusive(&[Opensearch]);
+    let port = not_found_server();
+    // Another service on the port, with credentials in the URL…
+    let elsewhere = format!("http://admin:s3cret-pw@127.0.0.1:{port}");
+    // …and the real OpenSearch behind a proxy path it does not have.
+    let real = required_env("OPENSEARCH_URL");
+    let prefixed = format!("{}/no-such-prefix", real.trim_end_matches('/'));
+    for (url, shown) in [
+        (elsewhere, format!("http://admin:***@127.0.0.1:{port}")),
+        (prefixed.clone(), prefixed),
+    ] {
+        let root = temp_root();
+        let run = run_bounded(
+            &[
+                "--root",
+                root.path().to_str().unwrap(),
+                "backup",
+                "--services",
+                "opensearch",
+            ],
+            &[("OPENSEARCH_URL", url.as_str())],
+            LIMIT,
+        );
+        assert_eq!(run.code, Some(1), "{url}:\n{}", run.stderr);
+        let error = run
+            .stderr
+            .lines()
+            .skip_while(|l| !l.starts_with("error"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            error.contains("opensearch: connect") && error.contains("404"),
+            "{url}: the error should name the service, the step and the answer:\n{}",
+            run.stderr
+        );
+        assert!(
+            error.contains("does not seem to point at OpenSearch")
+                && error.contains("OPENSEARCH_URL"),
+            "{url}: the error should say the URL is not OpenSearch and what to check:\n{}",
+            run.stderr
+        );
+        assert!(
+            error.contains(&shown),
+            "{url}: the error should name the URL as {shown}:\n{}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("s3cret-pw"),
+            "the password was shown:\n{}",
+            run.stderr
+        );
+        assert_nothing_complete(root.path());
+    }
 }

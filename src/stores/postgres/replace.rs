@@ -15,18 +15,25 @@
 //! that the server holds both copies until the end: a restore needs free
 //! space on the server for the databases it restores.
 //!
+//! Roles are shared by the whole cluster and cannot be renamed aside: the
+//! restore applies the backup's roles (created if missing, else altered) and
+//! a roll back puts them back as they were from a snapshot taken first
+//! (`pg_dumpall --roles-only`, and which roles and memberships existed).
+//!
 //! A run killed half-way leaves safety copies behind. The next restore
 //! recognises them by name: a safety copy holds the data from before the
 //! interrupted restore, so it is kept and whatever is under the original name
 //! (a partial load) is dropped, then the restore goes on as usual.
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use super::{quote_ident, Postgres};
+use super::{blocking, quote_ident, tool_output_to_file, Postgres};
 use crate::error::{Error, Result};
 
 /// The database a restore connects to while it renames, creates and drops
@@ -60,7 +67,21 @@ pub struct Replacement {
     admin: Client,
     /// Original names, in the order they were set aside.
     set_aside: Vec<String>,
+    roles: RolesBefore,
 }
+
+/// The cluster's roles before the restore changed any.
+struct RolesBefore {
+    /// `pg_dumpall --roles-only`: attributes, passwords, settings, memberships.
+    dump: PathBuf,
+    names: BTreeSet<String>,
+    /// (role, member) pairs.
+    memberships: BTreeSet<(String, String)>,
+}
+
+const ROLE_NAMES: &str = "SELECT rolname FROM pg_roles";
+const MEMBERSHIPS: &str = "SELECT g.rolname, m.rolname FROM pg_auth_members a \
+     JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member";
 
 /// How many times a rename or drop is tried while sessions keep reconnecting.
 const ATTEMPTS: u32 = 20;
@@ -68,7 +89,11 @@ const ATTEMPTS: u32 = 20;
 impl Postgres {
     /// Create the work database and set aside every one of `databases` that
     /// exists. On failure, what was already set aside is put back.
-    pub(super) async fn begin_replacement(&self, databases: &[String]) -> Result<Replacement> {
+    pub(super) async fn begin_replacement(
+        &self,
+        databases: &[String],
+        scratch: &Path,
+    ) -> Result<Replacement> {
         let step = "set aside the databases to replace";
         // "postgres" falls back to template1, then to a killed run's work
         // database (when both were renamed aside), which is then reused.
@@ -92,9 +117,11 @@ impl Postgres {
             drop(bootstrap);
             self.connect(WORK_DB, step).await?
         };
+        let roles = self.snapshot_roles(&admin, scratch).await?;
         let mut replacement = Replacement {
             admin,
             set_aside: Vec::new(),
+            roles,
         };
         for database in databases {
             if let Err(e) = self.set_aside(&replacement.admin, database).await {
@@ -133,8 +160,50 @@ impl Postgres {
         drop_database(&bootstrap, WORK_DB, step).await
     }
 
+    async fn snapshot_roles(&self, admin: &Client, scratch: &Path) -> Result<RolesBefore> {
+        let step = "snapshot the roles (pg_dumpall --roles-only)";
+        let dump = scratch.join("roles-before-restore.sql");
+        let cmd = self
+            .tool("pg_dumpall")
+            .args(["--roles-only", "--no-password"]);
+        let file = dump.clone();
+        blocking(move || tool_output_to_file(&cmd, &file, step)).await?;
+        Ok(RolesBefore {
+            dump,
+            names: role_names(admin, step).await?,
+            memberships: memberships(admin, step).await?,
+        })
+    }
+
+    /// Put the roles back as [`RolesBefore`] saw them, in one transaction:
+    /// roles the backup added dropped, memberships it added revoked, every
+    /// other role's settings reset, then the snapshot replayed (attributes,
+    /// passwords, settings, memberships).
+    async fn put_roles_back(&self, admin: &Client, roles: &RolesBefore) -> Result<()> {
+        let step = "put the roles back";
+        let mut undo = String::new();
+        for (role, member) in memberships(admin, step).await? {
+            if !roles.memberships.contains(&(role.clone(), member.clone())) {
+                undo += &format!(
+                    "REVOKE {} FROM {};\n",
+                    quote_ident(&role),
+                    quote_ident(&member)
+                );
+            }
+        }
+        for name in role_names(admin, step).await? {
+            if !roles.names.contains(&name) {
+                undo += &format!("DROP ROLE {};\n", quote_ident(&name));
+            } else if !name.starts_with("pg_") {
+                undo += &format!("ALTER ROLE {} RESET ALL;\n", quote_ident(&name));
+            }
+        }
+        self.run_sql_file(&roles.dump, WORK_DB, step, Some(undo))
+            .await
+    }
+
     /// A load failed with `cause`: drop what was loaded, rename every safety
-    /// copy back, and say so in the error that is returned.
+    /// copy back, put the roles back, and say so in the error that is returned.
     pub(super) async fn roll_back(&self, replacement: Replacement, cause: Error) -> Error {
         let step = "put the databases back";
         let mut unrestored = Vec::new();
@@ -157,19 +226,33 @@ impl Postgres {
                 unrestored.push(format!("{database} (its data is in {safety})"));
             }
         }
+        let roles = self
+            .put_roles_back(&replacement.admin, &replacement.roles)
+            .await;
         drop(replacement.admin);
         if let Ok(bootstrap) = self.connect("postgres", step).await {
             let _ = drop_database(&bootstrap, WORK_DB, step).await;
         }
+        let mut cause = cause;
+        match roles {
+            Ok(()) => cause
+                .message
+                .push_str("; the roles were put back as they were before the restore"),
+            Err(e) => {
+                tracing::error!("postgres: could not put the roles back: {e}");
+                cause.message.push_str(&format!(
+                    "; the roles could NOT be put back ({}): they are as in the backup; their previous definitions were in the restore's scratch directory",
+                    e.message
+                ));
+            }
+        }
         let names = replacement.set_aside.join(", ");
         if unrestored.is_empty() {
-            let mut cause = cause;
             cause.message.push_str(&format!(
                 "; every database this restore had set aside ({names}) was put back as it was before the restore"
             ));
             cause
         } else {
-            let mut cause = cause;
             cause.message.push_str(&format!(
                 "; these databases could NOT be put back: {} — rename the copy back (ALTER DATABASE … RENAME TO …) or run the restore again, which keeps and reuses those copies",
                 unrestored.join(", ")
@@ -177,6 +260,22 @@ impl Postgres {
             cause
         }
     }
+}
+
+async fn role_names(admin: &Client, step: &str) -> Result<BTreeSet<String>> {
+    let rows = admin
+        .query(ROLE_NAMES, &[])
+        .await
+        .map_err(|e| Postgres::query_error(step, e))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+async fn memberships(admin: &Client, step: &str) -> Result<BTreeSet<(String, String)>> {
+    let rows = admin
+        .query(MEMBERSHIPS, &[])
+        .await
+        .map_err(|e| Postgres::query_error(step, e))?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 async fn exists(admin: &Client, database: &str, step: &str) -> Result<bool> {
