@@ -14,12 +14,16 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # Servers up, every test with testenv's environment, servers down even when tests fail;
-# exits with the tests' status.
+# exits with the tests' status. The integration tests are one binary (tests/suite);
+# tests lock the servers they need (tests/suite/common/locks.rs) and mostly wait
+# on the servers, so more test threads than cores (libtest's default) keep
+# several servers busy at once.
+TEST_THREADS ?= 4
 test:
 	$(CARGO) build --all-targets --quiet
 	testenv/up
 	set -o pipefail; eval "$$(testenv/env)"; \
-	  $(CARGO) test --all-targets 2>&1 | tee target/test-output.log; status=$$?; \
+	  $(CARGO) test --all-targets -- --test-threads=$(TEST_THREADS) 2>&1 | tee target/test-output.log; status=$$?; \
 	  testenv/down; exit $$status
 
 # The main job on the local stack: servers up (installed if missing), then the

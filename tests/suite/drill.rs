@@ -3,7 +3,7 @@
 //! restore makes the drill fail and name the difference; stores holding other
 //! data are not rewound without consent.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -19,7 +19,7 @@ fn read_json(path: &std::path::Path) -> Value {
 
 #[test]
 fn synthetic_script_passes_and_writes_the_validation_file() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres, Opensearch, Neo4j]);
     let root = temp_root();
     let file = root.path().join("synthetic-validation.json");
     let out = Command::new(repo_root().join("tests/backup_restore_synthetic.sh"))
@@ -62,7 +62,7 @@ fn synthetic_script_passes_and_writes_the_validation_file() {
 
 #[test]
 fn drill_fails_and_names_the_difference_when_a_restore_is_incomplete() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres, Opensearch, Neo4j]);
     for service in ["postgres", "opensearch", "neo4j"] {
         let root = temp_root();
         let root_arg = root.path().to_str().unwrap();
@@ -103,7 +103,8 @@ fn drill_fails_and_names_the_difference_when_a_restore_is_incomplete() {
 
 #[test]
 fn drill_needs_consent_before_rewinding_stores_that_hold_other_data() {
-    let _guard = serial();
+    // No drill may run meanwhile: it checks that none left its database.
+    let _guard = exclusive(&[Postgres]);
     psql("postgres", "DROP DATABASE IF EXISTS drill_canary");
     psql("postgres", "CREATE DATABASE drill_canary");
     psql(
@@ -135,7 +136,7 @@ fn drill_needs_consent_before_rewinding_stores_that_hold_other_data() {
 
 #[test]
 fn a_drill_whose_backup_fails_removes_its_synthetic_data() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
     // The backup cannot create its directory under a regular file.
@@ -173,7 +174,7 @@ fn a_drill_whose_backup_fails_removes_its_synthetic_data() {
 /// (found by the reference-scale benchmark); PostgreSQL alone keeps it quick.
 #[test]
 fn drill_populates_large_scales() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let root = temp_root();
     let out = ok(
         &[

@@ -2,7 +2,7 @@
 //! delete everything, restore, and compare mappings, settings, aliases,
 //! templates, pipelines, counts and a digest of every document.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -253,7 +253,7 @@ fn backup_indices(root_arg: &str, method: &str, indices: &str, timestamp: Option
 }
 
 fn round_trip(method: &str) {
-    let _guard = serial();
+    let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
     os.create_fixture();
     let before = os.state();
@@ -263,8 +263,7 @@ fn round_trip(method: &str) {
     let root_arg = root.path().to_str().unwrap();
     backup_fixture(root_arg, method);
     let dir = only_backup(root.path());
-    let manifest: Value =
-        serde_json::from_slice(&fs::read(dir.join("backup-manifest.json")).unwrap()).unwrap();
+    let manifest: Value = manifest_json(&dir);
     let record = &manifest["artifacts"]["opensearch"];
     assert_eq!(record["method"], method);
     assert_eq!(record["counts"]["itb-a"], 12_000);
@@ -312,7 +311,7 @@ fn logical_round_trip_restores_everything() {
 /// 404: the logical export must take that as "none", not fail.
 #[test]
 fn logical_round_trip_on_a_cluster_without_pipelines_or_templates() {
-    let _guard = serial();
+    let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
     os.wipe_fixture();
     let (status, pipelines) = os.call(reqwest::Method::GET, "_ingest/pipeline", None);
@@ -338,11 +337,7 @@ fn logical_round_trip_on_a_cluster_without_pipelines_or_templates() {
     // A document the index refuses (a text in a long field) fails the
     // restore and is named.
     let dir = only_backup(root.path());
-    let export = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
-        .unwrap();
+    let export = artifact_ending(&dir, ".ndjson.zst");
     let text =
         String::from_utf8(zstd::decode_all(fs::File::open(&export).unwrap()).unwrap()).unwrap();
     assert!(
@@ -351,7 +346,7 @@ fn logical_round_trip_on_a_cluster_without_pipelines_or_templates() {
     );
     let bad = text.replace(r#"{"n":2}"#, r#"{"n":"not a number"}"#);
     fs::write(&export, zstd::encode_all(bad.as_bytes(), 3).unwrap()).unwrap();
-    forge(&dir, itbackup::service::Service::Opensearch, &export);
+    reseal(&dir, itbackup::service::Service::Opensearch, &export);
     let err = fails(&["--root", root_arg, "restore", "--yes"], &[], 1);
     assert!(
         err.contains(r#"document "2" of index itb-bare was refused"#),
@@ -362,7 +357,7 @@ fn logical_round_trip_on_a_cluster_without_pipelines_or_templates() {
 
 #[test]
 fn an_interrupted_logical_restore_can_simply_be_run_again() {
-    let _guard = serial();
+    let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
     os.create_fixture();
     let before = os.state();
@@ -397,27 +392,24 @@ fn canary_present(os: &Os) -> bool {
     os.call(reqwest::Method::GET, "itb-b/_doc/canary", None).0 == 200
 }
 
-/// Rewrite a manifest after replacing an artifact, as an attacker or a broken copy would.
-fn forge(dir: &Path, service: itbackup::service::Service, file: &Path) {
-    let mut manifest = itbackup::manifest::Manifest::read_dir(dir).unwrap();
-    let digest = itbackup::artifact::digest_file(file).unwrap();
-    let record = manifest.artifacts.get_mut(&service).unwrap();
-    record.sha256 = digest.sha256;
-    record.bytes = digest.bytes;
-    manifest.write(dir).unwrap();
+/// The fixture, backups of `itb-b` with each `(method, name)` as `<root>/<name>`,
+/// and the canary added after them (a restore would undo it); the root.
+fn itb_b_backed_up_then_changed(os: &Os, backups: &[(&str, &str)]) -> tempfile::TempDir {
+    os.create_fixture();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    for (method, name) in backups {
+        backup_indices(root_arg, method, "itb-b", Some(name));
+    }
+    add_canary(os);
+    root
 }
 
 #[test]
 fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
-    let _guard = serial();
+    let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
-    os.create_fixture();
-    let root = temp_root();
-    let root_arg = root.path().to_str().unwrap();
-    backup_indices(root_arg, "snapshot", "itb-b", Some("snap"));
-    backup_indices(root_arg, "logical", "itb-b", Some("logical"));
-    // Changed after the backups: a restore would undo this.
-    add_canary(&os);
+    let root = itb_b_backed_up_then_changed(&os, &[("snapshot", "snap"), ("logical", "logical")]);
 
     // A snapshot from a newer cluster than this one, which could not read it.
     let snap_dir = root.path().join("snap");
@@ -434,21 +426,13 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
         manifest.write(&snap_dir).unwrap();
     };
     set_version(&mut manifest, "99.0.0");
-    let err = fails(
-        &["restore", "--path", snap_dir.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&snap_dir, None), &[], 1);
     assert!(err.contains("newer than this server's"), "{err}");
     assert!(canary_present(&os), "a refused restore changed the index");
     set_version(&mut manifest, &real_version);
 
     // A tarball that climbs out of its directory, with a manifest that vouches for it.
-    let tarball = fs::read_dir(&snap_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
-        .unwrap();
+    let tarball = artifact_ending(&snap_dir, ".tar.gz");
     let escape = format!("itb-escape-{}", std::process::id());
     {
         let file = fs::File::create(&tarball).unwrap();
@@ -464,12 +448,8 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
         builder.append(&header, &b"evil"[..]).unwrap();
         builder.into_inner().unwrap().finish().unwrap();
     }
-    forge(&snap_dir, itbackup::service::Service::Opensearch, &tarball);
-    let err = fails(
-        &["restore", "--path", snap_dir.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    reseal(&snap_dir, itbackup::service::Service::Opensearch, &tarball);
+    let err = fails(&restore_args(&snap_dir, None), &[], 1);
     assert!(err.contains("climbs out"), "{err}");
     assert!(
         !Path::new("/tmp").join(&escape).exists(),
@@ -479,23 +459,15 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
 
     // A logical export cut short, with a manifest that vouches for it.
     let logical_dir = root.path().join("logical");
-    let export = fs::read_dir(&logical_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
-        .unwrap();
+    let export = artifact_ending(&logical_dir, ".ndjson.zst");
     let bytes = fs::read(&export).unwrap();
     fs::write(&export, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    forge(
+    reseal(
         &logical_dir,
         itbackup::service::Service::Opensearch,
         &export,
     );
-    let err = fails(
-        &["restore", "--path", logical_dir.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&logical_dir, None), &[], 1);
     assert!(
         err.contains("damaged") || err.contains("ends before"),
         "{err}"
@@ -519,21 +491,13 @@ fn index_definitions_this_cluster_refuses_are_found_before_any_index_is_replaced
 /// A logical backup whose index definition the cluster refuses, taken on
 /// `version` (or this cluster's): the restore refuses it before any change.
 fn refused_definition_changes_nothing(version: Option<&str>) {
-    let _guard = serial();
+    let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
-    os.create_fixture();
-    let root = temp_root();
-    let root_arg = root.path().to_str().unwrap();
-    backup_indices(root_arg, "logical", "itb-b", Some("logical"));
-    add_canary(&os);
+    let root = itb_b_backed_up_then_changed(&os, &[("logical", "logical")]);
 
     // As if taken on another version whose mapping this cluster does not know.
     let dir = root.path().join("logical");
-    let export = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
-        .unwrap();
+    let export = artifact_ending(&dir, ".ndjson.zst");
     let text =
         String::from_utf8(zstd::decode_all(fs::File::open(&export).unwrap()).unwrap()).unwrap();
     let mut changed = 0;
@@ -552,7 +516,7 @@ fn refused_definition_changes_nothing(version: Option<&str>) {
     assert_eq!(changed, 1);
     let forged = zstd::encode_all((lines.join("\n") + "\n").as_bytes(), 3).unwrap();
     fs::write(&export, forged).unwrap();
-    forge(&dir, itbackup::service::Service::Opensearch, &export);
+    reseal(&dir, itbackup::service::Service::Opensearch, &export);
     if let Some(version) = version {
         let mut manifest = itbackup::manifest::Manifest::read_dir(&dir).unwrap();
         manifest
@@ -563,11 +527,7 @@ fn refused_definition_changes_nothing(version: Option<&str>) {
         manifest.write(&dir).unwrap();
     }
 
-    let err = fails(
-        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&dir, None), &[], 1);
     assert!(
         canary_present(&os),
         "the refused restore replaced the index:\n{err}"
@@ -601,7 +561,7 @@ fn temporary_repositories(os: &Os) -> BTreeMap<String, String> {
 
 #[test]
 fn repositories_of_killed_snapshot_runs_are_removed_by_the_next_backup() {
-    let _guard = serial();
+    let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
     os.create_fixture();
     let root = temp_root();
@@ -668,7 +628,7 @@ fn repositories_of_killed_snapshot_runs_are_removed_by_the_next_backup() {
 
 #[test]
 fn unreachable_or_red_cluster_gives_a_clear_error() {
-    let _guard = serial();
+    let _guard = exclusive(&[Opensearch]);
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
     let err = fails(
@@ -775,7 +735,7 @@ fn data_stream_state(os: &Os) -> BTreeMap<String, Value> {
 }
 
 fn data_stream_round_trip(method: &str) {
-    let _guard = serial();
+    let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
     os.wipe_fixture();
     create_data_stream_fixture(&os);
@@ -867,17 +827,13 @@ fn logical_backs_up_and_restores_data_streams_as_data_streams() {
 /// Rewrite the logical export in `dir` line by line and make the manifest
 /// vouch for it.
 fn rewrite_export(dir: &Path, change: impl Fn(String) -> String) {
-    let export = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
-        .unwrap();
+    let export = artifact_ending(dir, ".ndjson.zst");
     let text =
         String::from_utf8(zstd::decode_all(fs::File::open(&export).unwrap()).unwrap()).unwrap();
     let lines: Vec<String> = text.lines().map(|l| change(l.to_string())).collect();
     let forged = zstd::encode_all((lines.join("\n") + "\n").as_bytes(), 1).unwrap();
     fs::write(&export, forged).unwrap();
-    forge(dir, itbackup::service::Service::Opensearch, &export);
+    reseal(dir, itbackup::service::Service::Opensearch, &export);
 }
 
 /// An export that decodes but that the load would fail on is refused before
@@ -887,29 +843,15 @@ fn rewrite_export(dir: &Path, change: impl Fn(String) -> String) {
 /// takes, a `_source` that is not an object, an index name OpenSearch refuses.
 #[test]
 fn an_export_the_cluster_cannot_load_is_refused_before_anything_changes() {
-    let _guard = serial();
+    let _guard = exclusive(&[Opensearch]);
     let os = Os::new();
-    os.create_fixture();
-    let root = temp_root();
-    let root_arg = root.path().to_str().unwrap();
-    backup_indices(root_arg, "logical", "itb-b", Some("logical"));
-    add_canary(&os);
+    let root = itb_b_backed_up_then_changed(&os, &[("logical", "logical")]);
     let before = os.digest("itb-b");
     let dir = root.path().join("logical");
     let original = fs::read(dir.join("backup-manifest.json")).unwrap();
-    let export = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
-        .unwrap();
+    let export = artifact_ending(&dir, ".ndjson.zst");
     let pristine = fs::read(&export).unwrap();
-    let restore = || {
-        fails(
-            &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-            &[],
-            1,
-        )
-    };
+    let restore = || fails(&restore_args(&dir, None), &[], 1);
     let doc_b0 = r#"{"type":"doc","index":"itb-b","id":"b0","source":"#;
     type Rewrite = Box<dyn Fn(String) -> String>;
     let cases: Vec<(&str, Rewrite, &str)> = vec![

@@ -4,7 +4,7 @@
 //! service, the step, the timeout and the setting that changes it; and they
 //! leave nothing that looks like a complete backup.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -190,7 +190,7 @@ fn a_silent_opensearch_fails_the_backup_and_the_restore() {
     assert_nothing_complete(root.path());
 
     // A real backup of one small index, restored into the silent server.
-    let _guard = serial();
+    let _guard = exclusive(&[Opensearch]);
     let url = required_env("OPENSEARCH_URL");
     let http = reqwest::blocking::Client::new();
     http.delete(format!("{url}/itb-timeout")).send().unwrap();
@@ -285,6 +285,9 @@ fn a_silent_s3_endpoint_fails_list_from() {
 
 #[test]
 fn an_address_that_answers_404_is_named_as_not_opensearch() {
+    // The prefixed URL is the real server's (itbackup locks it by host and
+    // port, whatever the path).
+    let _guard = exclusive(&[Opensearch]);
     let port = not_found_server();
     // Another service on the port, with credentials in the URL…
     let elsewhere = format!("http://admin:s3cret-pw@127.0.0.1:{port}");

@@ -3,7 +3,7 @@
 //! before it has changed any store. The disks are small tmpfs mounts (the
 //! tests run as root, like CI on this machine).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write;
@@ -170,7 +170,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 #[test]
 fn a_backup_that_fills_the_disk_fails_clearly_and_leaves_nothing() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres, Opensearch]);
     let _filler = Filler::create();
     let index = "itb-full-export";
     random_index(index);
@@ -218,7 +218,7 @@ fn a_backup_that_fills_the_disk_fails_clearly_and_leaves_nothing() {
 
 #[test]
 fn a_restore_without_room_to_extract_stops_before_any_store_changes() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres, Opensearch]);
     let _filler = Filler::create();
     let index = "itb-full-disk";
     opensearch(reqwest::Method::DELETE, index, None);
@@ -230,19 +230,12 @@ fn a_restore_without_room_to_extract_stops_before_any_store_changes() {
 
     // A complete backup of both stores on an ordinary disk.
     let roomy = temp_root();
-    ok(
-        &[
-            "--root",
-            roomy.path().to_str().unwrap(),
-            "backup",
-            "--services",
-            "postgres,opensearch",
-            "--indices",
-            index,
-        ],
+    let backup = backup_into(
+        roomy.path(),
+        "postgres,opensearch",
+        &["--indices", index],
         &[],
     );
-    let backup = only_backup(roomy.path());
     psql(
         "itb_filler",
         "UPDATE f SET payload = 'after backup' WHERE i = 1",
@@ -264,11 +257,7 @@ fn a_restore_without_room_to_extract_stops_before_any_store_changes() {
     copy_tree(&backup, &copied);
     disk.fill_leaving(256 * 1024);
 
-    let err = fails(
-        &["restore", "--path", copied.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&copied, None), &[], 1);
     assert_eq!(
         psql("itb_filler", "SELECT payload FROM f WHERE i = 1"),
         "after backup",
@@ -316,7 +305,8 @@ fn path_repo() -> PathBuf {
 
 #[test]
 fn a_full_path_repo_stops_snapshot_backup_and_restore_before_they_start() {
-    let _guard = serial();
+    // The tmpfs hides every snapshot repository under path.repo while it is mounted.
+    let _guard = exclusive(&[Opensearch]);
     let index = "itb-full-repo";
     random_index(index);
     let small: u64 = 64 * 1024;
@@ -377,11 +367,7 @@ fn a_full_path_repo_stops_snapshot_backup_and_restore_before_they_start() {
         "the refused backup wrote under path.repo"
     );
 
-    let err = fails(
-        &["restore", "--path", backup.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&backup, None), &[], 1);
     let count = opensearch(reqwest::Method::GET, &format!("{index}/_count"), None);
     assert_eq!(
         count["count"], 61,
@@ -399,7 +385,7 @@ fn a_full_path_repo_stops_snapshot_backup_and_restore_before_they_start() {
 
 #[test]
 fn a_download_that_would_not_fit_is_refused_before_it_starts() {
-    let _guard = serial();
+    let _guard = lock(&[Postgres], &[S3]);
     let _filler = Filler::create();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -461,7 +447,7 @@ fn a_download_that_would_not_fit_is_refused_before_it_starts() {
 
 #[test]
 fn status_raises_an_alarm_before_the_next_backup_runs_out_of_room() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let _filler = Filler::create();
     let roomy = temp_root();
     let roomy_arg = roomy.path().to_str().unwrap();
@@ -503,28 +489,12 @@ fn status_raises_an_alarm_before_the_next_backup_runs_out_of_room() {
 
 /// One Cypher statement against the testenv Neo4j, over Bolt as itbackup talks to it.
 fn cypher(statement: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let graph = neo4rs::Graph::new(
-            required_env("NEO4J_URI"),
-            required_env("NEO4J_USER"),
-            required_env("NEO4J_PASSWORD"),
-        )
-        .await
-        .expect("the testenv Neo4j answers over Bolt");
-        graph
-            .run(neo4rs::query(statement))
-            .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    });
+    Neo::connect().run(statement);
 }
 
 #[test]
 fn a_neo4j_export_that_fills_the_disk_says_so_with_the_path_and_leaves_nothing() {
-    let _guard = serial();
+    let _guard = exclusive(&[Neo4j]);
     // About 9 MB of properties that compress poorly: more than the writer's
     // queue holds, so the export is still sending when the disk fills and
     // finds the writer gone (the path that lost the disk error).
@@ -573,7 +543,7 @@ const PAGE: u64 = 4096;
 
 #[test]
 fn a_backup_whose_manifest_does_not_fit_leaves_nothing_that_looks_complete() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres, Opensearch, Neo4j]);
     let index = "itb-full-manifest";
     opensearch(reqwest::Method::DELETE, index, None);
     for doc in 0..20 {

@@ -1,6 +1,6 @@
 //! Bad input and bad luck: each gets a clear message, a non-zero exit, and changes nothing.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -49,29 +49,19 @@ impl Drop for Canary {
 
 /// A complete backup of the current cluster in a fresh root, plus the canary changed after it.
 fn backed_up() -> (tempfile::TempDir, PathBuf, Canary) {
+    backed_up_with(&[], &[])
+}
+
+/// [`backed_up`] with extra backup arguments and environment.
+fn backed_up_with(extra: &[&str], env: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf, Canary) {
     let canary = Canary::create();
-    let root = temp_root();
-    ok(
-        &[
-            "--root",
-            root.path().to_str().unwrap(),
-            "backup",
-            "--services",
-            "postgres",
-        ],
-        &[],
-    );
-    let dir = only_backup(root.path());
+    let (root, dir) = postgres_backup(extra, env);
     canary.change_after_backup();
     (root, dir, canary)
 }
 
 fn restore_fails(dir: &Path, expect: &str) {
-    let err = fails(
-        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(dir, None), &[], 1);
     assert!(err.contains(expect), "expected '{expect}' in:\n{err}");
     assert!(err.contains("hint:"), "no hint in:\n{err}");
 }
@@ -97,7 +87,7 @@ fn unknown_service_is_a_usage_error_listing_the_valid_ones() {
 
 #[test]
 fn missing_garbled_and_tampered_manifests_are_refused_before_any_change() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let (_root, dir, canary) = backed_up();
     let manifest = dir.join("backup-manifest.json");
     let original = fs::read_to_string(&manifest).unwrap();
@@ -118,7 +108,7 @@ fn missing_garbled_and_tampered_manifests_are_refused_before_any_change() {
 
 #[test]
 fn truncated_or_flipped_artifacts_are_refused_before_any_change() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let (_root, dir, canary) = backed_up();
     let tar = tar_of(&dir);
     let original = fs::read(&tar).unwrap();
@@ -143,7 +133,7 @@ fn truncated_or_flipped_artifacts_are_refused_before_any_change() {
 
 #[test]
 fn a_backup_from_a_newer_major_version_is_refused_before_any_change() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let (_root, dir, canary) = backed_up();
     let mut manifest = itbackup::manifest::Manifest::read_dir(&dir).unwrap();
     manifest
@@ -158,7 +148,7 @@ fn a_backup_from_a_newer_major_version_is_refused_before_any_change() {
 
 #[test]
 fn unreachable_server_and_wrong_password_fail_clearly_and_write_nothing() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
 
@@ -187,25 +177,11 @@ fn unreachable_server_and_wrong_password_fail_clearly_and_write_nothing() {
         "the password was printed: {err}"
     );
 
-    let backups: Vec<_> = fs::read_dir(root.path())
-        .unwrap()
-        .filter(|e| {
-            !e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with('.')
-        })
-        .collect();
-    assert!(backups.is_empty(), "a failed backup left {backups:?}");
+    assert_no_backup(root.path());
 
     // A restore that cannot reach the server changes nothing either.
     let (_root, dir, canary) = backed_up();
-    let err = fails(
-        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-        &[("PGPORT", "1")],
-        1,
-    );
+    let err = fails(&restore_args(&dir, None), &[("PGPORT", "1")], 1);
     assert!(err.contains("cannot connect"), "{err}");
     canary.assert_untouched();
 }
@@ -262,7 +238,7 @@ fn manifest_matches(dir: &Path, tar: &Path) {
 /// accepted, and a refused file's first bytes were printed.
 #[test]
 fn special_files_are_refused_fast_without_printing_their_content() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let (_root, dir, canary) = backed_up();
     let dir_arg = dir.to_str().unwrap();
     let tar = tar_of(&dir);
@@ -350,7 +326,7 @@ fn special_files_are_refused_fast_without_printing_their_content() {
 /// read whole into memory.
 #[test]
 fn manifests_with_duplicate_keys_or_of_absurd_size_are_refused() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let (_root, dir, canary) = backed_up();
     let dir_arg = dir.to_str().unwrap();
     let path = dir.join("backup-manifest.json");
@@ -447,7 +423,7 @@ fn forge_member_names(dir: &Path, rename: impl Fn(&str) -> String, in_manifest: 
 /// before anything changes.
 #[test]
 fn postgres_tar_members_that_climb_out_or_are_absolute_are_refused() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     for (what, rename, expect) in [
         (
             "'..'",
@@ -520,7 +496,7 @@ fn a_failed_run_with_json_prints_the_error_object_on_stdout() {
 
 #[test]
 fn a_second_concurrent_run_is_told_who_holds_the_lock() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let root = temp_root();
     fs::create_dir_all(root.path()).unwrap();
     let mut holder = fs::OpenOptions::new()
@@ -595,7 +571,7 @@ fn create_big_database() {
 
 #[test]
 fn a_backup_killed_half_way_is_never_taken_for_complete_and_the_next_run_completes() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
     ok(
@@ -695,7 +671,7 @@ fn a_backup_killed_half_way_is_never_taken_for_complete_and_the_next_run_complet
 
 #[test]
 fn memory_stays_flat_and_no_secret_reaches_argv_logs_or_manifest() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     create_big_database();
     let secret = "S3cret-itb-7f2a9c";
     psql("postgres", "DROP ROLE IF EXISTS itb_operator");
@@ -768,16 +744,7 @@ fn memory_stays_flat_and_no_secret_reaches_argv_logs_or_manifest() {
 /// fresh root; returns the root and the backup directory.
 fn postgres_backup(extra: &[&str], env: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
     let root = temp_root();
-    let mut args = vec![
-        "--root",
-        root.path().to_str().unwrap(),
-        "backup",
-        "--services",
-        "postgres",
-    ];
-    args.extend_from_slice(extra);
-    ok(&args, env);
-    let dir = only_backup(root.path());
+    let dir = backup_into(root.path(), "postgres", extra, env);
     (root, dir)
 }
 
@@ -794,16 +761,14 @@ fn restore_leftovers() -> String {
 /// bootstrap superuser cannot be dropped), and every rerun failed there too.
 #[test]
 fn a_plain_restore_by_another_superuser_restores_and_drops_no_role() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     psql("postgres", "DROP ROLE IF EXISTS itb_admin");
     psql(
         "postgres",
         "CREATE ROLE itb_admin SUPERUSER LOGIN PASSWORD 'itb-admin-pw'",
     );
     let admin = [("PGUSER", "itb_admin"), ("PGPASSWORD", "itb-admin-pw")];
-    let canary = Canary::create();
-    let (_root, dir) = postgres_backup(&["--postgres-format", "plain"], &admin);
-    canary.change_after_backup();
+    let (_root, dir, canary) = backed_up_with(&["--postgres-format", "plain"], &admin);
     // A role created after the backup owns a table: dropping roles would fail here too.
     psql("postgres", "DROP ROLE IF EXISTS itb_later");
     psql("postgres", "CREATE ROLE itb_later");
@@ -811,10 +776,7 @@ fn a_plain_restore_by_another_superuser_restores_and_drops_no_role() {
         "itb_canary",
         "CREATE TABLE later_owned (x int); ALTER TABLE later_owned OWNER TO itb_later",
     );
-    let out = itbackup(
-        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-        &admin,
-    );
+    let out = itbackup(&restore_args(&dir, None), &admin);
     let report = text(&out);
     assert!(out.status.success(), "{report}");
     assert_eq!(
@@ -872,11 +834,10 @@ fn database_state(database: &str) -> String {
 /// and settings kept their changed values; large objects were not counted.
 #[test]
 fn a_restore_over_a_changed_schema_gives_back_exactly_the_backup() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     create_changing_database();
     let (_root, dir) = postgres_backup(&[], &[]);
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(dir.join("backup-manifest.json")).unwrap()).unwrap();
+    let manifest = manifest_json(&dir);
     assert_eq!(
         manifest["artifacts"]["postgres"]["counts"]
             ["itb_schema/pg_catalog.pg_largeobject_metadata"],
@@ -891,7 +852,7 @@ fn a_restore_over_a_changed_schema_gives_back_exactly_the_backup() {
          COMMENT ON DATABASE itb_schema IS 'changed'; \
          ALTER DATABASE itb_schema SET work_mem = '9MB'",
     );
-    let out = itbackup(&["restore", "--path", dir.to_str().unwrap(), "--yes"], &[]);
+    let out = itbackup(&restore_args(&dir, None), &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(psql("itb_schema", "SELECT count(*) FROM app.t"), "1500");
     assert_eq!(
@@ -916,8 +877,7 @@ fn a_restore_over_a_changed_schema_gives_back_exactly_the_backup() {
 /// it was before the restore, and the other databases of the set with it.
 #[test]
 fn a_restore_that_fails_half_way_puts_every_database_back_as_it_was() {
-    let _guard = serial();
-    let canary = Canary::create();
+    let _guard = exclusive(&[Postgres]);
     psql(
         "postgres",
         "DROP DATABASE IF EXISTS itb_unloadable WITH (FORCE)",
@@ -929,14 +889,9 @@ fn a_restore_that_fails_half_way_puts_every_database_back_as_it_was() {
          CREATE FUNCTION below_lim(x int) RETURNS bool LANGUAGE sql AS 'SELECT x < (SELECT v FROM lim)'; \
          CREATE TABLE t (x int CHECK (below_lim(x))); INSERT INTO t VALUES (1), (2)",
     );
-    let (_root, dir) = postgres_backup(&[], &[]);
-    canary.change_after_backup();
+    let (_root, dir, canary) = backed_up();
     psql("itb_unloadable", "INSERT INTO t VALUES (3)");
-    let err = fails(
-        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-        &[],
-        1,
-    );
+    let err = fails(&restore_args(&dir, None), &[], 1);
     assert!(err.contains("itb_unloadable"), "{err}");
     assert!(err.contains("put back"), "{err}");
     canary.assert_untouched();
@@ -1020,7 +975,7 @@ fn drop_test_roles() {
 /// and no role of the backup left behind that did not exist.
 #[test]
 fn a_restore_that_fails_half_way_puts_the_roles_back_as_they_were() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     for format in ["custom", "plain"] {
         drop_test_roles();
         psql(
@@ -1048,11 +1003,7 @@ fn a_restore_that_fails_half_way_puts_the_roles_back_as_they_were() {
              DROP ROLE itb_r_gone",
         );
         let before = roles_state();
-        let err = fails(
-            &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-            &[],
-            1,
-        );
+        let err = fails(&restore_args(&dir, None), &[], 1);
         assert!(err.contains("put back"), "{format}: {err}");
         assert_eq!(
             roles_state(),
@@ -1071,10 +1022,8 @@ fn a_restore_that_fails_half_way_puts_the_roles_back_as_they_were() {
 /// time, whatever the root: here another process holds PostgreSQL's lock.
 #[test]
 fn a_server_being_written_by_another_run_is_refused_whatever_the_root() {
-    let _guard = serial();
-    let canary = Canary::create();
-    let (_root, dir) = postgres_backup(&[], &[]);
-    canary.change_after_backup();
+    let _guard = exclusive(&[Postgres]);
+    let (_root, dir, canary) = backed_up();
     let other_root = temp_root();
     let other_dir = other_root.path().join("copy");
     fs::create_dir_all(&other_dir).unwrap();
@@ -1109,9 +1058,6 @@ fn a_server_being_written_by_another_run_is_refused_whatever_the_root() {
         canary.assert_untouched();
     }
     drop(held);
-    ok(
-        &["restore", "--path", other_dir.to_str().unwrap(), "--yes"],
-        &[],
-    );
+    ok(&restore_args(&other_dir, None), &[]);
     assert_eq!(psql("itb_canary", "SELECT v FROM c"), "at backup");
 }

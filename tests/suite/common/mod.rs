@@ -11,13 +11,12 @@ use itbackup::service::Service;
 use jiff::Timestamp;
 use sha2::Digest;
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard};
 
-/// Tests that back up or restore whole servers must not overlap.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+mod locks;
+mod neo4j;
+
+pub use locks::*;
+pub use neo4j::Neo;
 
 /// A variable `testenv/env` sets; its absence means the tests were not started by `make test`.
 pub fn required_env(name: &str) -> String {
@@ -148,6 +147,70 @@ pub fn only_backup(root: &Path) -> PathBuf {
         root.display()
     );
     dirs[0].clone()
+}
+
+/// `backup --services <services>` (plus `extra`) into `root`, which must
+/// hold no other backup; the new backup's directory.
+pub fn backup_into(root: &Path, services: &str, extra: &[&str], env: &[(&str, &str)]) -> PathBuf {
+    let mut args = vec![
+        "--root",
+        root.to_str().unwrap(),
+        "backup",
+        "--services",
+        services,
+    ];
+    args.extend_from_slice(extra);
+    ok(&args, env);
+    only_backup(root)
+}
+
+/// The arguments of `restore --path <dir> [--services <services>] --yes`.
+pub fn restore_args<'a>(dir: &'a Path, services: Option<&'a str>) -> Vec<&'a str> {
+    let mut args = vec!["restore", "--path", dir.to_str().unwrap()];
+    if let Some(services) = services {
+        args.extend(["--services", services]);
+    }
+    args.push("--yes");
+    args
+}
+
+/// Nothing but dot files (the root's lock) under `root`: no backup, not even
+/// a partial one, was left there.
+pub fn assert_no_backup(root: &Path) {
+    let left: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{} holds {left:?}", root.display());
+}
+
+/// The manifest of the backup in `dir`, as JSON.
+pub fn manifest_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("backup-manifest.json")).unwrap()).unwrap()
+}
+
+/// The artifact in `dir` whose name ends with `suffix` (".ndjson.zst" for a
+/// logical export).
+pub fn artifact_ending(dir: &Path, suffix: &str) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(suffix))
+        .unwrap_or_else(|| panic!("no *{suffix} in {}", dir.display()))
+}
+
+/// Make the manifest in `dir` vouch for `file` as `service`'s artifact
+/// (checksum and size, sealed again), as a forger or a careless operator
+/// would after changing it.
+pub fn reseal(dir: &Path, service: Service, file: &Path) {
+    let mut manifest = Manifest::read_dir(dir).unwrap();
+    let digest = itbackup::artifact::digest_file(file).unwrap();
+    let record = manifest.artifacts.get_mut(&service).unwrap();
+    record.sha256 = digest.sha256;
+    record.bytes = digest.bytes;
+    manifest.write(dir).unwrap();
 }
 
 /// Run itbackup and kill it (SIGKILL, like a crash or an operator's kill -9)

@@ -4,7 +4,7 @@
 //! any store is touched; an interrupted upload that is incomplete until it is
 //! run again; prune and status on a repository.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;
@@ -69,7 +69,7 @@ fn drill_through(url: &str, root: &Path, extra: &[&str]) -> Value {
 
 #[test]
 fn all_three_stores_through_a_repository_plain_and_encrypted() {
-    let _guard = serial();
+    let _guard = lock(&[Postgres, Opensearch, Neo4j], &[S3]);
     let root = temp_root();
 
     // Plain: the drill uploads its backup and restores from the repository
@@ -152,7 +152,7 @@ fn backup_postgres(root: &Path, extra: &[&str]) -> Value {
 
 #[test]
 fn a_wrong_or_missing_identity_fails_before_any_store_is_touched() {
-    let _guard = serial();
+    let _guard = lock(&[Postgres], &[S3]);
     let root = temp_root();
     let r = root.path().to_str().unwrap();
     let keys = temp_root();
@@ -249,7 +249,7 @@ fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
 
 #[test]
 fn a_tampered_remote_object_is_refused_by_verify_and_restore() {
-    let _guard = serial();
+    let _guard = lock(&[Postgres], &[S3]);
     let root = temp_root();
     let r = root.path().to_str().unwrap();
     pg_fixture("itb_remote_tamper", 10);
@@ -295,7 +295,7 @@ fn a_tampered_remote_object_is_refused_by_verify_and_restore() {
 
 #[test]
 fn an_interrupted_upload_is_incomplete_until_it_is_run_again() {
-    let _guard = serial();
+    let _guard = lock(&[Postgres], &[S3]);
     let root = temp_root();
     let r = root.path().to_str().unwrap();
     // Incompressible rows, so that the upload takes long enough to interrupt.
@@ -363,6 +363,8 @@ fn an_interrupted_upload_is_incomplete_until_it_is_run_again() {
 
 #[test]
 fn prune_and_status_work_on_a_repository() {
+    // Fake backups under a prefix of its own; no store is involved.
+    let _guard = shared(&[S3]);
     let local = temp_root();
     let url = repository("history");
     // Five daily backups, the newest 30 hours old, pushed to the repository.

@@ -2,7 +2,7 @@
 //! printed (logs, errors, hints, plans), and each child tool gets only the
 //! secrets of its own store.
 
-mod common;
+use crate::common;
 
 use common::*;
 
@@ -26,7 +26,8 @@ fn assert_unprinted(what: &str, out: &std::process::Output) {
 /// NEO4J_URI in the error message.
 #[test]
 fn a_password_inside_a_server_url_is_never_printed() {
-    let _guard = serial();
+    // A real backup of OpenSearch; the other runs reach only 127.0.0.1:1 or none.
+    let _guard = exclusive(&[Opensearch]);
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
     let os_url = with_password(&required_env("OPENSEARCH_URL"));
@@ -95,7 +96,7 @@ fn a_password_inside_a_server_url_is_never_printed() {
 /// gets only what it needs, PostgreSQL's tools PGPASSWORD, a hook none.
 #[test]
 fn each_child_gets_only_the_secrets_of_its_own_store() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
     let spy = temp_root();

@@ -6,10 +6,10 @@
 //!
 //! Points are spread over the time an uninterrupted run of the same command
 //! takes; `IT_FAULT_POINTS` sets how many (default 3, to keep `make test`
-//! short; `IT_FAULT_POINTS=10 cargo test --test fault_injection` is the full run). Each kill hits the
+//! short; `IT_FAULT_POINTS=10 cargo test --test suite fault_injection::` is the full run). Each kill hits the
 //! whole process group, so pg_dump, psql and pg_restore die with itbackup.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::process::CommandExt;

@@ -3,7 +3,7 @@
 //! histories with real manifests (written by the crate's own `Manifest`), so
 //! they need no server; the ones that back up or probe use the real servers.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -411,7 +411,7 @@ fn set_mode(path: &Path, mode: u32) {
 /// directories itbackup creates are 0700.
 #[test]
 fn existing_directories_keep_their_mode_through_backup_restore_prune_and_drill() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let top = temp_root();
     // A shared directory like /tmp, and a backup root an operator made 0755.
     let shared = top.path().join("shared");
@@ -721,7 +721,7 @@ fn webhook_listener(expected: usize) -> (String, std::sync::mpsc::Receiver<(Stri
 
 #[test]
 fn backup_writes_metrics_runs_hooks_and_status_verifies_it() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     required_env("PGHOST");
     let root = temp_root();
     let r = root.path().join("backups");
@@ -864,7 +864,7 @@ fn backup_writes_metrics_runs_hooks_and_status_verifies_it() {
 
 #[test]
 fn a_failed_backup_posts_to_the_webhook_and_tells_the_post_hook() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let root = temp_root();
     let r = root.path().join("backups");
     let hook_log = root.path().join("hooks.log");
@@ -1158,7 +1158,7 @@ fn a_backup_never_replaces_a_complete_one_taken_in_the_same_second() {
 fn schedule_runs_backups_on_time_and_stops_cleanly_on_sigterm() {
     use std::io::{BufRead, BufReader};
     use std::sync::{Arc, Mutex};
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     required_env("PGHOST");
     let root = temp_root();
     let r = root.path().join("backups");

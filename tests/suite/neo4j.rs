@@ -3,7 +3,7 @@
 //! Community edition has, back it up, damage it, restore it, and compare the
 //! whole graph and schema value by value.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,73 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use neo4rs::{query, BoltType, Graph};
+use neo4rs::{query, BoltType};
 
-/// A blocking handle on the testenv Neo4j, so tests stay plain functions that
-/// can hold the `serial()` guard.
-struct Neo {
-    rt: tokio::runtime::Runtime,
-    graph: Graph,
-}
-
+/// What the tests compare: the whole graph and its schema.
 impl Neo {
-    fn connect() -> Neo {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let graph = rt
-            .block_on(Graph::new(
-                required_env("NEO4J_URI"),
-                required_env("NEO4J_USER"),
-                required_env("NEO4J_PASSWORD"),
-            ))
-            .expect("the testenv Neo4j answers over Bolt");
-        Neo { rt, graph }
-    }
-
-    fn run(&self, cypher: &str) {
-        self.rt
-            .block_on(self.graph.run(query(cypher)))
-            .unwrap_or_else(|e| panic!("{cypher}: {e}"));
-    }
-
-    fn run_query(&self, q: neo4rs::Query) {
-        self.rt.block_on(self.graph.run(q)).unwrap();
-    }
-
-    fn rows(&self, cypher: &str) -> Vec<neo4rs::Row> {
-        self.rt.block_on(async {
-            let mut stream = self
-                .graph
-                .execute(query(cypher))
-                .await
-                .unwrap_or_else(|e| panic!("{cypher}: {e}"));
-            let mut rows = Vec::new();
-            while let Some(row) = stream.next().await.unwrap() {
-                rows.push(row);
-            }
-            rows
-        })
-    }
-
-    fn count(&self, cypher: &str) -> i64 {
-        self.rows(cypher)[0].get::<i64>("n").unwrap()
-    }
-
-    fn wipe(&self) {
-        for row in self.rows("SHOW CONSTRAINTS YIELD name RETURN name") {
-            let name: String = row.get("name").unwrap();
-            self.run(&format!("DROP CONSTRAINT `{name}`"));
-        }
-        for row in self.rows("SHOW INDEXES YIELD name, type WHERE type <> 'LOOKUP' RETURN name") {
-            let name: String = row.get("name").unwrap();
-            self.run(&format!("DROP INDEX `{name}`"));
-        }
-        self.run("MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS");
-    }
-
     /// Every node and relationship, rendered canonically and sorted, so two
     /// graphs compare equal exactly when they hold the same data (element ids
     /// aside, which no restore can keep). Cypher renders each value as text
@@ -293,25 +230,16 @@ fn build_graph(neo: &Neo) {
 }
 
 fn backup(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::path::PathBuf {
-    let root_arg = root.to_str().unwrap();
-    let mut args = vec!["--root", root_arg, "backup", "--services", "neo4j"];
-    args.extend_from_slice(extra);
-    ok(&args, env);
-    only_backup(root)
+    backup_into(root, "neo4j", extra, env)
 }
 
 fn restore(dir: &Path, env: &[(&str, &str)]) -> Output {
-    ok(
-        &[
-            "restore",
-            "--path",
-            dir.to_str().unwrap(),
-            "--services",
-            "neo4j",
-            "--yes",
-        ],
-        env,
-    )
+    ok(&restore_args(dir, Some("neo4j")), env)
+}
+
+/// A restore of the Neo4j artifact in `dir` that must fail; its stderr.
+fn restore_fails(dir: &Path) -> String {
+    fails(&restore_args(dir, Some("neo4j")), &[], 1)
 }
 
 /// Damage the graph in every way a restore must undo.
@@ -326,7 +254,7 @@ fn damage(neo: &Neo) {
 
 #[test]
 fn logical_round_trip_restores_every_value_and_schema_object() {
-    let _guard = serial();
+    let _guard = exclusive(&[Neo4j]);
     let neo = Neo::connect();
     build_graph(&neo);
     let graph_before = neo.snapshot();
@@ -335,8 +263,7 @@ fn logical_round_trip_restores_every_value_and_schema_object() {
 
     let root = temp_root();
     let dir = backup(root.path(), &["--neo4j-method", "logical"], &[]);
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("backup-manifest.json")).unwrap()).unwrap();
+    let manifest = manifest_json(&dir);
     let record = &manifest["artifacts"]["neo4j"];
     assert_eq!(record["method"], "logical", "{manifest:#}");
     assert_eq!(record["counts"]["label:Bulk"], 6000, "{manifest:#}");
@@ -375,7 +302,7 @@ fn logical_round_trip_restores_every_value_and_schema_object() {
 
 #[test]
 fn logical_backup_during_writes_restores_a_consistent_graph() {
-    let _guard = serial();
+    let _guard = exclusive(&[Neo4j]);
     let neo = Neo::connect();
     neo.wipe();
     neo.run("UNWIND range(1, 20000) AS i CREATE (:Base {n: i})");
@@ -420,8 +347,7 @@ fn logical_backup_during_writes_restores_a_consistent_graph() {
         neo.count("MATCH ()-[r:LINK]->(b) WHERE b.i > 0 RETURN count(r) AS n"),
         0
     );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("backup-manifest.json")).unwrap()).unwrap();
+    let manifest = manifest_json(&dir);
     assert_eq!(
         manifest["artifacts"]["neo4j"]["counts"]["nodes"]
             .as_i64()
@@ -453,7 +379,7 @@ fn churn(
 
 #[test]
 fn logical_backups_survive_random_deletes_between_and_during_their_passes() {
-    let _guard = serial();
+    let _guard = exclusive(&[Neo4j]);
     let neo = Neo::connect();
     neo.wipe();
     neo.run("UNWIND range(1, 30000) AS i CREATE (:Base {n: i, name: 'node ' + toString(i)})");
@@ -510,7 +436,7 @@ fn logical_backups_survive_random_deletes_between_and_during_their_passes() {
 
 #[test]
 fn dump_round_trip_stops_and_starts_the_server() {
-    let _guard = serial();
+    let _guard = exclusive(&[Neo4j]);
     required_env("IT_NEO4J_STOP_CMD");
     required_env("IT_NEO4J_ADMIN");
     let neo = Neo::connect();
@@ -522,8 +448,7 @@ fn dump_round_trip_stops_and_starts_the_server() {
 
     let root = temp_root();
     let dir = backup(root.path(), &["--neo4j-method", "dump"], &env);
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("backup-manifest.json")).unwrap()).unwrap();
+    let manifest = manifest_json(&dir);
     let file = manifest["artifacts"]["neo4j"]["file"].as_str().unwrap();
     assert!(
         file.starts_with("neo4j_") && file.ends_with(".dump"),
@@ -548,11 +473,7 @@ fn dump_round_trip_stops_and_starts_the_server() {
         real
     };
     let real_version = set_version("99.0.0");
-    let err = fails(
-        &["restore", "--path", dir.to_str().unwrap(), "--yes"],
-        &env,
-        1,
-    );
+    let err = fails(&restore_args(&dir, None), &env, 1);
     assert!(err.contains("newer than this server's"), "{err}");
     assert_same("graphs", &damaged, &Neo::connect().snapshot());
     set_version(&real_version);
@@ -566,7 +487,7 @@ fn dump_round_trip_stops_and_starts_the_server() {
 
 #[test]
 fn an_interrupted_logical_restore_can_simply_be_run_again() {
-    let _guard = serial();
+    let _guard = exclusive(&[Neo4j]);
     let neo = Neo::connect();
     build_graph(&neo);
     let graph_before = neo.snapshot();
@@ -603,7 +524,7 @@ fn itbackup_without(args: &[&str], remove: &[&str]) -> Output {
 
 #[test]
 fn dump_without_stop_and_start_commands_is_refused_and_changes_nothing() {
-    let _guard = serial();
+    let _guard = exclusive(&[Neo4j]);
     let neo = Neo::connect();
     neo.wipe();
     neo.run("CREATE (:Canary {alive: true})");
@@ -628,15 +549,12 @@ fn dump_without_stop_and_start_commands_is_refused_and_changes_nothing() {
         neo.count("MATCH (c:Canary {alive: true}) RETURN count(c) AS n"),
         1
     );
-    assert!(std::fs::read_dir(root.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .all(|e| e.file_name().to_string_lossy().starts_with('.')));
+    assert_no_backup(root.path());
 }
 
 #[test]
 fn damaged_artifact_is_refused_before_the_graph_is_touched() {
-    let _guard = serial();
+    let _guard = exclusive(&[Neo4j]);
     let neo = Neo::connect();
     neo.wipe();
     neo.run("UNWIND range(1, 3000) AS i CREATE (:Saved {i: i, pad: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'})");
@@ -644,28 +562,12 @@ fn damaged_artifact_is_refused_before_the_graph_is_touched() {
     let dir = backup(root.path(), &[], &[]);
     neo.run("MATCH (n) DETACH DELETE n");
     neo.run("CREATE (:Canary {alive: true})");
-    let artifact = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
-        .expect("logical artifact");
+    let artifact = artifact_ending(&dir, ".ndjson.zst");
     let bytes = std::fs::read(&artifact).unwrap();
 
     // Truncated: the checksum no longer matches.
     std::fs::write(&artifact, &bytes[..bytes.len() / 2]).unwrap();
-    let stderr = fails(
-        &[
-            "restore",
-            "--path",
-            dir.to_str().unwrap(),
-            "--services",
-            "neo4j",
-            "--yes",
-        ],
-        &[],
-        1,
-    );
+    let stderr = restore_fails(&dir);
     assert!(
         stderr.contains("sha256") || stderr.contains("checksum"),
         "{stderr}"
@@ -689,18 +591,7 @@ fn damaged_artifact_is_refused_before_the_graph_is_touched() {
         serde_json::to_vec_pretty(&manifest).unwrap(),
     )
     .unwrap();
-    let stderr = fails(
-        &[
-            "restore",
-            "--path",
-            dir.to_str().unwrap(),
-            "--services",
-            "neo4j",
-            "--yes",
-        ],
-        &[],
-        1,
-    );
+    let stderr = restore_fails(&dir);
     assert!(
         !stderr.contains("manifest_sha256"),
         "the re-sealed manifest must pass, so the stream check is what refuses: {stderr}"
@@ -713,7 +604,7 @@ fn damaged_artifact_is_refused_before_the_graph_is_touched() {
 
 #[test]
 fn wrong_password_and_unreachable_server_fail_clearly() {
-    let _guard = serial();
+    let _guard = exclusive(&[Neo4j]);
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
     let args = ["--root", root_arg, "backup", "--services", "neo4j"];
@@ -725,10 +616,7 @@ fn wrong_password_and_unreachable_server_fail_clearly() {
     assert!(!stderr.contains("not-the-password"), "{stderr}");
     let stderr = fails(&args, &[("NEO4J_URI", "bolt://127.0.0.1:1")], 1);
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
-    assert!(std::fs::read_dir(root.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .all(|e| e.file_name().to_string_lossy().starts_with('.')));
+    assert_no_backup(root.path());
 }
 
 /// A line that decodes but that the load could not hold (100 MB of
@@ -737,7 +625,7 @@ fn wrong_password_and_unreachable_server_fail_clearly() {
 /// line and the bound.
 #[test]
 fn a_line_the_load_cannot_hold_is_refused_before_the_graph_is_touched() {
-    let _guard = serial();
+    let _guard = exclusive(&[Neo4j]);
     let neo = Neo::connect();
     neo.wipe();
     neo.run("UNWIND range(1, 300) AS i CREATE (:Saved {i: i, pad: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'})");
@@ -746,12 +634,7 @@ fn a_line_the_load_cannot_hold_is_refused_before_the_graph_is_touched() {
     neo.run("MATCH (n:Saved) WHERE n.i > 100 DETACH DELETE n");
     neo.run("CREATE (:Canary {alive: true})");
     let before = neo.snapshot();
-    let artifact = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".ndjson.zst"))
-        .expect("logical artifact");
+    let artifact = artifact_ending(&dir, ".ndjson.zst");
     let text =
         String::from_utf8(zstd::decode_all(std::fs::File::open(&artifact).unwrap()).unwrap())
             .unwrap();
@@ -760,29 +643,10 @@ fn a_line_the_load_cannot_hold_is_refused_before_the_graph_is_touched() {
     let big = "y".repeat(100_000_000);
     let forged = format!("{}{big}{}", &text[..at], &text[at + pad.len()..]);
     std::fs::write(&artifact, zstd::encode_all(forged.as_bytes(), 1).unwrap()).unwrap();
-    let mut manifest = itbackup::manifest::Manifest::read_dir(&dir).unwrap();
-    let digest = itbackup::artifact::digest_file(&artifact).unwrap();
-    let record = manifest
-        .artifacts
-        .get_mut(&itbackup::service::Service::Neo4j)
-        .unwrap();
-    record.sha256 = digest.sha256;
-    record.bytes = digest.bytes;
-    manifest.write(&dir).unwrap();
+    reseal(&dir, itbackup::service::Service::Neo4j, &artifact);
 
     let started = std::time::Instant::now();
-    let stderr = fails(
-        &[
-            "restore",
-            "--path",
-            dir.to_str().unwrap(),
-            "--services",
-            "neo4j",
-            "--yes",
-        ],
-        &[],
-        1,
-    );
+    let stderr = restore_fails(&dir);
     assert!(stderr.contains("line"), "the line is named: {stderr}");
     assert!(
         stderr.contains("longer than"),

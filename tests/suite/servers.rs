@@ -2,11 +2,12 @@
 //! (tokio-postgres, reqwest, neo4rs) with the runbook's development defaults.
 //! Every other integration test stands on these.
 
-mod common;
-use common::required_env;
+use crate::common;
+use common::{required_env, shared, Neo4j, Opensearch, Postgres};
 
 #[tokio::test]
 async fn postgres_answers_select_version() {
+    let _guard = shared(&[Postgres]);
     let conninfo = format!(
         "host={} port={} user={} password={} dbname=postgres",
         required_env("PGHOST"),
@@ -25,6 +26,7 @@ async fn postgres_answers_select_version() {
 
 #[tokio::test]
 async fn postgres_refuses_a_wrong_password() {
+    let _guard = shared(&[Postgres]);
     let conninfo = format!(
         "host={} port={} user={} password=not-the-password dbname=postgres",
         required_env("PGHOST"),
@@ -44,6 +46,7 @@ async fn postgres_refuses_a_wrong_password() {
 
 #[tokio::test]
 async fn opensearch_answers_get_root() {
+    let _guard = shared(&[Opensearch]);
     let url = required_env("OPENSEARCH_URL");
     let body: serde_json::Value = reqwest::get(format!("{url}/"))
         .await
@@ -91,6 +94,7 @@ async fn opensearch_answers_get_root() {
 
 #[tokio::test]
 async fn neo4j_answers_return_1() {
+    let _guard = shared(&[Neo4j]);
     let graph = neo4rs::Graph::new(
         required_env("NEO4J_URI"),
         required_env("NEO4J_USER"),
@@ -127,11 +131,18 @@ fn a_server_that_fails_to_start_fails_up_with_its_log() {
         .unwrap();
     // The postgres user must reach it, as under .testenv.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A free port, not a fixed one: every stack on this host (another
+    // worktree's tests, say) runs this test too.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+        .to_string();
     let testenv = |action: &str| {
         Command::new(common::repo_root().join("testenv").join(action))
             .arg("postgres")
             .env("IT_TESTENV_DIR", dir.path())
-            .env("IT_TESTENV_PG_PORT", "55998")
+            .env("IT_TESTENV_PG_PORT", &port)
             .output()
             .unwrap()
     };

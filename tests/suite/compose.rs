@@ -3,7 +3,7 @@
 //! engine). The stand-in records every call and carries it out against the
 //! testenv servers, so a compose backup and restore really moves the data.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -63,57 +63,19 @@ fn succeeded(out: &Output) {
     assert!(out.status.success(), "{}", text(out));
 }
 
-fn neo4j_count(label: &str) -> u64 {
-    let url = format!(
-        "http://{}/db/neo4j/tx/commit",
-        required_env("NEO4J_URI")
-            .trim_start_matches("bolt://")
-            .replace(":7687", ":7474")
-    );
-    let body = serde_json::json!({"statements": [{"statement": format!("MATCH (n:{label}) RETURN count(n)")}]});
-    let answer: serde_json::Value = reqwest::blocking::Client::new()
-        .post(url)
-        .basic_auth(
-            required_env("NEO4J_USER"),
-            Some(required_env("NEO4J_PASSWORD")),
-        )
-        .json(&body)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    answer["results"][0]["data"][0]["row"][0].as_u64().unwrap()
+/// Nodes labelled `label`, asked over Bolt with a fresh connection (the
+/// dump backup and restore stop and start the server in between).
+fn neo4j_count(label: &str) -> i64 {
+    Neo::connect().count(&format!("MATCH (n:{label}) RETURN count(n) AS n"))
 }
 
 fn neo4j_run(statement: &str) {
-    let url = format!(
-        "http://{}/db/neo4j/tx/commit",
-        required_env("NEO4J_URI")
-            .trim_start_matches("bolt://")
-            .replace(":7687", ":7474")
-    );
-    let body = serde_json::json!({"statements": [{"statement": statement}]});
-    let answer: serde_json::Value = reqwest::blocking::Client::new()
-        .post(url)
-        .basic_auth(
-            required_env("NEO4J_USER"),
-            Some(required_env("NEO4J_PASSWORD")),
-        )
-        .json(&body)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(
-        answer["errors"],
-        serde_json::json!([]),
-        "{statement}: {answer}"
-    );
+    Neo::connect().run(statement);
 }
 
 #[test]
 fn compose_backup_and_restore_of_all_three_stores() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres, Opensearch, Neo4j]);
     // A little data in each store.
     psql("postgres", "DROP DATABASE IF EXISTS compose_shop");
     psql("postgres", "CREATE DATABASE compose_shop");
@@ -154,7 +116,7 @@ fn compose_backup_and_restore_of_all_three_stores() {
     psql("compose_shop", "DELETE FROM orders WHERE id > 100");
     opensearch(reqwest::Method::DELETE, "compose-docs", None);
     neo4j_run("MATCH (n:ComposeNode) WHERE n.i > 10 DELETE n");
-    succeeded(&stack.itbackup(&["restore", "--path", dir.to_str().unwrap(), "--yes"], &[]));
+    succeeded(&stack.itbackup(&restore_args(&dir, None), &[]));
     assert_eq!(psql("compose_shop", "SELECT count(*) FROM orders"), "500");
     opensearch(reqwest::Method::POST, "compose-docs/_refresh", None);
     assert_eq!(
@@ -196,7 +158,7 @@ fn compose_backup_and_restore_of_all_three_stores() {
 
 #[test]
 fn runbook_commands_work_word_for_word_in_compose_mode() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres, Opensearch, Neo4j]);
     let stack = Stack::new();
     let work = temp_root();
     let out_dir = work.path().join("artifacts/backup/20250201_101500");
@@ -242,7 +204,8 @@ fn dry_run_prints_the_docker_compose_command_lines() {
 
 #[test]
 fn docker_failures_give_the_runbook_advice_and_write_nothing() {
-    let _guard = serial();
+    // Each run takes itbackup's lock on the PostgreSQL server before docker fails.
+    let _guard = exclusive(&[Postgres]);
     let stack = Stack::new();
     for (setting, expected) in [
         (("STANDIN_FAIL", "permission"), "docker` group"),

@@ -1,6 +1,6 @@
 //! PostgreSQL end to end against the real server: back up, destroy, restore, compare.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -102,24 +102,12 @@ fn snapshot() -> BTreeMap<String, String> {
 }
 
 fn round_trip(format: &str) {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     create_fixture();
     let before = snapshot();
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
-    ok(
-        &[
-            "--root",
-            root_arg,
-            "backup",
-            "--services",
-            "postgres",
-            "--postgres-format",
-            format,
-        ],
-        &[],
-    );
-    let dir = only_backup(root.path());
+    let dir = backup_into(root.path(), "postgres", &["--postgres-format", format], &[]);
 
     drop_fixture();
     assert_eq!(
@@ -181,7 +169,7 @@ fn plain_format_round_trip_restores_everything() {
 
 #[test]
 fn manifest_records_counts_and_validates_against_the_schema() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     create_fixture();
     let root = temp_root();
     let out = ok(
@@ -198,8 +186,7 @@ fn manifest_records_counts_and_validates_against_the_schema() {
         &[],
     );
     let dir = root.path().join("20250201_101500");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(dir.join("backup-manifest.json")).unwrap()).unwrap();
+    let manifest = manifest_json(&dir);
     assert_eq!(manifest["timestamp"], "20250201_101500");
     assert_eq!(
         manifest["services"]["postgres"],
@@ -230,7 +217,7 @@ fn manifest_records_counts_and_validates_against_the_schema() {
 
 #[test]
 fn runbook_commands_work_word_for_word() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     create_fixture();
     let before = snapshot();
     let work = temp_root();
@@ -269,7 +256,7 @@ fn runbook_commands_work_word_for_word() {
 
 #[test]
 fn dry_run_changes_nothing_and_masks_the_password() {
-    let _guard = serial();
+    // A dry run neither locks nor reaches the server: no lock.
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
     let out = ok(
