@@ -974,7 +974,7 @@ fn backup_refused_by_pre_hook(root: &Path, timestamp: &str, extra: &[&str]) -> S
 
 #[test]
 fn with_upload_and_no_local_the_hooks_see_the_directory_the_backup_is_written_to() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     required_env("PGHOST");
     let root = temp_root();
     let r = root.path().join("backups");
@@ -1050,7 +1050,7 @@ fn default_names(seconds: i64) -> Vec<String> {
 
 #[test]
 fn a_backup_never_replaces_a_complete_one_taken_in_the_same_second() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     required_env("PGHOST");
     let root = temp_root();
     let r = root.path().join("backups");

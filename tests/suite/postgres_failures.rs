@@ -900,25 +900,53 @@ fn a_restore_that_fails_half_way_puts_every_database_back_as_it_was() {
     psql("postgres", "DROP DATABASE itb_unloadable WITH (FORCE)");
 }
 
+/// The safety name a restore keeps `database` under while it replaces it.
+fn safety_name(database: &str) -> String {
+    psql(
+        "postgres",
+        &format!(
+            "SELECT 'itbackup_old_' || substr(encode(sha256('{database}'::bytea), 'hex'), 1, 16)"
+        ),
+    )
+}
+
+/// A restore killed inside `DROP DATABASE` of a safety copy, once every
+/// database had loaded, leaves that copy invalid (`datconnlimit = -2`, which
+/// DROP DATABASE sets first), and PostgreSQL refuses to alter or rename an
+/// invalid database. Found by the fault injection: "drop the replaced
+/// databases: cannot alter invalid database". The rerun must drop the
+/// half-dropped copy and restore as usual.
+#[test]
+fn a_rerun_drops_a_safety_copy_a_killed_restore_left_half_dropped() {
+    let _guard = exclusive(&[Postgres]);
+    let canary = Canary::create();
+    let (_root, dir) = postgres_backup(&[], &[]);
+    canary.change_after_backup();
+    let safety = safety_name("itb_canary");
+    psql("postgres", &format!("DROP DATABASE IF EXISTS {safety}"));
+    psql("postgres", &format!("CREATE DATABASE {safety}"));
+    psql(
+        "postgres",
+        &format!("UPDATE pg_database SET datconnlimit = -2 WHERE datname = '{safety}'"),
+    );
+    let out = itbackup(&["restore", "--path", dir.to_str().unwrap(), "--yes"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(psql("itb_canary", "SELECT v FROM c"), "at backup");
+    assert_eq!(restore_leftovers(), "");
+    drop(canary);
+}
+
 /// A plain-format restore killed after it renamed both `postgres` and
 /// `template1` aside (its work database exists) leaves a cluster where the
 /// usual bootstrap databases are missing: the rerun must still connect, put
 /// them back from the backup and drop the safety copies.
 #[test]
 fn a_rerun_connects_when_a_killed_plain_restore_left_postgres_and_template1_aside() {
-    let _guard = serial();
+    let _guard = exclusive(&[Postgres]);
     let canary = Canary::create();
     let (_root, dir) = postgres_backup(&["--postgres-format", "plain"], &[]);
     canary.change_after_backup();
-    let safety = |db: &str| {
-        psql(
-            "postgres",
-            &format!(
-                "SELECT 'itbackup_old_' || substr(encode(sha256('{db}'::bytea), 'hex'), 1, 16)"
-            ),
-        )
-    };
-    let (postgres_aside, template1_aside) = (safety("postgres"), safety("template1"));
+    let (postgres_aside, template1_aside) = (safety_name("postgres"), safety_name("template1"));
     psql(
         "template1",
         "CREATE DATABASE itbackup_restore_work TEMPLATE template0",

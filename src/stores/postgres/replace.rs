@@ -135,6 +135,16 @@ impl Postgres {
     async fn set_aside(&self, admin: &Client, database: &str) -> Result<()> {
         let step = format!("set aside database {database}");
         let safety = safety_name(database);
+        if state(admin, &safety, &step).await? == State::HalfDropped {
+            // Killed while dropping it: every database had loaded, so what
+            // is under the original name is the restored data.
+            tracing::warn!(
+                database,
+                safety,
+                "postgres: an interrupted restore was dropping {safety} when it stopped; dropping the rest of it"
+            );
+            drop_database(admin, &safety, &step).await?;
+        }
         if exists(admin, &safety, &step).await? {
             tracing::warn!(
                 database,
@@ -213,7 +223,7 @@ impl Postgres {
             let safety = safety_name(database);
             let put_back = async {
                 drop_database(&replacement.admin, database, step).await?;
-                if exists(&replacement.admin, &safety, step).await? {
+                if state(&replacement.admin, &safety, step).await? == State::Valid {
                     rename_database(&replacement.admin, &safety, database, step).await?;
                 }
                 Ok::<_, Error>(())
@@ -280,12 +290,35 @@ async fn memberships(admin: &Client, step: &str) -> Result<BTreeSet<(String, Str
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-async fn exists(admin: &Client, database: &str, step: &str) -> Result<bool> {
+/// What `pg_database` says of a database.
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Missing,
+    Valid,
+    /// A `DROP DATABASE` that was cut off marks the database invalid
+    /// (`datconnlimit = -2`, PostgreSQL 15.4 and later) before it removes
+    /// its files: nothing may connect to it, alter or rename it; it can
+    /// only be dropped.
+    HalfDropped,
+}
+
+async fn state(admin: &Client, database: &str, step: &str) -> Result<State> {
     let row = admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .query_opt(
+            "SELECT datconnlimit = -2 FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
         .await
         .map_err(|e| Postgres::query_error(step, e))?;
-    Ok(row.is_some())
+    Ok(match row {
+        None => State::Missing,
+        Some(row) if row.get::<_, bool>(0) => State::HalfDropped,
+        Some(_) => State::Valid,
+    })
+}
+
+async fn exists(admin: &Client, database: &str, step: &str) -> Result<bool> {
+    Ok(state(admin, database, step).await? != State::Missing)
 }
 
 /// Run `sql` on `database`'s behalf after ending its other sessions, again
@@ -321,11 +354,12 @@ async fn without_sessions(
             Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) && attempt < ATTEMPTS => {
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
             }
-            Err(e) => {
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => {
                 return Err(Postgres::query_error(step, e).hint(format!(
                     "sessions keep connecting to database {database}: stop the applications that use it, then run the restore again"
                 )))
             }
+            Err(e) => return Err(Postgres::query_error(step, e)),
         }
     }
 }
@@ -339,17 +373,19 @@ async fn rename_database(admin: &Client, from: &str, to: &str, step: &str) -> Re
     without_sessions(admin, from, &[sql], step).await
 }
 
-/// Drop `database` if it exists, a template (template1's safety copy) too.
+/// Drop `database` if it exists: a template (template1's safety copy) too,
+/// and one a killed run left half dropped.
 async fn drop_database(admin: &Client, database: &str, step: &str) -> Result<()> {
-    if !exists(admin, database, step).await? {
-        return Ok(());
-    }
     let name = quote_ident(database);
-    let statements = [
-        format!("ALTER DATABASE {name} IS_TEMPLATE false"),
-        format!("DROP DATABASE IF EXISTS {name}"),
-    ];
-    without_sessions(admin, database, &statements, step).await
+    let drop = format!("DROP DATABASE IF EXISTS {name}");
+    match state(admin, database, step).await? {
+        State::Missing => Ok(()),
+        State::HalfDropped => without_sessions(admin, database, &[drop], step).await,
+        State::Valid => {
+            let untemplate = format!("ALTER DATABASE {name} IS_TEMPLATE false");
+            without_sessions(admin, database, &[untemplate, drop], step).await
+        }
+    }
 }
 
 #[cfg(test)]

@@ -82,10 +82,3 @@ pub fn lock(exclusive: &[Server], shared: &[Server]) -> Servers {
         .collect();
     Servers { _held: held }
 }
-
-/// Every server to this test alone: `exclusive(ALL)`. The lock of the
-/// layout with one binary per file, kept for tests that have not yet said
-/// which servers they need.
-pub fn serial() -> Servers {
-    exclusive(ALL)
-}
