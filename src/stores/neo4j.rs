@@ -720,15 +720,6 @@ impl Neo4j {
         self.wait_until_up().await
     }
 
-    /// Whether Bolt answers a query now.
-    async fn answers(&self) -> bool {
-        let attempt = async {
-            let graph = self.graph().await?;
-            self.rows(&graph, "RETURN 1 AS one", "probe").await
-        };
-        attempt.await.is_ok()
-    }
-
     async fn dump(&self, ctx: &BackupContext<'_>) -> Result<PendingArtifact> {
         let cmd = self.admin().args([
             "database",
@@ -1112,13 +1103,16 @@ impl Store for Neo4j {
         let Some(by) = stopped.left_by() else {
             return Ok(());
         };
-        // Killed after the start command but before it saw Bolt answer.
-        if self.answers().await {
-            stopped.clear();
-            return Ok(());
-        }
-        tracing::warn!(service = %SVC, "{by} and was killed before starting it again: starting it");
-        self.start_and_wait()
+        // Whether Bolt answers now says nothing: the run may have been
+        // killed inside the stop command, with the server still shutting
+        // down. The stop command again (it waits for the end of a shutdown
+        // and is harmless on a stopped server), then the start.
+        tracing::warn!(service = %SVC, "{by} and was killed before starting it again: stopping and starting it");
+        let restart = async {
+            Self::run_tool(self.lifecycle_command("stop")?, "stop server").await?;
+            self.start_and_wait().await
+        };
+        restart
             .await
             .map_err(|e| e.hint(format!("{by}; start it, then run again")))?;
         stopped.clear();
