@@ -871,13 +871,10 @@ fn a_restore_over_a_changed_schema_gives_back_exactly_the_backup() {
     psql("postgres", "DROP DATABASE itb_schema WITH (FORCE)");
 }
 
-/// A dump pg_restore cannot load (a CHECK calls a function whose body names
-/// a table without its schema, and pg_restore runs with an empty search_path)
-/// fails in the middle of the restore: the database must be back exactly as
-/// it was before the restore, and the other databases of the set with it.
-#[test]
-fn a_restore_that_fails_half_way_puts_every_database_back_as_it_was() {
-    let _guard = exclusive(&[Postgres]);
+/// `itb_unloadable`, whose dump pg_restore cannot load: a CHECK calls a
+/// function whose body names a table without its schema, and pg_restore
+/// runs with an empty search_path.
+fn create_unloadable_database() {
     psql(
         "postgres",
         "DROP DATABASE IF EXISTS itb_unloadable WITH (FORCE)",
@@ -889,6 +886,16 @@ fn a_restore_that_fails_half_way_puts_every_database_back_as_it_was() {
          CREATE FUNCTION below_lim(x int) RETURNS bool LANGUAGE sql AS 'SELECT x < (SELECT v FROM lim)'; \
          CREATE TABLE t (x int CHECK (below_lim(x))); INSERT INTO t VALUES (1), (2)",
     );
+}
+
+/// A dump pg_restore cannot load (a CHECK calls a function whose body names
+/// a table without its schema, and pg_restore runs with an empty search_path)
+/// fails in the middle of the restore: the database must be back exactly as
+/// it was before the restore, and the other databases of the set with it.
+#[test]
+fn a_restore_that_fails_half_way_puts_every_database_back_as_it_was() {
+    let _guard = exclusive(&[Postgres]);
+    create_unloadable_database();
     let (_root, dir, canary) = backed_up();
     psql("itb_unloadable", "INSERT INTO t VALUES (3)");
     let err = fails(&restore_args(&dir, None), &[], 1);
@@ -1006,17 +1013,7 @@ fn a_restore_that_fails_half_way_puts_the_roles_back_as_they_were() {
     let _guard = exclusive(&[Postgres]);
     for format in ["custom", "plain"] {
         drop_test_roles();
-        psql(
-            "postgres",
-            "DROP DATABASE IF EXISTS itb_unloadable WITH (FORCE)",
-        );
-        psql("postgres", "CREATE DATABASE itb_unloadable");
-        psql(
-            "itb_unloadable",
-            "CREATE TABLE lim (v int); INSERT INTO lim VALUES (100); \
-             CREATE FUNCTION below_lim(x int) RETURNS bool LANGUAGE sql AS 'SELECT x < (SELECT v FROM lim)'; \
-             CREATE TABLE t (x int CHECK (below_lim(x))); INSERT INTO t VALUES (1), (2)",
-        );
+        create_unloadable_database();
         psql(
             "postgres",
             "CREATE ROLE itb_r_group; CREATE ROLE itb_r_gone; \
