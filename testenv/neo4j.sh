@@ -92,10 +92,45 @@ CONF
   fi
 }
 
-neo4j_answers() {
+# One statement over HTTP against database $1; prints the answer.
+neo4j_http() {
   curl -fsS --max-time 5 -u "$NEO4J_USER:$NEO4J_PASSWORD" -H 'Content-Type: application/json' \
-    -d '{"statements":[{"statement":"RETURN 1"}]}' \
-    "http://127.0.0.1:$NEO4J_HTTP_PORT/db/neo4j/tx/commit" | grep -q '"errors":\[\]'
+    -d "{\"statements\":[{\"statement\":\"$2\"}]}" \
+    "http://127.0.0.1:$NEO4J_HTTP_PORT/db/$1/tx/commit"
+}
+
+# The server answers: its system database runs a query. The user database is
+# not asked here: a server whose `neo4j` database failed to start (a store a
+# killed `neo4j-admin database load` left half-written) is still up, as
+# `systemctl start` or `docker compose start` would leave it, and a restore of
+# a dump is what repairs that database.
+neo4j_answers() {
+  neo4j_http system "SHOW DATABASE system YIELD name" | grep -q '"errors":\[\]'
+}
+
+# The status of the user database `neo4j` (online, offline, starting, ...).
+neo4j_database_status() {
+  neo4j_http system "SHOW DATABASE neo4j YIELD currentStatus, statusMessage" \
+    | sed -n 's/.*"row":\["\([a-z]*\)",\("[^"]*"\).*/\1 \2/p'
+}
+
+# After the server answers, wait until its user database has started or
+# failed to; a failed one is named (with Neo4j's reason), not fatal.
+neo4j_wait_for_database() {
+  local deadline=$((SECONDS + START_TIMEOUT)) status
+  while ((SECONDS < deadline)); do
+    status="$(neo4j_database_status)"
+    case "$status" in
+      online*) return 0 ;;
+      "" | starting* | *' ""') sleep 1 ;;
+      *)
+        printf 'testenv: warning: neo4j is up but its database neo4j is %s; a restore of a dump (itbackup restore --services neo4j) replaces it, or remove %s for an empty one\n' \
+          "$status" "$NEO4J_DATA_DIR" >&2
+        return 0
+        ;;
+    esac
+  done
+  printf 'testenv: warning: neo4j is up but its database neo4j has not started in %ss (%s)\n' "$START_TIMEOUT" "$status" >&2
 }
 
 neo4j_start() {
@@ -116,6 +151,7 @@ neo4j_start() {
     </dev/null >>"$NEO4J_CONSOLE" 2>&1 &
   echo $! >"$NEO4J_PIDFILE"
   wait_until neo4j "$NEO4J_LOGFILES" "$NEO4J_PIDFILE" "$NEO4J_HOME_DIR" neo4j_answers
+  neo4j_wait_for_database
 }
 
 neo4j_stop() {

@@ -21,10 +21,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use neo4rs::{query, ConfigBuilder, Graph};
+use neo4rs::{query, Graph};
 use serde::Serialize;
 use serde_json::json;
 
@@ -35,14 +34,14 @@ use crate::config::Neo4jSettings;
 use crate::error::{io_error, Error, Result};
 use crate::lock::StoppedServer;
 use crate::manifest::ArtifactRecord;
-use crate::process::{self, mask_userinfo, ToolCommand};
+use crate::process::{self, mask_userinfo};
 use crate::service::Service;
 use crate::target::Target;
-use crate::timeout::Phase;
 
 mod drill;
 mod load;
 mod props_json;
+mod server;
 mod spill;
 
 const SVC: Service = Service::Neo4j;
@@ -181,111 +180,6 @@ fn quote(name: &str) -> String {
 impl Neo4j {
     pub fn new(settings: Neo4jSettings, target: Target) -> Self {
         Neo4j { settings, target }
-    }
-
-    async fn graph(&self) -> Result<Graph> {
-        let config = ConfigBuilder::default()
-            .uri(&self.settings.uri)
-            .user(&self.settings.user)
-            .password(self.settings.password.expose())
-            .db(self.settings.database.as_str())
-            .fetch_size(2000)
-            .max_connections(self.settings.transactions + 2)
-            .build()
-            .map_err(|e| neo_error("connect", e))?;
-        let uri = mask_userinfo(&self.settings.uri);
-        let unreachable = |detail: String| {
-            Error::failure("connect", format!("cannot reach Neo4j at {uri}: {detail}"))
-                .service(SVC)
-                .hint("is Neo4j running and reachable? check NEO4J_URI (default bolt://localhost:7687), and `docker compose ps` in a compose stack")
-        };
-        // The driver connects lazily and retries autocommit queries for a
-        // minute; an explicit transaction is not retried, so this ping turns a
-        // dead or refusing server into a prompt, clear error.
-        let connect_and_ping = async {
-            let graph = Graph::connect(config).await?;
-            let mut txn = graph.start_txn().await?;
-            txn.run(query("RETURN 1")).await?;
-            txn.commit().await?;
-            Ok::<Graph, neo4rs::Error>(graph)
-        };
-        let timeouts = &self.settings.timeouts;
-        match tokio::time::timeout(timeouts.connect, connect_and_ping).await {
-            Err(_) => Err(timeouts.error(
-                Some(SVC),
-                "connect",
-                Phase::Connect,
-                &format!("Neo4j at {uri}"),
-                &format!("cannot reach Neo4j at {uri}: "),
-            )),
-            Ok(Ok(graph)) => Ok(graph),
-            Ok(Err(e)) => {
-                let text = mask_userinfo(&e.to_string());
-                if matches!(e, neo4rs::Error::AuthenticationError(_))
-                    || text.contains("authentication")
-                    || text.contains("Unauthorized")
-                {
-                    Err(Error::failure(
-                        "connect",
-                        format!(
-                            "Neo4j at {uri} refused the credentials of user '{}': {text}",
-                            self.settings.user
-                        ),
-                    )
-                    .service(SVC)
-                    .hint("check NEO4J_USER and NEO4J_PASSWORD (default test12345)"))
-                } else {
-                    Err(unreachable(text))
-                }
-            }
-        }
-    }
-
-    /// Rows of a query, each as a map of column → Bolt value.
-    async fn rows(&self, graph: &Graph, cypher: &str, step: &str) -> Result<Vec<neo4rs::Row>> {
-        let mut stream = self.bounded(step, graph.execute(query(cypher))).await?;
-        let mut rows = Vec::new();
-        while let Some(row) = self.bounded(step, stream.next()).await? {
-            rows.push(row);
-        }
-        Ok(rows)
-    }
-
-    /// One exchange with the server (a query's first answer, or its next
-    /// batch of rows), bounded by the idle timeout: Community has no
-    /// per-transaction timeout the driver can set, so a query that stops
-    /// answering is abandoned here, and dropping its connection ends it on
-    /// the server. Used for reads; a restore's long writes (the wipe, index
-    /// builds) are not cut.
-    async fn bounded<T>(
-        &self,
-        step: &str,
-        work: impl std::future::Future<Output = std::result::Result<T, neo4rs::Error>>,
-    ) -> Result<T> {
-        let timeouts = &self.settings.timeouts;
-        match tokio::time::timeout(timeouts.idle, work).await {
-            Ok(result) => result.map_err(|e| neo_error(step, e)),
-            Err(_) => Err(timeouts.error(
-                Some(SVC),
-                step,
-                Phase::Idle,
-                &format!("Neo4j at {}", self.settings.uri),
-                &format!("{}: ", self.settings.uri),
-            )),
-        }
-    }
-
-    async fn version_and_edition(&self, graph: &Graph) -> Result<(String, String)> {
-        let rows = self
-            .rows(graph, "CALL dbms.components() YIELD versions, edition RETURN versions[0] AS version, edition", "server version")
-            .await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| Error::failure("server version", "no answer").service(SVC))?;
-        Ok((
-            row.get("version").unwrap_or_default(),
-            row.get("edition").unwrap_or_default(),
-        ))
     }
 
     /// Nodes per label and relationships per type, from Neo4j's count store.
@@ -637,88 +531,6 @@ impl Neo4j {
     }
 
     // ---- dump method ---------------------------------------------------------
-
-    /// neo4j-admin; in compose mode in a fresh container of the (stopped)
-    /// service, which mounts the same data volume.
-    fn admin(&self) -> ToolCommand {
-        match &self.target {
-            Target::Local => ToolCommand::new(self.settings.admin.clone()),
-            Target::Compose(compose) => compose.run(SVC, ToolCommand::new("neo4j-admin")),
-        }
-    }
-
-    fn lifecycle_command(&self, which: &str) -> Result<ToolCommand> {
-        if let Target::Compose(compose) = &self.target {
-            return Ok(match which {
-                "stop" => compose.stop(SVC),
-                _ => compose.start(SVC),
-            });
-        }
-        let command = match which {
-            "stop" => &self.settings.stop_command,
-            _ => &self.settings.start_command,
-        };
-        let command = command.as_ref().ok_or_else(|| {
-            Error::failure(format!("{which} server"), "the dump method needs the server stopped, and no way to stop and start it is configured")
-                .service(SVC)
-                .hint("set IT_NEO4J_STOP_CMD and IT_NEO4J_START_CMD (or stop_command/start_command under [neo4j] in the config), use compose mode (IT_COMPOSE_FILES), or use --neo4j-method logical, which needs no downtime")
-        })?;
-        Ok(ToolCommand::new("sh").args(["-c", command.as_str()]))
-    }
-
-    async fn run_tool(cmd: ToolCommand, step: &'static str) -> Result<()> {
-        super::blocking(SVC, move || process::output(&cmd, SVC, step).map(|_| ())).await
-    }
-
-    /// Wait until Bolt answers a query again after a start.
-    async fn wait_until_up(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let attempt = async {
-                let graph = self.graph().await?;
-                self.rows(&graph, "RETURN 1 AS one", "wait for server")
-                    .await
-                    .map(|_| ())
-            };
-            match attempt.await {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e.hint("Neo4j did not come back within 3 minutes after the start command; look at its log"))
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-        }
-    }
-
-    /// Stop the server, run `work` (named `what`), start it again whatever
-    /// happened, wait for it. The stop is recorded on this host until the
-    /// server answers again, so that a run killed in between is made good
-    /// by the next one ([`Store::recover_from_killed_run`]).
-    async fn with_server_stopped<T>(
-        &self,
-        what: &str,
-        work: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        let stop = self.lifecycle_command("stop")?;
-        self.lifecycle_command("start")?;
-        let stopped = StoppedServer::of(SVC, &self.settings.uri);
-        stopped.record(SVC, what)?;
-        Self::run_tool(stop, "stop server").await?;
-        let result = work.await;
-        let up = self.start_and_wait().await;
-        if up.is_ok() {
-            stopped.clear();
-        }
-        let value = result?;
-        up?;
-        Ok(value)
-    }
-
-    /// Run the start command and wait until Bolt answers.
-    async fn start_and_wait(&self) -> Result<()> {
-        Self::run_tool(self.lifecycle_command("start")?, "start server").await?;
-        self.wait_until_up().await
-    }
 
     async fn dump(&self, ctx: &BackupContext<'_>) -> Result<PendingArtifact> {
         let cmd = self.admin().args([
@@ -1080,11 +892,9 @@ impl Store for Neo4j {
     }
 
     async fn probe(&self) -> Result<ServerInfo> {
-        let answer = async {
-            let graph = self.graph().await?;
-            self.version_and_edition(&graph).await
-        };
-        let (version, edition) = answer.await.map_err(|e| {
+        // The server, not its user database: a restore of a dump must be
+        // able to repair a database that does not start.
+        let (version, edition) = self.server_version().await.map_err(|e| {
             match StoppedServer::of(SVC, &self.settings.uri).left_by() {
                 Some(by) => e.hint(format!(
                     "{by} and was killed before starting it again: the next backup or restore on this host starts it (IT_NEO4J_START_CMD), or start it yourself"
@@ -1108,13 +918,7 @@ impl Store for Neo4j {
         // down. The stop command again (it waits for the end of a shutdown
         // and is harmless on a stopped server), then the start.
         tracing::warn!(service = %SVC, "{by} and was killed before starting it again: stopping and starting it");
-        let restart = async {
-            Self::run_tool(self.lifecycle_command("stop")?, "stop server").await?;
-            self.start_and_wait().await
-        };
-        restart
-            .await
-            .map_err(|e| e.hint(format!("{by}; start it, then run again")))?;
+        self.restart_after(&by).await?;
         stopped.clear();
         Ok(())
     }
@@ -1200,8 +1004,7 @@ impl Store for Neo4j {
             // The logical format loads into any version.
             return Ok(());
         }
-        let graph = self.graph().await?;
-        let (version, _) = self.version_and_edition(&graph).await?;
+        let (version, _) = self.server_version().await?;
         super::refuse_newer_backup(
             SVC,
             2,

@@ -435,7 +435,7 @@ fn logical_backups_survive_random_deletes_between_and_during_their_passes() {
 }
 
 #[test]
-fn dump_round_trip_stops_and_starts_the_server() {
+fn dump_round_trip_stops_and_starts_the_server_and_repairs_a_database_that_cannot_start() {
     let _guard = exclusive(&[Neo4j]);
     required_env("IT_NEO4J_STOP_CMD");
     required_env("IT_NEO4J_ADMIN");
@@ -478,11 +478,69 @@ fn dump_round_trip_stops_and_starts_the_server() {
     assert_same("graphs", &damaged, &Neo::connect().snapshot());
     set_version(&real_version);
 
+    // A database the server cannot start: a backup says what is wrong and
+    // how to repair it; the restore of the dump repairs it.
+    let _repair = EmptyDatabaseOnFailure;
+    break_the_user_database();
+    let root_arg = root.path().to_str().unwrap();
+    let err = fails(
+        &["backup", "--root", root_arg, "--services", "neo4j"],
+        &[],
+        1,
+    );
+    assert!(err.contains("database neo4j is offline"), "{err}");
+    assert!(
+        err.contains("restore a backup taken with --neo4j-method dump"),
+        "{err}"
+    );
+
     restore(&dir, &env);
     let neo = Neo::connect();
     assert_same("graphs", &graph_before, &neo.snapshot());
     assert_same("schemas", &schema_before, &neo.schema());
     neo.wipe();
+}
+
+/// Run an operator's lifecycle command (IT_NEO4J_STOP_CMD / START_CMD).
+fn lifecycle(variable: &str) {
+    let command = required_env(variable);
+    let out = Command::new("sh").args(["-c", &command]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{variable}: {command}\n{}",
+        text(&out)
+    );
+}
+
+/// Until disarmed, gives the server an empty user database again when
+/// dropped, so that a failing test leaves no database the next tests cannot
+/// use.
+struct EmptyDatabaseOnFailure;
+
+impl Drop for EmptyDatabaseOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        lifecycle("IT_NEO4J_STOP_CMD");
+        let data = Path::new(&required_env("IT_NEO4J_DATA")).to_path_buf();
+        for dir in ["databases/neo4j", "transactions/neo4j"] {
+            let _ = std::fs::remove_dir_all(data.join(dir));
+        }
+        lifecycle("IT_NEO4J_START_CMD");
+    }
+}
+
+/// What a kill -9 inside `neo4j-admin database load` leaves behind: a store
+/// the server cannot start. The server itself comes up (its system database
+/// answers); the user database stays offline.
+fn break_the_user_database() {
+    lifecycle("IT_NEO4J_STOP_CMD");
+    let store = Path::new(&required_env("IT_NEO4J_DATA")).join("databases/neo4j/neostore");
+    let mut bytes = std::fs::read(&store).unwrap();
+    bytes.iter_mut().take(4096).for_each(|b| *b = !*b);
+    std::fs::write(&store, bytes).unwrap();
+    lifecycle("IT_NEO4J_START_CMD");
 }
 
 #[test]
