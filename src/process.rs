@@ -357,6 +357,27 @@ pub fn run_feeding(
     step: &str,
     feed: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<String> {
+    feed_tool(cmd, service, step, false, feed)
+}
+
+/// Like [`run_feeding`], for a tool that reads only the start of its input
+/// (a header): its closing stdin early is no error when it succeeds.
+pub fn run_feeding_head(
+    cmd: &ToolCommand,
+    service: Service,
+    step: &str,
+    feed: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<String> {
+    feed_tool(cmd, service, step, true, feed)
+}
+
+fn feed_tool(
+    cmd: &ToolCommand,
+    service: Service,
+    step: &str,
+    reads_only_the_head: bool,
+    feed: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<String> {
     let mut running = cmd
         .spawn(Stdio::piped(), Stdio::null())
         .map_err(|e| spawn_failed(service, step, &cmd.program, e))?;
@@ -373,9 +394,12 @@ pub fn run_feeding(
     if !finished.status.success() {
         return finished.check(service, step);
     }
-    fed.map_err(|e| {
-        Error::failure(step, format!("feeding `{}`: {e}", cmd.program)).service(service)
-    })?;
+    match fed {
+        Err(e) if reads_only_the_head && e.kind() == io::ErrorKind::BrokenPipe => {}
+        fed => fed.map_err(|e| {
+            Error::failure(step, format!("feeding `{}`: {e}", cmd.program)).service(service)
+        })?,
+    }
     Ok(finished.stderr_tail)
 }
 

@@ -119,7 +119,8 @@ neo4j_database_status() {
 neo4j_wait_for_database() {
   local deadline=$((SECONDS + START_TIMEOUT)) status
   while ((SECONDS < deadline)); do
-    status="$(neo4j_database_status)"
+    # A slow answer (curl's 5 s) is asked again, not fatal under `set -e`.
+    status="$(neo4j_database_status || true)"
     case "$status" in
       online*) return 0 ;;
       "" | starting* | *' ""') sleep 1 ;;

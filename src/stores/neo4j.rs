@@ -50,6 +50,9 @@ const LOGICAL_VERSION: u32 = 1;
 /// Temporary label and index of earlier versions' restores: never counted or exported.
 const TEMP_LABEL: &str = "__ItbRestore";
 const TEMP_INDEX: &str = "itbackup_restore_id";
+/// How much of a dump `neo4j-admin database load --info` is given: its
+/// header is at the start.
+const DUMP_HEAD_BYTES: u64 = 1024 * 1024;
 /// Lines are sent to the writer in chunks of about this size.
 const CHUNK_BYTES: usize = 256 * 1024;
 /// The longest line of the logical format (one node or relationship with its
@@ -551,6 +554,31 @@ impl Neo4j {
         .await
     }
 
+    /// Whether this neo4j-admin reads the dump's format (its header: the
+    /// checksum already proved the file is the one backed up), asked while
+    /// the server still runs: a dump it cannot read is refused before the
+    /// server is stopped and the store overwritten.
+    async fn check_dump_readable(&self, artifact: &Path) -> Result<()> {
+        let cmd = self.admin().args([
+            "database",
+            "load",
+            "--info",
+            "--from-stdin",
+            self.settings.database.as_str(),
+        ]);
+        let source = artifact.to_path_buf();
+        super::blocking(SVC, move || {
+            let step = "check the dump (neo4j-admin database load --info)";
+            let input = artifact::open_buffered(&source).map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
+            // The header is at the start; the tool stops reading after it.
+            let mut head = std::io::Read::take(input, DUMP_HEAD_BYTES);
+            process::run_feeding_head(&cmd, SVC, step, |stdin| std::io::copy(&mut head, stdin).map(|_| ()))
+            .map(|_| ())
+            .map_err(|e| e.hint("this neo4j-admin cannot read the dump: nothing was changed and the server still runs. Restore it with neo4j-admin of the Neo4j version that wrote it (the manifest's server_version), or use a logical backup"))
+        })
+        .await
+    }
+
     async fn load_dump(&self, ctx: &RestoreContext<'_>) -> Result<()> {
         let cmd = self.admin().args([
             "database",
@@ -988,6 +1016,7 @@ impl Store for Neo4j {
                 "create constraints and indexes, wait for them, remove the temporary restore markers".into(),
             ],
             _ => vec![
+                format!("{} < {}: this neo4j-admin reads the dump, while the server runs", self.admin().args(["database", "load", "--info", "--from-stdin", self.settings.database.as_str()]), record.file),
                 format!("stop the server: {}", self.settings.stop_command.as_deref().unwrap_or("<not configured: the run will refuse>")),
                 format!("{} < {}", self.admin().args(["database", "load", self.settings.database.as_str(), "--from-stdin", "--overwrite-destination=true"]), record.file),
                 format!("start the server: {}; wait until Bolt answers", self.settings.start_command.as_deref().unwrap_or("<not configured>")),
@@ -997,7 +1026,7 @@ impl Store for Neo4j {
 
     async fn prepare_restore(
         &self,
-        _ctx: &RestoreContext<'_>,
+        ctx: &RestoreContext<'_>,
         record: &ArtifactRecord,
     ) -> Result<()> {
         if record.method == "logical" {
@@ -1011,7 +1040,8 @@ impl Store for Neo4j {
             &record.server_version,
             &version,
             "load the dump into Neo4j of that version or newer, or take a logical backup, which any version reads",
-        )
+        )?;
+        self.check_dump_readable(ctx.artifact).await
     }
 
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {

@@ -478,6 +478,26 @@ fn dump_round_trip_stops_and_starts_the_server_and_repairs_a_database_that_canno
     assert_same("graphs", &damaged, &Neo::connect().snapshot());
     set_version(&real_version);
 
+    // A dump this neo4j-admin cannot read (its checksum made to match) is
+    // refused while the server still runs, before the store is overwritten.
+    let dump = dir.join(file);
+    let original = std::fs::read(&dump).unwrap();
+    std::fs::write(
+        &dump,
+        b"not a Neo4j dump at all, though the manifest vouches for it",
+    )
+    .unwrap();
+    reseal(&dir, itbackup::service::Service::Neo4j, &dump);
+    let err = fails(&restore_args(&dir, None), &env, 1);
+    assert!(
+        err.contains("check the dump (neo4j-admin database load --info)"),
+        "{err}"
+    );
+    assert!(err.contains("the server still runs"), "{err}");
+    assert_same("graphs", &damaged, &Neo::connect().snapshot());
+    std::fs::write(&dump, original).unwrap();
+    reseal(&dir, itbackup::service::Service::Neo4j, &dump);
+
     // A database the server cannot start: a backup says what is wrong and
     // how to repair it; the restore of the dump repairs it.
     let _repair = EmptyDatabaseOnFailure;
