@@ -1,0 +1,153 @@
+//! The logical method: settings, mappings, templates, pipelines and every
+//! document as zstd-compressed NDJSON (format in `docs/opensearch-logical.md`).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::error::Result;
+
+use crate::stores::opensearch::SVC;
+
+mod bulk;
+mod check;
+mod definitions;
+mod export;
+mod limits;
+mod load;
+
+pub(crate) use bulk::bulk;
+pub(crate) use check::check_logical;
+
+const LOGICAL_FORMAT: &str = "itbackup-opensearch-ndjson";
+
+const LOGICAL_VERSION: u32 = 1;
+
+/// The longest line of the logical format: one record, which the export, the
+/// verification and the restore each hold whole. The export refuses a
+/// document that would make a longer line; the readers refuse such a line.
+const MAX_LINE: usize = 256 << 20;
+
+/// OpenSearch refuses longer document ids.
+const MAX_ID_BYTES: usize = 512;
+
+/// The largest `_bulk` entry (action line and source) that loading an export
+/// takes: no request can be smaller than the entry it carries.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LoadNeeds {
+    largest_entry: u64,
+    /// Where it is: line number, index and document id.
+    line: usize,
+    index: String,
+    id: String,
+}
+
+/// One line of the logical format. Fields not used by a line's type are absent.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Line {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    index: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    routing: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    docs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<u32>,
+}
+
+impl Line {
+    fn new(kind: &str) -> Self {
+        Line {
+            kind: kind.into(),
+            ..Default::default()
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec(self).expect("line serialises");
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// A `doc` line as the export writes it: `Line`'s document fields, borrowed
+/// from the search page instead of copied into a `Line`.
+#[derive(Serialize)]
+struct DocLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    index: &'a str,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routing: Option<&'a str>,
+    source: &'a RawValue,
+}
+
+/// The generation of the backing index `index` of data stream `stream`
+/// (`.ds-<stream>-000002` → 2).
+fn backing_generation(stream: &str, index: &str) -> Option<u64> {
+    index
+        .strip_prefix(&format!(".ds-{stream}-"))
+        .filter(|n| n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse().ok())
+}
+
+/// Each record of the export at `path` with its line number and its size
+/// in bytes; a line longer than [`MAX_LINE`] or that does not decode ends
+/// the reading with an error naming it.
+fn read_records(path: &Path, mut sink: impl FnMut(Result<(usize, usize, Line)>) -> bool) {
+    crate::ndjson::read_lines(path, SVC, MAX_LINE, |line| match line {
+        Ok((number, bytes)) => match serde_json::from_slice::<Line>(bytes) {
+            Ok(line) => sink(Ok((number, bytes.len(), line))),
+            Err(e) => {
+                sink(Err(crate::ndjson::damaged(
+                    path,
+                    SVC,
+                    number,
+                    e.to_string(),
+                )));
+                false
+            }
+        },
+        Err(e) => sink(Err(e)),
+    })
+}
+
+/// The action line of a document's `_bulk` entry: `action` (`index`, or
+/// `create` into a data stream) into `target`. Built by the loader and
+/// measured by the verification, so both see the same request sizes.
+fn bulk_action(action: &str, target: &str, id: Option<&str>, routing: Option<&str>) -> Vec<u8> {
+    let action = json!({action: {"_index": target, "_id": id, "routing": routing}});
+    serde_json::to_vec(&action).expect("serialises")
+}
+
+/// The size of a document's whole `_bulk` entry: action, source, newlines.
+fn bulk_entry_len(action: &[u8], source: &RawValue) -> u64 {
+    (action.len() + 1 + source.get().len() + 1) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backing_generations_are_read_from_their_names() {
+        assert_eq!(backing_generation("logs", ".ds-logs-000002"), Some(2));
+        assert_eq!(backing_generation("logs", ".ds-logs-x-000002"), None);
+        assert_eq!(backing_generation("logs", ".ds-logs-12"), None);
+    }
+}
