@@ -11,47 +11,38 @@
 //! Passwords reach the tools only through `PGPASSWORD` in their environment.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, BufRead, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::io::{BufWriter, Write};
+use std::path::Path;
 
 use async_trait::async_trait;
-use serde_json::json;
-use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
-use crate::artifact::{self, ArtifactWriter, HashingReader, PendingArtifact};
+use crate::artifact;
 use crate::cli::PostgresFormat;
 use crate::config::PostgresSettings;
 use crate::error::{io_error, Error, Result};
-use crate::manifest::{ArtifactRecord, Member};
+use crate::manifest::ArtifactRecord;
 use crate::process::{self, ToolCommand};
 use crate::service::Service;
 use crate::target::Target;
-use crate::timeout::Phase;
 
+mod connect;
+mod custom;
 mod drill;
+mod plain;
 mod replace;
+mod sql_file;
+
+use custom::{check_custom_archive, database_entries, extract_members, extracted_bytes};
+use plain::check_plain_trailer;
 
 use replace::WORK_DB;
 
 const SVC: Service = Service::Postgres;
-const GLOBALS_MEMBER: &str = "globals.sql";
-/// The last line pg_dumpall writes; a plain dump without it was cut short.
-const PLAIN_TRAILER: &str = "PostgreSQL database cluster dump complete";
 
 pub struct Postgres {
     settings: PostgresSettings,
     target: Target,
-}
-
-/// One database inside a custom-format backup.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct DatabaseEntry {
-    name: String,
-    member: String,
 }
 
 impl Postgres {
@@ -86,121 +77,6 @@ impl Postgres {
             cmd = cmd.secret_env("PGPASSWORD", password);
         }
         self.target.exec(SVC, cmd)
-    }
-
-    async fn connect(&self, database: &str, step: &str) -> Result<tokio_postgres::Client> {
-        let timeouts = self.settings.timeouts;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&self.settings.host)
-            .port(self.settings.port)
-            .user(&self.settings.user)
-            .dbname(database)
-            .application_name("itbackup")
-            .connect_timeout(timeouts.connect)
-            // A peer that vanishes (host down, network cut) is found by TCP
-            // keepalive and unacknowledged sends, not waited for for ever; a
-            // statement the server is still running is never cut (counting
-            // the rows of a large table can take minutes).
-            .keepalives(true)
-            .keepalives_idle(timeouts.idle.min(Duration::from_secs(60)))
-            .tcp_user_timeout(timeouts.idle);
-        if let Some(password) = &self.settings.password {
-            config.password(password.expose());
-        }
-        // A restore killed while `postgres` was renamed aside (see
-        // `replace`) leaves the cluster without it until the next restore,
-        // which must still be able to connect: like pg_dumpall and psql it
-        // falls back to template1, and then (a plain-format restore renames
-        // template1 aside too) to the killed run's work database.
-        let candidates = if database == "postgres" {
-            vec!["postgres", "template1", WORK_DB]
-        } else {
-            vec![database]
-        };
-        for (n, candidate) in candidates.iter().enumerate() {
-            config.dbname(*candidate);
-            let (client, connection) = match self.connect_within(&config, candidate, step).await? {
-                Ok(connected) => connected,
-                Err(e)
-                    if n + 1 < candidates.len()
-                        && e.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
-                {
-                    tracing::warn!("postgres: the database {candidate} does not exist (an interrupted restore?); trying {}", candidates[n + 1]);
-                    continue;
-                }
-                Err(e) => return Err(self.connect_error(candidate, step, e)),
-            };
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!("postgres connection closed: {e}");
-                }
-            });
-            return Ok(client);
-        }
-        unreachable!("the last candidate returns")
-    }
-
-    /// Connect with `config`, bounded by the connect timeout as a whole:
-    /// tokio-postgres' own connect_timeout covers only the TCP connection, so
-    /// a server that takes it and never answers the startup would hang. The
-    /// outer error is the timeout; the inner one is the server's answer.
-    async fn connect_within(
-        &self,
-        config: &tokio_postgres::Config,
-        database: &str,
-        step: &str,
-    ) -> Result<std::result::Result<Connected, tokio_postgres::Error>> {
-        let timeouts = self.settings.timeouts;
-        tokio::time::timeout(timeouts.connect, config.connect(NoTls))
-            .await
-            .map_err(|_| {
-                let endpoint = self.endpoint();
-                timeouts.error(
-                    Some(SVC),
-                    step,
-                    Phase::Connect,
-                    &format!("PostgreSQL at {endpoint}"),
-                    &format!(
-                        "cannot connect to {endpoint} (database {database}, user {}): ",
-                        self.settings.user
-                    ),
-                )
-            })
-    }
-
-    fn connect_error(&self, database: &str, step: &str, err: tokio_postgres::Error) -> Error {
-        let endpoint = self.endpoint();
-        let user = &self.settings.user;
-        let message =
-            format!("cannot connect to {endpoint} (database {database}, user {user}): {err}");
-        let text = format!("{err:?}");
-        let hint = match err.code() {
-            Some(code) if *code == SqlState::INVALID_PASSWORD => format!(
-                "password authentication failed for user {user}: check PGPASSWORD (the compose stack's POSTGRES_PASSWORD)"
-            ),
-            Some(code) if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => format!(
-                "the server refuses user {user} from this host: check PGUSER and the server's pg_hba.conf"
-            ),
-            Some(code) if *code == SqlState::INVALID_CATALOG_NAME => {
-                format!("database {database} does not exist on {endpoint}")
-            }
-            _ if text.contains("password missing") => {
-                "the server wants a password: set PGPASSWORD".to_string()
-            }
-            _ => format!(
-                "is PostgreSQL running and reachable at {endpoint}? check `docker compose ps` and PGHOST/PGPORT"
-            ),
-        };
-        Error::failure(step, message).service(SVC).hint(hint)
-    }
-
-    fn query_error(step: &str, err: tokio_postgres::Error) -> Error {
-        let detail = err
-            .as_db_error()
-            .map(|db| db.message().to_string())
-            .unwrap_or_else(|| err.to_string());
-        Error::failure(step, detail).service(SVC)
     }
 
     /// Non-template databases that accept connections, in name order, but for
@@ -396,168 +272,6 @@ impl Postgres {
         blocking(move || process::output(&cmd, SVC, "analyze (vacuumdb)").map(|_| ())).await
     }
 
-    // ---- custom format -------------------------------------------------
-
-    async fn backup_custom(
-        &self,
-        ctx: &BackupContext<'_>,
-        record: &mut ArtifactRecord,
-    ) -> Result<PendingArtifact> {
-        let file = format!("postgres_{}.tar", ctx.timestamp);
-        // Unique per process: a killed run's work directory is never written into again.
-        let work = ctx.dir.join(format!(
-            ".postgres_{}.{}.work",
-            ctx.timestamp,
-            std::process::id()
-        ));
-        let step = "backup";
-        artifact::create_private_dir(&work)
-            .map_err(|e| io_error(Some(SVC), step, work.display(), e))?;
-        let result = self.dump_databases(&work, record).await;
-        let packed = match result {
-            Ok(members) => {
-                let dir = ctx.dir.to_path_buf();
-                blocking(move || pack_tar(&dir, &file, &members)).await
-            }
-            Err(e) => Err(e),
-        };
-        let _ = fs::remove_dir_all(&work);
-        let (pending, members) = packed?;
-        record.members = members;
-        Ok(pending)
-    }
-
-    /// Dump globals and every database into `work`; returns (member name, file)
-    /// pairs in database order. Databases are dumped `jobs` at a time (each from
-    /// its own snapshot, as PostgreSQL has no snapshot across databases), the
-    /// globals beside them: a cluster of many databases is not dumped one by one.
-    async fn dump_databases(
-        &self,
-        work: &Path,
-        record: &mut ArtifactRecord,
-    ) -> Result<Vec<(String, PathBuf)>> {
-        use futures::stream::{StreamExt, TryStreamExt};
-        let globals = work.join(GLOBALS_MEMBER);
-        let cmd = self
-            .tool("pg_dumpall")
-            .args(["--globals-only", "--no-password"]);
-        let file = globals.clone();
-        let dump_globals = blocking(move || {
-            tool_output_to_file(&cmd, &file, "dump globals (pg_dumpall --globals-only)")
-        });
-
-        let admin = self.connect("postgres", "list databases").await?;
-        let databases = self.databases(&admin).await?;
-        drop(admin);
-        // `buffered` runs `jobs` dumps at once and yields them in database order.
-        let dump_all = futures::stream::iter(databases.into_iter().enumerate())
-            .map(|(index, database)| async move {
-                let path = work.join(format!("{index:03}.dump"));
-                let mut counts = BTreeMap::new();
-                self.dump_database(&database, &path, &mut counts).await?;
-                tracing::info!(database = %database, "postgres: dumped database");
-                Ok::<_, Error>((database, path, counts))
-            })
-            .buffered(self.settings.jobs)
-            .try_collect::<Vec<_>>();
-        let (globals_dumped, dumped) = tokio::join!(dump_globals, dump_all);
-        globals_dumped?;
-
-        let mut members = vec![(GLOBALS_MEMBER.to_string(), globals)];
-        let mut entries = Vec::new();
-        for (index, (name, path, counts)) in dumped?.into_iter().enumerate() {
-            let member = format!("databases/{index:03}.dump");
-            record.counts.extend(counts);
-            entries.push(DatabaseEntry {
-                name,
-                member: member.clone(),
-            });
-            members.push((member, path));
-        }
-        record.details.insert(
-            "databases".into(),
-            serde_json::to_value(&entries).expect("serialises"),
-        );
-        Ok(members)
-    }
-
-    /// Count and dump one database from the same exported snapshot.
-    async fn dump_database(
-        &self,
-        database: &str,
-        path: &Path,
-        counts: &mut BTreeMap<String, u64>,
-    ) -> Result<()> {
-        let step = format!("dump database {database}");
-        let mut client = self.connect(database, &step).await?;
-        let txn = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| Self::query_error(&step, e))?;
-        let snapshot: String = txn
-            .query_one("SELECT pg_export_snapshot()", &[])
-            .await
-            .map_err(|e| Self::query_error(&step, e))?
-            .get(0);
-        let cmd = self
-            .tool("pg_dump")
-            .args(["--format=custom", "--no-password"])
-            .arg(format!("--snapshot={snapshot}"))
-            .arg("-d")
-            .arg(conninfo_dbname(database));
-        let step_for_tool = step.clone();
-        let file = path.to_path_buf();
-        // pg_dump and the exact row counts read the same snapshot at the same
-        // time: the counts cost no extra wall time.
-        let dump = blocking(move || tool_output_to_file(&cmd, &file, &step_for_tool));
-        let count = Self::count_rows(&txn, database, counts);
-        let (dumped, counted) = tokio::join!(dump, count);
-        // The snapshot must stay alive until pg_dump has opened it; end it only now.
-        let _ = txn.commit().await;
-        dumped?;
-        counted
-    }
-
-    async fn restore_custom(
-        &self,
-        ctx: &RestoreContext<'_>,
-        record: &ArtifactRecord,
-    ) -> Result<()> {
-        let databases = database_entries(record)?;
-        let extracted = |member: &str, step: &str| {
-            let path = extracted_path(ctx.scratch, member);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(
-                    Error::failure(step, format!("{member} was not extracted from the archive"))
-                        .service(SVC),
-                )
-            }
-        };
-
-        let globals = extracted(GLOBALS_MEMBER, "restore globals")?;
-        let dumps = databases
-            .iter()
-            .map(|entry| Ok((entry.name.clone(), extracted(&entry.member, "restore")?)))
-            .collect::<Result<Vec<_>>>()?;
-        let names: Vec<String> = dumps.iter().map(|(name, _)| name.clone()).collect();
-        let replacement = self.begin_replacement(&names, ctx.scratch).await?;
-        let loaded = async {
-            self.restore_globals(&globals).await?;
-            for (name, dump) in &dumps {
-                self.load_database(name, dump).await?;
-                tracing::info!(database = %name, "postgres: restored database");
-            }
-            Ok(())
-        }
-        .await;
-        self.settle_replacement(replacement, loaded).await
-    }
-
     /// Keep what was loaded, or put everything back as it was.
     async fn settle_replacement(
         &self,
@@ -569,163 +283,7 @@ impl Postgres {
             Err(e) => Err(self.roll_back(replacement, e).await),
         }
     }
-
-    /// pg_restore of one database into a new database of its name, created
-    /// with its encoding, locale, owner, comment, settings and privileges
-    /// (`--create`); `None` for the dump file means it reads standard input
-    /// (compose mode: the file is on this side).
-    fn restore_database_command(&self, dump: Option<&Path>) -> ToolCommand {
-        let mut cmd = self
-            .tool("pg_restore")
-            .args(["--no-password", "--exit-on-error"]);
-        if dump.is_some() {
-            // Parallel jobs need a seekable file, which standard input is not.
-            cmd = cmd.arg(format!("--jobs={}", self.settings.jobs));
-        }
-        cmd = cmd.args(["--create", "-d"]).arg(conninfo_dbname(WORK_DB));
-        match dump {
-            Some(file) => cmd.arg(file),
-            None => cmd,
-        }
-    }
-
-    /// Load one database (set aside beforehand, so its name is free) and analyze it.
-    async fn load_database(&self, database: &str, dump: &Path) -> Result<()> {
-        let step = format!("restore database {database}");
-        let step_for_tool = step.clone();
-        let restored = if self.target.compose().is_some() {
-            let cmd = self.restore_database_command(None);
-            let file = dump.to_path_buf();
-            blocking(move || {
-                let mut input = artifact::open_regular(&file)
-                    .map_err(|e| io_error(Some(SVC), &step_for_tool, file.display(), e))?;
-                process::run_feeding(&cmd, SVC, &step_for_tool, |stdin| {
-                    io::copy(&mut input, stdin).map(|_| ())
-                })
-            })
-            .await
-        } else {
-            let cmd = self.restore_database_command(Some(dump));
-            blocking(move || process::output(&cmd, SVC, &step_for_tool)).await
-        };
-        restored.map_err(|e| {
-            e.hint("the dump does not load into this server (an extension, a role, a tablespace or a function body it needs is missing?): fix the cause pg_restore names and run the restore again")
-        })?;
-        self.analyze(database).await
-    }
-
-    /// Roles and tablespaces: re-created idempotently, existing roles updated in place.
-    async fn restore_globals(&self, globals: &Path) -> Result<()> {
-        // template1, never a database the restore replaces.
-        self.run_sql_file(globals, "template1", "restore globals (roles)", None)
-            .await
-    }
-
-    /// Run an SQL file from pg_dumpall with psql, roles made idempotent on
-    /// the way. With a `prelude` (statements of itbackup's own, sent first
-    /// as they are), prelude and file run as one transaction: all or nothing.
-    async fn run_sql_file(
-        &self,
-        file: &Path,
-        database: &str,
-        step: &'static str,
-        prelude: Option<String>,
-    ) -> Result<()> {
-        let current_user = self.settings.user.clone();
-        let source = file.to_path_buf();
-        let mut cmd =
-            self.tool("psql")
-                .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]);
-        if prelude.is_some() {
-            cmd = cmd.arg("--single-transaction");
-        }
-        let cmd = cmd.arg("-d").arg(conninfo_dbname(database));
-        blocking(move || {
-            let input = artifact::open_buffered(&source)
-                .map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
-            process::run_feeding(&cmd, SVC, step, |stdin| {
-                stdin.write_all(prelude.unwrap_or_default().as_bytes())?;
-                make_roles_idempotent(input, stdin, &current_user)
-            })
-        })
-        .await
-        .map(|_| ())
-    }
-
-    // ---- plain format ---------------------------------------------------
-
-    async fn backup_plain(
-        &self,
-        ctx: &BackupContext<'_>,
-        record: &mut ArtifactRecord,
-    ) -> Result<PendingArtifact> {
-        let admin = self.connect("postgres", "list databases").await?;
-        let databases = self.databases(&admin).await?;
-        drop(admin);
-        // pg_dumpall cannot share a snapshot with us: counts are taken just before.
-        for database in &databases {
-            let client = self.connect(database, "count rows").await?;
-            Self::count_rows(&client, database, &mut record.counts).await?;
-        }
-        record.details.insert("databases".into(), json!(databases));
-        record
-            .details
-            .insert("counts_consistent_with_dump".into(), json!(false));
-        let cmd = self
-            .tool("pg_dumpall")
-            .args(["--clean", "--if-exists", "--no-password"]);
-        let dir = ctx.dir.to_path_buf();
-        let file = format!("postgres_{}.sql", ctx.timestamp);
-        blocking(move || {
-            let step = "dump cluster (pg_dumpall)";
-            let mut writer = ArtifactWriter::create(&dir, &file)
-                .map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
-            let mut buffered = BufWriter::with_capacity(artifact::CHUNK, &mut writer);
-            process::run_with_output_into(&cmd, &mut buffered, SVC, step)?;
-            buffered
-                .flush()
-                .map_err(|e| io_error(Some(SVC), step, "flush", e))?;
-            drop(buffered);
-            writer
-                .finish()
-                .map_err(|e| io_error(Some(SVC), step, "finish", e))
-        })
-        .await
-    }
-
-    async fn restore_plain(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
-        let databases: Vec<String> = record
-            .details
-            .get("databases")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default();
-        // pg_dumpall --clean drops and re-creates template1 too.
-        let mut replaced = databases.clone();
-        if !replaced.iter().any(|d| d == "template1") {
-            replaced.push("template1".into());
-        }
-        let replacement = self.begin_replacement(&replaced, ctx.scratch).await?;
-        let loaded = async {
-            self.run_sql_file(ctx.artifact, WORK_DB, "restore cluster (psql)", None)
-                .await
-                .map_err(|e| {
-                    e.hint("the dump does not load into this server (an extension, a role, a tablespace or a function body it needs is missing?): fix the cause psql names and run the restore again")
-                })?;
-            for database in &databases {
-                self.analyze(database).await?;
-            }
-            Ok(())
-        }
-        .await;
-        self.settle_replacement(replacement, loaded).await
-    }
 }
-
-/// A client and the connection task that drives it.
-type Connected = (
-    tokio_postgres::Client,
-    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-);
 
 #[async_trait]
 impl Store for Postgres {
@@ -936,16 +494,6 @@ async fn blocking<T: Send + 'static>(
     super::blocking(SVC, work).await
 }
 
-fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEntry>> {
-    record
-        .details
-        .get("databases")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-        .ok_or_else(|| {
-            Error::failure("restore", "the manifest lists no databases for postgres").service(SVC)
-        })
-}
-
 /// `<database>/<schema>.<table>`: the key of a row count in the manifest.
 pub fn count_key(database: &str, schema: &str, table: &str) -> String {
     format!("{database}/{schema}.{table}")
@@ -972,153 +520,6 @@ fn parse_major(version_output: &str) -> Option<u32> {
         .and_then(|major| major.parse().ok())
 }
 
-/// Pack the dumped files into one tar artifact, hashing every member on the way.
-fn pack_tar(
-    dir: &Path,
-    file: &str,
-    members: &[(String, PathBuf)],
-) -> Result<(PendingArtifact, Vec<Member>)> {
-    let step = "pack archive";
-    let io = |e: io::Error| io_error(Some(SVC), step, dir.join(file).display(), e);
-    let writer = ArtifactWriter::create(dir, file).map_err(io)?;
-    let mut builder = tar::Builder::new(BufWriter::with_capacity(artifact::CHUNK, writer));
-    let mtime = jiff::Timestamp::now().as_second().max(0) as u64;
-    let mut recorded = Vec::new();
-    for (name, path) in members {
-        let source = File::open(path).map_err(io)?;
-        let size = source.metadata().map_err(io)?.len();
-        let mut header = tar::Header::new_gnu();
-        header.set_size(size);
-        header.set_mode(0o600);
-        header.set_mtime(mtime);
-        header.set_entry_type(tar::EntryType::Regular);
-        let mut reader = HashingReader::new(source);
-        builder
-            .append_data(&mut header, name, &mut reader)
-            .map_err(io)?;
-        let digest = reader.digest();
-        if digest.bytes != size {
-            return Err(
-                Error::failure(step, format!("{name} changed while it was packed")).service(SVC),
-            );
-        }
-        recorded.push(Member {
-            name: name.clone(),
-            bytes: digest.bytes,
-            sha256: digest.sha256,
-        });
-    }
-    let buffered = builder.into_inner().map_err(io)?;
-    let writer = buffered.into_inner().map_err(|e| io(e.into_error()))?;
-    Ok((writer.finish().map_err(io)?, recorded))
-}
-
-/// Walk the archive, checking that it holds exactly the recorded members with
-/// their checksums, and hand each member to `visit` as a stream.
-fn walk_members(
-    archive: &Path,
-    members: &[Member],
-    step: &str,
-    mut visit: impl FnMut(&Member, &mut dyn Read) -> Result<()>,
-) -> Result<()> {
-    let file = artifact::open_buffered(archive)
-        .map_err(|e| io_error(Some(SVC), step, archive.display(), e))?;
-    let mut tar = tar::Archive::new(file);
-    let entries = tar.entries().map_err(|e| truncated(step, archive, e))?;
-    let mut seen = 0;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| truncated(step, archive, e))?;
-        // As for OpenSearch archives: a member that climbs out, is absolute
-        // or is no plain file is refused, never renamed into place.
-        if let Some(reason) = crate::archive::refuse(&entry) {
-            return Err(Error::failure(
-                step,
-                format!("{}: unsafe member {reason}", archive.display()),
-            )
-            .service(SVC)
-            .hint("the archive was not written by itbackup or was altered; nothing was extracted; use another backup"));
-        }
-        let name = entry
-            .path()
-            .map_err(|e| truncated(step, archive, e))?
-            .to_string_lossy()
-            .into_owned();
-        let member = members.iter().find(|m| m.name == name).ok_or_else(|| {
-            Error::failure(
-                step,
-                format!("{}: unexpected member '{name}'", archive.display()),
-            )
-            .service(SVC)
-            .hint("the archive does not belong to this manifest")
-        })?;
-        let mut reader = HashingReader::new(&mut entry);
-        visit(member, &mut reader)?;
-        io::copy(&mut reader, &mut io::sink()).map_err(|e| truncated(step, archive, e))?;
-        let digest = reader.digest();
-        if digest.bytes != member.bytes || digest.sha256 != member.sha256 {
-            return Err(Error::failure(
-                step,
-                format!(
-                    "{}: member {name} does not match its checksum",
-                    archive.display()
-                ),
-            )
-            .service(SVC)
-            .hint("the artifact is damaged; use another backup"));
-        }
-        seen += 1;
-    }
-    if seen != members.len() {
-        return Err(Error::failure(
-            step,
-            format!(
-                "{}: {} of {} members present",
-                archive.display(),
-                seen,
-                members.len()
-            ),
-        )
-        .service(SVC)
-        .hint("the artifact is truncated; use another backup"));
-    }
-    Ok(())
-}
-
-fn truncated(step: &str, archive: &Path, err: io::Error) -> Error {
-    Error::failure(
-        step,
-        format!(
-            "{} cannot be read as a tar archive: {}",
-            archive.display(),
-            crate::archive::without_content(err)
-        ),
-    )
-    .service(SVC)
-    .hint("the artifact is truncated or damaged; use another backup")
-}
-
-/// Full decode: every member re-hashed, every database dump read through
-/// `pg_restore` (which decompresses all table data) without touching a server.
-fn check_custom_archive(
-    archive: &Path,
-    members: &[Member],
-    pg_restore: &ToolCommand,
-) -> Result<()> {
-    let step = "verify archive";
-    walk_members(archive, members, step, |member, reader| {
-        if !member.name.ends_with(".dump") {
-            return Ok(());
-        }
-        let cmd = pg_restore.clone().args(["-f", "/dev/null"]);
-        let step = format!("decode {} with pg_restore", member.name);
-        process::run_feeding(&cmd, SVC, &step, |stdin| {
-            io::copy(reader, stdin).map(|_| ())
-        })
-        .map_err(|e| e.hint("the dump is damaged; use another backup"))?;
-        Ok(())
-    })
-}
-
 /// Run a tool and write its standard output into `path` (created 0600).
 fn tool_output_to_file(cmd: &ToolCommand, path: &Path, step: &str) -> Result<()> {
     let mut file = artifact::create_private_file(path)
@@ -1131,119 +532,6 @@ fn tool_output_to_file(cmd: &ToolCommand, path: &Path, step: &str) -> Result<()>
     drop(buffered);
     file.sync_all()
         .map_err(|e| io_error(Some(SVC), step, path.display(), e))
-}
-
-/// What [`extract_members`] writes into the scratch directory.
-fn extracted_bytes(record: &ArtifactRecord) -> u64 {
-    record.members.iter().map(|m| m.bytes).sum()
-}
-
-/// Where [`extract_members`] puts a member: by the manifest's name, never
-/// by the archive's own paths.
-fn extracted_path(scratch: &Path, member: &str) -> PathBuf {
-    scratch.join(member.replace('/', "_"))
-}
-
-/// Extract the recorded members into `scratch`.
-fn extract_members(archive: &Path, members: &[Member], scratch: &Path) -> Result<()> {
-    let step = "extract archive";
-    walk_members(archive, members, step, |member, reader| {
-        let path = extracted_path(scratch, &member.name);
-        let mut out = artifact::create_private_file(&path)
-            .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
-        io::copy(reader, &mut out).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
-        Ok(())
-    })
-}
-
-/// A plain dump is complete only when it ends with pg_dumpall's closing comment.
-fn check_plain_trailer(path: &Path) -> Result<()> {
-    let step = "verify dump";
-    let mut file =
-        artifact::open_regular(path).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(4096);
-    let mut tail = String::new();
-    file.seek(SeekFrom::Start(start))
-        .and_then(|_| file.read_to_string(&mut tail).map(|_| ()))
-        .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
-    if tail.contains(PLAIN_TRAILER) {
-        Ok(())
-    } else {
-        Err(Error::failure(
-            step,
-            format!(
-                "{} does not end with pg_dumpall's closing line",
-                path.display()
-            ),
-        )
-        .service(SVC)
-        .hint("the dump is truncated; use another backup"))
-    }
-}
-
-/// Make `pg_dumpall` output runnable against a cluster that already has the
-/// roles, streaming line by line (COPY data passes untouched):
-/// * `CREATE ROLE x;` only when x is missing;
-/// * no role is ever dropped: the bootstrap superuser cannot be, the
-///   connecting role must not be (the restore goes on connecting as it), and
-///   any role may own objects in databases the backup does not hold;
-/// * the connecting role is not altered either (its password!);
-/// * `DROP DATABASE x;` (template1, postgres) becomes `DROP DATABASE IF
-///   EXISTS x;`: the restore has renamed them aside (see [`replace`]).
-fn make_roles_idempotent(
-    input: impl BufRead,
-    out: &mut dyn Write,
-    current_user: &str,
-) -> io::Result<()> {
-    let me = pg_ident(current_user);
-    let own_alter = format!("ALTER ROLE {me} WITH ");
-    let mut in_copy = false;
-    for line in input.split(b'\n') {
-        let line = line?;
-        if in_copy {
-            in_copy = line != b"\\.";
-            out.write_all(&line)?;
-            out.write_all(b"\n")?;
-            continue;
-        }
-        let text = String::from_utf8_lossy(&line);
-        if text.starts_with("COPY ") && text.ends_with("FROM stdin;") {
-            in_copy = true;
-        }
-        if let Some(role) = text
-            .strip_prefix("CREATE ROLE ")
-            .and_then(|r| r.strip_suffix(';'))
-        {
-            writeln!(out, "DO $itbackup$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $itbackup$;")?;
-        } else if let Some(role) = text.strip_prefix("DROP ROLE ") {
-            writeln!(out, "-- itbackup: roles are never dropped: {role}")?;
-        } else if text.starts_with(&own_alter) {
-            writeln!(out, "-- itbackup: kept the connecting role {me} as it is")?;
-        } else if let Some(database) = text
-            .strip_prefix("DROP DATABASE ")
-            .filter(|rest| !rest.starts_with("IF EXISTS "))
-        {
-            writeln!(out, "DROP DATABASE IF EXISTS {database}")?;
-        } else {
-            out.write_all(&line)?;
-            out.write_all(b"\n")?;
-        }
-    }
-    Ok(())
-}
-
-/// An identifier as pg_dumpall prints it: bare when it is a plain lower-case name.
-fn pg_ident(name: &str) -> String {
-    let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        name.to_string()
-    } else {
-        quote_ident(name)
-    }
 }
 
 #[cfg(test)]
@@ -1263,35 +551,5 @@ mod tests {
     #[test]
     fn conninfo_escapes_quotes() {
         assert_eq!(conninfo_dbname("a'b\\c"), "dbname='a\\'b\\\\c'");
-    }
-
-    #[test]
-    fn roles_become_idempotent_and_the_connecting_role_is_spared() {
-        let input = "DROP ROLE IF EXISTS postgres;\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN PASSWORD 'x';\nCREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER PASSWORD 'SCRAM';\nCOPY t (a) FROM stdin;\nCREATE ROLE data;\n\\.\n";
-        let mut out = Vec::new();
-        make_roles_idempotent(input.as_bytes(), &mut out, "postgres").unwrap();
-        let out = String::from_utf8(out).unwrap();
-        assert!(out.contains("BEGIN CREATE ROLE app; EXCEPTION WHEN duplicate_object"));
-        assert!(out.contains("ALTER ROLE app WITH LOGIN PASSWORD 'x';"));
-        assert!(!out.contains("SCRAM") && !out.contains("DROP ROLE IF EXISTS postgres"));
-        assert!(
-            out.contains("\nCREATE ROLE data;\n\\.\n"),
-            "COPY data is left alone: {out}"
-        );
-    }
-
-    #[test]
-    fn no_role_is_dropped_and_databases_are_dropped_only_if_they_exist() {
-        let input = "DROP DATABASE IF EXISTS app;\nDROP ROLE IF EXISTS postgres;\nDROP ROLE IF EXISTS admin;\nDROP ROLE app;\nDROP DATABASE template1;\nDROP DATABASE postgres;\n";
-        let mut out = Vec::new();
-        make_roles_idempotent(input.as_bytes(), &mut out, "admin").unwrap();
-        let out = String::from_utf8(out).unwrap();
-        assert!(!out.lines().any(|l| l.starts_with("DROP ROLE")), "{out}");
-        assert!(out.contains("DROP DATABASE IF EXISTS app;\n"), "{out}");
-        assert!(
-            out.contains("DROP DATABASE IF EXISTS template1;\n"),
-            "{out}"
-        );
-        assert!(out.contains("DROP DATABASE IF EXISTS postgres;\n"), "{out}");
     }
 }
