@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::{Cli, MethodArgs, Neo4jMethod, OpenSearchMethod, PostgresFormat};
+use crate::cli::{Cli, MethodArgs, Neo4jMethod};
 use crate::error::{Error, Result};
 use crate::service::Service;
+use crate::stores::opensearch::OpenSearchMethod;
+use crate::stores::postgres::PostgresFormat;
 use crate::target::{Compose, Target};
 use crate::timeout::{self, Timeouts};
 

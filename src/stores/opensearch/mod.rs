@@ -26,10 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
-use crate::archive;
-use crate::cli::OpenSearchMethod;
 use crate::config::OpenSearchSettings;
-use crate::error::{io_error, Error, Result};
+use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::mask_userinfo;
 use crate::service::Service;
@@ -50,6 +48,47 @@ const SVC: Service = Service::Opensearch;
 const UNPACKED_BYTES: &str = "unpacked_bytes";
 /// Manifest detail: the data streams backed up ([`StreamInfo`]).
 const DATA_STREAMS: &str = "data_streams";
+
+/// How an OpenSearch backup is taken: the `method` of its manifest record,
+/// and the `--opensearch-method` / `[opensearch] method` setting.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenSearchMethod {
+    /// [`snapshot`]: the snapshot API into `path.repo`, packed as a tar.
+    Snapshot,
+    /// [`logical`]: definitions and documents over HTTP, as NDJSON.
+    Logical,
+}
+
+impl OpenSearchMethod {
+    pub const ALL: [OpenSearchMethod; 2] = [OpenSearchMethod::Snapshot, OpenSearchMethod::Logical];
+
+    /// The name the manifest records for an artifact of this method.
+    pub fn manifest_name(self) -> &'static str {
+        match self {
+            OpenSearchMethod::Snapshot => "snapshot",
+            OpenSearchMethod::Logical => "logical",
+        }
+    }
+
+    /// The method of an artifact, from its manifest record: the one place
+    /// where a method's name is read. Everything after it matches on the enum.
+    pub fn of(record: &ArtifactRecord) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|method| method.manifest_name() == record.method)
+            .ok_or_else(|| {
+                Error::failure(
+                    "verify",
+                    format!("unknown OpenSearch method '{}'", record.method),
+                )
+                .service(SVC)
+            })
+    }
+}
+
 pub struct OpenSearch {
     settings: OpenSearchSettings,
     target: Target,
@@ -335,25 +374,21 @@ impl Store for OpenSearch {
             .indices
             .as_deref()
             .unwrap_or("every open index and data stream; closed, hidden and dot-prefixed indices are named in the manifest as left out");
-        let url = mask_userinfo(&self.settings.url);
-        let snapshot = vec![
-            format!("PUT {url}/_snapshot/itbackup-<ts>  (fs repository under path.repo)"),
-            format!("PUT {url}/_snapshot/itbackup-<ts>/snapshot  (indices: {indices}, with global state), polled until it ends"),
-            format!("pack the repository into {}/opensearch_{}.{}", ctx.dir.display(), ctx.timestamp, self.settings.snapshot_compression.extension()),
-            "unregister the repository and remove its files".into(),
-        ];
-        let logical = vec![
-            format!("GET {url}/_component_template, _index_template, _template, _ingest/pipeline"),
-            format!("for each index ({indices}): GET settings, mappings, aliases; documents through point-in-time search in parallel slices"),
-            format!("write {}/opensearch_{}.ndjson.zst", ctx.dir.display(), ctx.timestamp),
-        ];
         match self.settings.method {
-            Some(OpenSearchMethod::Snapshot) => snapshot,
-            Some(OpenSearchMethod::Logical) => logical,
+            Some(OpenSearchMethod::Snapshot) => self.plan_snapshot_backup(ctx, indices),
+            Some(OpenSearchMethod::Logical) => self.plan_logical_backup(ctx, indices),
             None => {
                 let mut plan = vec!["method: snapshot when path.repo is configured and reachable from here, else logical".to_string()];
-                plan.extend(snapshot.into_iter().map(|s| format!("snapshot: {s}")));
-                plan.extend(logical.into_iter().map(|s| format!("logical: {s}")));
+                plan.extend(
+                    self.plan_snapshot_backup(ctx, indices)
+                        .into_iter()
+                        .map(|s| format!("snapshot: {s}")),
+                );
+                plan.extend(
+                    self.plan_logical_backup(ctx, indices)
+                        .into_iter()
+                        .map(|s| format!("logical: {s}")),
+                );
                 plan
             }
         }
@@ -381,15 +416,14 @@ impl Store for OpenSearch {
                 .details
                 .insert("left_out".into(), json!(selection.left_out));
         }
+        record.method = method.manifest_name().into();
         let indices = &selection;
         let artifact = match method {
             OpenSearchMethod::Snapshot => {
-                record.method = "snapshot".into();
                 record.format = self.settings.snapshot_compression.extension().into();
                 self.backup_snapshot(ctx, indices, &mut record).await?
             }
             OpenSearchMethod::Logical => {
-                record.method = "logical".into();
                 record.format = "ndjson.zst".into();
                 self.backup_logical(ctx, indices, &mut record).await?
             }
@@ -398,58 +432,17 @@ impl Store for OpenSearch {
     }
 
     async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
-        let path = artifact.to_path_buf();
-        match record.method.as_str() {
-            "snapshot" => {
-                let compression = snapshot::snapshot_compression(record)?;
-                super::blocking(SVC, move || {
-                    let reader = archive::open(&path, compression).map_err(|e| io_error(Some(SVC), "verify snapshot", path.display(), e))?;
-                    archive::check(reader).map(|_| ()).map_err(|e| {
-                        Error::failure("verify snapshot", format!("{} is not a sound archive: {e}", path.display()))
-                            .service(SVC)
-                            .hint("the artifact is truncated, damaged or unsafe (paths outside the archive); nothing was extracted; use another backup")
-                    })
-                })
-                .await
-            }
-            "logical" => {
-                let record = record.clone();
-                let key = path.clone();
-                let needs =
-                    super::blocking(SVC, move || logical::check_logical(&path, &record)).await?;
-                if let Ok(mut known) = self.needs.lock() {
-                    known.insert(key, needs);
-                }
-                Ok(())
-            }
-            other => Err(
-                Error::failure("verify", format!("unknown OpenSearch method '{other}'"))
-                    .service(SVC),
-            ),
+        match OpenSearchMethod::of(record)? {
+            OpenSearchMethod::Snapshot => snapshot::check_snapshot(artifact, record).await,
+            OpenSearchMethod::Logical => self.check_logical_export(artifact, record).await,
         }
     }
 
     fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String> {
-        let url = mask_userinfo(&self.settings.url);
-        let indices: Vec<String> = record.counts.keys().cloned().collect();
-        match record.method.as_str() {
-            "snapshot" => vec![
-                format!(
-                    "check cluster health, path.repo and its free space (needs {}) before any store is changed",
-                    record.details.get(UNPACKED_BYTES).and_then(|v| v.as_u64()).map_or("the artifact's size".to_string(), crate::report::size)
-                ),
-                format!("unpack {} under path.repo and register it read-only", record.file),
-                format!("DELETE {url}/<index> for each index being replaced: {}", indices.join(", ")),
-                format!("POST {url}/_snapshot/<repo>/snapshot/_restore (with global state and aliases)"),
-                "wait until every restored index is at least yellow; unregister and remove the repository".into(),
-            ],
-            _ => vec![
-                format!("on a cluster of another major.minor than {}: create each index definition once under a temporary name and remove it, before any change", record.server_version),
-                "PUT templates and ingest pipelines".into(),
-                format!("for each index ({}): DELETE, create with its settings (replicas 0, refresh off), _bulk load, put settings back, refresh, aliases", indices.join(", ")),
-                "a data stream: DELETE it, PUT _data_stream/<name>, roll over to each backing index and _bulk create its documents through the stream".into(),
-                "wait until every restored index is at least yellow".into(),
-            ],
+        match OpenSearchMethod::of(record) {
+            Ok(OpenSearchMethod::Snapshot) => self.plan_snapshot_restore(record),
+            Ok(OpenSearchMethod::Logical) => self.plan_logical_restore(record),
+            Err(e) => vec![e.message],
         }
     }
 
@@ -459,45 +452,19 @@ impl Store for OpenSearch {
         record: &ArtifactRecord,
     ) -> Result<()> {
         self.health("cluster health").await?;
-        if record.method != "snapshot" {
-            self.check_load_limits(ctx, record).await?;
-            return self.check_index_definitions(ctx, record).await;
+        match OpenSearchMethod::of(record)? {
+            OpenSearchMethod::Snapshot => self.prepare_snapshot_restore(ctx, record).await,
+            OpenSearchMethod::Logical => self.prepare_logical_restore(ctx, record).await,
         }
-        super::refuse_newer_backup(
-            SVC,
-            2,
-            &record.server_version,
-            &self.version().await?,
-            "restore the snapshot into a cluster of that version or newer, or take a logical backup (--opensearch-method logical) where it came from",
-        )?;
-        let repo_root = self.restore_repository_root().await?;
-        if self.target.compose().is_some() {
-            // path.repo is inside the container; its unpack reports a full disk itself.
-            return Ok(());
-        }
-        // Backups made before the size was recorded: the artifact's own size,
-        // which the unpacked snapshot (already compressed segments) is not below.
-        let needed = match record.details.get(UNPACKED_BYTES).and_then(|v| v.as_u64()) {
-            Some(bytes) => bytes,
-            None => std::fs::metadata(ctx.artifact)
-                .map_err(|e| io_error(Some(SVC), "restore snapshot", ctx.artifact.display(), e))?
-                .len(),
-        };
-        crate::error::require_free_space(
-            Some(SVC),
-            "restore snapshot",
-            &repo_root,
-            needed,
-            "unpacking the snapshot under path.repo",
-        )
     }
 
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
+        let method = OpenSearchMethod::of(record)?;
         self.health("cluster health").await?;
         self.remove_dead_runs_repositories().await;
-        match record.method.as_str() {
-            "snapshot" => self.restore_snapshot(ctx, record).await?,
-            _ => self.restore_logical(ctx).await?,
+        match method {
+            OpenSearchMethod::Snapshot => self.restore_snapshot(ctx, record).await?,
+            OpenSearchMethod::Logical => self.restore_logical(ctx).await?,
         }
         // Again: a killed run's snapshot restore still running in the
         // cluster kept its repository in use at the start; replacing the

@@ -14,12 +14,97 @@ use crate::artifact::PendingArtifact;
 use crate::config::ArchiveCompression;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
-use crate::process::{self, ToolCommand};
+use crate::process::{self, mask_userinfo, ToolCommand};
 use crate::stores::{BackupContext, RestoreContext};
 use crate::target::Target;
 
 use super::leftovers;
 use super::{OpenSearch, Selection, SVC, UNPACKED_BYTES};
+
+impl OpenSearch {
+    /// The steps a snapshot backup runs, for `--dry-run`.
+    pub(super) fn plan_snapshot_backup(
+        &self,
+        ctx: &BackupContext<'_>,
+        indices: &str,
+    ) -> Vec<String> {
+        let url = mask_userinfo(&self.settings.url);
+        vec![
+            format!("PUT {url}/_snapshot/itbackup-<ts>  (fs repository under path.repo)"),
+            format!("PUT {url}/_snapshot/itbackup-<ts>/snapshot  (indices: {indices}, with global state), polled until it ends"),
+            format!("pack the repository into {}/opensearch_{}.{}", ctx.dir.display(), ctx.timestamp, self.settings.snapshot_compression.extension()),
+            "unregister the repository and remove its files".into(),
+        ]
+    }
+
+    /// The steps a snapshot restore runs, for `--dry-run`.
+    pub(super) fn plan_snapshot_restore(&self, record: &ArtifactRecord) -> Vec<String> {
+        let url = mask_userinfo(&self.settings.url);
+        let indices: Vec<String> = record.counts.keys().cloned().collect();
+        vec![
+            format!(
+                "check cluster health, path.repo and its free space (needs {}) before any store is changed",
+                record.details.get(UNPACKED_BYTES).and_then(|v| v.as_u64()).map_or("the artifact's size".to_string(), crate::report::size)
+            ),
+            format!("unpack {} under path.repo and register it read-only", record.file),
+            format!("DELETE {url}/<index> for each index being replaced: {}", indices.join(", ")),
+            format!("POST {url}/_snapshot/<repo>/snapshot/_restore (with global state and aliases)"),
+            "wait until every restored index is at least yellow; unregister and remove the repository".into(),
+        ]
+    }
+
+    /// Before any store changes: the server's version, `path.repo` and its
+    /// free space for the unpacked snapshot.
+    pub(super) async fn prepare_snapshot_restore(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        crate::stores::refuse_newer_backup(
+            SVC,
+            2,
+            &record.server_version,
+            &self.version().await?,
+            "restore the snapshot into a cluster of that version or newer, or take a logical backup (--opensearch-method logical) where it came from",
+        )?;
+        let repo_root = self.restore_repository_root().await?;
+        if self.target.compose().is_some() {
+            // path.repo is inside the container; its unpack reports a full disk itself.
+            return Ok(());
+        }
+        // Backups made before the size was recorded: the artifact's own size,
+        // which the unpacked snapshot (already compressed segments) is not below.
+        let needed = match record.details.get(UNPACKED_BYTES).and_then(|v| v.as_u64()) {
+            Some(bytes) => bytes,
+            None => std::fs::metadata(ctx.artifact)
+                .map_err(|e| io_error(Some(SVC), "restore snapshot", ctx.artifact.display(), e))?
+                .len(),
+        };
+        crate::error::require_free_space(
+            Some(SVC),
+            "restore snapshot",
+            &repo_root,
+            needed,
+            "unpacking the snapshot under path.repo",
+        )
+    }
+}
+
+/// Offline check of a snapshot artifact: the archive read end to end, every
+/// entry safe to unpack; touches no server.
+pub(super) async fn check_snapshot(artifact: &Path, record: &ArtifactRecord) -> Result<()> {
+    let path = artifact.to_path_buf();
+    let compression = snapshot_compression(record)?;
+    crate::stores::blocking(SVC, move || {
+        let reader = archive::open(&path, compression).map_err(|e| io_error(Some(SVC), "verify snapshot", path.display(), e))?;
+        archive::check(reader).map(|_| ()).map_err(|e| {
+            Error::failure("verify snapshot", format!("{} is not a sound archive: {e}", path.display()))
+                .service(SVC)
+                .hint("the artifact is truncated, damaged or unsafe (paths outside the archive); nothing was extracted; use another backup")
+        })
+    })
+    .await
+}
 
 impl OpenSearch {
     /// Wait for the snapshot `repo`/snapshot to end, polling (a snapshot of
@@ -408,7 +493,7 @@ fn record_stable_counts(
     }
 }
 
-pub(super) fn snapshot_compression(record: &ArtifactRecord) -> Result<ArchiveCompression> {
+fn snapshot_compression(record: &ArtifactRecord) -> Result<ArchiveCompression> {
     ArchiveCompression::from_file_name(&record.file).ok_or_else(|| {
         Error::failure(
             "restore snapshot",

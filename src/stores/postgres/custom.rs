@@ -14,18 +14,104 @@ use crate::process::{self, ToolCommand};
 use crate::stores::{BackupContext, RestoreContext};
 
 use super::replace::WORK_DB;
-use super::{blocking, conninfo_dbname, tool_output_to_file, Postgres, SVC};
+use super::{
+    blocking, conninfo_dbname, set_aside_step, tool_output_to_file, Postgres, SETTLE_STEP, SVC,
+};
 
 const GLOBALS_MEMBER: &str = "globals.sql";
 
 /// One database inside a custom-format backup.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(super) struct DatabaseEntry {
-    pub(super) name: String,
-    pub(super) member: String,
+struct DatabaseEntry {
+    name: String,
+    member: String,
 }
 
 impl Postgres {
+    /// The steps a custom-format backup runs, for `--dry-run`.
+    pub(super) fn plan_custom_backup(&self, ctx: &BackupContext<'_>) -> Vec<String> {
+        vec![
+            format!("connect to {} as {} and list the databases", self.endpoint(), self.settings.user),
+            self.tool("pg_dumpall").args(["--globals-only", "--no-password"]).to_string() + " > globals.sql",
+            format!(
+                "for each database, {} at a time: open a repeatable-read snapshot, count the rows of every table while",
+                self.settings.jobs
+            ),
+            self.tool("pg_dump")
+                .args(["--format=custom", "--no-password", "--snapshot=<snapshot>", "-d", "dbname='<database>'"])
+                .to_string(),
+            format!("pack globals.sql and the dumps into {}/postgres_{}.tar", ctx.dir.display(), ctx.timestamp),
+        ]
+    }
+
+    /// Offline check: every member re-hashed, every dump decoded by pg_restore
+    /// ([`check_custom_archive`]); touches no server.
+    pub(super) async fn check_custom(
+        &self,
+        artifact: &Path,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let path = artifact.to_path_buf();
+        let members = record.members.clone();
+        let pg_restore = self.tool("pg_restore");
+        blocking(move || check_custom_archive(&path, &members, &pg_restore)).await
+    }
+
+    /// The steps a custom-format restore runs, for `--dry-run`.
+    pub(super) fn plan_custom_restore(&self, record: &ArtifactRecord) -> Vec<String> {
+        let mut plan = vec![
+            format!(
+                "extract {} into a private scratch directory under the backup root (needs {} free: checked, like every store's, before any store is changed)",
+                record.file,
+                crate::report::size(extracted_bytes(record))
+            ),
+            format!(
+                "{} -f globals.idempotent.sql  (roles: created if missing, else altered)",
+                self.tool("psql")
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            ),
+        ];
+        let entries = database_entries(record).unwrap_or_default();
+        let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+        plan.push(set_aside_step(&names));
+        for entry in &entries {
+            plan.push(format!(
+                "{}   (database {})",
+                self.restore_database_command(Some(Path::new(&entry.member))),
+                entry.name
+            ));
+            plan.push(format!(
+                "vacuumdb --analyze-only --jobs={} on database {}",
+                self.settings.jobs.max(1),
+                entry.name
+            ));
+        }
+        plan.push(SETTLE_STEP.into());
+        plan
+    }
+
+    /// Before any store changes: the dumps extracted into the scratch
+    /// directory (pg_restore -j needs each dump as a file of its own), after
+    /// checking it has room for them.
+    pub(super) async fn prepare_custom_restore(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let step = "extract archive";
+        let needed = extracted_bytes(record);
+        crate::error::require_free_space(
+            Some(SVC),
+            step,
+            ctx.scratch,
+            needed,
+            "extracting the dumps",
+        )?;
+        let artifact = ctx.artifact.to_path_buf();
+        let scratch = ctx.scratch.to_path_buf();
+        let members = record.members.clone();
+        blocking(move || extract_members(&artifact, &members, &scratch)).await
+    }
     pub(super) async fn backup_custom(
         &self,
         ctx: &BackupContext<'_>,
@@ -238,7 +324,7 @@ impl Postgres {
     }
 }
 
-pub(super) fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEntry>> {
+fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEntry>> {
     record
         .details
         .get("databases")
@@ -375,7 +461,7 @@ fn truncated(step: &str, archive: &Path, err: io::Error) -> Error {
 
 /// Full decode: every member re-hashed, every database dump read through
 /// `pg_restore` (which decompresses all table data) without touching a server.
-pub(super) fn check_custom_archive(
+fn check_custom_archive(
     archive: &Path,
     members: &[Member],
     pg_restore: &ToolCommand,
@@ -396,7 +482,7 @@ pub(super) fn check_custom_archive(
 }
 
 /// What [`extract_members`] writes into the scratch directory.
-pub(super) fn extracted_bytes(record: &ArtifactRecord) -> u64 {
+fn extracted_bytes(record: &ArtifactRecord) -> u64 {
     record.members.iter().map(|m| m.bytes).sum()
 }
 
@@ -407,7 +493,7 @@ fn extracted_path(scratch: &Path, member: &str) -> PathBuf {
 }
 
 /// Extract the recorded members into `scratch`.
-pub(super) fn extract_members(archive: &Path, members: &[Member], scratch: &Path) -> Result<()> {
+fn extract_members(archive: &Path, members: &[Member], scratch: &Path) -> Result<()> {
     let step = "extract archive";
     walk_members(archive, members, step, |member, reader| {
         let path = extracted_path(scratch, &member.name);

@@ -18,7 +18,6 @@ use async_trait::async_trait;
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::artifact;
-use crate::cli::PostgresFormat;
 use crate::config::PostgresSettings;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
@@ -33,12 +32,56 @@ mod plain;
 mod replace;
 mod sql_file;
 
-use custom::{check_custom_archive, database_entries, extract_members, extracted_bytes};
-use plain::check_plain_trailer;
-
 use replace::WORK_DB;
 
 const SVC: Service = Service::Postgres;
+
+/// How a PostgreSQL backup is taken: the `format` of its manifest record
+/// (with its `method`, the tool), and the `--postgres-format` /
+/// `[postgres] format` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostgresFormat {
+    /// [`custom`]: `pg_dump -Fc` per database, packed into a tar.
+    Custom,
+    /// [`plain`]: one SQL file from `pg_dumpall`.
+    Plain,
+}
+
+impl PostgresFormat {
+    pub const ALL: [PostgresFormat; 2] = [PostgresFormat::Custom, PostgresFormat::Plain];
+
+    /// The `method` the manifest records for an artifact of this format.
+    pub fn manifest_method(self) -> &'static str {
+        match self {
+            PostgresFormat::Custom => "pg_dump",
+            PostgresFormat::Plain => "pg_dumpall",
+        }
+    }
+
+    /// The `format` the manifest records for an artifact of this format.
+    pub fn manifest_format(self) -> &'static str {
+        match self {
+            PostgresFormat::Custom => "tar+custom",
+            PostgresFormat::Plain => "plain-sql",
+        }
+    }
+
+    /// The format of an artifact, from its manifest record: the one place
+    /// where a format's name is read. Everything after it matches on the enum.
+    pub fn of(record: &ArtifactRecord) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|format| format.manifest_format() == record.format)
+            .ok_or_else(|| {
+                Error::failure(
+                    "verify",
+                    format!("unknown postgres artifact format '{}'", record.format),
+                )
+                .service(SVC)
+            })
+    }
+}
 
 pub struct Postgres {
     settings: PostgresSettings,
@@ -305,27 +348,8 @@ impl Store for Postgres {
 
     fn backup_plan(&self, ctx: &BackupContext<'_>) -> Vec<String> {
         match self.settings.format {
-            PostgresFormat::Custom => vec![
-                format!("connect to {} as {} and list the databases", self.endpoint(), self.settings.user),
-                self.tool("pg_dumpall").args(["--globals-only", "--no-password"]).to_string() + " > globals.sql",
-                format!(
-                    "for each database, {} at a time: open a repeatable-read snapshot, count the rows of every table while",
-                    self.settings.jobs
-                ),
-                self.tool("pg_dump")
-                    .args(["--format=custom", "--no-password", "--snapshot=<snapshot>", "-d", "dbname='<database>'"])
-                    .to_string(),
-                format!("pack globals.sql and the dumps into {}/postgres_{}.tar", ctx.dir.display(), ctx.timestamp),
-            ],
-            PostgresFormat::Plain => vec![
-                format!("connect to {} and count the rows of every table of every database", self.endpoint()),
-                format!(
-                    "{} > {}/postgres_{}.sql",
-                    self.tool("pg_dumpall").args(["--clean", "--if-exists", "--no-password"]),
-                    ctx.dir.display(),
-                    ctx.timestamp
-                ),
-            ],
+            PostgresFormat::Custom => self.plan_custom_backup(ctx),
+            PostgresFormat::Plain => self.plan_plain_backup(ctx),
         }
     }
 
@@ -334,90 +358,28 @@ impl Store for Postgres {
         let (server_version, server_major) = self.server_version().await?;
         self.check_client(server_major).await?;
         let mut record = ArtifactRecord::begun(server_version, started_at);
-        let artifact = match self.settings.format {
-            PostgresFormat::Custom => {
-                record.method = "pg_dump".into();
-                record.format = "tar+custom".into();
-                self.backup_custom(ctx, &mut record).await?
-            }
-            PostgresFormat::Plain => {
-                record.method = "pg_dumpall".into();
-                record.format = "plain-sql".into();
-                self.backup_plain(ctx, &mut record).await?
-            }
+        let format = self.settings.format;
+        record.method = format.manifest_method().into();
+        record.format = format.manifest_format().into();
+        let artifact = match format {
+            PostgresFormat::Custom => self.backup_custom(ctx, &mut record).await?,
+            PostgresFormat::Plain => self.backup_plain(ctx, &mut record).await?,
         };
         Ok(StoreBackup::finished(SVC, artifact, record))
     }
 
     async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
-        let path = artifact.to_path_buf();
-        match record.format.as_str() {
-            "tar+custom" => {
-                let members = record.members.clone();
-                let pg_restore = self.tool("pg_restore");
-                blocking(move || check_custom_archive(&path, &members, &pg_restore)).await
-            }
-            "plain-sql" => blocking(move || check_plain_trailer(&path)).await,
-            other => Err(Error::failure(
-                "verify",
-                format!("unknown postgres artifact format '{other}'"),
-            )
-            .service(SVC)),
+        match PostgresFormat::of(record)? {
+            PostgresFormat::Custom => self.check_custom(artifact, record).await,
+            PostgresFormat::Plain => plain::check_plain(artifact).await,
         }
     }
 
     fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String> {
-        match record.format.as_str() {
-            "tar+custom" => {
-                let mut plan = vec![
-                    format!(
-                        "extract {} into a private scratch directory under the backup root (needs {} free: checked, like every store's, before any store is changed)",
-                        record.file,
-                        crate::report::size(extracted_bytes(record))
-                    ),
-                    format!(
-                        "{} -f globals.idempotent.sql  (roles: created if missing, else altered)",
-                        self.tool("psql")
-                            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-                    ),
-                ];
-                let entries = database_entries(record).unwrap_or_default();
-                let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
-                plan.push(set_aside_step(&names));
-                for entry in &entries {
-                    plan.push(format!(
-                        "{}   (database {})",
-                        self.restore_database_command(Some(Path::new(&entry.member))),
-                        entry.name
-                    ));
-                    plan.push(format!(
-                        "vacuumdb --analyze-only --jobs={} on database {}",
-                        self.settings.jobs.max(1),
-                        entry.name
-                    ));
-                }
-                plan.push(SETTLE_STEP.into());
-                plan
-            }
-            _ => {
-                let mut names = record
-                    .details
-                    .get("databases")
-                    .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
-                    .unwrap_or_default();
-                names.push("template1".into());
-                vec![
-                    set_aside_step(&names),
-                    format!(
-                        "{} -f {}  (roles: created if missing, else altered, never dropped)",
-                        self.tool("psql")
-                            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-                            .arg(conninfo_dbname(WORK_DB)),
-                        record.file
-                    ),
-                    SETTLE_STEP.into(),
-                ]
-            }
+        match PostgresFormat::of(record) {
+            Ok(PostgresFormat::Custom) => self.plan_custom_restore(record),
+            Ok(PostgresFormat::Plain) => self.plan_plain_restore(record),
+            Err(e) => vec![e.message],
         }
     }
 
@@ -426,6 +388,7 @@ impl Store for Postgres {
         ctx: &RestoreContext<'_>,
         record: &ArtifactRecord,
     ) -> Result<()> {
+        let format = PostgresFormat::of(record)?;
         let (server_version, server_major) = self.server_version().await?;
         super::refuse_newer_backup(
             SVC,
@@ -435,30 +398,18 @@ impl Store for Postgres {
             "restore it into a server of that major version or newer: PostgreSQL does not support loading a dump into an older major version",
         )?;
         self.check_client(server_major).await?;
-        if record.format != "tar+custom" {
-            return Ok(());
+        match format {
+            PostgresFormat::Custom => self.prepare_custom_restore(ctx, record).await,
+            // psql reads the dump where it is.
+            PostgresFormat::Plain => Ok(()),
         }
-        // pg_restore -j needs each dump as a file of its own.
-        let step = "extract archive";
-        let needed = extracted_bytes(record);
-        crate::error::require_free_space(
-            Some(SVC),
-            step,
-            ctx.scratch,
-            needed,
-            "extracting the dumps",
-        )?;
-        let artifact = ctx.artifact.to_path_buf();
-        let scratch = ctx.scratch.to_path_buf();
-        let members = record.members.clone();
-        blocking(move || extract_members(&artifact, &members, &scratch)).await
     }
 
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
         // The versions were checked by prepare_restore.
-        match record.format.as_str() {
-            "tar+custom" => self.restore_custom(ctx, record).await,
-            _ => self.restore_plain(ctx, record).await,
+        match PostgresFormat::of(record)? {
+            PostgresFormat::Custom => self.restore_custom(ctx, record).await,
+            PostgresFormat::Plain => self.restore_plain(ctx, record).await,
         }
     }
 

@@ -13,12 +13,49 @@ use crate::process::{self};
 use crate::stores::{BackupContext, RestoreContext};
 
 use super::replace::WORK_DB;
-use super::{blocking, Postgres, SVC};
+use super::{blocking, conninfo_dbname, set_aside_step, Postgres, SETTLE_STEP, SVC};
 
 /// The last line pg_dumpall writes; a plain dump without it was cut short.
 const PLAIN_TRAILER: &str = "PostgreSQL database cluster dump complete";
 
 impl Postgres {
+    /// The steps a plain-format backup runs, for `--dry-run`.
+    pub(super) fn plan_plain_backup(&self, ctx: &BackupContext<'_>) -> Vec<String> {
+        vec![
+            format!(
+                "connect to {} and count the rows of every table of every database",
+                self.endpoint()
+            ),
+            format!(
+                "{} > {}/postgres_{}.sql",
+                self.tool("pg_dumpall")
+                    .args(["--clean", "--if-exists", "--no-password"]),
+                ctx.dir.display(),
+                ctx.timestamp
+            ),
+        ]
+    }
+
+    /// The steps a plain-format restore runs, for `--dry-run`.
+    pub(super) fn plan_plain_restore(&self, record: &ArtifactRecord) -> Vec<String> {
+        let mut names = record
+            .details
+            .get("databases")
+            .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+            .unwrap_or_default();
+        names.push("template1".into());
+        vec![
+            set_aside_step(&names),
+            format!(
+                "{} -f {}  (roles: created if missing, else altered, never dropped)",
+                self.tool("psql")
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+                    .arg(conninfo_dbname(WORK_DB)),
+                record.file
+            ),
+            SETTLE_STEP.into(),
+        ]
+    }
     pub(super) async fn backup_plain(
         &self,
         ctx: &BackupContext<'_>,
@@ -91,7 +128,7 @@ impl Postgres {
 }
 
 /// A plain dump is complete only when it ends with pg_dumpall's closing comment.
-pub(super) fn check_plain_trailer(path: &Path) -> Result<()> {
+fn check_plain_trailer(path: &Path) -> Result<()> {
     let step = "verify dump";
     let mut file =
         artifact::open_regular(path).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
@@ -114,4 +151,10 @@ pub(super) fn check_plain_trailer(path: &Path) -> Result<()> {
         .service(SVC)
         .hint("the dump is truncated; use another backup"))
     }
+}
+
+/// Offline check of a plain dump ([`check_plain_trailer`]); touches no server.
+pub(super) async fn check_plain(artifact: &Path) -> Result<()> {
+    let path = artifact.to_path_buf();
+    blocking(move || check_plain_trailer(&path)).await
 }

@@ -9,7 +9,10 @@ use serde_json::{json, Value};
 
 use crate::error::Result;
 
-use crate::stores::opensearch::SVC;
+use crate::manifest::ArtifactRecord;
+use crate::process::mask_userinfo;
+use crate::stores::opensearch::{OpenSearch, SVC};
+use crate::stores::{BackupContext, RestoreContext};
 
 mod bulk;
 mod check;
@@ -19,7 +22,7 @@ mod limits;
 mod load;
 
 pub(crate) use bulk::bulk;
-pub(crate) use check::check_logical;
+use check::check_logical;
 
 const LOGICAL_FORMAT: &str = "itbackup-opensearch-ndjson";
 
@@ -138,6 +141,65 @@ fn bulk_action(action: &str, target: &str, id: Option<&str>, routing: Option<&st
 /// The size of a document's whole `_bulk` entry: action, source, newlines.
 fn bulk_entry_len(action: &[u8], source: &RawValue) -> u64 {
     (action.len() + 1 + source.get().len() + 1) as u64
+}
+
+impl OpenSearch {
+    /// The steps a logical backup runs, for `--dry-run`.
+    pub(in crate::stores::opensearch) fn plan_logical_backup(
+        &self,
+        ctx: &BackupContext<'_>,
+        indices: &str,
+    ) -> Vec<String> {
+        let url = mask_userinfo(&self.settings.url);
+        vec![
+            format!("GET {url}/_component_template, _index_template, _template, _ingest/pipeline"),
+            format!("for each index ({indices}): GET settings, mappings, aliases; documents through point-in-time search in parallel slices"),
+            format!("write {}/opensearch_{}.ndjson.zst", ctx.dir.display(), ctx.timestamp),
+        ]
+    }
+
+    /// Offline check of a logical export ([`check_logical`]); what the load
+    /// will need of the cluster is kept for [`Self::prepare_logical_restore`].
+    pub(in crate::stores::opensearch) async fn check_logical_export(
+        &self,
+        artifact: &Path,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let path = artifact.to_path_buf();
+        let record = record.clone();
+        let key = path.clone();
+        let needs = crate::stores::blocking(SVC, move || check_logical(&path, &record)).await?;
+        if let Ok(mut known) = self.needs.lock() {
+            known.insert(key, needs);
+        }
+        Ok(())
+    }
+
+    /// The steps a logical restore runs, for `--dry-run`.
+    pub(in crate::stores::opensearch) fn plan_logical_restore(
+        &self,
+        record: &ArtifactRecord,
+    ) -> Vec<String> {
+        let indices: Vec<String> = record.counts.keys().cloned().collect();
+        vec![
+            format!("on a cluster of another major.minor than {}: create each index definition once under a temporary name and remove it, before any change", record.server_version),
+            "PUT templates and ingest pipelines".into(),
+            format!("for each index ({}): DELETE, create with its settings (replicas 0, refresh off), _bulk load, put settings back, refresh, aliases", indices.join(", ")),
+            "a data stream: DELETE it, PUT _data_stream/<name>, roll over to each backing index and _bulk create its documents through the stream".into(),
+            "wait until every restored index is at least yellow".into(),
+        ]
+    }
+
+    /// Before any store changes: the cluster must take every document's
+    /// `_bulk` request and every index definition.
+    pub(in crate::stores::opensearch) async fn prepare_logical_restore(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        self.check_load_limits(ctx, record).await?;
+        self.check_index_definitions(ctx, record).await
+    }
 }
 
 #[cfg(test)]
