@@ -157,6 +157,8 @@ impl OpenSearch {
         result
     }
 
+    /// Snapshot the selection into the new repository `repo` at `location`,
+    /// then pack the repository into the artifact.
     async fn take_snapshot(
         &self,
         ctx: &BackupContext<'_>,
@@ -165,6 +167,25 @@ impl OpenSearch {
         selection: &Selection,
         record: &mut ArtifactRecord,
     ) -> Result<PendingArtifact> {
+        self.snapshot_into(repo, location, selection, record)
+            .await?;
+        let packed = self.pack_repository(ctx, location).await?;
+        // What the restore will unpack under path.repo, for its free-space check.
+        record
+            .details
+            .insert(UNPACKED_BYTES.into(), json!(packed.tar_bytes));
+        Ok(packed.pending)
+    }
+
+    /// Register `repo` at `location` and snapshot the selection into it,
+    /// polled until it ends; the counts that held still go into the record.
+    async fn snapshot_into(
+        &self,
+        repo: &str,
+        location: &Path,
+        selection: &Selection,
+        record: &mut ArtifactRecord,
+    ) -> Result<()> {
         let step = "snapshot";
         self.http
             .call(
@@ -222,7 +243,16 @@ impl OpenSearch {
             "snapshot".into(),
             json!({"repository": repo, "name": "snapshot", "include_global_state": true}),
         );
+        Ok(())
+    }
 
+    /// Pack the repository at `location` into the artifact: streamed out of
+    /// the container with tar in compose mode, read from disk otherwise.
+    async fn pack_repository(
+        &self,
+        ctx: &BackupContext<'_>,
+        location: &Path,
+    ) -> Result<archive::PackedArchive> {
         let compression = self.settings.snapshot_compression;
         let file = format!("opensearch_{}.{}", ctx.timestamp, compression.extension());
         let dir = ctx.dir.to_path_buf();
@@ -263,11 +293,7 @@ impl OpenSearch {
             })
             .await?
         };
-        // What the restore will unpack under path.repo, for its free-space check.
-        record
-            .details
-            .insert(UNPACKED_BYTES.into(), json!(packed.tar_bytes));
-        Ok(packed.pending)
+        Ok(packed)
     }
 
     /// Whether this process can reach `path.repo`: through the container in
@@ -335,6 +361,8 @@ impl OpenSearch {
         Ok(repo_root)
     }
 
+    /// Unpack the artifact as the repository `repo` under `path.repo`,
+    /// delete what it replaces and restore from it.
     async fn unpack_and_restore(
         &self,
         ctx: &RestoreContext<'_>,
@@ -344,45 +372,8 @@ impl OpenSearch {
         location: &Path,
     ) -> Result<()> {
         let step = "restore snapshot";
-        let compression = snapshot_compression(record)?;
-        let (source, dest, owner) = (
-            ctx.artifact.to_path_buf(),
-            location.to_path_buf(),
-            repo_root.to_path_buf(),
-        );
-        if let Target::Compose(compose) = &self.target {
-            // Into the container, as its own user, through tar on stdin. The
-            // archive was checked entry by entry before the restore began.
-            let untar = compose.exec(
-                SVC,
-                ToolCommand::new("sh")
-                    .args([
-                        "-c",
-                        "rm -rf \"$0\" && mkdir -p \"$0\" && tar -C \"$0\" -xf -",
-                    ])
-                    .arg(&dest),
-            );
-            crate::stores::blocking(SVC, move || {
-                let mut reader = archive::open(&source, compression)
-                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", source.display(), e))?;
-                process::run_feeding(&untar, SVC, "unpack snapshot", |stdin| {
-                    std::io::copy(&mut reader, stdin).map(|_| ())
-                })
-                .map(|_| ())
-            })
+        self.unpack_repository(ctx, record, repo_root, location)
             .await?;
-        } else {
-            crate::stores::blocking(SVC, move || {
-                let _ = std::fs::remove_dir_all(&dest);
-                let reader = archive::open(&source, compression)
-                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", source.display(), e))?;
-                archive::unpack(reader, &dest)
-                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", dest.display(), e))?;
-                archive::chown_tree_like(&dest, &owner)
-                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", dest.display(), e))
-            })
-            .await?;
-        }
         self.http
             .call(
                 Method::PUT,
@@ -430,23 +421,8 @@ impl OpenSearch {
             .into_iter()
             .filter(|name| !name.starts_with('.') || backing(name) || selected.contains(name))
             .partition(|name| backing(name));
-        // Replace, not merge: what is being restored goes first. A data
-        // stream is deleted with its backing indices; plain indices under a
-        // backing index's name (left by a restore that did not know data
-        // streams) go too, or the stream could not be restored.
-        for stream in &streams {
-            self.http
-                .delete_if_present(
-                    &format!("_data_stream/{stream}"),
-                    "delete data stream being replaced",
-                )
-                .await?;
-        }
-        for index in indices.iter().chain(&backing_indices).chain(&streams) {
-            self.http
-                .delete_if_present(index, "delete index being replaced")
-                .await?;
-        }
+        self.delete_replaced(&streams, &indices, &backing_indices)
+            .await?;
         let mut names = indices.clone();
         names.extend(streams.iter().cloned());
         let body = json!({
@@ -467,6 +443,84 @@ impl OpenSearch {
         let mut restored = indices;
         restored.extend(backing_indices);
         self.wait_healthy(&restored, step).await
+    }
+
+    /// Replace, not merge: what is being restored goes first. A data
+    /// stream is deleted with its backing indices; plain indices under a
+    /// backing index's name (left by a restore that did not know data
+    /// streams) go too, or the stream could not be restored.
+    async fn delete_replaced(
+        &self,
+        streams: &[String],
+        indices: &[String],
+        backing_indices: &[String],
+    ) -> Result<()> {
+        for stream in streams {
+            self.http
+                .delete_if_present(
+                    &format!("_data_stream/{stream}"),
+                    "delete data stream being replaced",
+                )
+                .await?;
+        }
+        for index in indices.iter().chain(backing_indices).chain(streams) {
+            self.http
+                .delete_if_present(index, "delete index being replaced")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Unpack the artifact into `location` under `path.repo`: into the
+    /// container as its own user in compose mode, owned like `path.repo`
+    /// otherwise.
+    async fn unpack_repository(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+        repo_root: &Path,
+        location: &Path,
+    ) -> Result<()> {
+        let compression = snapshot_compression(record)?;
+        let (source, dest, owner) = (
+            ctx.artifact.to_path_buf(),
+            location.to_path_buf(),
+            repo_root.to_path_buf(),
+        );
+        if let Target::Compose(compose) = &self.target {
+            // Into the container, as its own user, through tar on stdin. The
+            // archive was checked entry by entry before the restore began.
+            let untar = compose.exec(
+                SVC,
+                ToolCommand::new("sh")
+                    .args([
+                        "-c",
+                        "rm -rf \"$0\" && mkdir -p \"$0\" && tar -C \"$0\" -xf -",
+                    ])
+                    .arg(&dest),
+            );
+            crate::stores::blocking(SVC, move || {
+                let mut reader = archive::open(&source, compression)
+                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", source.display(), e))?;
+                process::run_feeding(&untar, SVC, "unpack snapshot", |stdin| {
+                    std::io::copy(&mut reader, stdin).map(|_| ())
+                })
+                .map(|_| ())
+            })
+            .await?;
+        } else {
+            crate::stores::blocking(SVC, move || {
+                let _ = std::fs::remove_dir_all(&dest);
+                let reader = archive::open(&source, compression)
+                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", source.display(), e))?;
+                archive::unpack(reader, &dest)
+                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", dest.display(), e))?;
+                archive::chown_tree_like(&dest, &owner)
+                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", dest.display(), e))
+            })
+            .await?;
+        }
+        Ok(())
     }
 }
 
