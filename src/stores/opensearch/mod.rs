@@ -26,18 +26,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
-use crate::config::OpenSearchSettings;
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::mask_userinfo;
 use crate::service::Service;
 use crate::target::Target;
+use settings::OpenSearchSettings;
 
 mod drill;
 mod http;
 mod leftovers;
 mod logical;
 mod selection;
+pub mod settings;
 mod snapshot;
 
 use http::Http;

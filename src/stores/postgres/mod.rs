@@ -18,18 +18,19 @@ use async_trait::async_trait;
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::artifact;
-use crate::config::PostgresSettings;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, ToolCommand};
 use crate::service::Service;
 use crate::target::Target;
+use settings::PostgresSettings;
 
 mod connect;
 mod custom;
 mod drill;
 mod plain;
 mod replace;
+pub mod settings;
 mod sql_file;
 
 use replace::WORK_DB;
