@@ -491,3 +491,31 @@ impl Store for OpenSearch {
         Ok(counts)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every method is read back from the name the manifest records for it,
+    /// that name is one the manifest's schema allows, and `ALL` lists every
+    /// method the command line offers.
+    #[test]
+    fn every_method_is_read_back_from_its_manifest_name() {
+        use clap::ValueEnum;
+        let schema = include_str!("../../../docs/manifest.schema.json");
+        assert_eq!(OpenSearchMethod::ALL, OpenSearchMethod::value_variants());
+        let mut record = ArtifactRecord::begun(String::new(), String::new());
+        for method in OpenSearchMethod::ALL {
+            record.method = method.manifest_name().into();
+            assert_eq!(OpenSearchMethod::of(&record).unwrap(), method);
+            assert!(schema.contains(&format!("\"{}\"", record.method)));
+        }
+        record.method = "tape".into();
+        let err = OpenSearchMethod::of(&record).unwrap_err();
+        assert!(
+            err.message.contains("unknown OpenSearch method 'tape'"),
+            "{}",
+            err.message
+        );
+    }
+}

@@ -490,6 +490,30 @@ fn tool_output_to_file(cmd: &ToolCommand, path: &Path, step: &str) -> Result<()>
 mod tests {
     use super::*;
 
+    /// Every format is read back from the names the manifest records for it,
+    /// its method is one the manifest's schema allows, and `ALL` lists every
+    /// format the command line offers.
+    #[test]
+    fn every_format_is_read_back_from_its_manifest_names() {
+        use clap::ValueEnum;
+        let schema = include_str!("../../../docs/manifest.schema.json");
+        assert_eq!(PostgresFormat::ALL, PostgresFormat::value_variants());
+        let mut record = ArtifactRecord::begun(String::new(), String::new());
+        for format in PostgresFormat::ALL {
+            record.format = format.manifest_format().into();
+            assert_eq!(PostgresFormat::of(&record).unwrap(), format);
+            assert!(schema.contains(&format!("\"{}\"", format.manifest_method())));
+        }
+        record.format = "tape".into();
+        let err = PostgresFormat::of(&record).unwrap_err();
+        assert!(
+            err.message
+                .contains("unknown postgres artifact format 'tape'"),
+            "{}",
+            err.message
+        );
+    }
+
     #[test]
     fn parses_client_versions() {
         assert_eq!(
