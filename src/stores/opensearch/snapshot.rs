@@ -10,8 +10,8 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use crate::archive;
+use crate::archive::ArchiveCompression;
 use crate::artifact::PendingArtifact;
-use crate::config::ArchiveCompression;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo, ToolCommand};
