@@ -8,7 +8,14 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use crate::artifact::{self, ArtifactWriter, PendingArtifact};
-use crate::config::ArchiveCompression;
+
+/// Compression of packed archives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveCompression {
+    Gzip,
+    Zstd,
+}
 
 impl ArchiveCompression {
     pub fn extension(self) -> &'static str {

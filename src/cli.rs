@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::service::ServiceList;
+use crate::stores::opensearch::OpenSearchMethod;
+use crate::stores::postgres::PostgresFormat;
 
 const ABOUT: &str =
     "Back up and restore OpenSearch, Neo4j and PostgreSQL as one consistent, verified set.";
@@ -261,20 +263,6 @@ pub struct MethodArgs {
 pub enum Neo4jMethod {
     Logical,
     Dump,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OpenSearchMethod {
-    Snapshot,
-    Logical,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PostgresFormat {
-    Custom,
-    Plain,
 }
 
 #[derive(Debug, Args)]

@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::{Cli, MethodArgs, Neo4jMethod, OpenSearchMethod, PostgresFormat};
+use crate::cli::{Cli, MethodArgs, Neo4jMethod};
 use crate::error::{Error, Result};
 use crate::service::Service;
+use crate::stores::opensearch::settings::{OpenSearchFile, OpenSearchSettings};
+use crate::stores::postgres::settings::{PostgresFile, PostgresSettings};
 use crate::target::{Compose, Target};
 use crate::timeout::{self, Timeouts};
 
@@ -112,76 +114,6 @@ pub struct Neo4jSettings {
     pub timeouts: Timeouts,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpenSearchFile {
-    pub url: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub method: Option<OpenSearchMethod>,
-    pub indices: Option<String>,
-    /// `gzip` (the runbook's .tar.gz) or `zstd` for snapshot archives.
-    pub snapshot_compression: Option<ArchiveCompression>,
-    /// Parallel slices per index for the logical export.
-    pub slices: Option<usize>,
-    /// `_bulk` requests in flight during a logical restore.
-    pub bulk_requests: Option<usize>,
-    pub connect_timeout: Option<String>,
-    pub idle_timeout: Option<String>,
-}
-
-/// Compression of packed archives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ArchiveCompression {
-    Gzip,
-    Zstd,
-}
-
-/// How to reach OpenSearch and how to back it up.
-#[derive(Debug, Clone)]
-pub struct OpenSearchSettings {
-    pub url: String,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    /// `None`: choose (snapshot when path.repo is reachable, logical otherwise).
-    pub method: Option<OpenSearchMethod>,
-    pub indices: Option<String>,
-    pub snapshot_compression: ArchiveCompression,
-    pub slices: usize,
-    pub bulk_requests: usize,
-    pub timeouts: Timeouts,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresFile {
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub user: Option<String>,
-    pub password: Option<Secret>,
-    pub format: Option<PostgresFormat>,
-    pub jobs: Option<usize>,
-    pub bin_dir: Option<PathBuf>,
-    pub connect_timeout: Option<String>,
-    pub idle_timeout: Option<String>,
-}
-
-/// How to reach PostgreSQL and how to dump it.
-#[derive(Debug, Clone)]
-pub struct PostgresSettings {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Option<Secret>,
-    pub format: PostgresFormat,
-    /// Parallel jobs of pg_restore, and databases dumped at once (default: number of cores).
-    pub jobs: usize,
-    /// Directory of pg_dump/pg_restore/psql; `None` means look them up on PATH.
-    pub bin_dir: Option<PathBuf>,
-    pub timeouts: Timeouts,
-}
-
 /// Everything a run needs to know, resolved once.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -197,7 +129,8 @@ pub struct Settings {
     pub identity: Option<PathBuf>,
 }
 
-fn env(name: &str) -> Option<String> {
+/// A variable of the environment; set but empty counts as unset.
+pub(crate) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
@@ -205,60 +138,8 @@ impl Settings {
     /// Resolve settings from the parsed command line, the environment and the file.
     pub fn resolve(cli: &Cli, methods: Option<&MethodArgs>) -> Result<Self> {
         let file = load_file(cli.config.as_deref())?;
-        let pg_file = file.postgres;
-        let port = match env("PGPORT") {
-            Some(p) => p
-                .parse()
-                .map_err(|_| Error::usage(format!("PGPORT '{p}' is not a port number")))?,
-            None => pg_file.port.unwrap_or(5432),
-        };
-        let postgres = PostgresSettings {
-            host: env("PGHOST")
-                .or(pg_file.host)
-                .unwrap_or_else(|| "localhost".into()),
-            port,
-            user: env("PGUSER")
-                .or(pg_file.user)
-                .unwrap_or_else(|| "postgres".into()),
-            password: env("PGPASSWORD").map(Secret::new).or(pg_file.password),
-            format: methods
-                .and_then(|m| m.postgres_format)
-                .or(pg_file.format)
-                .unwrap_or(PostgresFormat::Custom),
-            jobs: pg_file.jobs.unwrap_or_else(default_jobs).max(1),
-            bin_dir: env("IT_PG_BIN").map(PathBuf::from).or(pg_file.bin_dir),
-            timeouts: resolve_timeouts(
-                "postgres",
-                timeout::POSTGRES,
-                pg_file.connect_timeout.as_deref(),
-                pg_file.idle_timeout.as_deref(),
-            )?,
-        };
-        let os_file = file.opensearch;
-        let opensearch = OpenSearchSettings {
-            url: env("OPENSEARCH_URL")
-                .or(os_file.url)
-                .unwrap_or_else(|| "http://localhost:9200".into())
-                .trim_end_matches('/')
-                .to_string(),
-            username: env("OPENSEARCH_USER").or(os_file.username),
-            password: env("OPENSEARCH_PASSWORD")
-                .map(Secret::new)
-                .or(os_file.password),
-            method: methods.and_then(|m| m.opensearch_method).or(os_file.method),
-            indices: methods.and_then(|m| m.indices.clone()).or(os_file.indices),
-            snapshot_compression: os_file
-                .snapshot_compression
-                .unwrap_or(ArchiveCompression::Gzip),
-            slices: os_file.slices.unwrap_or(2).clamp(1, 16),
-            bulk_requests: os_file.bulk_requests.unwrap_or(3).clamp(1, 16),
-            timeouts: resolve_timeouts(
-                "opensearch",
-                timeout::OPENSEARCH,
-                os_file.connect_timeout.as_deref(),
-                os_file.idle_timeout.as_deref(),
-            )?,
-        };
+        let postgres = PostgresSettings::resolve(file.postgres, methods)?;
+        let opensearch = OpenSearchSettings::resolve(file.opensearch, methods)?;
         let neo_file = file.neo4j;
         let neo4j = Neo4jSettings {
             uri: env("NEO4J_URI")
@@ -376,12 +257,6 @@ pub fn resolve_timeouts(
         }
     }
     Ok(timeouts)
-}
-
-fn default_jobs() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
 }
 
 fn load_file(explicit: Option<&Path>) -> Result<FileConfig> {

@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{bulk, OpenSearch};
+use super::logical::bulk;
+use super::OpenSearch;
 use crate::error::{Error, Result};
 use crate::stores::{DrillData, DrillInventory, UnorderedDigest};
 

@@ -1,0 +1,75 @@
+//! OpenSearch's settings: its `[opensearch]` section of the config file, its
+//! environment variables and flags, and their defaults. `config.rs` combines
+//! them with the other stores' and the common settings.
+
+use serde::Deserialize;
+
+use super::OpenSearchMethod;
+use crate::archive::ArchiveCompression;
+use crate::cli::MethodArgs;
+use crate::config::{env, resolve_timeouts, Secret};
+use crate::error::Result;
+use crate::timeout::{self, Timeouts};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenSearchFile {
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub method: Option<OpenSearchMethod>,
+    pub indices: Option<String>,
+    /// `gzip` (the runbook's .tar.gz) or `zstd` for snapshot archives.
+    pub snapshot_compression: Option<ArchiveCompression>,
+    /// Parallel slices per index for the logical export.
+    pub slices: Option<usize>,
+    /// `_bulk` requests in flight during a logical restore.
+    pub bulk_requests: Option<usize>,
+    pub connect_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+/// How to reach OpenSearch and how to back it up.
+#[derive(Debug, Clone)]
+pub struct OpenSearchSettings {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// `None`: choose (snapshot when path.repo is reachable, logical otherwise).
+    pub method: Option<OpenSearchMethod>,
+    pub indices: Option<String>,
+    pub snapshot_compression: ArchiveCompression,
+    pub slices: usize,
+    pub bulk_requests: usize,
+    pub timeouts: Timeouts,
+}
+
+impl OpenSearchSettings {
+    /// Flags > environment > the file's `[opensearch]` > defaults.
+    pub fn resolve(os_file: OpenSearchFile, methods: Option<&MethodArgs>) -> Result<Self> {
+        Ok(OpenSearchSettings {
+            url: env("OPENSEARCH_URL")
+                .or(os_file.url)
+                .unwrap_or_else(|| "http://localhost:9200".into())
+                .trim_end_matches('/')
+                .to_string(),
+            username: env("OPENSEARCH_USER").or(os_file.username),
+            password: env("OPENSEARCH_PASSWORD")
+                .map(Secret::new)
+                .or(os_file.password),
+            method: methods.and_then(|m| m.opensearch_method).or(os_file.method),
+            indices: methods.and_then(|m| m.indices.clone()).or(os_file.indices),
+            snapshot_compression: os_file
+                .snapshot_compression
+                .unwrap_or(ArchiveCompression::Gzip),
+            slices: os_file.slices.unwrap_or(2).clamp(1, 16),
+            bulk_requests: os_file.bulk_requests.unwrap_or(3).clamp(1, 16),
+            timeouts: resolve_timeouts(
+                "opensearch",
+                timeout::OPENSEARCH,
+                os_file.connect_timeout.as_deref(),
+                os_file.idle_timeout.as_deref(),
+            )?,
+        })
+    }
+}

@@ -1,0 +1,505 @@
+//! The custom format (the default): `pg_dumpall --globals-only` for roles, then
+//! one `pg_dump -Fc` per database from a snapshot that also counts the rows,
+//! packed into `postgres_<TS>.tar`; restored with `pg_restore -j N` per database.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read};
+use std::path::{Path, PathBuf};
+
+use crate::artifact::{self, ArtifactWriter, HashingReader, PendingArtifact};
+use crate::error::{io_error, Error, Result};
+use crate::manifest::{ArtifactRecord, Member};
+use crate::process::{self, ToolCommand};
+use crate::stores::{BackupContext, RestoreContext};
+
+use super::replace::WORK_DB;
+use super::{
+    blocking, conninfo_dbname, set_aside_step, tool_output_to_file, Postgres, SETTLE_STEP, SVC,
+};
+
+const GLOBALS_MEMBER: &str = "globals.sql";
+
+/// One database inside a custom-format backup.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct DatabaseEntry {
+    name: String,
+    member: String,
+}
+
+impl Postgres {
+    /// The steps a custom-format backup runs, for `--dry-run`.
+    pub(super) fn plan_custom_backup(&self, ctx: &BackupContext<'_>) -> Vec<String> {
+        vec![
+            format!("connect to {} as {} and list the databases", self.endpoint(), self.settings.user),
+            self.tool("pg_dumpall").args(["--globals-only", "--no-password"]).to_string() + " > globals.sql",
+            format!(
+                "for each database, {} at a time: open a repeatable-read snapshot, count the rows of every table while",
+                self.settings.jobs
+            ),
+            self.tool("pg_dump")
+                .args(["--format=custom", "--no-password", "--snapshot=<snapshot>", "-d", "dbname='<database>'"])
+                .to_string(),
+            format!("pack globals.sql and the dumps into {}/postgres_{}.tar", ctx.dir.display(), ctx.timestamp),
+        ]
+    }
+
+    /// Offline check: every member re-hashed, every dump decoded by pg_restore
+    /// ([`check_custom_archive`]); touches no server.
+    pub(super) async fn check_custom(
+        &self,
+        artifact: &Path,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let path = artifact.to_path_buf();
+        let members = record.members.clone();
+        let pg_restore = self.tool("pg_restore");
+        blocking(move || check_custom_archive(&path, &members, &pg_restore)).await
+    }
+
+    /// The steps a custom-format restore runs, for `--dry-run`.
+    pub(super) fn plan_custom_restore(&self, record: &ArtifactRecord) -> Vec<String> {
+        let mut plan = vec![
+            format!(
+                "extract {} into a private scratch directory under the backup root (needs {} free: checked, like every store's, before any store is changed)",
+                record.file,
+                crate::report::size(extracted_bytes(record))
+            ),
+            format!(
+                "{} -f globals.idempotent.sql  (roles: created if missing, else altered)",
+                self.tool("psql")
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            ),
+        ];
+        let entries = database_entries(record).unwrap_or_default();
+        let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+        plan.push(set_aside_step(&names));
+        for entry in &entries {
+            plan.push(format!(
+                "{}   (database {})",
+                self.restore_database_command(Some(Path::new(&entry.member))),
+                entry.name
+            ));
+            plan.push(format!(
+                "vacuumdb --analyze-only --jobs={} on database {}",
+                self.settings.jobs.max(1),
+                entry.name
+            ));
+        }
+        plan.push(SETTLE_STEP.into());
+        plan
+    }
+
+    /// Before any store changes: the dumps extracted into the scratch
+    /// directory (pg_restore -j needs each dump as a file of its own), after
+    /// checking it has room for them.
+    pub(super) async fn prepare_custom_restore(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let step = "extract archive";
+        let needed = extracted_bytes(record);
+        crate::error::require_free_space(
+            Some(SVC),
+            step,
+            ctx.scratch,
+            needed,
+            "extracting the dumps",
+        )?;
+        let artifact = ctx.artifact.to_path_buf();
+        let scratch = ctx.scratch.to_path_buf();
+        let members = record.members.clone();
+        blocking(move || extract_members(&artifact, &members, &scratch)).await
+    }
+    pub(super) async fn backup_custom(
+        &self,
+        ctx: &BackupContext<'_>,
+        record: &mut ArtifactRecord,
+    ) -> Result<PendingArtifact> {
+        let file = format!("postgres_{}.tar", ctx.timestamp);
+        // Unique per process: a killed run's work directory is never written into again.
+        let work = ctx.dir.join(format!(
+            ".postgres_{}.{}.work",
+            ctx.timestamp,
+            std::process::id()
+        ));
+        let step = "backup";
+        artifact::create_private_dir(&work)
+            .map_err(|e| io_error(Some(SVC), step, work.display(), e))?;
+        let result = self.dump_databases(&work, record).await;
+        let packed = match result {
+            Ok(members) => {
+                let dir = ctx.dir.to_path_buf();
+                blocking(move || pack_tar(&dir, &file, &members)).await
+            }
+            Err(e) => Err(e),
+        };
+        let _ = fs::remove_dir_all(&work);
+        let (pending, members) = packed?;
+        record.members = members;
+        Ok(pending)
+    }
+
+    /// Dump globals and every database into `work`; returns (member name, file)
+    /// pairs in database order. Databases are dumped `jobs` at a time (each from
+    /// its own snapshot, as PostgreSQL has no snapshot across databases), the
+    /// globals beside them: a cluster of many databases is not dumped one by one.
+    async fn dump_databases(
+        &self,
+        work: &Path,
+        record: &mut ArtifactRecord,
+    ) -> Result<Vec<(String, PathBuf)>> {
+        use futures::stream::{StreamExt, TryStreamExt};
+        let globals = work.join(GLOBALS_MEMBER);
+        let cmd = self
+            .tool("pg_dumpall")
+            .args(["--globals-only", "--no-password"]);
+        let file = globals.clone();
+        let dump_globals = blocking(move || {
+            tool_output_to_file(&cmd, &file, "dump globals (pg_dumpall --globals-only)")
+        });
+
+        let admin = self.connect("postgres", "list databases").await?;
+        let databases = self.databases(&admin).await?;
+        drop(admin);
+        // `buffered` runs `jobs` dumps at once and yields them in database order.
+        let dump_all = futures::stream::iter(databases.into_iter().enumerate())
+            .map(|(index, database)| async move {
+                let path = work.join(format!("{index:03}.dump"));
+                let mut counts = BTreeMap::new();
+                self.dump_database(&database, &path, &mut counts).await?;
+                tracing::info!(database = %database, "postgres: dumped database");
+                Ok::<_, Error>((database, path, counts))
+            })
+            .buffered(self.settings.jobs)
+            .try_collect::<Vec<_>>();
+        let (globals_dumped, dumped) = tokio::join!(dump_globals, dump_all);
+        globals_dumped?;
+
+        let mut members = vec![(GLOBALS_MEMBER.to_string(), globals)];
+        let mut entries = Vec::new();
+        for (index, (name, path, counts)) in dumped?.into_iter().enumerate() {
+            let member = format!("databases/{index:03}.dump");
+            record.counts.extend(counts);
+            entries.push(DatabaseEntry {
+                name,
+                member: member.clone(),
+            });
+            members.push((member, path));
+        }
+        record.details.insert(
+            "databases".into(),
+            serde_json::to_value(&entries).expect("serialises"),
+        );
+        Ok(members)
+    }
+
+    /// Count and dump one database from the same exported snapshot.
+    async fn dump_database(
+        &self,
+        database: &str,
+        path: &Path,
+        counts: &mut BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let step = format!("dump database {database}");
+        let mut client = self.connect(database, &step).await?;
+        let txn = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| Self::query_error(&step, e))?;
+        let snapshot: String = txn
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .map_err(|e| Self::query_error(&step, e))?
+            .get(0);
+        let cmd = self
+            .tool("pg_dump")
+            .args(["--format=custom", "--no-password"])
+            .arg(format!("--snapshot={snapshot}"))
+            .arg("-d")
+            .arg(conninfo_dbname(database));
+        let step_for_tool = step.clone();
+        let file = path.to_path_buf();
+        // pg_dump and the exact row counts read the same snapshot at the same
+        // time: the counts cost no extra wall time.
+        let dump = blocking(move || tool_output_to_file(&cmd, &file, &step_for_tool));
+        let count = Self::count_rows(&txn, database, counts);
+        let (dumped, counted) = tokio::join!(dump, count);
+        // The snapshot must stay alive until pg_dump has opened it; end it only now.
+        let _ = txn.commit().await;
+        dumped?;
+        counted
+    }
+
+    pub(super) async fn restore_custom(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let databases = database_entries(record)?;
+        let extracted = |member: &str, step: &str| {
+            let path = extracted_path(ctx.scratch, member);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(
+                    Error::failure(step, format!("{member} was not extracted from the archive"))
+                        .service(SVC),
+                )
+            }
+        };
+
+        let globals = extracted(GLOBALS_MEMBER, "restore globals")?;
+        let dumps = databases
+            .iter()
+            .map(|entry| Ok((entry.name.clone(), extracted(&entry.member, "restore")?)))
+            .collect::<Result<Vec<_>>>()?;
+        let names: Vec<String> = dumps.iter().map(|(name, _)| name.clone()).collect();
+        let replacement = self.begin_replacement(&names, ctx.scratch).await?;
+        let loaded = async {
+            self.restore_globals(&globals).await?;
+            for (name, dump) in &dumps {
+                self.load_database(name, dump).await?;
+                tracing::info!(database = %name, "postgres: restored database");
+            }
+            Ok(())
+        }
+        .await;
+        self.settle_replacement(replacement, loaded).await
+    }
+
+    /// pg_restore of one database into a new database of its name, created
+    /// with its encoding, locale, owner, comment, settings and privileges
+    /// (`--create`); `None` for the dump file means it reads standard input
+    /// (compose mode: the file is on this side).
+    pub(super) fn restore_database_command(&self, dump: Option<&Path>) -> ToolCommand {
+        let mut cmd = self
+            .tool("pg_restore")
+            .args(["--no-password", "--exit-on-error"]);
+        if dump.is_some() {
+            // Parallel jobs need a seekable file, which standard input is not.
+            cmd = cmd.arg(format!("--jobs={}", self.settings.jobs));
+        }
+        cmd = cmd.args(["--create", "-d"]).arg(conninfo_dbname(WORK_DB));
+        match dump {
+            Some(file) => cmd.arg(file),
+            None => cmd,
+        }
+    }
+
+    /// Load one database (set aside beforehand, so its name is free) and analyze it.
+    async fn load_database(&self, database: &str, dump: &Path) -> Result<()> {
+        let step = format!("restore database {database}");
+        let step_for_tool = step.clone();
+        let restored = if self.target.compose().is_some() {
+            let cmd = self.restore_database_command(None);
+            let file = dump.to_path_buf();
+            blocking(move || {
+                let mut input = artifact::open_regular(&file)
+                    .map_err(|e| io_error(Some(SVC), &step_for_tool, file.display(), e))?;
+                process::run_feeding(&cmd, SVC, &step_for_tool, |stdin| {
+                    io::copy(&mut input, stdin).map(|_| ())
+                })
+            })
+            .await
+        } else {
+            let cmd = self.restore_database_command(Some(dump));
+            blocking(move || process::output(&cmd, SVC, &step_for_tool)).await
+        };
+        restored.map_err(|e| {
+            e.hint("the dump does not load into this server (an extension, a role, a tablespace or a function body it needs is missing?): fix the cause pg_restore names and run the restore again")
+        })?;
+        self.analyze(database).await
+    }
+
+    /// Roles and tablespaces: re-created idempotently, existing roles updated in place.
+    async fn restore_globals(&self, globals: &Path) -> Result<()> {
+        // template1, never a database the restore replaces.
+        self.run_sql_file(globals, "template1", "restore globals (roles)", None)
+            .await
+    }
+}
+
+fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEntry>> {
+    record
+        .details
+        .get("databases")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .ok_or_else(|| {
+            Error::failure("restore", "the manifest lists no databases for postgres").service(SVC)
+        })
+}
+
+/// Pack the dumped files into one tar artifact, hashing every member on the way.
+fn pack_tar(
+    dir: &Path,
+    file: &str,
+    members: &[(String, PathBuf)],
+) -> Result<(PendingArtifact, Vec<Member>)> {
+    let step = "pack archive";
+    let io = |e: io::Error| io_error(Some(SVC), step, dir.join(file).display(), e);
+    let writer = ArtifactWriter::create(dir, file).map_err(io)?;
+    let mut builder = tar::Builder::new(BufWriter::with_capacity(artifact::CHUNK, writer));
+    let mtime = jiff::Timestamp::now().as_second().max(0) as u64;
+    let mut recorded = Vec::new();
+    for (name, path) in members {
+        let source = File::open(path).map_err(io)?;
+        let size = source.metadata().map_err(io)?.len();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size);
+        header.set_mode(0o600);
+        header.set_mtime(mtime);
+        header.set_entry_type(tar::EntryType::Regular);
+        let mut reader = HashingReader::new(source);
+        builder
+            .append_data(&mut header, name, &mut reader)
+            .map_err(io)?;
+        let digest = reader.digest();
+        if digest.bytes != size {
+            return Err(
+                Error::failure(step, format!("{name} changed while it was packed")).service(SVC),
+            );
+        }
+        recorded.push(Member {
+            name: name.clone(),
+            bytes: digest.bytes,
+            sha256: digest.sha256,
+        });
+    }
+    let buffered = builder.into_inner().map_err(io)?;
+    let writer = buffered.into_inner().map_err(|e| io(e.into_error()))?;
+    Ok((writer.finish().map_err(io)?, recorded))
+}
+
+/// Walk the archive, checking that it holds exactly the recorded members with
+/// their checksums, and hand each member to `visit` as a stream.
+fn walk_members(
+    archive: &Path,
+    members: &[Member],
+    step: &str,
+    mut visit: impl FnMut(&Member, &mut dyn Read) -> Result<()>,
+) -> Result<()> {
+    let file = artifact::open_buffered(archive)
+        .map_err(|e| io_error(Some(SVC), step, archive.display(), e))?;
+    let mut tar = tar::Archive::new(file);
+    let entries = tar.entries().map_err(|e| truncated(step, archive, e))?;
+    let mut seen = 0;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| truncated(step, archive, e))?;
+        // As for OpenSearch archives: a member that climbs out, is absolute
+        // or is no plain file is refused, never renamed into place.
+        if let Some(reason) = crate::archive::refuse(&entry) {
+            return Err(Error::failure(
+                step,
+                format!("{}: unsafe member {reason}", archive.display()),
+            )
+            .service(SVC)
+            .hint("the archive was not written by itbackup or was altered; nothing was extracted; use another backup"));
+        }
+        let name = entry
+            .path()
+            .map_err(|e| truncated(step, archive, e))?
+            .to_string_lossy()
+            .into_owned();
+        let member = members.iter().find(|m| m.name == name).ok_or_else(|| {
+            Error::failure(
+                step,
+                format!("{}: unexpected member '{name}'", archive.display()),
+            )
+            .service(SVC)
+            .hint("the archive does not belong to this manifest")
+        })?;
+        let mut reader = HashingReader::new(&mut entry);
+        visit(member, &mut reader)?;
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| truncated(step, archive, e))?;
+        let digest = reader.digest();
+        if digest.bytes != member.bytes || digest.sha256 != member.sha256 {
+            return Err(Error::failure(
+                step,
+                format!(
+                    "{}: member {name} does not match its checksum",
+                    archive.display()
+                ),
+            )
+            .service(SVC)
+            .hint("the artifact is damaged; use another backup"));
+        }
+        seen += 1;
+    }
+    if seen != members.len() {
+        return Err(Error::failure(
+            step,
+            format!(
+                "{}: {} of {} members present",
+                archive.display(),
+                seen,
+                members.len()
+            ),
+        )
+        .service(SVC)
+        .hint("the artifact is truncated; use another backup"));
+    }
+    Ok(())
+}
+
+fn truncated(step: &str, archive: &Path, err: io::Error) -> Error {
+    Error::failure(
+        step,
+        format!(
+            "{} cannot be read as a tar archive: {}",
+            archive.display(),
+            crate::archive::without_content(err)
+        ),
+    )
+    .service(SVC)
+    .hint("the artifact is truncated or damaged; use another backup")
+}
+
+/// Full decode: every member re-hashed, every database dump read through
+/// `pg_restore` (which decompresses all table data) without touching a server.
+fn check_custom_archive(
+    archive: &Path,
+    members: &[Member],
+    pg_restore: &ToolCommand,
+) -> Result<()> {
+    let step = "verify archive";
+    walk_members(archive, members, step, |member, reader| {
+        if !member.name.ends_with(".dump") {
+            return Ok(());
+        }
+        let cmd = pg_restore.clone().args(["-f", "/dev/null"]);
+        let step = format!("decode {} with pg_restore", member.name);
+        process::run_feeding(&cmd, SVC, &step, |stdin| {
+            io::copy(reader, stdin).map(|_| ())
+        })
+        .map_err(|e| e.hint("the dump is damaged; use another backup"))?;
+        Ok(())
+    })
+}
+
+/// What [`extract_members`] writes into the scratch directory.
+fn extracted_bytes(record: &ArtifactRecord) -> u64 {
+    record.members.iter().map(|m| m.bytes).sum()
+}
+
+/// Where [`extract_members`] puts a member: by the manifest's name, never
+/// by the archive's own paths.
+fn extracted_path(scratch: &Path, member: &str) -> PathBuf {
+    scratch.join(member.replace('/', "_"))
+}
+
+/// Extract the recorded members into `scratch`.
+fn extract_members(archive: &Path, members: &[Member], scratch: &Path) -> Result<()> {
+    let step = "extract archive";
+    walk_members(archive, members, step, |member, reader| {
+        let path = extracted_path(scratch, &member.name);
+        let mut out = artifact::create_private_file(&path)
+            .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+        io::copy(reader, &mut out).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+        Ok(())
+    })
+}

@@ -1,0 +1,531 @@
+//! PostgreSQL: every database and the globals, with PostgreSQL's own tools.
+//!
+//! * **custom** (default): `pg_dumpall --globals-only` for roles, then one
+//!   `pg_dump -Fc` per database, each taken from a snapshot exported by a
+//!   repeatable-read transaction that also counts the rows: the counts in the
+//!   manifest are exactly the rows in the dump. The dumps are packed into
+//!   `postgres_<TS>.tar` and restored with `pg_restore --clean --if-exists -j N`.
+//! * **plain**: the runbook's `postgres_<TS>.sql`, `pg_dumpall --clean --if-exists`,
+//!   restored with `psql -v ON_ERROR_STOP=1`.
+//!
+//! Passwords reach the tools only through `PGPASSWORD` in their environment.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use async_trait::async_trait;
+
+use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
+use crate::artifact;
+use crate::error::{io_error, Error, Result};
+use crate::manifest::ArtifactRecord;
+use crate::process::{self, ToolCommand};
+use crate::service::Service;
+use crate::target::Target;
+use settings::PostgresSettings;
+
+mod connect;
+mod custom;
+mod drill;
+mod plain;
+mod replace;
+pub mod settings;
+mod sql_file;
+
+use replace::WORK_DB;
+
+const SVC: Service = Service::Postgres;
+
+/// How a PostgreSQL backup is taken: the `format` of its manifest record
+/// (with its `method`, the tool), and the `--postgres-format` /
+/// `[postgres] format` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostgresFormat {
+    /// [`custom`]: `pg_dump -Fc` per database, packed into a tar.
+    Custom,
+    /// [`plain`]: one SQL file from `pg_dumpall`.
+    Plain,
+}
+
+impl PostgresFormat {
+    pub const ALL: [PostgresFormat; 2] = [PostgresFormat::Custom, PostgresFormat::Plain];
+
+    /// The `method` the manifest records for an artifact of this format.
+    pub fn manifest_method(self) -> &'static str {
+        match self {
+            PostgresFormat::Custom => "pg_dump",
+            PostgresFormat::Plain => "pg_dumpall",
+        }
+    }
+
+    /// The `format` the manifest records for an artifact of this format.
+    pub fn manifest_format(self) -> &'static str {
+        match self {
+            PostgresFormat::Custom => "tar+custom",
+            PostgresFormat::Plain => "plain-sql",
+        }
+    }
+
+    /// The format of an artifact, from its manifest record: the one place
+    /// where a format's name is read. Everything after it matches on the enum.
+    pub fn of(record: &ArtifactRecord) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|format| format.manifest_format() == record.format)
+            .ok_or_else(|| {
+                Error::failure(
+                    "verify",
+                    format!("unknown postgres artifact format '{}'", record.format),
+                )
+                .service(SVC)
+            })
+    }
+}
+
+pub struct Postgres {
+    settings: PostgresSettings,
+    target: Target,
+}
+
+impl Postgres {
+    pub fn new(settings: PostgresSettings, target: Target) -> Self {
+        Postgres { settings, target }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}:{}", self.settings.host, self.settings.port)
+    }
+
+    /// A PostgreSQL client tool with the connection in its environment. In
+    /// compose mode it runs in the server's container and reaches the server
+    /// there (its default socket), so only the user and password go along.
+    fn tool(&self, name: &str) -> ToolCommand {
+        let mut cmd = match (&self.target, &self.settings.bin_dir) {
+            (Target::Compose(_), _) => ToolCommand::new(name),
+            (Target::Local, Some(dir)) => ToolCommand::new(dir.join(name).to_string_lossy()),
+            (Target::Local, None) => ToolCommand::new(name),
+        };
+        if matches!(self.target, Target::Local) {
+            cmd = cmd
+                .env("PGHOST", &self.settings.host)
+                .env("PGPORT", self.settings.port.to_string());
+        }
+        cmd = cmd.env("PGUSER", &self.settings.user);
+        // libpq's bound on establishing a connection (TCP, startup and
+        // authentication), in whole seconds; libpq treats less than 2 as 2.
+        let connect = self.settings.timeouts.connect.as_secs_f64().ceil().max(2.0);
+        cmd = cmd.env("PGCONNECT_TIMEOUT", format!("{connect}"));
+        if let Some(password) = &self.settings.password {
+            cmd = cmd.secret_env("PGPASSWORD", password);
+        }
+        self.target.exec(SVC, cmd)
+    }
+
+    /// Non-template databases that accept connections, in name order, but for
+    /// the work and safety databases of an interrupted restore (see
+    /// [`replace`]), which are named in a warning instead.
+    async fn databases(&self, client: &tokio_postgres::Client) -> Result<Vec<String>> {
+        let rows = client
+            .query(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+                &[],
+            )
+            .await
+            .map_err(|e| Self::query_error("list databases", e))?;
+        let (internal, user): (Vec<String>, Vec<String>) = rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .partition(|name| replace::is_internal(name));
+        if !internal.is_empty() {
+            tracing::warn!(
+                databases = %internal.join(", "),
+                "postgres: left out databases an interrupted restore left behind (a safety copy holds the data from before that restore: run the restore again to finish it)"
+            );
+        }
+        Ok(user)
+    }
+
+    /// Exact row counts of every ordinary table of the database `client` is in.
+    /// The user tables of the connected database, largest first: (schema, name, bytes).
+    async fn tables(
+        client: &impl tokio_postgres::GenericClient,
+        step: &str,
+    ) -> Result<Vec<(String, String, i64)>> {
+        let rows = client
+            .query(
+                "SELECT n.nspname, c.relname, pg_relation_size(c.oid) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' \
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+                 ORDER BY 3 DESC, 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| Self::query_error(step, e))?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect())
+    }
+
+    /// The exact number of rows of one table (not of its partitions or children).
+    async fn count_table(
+        client: &impl tokio_postgres::GenericClient,
+        schema: &str,
+        name: &str,
+        step: &str,
+    ) -> Result<u64> {
+        let sql = format!(
+            "SELECT count(*) FROM ONLY {}.{}",
+            quote_ident(schema),
+            quote_ident(name)
+        );
+        let row = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| Self::query_error(step, e))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Exact row counts of every table, one after another on `client` (at
+    /// backup time: inside the dump's snapshot, beside pg_dump).
+    async fn count_rows(
+        client: &impl tokio_postgres::GenericClient,
+        database: &str,
+        counts: &mut BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let step = "count rows";
+        for (schema, name, _) in Self::tables(client, step).await? {
+            let n = Self::count_table(client, &schema, &name, step).await?;
+            counts.insert(count_key(database, &schema, &name), n);
+        }
+        Self::count_large_objects(client, database, counts).await
+    }
+
+    /// Large objects live outside the user's tables: counted on their own, so
+    /// that a restore that lost them fails its count check.
+    async fn count_large_objects(
+        client: &impl tokio_postgres::GenericClient,
+        database: &str,
+        counts: &mut BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let n = Self::count_table(
+            client,
+            "pg_catalog",
+            "pg_largeobject_metadata",
+            "count large objects",
+        )
+        .await?;
+        counts.insert(
+            count_key(database, "pg_catalog", "pg_largeobject_metadata"),
+            n,
+        );
+        Ok(())
+    }
+
+    /// Exact row counts of every table on `jobs` connections at once, each
+    /// table going to the connection with the least bytes so far (after a
+    /// restore, when nothing else needs the server).
+    async fn count_rows_in_parallel(
+        &self,
+        database: &str,
+        counts: &mut BTreeMap<String, u64>,
+    ) -> Result<()> {
+        let step = "count rows";
+        let client = self.connect(database, step).await?;
+        let tables = Self::tables(&client, step).await?;
+        Self::count_large_objects(&client, database, counts).await?;
+        drop(client);
+        let jobs = self.settings.jobs.clamp(1, tables.len().max(1));
+        let mut shares: Vec<(i64, Vec<(String, String)>)> = vec![(0, Vec::new()); jobs];
+        for (schema, name, bytes) in tables {
+            let share = shares.iter_mut().min_by_key(|s| s.0).expect("jobs >= 1");
+            share.0 += bytes.max(1);
+            share.1.push((schema, name));
+        }
+        let counted =
+            futures::future::try_join_all(shares.into_iter().map(|(_, tables)| async move {
+                let client = self.connect(database, step).await?;
+                let mut counted = Vec::with_capacity(tables.len());
+                for (schema, name) in tables {
+                    let n = Self::count_table(&client, &schema, &name, step).await?;
+                    counted.push((count_key(database, &schema, &name), n));
+                }
+                Ok::<_, Error>(counted)
+            }))
+            .await?;
+        counts.extend(counted.into_iter().flatten());
+        Ok(())
+    }
+
+    async fn server_version(&self) -> Result<(String, u32)> {
+        let client = self.connect("postgres", "connect").await?;
+        let row = client
+            .query_one(
+                "SELECT current_setting('server_version'), current_setting('server_version_num')::int",
+                &[],
+            )
+            .await
+            .map_err(|e| Self::query_error("server version", e))?;
+        let num: i32 = row.get(1);
+        Ok((row.get(0), (num / 10000) as u32))
+    }
+
+    /// Major version of a client tool, from `<tool> --version`.
+    async fn client_major(&self, tool: &str) -> Result<u32> {
+        let cmd = self.tool(tool).arg("--version");
+        let out = blocking(move || process::output(&cmd, SVC, "check client version")).await?;
+        parse_major(&out).ok_or_else(|| {
+            Error::failure(
+                "check client version",
+                format!("cannot read a version from `{}`", out.trim()),
+            )
+            .service(SVC)
+        })
+    }
+
+    /// The client tools must be at least as new as the server: pg_dump refuses
+    /// newer servers, and an older pg_restore cannot read newer archives.
+    async fn check_client(&self, server_major: u32) -> Result<()> {
+        for tool in ["pg_dump", "pg_restore"] {
+            let client_major = self.client_major(tool).await?;
+            if client_major < server_major {
+                return Err(Error::failure(
+                    "check client version",
+                    format!("{tool} is version {client_major} but the server is version {server_major}"),
+                )
+                .service(SVC)
+                .hint(format!("install postgresql-client-{server_major} (or set IT_PG_BIN to its bin directory), or use compose mode so the server's own tools run inside its container")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Planner statistics for the restored database (pg_restore leaves none):
+    /// vacuumdb analyzes `jobs` tables at once, where one ANALYZE goes table
+    /// by table.
+    async fn analyze(&self, database: &str) -> Result<()> {
+        let cmd = self
+            .tool("vacuumdb")
+            .args(["--analyze-only", "--quiet", "--no-password"])
+            .arg(format!("--jobs={}", self.settings.jobs.max(1)))
+            .arg(format!("--dbname={}", conninfo_dbname(database)));
+        blocking(move || process::output(&cmd, SVC, "analyze (vacuumdb)").map(|_| ())).await
+    }
+
+    /// Keep what was loaded, or put everything back as it was.
+    async fn settle_replacement(
+        &self,
+        replacement: replace::Replacement,
+        loaded: Result<()>,
+    ) -> Result<()> {
+        match loaded {
+            Ok(()) => self.commit_replacement(replacement).await,
+            Err(e) => Err(self.roll_back(replacement, e).await),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Postgres {
+    fn address(&self) -> String {
+        self.endpoint()
+    }
+
+    fn service(&self) -> Service {
+        SVC
+    }
+
+    async fn probe(&self) -> Result<ServerInfo> {
+        let (version, _) = self.server_version().await?;
+        Ok(ServerInfo {
+            version,
+            endpoint: self.endpoint(),
+        })
+    }
+
+    fn backup_plan(&self, ctx: &BackupContext<'_>) -> Vec<String> {
+        match self.settings.format {
+            PostgresFormat::Custom => self.plan_custom_backup(ctx),
+            PostgresFormat::Plain => self.plan_plain_backup(ctx),
+        }
+    }
+
+    async fn backup(&self, ctx: &BackupContext<'_>) -> Result<StoreBackup> {
+        let started_at = jiff::Timestamp::now().to_string();
+        let (server_version, server_major) = self.server_version().await?;
+        self.check_client(server_major).await?;
+        let mut record = ArtifactRecord::begun(server_version, started_at);
+        let format = self.settings.format;
+        record.method = format.manifest_method().into();
+        record.format = format.manifest_format().into();
+        let artifact = match format {
+            PostgresFormat::Custom => self.backup_custom(ctx, &mut record).await?,
+            PostgresFormat::Plain => self.backup_plain(ctx, &mut record).await?,
+        };
+        Ok(StoreBackup::finished(SVC, artifact, record))
+    }
+
+    async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
+        match PostgresFormat::of(record)? {
+            PostgresFormat::Custom => self.check_custom(artifact, record).await,
+            PostgresFormat::Plain => plain::check_plain(artifact).await,
+        }
+    }
+
+    fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String> {
+        match PostgresFormat::of(record) {
+            Ok(PostgresFormat::Custom) => self.plan_custom_restore(record),
+            Ok(PostgresFormat::Plain) => self.plan_plain_restore(record),
+            Err(e) => vec![e.message],
+        }
+    }
+
+    async fn prepare_restore(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let format = PostgresFormat::of(record)?;
+        let (server_version, server_major) = self.server_version().await?;
+        super::refuse_newer_backup(
+            SVC,
+            1,
+            &record.server_version,
+            &server_version,
+            "restore it into a server of that major version or newer: PostgreSQL does not support loading a dump into an older major version",
+        )?;
+        self.check_client(server_major).await?;
+        match format {
+            PostgresFormat::Custom => self.prepare_custom_restore(ctx, record).await,
+            // psql reads the dump where it is.
+            PostgresFormat::Plain => Ok(()),
+        }
+    }
+
+    async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
+        // The versions were checked by prepare_restore.
+        match PostgresFormat::of(record)? {
+            PostgresFormat::Custom => self.restore_custom(ctx, record).await,
+            PostgresFormat::Plain => self.restore_plain(ctx, record).await,
+        }
+    }
+
+    async fn counts(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, u64>> {
+        let mut databases: Vec<String> = record
+            .counts
+            .keys()
+            .filter_map(|k| k.split_once('/').map(|(db, _)| db.to_string()))
+            .collect();
+        databases.dedup();
+        let mut counts = BTreeMap::new();
+        for database in databases {
+            self.count_rows_in_parallel(&database, &mut counts).await?;
+        }
+        Ok(counts)
+    }
+}
+
+/// The first restore step: the databases it replaces are renamed aside, not dropped.
+fn set_aside_step(databases: &[String]) -> String {
+    format!(
+        "end other sessions on, then rename aside (to itbackup_old_<hash>) the existing databases of: {}; connect to a new empty {WORK_DB} meanwhile",
+        databases.join(", ")
+    )
+}
+
+const SETTLE_STEP: &str = "all loaded: drop the renamed-aside copies; on any failure: drop what was loaded and rename every copy back (the cluster is as before)";
+
+/// Blocking work (child processes, file I/O) for this store, off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    super::blocking(SVC, work).await
+}
+
+/// `<database>/<schema>.<table>`: the key of a row count in the manifest.
+pub fn count_key(database: &str, schema: &str, table: &str) -> String {
+    format!("{database}/{schema}.{table}")
+}
+
+/// Quote an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A libpq connection string naming just a database, safe for any name.
+fn conninfo_dbname(database: &str) -> String {
+    format!(
+        "dbname='{}'",
+        database.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
+fn parse_major(version_output: &str) -> Option<u32> {
+    version_output
+        .split_whitespace()
+        .find(|tok| tok.starts_with(|c: char| c.is_ascii_digit()))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|major| major.parse().ok())
+}
+
+/// Run a tool and write its standard output into `path` (created 0600).
+fn tool_output_to_file(cmd: &ToolCommand, path: &Path, step: &str) -> Result<()> {
+    let mut file = artifact::create_private_file(path)
+        .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+    let mut buffered = BufWriter::with_capacity(artifact::CHUNK, &mut file);
+    process::run_with_output_into(cmd, &mut buffered, SVC, step)?;
+    buffered
+        .flush()
+        .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+    drop(buffered);
+    file.sync_all()
+        .map_err(|e| io_error(Some(SVC), step, path.display(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every format is read back from the names the manifest records for it,
+    /// its method is one the manifest's schema allows, and `ALL` lists every
+    /// format the command line offers.
+    #[test]
+    fn every_format_is_read_back_from_its_manifest_names() {
+        use clap::ValueEnum;
+        let schema = include_str!("../../../docs/manifest.schema.json");
+        assert_eq!(PostgresFormat::ALL, PostgresFormat::value_variants());
+        let mut record = ArtifactRecord::begun(String::new(), String::new());
+        for format in PostgresFormat::ALL {
+            record.format = format.manifest_format().into();
+            assert_eq!(PostgresFormat::of(&record).unwrap(), format);
+            assert!(schema.contains(&format!("\"{}\"", format.manifest_method())));
+        }
+        record.format = "tape".into();
+        let err = PostgresFormat::of(&record).unwrap_err();
+        assert!(
+            err.message
+                .contains("unknown postgres artifact format 'tape'"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn parses_client_versions() {
+        assert_eq!(
+            parse_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(parse_major("pg_restore (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(parse_major("nonsense"), None);
+    }
+
+    #[test]
+    fn conninfo_escapes_quotes() {
+        assert_eq!(conninfo_dbname("a'b\\c"), "dbname='a\\'b\\\\c'");
+    }
+}

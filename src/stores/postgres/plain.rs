@@ -1,0 +1,160 @@
+//! The plain format: the runbook's `postgres_<TS>.sql` from
+//! `pg_dumpall --clean --if-exists`, restored with `psql -v ON_ERROR_STOP=1`.
+
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::artifact::{self, ArtifactWriter, PendingArtifact};
+use crate::error::{io_error, Error, Result};
+use crate::manifest::ArtifactRecord;
+use crate::process::{self};
+use crate::stores::{BackupContext, RestoreContext};
+
+use super::replace::WORK_DB;
+use super::{blocking, conninfo_dbname, set_aside_step, Postgres, SETTLE_STEP, SVC};
+
+/// The last line pg_dumpall writes; a plain dump without it was cut short.
+const PLAIN_TRAILER: &str = "PostgreSQL database cluster dump complete";
+
+impl Postgres {
+    /// The steps a plain-format backup runs, for `--dry-run`.
+    pub(super) fn plan_plain_backup(&self, ctx: &BackupContext<'_>) -> Vec<String> {
+        vec![
+            format!(
+                "connect to {} and count the rows of every table of every database",
+                self.endpoint()
+            ),
+            format!(
+                "{} > {}/postgres_{}.sql",
+                self.tool("pg_dumpall")
+                    .args(["--clean", "--if-exists", "--no-password"]),
+                ctx.dir.display(),
+                ctx.timestamp
+            ),
+        ]
+    }
+
+    /// The steps a plain-format restore runs, for `--dry-run`.
+    pub(super) fn plan_plain_restore(&self, record: &ArtifactRecord) -> Vec<String> {
+        let mut names = record
+            .details
+            .get("databases")
+            .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+            .unwrap_or_default();
+        names.push("template1".into());
+        vec![
+            set_aside_step(&names),
+            format!(
+                "{} -f {}  (roles: created if missing, else altered, never dropped)",
+                self.tool("psql")
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+                    .arg(conninfo_dbname(WORK_DB)),
+                record.file
+            ),
+            SETTLE_STEP.into(),
+        ]
+    }
+    pub(super) async fn backup_plain(
+        &self,
+        ctx: &BackupContext<'_>,
+        record: &mut ArtifactRecord,
+    ) -> Result<PendingArtifact> {
+        let admin = self.connect("postgres", "list databases").await?;
+        let databases = self.databases(&admin).await?;
+        drop(admin);
+        // pg_dumpall cannot share a snapshot with us: counts are taken just before.
+        for database in &databases {
+            let client = self.connect(database, "count rows").await?;
+            Self::count_rows(&client, database, &mut record.counts).await?;
+        }
+        record.details.insert("databases".into(), json!(databases));
+        record
+            .details
+            .insert("counts_consistent_with_dump".into(), json!(false));
+        let cmd = self
+            .tool("pg_dumpall")
+            .args(["--clean", "--if-exists", "--no-password"]);
+        let dir = ctx.dir.to_path_buf();
+        let file = format!("postgres_{}.sql", ctx.timestamp);
+        blocking(move || {
+            let step = "dump cluster (pg_dumpall)";
+            let mut writer = ArtifactWriter::create(&dir, &file)
+                .map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
+            let mut buffered = BufWriter::with_capacity(artifact::CHUNK, &mut writer);
+            process::run_with_output_into(&cmd, &mut buffered, SVC, step)?;
+            buffered
+                .flush()
+                .map_err(|e| io_error(Some(SVC), step, "flush", e))?;
+            drop(buffered);
+            writer
+                .finish()
+                .map_err(|e| io_error(Some(SVC), step, "finish", e))
+        })
+        .await
+    }
+
+    pub(super) async fn restore_plain(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let databases: Vec<String> = record
+            .details
+            .get("databases")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        // pg_dumpall --clean drops and re-creates template1 too.
+        let mut replaced = databases.clone();
+        if !replaced.iter().any(|d| d == "template1") {
+            replaced.push("template1".into());
+        }
+        let replacement = self.begin_replacement(&replaced, ctx.scratch).await?;
+        let loaded = async {
+            self.run_sql_file(ctx.artifact, WORK_DB, "restore cluster (psql)", None)
+                .await
+                .map_err(|e| {
+                    e.hint("the dump does not load into this server (an extension, a role, a tablespace or a function body it needs is missing?): fix the cause psql names and run the restore again")
+                })?;
+            for database in &databases {
+                self.analyze(database).await?;
+            }
+            Ok(())
+        }
+        .await;
+        self.settle_replacement(replacement, loaded).await
+    }
+}
+
+/// A plain dump is complete only when it ends with pg_dumpall's closing comment.
+fn check_plain_trailer(path: &Path) -> Result<()> {
+    let step = "verify dump";
+    let mut file =
+        artifact::open_regular(path).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(4096);
+    let mut tail = String::new();
+    file.seek(SeekFrom::Start(start))
+        .and_then(|_| file.read_to_string(&mut tail).map(|_| ()))
+        .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
+    if tail.contains(PLAIN_TRAILER) {
+        Ok(())
+    } else {
+        Err(Error::failure(
+            step,
+            format!(
+                "{} does not end with pg_dumpall's closing line",
+                path.display()
+            ),
+        )
+        .service(SVC)
+        .hint("the dump is truncated; use another backup"))
+    }
+}
+
+/// Offline check of a plain dump ([`check_plain_trailer`]); touches no server.
+pub(super) async fn check_plain(artifact: &Path) -> Result<()> {
+    let path = artifact.to_path_buf();
+    blocking(move || check_plain_trailer(&path)).await
+}

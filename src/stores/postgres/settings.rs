@@ -1,0 +1,83 @@
+//! PostgreSQL's settings: its `[postgres]` section of the config file, the
+//! libpq environment variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`),
+//! `IT_PG_BIN`, the `--postgres-format` flag, and their defaults.
+//! `config.rs` combines them with the other stores' and the common settings.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::PostgresFormat;
+use crate::cli::MethodArgs;
+use crate::config::{env, resolve_timeouts, Secret};
+use crate::error::{Error, Result};
+use crate::timeout::{self, Timeouts};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresFile {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub format: Option<PostgresFormat>,
+    pub jobs: Option<usize>,
+    pub bin_dir: Option<PathBuf>,
+    pub connect_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+/// How to reach PostgreSQL and how to dump it.
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub format: PostgresFormat,
+    /// Parallel jobs of pg_restore, and databases dumped at once (default: number of cores).
+    pub jobs: usize,
+    /// Directory of pg_dump/pg_restore/psql; `None` means look them up on PATH.
+    pub bin_dir: Option<PathBuf>,
+    pub timeouts: Timeouts,
+}
+
+impl PostgresSettings {
+    /// Flags > environment > the file's `[postgres]` > defaults.
+    pub fn resolve(pg_file: PostgresFile, methods: Option<&MethodArgs>) -> Result<Self> {
+        let port = match env("PGPORT") {
+            Some(p) => p
+                .parse()
+                .map_err(|_| Error::usage(format!("PGPORT '{p}' is not a port number")))?,
+            None => pg_file.port.unwrap_or(5432),
+        };
+        Ok(PostgresSettings {
+            host: env("PGHOST")
+                .or(pg_file.host)
+                .unwrap_or_else(|| "localhost".into()),
+            port,
+            user: env("PGUSER")
+                .or(pg_file.user)
+                .unwrap_or_else(|| "postgres".into()),
+            password: env("PGPASSWORD").map(Secret::new).or(pg_file.password),
+            format: methods
+                .and_then(|m| m.postgres_format)
+                .or(pg_file.format)
+                .unwrap_or(PostgresFormat::Custom),
+            jobs: pg_file.jobs.unwrap_or_else(default_jobs).max(1),
+            bin_dir: env("IT_PG_BIN").map(PathBuf::from).or(pg_file.bin_dir),
+            timeouts: resolve_timeouts(
+                "postgres",
+                timeout::POSTGRES,
+                pg_file.connect_timeout.as_deref(),
+                pg_file.idle_timeout.as_deref(),
+            )?,
+        })
+    }
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
