@@ -32,7 +32,7 @@ use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::artifact::{self, ArtifactWriter, ExportSender, PendingArtifact};
 use crate::cli::Neo4jMethod;
 use crate::config::Neo4jSettings;
-use crate::error::{io_error, Error, Result};
+use crate::error::{io_error, Error, Kind, Result};
 use crate::lock::StoppedServer;
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo, ToolCommand};
@@ -161,14 +161,20 @@ impl IdSet {
 fn neo_error(step: &str, err: neo4rs::Error) -> Error {
     let text = mask_userinfo(&err.to_string());
     let e = Error::failure(step, text.clone()).service(SVC);
+    use neo4rs::{Neo4jClientErrorKind::Security, Neo4jErrorKind::Client, Neo4jSecurityErrorKind};
+    let refused = matches!(&err, neo4rs::Error::Neo4j(n) if n.kind() == Client(Security(Neo4jSecurityErrorKind::Authentication)));
     match err {
-        neo4rs::Error::AuthenticationError(_) => e.hint("Neo4j refused the credentials: check NEO4J_USER and NEO4J_PASSWORD (default test12345)"),
+        neo4rs::Error::AuthenticationError(_) => e.of_kind(Kind::Authentication).hint("Neo4j refused the credentials: check NEO4J_USER and NEO4J_PASSWORD (default test12345)"),
         neo4rs::Error::ConnectionError | neo4rs::Error::IOError { .. } | neo4rs::Error::UrlParseError(_) => {
-            e.hint("is Neo4j running and reachable? check `docker compose ps` and NEO4J_URI (default bolt://localhost:7687)")
+            e.of_kind(Kind::Unreachable).hint("is Neo4j running and reachable? check `docker compose ps` and NEO4J_URI (default bolt://localhost:7687)")
         }
-        _ if text.contains("authentication") || text.contains("Unauthorized") => {
-            e.hint("Neo4j refused the credentials: check NEO4J_USER and NEO4J_PASSWORD (default test12345)")
+        // neo4rs 0.8 types a security failure only when it answers a query;
+        // one met later (BEGIN, PULL, COMMIT) comes as an unexpected message
+        // that quotes the server's code: read here, where the error is made.
+        _ if refused || text.contains("authentication") || text.contains("Unauthorized") => {
+            e.of_kind(Kind::Authentication).hint("Neo4j refused the credentials: check NEO4J_USER and NEO4J_PASSWORD (default test12345)")
         }
+        neo4rs::Error::Neo4j(_) | neo4rs::Error::UnexpectedMessage(_) => e.of_kind(Kind::StoreRefused),
         _ => e,
     }
 }
@@ -195,7 +201,7 @@ impl Neo4j {
             .map_err(|e| neo_error("connect", e))?;
         let uri = mask_userinfo(&self.settings.uri);
         let unreachable = |detail: String| {
-            Error::failure("connect", format!("cannot reach Neo4j at {uri}: {detail}"))
+            Error::unreachable("connect", format!("cannot reach Neo4j at {uri}: {detail}"))
                 .service(SVC)
                 .hint("is Neo4j running and reachable? check NEO4J_URI (default bolt://localhost:7687), and `docker compose ps` in a compose stack")
         };
@@ -221,11 +227,8 @@ impl Neo4j {
             Ok(Ok(graph)) => Ok(graph),
             Ok(Err(e)) => {
                 let text = mask_userinfo(&e.to_string());
-                if matches!(e, neo4rs::Error::AuthenticationError(_))
-                    || text.contains("authentication")
-                    || text.contains("Unauthorized")
-                {
-                    Err(Error::failure(
+                if neo_error("connect", e).kind == Kind::Authentication {
+                    Err(Error::authentication(
                         "connect",
                         format!(
                             "Neo4j at {uri} refused the credentials of user '{}': {text}",
@@ -913,7 +916,7 @@ impl LineSink<'_> {
 /// against the end record and the manifest.
 fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
     let fail = |msg: String| {
-        Error::failure("verify export", format!("{}: {msg}", path.display()))
+        Error::damaged("verify export", format!("{}: {msg}", path.display()))
             .service(SVC)
             .hint("the artifact is truncated or damaged; use another backup")
     };

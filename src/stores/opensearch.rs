@@ -34,7 +34,7 @@ use crate::archive;
 use crate::artifact::{self, ExportSender, PendingArtifact};
 use crate::cli::OpenSearchMethod;
 use crate::config::{ArchiveCompression, OpenSearchSettings};
-use crate::error::{io_error, Error, Result};
+use crate::error::{io_error, Error, Kind, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo, ToolCommand};
 use crate::service::Service;
@@ -187,13 +187,16 @@ impl Http {
                 &format!("{base}: "),
             );
         }
-        let e = Error::failure(step, err.message).service(SVC);
+        let mut e = Error::failure(step, err.message).service(SVC);
+        e.http_status = err.status.map(|s| s.as_u16());
         if err.unreachable {
-            e.hint(format!("is OpenSearch running and reachable at {base}? check `docker compose ps` and OPENSEARCH_URL"))
+            e.of_kind(Kind::Unreachable).hint(format!("is OpenSearch running and reachable at {base}? check `docker compose ps` and OPENSEARCH_URL"))
         } else if err.status == Some(StatusCode::UNAUTHORIZED)
             || err.status == Some(StatusCode::FORBIDDEN)
         {
-            e.hint("the cluster refused our credentials: check OPENSEARCH_USER and OPENSEARCH_PASSWORD")
+            e.of_kind(Kind::Authentication).hint("the cluster refused our credentials: check OPENSEARCH_USER and OPENSEARCH_PASSWORD")
+        } else if err.status.is_some_and(|s| !s.is_success()) {
+            e.of_kind(Kind::StoreRefused)
         } else {
             e
         }
@@ -437,7 +440,7 @@ impl OpenSearch {
         let health = self.http.get("_cluster/health", step).await?;
         let status = health["status"].as_str().unwrap_or("unknown").to_string();
         if status == "red" {
-            return Err(Error::failure(step, format!("cluster {} is red", health["cluster_name"]))
+            return Err(Error::refused(step, format!("cluster {} is red", health["cluster_name"]))
                 .service(SVC)
                 .hint("some primary shards are unassigned: fix the cluster first (GET _cluster/allocation/explain), then retry"));
         }
@@ -841,7 +844,7 @@ impl OpenSearch {
         let state = answer["state"].as_str().unwrap_or("unknown");
         let failed = answer["shards"]["failed"].as_u64().unwrap_or(0);
         if state != "SUCCESS" || failed > 0 {
-            return Err(Error::failure(step, format!("snapshot ended {state} with {failed} failed shard(s): {}", answer["failures"]))
+            return Err(Error::refused(step, format!("snapshot ended {state} with {failed} failed shard(s): {}", answer["failures"]))
                 .service(SVC)
                 .hint("verify disk space and that the opensearch container can create files under /usr/share/opensearch/data"));
         }
@@ -1523,14 +1526,16 @@ impl OpenSearch {
             )
         })?;
         if !status.is_success() {
-            return Err(Error::failure(
+            let mut e = Error::refused(
                 step,
                 format!(
                     "HTTP {status}: {}",
                     String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
                 ),
             )
-            .service(SVC));
+            .service(SVC);
+            e.http_status = Some(status.as_u16());
+            return Err(e);
         }
         Ok(bytes)
     }
@@ -1877,7 +1882,7 @@ fn parse_byte_size(text: &str) -> Option<u64> {
 fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<LoadNeeds> {
     let step = "verify export";
     let fail = |msg: String| {
-        Error::failure(step, format!("{}: {msg}", path.display()))
+        Error::damaged(step, format!("{}: {msg}", path.display()))
             .service(SVC)
             .hint("the artifact is truncated or damaged; use another backup")
     };
@@ -1902,7 +1907,7 @@ fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<LoadNeeds> {
         };
         // What the load would be refused: named with its line.
         let refuse = |msg: String| {
-            Error::failure(step, format!("{} line {number}: {msg}", path.display()))
+            Error::damaged(step, format!("{} line {number}: {msg}", path.display()))
                 .service(SVC)
                 .hint("the restore would fail on this record after replacing the index; the artifact is damaged or was not written by itbackup; nothing was changed: use another backup")
         };
@@ -2559,7 +2564,7 @@ async fn bulk(http: &Http, body: Vec<u8>) -> Result<()> {
                 && !(attempt > 1 && item.status == 409)
         });
         if let Some(doc) = failure {
-            return Err(Error::failure(
+            return Err(Error::refused(
                 step,
                 format!(
                     "document \"{}\" of index {} was refused: {}",
@@ -2577,14 +2582,14 @@ async fn bulk(http: &Http, body: Vec<u8>) -> Result<()> {
             continue;
         }
         return Err(
-            Error::failure(step, "the cluster kept rejecting documents (429)")
+            Error::refused(step, "the cluster kept rejecting documents (429)")
                 .service(SVC)
                 .hint(
                     "the cluster is overloaded: retry later or lower bulk_requests in the config",
                 ),
         );
     }
-    Err(Error::failure(step, "the cluster kept rejecting documents (429)").service(SVC))
+    Err(Error::refused(step, "the cluster kept rejecting documents (429)").service(SVC))
 }
 
 #[async_trait]
@@ -2682,7 +2687,7 @@ impl Store for OpenSearch {
                 super::blocking(SVC, move || {
                     let reader = archive::open(&path, compression).map_err(|e| io_error(Some(SVC), "verify snapshot", path.display(), e))?;
                     archive::check(reader).map(|_| ()).map_err(|e| {
-                        Error::failure("verify snapshot", format!("{} is not a sound archive: {e}", path.display()))
+                        Error::damaged("verify snapshot", format!("{} is not a sound archive: {e}", path.display()))
                             .service(SVC)
                             .hint("the artifact is truncated, damaged or unsafe (paths outside the archive); nothing was extracted; use another backup")
                     })
@@ -2792,7 +2797,7 @@ impl Store for OpenSearch {
                 Ok(n) => {
                     counts.insert(name, n);
                 }
-                Err(e) if e.message.contains("404") => {}
+                Err(e) if e.http_status == Some(404) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -25,7 +25,7 @@ use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::artifact::{self, ArtifactWriter, HashingReader, PendingArtifact};
 use crate::cli::PostgresFormat;
 use crate::config::PostgresSettings;
-use crate::error::{io_error, Error, Result};
+use crate::error::{io_error, Error, Kind, Result};
 use crate::manifest::{ArtifactRecord, Member};
 use crate::process::{self, ToolCommand};
 use crate::service::Service;
@@ -175,24 +175,28 @@ impl Postgres {
         let message =
             format!("cannot connect to {endpoint} (database {database}, user {user}): {err}");
         let text = format!("{err:?}");
-        let hint = match err.code() {
-            Some(code) if *code == SqlState::INVALID_PASSWORD => format!(
+        let (kind, hint) = match err.code() {
+            Some(code) if *code == SqlState::INVALID_PASSWORD => (Kind::Authentication, format!(
                 "password authentication failed for user {user}: check PGPASSWORD (the compose stack's POSTGRES_PASSWORD)"
-            ),
-            Some(code) if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => format!(
+            )),
+            Some(code) if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => (Kind::Authentication, format!(
                 "the server refuses user {user} from this host: check PGUSER and the server's pg_hba.conf"
-            ),
+            )),
             Some(code) if *code == SqlState::INVALID_CATALOG_NAME => {
-                format!("database {database} does not exist on {endpoint}")
+                (Kind::StoreRefused, format!("database {database} does not exist on {endpoint}"))
             }
+            // tokio-postgres names this configuration error in its text only.
             _ if text.contains("password missing") => {
-                "the server wants a password: set PGPASSWORD".to_string()
+                (Kind::Authentication, "the server wants a password: set PGPASSWORD".to_string())
             }
-            _ => format!(
+            Some(_) => (Kind::StoreRefused, format!(
                 "is PostgreSQL running and reachable at {endpoint}? check `docker compose ps` and PGHOST/PGPORT"
-            ),
+            )),
+            None => (Kind::Unreachable, format!(
+                "is PostgreSQL running and reachable at {endpoint}? check `docker compose ps` and PGHOST/PGPORT"
+            )),
         };
-        Error::failure(step, message).service(SVC).hint(hint)
+        Error::new(kind, step, message).service(SVC).hint(hint)
     }
 
     fn query_error(step: &str, err: tokio_postgres::Error) -> Error {
@@ -200,7 +204,14 @@ impl Postgres {
             .as_db_error()
             .map(|db| db.message().to_string())
             .unwrap_or_else(|| err.to_string());
-        Error::failure(step, detail).service(SVC)
+        // The server answered (a SQLSTATE) or the connection broke.
+        let kind = match err.code() {
+            Some(code) if *code == SqlState::DISK_FULL => Kind::NoSpace,
+            Some(_) => Kind::StoreRefused,
+            None if err.is_closed() => Kind::Unreachable,
+            None => Kind::Failure,
+        };
+        Error::new(kind, step, detail).service(SVC)
     }
 
     /// Non-template databases that accept connections, in name order, but for
@@ -942,7 +953,7 @@ fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEntry>> {
         .get("databases")
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .ok_or_else(|| {
-            Error::failure("restore", "the manifest lists no databases for postgres").service(SVC)
+            Error::damaged("restore", "the manifest lists no databases for postgres").service(SVC)
         })
 }
 
@@ -1031,7 +1042,7 @@ fn walk_members(
         // As for OpenSearch archives: a member that climbs out, is absolute
         // or is no plain file is refused, never renamed into place.
         if let Some(reason) = crate::archive::refuse(&entry) {
-            return Err(Error::failure(
+            return Err(Error::damaged(
                 step,
                 format!("{}: unsafe member {reason}", archive.display()),
             )
@@ -1044,7 +1055,7 @@ fn walk_members(
             .to_string_lossy()
             .into_owned();
         let member = members.iter().find(|m| m.name == name).ok_or_else(|| {
-            Error::failure(
+            Error::damaged(
                 step,
                 format!("{}: unexpected member '{name}'", archive.display()),
             )
@@ -1056,7 +1067,7 @@ fn walk_members(
         io::copy(&mut reader, &mut io::sink()).map_err(|e| truncated(step, archive, e))?;
         let digest = reader.digest();
         if digest.bytes != member.bytes || digest.sha256 != member.sha256 {
-            return Err(Error::failure(
+            return Err(Error::damaged(
                 step,
                 format!(
                     "{}: member {name} does not match its checksum",
@@ -1069,7 +1080,7 @@ fn walk_members(
         seen += 1;
     }
     if seen != members.len() {
-        return Err(Error::failure(
+        return Err(Error::damaged(
             step,
             format!(
                 "{}: {} of {} members present",
@@ -1085,7 +1096,7 @@ fn walk_members(
 }
 
 fn truncated(step: &str, archive: &Path, err: io::Error) -> Error {
-    Error::failure(
+    Error::damaged(
         step,
         format!(
             "{} cannot be read as a tar archive: {}",
@@ -1114,7 +1125,14 @@ fn check_custom_archive(
         process::run_feeding(&cmd, SVC, &step, |stdin| {
             io::copy(reader, stdin).map(|_| ())
         })
-        .map_err(|e| e.hint("the dump is damaged; use another backup"))?;
+        .map_err(|e| {
+            let kind = match e.kind {
+                Kind::StoreRefused => Kind::DamagedBackup,
+                other => other,
+            };
+            e.of_kind(kind)
+                .hint("the dump is damaged; use another backup")
+        })?;
         Ok(())
     })
 }
@@ -1170,7 +1188,7 @@ fn check_plain_trailer(path: &Path) -> Result<()> {
     if tail.contains(PLAIN_TRAILER) {
         Ok(())
     } else {
-        Err(Error::failure(
+        Err(Error::damaged(
             step,
             format!(
                 "{} does not end with pg_dumpall's closing line",
