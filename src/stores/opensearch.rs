@@ -1031,7 +1031,8 @@ impl OpenSearch {
             .await;
         match refused.into_iter().next() {
             None => Ok(()),
-            Some((name, e)) => Err(Error::failure(
+            Some((name, e)) => Err(Error::new(
+                e.kind,
                 step,
                 format!(
                     "this cluster (OpenSearch {server_version}) refuses the settings or mappings of index {name} from OpenSearch {}: {}",
@@ -1645,7 +1646,7 @@ impl OpenSearch {
         if needs.largest_entry <= limit {
             return Ok(());
         }
-        Err(Error::failure(
+        Err(Error::refused(
             "check load limits",
             format!(
                 "line {} of {}: document \"{}\" of index {} makes a _bulk request of {} ({} bytes), more than this cluster's http.max_content_length of {} ({limit} bytes)",
