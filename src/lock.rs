@@ -305,6 +305,7 @@ mod tests {
         let first = RootLock::acquire(dir.path(), "backup").unwrap();
         let err = RootLock::acquire(dir.path(), "restore").unwrap_err();
         assert!(err.message.contains("itbackup backup (pid"), "{err}");
+        assert_eq!(err.kind, Kind::Locked);
         drop(first);
         RootLock::acquire(dir.path(), "restore").unwrap();
     }
