@@ -139,7 +139,7 @@ pub fn newest_complete(root: &Path) -> Result<PathBuf> {
     newest_complete_entry(&scan(root)?)
         .map(|entry| entry.path.clone())
         .ok_or_else(|| {
-            Error::failure(
+            Error::not_found(
                 "find backup",
                 format!("no complete backup under {}", root.display()),
             )

@@ -35,8 +35,27 @@ OPENSEARCH_URL, NEO4J_URI NEO4J_USER NEO4J_PASSWORD. Settings may also live in a
 TOML file (--config, IT_CONFIG or ./itbackup.toml); flags beat the environment,
 which beats the file. Set RUST_LOG=debug to see every command that runs.";
 
+/// The exit codes, after the long help (docs/exit-codes.md has the details;
+/// a unit test keeps the two and `error::Kind` in step).
+pub const EXIT_CODES: &str = "\
+Exit codes (details and what to do: docs/exit-codes.md):
+  0  success
+  1  failure                 anything not named below
+  2  usage                   bad arguments or configuration; nothing was done
+  3  not_found               no such backup, path or remote backup
+  4  damaged_backup          a checksum, size, manifest or decode check failed
+  5  verification_mismatch   restored counts or digests differ from the backup
+  6  locked                  another run holds the backup root or a server
+  7  unreachable             a server or repository refused the connection or timed out
+  8  authentication          credentials or key refused
+  9  no_space                a disk is full
+  10 store_refused           a server or a store's tool refused the work
+  11 interrupted             a signal stopped one of the tools
+With --json an error is also printed on standard output as
+{\"error\": {\"kind\", \"exit_code\", \"service\", \"step\", \"message\", \"hint\"}}.";
+
 #[derive(Debug, Parser)]
-#[command(name = "itbackup", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "itbackup", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = EXIT_CODES)]
 pub struct Cli {
     /// Directory that holds the backups (one sub-directory per backup).
     #[arg(long, global = true, env = "IT_BACKUP_ROOT", value_name = "DIR")]

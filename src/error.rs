@@ -1,18 +1,103 @@
 //! Errors that tell an operator at 3 a.m. what failed, where, and what to do.
 //!
 //! Every failure the tool reports names the service (when there is one), the
-//! step that failed and, where we can guess it, the likely fix. The exit code
-//! follows from the kind: usage errors exit 2, everything else 1.
+//! step that failed and, where we can guess it, the likely fix. It also
+//! carries a [`Kind`], decided where the error is made (the lock, the
+//! checksum check, the store's client, the tool runner), from which the exit
+//! code follows: scripts branch on the code, code branches on the kind, and
+//! nothing branches on the message text. The codes are documented in
+//! docs/exit-codes.md and must stay stable.
 
 use std::fmt;
 
 use crate::service::Service;
 
-/// Whether the user asked for something impossible (exit 2) or the work failed (exit 1).
+/// What kind of failure an error is: decides the exit code (see
+/// [`Kind::exit_code`]) and the `kind` of a `--json` error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Usage,
+    /// Anything not named below (exit 1).
     Failure,
+    /// The request cannot be carried out as given: arguments, configuration (exit 2).
+    Usage,
+    /// The backup, path or remote backup asked for does not exist (exit 3).
+    NotFound,
+    /// A backup failed its checks: checksum, size, manifest, archive, decode (exit 4).
+    DamagedBackup,
+    /// After a restore (or a drill) the store does not hold what the backup
+    /// says: counts or digests differ (exit 5).
+    VerificationMismatch,
+    /// Another run holds the lock of the backup root or of a server (exit 6).
+    Locked,
+    /// A server or repository could not be reached or stopped answering:
+    /// connection refused, DNS, connect or idle timeout (exit 7).
+    Unreachable,
+    /// A server, repository or key refused the credentials (exit 8).
+    Authentication,
+    /// A disk is full: the backup root, a scratch directory, a server's (exit 9).
+    NoSpace,
+    /// A server or one of the stores' tools refused or failed the work (exit 10).
+    StoreRefused,
+    /// A signal stopped one of the tools the run started (exit 11).
+    Interrupted,
+}
+
+impl Kind {
+    /// Every kind, in exit-code order.
+    pub const ALL: [Kind; 11] = [
+        Kind::Failure,
+        Kind::Usage,
+        Kind::NotFound,
+        Kind::DamagedBackup,
+        Kind::VerificationMismatch,
+        Kind::Locked,
+        Kind::Unreachable,
+        Kind::Authentication,
+        Kind::NoSpace,
+        Kind::StoreRefused,
+        Kind::Interrupted,
+    ];
+
+    /// The process exit status for this kind (0 is success). Stable:
+    /// scripts depend on these numbers (docs/exit-codes.md).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Kind::Failure => 1,
+            Kind::Usage => 2,
+            Kind::NotFound => 3,
+            Kind::DamagedBackup => 4,
+            Kind::VerificationMismatch => 5,
+            Kind::Locked => 6,
+            Kind::Unreachable => 7,
+            Kind::Authentication => 8,
+            Kind::NoSpace => 9,
+            Kind::StoreRefused => 10,
+            Kind::Interrupted => 11,
+        }
+    }
+
+    /// The name in `--json` errors (`{"error": {"kind": …}}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Failure => "failure",
+            Kind::Usage => "usage",
+            Kind::NotFound => "not_found",
+            Kind::DamagedBackup => "damaged_backup",
+            Kind::VerificationMismatch => "verification_mismatch",
+            Kind::Locked => "locked",
+            Kind::Unreachable => "unreachable",
+            Kind::Authentication => "authentication",
+            Kind::NoSpace => "no_space",
+            Kind::StoreRefused => "store_refused",
+            Kind::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A failure with the context an operator needs to act on it.
@@ -23,31 +108,71 @@ pub struct Error {
     pub step: String,
     pub message: String,
     pub hint: Option<String>,
+    /// The HTTP status a server answered with, when the failure is such an
+    /// answer: lets a caller tell "not there" (404) from other refusals.
+    pub http_status: Option<u16>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// A failure during `step`, not tied to one service.
-    pub fn failure(step: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An error of `kind` during `step`, not tied to one service.
+    pub fn new(kind: Kind, step: impl Into<String>, message: impl Into<String>) -> Self {
         Error {
-            kind: Kind::Failure,
+            kind,
             service: None,
             step: step.into(),
             message: message.into(),
             hint: None,
+            http_status: None,
         }
+    }
+
+    /// A failure during `step` of no more particular [`Kind`].
+    pub fn failure(step: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(Kind::Failure, step, message)
     }
 
     /// The user's request cannot be carried out as given (exit status 2).
     pub fn usage(message: impl Into<String>) -> Self {
-        Error {
-            kind: Kind::Usage,
-            service: None,
-            step: "arguments".into(),
-            message: message.into(),
-            hint: None,
-        }
+        Self::new(Kind::Usage, "arguments", message)
+    }
+
+    /// What the request names (a backup, a path) does not exist.
+    pub fn not_found(step: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(Kind::NotFound, step, message)
+    }
+
+    /// A backup failed a check of its checksums, sizes, manifest or content.
+    pub fn damaged(step: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(Kind::DamagedBackup, step, message)
+    }
+
+    /// A store does not hold what the backup says it should after a restore.
+    pub fn mismatch(step: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(Kind::VerificationMismatch, step, message)
+    }
+
+    /// A server or repository could not be reached, or stopped answering.
+    pub fn unreachable(step: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(Kind::Unreachable, step, message)
+    }
+
+    /// A server, repository or key refused the credentials.
+    pub fn authentication(step: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(Kind::Authentication, step, message)
+    }
+
+    /// A server or a store's tool refused or failed the work.
+    pub fn refused(step: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(Kind::StoreRefused, step, message)
+    }
+
+    /// The same error as another kind (for a helper that knows better than
+    /// the constructor it called).
+    pub fn of_kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
     }
 
     pub fn service(mut self, service: Service) -> Self {
@@ -61,10 +186,7 @@ impl Error {
     }
 
     pub fn exit_code(&self) -> i32 {
-        match self.kind {
-            Kind::Usage => 2,
-            Kind::Failure => 1,
-        }
+        self.kind.exit_code()
     }
 }
 
@@ -90,12 +212,10 @@ pub trait Context<T> {
 
 impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
     fn step(self, service: Option<Service>, step: &str) -> Result<T> {
-        self.map_err(|e| Error {
-            kind: Kind::Failure,
-            service,
-            step: step.to_string(),
-            message: e.to_string(),
-            hint: None,
+        self.map_err(|e| {
+            let mut err = Error::failure(step, e.to_string());
+            err.service = service;
+            err
         })
     }
 }
@@ -141,20 +261,35 @@ pub fn require_free_space(
     if free >= needed {
         return Ok(());
     }
-    Err(Error {
-        kind: Kind::Failure,
-        service,
-        step: step.to_string(),
-        message: format!(
+    let mut err = Error::new(
+        Kind::NoSpace,
+        step,
+        format!(
             "{what} needs {} in {}, which has {} free",
             crate::report::size(needed),
             dir.display(),
             crate::report::size(free)
         ),
-        hint: Some(
-            "the disk is full: free space there, or use a bigger disk; nothing was changed".into(),
-        ),
-    })
+    )
+    .hint("the disk is full: free space there, or use a bigger disk; nothing was changed");
+    err.service = service;
+    Err(err)
+}
+
+/// The kind of a local I/O error: a full disk or quota, or a file of a
+/// backup refused for its type or size (see [`crate::artifact::open_sized`]);
+/// anything else is a plain failure.
+pub fn io_kind(err: &std::io::Error) -> Kind {
+    let refused_file = err.get_ref().is_some_and(|e| {
+        e.is::<crate::artifact::NotRegular>() || e.is::<crate::artifact::SizeMismatch>()
+    });
+    if refused_file {
+        return Kind::DamagedBackup;
+    }
+    match err.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Kind::NoSpace,
+        _ => Kind::Failure,
+    }
 }
 
 /// Turn an I/O error into a failure with the disk-oriented hint.
@@ -164,14 +299,9 @@ pub fn io_error(
     what: impl fmt::Display,
     err: std::io::Error,
 ) -> Error {
-    let hint = io_hint(&err);
-    Error {
-        kind: Kind::Failure,
-        service,
-        step: step.to_string(),
-        message: format!("{what}: {err}"),
-        hint: Some(hint.to_string()),
-    }
+    let mut error = Error::new(io_kind(&err), step, format!("{what}: {err}")).hint(io_hint(&err));
+    error.service = service;
+    error
 }
 
 #[cfg(test)]
@@ -198,5 +328,54 @@ mod tests {
         );
         assert!(err.hint.unwrap().contains("the disk is full"));
         assert_eq!(err.service, Some(Service::Postgres));
+        assert_eq!(err.kind, Kind::NoSpace);
+    }
+
+    #[test]
+    fn every_kind_has_its_own_exit_code_clear_of_success_and_the_shell_codes() {
+        let codes: Vec<i32> = Kind::ALL.iter().map(|k| k.exit_code()).collect();
+        let mut distinct = codes.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), Kind::ALL.len(), "{codes:?}");
+        assert!(codes.iter().all(|c| (1..126).contains(c)), "{codes:?}");
+        assert_eq!(Kind::Failure.exit_code(), 1);
+        assert_eq!(Kind::Usage.exit_code(), 2);
+        assert_eq!(Error::usage("x").exit_code(), 2);
+    }
+
+    #[test]
+    fn every_exit_code_is_documented() {
+        let doc = include_str!("../docs/exit-codes.md");
+        for kind in Kind::ALL {
+            let row = format!("| {} | `{}` |", kind.exit_code(), kind.as_str());
+            assert!(doc.contains(&row), "docs/exit-codes.md lacks the row {row}");
+        }
+    }
+
+    #[test]
+    fn the_long_help_lists_every_exit_code() {
+        for kind in Kind::ALL {
+            let line = format!("  {:<2} {}", kind.exit_code(), kind.as_str());
+            assert!(
+                crate::cli::EXIT_CODES.contains(&line),
+                "--help lacks {line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn io_errors_are_classified_where_they_are_made() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(io_error(None, "write", "x", full).kind, Kind::NoSpace);
+        let quota = std::io::Error::from_raw_os_error(libc::EDQUOT);
+        assert_eq!(io_error(None, "write", "x", quota).kind, Kind::NoSpace);
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(io_error(None, "write", "x", denied).kind, Kind::Failure);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a");
+        std::fs::write(&file, b"abc").unwrap();
+        let short = crate::artifact::open_sized(&file, 4, false).unwrap_err();
+        assert_eq!(io_error(None, "read", "a", short).kind, Kind::DamagedBackup);
     }
 }

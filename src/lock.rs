@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::artifact::create_private_dir;
-use crate::error::{io_error, Error, Result};
+use crate::error::{io_error, Error, Kind, Result};
 use crate::service::Service;
 use sha2::Digest;
 
@@ -78,7 +78,11 @@ fn take(
             } else {
                 holder
             };
-            return Err(Error::failure(step, format!("{} {holder}", what())));
+            return Err(Error::new(
+                Kind::Locked,
+                step,
+                format!("{} {holder}", what()),
+            ));
         }
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(io_error(None, step, path.display(), e))
@@ -301,6 +305,7 @@ mod tests {
         let first = RootLock::acquire(dir.path(), "backup").unwrap();
         let err = RootLock::acquire(dir.path(), "restore").unwrap_err();
         assert!(err.message.contains("itbackup backup (pid"), "{err}");
+        assert_eq!(err.kind, Kind::Locked);
         drop(first);
         RootLock::acquire(dir.path(), "restore").unwrap();
     }

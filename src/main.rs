@@ -1,4 +1,6 @@
-//! Entry point: parse, run, print, map errors to exit codes (0 ok, 1 failure, 2 usage).
+//! Entry point: parse, run, print, map errors to exit codes: 0 ok, else the
+//! error's kind decides (1 failure, 2 usage, 3 and up for the kinds a script
+//! may want to tell apart; docs/exit-codes.md).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,12 +30,9 @@ fn main() {
             // A script reading --json gets the failure too, unless the run
             // already printed its own report (a failed drill, a status alarm).
             if cli.json && !REPORTED.load(Ordering::Relaxed) {
-                let kind = match err.kind {
-                    Kind::Usage => "usage",
-                    Kind::Failure => "failure",
-                };
                 let error = serde_json::json!({ "error": {
-                    "kind": kind,
+                    "kind": err.kind.as_str(),
+                    "exit_code": err.exit_code(),
                     "service": err.service.map(|s| s.as_str()),
                     "step": err.step,
                     "message": mask(&err.message),
@@ -131,7 +130,21 @@ async fn run(cli: &Cli) -> Result<()> {
                     metrics::record_drill(m, &outcome.validation)
                 });
                 if !outcome.validation.ok {
-                    return Err(Error::failure(
+                    // Restored, yet the data differs: a verification
+                    // mismatch. A failed restore or a missed RTO: a failure.
+                    let validation = &outcome.validation;
+                    let differs = validation.errors.is_empty()
+                        && validation
+                            .services
+                            .values()
+                            .any(|v| !v.differences.is_empty());
+                    let kind = if differs {
+                        Kind::VerificationMismatch
+                    } else {
+                        Kind::Failure
+                    };
+                    return Err(Error::new(
+                        kind,
                         "drill",
                         format!(
                             "the recovery drill failed:\n  {}",

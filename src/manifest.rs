@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::artifact::{self, ArtifactWriter};
-use crate::error::{io_error, Error, Result};
+use crate::error::{io_error, Error, Kind, Result};
 use crate::service::Service;
 
 pub const MANIFEST_FILE: &str = "backup-manifest.json";
@@ -171,7 +171,7 @@ impl Manifest {
             if path.symlink_metadata().is_ok() {
                 err
             } else {
-                err.hint("no backup-manifest.json: the backup is incomplete (interrupted or failed) or the path is wrong; `itbackup list` shows complete backups")
+                err.of_kind(Kind::NotFound).hint("no backup-manifest.json: the backup is incomplete (interrupted or failed) or the path is wrong; `itbackup list` shows complete backups")
             }
         })?;
         Self::parse(&text, &path.display().to_string())
@@ -181,7 +181,7 @@ impl Manifest {
     pub fn parse(text: &[u8], origin: &str) -> Result<Self> {
         let step = "read manifest";
         let invalid = |e: serde_json::Error| {
-            Error::failure(step, format!("{origin} is not a valid manifest: {e}"))
+            Error::damaged(step, format!("{origin} is not a valid manifest: {e}"))
                 .hint("the manifest is damaged; restore from another backup (`itbackup list`) or from the remote copy")
         };
         // serde_json keeps the last of two equal keys: a manifest could then
@@ -190,7 +190,7 @@ impl Manifest {
         serde_json::from_slice::<NoDuplicateKeys>(text).map_err(invalid)?;
         let manifest: Manifest = serde_json::from_slice(text).map_err(invalid)?;
         manifest.validate().map_err(|msg| {
-            Error::failure(step, format!("{origin}: {msg}")).hint(
+            Error::damaged(step, format!("{origin}: {msg}")).hint(
                 "the manifest was altered or damaged after the backup was written; do not trust this backup, use another one",
             )
         })?;

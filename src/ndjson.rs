@@ -141,7 +141,7 @@ fn limit(max_line: usize) -> u64 {
 
 /// The error for line `number` of `path`, longer than `max_line` bytes.
 pub fn too_long(path: &Path, service: Service, number: usize, max_line: usize) -> Error {
-    Error::failure(
+    Error::damaged(
         STEP,
         format!(
             "{} line {number} is longer than {} ({max_line} bytes), the most a {service} restore loads as one record",
@@ -155,7 +155,7 @@ pub fn too_long(path: &Path, service: Service, number: usize, max_line: usize) -
 
 /// The error for line `number` of `path`, which does not read or decode.
 pub fn damaged(path: &Path, service: Service, number: usize, what: String) -> Error {
-    Error::failure(
+    Error::damaged(
         STEP,
         format!("{} is damaged at line {number}: {what}", path.display()),
     )

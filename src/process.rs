@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 
 use crate::config::Secret;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::service::Service;
 
 /// Lines of a tool's standard error kept for the error message.
@@ -296,6 +296,49 @@ impl Finished {
     }
 }
 
+/// What a failed tool's end says about the failure: a signal stopped it, or
+/// its last words name a refused password, an unreachable server or a full
+/// disk; otherwise the tool (or the server behind it) refused the work. The
+/// tools give no other structured answer than their exit status, so this is
+/// the one place where their standard error is read to classify them.
+pub fn tool_failure_kind(status: ExitStatus, stderr_tail: &str) -> Kind {
+    use std::os::unix::process::ExitStatusExt;
+    if matches!(
+        status.signal(),
+        Some(libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT | libc::SIGKILL)
+    ) {
+        return Kind::Interrupted;
+    }
+    let said = stderr_tail.to_lowercase();
+    let any = |phrases: &[&str]| phrases.iter().any(|p| said.contains(p));
+    if any(&[
+        "password authentication failed",
+        "no password supplied",
+        "authentication failed",
+        "peer authentication failed",
+    ]) {
+        Kind::Authentication
+    } else if any(&[
+        "no space left on device",
+        "disk quota exceeded",
+        "could not extend file",
+    ]) {
+        Kind::NoSpace
+    } else if any(&[
+        "connection refused",
+        "could not connect to",
+        "could not translate host name",
+        "name or service not known",
+        "timeout expired",
+        "server closed the connection unexpectedly",
+        "no route to host",
+    ]) {
+        Kind::Unreachable
+    } else {
+        Kind::StoreRefused
+    }
+}
+
 /// An error for a tool that exited non-zero.
 pub fn tool_failed(
     service: Service,
@@ -309,8 +352,12 @@ pub fn tool_failed(
     } else {
         stderr_tail.to_string()
     };
-    let error =
-        Error::failure(step, format!("`{display}` failed ({status}):\n{tail}")).service(service);
+    let error = Error::new(
+        tool_failure_kind(status, stderr_tail),
+        step,
+        format!("`{display}` failed ({status}):\n{tail}"),
+    )
+    .service(service);
     match crate::target::docker_hint(display, stderr_tail) {
         Some(hint) => error.hint(hint),
         None => error,
@@ -469,5 +516,33 @@ mod tests {
         let cmd = ToolCommand::new("sh").args(["-c", "echo boom >&2; exit 3"]);
         let err = output(&cmd, Service::Postgres, "probe").unwrap_err();
         assert!(err.to_string().contains("boom"), "{err}");
+        assert_eq!(err.kind, Kind::StoreRefused);
+    }
+
+    #[test]
+    fn a_failed_tool_is_classified_by_its_end() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = ExitStatus::from_raw(1 << 8);
+        let kind = |said: &str| tool_failure_kind(exited, said);
+        assert_eq!(
+            kind("pg_dump: error: connection to server at \"db\" (10.0.0.1), port 5432 failed: FATAL:  password authentication failed for user \"postgres\""),
+            Kind::Authentication
+        );
+        assert_eq!(
+            kind("psql: error: connection to server at \"127.0.0.1\", port 1 failed: Connection refused"),
+            Kind::Unreachable
+        );
+        assert_eq!(
+            kind("pg_restore: error: could not extend file \"base/1/2\": No space left on device"),
+            Kind::NoSpace
+        );
+        assert_eq!(
+            kind("ERROR:  relation \"x\" already exists"),
+            Kind::StoreRefused
+        );
+        assert_eq!(
+            tool_failure_kind(ExitStatus::from_raw(libc::SIGTERM), ""),
+            Kind::Interrupted
+        );
     }
 }

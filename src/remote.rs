@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::artifact::{self, create_private_dir, Digest256, PARTIAL_SUFFIX};
-use crate::error::{io_error, Error, Result};
+use crate::error::{io_error, Error, Kind, Result};
 use crate::manifest::{is_safe_component, Manifest, MANIFEST_FILE};
 use crate::timeout::{self, Phase};
 
@@ -111,17 +111,45 @@ fn remote_error(step: &str, url: &str, err: object_store::Error) -> Error {
             &format!("{url}: "),
         );
     }
-    let hint = match &err {
-        object_store::Error::NotFound { .. } => {
-            "the bucket or object does not exist; check the URL (s3://bucket/prefix)"
-        }
+    let (kind, hint) = match &err {
+        object_store::Error::NotFound { .. } => (
+            Kind::NotFound,
+            "the bucket or object does not exist; check the URL (s3://bucket/prefix)",
+        ),
         object_store::Error::Unauthenticated { .. }
-        | object_store::Error::PermissionDenied { .. } => {
-            "the server refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the backend's own variables)"
-        }
-        _ => "is the remote reachable? for S3-compatible servers set AWS_ENDPOINT_URL (and AWS_ALLOW_HTTP=true for plain http)",
+        | object_store::Error::PermissionDenied { .. } => (
+            Kind::Authentication,
+            "the server refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the backend's own variables)",
+        ),
+        _ => (
+            cause_kind(&err),
+            "is the remote reachable? for S3-compatible servers set AWS_ENDPOINT_URL (and AWS_ALLOW_HTTP=true for plain http)",
+        ),
     };
-    Error::failure(step, format!("{url}: {err}")).hint(hint)
+    Error::new(kind, step, format!("{url}: {err}")).hint(hint)
+}
+
+/// The kind of a repository error that object_store does not name: found
+/// in its chain of causes (a connection that failed, a local disk that is
+/// full), else a plain failure.
+fn cause_kind(err: &object_store::Error) -> Kind {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<reqwest::Error>()
+            .is_some_and(|e| e.is_connect())
+            || e.downcast_ref::<object_store::client::HttpError>()
+                .is_some_and(|e| e.kind() == object_store::client::HttpErrorKind::Connect)
+        {
+            return Kind::Unreachable;
+        }
+        if let Some(e) = e.downcast_ref::<std::io::Error>() {
+            if crate::error::io_kind(e) == Kind::NoSpace {
+                return Kind::NoSpace;
+            }
+        }
+        source = e.source();
+    }
+    Kind::Failure
 }
 
 /// Connect and idle (per read) bounds; no total bound, which would cut the
@@ -292,7 +320,7 @@ impl Remote {
                     .map_err(|e| remote_error("read repository", url, e))?;
                 if !level.objects.is_empty() {
                     if let Some((parent, name)) = remote.split_last() {
-                        return Err(Error::failure(
+                        return Err(Error::not_found(
                             "find backup",
                             format!("the backup {name} in {} is incomplete (no manifest)", parent.url),
                         )
@@ -394,7 +422,7 @@ impl Remote {
         let origin = format!("{}/{name}/{MANIFEST_FILE}", self.url);
         let bytes = match self.store.get(&key).await {
             Ok(got) if got.meta.size > artifact::MAX_MANIFEST_BYTES => {
-                return Err(Error::failure(
+                return Err(Error::damaged(
                     "read manifest",
                     format!(
                         "{origin} has {} bytes, at most {} expected",
@@ -409,7 +437,7 @@ impl Remote {
                 .await
                 .map_err(|e| remote_error("read manifest", &origin, e))?,
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::failure(
+                return Err(Error::not_found(
                     "read manifest",
                     format!("{origin} does not exist"),
                 )
@@ -429,7 +457,7 @@ impl Remote {
             .find(|b| b.complete)
             .map(|b| b.name)
             .ok_or_else(|| {
-                Error::failure("find backup", format!("no complete backup in {}", self.url))
+                Error::not_found("find backup", format!("no complete backup in {}", self.url))
                     .hint("`itbackup list --from URL` shows what is there")
             })
     }
@@ -490,13 +518,13 @@ impl Remote {
         let got = match self.store.get(key).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::failure(step, format!("{shown} is missing"))
+                return Err(Error::damaged(step, format!("{shown} is missing"))
                     .hint("the remote backup is incomplete; push it again or use another backup"))
             }
             Err(e) => return Err(remote_error(step, &shown, e)),
         };
         if got.meta.size != expected.bytes {
-            return Err(Error::failure(
+            return Err(Error::damaged(
                 step,
                 format!(
                     "{shown} has {} bytes, the manifest says {}",
@@ -519,7 +547,7 @@ impl Remote {
             }
         }
         if bytes != expected.bytes || hex::encode(hasher.finalize()) != expected.sha256 {
-            return Err(Error::failure(
+            return Err(Error::damaged(
                 step,
                 format!("{shown} does not match its sha256 in the manifest"),
             )
@@ -552,7 +580,7 @@ impl Remote {
             tracing::info!(%service, file = %record.file, bytes = record.bytes, "uploading");
             let sent = self.upload_file(&local, &key).await?;
             if sent != expected {
-                return Err(Error::failure(
+                return Err(Error::damaged(
                     "upload",
                     format!(
                         "{} does not match its sha256 in the manifest; the local backup is damaged",

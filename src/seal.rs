@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use age::secrecy::ExposeSecret;
 
 use crate::artifact::{self, ArtifactWriter, Digest256, HashingReader, PendingArtifact, CHUNK};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::manifest::{ArtifactRecord, Encryption};
 use crate::service::Service;
 
@@ -219,9 +219,13 @@ pub fn open(
     };
     let step = "decrypt artifact";
     let identities = identities.ok_or_else(|| {
-        Error::failure(step, format!("{} is encrypted (age)", record.file))
-            .service(service)
-            .hint("give the private key with --identity FILE or IT_AGE_IDENTITY")
+        Error::new(
+            Kind::Usage,
+            step,
+            format!("{} is encrypted (age)", record.file),
+        )
+        .service(service)
+        .hint("give the private key with --identity FILE or IT_AGE_IDENTITY")
     })?;
     let plain_name = record
         .file
@@ -235,7 +239,7 @@ pub fn open(
             .map_err(|e| crate::error::io_error(Some(service), step, path.display(), e))?,
     ))
     .map_err(|e| {
-        Error::failure(
+        Error::damaged(
             step,
             format!("{} is not a readable age file: {e}", record.file),
         )
@@ -249,7 +253,7 @@ pub fn open(
                 .map(|k| k.as_ref() as &dyn age::Identity),
         )
         .map_err(|e| {
-            Error::failure(step, format!("cannot open {}: {e}", record.file))
+            Error::authentication(step, format!("cannot open {}: {e}", record.file))
                 .service(service)
                 .hint(format!(
                     "{} is not one of the keys it was sealed to ({})",
@@ -265,13 +269,18 @@ pub fn open(
         Ok(pending.digest)
     })()
     .map_err(|e| {
-        Error::failure(step, format!("{}: {e}", record.file))
+        // Decrypting fails on a damaged artifact; writing the plaintext on a full disk.
+        let kind = match crate::error::io_kind(&e) {
+            Kind::NoSpace => Kind::NoSpace,
+            _ => Kind::DamagedBackup,
+        };
+        Error::new(kind, step, format!("{}: {e}", record.file))
             .service(service)
             .hint("the sealed artifact is damaged or truncated; use another backup")
     })?;
     if written.sha256 != encryption.plaintext_sha256 || written.bytes != encryption.plaintext_bytes
     {
-        return Err(Error::failure(
+        return Err(Error::damaged(
             step,
             format!(
                 "the plaintext of {} does not match its checksum in the manifest",

@@ -96,7 +96,7 @@ impl Timeouts {
         what: &str,
         detail: &str,
     ) -> Error {
-        let mut e = Error::failure(step, format!("{detail}{}", self.describe(phase)))
+        let mut e = Error::unreachable(step, format!("{detail}{}", self.describe(phase)))
             .hint(self.hint(phase, what));
         e.service = service;
         e
@@ -143,6 +143,7 @@ mod tests {
             "db:5432: ",
         );
         assert_eq!(e.message, "db:5432: no answer within 2 s (connect timeout)");
+        assert_eq!(e.kind, crate::error::Kind::Unreachable);
         let hint = e.hint.unwrap();
         assert!(hint.contains("IT_POSTGRES_CONNECT_TIMEOUT"), "{hint}");
         assert!(hint.contains("connect_timeout under [postgres]"), "{hint}");

@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::artifact::{digest_reader, open_regular};
-use crate::error::{io_error, Error, Result};
+use crate::error::{io_error, Error, Kind, Result};
 use crate::manifest::Manifest;
 use crate::seal::{self, Identities, OpenedArtifact};
 use crate::service::Service;
@@ -50,7 +50,7 @@ pub async fn verify_artifacts(
     for store in stores {
         let service = store.service();
         let record = manifest.artifacts.get(&service).ok_or_else(|| {
-            Error::failure(
+            Error::damaged(
                 "verify",
                 format!("the backup in {} has no {service} artifact", dir.display()),
             )
@@ -66,7 +66,7 @@ pub async fn verify_artifacts(
             if path.symlink_metadata().is_ok() {
                 err
             } else {
-                err.hint("the artifact is missing from the backup directory; copy it back or use another backup")
+                err.of_kind(Kind::DamagedBackup).hint("the artifact is missing from the backup directory; copy it back or use another backup")
             }
         })?;
         // The size first: a file of another size is refused before it is read.
@@ -75,7 +75,7 @@ pub async fn verify_artifacts(
             .map_err(|e| io_error(Some(service), step, path.display(), e))?
             .len();
         if found_bytes != expected_bytes {
-            return Err(Error::failure(
+            return Err(Error::damaged(
                 step,
                 format!(
                     "{} has {found_bytes} bytes, the manifest says {expected_bytes}",
@@ -90,7 +90,7 @@ pub async fn verify_artifacts(
             .map_err(|e| Error::failure(step, e.to_string()).service(service))?
             .map_err(|e| io_error(Some(service), step, path.display(), e))?;
         if digest.bytes != expected_bytes {
-            return Err(Error::failure(
+            return Err(Error::damaged(
                 step,
                 format!(
                     "{} changed while it was read ({} bytes, the manifest says {expected_bytes})",
@@ -103,7 +103,7 @@ pub async fn verify_artifacts(
             ));
         }
         if digest.sha256 != expected_sha {
-            return Err(Error::failure(
+            return Err(Error::damaged(
                 step,
                 format!("{} does not match its sha256 in the manifest", record.file),
             )

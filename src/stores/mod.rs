@@ -315,7 +315,7 @@ pub fn compare_counts(
     if more > 0 {
         message.push_str(&format!("\n  … and {more} more"));
     }
-    Err(Error::failure("compare counts", message)
+    Err(Error::mismatch("compare counts", message)
         .service(service)
         .hint("something wrote to the store during the restore, or the restore was incomplete; stop the writers and run the restore again"))
 }

@@ -31,7 +31,7 @@ use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::artifact::{self, ArtifactWriter, ExportSender, PendingArtifact};
 use crate::cli::Neo4jMethod;
 use crate::config::Neo4jSettings;
-use crate::error::{io_error, Error, Result};
+use crate::error::{io_error, Error, Kind, Result};
 use crate::lock::StoppedServer;
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo};
@@ -163,14 +163,20 @@ impl IdSet {
 fn neo_error(step: &str, err: neo4rs::Error) -> Error {
     let text = mask_userinfo(&err.to_string());
     let e = Error::failure(step, text.clone()).service(SVC);
+    use neo4rs::{Neo4jClientErrorKind::Security, Neo4jErrorKind::Client, Neo4jSecurityErrorKind};
+    let refused = matches!(&err, neo4rs::Error::Neo4j(n) if n.kind() == Client(Security(Neo4jSecurityErrorKind::Authentication)));
     match err {
-        neo4rs::Error::AuthenticationError(_) => e.hint("Neo4j refused the credentials: check NEO4J_USER and NEO4J_PASSWORD (default test12345)"),
+        neo4rs::Error::AuthenticationError(_) => e.of_kind(Kind::Authentication).hint("Neo4j refused the credentials: check NEO4J_USER and NEO4J_PASSWORD (default test12345)"),
         neo4rs::Error::ConnectionError | neo4rs::Error::IOError { .. } | neo4rs::Error::UrlParseError(_) => {
-            e.hint("is Neo4j running and reachable? check `docker compose ps` and NEO4J_URI (default bolt://localhost:7687)")
+            e.of_kind(Kind::Unreachable).hint("is Neo4j running and reachable? check `docker compose ps` and NEO4J_URI (default bolt://localhost:7687)")
         }
-        _ if text.contains("authentication") || text.contains("Unauthorized") => {
-            e.hint("Neo4j refused the credentials: check NEO4J_USER and NEO4J_PASSWORD (default test12345)")
+        // neo4rs 0.8 types a security failure only when it answers a query;
+        // one met later (BEGIN, PULL, COMMIT) comes as an unexpected message
+        // that quotes the server's code: read here, where the error is made.
+        _ if refused || text.contains("authentication") || text.contains("Unauthorized") => {
+            e.of_kind(Kind::Authentication).hint("Neo4j refused the credentials: check NEO4J_USER and NEO4J_PASSWORD (default test12345)")
         }
+        neo4rs::Error::Neo4j(_) | neo4rs::Error::UnexpectedMessage(_) => e.of_kind(Kind::StoreRefused),
         _ => e,
     }
 }
@@ -574,7 +580,8 @@ impl Neo4j {
             let mut head = std::io::Read::take(input, DUMP_HEAD_BYTES);
             process::run_feeding_head(&cmd, SVC, step, |stdin| std::io::copy(&mut head, stdin).map(|_| ()))
             .map(|_| ())
-            .map_err(|e| e.hint("this neo4j-admin cannot read the dump: nothing was changed and the server still runs. Restore it with neo4j-admin of the Neo4j version that wrote it (the manifest's server_version), or use a logical backup"))
+            // The version was checked: a dump this tool cannot read is damaged.
+            .map_err(|e| e.of_kind(Kind::DamagedBackup).hint("this neo4j-admin cannot read the dump: nothing was changed and the server still runs. Restore it with neo4j-admin of the Neo4j version that wrote it (the manifest's server_version), or use a logical backup"))
         })
         .await
     }
@@ -753,7 +760,7 @@ impl LineSink<'_> {
 /// against the end record and the manifest.
 fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
     let fail = |msg: String| {
-        Error::failure("verify export", format!("{}: {msg}", path.display()))
+        Error::damaged("verify export", format!("{}: {msg}", path.display()))
             .service(SVC)
             .hint("the artifact is truncated or damaged; use another backup")
     };

@@ -207,14 +207,28 @@ fn docker_failures_give_the_runbook_advice_and_write_nothing() {
     // Each run takes itbackup's lock on the PostgreSQL server before docker fails.
     let _guard = exclusive(&[Postgres]);
     let stack = Stack::new();
-    for (setting, expected) in [
-        (("STANDIN_FAIL", "permission"), "docker` group"),
+    // Docker refusing is a refused tool; no docker at all, a plain failure.
+    for (setting, expected, code) in [
+        (
+            ("STANDIN_FAIL", "permission"),
+            "docker` group",
+            exit::STORE_REFUSED,
+        ),
         (
             ("STANDIN_FAIL", "no-service"),
             "IT_COMPOSE_SERVICE_POSTGRES",
+            exit::STORE_REFUSED,
         ),
-        (("STANDIN_FAIL", "not-running"), "docker compose up -d"),
-        (("IT_DOCKER", "/nonexistent/docker"), "install Docker"),
+        (
+            ("STANDIN_FAIL", "not-running"),
+            "docker compose up -d",
+            exit::STORE_REFUSED,
+        ),
+        (
+            ("IT_DOCKER", "/nonexistent/docker"),
+            "install Docker",
+            exit::FAILURE,
+        ),
     ] {
         let root = temp_root();
         let root_arg = root.path().to_str().unwrap();
@@ -222,7 +236,7 @@ fn docker_failures_give_the_runbook_advice_and_write_nothing() {
             &["--root", root_arg, "backup", "--services", "postgres"],
             &[setting],
         );
-        assert_eq!(out.status.code(), Some(1), "{setting:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(code), "{setting:?}: {}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{setting:?}: {stderr}");
         let complete = std::fs::read_dir(root.path())

@@ -363,7 +363,7 @@ fn prune_waits_for_no_one_and_touches_nothing_while_a_run_holds_the_root() {
     let stderr = fails(
         &["--root", scene.arg(), "prune", "--keep-last", "1"],
         &[],
-        1,
+        exit::LOCKED,
     );
     assert!(stderr.contains("locked by itbackup backup"), "{stderr}");
     assert_eq!(names(root), before);
@@ -816,7 +816,7 @@ fn backup_writes_metrics_runs_hooks_and_status_verifies_it() {
             m_arg,
         ],
         &[("PGPORT", "1")],
-        1,
+        exit::UNREACHABLE,
     );
     assert!(stderr.contains("postgres"), "{stderr}");
     let metrics = parse_with_prometheus(&metrics_file);
@@ -886,7 +886,7 @@ fn a_failed_backup_posts_to_the_webhook_and_tells_the_post_hook() {
             &post,
         ],
         &[("PGPORT", "1")],
-        1,
+        exit::UNREACHABLE,
     );
     let (head, body) = requests.recv_timeout(Duration::from_secs(30)).unwrap();
     assert!(

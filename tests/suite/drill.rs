@@ -80,7 +80,12 @@ fn drill_fails_and_names_the_difference_when_a_restore_is_incomplete() {
             ],
             &[("IT_DRILL_SABOTAGE", service)],
         );
-        assert_eq!(out.status.code(), Some(1), "{service}: {}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(exit::VERIFICATION_MISMATCH),
+            "{service}: {}",
+            text(&out)
+        );
         let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
         assert_eq!(v["ok"], false, "{v:#}");
         let differences = v["services"][service]["differences"].to_string();

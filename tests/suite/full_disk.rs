@@ -187,7 +187,7 @@ fn a_backup_that_fills_the_disk_fails_clearly_and_leaves_nothing() {
     ] {
         let mut args = vec!["--root", root, "backup", "--services", service];
         args.extend(extra);
-        let err = fails(&args, &[], 1);
+        let err = fails(&args, &[], exit::NO_SPACE);
         assert!(
             err.contains("No space left on device") && err.contains("the disk is full"),
             "the error should say the disk is full:\n{err}"
@@ -210,7 +210,7 @@ fn a_backup_that_fills_the_disk_fails_clearly_and_leaves_nothing() {
             "{service}: list shows a backup after a failed run: {listed}"
         );
         // The lock went with the run: the next attempt meets the disk again, not a lock.
-        let again = fails(&args, &[], 1);
+        let again = fails(&args, &[], exit::NO_SPACE);
         assert!(!again.contains("lock"), "{again}");
     }
     opensearch(reqwest::Method::DELETE, index, None);
@@ -257,7 +257,7 @@ fn a_restore_without_room_to_extract_stops_before_any_store_changes() {
     copy_tree(&backup, &copied);
     disk.fill_leaving(256 * 1024);
 
-    let err = fails(&restore_args(&copied, None), &[], 1);
+    let err = fails(&restore_args(&copied, None), &[], exit::NO_SPACE);
     assert_eq!(
         psql("itb_filler", "SELECT payload FROM f WHERE i = 1"),
         "after backup",
@@ -356,7 +356,7 @@ fn a_full_path_repo_stops_snapshot_backup_and_restore_before_they_start() {
     let owner = String::from_utf8_lossy(&owner.stdout).trim().to_string();
     let small_repo = SmallDisk::mount_over(&repo, small, &owner);
 
-    let err = fails(&snapshot_backup, &[], 1);
+    let err = fails(&snapshot_backup, &[], exit::NO_SPACE);
     assert!(
         err.contains("the snapshot (a full copy") && err.contains("the disk is full"),
         "the backup should be refused for path.repo's free space:\n{err}"
@@ -367,7 +367,7 @@ fn a_full_path_repo_stops_snapshot_backup_and_restore_before_they_start() {
         "the refused backup wrote under path.repo"
     );
 
-    let err = fails(&restore_args(&backup, None), &[], 1);
+    let err = fails(&restore_args(&backup, None), &[], exit::NO_SPACE);
     let count = opensearch(reqwest::Method::GET, &format!("{index}/_count"), None);
     assert_eq!(
         count["count"], 61,
@@ -413,7 +413,7 @@ fn a_download_that_would_not_fit_is_refused_before_it_starts() {
 
     let disk = SmallDisk::mount(512 * 1024);
     let root = disk.path().to_str().unwrap();
-    let err = fails(&["--root", root, "pull", &url], &[], 1);
+    let err = fails(&["--root", root, "pull", &url], &[], exit::NO_SPACE);
     assert!(
         err.contains("downloading the backup needs") && err.contains("the disk is full"),
         "the pull should be refused for free space:\n{err}"
@@ -421,7 +421,7 @@ fn a_download_that_would_not_fit_is_refused_before_it_starts() {
     let err = fails(
         &["--root", root, "restore", "--from", &url, "--yes"],
         &[],
-        1,
+        exit::NO_SPACE,
     );
     assert_eq!(
         psql("itb_filler", "SELECT payload FROM f WHERE i = 1"),
@@ -513,7 +513,7 @@ fn a_neo4j_export_that_fills_the_disk_says_so_with_the_path_and_leaves_nothing()
         "--neo4j-method",
         "logical",
     ];
-    let err = fails(&args, &[], 1);
+    let err = fails(&args, &[], exit::NO_SPACE);
     cypher("MATCH (n:ItbFullDisk) DETACH DELETE n");
     assert!(
         err.contains("neo4j: write export"),
@@ -597,7 +597,7 @@ fn a_backup_whose_manifest_does_not_fit_leaves_nothing_that_looks_complete() {
     let root = disk.path().to_str().unwrap();
     let mut args = vec!["--root", root];
     args.extend(backup);
-    let err = fails(&args, &[], 1);
+    let err = fails(&args, &[], exit::NO_SPACE);
     opensearch(reqwest::Method::DELETE, index, None);
     assert!(
         err.contains("write manifest") && err.contains("the disk is full"),
@@ -628,7 +628,7 @@ fn a_backup_whose_manifest_does_not_fit_leaves_nothing_that_looks_complete() {
         Some(0),
         "list shows a backup after a failed run: {listed}"
     );
-    let verify = fails(&["--root", root, "verify"], &[], 1);
+    let verify = fails(&["--root", root, "verify"], &[], exit::NOT_FOUND);
     assert!(
         !verify.contains("20260101_000000"),
         "verify found the failed backup:\n{verify}"

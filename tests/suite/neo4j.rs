@@ -237,9 +237,9 @@ fn restore(dir: &Path, env: &[(&str, &str)]) -> Output {
     ok(&restore_args(dir, Some("neo4j")), env)
 }
 
-/// A restore of the Neo4j artifact in `dir` that must fail; its stderr.
+/// A restore of the damaged Neo4j artifact in `dir`, which must be refused; its stderr.
 fn restore_fails(dir: &Path) -> String {
-    fails(&restore_args(dir, Some("neo4j")), &[], 1)
+    fails(&restore_args(dir, Some("neo4j")), &[], exit::DAMAGED_BACKUP)
 }
 
 /// Damage the graph in every way a restore must undo.
@@ -488,7 +488,7 @@ fn dump_round_trip_stops_and_starts_the_server_and_repairs_a_database_that_canno
     )
     .unwrap();
     reseal(&dir, itbackup::service::Service::Neo4j, &dump);
-    let err = fails(&restore_args(&dir, None), &env, 1);
+    let err = fails(&restore_args(&dir, None), &env, exit::DAMAGED_BACKUP);
     assert!(
         err.contains("check the dump (neo4j-admin database load --info)"),
         "{err}"
@@ -506,7 +506,7 @@ fn dump_round_trip_stops_and_starts_the_server_and_repairs_a_database_that_canno
     let err = fails(
         &["backup", "--root", root_arg, "--services", "neo4j"],
         &[],
-        1,
+        exit::STORE_REFUSED,
     );
     assert!(err.contains("database neo4j is offline"), "{err}");
     assert!(
@@ -686,13 +686,21 @@ fn wrong_password_and_unreachable_server_fail_clearly() {
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
     let args = ["--root", root_arg, "backup", "--services", "neo4j"];
-    let stderr = fails(&args, &[("NEO4J_PASSWORD", "not-the-password")], 1);
+    let stderr = fails(
+        &args,
+        &[("NEO4J_PASSWORD", "not-the-password")],
+        exit::AUTHENTICATION,
+    );
     assert!(
         stderr.to_lowercase().contains("authentic") || stderr.contains("credentials"),
         "{stderr}"
     );
     assert!(!stderr.contains("not-the-password"), "{stderr}");
-    let stderr = fails(&args, &[("NEO4J_URI", "bolt://127.0.0.1:1")], 1);
+    let stderr = fails(
+        &args,
+        &[("NEO4J_URI", "bolt://127.0.0.1:1")],
+        exit::UNREACHABLE,
+    );
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
     assert_no_backup(root.path());
 }

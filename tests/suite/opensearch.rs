@@ -347,7 +347,11 @@ fn logical_round_trip_on_a_cluster_without_pipelines_or_templates() {
     let bad = text.replace(r#"{"n":2}"#, r#"{"n":"not a number"}"#);
     fs::write(&export, zstd::encode_all(bad.as_bytes(), 3).unwrap()).unwrap();
     reseal(&dir, itbackup::service::Service::Opensearch, &export);
-    let err = fails(&["--root", root_arg, "restore", "--yes"], &[], 1);
+    let err = fails(
+        &["--root", root_arg, "restore", "--yes"],
+        &[],
+        exit::STORE_REFUSED,
+    );
     assert!(
         err.contains(r#"document "2" of index itb-bare was refused"#),
         "{err}"
@@ -449,7 +453,7 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
         builder.into_inner().unwrap().finish().unwrap();
     }
     reseal(&snap_dir, itbackup::service::Service::Opensearch, &tarball);
-    let err = fails(&restore_args(&snap_dir, None), &[], 1);
+    let err = fails(&restore_args(&snap_dir, None), &[], exit::DAMAGED_BACKUP);
     assert!(err.contains("climbs out"), "{err}");
     assert!(
         !Path::new("/tmp").join(&escape).exists(),
@@ -467,7 +471,7 @@ fn unsafe_or_truncated_artifacts_are_refused_before_anything_changes() {
         itbackup::service::Service::Opensearch,
         &export,
     );
-    let err = fails(&restore_args(&logical_dir, None), &[], 1);
+    let err = fails(&restore_args(&logical_dir, None), &[], exit::DAMAGED_BACKUP);
     assert!(
         err.contains("damaged") || err.contains("ends before"),
         "{err}"
@@ -527,7 +531,7 @@ fn refused_definition_changes_nothing(version: Option<&str>) {
         manifest.write(&dir).unwrap();
     }
 
-    let err = fails(&restore_args(&dir, None), &[], 1);
+    let err = fails(&restore_args(&dir, None), &[], exit::STORE_REFUSED);
     assert!(
         canary_present(&os),
         "the refused restore replaced the index:\n{err}"
@@ -634,7 +638,7 @@ fn unreachable_or_red_cluster_gives_a_clear_error() {
     let err = fails(
         &["--root", root_arg, "backup", "--services", "opensearch"],
         &[("OPENSEARCH_URL", "http://127.0.0.1:1")],
-        1,
+        exit::UNREACHABLE,
     );
     assert!(
         err.contains("opensearch") && err.contains("reachable"),
@@ -648,7 +652,7 @@ fn unreachable_or_red_cluster_gives_a_clear_error() {
     let err = fails(
         &["--root", root_arg, "backup", "--services", "opensearch"],
         &[],
-        1,
+        exit::STORE_REFUSED,
     );
     os.delete("itb-red");
     assert!(err.contains("red"), "{err}");
@@ -851,7 +855,15 @@ fn an_export_the_cluster_cannot_load_is_refused_before_anything_changes() {
     let original = fs::read(dir.join("backup-manifest.json")).unwrap();
     let export = artifact_ending(&dir, ".ndjson.zst");
     let pristine = fs::read(&export).unwrap();
-    let restore = || fails(&restore_args(&dir, None), &[], 1);
+    // The cluster's own limit is a refusal; the rest would break the load: damage.
+    let restore = |what: &str| {
+        let code = if what == "a 105 MB document" {
+            exit::STORE_REFUSED
+        } else {
+            exit::DAMAGED_BACKUP
+        };
+        fails(&restore_args(&dir, None), &[], code)
+    };
     let doc_b0 = r#"{"type":"doc","index":"itb-b","id":"b0","source":"#;
     type Rewrite = Box<dyn Fn(String) -> String>;
     let cases: Vec<(&str, Rewrite, &str)> = vec![
@@ -895,7 +907,7 @@ fn an_export_the_cluster_cannot_load_is_refused_before_anything_changes() {
         fs::write(&export, &pristine).unwrap();
         fs::write(dir.join("backup-manifest.json"), &original).unwrap();
         rewrite_export(&dir, change);
-        let err = restore();
+        let err = restore(what);
         assert!(err.contains(expected), "{what}: {err}");
         assert!(err.contains("line"), "{what}: the line is named: {err}");
         assert_eq!(

@@ -60,8 +60,8 @@ fn backed_up_with(extra: &[&str], env: &[(&str, &str)]) -> (tempfile::TempDir, P
     (root, dir, canary)
 }
 
-fn restore_fails(dir: &Path, expect: &str) {
-    let err = fails(&restore_args(dir, None), &[], 1);
+fn restore_fails(dir: &Path, code: i32, expect: &str) {
+    let err = fails(&restore_args(dir, None), &[], code);
     assert!(err.contains(expect), "expected '{expect}' in:\n{err}");
     assert!(err.contains("hint:"), "no hint in:\n{err}");
 }
@@ -76,12 +76,20 @@ fn tar_of(dir: &Path) -> PathBuf {
 
 #[test]
 fn unknown_service_is_a_usage_error_listing_the_valid_ones() {
-    let err = fails(&["backup", "--services", "postgres,mysql"], &[], 2);
+    let err = fails(
+        &["backup", "--services", "postgres,mysql"],
+        &[],
+        exit::USAGE,
+    );
     assert!(
         err.contains("mysql") && err.contains("opensearch, neo4j, postgres"),
         "{err}"
     );
-    let err = fails(&["restore", "--services", "redis", "--yes"], &[], 2);
+    let err = fails(
+        &["restore", "--services", "redis", "--yes"],
+        &[],
+        exit::USAGE,
+    );
     assert!(err.contains("redis"), "{err}");
 }
 
@@ -93,16 +101,20 @@ fn missing_garbled_and_tampered_manifests_are_refused_before_any_change() {
     let original = fs::read_to_string(&manifest).unwrap();
 
     fs::write(&manifest, &original[..original.len() / 2]).unwrap();
-    restore_fails(&dir, "not a valid manifest");
+    restore_fails(&dir, exit::DAMAGED_BACKUP, "not a valid manifest");
 
     let tampered = original.replacen("\"bytes\": ", "\"bytes\": 1", 1);
     fs::write(&manifest, tampered).unwrap();
-    restore_fails(&dir, "manifest_sha256 does not match");
-    let err = fails(&["verify", "--path", dir.to_str().unwrap()], &[], 1);
+    restore_fails(&dir, exit::DAMAGED_BACKUP, "manifest_sha256 does not match");
+    let err = fails(
+        &["verify", "--path", dir.to_str().unwrap()],
+        &[],
+        exit::DAMAGED_BACKUP,
+    );
     assert!(err.contains("manifest_sha256"), "{err}");
 
     fs::remove_file(&manifest).unwrap();
-    restore_fails(&dir, "backup-manifest.json");
+    restore_fails(&dir, exit::NOT_FOUND, "backup-manifest.json");
     canary.assert_untouched();
 }
 
@@ -118,13 +130,17 @@ fn truncated_or_flipped_artifacts_are_refused_before_any_change() {
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x01;
     fs::write(&tar, &flipped).unwrap();
-    let err = fails(&["verify", "--path", dir.to_str().unwrap()], &[], 1);
+    let err = fails(
+        &["verify", "--path", dir.to_str().unwrap()],
+        &[],
+        exit::DAMAGED_BACKUP,
+    );
     assert!(err.contains("does not match its sha256"), "{err}");
-    restore_fails(&dir, "does not match its sha256");
+    restore_fails(&dir, exit::DAMAGED_BACKUP, "does not match its sha256");
 
     // Cut short.
     fs::write(&tar, &original[..original.len() - 1000]).unwrap();
-    restore_fails(&dir, "the manifest says");
+    restore_fails(&dir, exit::DAMAGED_BACKUP, "the manifest says");
 
     fs::write(&tar, &original).unwrap();
     ok(&["verify", "--path", dir.to_str().unwrap()], &[]);
@@ -142,7 +158,7 @@ fn a_backup_from_a_newer_major_version_is_refused_before_any_change() {
         .unwrap()
         .server_version = "99.1 (from the future)".into();
     manifest.write(&dir).unwrap();
-    restore_fails(&dir, "newer than this server's");
+    restore_fails(&dir, exit::FAILURE, "newer than this server's");
     canary.assert_untouched();
 }
 
@@ -155,7 +171,7 @@ fn unreachable_server_and_wrong_password_fail_clearly_and_write_nothing() {
     let err = fails(
         &["--root", root_arg, "backup", "--services", "postgres"],
         &[("PGPORT", "1")],
-        1,
+        exit::UNREACHABLE,
     );
     assert!(
         err.contains("postgres") && err.contains("cannot connect") && err.contains("reachable"),
@@ -165,7 +181,7 @@ fn unreachable_server_and_wrong_password_fail_clearly_and_write_nothing() {
     let err = fails(
         &["--root", root_arg, "backup", "--services", "postgres"],
         &[("PGPASSWORD", "wrong-password")],
-        1,
+        exit::AUTHENTICATION,
     );
     assert!(err.contains("password authentication failed"), "{err}");
     assert!(
@@ -181,7 +197,11 @@ fn unreachable_server_and_wrong_password_fail_clearly_and_write_nothing() {
 
     // A restore that cannot reach the server changes nothing either.
     let (_root, dir, canary) = backed_up();
-    let err = fails(&restore_args(&dir, None), &[("PGPORT", "1")], 1);
+    let err = fails(
+        &restore_args(&dir, None),
+        &[("PGPORT", "1")],
+        exit::UNREACHABLE,
+    );
     assert!(err.contains("cannot connect"), "{err}");
     canary.assert_untouched();
 }
@@ -254,7 +274,7 @@ fn special_files_are_refused_fast_without_printing_their_content() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(
                 out.status.code(),
-                Some(1),
+                Some(exit::DAMAGED_BACKUP),
                 "{what}: {args:?}\n{}",
                 text(&out)
             );
@@ -295,7 +315,12 @@ fn special_files_are_refused_fast_without_printing_their_content() {
     for args in [&verify[..], &restore[..]] {
         let out = bounded(args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}\n{}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(exit::DAMAGED_BACKUP),
+            "{args:?}\n{}",
+            text(&out)
+        );
         assert!(!err.contains("root:x:0"), "file content printed\n{err}");
     }
 
@@ -316,7 +341,12 @@ fn special_files_are_refused_fast_without_printing_their_content() {
     assert!(manifest.exists(), "prune removed what it could not read");
     let out = bounded(&["verify", "--path", dir_arg]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(exit::DAMAGED_BACKUP),
+        "{}",
+        text(&out)
+    );
     assert!(err.contains("not a regular file"), "{err}");
     canary.assert_untouched();
 }
@@ -336,9 +366,9 @@ fn manifests_with_duplicate_keys_or_of_absurd_size_are_refused() {
     let mut huge = original.clone().into_bytes();
     huge.resize(17 * 1024 * 1024, b' ');
     fs::write(&path, &huge).unwrap();
-    let err = fails(&["verify", "--path", dir_arg], &[], 1);
+    let err = fails(&["verify", "--path", dir_arg], &[], exit::DAMAGED_BACKUP);
     assert!(err.contains("at most 16777216"), "{err}");
-    restore_fails(&dir, "at most 16777216");
+    restore_fails(&dir, exit::DAMAGED_BACKUP, "at most 16777216");
 
     // The first of two "postgres" in "services" names another file; the
     // last names the real one, so last-wins parsing passed the checksum.
@@ -349,13 +379,13 @@ fn manifests_with_duplicate_keys_or_of_absurd_size_are_refused() {
     );
     assert_ne!(doubled, original);
     fs::write(&path, &doubled).unwrap();
-    let err = fails(&["verify", "--path", dir_arg], &[], 1);
+    let err = fails(&["verify", "--path", dir_arg], &[], exit::DAMAGED_BACKUP);
     assert!(err.contains("duplicate key \"postgres\""), "{err}");
-    restore_fails(&dir, "duplicate key");
+    restore_fails(&dir, exit::DAMAGED_BACKUP, "duplicate key");
     // Deeper levels too: a repeated "sha256" inside the artifact's record.
     let nested = original.replacen("\"sha256\": ", "\"sha256\": \"0\", \"sha256\": ", 1);
     fs::write(&path, &nested).unwrap();
-    restore_fails(&dir, "duplicate key \"sha256\"");
+    restore_fails(&dir, exit::DAMAGED_BACKUP, "duplicate key \"sha256\"");
 
     fs::write(&path, &original).unwrap();
     ok(&["verify", "--path", dir_arg], &[]);
@@ -437,16 +467,21 @@ fn postgres_tar_members_that_climb_out_or_are_absolute_are_refused() {
         for (in_manifest, expect) in [(false, expect), (true, "is not a relative path")] {
             let (_root, dir, canary) = backed_up();
             forge_member_names(&dir, rename, in_manifest);
-            let err = fails(&["verify", "--path", dir.to_str().unwrap()], &[], 1);
+            let err = fails(
+                &["verify", "--path", dir.to_str().unwrap()],
+                &[],
+                exit::DAMAGED_BACKUP,
+            );
             assert!(err.contains(expect), "{what}: {err}");
-            restore_fails(&dir, expect);
+            restore_fails(&dir, exit::DAMAGED_BACKUP, expect);
             canary.assert_untouched();
         }
     }
 }
 
 /// With --json a failed run printed nothing on standard output; it prints
-/// `{"error": {"kind", "service", "step", "message", "hint"}}` (design.md).
+/// `{"error": {"kind", "exit_code", "service", "step", "message", "hint"}}`
+/// (design.md, docs/exit-codes.md).
 #[test]
 fn a_failed_run_with_json_prints_the_error_object_on_stdout() {
     let root = temp_root();
@@ -462,11 +497,12 @@ fn a_failed_run_with_json_prints_the_error_object_on_stdout() {
         ],
         &[("PGPORT", "1")],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(exit::UNREACHABLE), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON on stdout ({e})\n{}", text(&out)));
     let error = &v["error"];
-    assert_eq!(error["kind"], "failure", "{v:#}");
+    assert_eq!(error["kind"], "unreachable", "{v:#}");
+    assert_eq!(error["exit_code"], exit::UNREACHABLE, "{v:#}");
     assert_eq!(error["service"], "postgres", "{v:#}");
     assert!(
         error["step"].as_str().is_some_and(|s| !s.is_empty()),
@@ -487,10 +523,11 @@ fn a_failed_run_with_json_prints_the_error_object_on_stdout() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("error: postgres"));
 
     let out = itbackup(&["--root", root_arg, "--json", "prune"], &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON on stdout ({e})\n{}", text(&out)));
     assert_eq!(v["error"]["kind"], "usage", "{v:#}");
+    assert_eq!(v["error"]["exit_code"], exit::USAGE, "{v:#}");
     assert_eq!(v["error"]["service"], serde_json::Value::Null, "{v:#}");
 }
 
@@ -518,7 +555,7 @@ fn a_second_concurrent_run_is_told_who_holds_the_lock() {
             "postgres",
         ],
         &[],
-        1,
+        exit::LOCKED,
     );
     assert!(err.contains("locked by itbackup backup (pid 4242"), "{err}");
     drop(holder);
@@ -898,7 +935,7 @@ fn a_restore_that_fails_half_way_puts_every_database_back_as_it_was() {
     create_unloadable_database();
     let (_root, dir, canary) = backed_up();
     psql("itb_unloadable", "INSERT INTO t VALUES (3)");
-    let err = fails(&restore_args(&dir, None), &[], 1);
+    let err = fails(&restore_args(&dir, None), &[], exit::STORE_REFUSED);
     assert!(err.contains("itb_unloadable"), "{err}");
     assert!(err.contains("put back"), "{err}");
     canary.assert_untouched();
@@ -1028,7 +1065,7 @@ fn a_restore_that_fails_half_way_puts_the_roles_back_as_they_were() {
              DROP ROLE itb_r_gone",
         );
         let before = roles_state();
-        let err = fails(&restore_args(&dir, None), &[], 1);
+        let err = fails(&restore_args(&dir, None), &[], exit::STORE_REFUSED);
         assert!(err.contains("put back"), "{format}: {err}");
         assert_eq!(
             roles_state(),
@@ -1074,7 +1111,7 @@ fn a_server_being_written_by_another_run_is_refused_whatever_the_root() {
         vec!["restore", "--path", dir.to_str().unwrap(), "--yes"],
         vec!["--root", other, "backup", "--services", "postgres"],
     ] {
-        let err = fails(&args, &[], 1);
+        let err = fails(&args, &[], exit::LOCKED);
         assert!(
             err.contains("is being written by itbackup restore (the other run) (pid"),
             "{args:?}: {err}"

@@ -187,11 +187,15 @@ fn a_wrong_or_missing_identity_fails_before_any_store_is_touched() {
             "--yes",
         ],
         &[],
-        1,
+        exit::AUTHENTICATION,
     );
     assert!(err.contains("not one of the keys"), "{err}");
     assert_eq!(pg_rows("itb_remote_keys"), "11");
-    let err = fails(&["--root", r, "restore", "--from", &url, "--yes"], &[], 1);
+    let err = fails(
+        &["--root", r, "restore", "--from", &url, "--yes"],
+        &[],
+        exit::USAGE,
+    );
     assert!(err.contains("--identity"), "{err}");
     assert_eq!(pg_rows("itb_remote_keys"), "11");
     // A key file that is not a key is a usage error, also before anything.
@@ -271,16 +275,28 @@ fn a_tampered_remote_object_is_refused_by_verify_and_restore() {
     let location = itbackup::remote::Remote::open(&url).unwrap();
     block_on(location.put_object(&name, &file, bytes)).unwrap();
 
-    let err = fails(&["--root", r, "verify", "--from", &url], &[], 1);
+    let err = fails(
+        &["--root", r, "verify", "--from", &url],
+        &[],
+        exit::DAMAGED_BACKUP,
+    );
     assert!(err.contains("does not match its sha256"), "{err}");
     psql("itb_remote_tamper", "INSERT INTO t VALUES (11, 'late')");
-    let err = fails(&["--root", r, "restore", "--from", &url, "--yes"], &[], 1);
+    let err = fails(
+        &["--root", r, "restore", "--from", &url, "--yes"],
+        &[],
+        exit::DAMAGED_BACKUP,
+    );
     assert!(err.contains("does not match its sha256"), "{err}");
     assert_eq!(pg_rows("itb_remote_tamper"), "11");
 
     // A truncated object is named by its size.
     block_on(location.put_object(&name, &file, b"short".to_vec())).unwrap();
-    let err = fails(&["--root", r, "verify", "--from", &url], &[], 1);
+    let err = fails(
+        &["--root", r, "verify", "--from", &url],
+        &[],
+        exit::DAMAGED_BACKUP,
+    );
     assert!(err.contains("bytes, the manifest says"), "{err}");
     assert_eq!(pg_rows("itb_remote_tamper"), "11");
 
@@ -328,7 +344,11 @@ fn an_interrupted_upload_is_incomplete_until_it_is_run_again() {
     let listed = remote_list(&url);
     assert_eq!(listed["backups"][0]["name"], name.as_str(), "{listed:#}");
     assert_eq!(listed["backups"][0]["complete"], false, "{listed:#}");
-    let err = fails(&["--root", r, "restore", "--from", &url, "--yes"], &[], 1);
+    let err = fails(
+        &["--root", r, "restore", "--from", &url, "--yes"],
+        &[],
+        exit::NOT_FOUND,
+    );
     assert!(err.contains("no complete backup"), "{err}");
     let err = fails(
         &[
@@ -340,7 +360,7 @@ fn an_interrupted_upload_is_incomplete_until_it_is_run_again() {
             "--yes",
         ],
         &[],
-        1,
+        exit::NOT_FOUND,
     );
     assert!(err.contains("incomplete"), "{err}");
 

@@ -70,7 +70,7 @@ fn a_password_inside_a_server_url_is_never_printed() {
             &["--root", root_arg, "backup", "--services", service],
             &unreachable,
         );
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(exit::UNREACHABLE), "{}", text(&out));
         assert_unprinted(&format!("{service} unreachable"), &out);
         let out = itbackup(
             &[
@@ -83,7 +83,7 @@ fn a_password_inside_a_server_url_is_never_printed() {
             ],
             &unreachable,
         );
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(out.status.code(), Some(exit::UNREACHABLE), "{}", text(&out));
         assert_unprinted(&format!("{service} unreachable, --json"), &out);
     }
     let out = itbackup(&["--root", root_arg, "status"], &unreachable);

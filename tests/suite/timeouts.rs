@@ -101,7 +101,7 @@ fn assert_timed_out(run: &Bounded, within: Duration, names: &[&str]) {
         run.elapsed,
         run.stderr
     );
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_eq!(run.code, Some(exit::UNREACHABLE), "{}", run.stderr);
     assert!(
         run.elapsed < within,
         "took {:?}, more than {within:?}\n{}",

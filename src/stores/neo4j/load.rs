@@ -102,7 +102,7 @@ pub(super) struct Record<'a, P> {
 
 /// A line that the verification read but the restore cannot.
 fn undecodable(e: serde_json::Error) -> Error {
-    Error::failure(
+    Error::damaged(
         "restore",
         format!("a line of the export does not decode: {e}"),
     )
@@ -709,7 +709,7 @@ impl Loader {
             .get(old)
             .map_err(|e| io_error(Some(SVC), "restore relationships", "the id map", e))?;
         found.ok_or_else(|| {
-            Error::failure(
+            Error::damaged(
                 "restore relationships",
                 format!("a relationship points to node {old}, which the export does not hold"),
             )
@@ -805,7 +805,7 @@ async fn run_batch(graph: &Graph, target: &Target, batch: &Batch) -> Result<Vec<
         let (rows, special) = batch.rows(target)?;
         match batch_once(graph, &target.cypher(special), rows).await {
             Ok(ids) => return Ok(ids),
-            Err(e) if attempt < 8 && e.to_string().contains("Transient") => {
+            Err(e) if attempt < 8 && transient(&e) => {
                 tracing::debug!(service = %SVC, attempt, error = %e, "batch failed transiently, retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -814,6 +814,17 @@ async fn run_batch(graph: &Graph, target: &Target, batch: &Batch) -> Result<Vec<
         }
     }
     Err(Error::failure(step, "gave up after repeated transient failures").service(SVC))
+}
+
+/// Whether Neo4j called the failure transient (worth retrying): typed when
+/// it answered the query itself; neo4rs 0.8 reports a failure met later
+/// (PULL, COMMIT) as an unexpected message quoting the server's code.
+fn transient(err: &neo4rs::Error) -> bool {
+    match err {
+        neo4rs::Error::Neo4j(e) => e.kind() == neo4rs::Neo4jErrorKind::Transient,
+        neo4rs::Error::UnexpectedMessage(said) => said.contains("Neo.TransientError"),
+        _ => false,
+    }
 }
 
 async fn batch_once(

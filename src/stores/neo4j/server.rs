@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use neo4rs::{query, ConfigBuilder, Graph};
 
 use super::{quote, Neo4j, SVC};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::lock::StoppedServer;
 use crate::process::{self, mask_userinfo, ToolCommand};
 use crate::target::Target;
@@ -77,7 +77,7 @@ impl Neo4j {
             "" => String::new(),
             message => format!(": {message}"),
         };
-        Error::failure(
+        Error::refused(
             step,
             format!(
                 "database {} is {} on Neo4j at {}{reason}",
@@ -137,12 +137,11 @@ impl Neo4j {
             Ok(Err(e)) => e,
         };
         let text = mask_userinfo(&e.to_string());
-        if matches!(e, neo4rs::Error::AuthenticationError(_))
-            || text.contains("authentication")
-            || text.contains("Unauthorized")
-        {
+        let database_unavailable = matches!(&e, neo4rs::Error::Neo4j(server)
+            if server.code().ends_with(".DatabaseUnavailable") || server.code().ends_with(".DatabaseNotFound"));
+        if super::neo_error("connect", e).kind == Kind::Authentication {
             return Err(failed(
-                Error::failure(
+                Error::authentication(
                     "connect",
                     format!(
                         "Neo4j at {uri} refused the credentials of user '{}': {text}",
@@ -153,10 +152,8 @@ impl Neo4j {
                 .hint("check NEO4J_USER and NEO4J_PASSWORD (default test12345)"),
             ));
         }
-        let database_unavailable = matches!(&e, neo4rs::Error::Neo4j(server)
-            if server.code().ends_with(".DatabaseUnavailable") || server.code().ends_with(".DatabaseNotFound"));
         Err(ConnectError {
-            error: Error::failure("connect", format!("cannot reach Neo4j at {uri}: {text}"))
+            error: Error::unreachable("connect", format!("cannot reach Neo4j at {uri}: {text}"))
                 .service(SVC)
                 .hint("is Neo4j running and reachable? check NEO4J_URI (default bolt://localhost:7687), and `docker compose ps` in a compose stack"),
             database_unavailable,

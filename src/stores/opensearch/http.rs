@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::process::mask_userinfo;
 use crate::timeout::{Phase, Timeouts};
 
@@ -103,13 +103,16 @@ impl Http {
                 &format!("{base}: "),
             );
         }
-        let e = Error::failure(step, err.message).service(SVC);
+        let mut e = Error::failure(step, err.message).service(SVC);
+        e.http_status = err.status.map(|s| s.as_u16());
         if err.unreachable {
-            e.hint(format!("is OpenSearch running and reachable at {base}? check `docker compose ps` and OPENSEARCH_URL"))
+            e.of_kind(Kind::Unreachable).hint(format!("is OpenSearch running and reachable at {base}? check `docker compose ps` and OPENSEARCH_URL"))
         } else if err.status == Some(StatusCode::UNAUTHORIZED)
             || err.status == Some(StatusCode::FORBIDDEN)
         {
-            e.hint("the cluster refused our credentials: check OPENSEARCH_USER and OPENSEARCH_PASSWORD")
+            e.of_kind(Kind::Authentication).hint("the cluster refused our credentials: check OPENSEARCH_USER and OPENSEARCH_PASSWORD")
+        } else if err.status.is_some_and(|s| !s.is_success()) {
+            e.of_kind(Kind::StoreRefused)
         } else {
             e
         }

@@ -180,7 +180,7 @@ impl OpenSearch {
         let health = self.http.get("_cluster/health", step).await?;
         let status = health["status"].as_str().unwrap_or("unknown").to_string();
         if status == "red" {
-            return Err(Error::failure(step, format!("cluster {} is red", health["cluster_name"]))
+            return Err(Error::refused(step, format!("cluster {} is red", health["cluster_name"]))
                 .service(SVC)
                 .hint("some primary shards are unassigned: fix the cluster first (GET _cluster/allocation/explain), then retry"));
         }
@@ -484,7 +484,7 @@ impl Store for OpenSearch {
                 Ok(n) => {
                     counts.insert(name, n);
                 }
-                Err(e) if e.message.contains("404") => {}
+                Err(e) if e.http_status == Some(404) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -98,7 +98,7 @@ pub(super) async fn check_snapshot(artifact: &Path, record: &ArtifactRecord) -> 
     crate::stores::blocking(SVC, move || {
         let reader = archive::open(&path, compression).map_err(|e| io_error(Some(SVC), "verify snapshot", path.display(), e))?;
         archive::check(reader).map(|_| ()).map_err(|e| {
-            Error::failure("verify snapshot", format!("{} is not a sound archive: {e}", path.display()))
+            Error::damaged("verify snapshot", format!("{} is not a sound archive: {e}", path.display()))
                 .service(SVC)
                 .hint("the artifact is truncated, damaged or unsafe (paths outside the archive); nothing was extracted; use another backup")
         })
@@ -229,7 +229,7 @@ impl OpenSearch {
         let state = answer["state"].as_str().unwrap_or("unknown");
         let failed = answer["shards"]["failed"].as_u64().unwrap_or(0);
         if state != "SUCCESS" || failed > 0 {
-            return Err(Error::failure(step, format!("snapshot ended {state} with {failed} failed shard(s): {}", answer["failures"]))
+            return Err(Error::refused(step, format!("snapshot ended {state} with {failed} failed shard(s): {}", answer["failures"]))
                 .service(SVC)
                 .hint("verify disk space and that the opensearch container can create files under /usr/share/opensearch/data"));
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::timeout::Phase;
 
 use super::replace::WORK_DB;
@@ -104,24 +104,28 @@ impl Postgres {
         let message =
             format!("cannot connect to {endpoint} (database {database}, user {user}): {err}");
         let text = format!("{err:?}");
-        let hint = match err.code() {
-            Some(code) if *code == SqlState::INVALID_PASSWORD => format!(
+        let (kind, hint) = match err.code() {
+            Some(code) if *code == SqlState::INVALID_PASSWORD => (Kind::Authentication, format!(
                 "password authentication failed for user {user}: check PGPASSWORD (the compose stack's POSTGRES_PASSWORD)"
-            ),
-            Some(code) if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => format!(
+            )),
+            Some(code) if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => (Kind::Authentication, format!(
                 "the server refuses user {user} from this host: check PGUSER and the server's pg_hba.conf"
-            ),
+            )),
             Some(code) if *code == SqlState::INVALID_CATALOG_NAME => {
-                format!("database {database} does not exist on {endpoint}")
+                (Kind::StoreRefused, format!("database {database} does not exist on {endpoint}"))
             }
+            // tokio-postgres names this configuration error in its text only.
             _ if text.contains("password missing") => {
-                "the server wants a password: set PGPASSWORD".to_string()
+                (Kind::Authentication, "the server wants a password: set PGPASSWORD".to_string())
             }
-            _ => format!(
+            Some(_) => (Kind::StoreRefused, format!(
                 "is PostgreSQL running and reachable at {endpoint}? check `docker compose ps` and PGHOST/PGPORT"
-            ),
+            )),
+            None => (Kind::Unreachable, format!(
+                "is PostgreSQL running and reachable at {endpoint}? check `docker compose ps` and PGHOST/PGPORT"
+            )),
         };
-        Error::failure(step, message).service(SVC).hint(hint)
+        Error::new(kind, step, message).service(SVC).hint(hint)
     }
 
     pub(super) fn query_error(step: &str, err: tokio_postgres::Error) -> Error {
@@ -129,7 +133,14 @@ impl Postgres {
             .as_db_error()
             .map(|db| db.message().to_string())
             .unwrap_or_else(|| err.to_string());
-        Error::failure(step, detail).service(SVC)
+        // The server answered (a SQLSTATE) or the connection broke.
+        let kind = match err.code() {
+            Some(code) if *code == SqlState::DISK_FULL => Kind::NoSpace,
+            Some(_) => Kind::StoreRefused,
+            None if err.is_closed() => Kind::Unreachable,
+            None => Kind::Failure,
+        };
+        Error::new(kind, step, detail).service(SVC)
     }
 }
 

@@ -8,7 +8,7 @@ use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
 use crate::artifact::{self, ArtifactWriter, HashingReader, PendingArtifact};
-use crate::error::{io_error, Error, Result};
+use crate::error::{io_error, Error, Kind, Result};
 use crate::manifest::{ArtifactRecord, Member};
 use crate::process::{self, ToolCommand};
 use crate::stores::{BackupContext, RestoreContext};
@@ -330,7 +330,7 @@ fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEntry>> {
         .get("databases")
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .ok_or_else(|| {
-            Error::failure("restore", "the manifest lists no databases for postgres").service(SVC)
+            Error::damaged("restore", "the manifest lists no databases for postgres").service(SVC)
         })
 }
 
@@ -393,7 +393,7 @@ fn walk_members(
         // As for OpenSearch archives: a member that climbs out, is absolute
         // or is no plain file is refused, never renamed into place.
         if let Some(reason) = crate::archive::refuse(&entry) {
-            return Err(Error::failure(
+            return Err(Error::damaged(
                 step,
                 format!("{}: unsafe member {reason}", archive.display()),
             )
@@ -406,7 +406,7 @@ fn walk_members(
             .to_string_lossy()
             .into_owned();
         let member = members.iter().find(|m| m.name == name).ok_or_else(|| {
-            Error::failure(
+            Error::damaged(
                 step,
                 format!("{}: unexpected member '{name}'", archive.display()),
             )
@@ -418,7 +418,7 @@ fn walk_members(
         io::copy(&mut reader, &mut io::sink()).map_err(|e| truncated(step, archive, e))?;
         let digest = reader.digest();
         if digest.bytes != member.bytes || digest.sha256 != member.sha256 {
-            return Err(Error::failure(
+            return Err(Error::damaged(
                 step,
                 format!(
                     "{}: member {name} does not match its checksum",
@@ -431,7 +431,7 @@ fn walk_members(
         seen += 1;
     }
     if seen != members.len() {
-        return Err(Error::failure(
+        return Err(Error::damaged(
             step,
             format!(
                 "{}: {} of {} members present",
@@ -447,7 +447,7 @@ fn walk_members(
 }
 
 fn truncated(step: &str, archive: &Path, err: io::Error) -> Error {
-    Error::failure(
+    Error::damaged(
         step,
         format!(
             "{} cannot be read as a tar archive: {}",
@@ -476,7 +476,14 @@ fn check_custom_archive(
         process::run_feeding(&cmd, SVC, &step, |stdin| {
             io::copy(reader, stdin).map(|_| ())
         })
-        .map_err(|e| e.hint("the dump is damaged; use another backup"))?;
+        .map_err(|e| {
+            let kind = match e.kind {
+                Kind::StoreRefused => Kind::DamagedBackup,
+                other => other,
+            };
+            e.of_kind(kind)
+                .hint("the dump is damaged; use another backup")
+        })?;
         Ok(())
     })
 }

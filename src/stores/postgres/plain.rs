@@ -141,7 +141,7 @@ fn check_plain_trailer(path: &Path) -> Result<()> {
     if tail.contains(PLAIN_TRAILER) {
         Ok(())
     } else {
-        Err(Error::failure(
+        Err(Error::damaged(
             step,
             format!(
                 "{} does not end with pg_dumpall's closing line",

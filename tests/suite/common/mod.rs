@@ -63,6 +63,22 @@ pub fn ok(args: &[&str], env: &[(&str, &str)]) -> Output {
     out
 }
 
+/// The exit codes scripts rely on (docs/exit-codes.md), written out here as
+/// numbers: a test against them fails when a code changes.
+pub mod exit {
+    pub const FAILURE: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const NOT_FOUND: i32 = 3;
+    pub const DAMAGED_BACKUP: i32 = 4;
+    pub const VERIFICATION_MISMATCH: i32 = 5;
+    pub const LOCKED: i32 = 6;
+    pub const UNREACHABLE: i32 = 7;
+    pub const AUTHENTICATION: i32 = 8;
+    pub const NO_SPACE: i32 = 9;
+    pub const STORE_REFUSED: i32 = 10;
+    pub const INTERRUPTED: i32 = 11;
+}
+
 /// Run itbackup and insist on failure with the given exit code; returns stderr.
 pub fn fails(args: &[&str], env: &[(&str, &str)], code: i32) -> String {
     let out = itbackup(args, env);

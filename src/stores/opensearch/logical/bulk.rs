@@ -78,7 +78,7 @@ pub(crate) async fn bulk(http: &Http, body: Vec<u8>) -> Result<()> {
                 && !(attempt > 1 && item.status == 409)
         });
         if let Some(doc) = failure {
-            return Err(Error::failure(
+            return Err(Error::refused(
                 step,
                 format!(
                     "document \"{}\" of index {} was refused: {}",
@@ -96,12 +96,12 @@ pub(crate) async fn bulk(http: &Http, body: Vec<u8>) -> Result<()> {
             continue;
         }
         return Err(
-            Error::failure(step, "the cluster kept rejecting documents (429)")
+            Error::refused(step, "the cluster kept rejecting documents (429)")
                 .service(SVC)
                 .hint(
                     "the cluster is overloaded: retry later or lower bulk_requests in the config",
                 ),
         );
     }
-    Err(Error::failure(step, "the cluster kept rejecting documents (429)").service(SVC))
+    Err(Error::refused(step, "the cluster kept rejecting documents (429)").service(SVC))
 }

@@ -101,14 +101,14 @@ impl<'p> ExportCheck<'p> {
 
     /// The export is damaged: its structure is not what itbackup writes.
     fn fail(&self, msg: String) -> Error {
-        Error::failure(STEP, format!("{}: {msg}", self.path.display()))
+        Error::damaged(STEP, format!("{}: {msg}", self.path.display()))
             .service(SVC)
             .hint("the artifact is truncated or damaged; use another backup")
     }
 
     /// What the load would be refused: named with its line.
     fn refuse(&self, number: usize, msg: String) -> Error {
-        Error::failure(STEP, format!("{} line {number}: {msg}", self.path.display()))
+        Error::damaged(STEP, format!("{} line {number}: {msg}", self.path.display()))
             .service(SVC)
             .hint("the restore would fail on this record after replacing the index; the artifact is damaged or was not written by itbackup; nothing was changed: use another backup")
     }

@@ -94,7 +94,8 @@ impl OpenSearch {
             .await;
         match refused.into_iter().next() {
             None => Ok(()),
-            Some((name, e)) => Err(Error::failure(
+            Some((name, e)) => Err(Error::new(
+                e.kind,
                 step,
                 format!(
                     "this cluster (OpenSearch {server_version}) refuses the settings or mappings of index {name} from OpenSearch {}: {}",

@@ -386,14 +386,16 @@ impl OpenSearch {
             )
         })?;
         if !status.is_success() {
-            return Err(Error::failure(
+            let mut e = Error::refused(
                 step,
                 format!(
                     "HTTP {status}: {}",
                     String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
                 ),
             )
-            .service(SVC));
+            .service(SVC);
+            e.http_status = Some(status.as_u16());
+            return Err(e);
         }
         Ok(bytes)
     }

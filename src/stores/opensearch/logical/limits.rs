@@ -70,7 +70,7 @@ impl OpenSearch {
         if needs.largest_entry <= limit {
             return Ok(());
         }
-        Err(Error::failure(
+        Err(Error::refused(
             "check load limits",
             format!(
                 "line {} of {}: document \"{}\" of index {} makes a _bulk request of {} ({} bytes), more than this cluster's http.max_content_length of {} ({limit} bytes)",
