@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::service::ServiceList;
+use crate::stores::neo4j::Neo4jMethod;
 use crate::stores::opensearch::OpenSearchMethod;
 use crate::stores::postgres::PostgresFormat;
 
@@ -275,13 +276,6 @@ pub struct MethodArgs {
     /// the server while it runs).
     #[arg(long, value_enum, value_name = "METHOD")]
     pub neo4j_method: Option<Neo4jMethod>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Neo4jMethod {
-    Logical,
-    Dump,
 }
 
 #[derive(Debug, Args)]

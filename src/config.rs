@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::{Cli, MethodArgs, Neo4jMethod};
+use crate::cli::{Cli, MethodArgs};
 use crate::error::{Error, Result};
 use crate::service::Service;
+use crate::stores::neo4j::Neo4jMethod;
 use crate::stores::opensearch::settings::{OpenSearchFile, OpenSearchSettings};
 use crate::stores::postgres::settings::{PostgresFile, PostgresSettings};
 use crate::target::{Compose, Target};

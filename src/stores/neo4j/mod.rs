@@ -29,7 +29,6 @@ use serde_json::json;
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::artifact::{self, ArtifactWriter, ExportSender, PendingArtifact};
-use crate::cli::Neo4jMethod;
 use crate::config::Neo4jSettings;
 use crate::error::{io_error, Error, Kind, Result};
 use crate::lock::StoppedServer;
@@ -88,6 +87,54 @@ const PROPS: &str = "[p IN [k IN keys(x) | [k, valueType(x[k]), x[k]]] | [p[0], 
         OR p[1] STARTS WITH 'ZONED' OR p[1] STARTS WITH 'DURATION'
         THEN toString(p[2])
       ELSE p[2] END]]";
+
+/// How a Neo4j backup is taken: the `method` (and `format`) of its manifest
+/// record, and the `--neo4j-method` / `[neo4j] method` setting.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Neo4jMethod {
+    /// `logical`: an online export over Bolt, as NDJSON.
+    Logical,
+    /// `dump`: `neo4j-admin database dump`, with the server stopped.
+    Dump,
+}
+
+impl Neo4jMethod {
+    pub const ALL: [Neo4jMethod; 2] = [Neo4jMethod::Logical, Neo4jMethod::Dump];
+
+    /// The name the manifest records for an artifact of this method.
+    pub fn manifest_name(self) -> &'static str {
+        match self {
+            Neo4jMethod::Logical => "logical",
+            Neo4jMethod::Dump => "neo4j-admin-dump",
+        }
+    }
+
+    /// The `format` the manifest records for an artifact of this method.
+    pub fn manifest_format(self) -> &'static str {
+        match self {
+            Neo4jMethod::Logical => "ndjson.zst",
+            Neo4jMethod::Dump => "neo4j-dump",
+        }
+    }
+
+    /// The method of an artifact, from its manifest record: the one place
+    /// where a method's name is read. Everything after it matches on the enum.
+    pub fn of(record: &ArtifactRecord) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|method| method.manifest_name() == record.method)
+            .ok_or_else(|| {
+                Error::failure(
+                    "verify",
+                    format!("unknown Neo4j method '{}'", record.method),
+                )
+                .service(SVC)
+            })
+    }
+}
 
 pub struct Neo4j {
     settings: Neo4jSettings,
@@ -758,7 +805,7 @@ impl LineSink<'_> {
 
 /// Full decode of a logical export: every line parsed and checked, the totals
 /// against the end record and the manifest.
-fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<()> {
+fn check_export(path: &Path, record: &ArtifactRecord) -> Result<()> {
     let fail = |msg: String| {
         Error::damaged("verify export", format!("{}: {msg}", path.display()))
             .service(SVC)
@@ -916,6 +963,161 @@ fn tally_chunk(index: usize, chunk: &[u8]) -> std::result::Result<ChunkTally, Ch
     Ok(tally)
 }
 
+/// The operations of each method (to move into their files).
+impl Neo4j {
+    fn plan_logical_backup(&self, ctx: &BackupContext<'_>) -> Vec<String> {
+        let db = &self.settings.database;
+        vec![
+            format!("connect to {} as {} (database {db}), online: no downtime", mask_userinfo(&self.settings.uri), self.settings.user),
+            "SHOW CONSTRAINTS / SHOW INDEXES: every schema definition".into(),
+            "MATCH (x): every node with its labels and properties; then MATCH (a)-[x]->(b): every relationship".into(),
+            format!("write {}/neo4j_{}.ndjson.zst", ctx.dir.display(), ctx.timestamp),
+        ]
+    }
+
+    async fn backup_logical(
+        &self,
+        graph: &Graph,
+        ctx: &BackupContext<'_>,
+        record: &mut ArtifactRecord,
+    ) -> Result<PendingArtifact> {
+        self.export(graph, ctx, record).await
+    }
+
+    fn plan_logical_restore(&self, record: &ArtifactRecord) -> Vec<String> {
+        vec![
+            format!("wipe database {}: drop constraints and indexes, DETACH DELETE every node in batches", self.settings.database),
+            format!("load nodes then relationships from {} in batches of {} ({} transactions in flight)", record.file, self.settings.batch_size, self.settings.transactions),
+            "create constraints and indexes, wait for them, remove the temporary restore markers".into(),
+        ]
+    }
+
+    async fn restore_logical(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let graph = self.graph().await?;
+        let relationships = record.counts.get("relationships").copied();
+        self.load(&graph, ctx, relationships).await
+    }
+
+    fn plan_dump_backup(&self, ctx: &BackupContext<'_>) -> Vec<String> {
+        let db = &self.settings.database;
+        vec![
+            format!(
+                "count nodes and relationships over {}",
+                mask_userinfo(&self.settings.uri)
+            ),
+            format!(
+                "stop the server: {}",
+                self.settings
+                    .stop_command
+                    .as_deref()
+                    .unwrap_or("<not configured: the run will refuse>")
+            ),
+            format!(
+                "{} > {}/neo4j_{}.dump",
+                self.admin()
+                    .args(["database", "dump", db.as_str(), "--to-stdout"]),
+                ctx.dir.display(),
+                ctx.timestamp
+            ),
+            format!(
+                "start the server: {}; wait until Bolt answers",
+                self.settings
+                    .start_command
+                    .as_deref()
+                    .unwrap_or("<not configured>")
+            ),
+        ]
+    }
+
+    async fn backup_dump(
+        &self,
+        graph: Graph,
+        ctx: &BackupContext<'_>,
+        record: &mut ArtifactRecord,
+    ) -> Result<PendingArtifact> {
+        // Fail before stopping anything if the server cannot be stopped.
+        self.lifecycle_command("stop")?;
+        self.lifecycle_command("start")?;
+        record.counts = self.count_store(&graph).await?;
+        drop(graph);
+        self.dump(ctx).await
+    }
+
+    fn plan_dump_restore(&self, record: &ArtifactRecord) -> Vec<String> {
+        vec![
+            format!(
+                "{} < {}: this neo4j-admin reads the dump, while the server runs",
+                self.admin().args([
+                    "database",
+                    "load",
+                    "--info",
+                    "--from-stdin",
+                    self.settings.database.as_str()
+                ]),
+                record.file
+            ),
+            format!(
+                "stop the server: {}",
+                self.settings
+                    .stop_command
+                    .as_deref()
+                    .unwrap_or("<not configured: the run will refuse>")
+            ),
+            format!(
+                "{} < {}",
+                self.admin().args([
+                    "database",
+                    "load",
+                    self.settings.database.as_str(),
+                    "--from-stdin",
+                    "--overwrite-destination=true"
+                ]),
+                record.file
+            ),
+            format!(
+                "start the server: {}; wait until Bolt answers",
+                self.settings
+                    .start_command
+                    .as_deref()
+                    .unwrap_or("<not configured>")
+            ),
+        ]
+    }
+
+    async fn prepare_dump_restore(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let (version, _) = self.server_version().await?;
+        super::refuse_newer_backup(
+            SVC,
+            2,
+            &record.server_version,
+            &version,
+            "load the dump into Neo4j of that version or newer, or take a logical backup, which any version reads",
+        )?;
+        self.check_dump_readable(ctx.artifact).await
+    }
+
+    async fn restore_dump(&self, ctx: &RestoreContext<'_>) -> Result<()> {
+        self.lifecycle_command("stop")?;
+        self.lifecycle_command("start")?;
+        self.load_dump(ctx).await
+    }
+}
+
+/// A logical export, decoded in full (offline).
+async fn check_logical(artifact: &Path, record: &ArtifactRecord) -> Result<()> {
+    let path = artifact.to_path_buf();
+    let record = record.clone();
+    super::blocking(SVC, move || check_export(&path, &record)).await
+}
+
 #[async_trait]
 impl Store for Neo4j {
     fn address(&self) -> String {
@@ -959,20 +1161,9 @@ impl Store for Neo4j {
     }
 
     fn backup_plan(&self, ctx: &BackupContext<'_>) -> Vec<String> {
-        let db = &self.settings.database;
         match self.settings.method {
-            Neo4jMethod::Logical => vec![
-                format!("connect to {} as {} (database {db}), online: no downtime", mask_userinfo(&self.settings.uri), self.settings.user),
-                "SHOW CONSTRAINTS / SHOW INDEXES: every schema definition".into(),
-                "MATCH (x): every node with its labels and properties; then MATCH (a)-[x]->(b): every relationship".into(),
-                format!("write {}/neo4j_{}.ndjson.zst", ctx.dir.display(), ctx.timestamp),
-            ],
-            Neo4jMethod::Dump => vec![
-                format!("count nodes and relationships over {}", mask_userinfo(&self.settings.uri)),
-                format!("stop the server: {}", self.settings.stop_command.as_deref().unwrap_or("<not configured: the run will refuse>")),
-                format!("{} > {}/neo4j_{}.dump", self.admin().args(["database", "dump", db.as_str(), "--to-stdout"]), ctx.dir.display(), ctx.timestamp),
-                format!("start the server: {}; wait until Bolt answers", self.settings.start_command.as_deref().unwrap_or("<not configured>")),
-            ],
+            Neo4jMethod::Logical => self.plan_logical_backup(ctx),
+            Neo4jMethod::Dump => self.plan_dump_backup(ctx),
         }
     }
 
@@ -980,54 +1171,30 @@ impl Store for Neo4j {
         let graph = self.graph().await?;
         let (version, edition) = self.version_and_edition(&graph).await?;
         let mut record = self.new_record(version, &edition);
-        let artifact = match self.settings.method {
-            Neo4jMethod::Logical => {
-                record.method = "logical".into();
-                record.format = "ndjson.zst".into();
-                self.export(&graph, ctx, &mut record).await?
-            }
-            Neo4jMethod::Dump => {
-                // Fail before stopping anything if the server cannot be stopped.
-                self.lifecycle_command("stop")?;
-                self.lifecycle_command("start")?;
-                record.method = "neo4j-admin-dump".into();
-                record.format = "neo4j-dump".into();
-                record.counts = self.count_store(&graph).await?;
-                drop(graph);
-                self.dump(ctx).await?
-            }
+        let method = self.settings.method;
+        record.method = method.manifest_name().into();
+        record.format = method.manifest_format().into();
+        let artifact = match method {
+            Neo4jMethod::Logical => self.backup_logical(&graph, ctx, &mut record).await?,
+            Neo4jMethod::Dump => self.backup_dump(graph, ctx, &mut record).await?,
         };
         Ok(StoreBackup::finished(SVC, artifact, record))
     }
 
     async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
-        let path = artifact.to_path_buf();
-        match record.method.as_str() {
-            "logical" => {
-                let record = record.clone();
-                super::blocking(SVC, move || check_logical(&path, &record)).await
-            }
-            // A dump is neo4j-admin's own format; the checksum is what we can prove without it.
-            "neo4j-admin-dump" => Ok(()),
-            other => Err(
-                Error::failure("verify", format!("unknown Neo4j method '{other}'")).service(SVC),
-            ),
+        match Neo4jMethod::of(record)? {
+            Neo4jMethod::Logical => check_logical(artifact, record).await,
+            // A dump is neo4j-admin's own format; the checksum is what we can
+            // prove without it (prepare_restore asks neo4j-admin to read it).
+            Neo4jMethod::Dump => Ok(()),
         }
     }
 
     fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String> {
-        match record.method.as_str() {
-            "logical" => vec![
-                format!("wipe database {}: drop constraints and indexes, DETACH DELETE every node in batches", self.settings.database),
-                format!("load nodes then relationships from {} in batches of {} ({} transactions in flight)", record.file, self.settings.batch_size, self.settings.transactions),
-                "create constraints and indexes, wait for them, remove the temporary restore markers".into(),
-            ],
-            _ => vec![
-                format!("{} < {}: this neo4j-admin reads the dump, while the server runs", self.admin().args(["database", "load", "--info", "--from-stdin", self.settings.database.as_str()]), record.file),
-                format!("stop the server: {}", self.settings.stop_command.as_deref().unwrap_or("<not configured: the run will refuse>")),
-                format!("{} < {}", self.admin().args(["database", "load", self.settings.database.as_str(), "--from-stdin", "--overwrite-destination=true"]), record.file),
-                format!("start the server: {}; wait until Bolt answers", self.settings.start_command.as_deref().unwrap_or("<not configured>")),
-            ],
+        match Neo4jMethod::of(record) {
+            Ok(Neo4jMethod::Logical) => self.plan_logical_restore(record),
+            Ok(Neo4jMethod::Dump) => self.plan_dump_restore(record),
+            Err(e) => vec![e.message],
         }
     }
 
@@ -1036,33 +1203,17 @@ impl Store for Neo4j {
         ctx: &RestoreContext<'_>,
         record: &ArtifactRecord,
     ) -> Result<()> {
-        if record.method == "logical" {
+        match Neo4jMethod::of(record)? {
             // The logical format loads into any version.
-            return Ok(());
+            Neo4jMethod::Logical => Ok(()),
+            Neo4jMethod::Dump => self.prepare_dump_restore(ctx, record).await,
         }
-        let (version, _) = self.server_version().await?;
-        super::refuse_newer_backup(
-            SVC,
-            2,
-            &record.server_version,
-            &version,
-            "load the dump into Neo4j of that version or newer, or take a logical backup, which any version reads",
-        )?;
-        self.check_dump_readable(ctx.artifact).await
     }
 
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
-        match record.method.as_str() {
-            "logical" => {
-                let graph = self.graph().await?;
-                let relationships = record.counts.get("relationships").copied();
-                self.load(&graph, ctx, relationships).await
-            }
-            _ => {
-                self.lifecycle_command("stop")?;
-                self.lifecycle_command("start")?;
-                self.load_dump(ctx).await
-            }
+        match Neo4jMethod::of(record)? {
+            Neo4jMethod::Logical => self.restore_logical(ctx, record).await,
+            Neo4jMethod::Dump => self.restore_dump(ctx).await,
         }
     }
 
@@ -1076,6 +1227,29 @@ impl Store for Neo4j {
 mod tests {
     use super::*;
 
+    /// Every method is read back from the name the manifest records for it,
+    /// that name is one the manifest's schema allows, and `ALL` lists every
+    /// method the command line offers.
+    #[test]
+    fn every_method_is_read_back_from_its_manifest_name() {
+        use clap::ValueEnum;
+        let schema = include_str!("../../../docs/manifest.schema.json");
+        assert_eq!(Neo4jMethod::ALL, Neo4jMethod::value_variants());
+        let mut record = ArtifactRecord::begun(String::new(), String::new());
+        for method in Neo4jMethod::ALL {
+            record.method = method.manifest_name().into();
+            assert_eq!(Neo4jMethod::of(&record).unwrap(), method);
+            assert!(schema.contains(&format!("\"{}\"", record.method)));
+        }
+        record.method = "tape".into();
+        let err = Neo4jMethod::of(&record).unwrap_err();
+        assert!(
+            err.message.contains("unknown Neo4j method 'tape'"),
+            "{}",
+            err.message
+        );
+    }
+
     #[test]
     fn id_set_holds_numeric_and_other_ids() {
         let mut set = IdSet::default();
@@ -1088,7 +1262,7 @@ mod tests {
 
     /// An export of `nodes` nodes spanning several chunks, `extra` lines
     /// appended after its end record, checked as the restore checks it.
-    fn check_export(nodes: u64, stated: u64, extra: &[&str]) -> Result<()> {
+    fn check_written_export(nodes: u64, stated: u64, extra: &[&str]) -> Result<()> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("neo4j.ndjson.zst");
         let mut text = format!(
@@ -1105,19 +1279,21 @@ mod tests {
         std::fs::write(&path, zstd::encode_all(text.as_bytes(), 1).unwrap()).unwrap();
         let mut record = crate::manifest::tests::sample().artifacts[&Service::Postgres].clone();
         record.counts.clear();
-        check_logical(&path, &record)
+        check_export(&path, &record)
     }
 
     #[test]
     fn verification_follows_the_export_across_chunks() {
         // 6,000 lines of ~150 bytes: several chunks, decoded in parallel.
-        check_export(6000, 6000, &[]).unwrap();
-        let wrong = check_export(6000, 5999, &[]).unwrap_err().to_string();
+        check_written_export(6000, 6000, &[]).unwrap();
+        let wrong = check_written_export(6000, 5999, &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             wrong.contains("6000 nodes and 0 relationships read"),
             "{wrong}"
         );
-        let after = check_export(
+        let after = check_written_export(
             6000,
             6000,
             &[r#"{"type":"node","id":"4:db:x","labels":[]}"#],
@@ -1125,7 +1301,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(after.contains("records after the end record"), "{after}");
-        let damaged = check_export(6000, 6000, &["{not json"])
+        let damaged = check_written_export(6000, 6000, &["{not json"])
             .unwrap_err()
             .to_string();
         assert!(damaged.contains("damaged at line 6003"), "{damaged}");
