@@ -29,18 +29,19 @@ use serde_json::json;
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::artifact::{self, ArtifactWriter, ExportSender, PendingArtifact};
-use crate::config::Neo4jSettings;
 use crate::error::{io_error, Error, Kind, Result};
 use crate::lock::StoppedServer;
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo};
 use crate::service::Service;
 use crate::target::Target;
+use settings::Neo4jSettings;
 
 mod drill;
 mod load;
 mod props_json;
 mod server;
+pub mod settings;
 mod spill;
 
 const SVC: Service = Service::Neo4j;
