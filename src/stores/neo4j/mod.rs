@@ -28,16 +28,17 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
-use crate::artifact::{self, ArtifactWriter, ExportSender, PendingArtifact};
+use crate::artifact::{self, ExportSender, PendingArtifact};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::lock::StoppedServer;
 use crate::manifest::ArtifactRecord;
-use crate::process::{self, mask_userinfo};
+use crate::process::mask_userinfo;
 use crate::service::Service;
 use crate::target::Target;
 use settings::Neo4jSettings;
 
 mod drill;
+mod dump;
 mod load;
 mod props_json;
 mod server;
@@ -50,9 +51,6 @@ const LOGICAL_VERSION: u32 = 1;
 /// Temporary label and index of earlier versions' restores: never counted or exported.
 const TEMP_LABEL: &str = "__ItbRestore";
 const TEMP_INDEX: &str = "itbackup_restore_id";
-/// How much of a dump `neo4j-admin database load --info` is given: its
-/// header is at the start.
-const DUMP_HEAD_BYTES: u64 = 1024 * 1024;
 /// Lines are sent to the writer in chunks of about this size.
 const CHUNK_BYTES: usize = 256 * 1024;
 /// The longest line of the logical format (one node or relationship with its
@@ -586,72 +584,6 @@ impl Neo4j {
             .map_err(|e| neo_error(step, e))?;
         Ok(())
     }
-
-    // ---- dump method ---------------------------------------------------------
-
-    async fn dump(&self, ctx: &BackupContext<'_>) -> Result<PendingArtifact> {
-        let cmd = self.admin().args([
-            "database",
-            "dump",
-            self.settings.database.as_str(),
-            "--to-stdout",
-        ]);
-        let dir = ctx.dir.to_path_buf();
-        let file = format!("neo4j_{}.dump", ctx.timestamp);
-        self.with_server_stopped("backup (neo4j-admin database dump)", super::blocking(SVC, move || {
-            let step = "dump (neo4j-admin database dump)";
-            let mut writer = ArtifactWriter::create(&dir, &file).map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
-            process::run_with_output_into(&cmd, &mut writer, SVC, step)
-                .map_err(|e| e.hint("confirm the server is stopped (the runbook: `docker compose stop neo4j`) and that neo4j-admin belongs to the same Neo4j version"))?;
-            writer.finish().map_err(|e| io_error(Some(SVC), step, "finish", e))
-        }))
-        .await
-    }
-
-    /// Whether this neo4j-admin reads the dump's format (its header: the
-    /// checksum already proved the file is the one backed up), asked while
-    /// the server still runs: a dump it cannot read is refused before the
-    /// server is stopped and the store overwritten.
-    async fn check_dump_readable(&self, artifact: &Path) -> Result<()> {
-        let cmd = self.admin().args([
-            "database",
-            "load",
-            "--info",
-            "--from-stdin",
-            self.settings.database.as_str(),
-        ]);
-        let source = artifact.to_path_buf();
-        super::blocking(SVC, move || {
-            let step = "check the dump (neo4j-admin database load --info)";
-            let input = artifact::open_buffered(&source).map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
-            // The header is at the start; the tool stops reading after it.
-            let mut head = std::io::Read::take(input, DUMP_HEAD_BYTES);
-            process::run_feeding_head(&cmd, SVC, step, |stdin| std::io::copy(&mut head, stdin).map(|_| ()))
-            .map(|_| ())
-            // The version was checked: a dump this tool cannot read is damaged.
-            .map_err(|e| e.of_kind(Kind::DamagedBackup).hint("this neo4j-admin cannot read the dump: nothing was changed and the server still runs. Restore it with neo4j-admin of the Neo4j version that wrote it (the manifest's server_version), or use a logical backup"))
-        })
-        .await
-    }
-
-    async fn load_dump(&self, ctx: &RestoreContext<'_>) -> Result<()> {
-        let cmd = self.admin().args([
-            "database",
-            "load",
-            self.settings.database.as_str(),
-            "--from-stdin",
-            "--overwrite-destination=true",
-        ]);
-        let source = ctx.artifact.to_path_buf();
-        self.with_server_stopped("restore (neo4j-admin database load)", super::blocking(SVC, move || {
-            let step = "load (neo4j-admin database load)";
-            let mut input = artifact::open_buffered(&source).map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
-            process::run_feeding(&cmd, SVC, step, |stdin| std::io::copy(&mut input, stdin).map(|_| ()))
-                .map(|_| ())
-                .map_err(|e| e.hint("Neo4j restore fails: confirm the main container/server is stopped; external orchestrators may restart it (retry after `docker compose stop neo4j`)"))
-        }))
-        .await
-    }
 }
 
 /// One more of `key` (allocating its name only the first time).
@@ -1001,114 +933,6 @@ impl Neo4j {
         let graph = self.graph().await?;
         let relationships = record.counts.get("relationships").copied();
         self.load(&graph, ctx, relationships).await
-    }
-
-    fn plan_dump_backup(&self, ctx: &BackupContext<'_>) -> Vec<String> {
-        let db = &self.settings.database;
-        vec![
-            format!(
-                "count nodes and relationships over {}",
-                mask_userinfo(&self.settings.uri)
-            ),
-            format!(
-                "stop the server: {}",
-                self.settings
-                    .stop_command
-                    .as_deref()
-                    .unwrap_or("<not configured: the run will refuse>")
-            ),
-            format!(
-                "{} > {}/neo4j_{}.dump",
-                self.admin()
-                    .args(["database", "dump", db.as_str(), "--to-stdout"]),
-                ctx.dir.display(),
-                ctx.timestamp
-            ),
-            format!(
-                "start the server: {}; wait until Bolt answers",
-                self.settings
-                    .start_command
-                    .as_deref()
-                    .unwrap_or("<not configured>")
-            ),
-        ]
-    }
-
-    async fn backup_dump(
-        &self,
-        graph: Graph,
-        ctx: &BackupContext<'_>,
-        record: &mut ArtifactRecord,
-    ) -> Result<PendingArtifact> {
-        // Fail before stopping anything if the server cannot be stopped.
-        self.lifecycle_command("stop")?;
-        self.lifecycle_command("start")?;
-        record.counts = self.count_store(&graph).await?;
-        drop(graph);
-        self.dump(ctx).await
-    }
-
-    fn plan_dump_restore(&self, record: &ArtifactRecord) -> Vec<String> {
-        vec![
-            format!(
-                "{} < {}: this neo4j-admin reads the dump, while the server runs",
-                self.admin().args([
-                    "database",
-                    "load",
-                    "--info",
-                    "--from-stdin",
-                    self.settings.database.as_str()
-                ]),
-                record.file
-            ),
-            format!(
-                "stop the server: {}",
-                self.settings
-                    .stop_command
-                    .as_deref()
-                    .unwrap_or("<not configured: the run will refuse>")
-            ),
-            format!(
-                "{} < {}",
-                self.admin().args([
-                    "database",
-                    "load",
-                    self.settings.database.as_str(),
-                    "--from-stdin",
-                    "--overwrite-destination=true"
-                ]),
-                record.file
-            ),
-            format!(
-                "start the server: {}; wait until Bolt answers",
-                self.settings
-                    .start_command
-                    .as_deref()
-                    .unwrap_or("<not configured>")
-            ),
-        ]
-    }
-
-    async fn prepare_dump_restore(
-        &self,
-        ctx: &RestoreContext<'_>,
-        record: &ArtifactRecord,
-    ) -> Result<()> {
-        let (version, _) = self.server_version().await?;
-        super::refuse_newer_backup(
-            SVC,
-            2,
-            &record.server_version,
-            &version,
-            "load the dump into Neo4j of that version or newer, or take a logical backup, which any version reads",
-        )?;
-        self.check_dump_readable(ctx.artifact).await
-    }
-
-    async fn restore_dump(&self, ctx: &RestoreContext<'_>) -> Result<()> {
-        self.lifecycle_command("stop")?;
-        self.lifecycle_command("start")?;
-        self.load_dump(ctx).await
     }
 }
 
