@@ -20,8 +20,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{neo_error, quote, IdSet, SVC};
+use super::{neo_error, quote, IdSet, BATCH_BYTES, CHUNK_BYTES, MAX_LINE, SVC};
 use crate::error::{io_error, Error, Result};
+use crate::manifest::ArtifactRecord;
+use crate::stores::neo4j::Neo4j;
+use crate::stores::RestoreContext;
 
 /// The stored types Cypher must convert back (temporal values, points), with
 /// the function that does it; each also comes as a list (`LIST<DATE>` …).
@@ -63,8 +66,91 @@ fn special_cypher() -> &'static str {
     })
 }
 
-/// Lines travel from the reading thread in chunks of about this size.
-const CHUNK_BYTES: usize = 256 * 1024;
+impl Neo4j {
+    /// Remove everything: data, constraints, indexes (token lookup indexes stay).
+    async fn wipe(&self, graph: &Graph) -> Result<()> {
+        let step = "wipe database";
+        for row in self
+            .rows(graph, "SHOW CONSTRAINTS YIELD name RETURN name", step)
+            .await?
+        {
+            let name: String = row.get("name").unwrap_or_default();
+            graph
+                .run(query(&format!(
+                    "DROP CONSTRAINT {} IF EXISTS",
+                    quote(&name)
+                )))
+                .await
+                .map_err(|e| neo_error(step, e))?;
+        }
+        for row in self
+            .rows(
+                graph,
+                "SHOW INDEXES YIELD name, type WHERE type <> 'LOOKUP' RETURN name",
+                step,
+            )
+            .await?
+        {
+            let name: String = row.get("name").unwrap_or_default();
+            graph
+                .run(query(&format!("DROP INDEX {} IF EXISTS", quote(&name))))
+                .await
+                .map_err(|e| neo_error(step, e))?;
+        }
+        graph
+            .run(query(
+                "MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS",
+            ))
+            .await
+            .map_err(|e| neo_error(step, e))
+    }
+
+    /// Replace the user database with the export: wipe it, load the nodes
+    /// then the relationships, then create the schema.
+    pub(in crate::stores::neo4j) async fn restore_logical(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let graph = self.graph().await?;
+        let graph = &graph;
+        let relationships = record.counts.get("relationships").copied();
+        self.wipe(graph).await?;
+        tracing::info!(service = %SVC, "database emptied; restoring nodes");
+
+        let ids = IdMap::create(ctx.scratch)
+            .map_err(|e| io_error(Some(SVC), "prepare load", ctx.scratch.display(), e))?;
+        let schema = load_graph(
+            graph,
+            ctx.artifact,
+            self.settings
+                .group_relationships
+                .then_some((ctx.scratch, relationships)),
+            ids,
+            self.settings.batch_size,
+            self.settings.transactions,
+        )
+        .await?;
+
+        // Schema after the data: building an index once is faster than maintaining it per row.
+        tracing::info!(service = %SVC, "data restored; restoring constraints and indexes");
+        let step = "restore schema";
+        for statement in &schema {
+            if let Err(e) = graph.run(query(statement)).await {
+                let text = e.to_string();
+                // A token lookup index that survived the wipe is already there.
+                if !(text.contains("already exists") || text.contains("equivalent")) {
+                    return Err(neo_error(step, e).hint(format!("while running: {statement}")));
+                }
+            }
+        }
+        graph
+            .run(query("CALL db.awaitIndexes(3600)"))
+            .await
+            .map_err(|e| neo_error(step, e))?;
+        Ok(())
+    }
+}
 
 /// One line of the logical format, as the restore and the verification read
 /// it: names borrowed from the line, properties decoded as `P` (skipped with
@@ -434,11 +520,11 @@ struct Batch {
 }
 
 impl Batch {
-    /// Whether `line` would take the batch over [`super::BATCH_BYTES`]: the
+    /// Whether `line` would take the batch over [`BATCH_BYTES`]: the
     /// batch is sent first, so a transaction's rows stay within the bound
-    /// (or are one line, at most [`super::MAX_LINE`]).
+    /// (or are one line, at most [`MAX_LINE`]).
     fn overflows(&self, line: &[u8]) -> bool {
-        self.rows > 0 && self.text.len() + line.len() + 1 > super::BATCH_BYTES
+        self.rows > 0 && self.text.len() + line.len() + 1 > BATCH_BYTES
     }
 
     fn push(&mut self, line: &[u8]) {
@@ -585,7 +671,7 @@ pub(super) async fn load_graph(
 /// The artifact's lines in chunks, for [`route_all`].
 fn artifact_chunks(path: &Path) -> impl FnOnce(&mut dyn FnMut(Result<Vec<u8>>) -> bool) + Send {
     let path = path.to_path_buf();
-    move |sink| crate::ndjson::read_chunks(&path, SVC, CHUNK_BYTES, super::MAX_LINE, sink)
+    move |sink| crate::ndjson::read_chunks(&path, SVC, CHUNK_BYTES, MAX_LINE, sink)
 }
 
 /// Route every line that `produce` (run on a blocking thread) hands over in
@@ -671,7 +757,7 @@ impl Loader {
                 let batch = batch_for(&mut self.pending_nodes, labels.as_slice());
                 batch.push(line);
                 batch.olds.push(old);
-                if batch.rows >= self.batch_size || batch.text.len() >= super::BATCH_BYTES {
+                if batch.rows >= self.batch_size || batch.text.len() >= BATCH_BYTES {
                     let batch = std::mem::take(batch);
                     self.spawn(Target::Nodes(labels), batch).await?;
                 }
@@ -691,7 +777,7 @@ impl Loader {
                 let batch = batch_for(&mut self.pending_rels, rel_type);
                 batch.push(line);
                 batch.ends.push(ends);
-                if batch.rows >= self.batch_size || batch.text.len() >= super::BATCH_BYTES {
+                if batch.rows >= self.batch_size || batch.text.len() >= BATCH_BYTES {
                     let batch = std::mem::take(batch);
                     self.spawn(Target::Relationships(rel_type.to_string()), batch)
                         .await?;
