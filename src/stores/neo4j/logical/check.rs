@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{load, CHUNK_BYTES, LOGICAL_FORMAT, LOGICAL_VERSION, MAX_LINE, SVC};
+use super::props_bolt::TypedProps;
+use super::{Record, CHUNK_BYTES, LOGICAL_FORMAT, LOGICAL_VERSION, MAX_LINE, SVC};
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
 
@@ -145,11 +146,10 @@ fn tally_chunk(index: usize, chunk: &[u8]) -> std::result::Result<ChunkTally, Ch
     let mut tally = ChunkTally::default();
     for bytes in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         tally.lines += 1;
-        let line: load::Record<load::TypedProps> =
-            serde_json::from_slice(bytes).map_err(|e| ChunkError {
-                kind: ChunkProblem::Damaged(tally.lines),
-                message: e.to_string(),
-            })?;
+        let line: Record<TypedProps> = serde_json::from_slice(bytes).map_err(|e| ChunkError {
+            kind: ChunkProblem::Damaged(tally.lines),
+            message: e.to_string(),
+        })?;
         if tally.end.is_some() {
             return Err(content("records after the end record".into()));
         }

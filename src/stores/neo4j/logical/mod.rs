@@ -4,18 +4,22 @@
 //! writes a row's properties), `check.rs` (offline check), `load.rs` (the
 //! restore; `spill.rs` groups relationships by start node).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{neo_error, quote, Neo4j, SVC};
 use crate::manifest::ArtifactRecord;
 use crate::process::mask_userinfo;
 use crate::stores::BackupContext;
 
+mod batch;
 mod check;
 mod export;
+mod id_map;
 mod load;
+mod props_bolt;
 mod props_json;
 mod spill;
 
@@ -68,6 +72,40 @@ impl Line {
             ..Default::default()
         }
     }
+}
+
+/// One line of the logical format, as the restore and the verification read
+/// it: names borrowed from the line, properties decoded as `P` (skipped with
+/// `IgnoredAny`, checked and converted with [`props_bolt::TypedProps`]).
+#[derive(Deserialize)]
+pub(super) struct Record<'a, P> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    #[serde(default, borrow)]
+    pub rel_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub start: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub end: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub statement: Option<String>,
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub nodes: Option<u64>,
+    #[serde(default)]
+    pub relationships: Option<u64>,
+    /// Decoded to check it (verification) or skipped (routing); a batch
+    /// decodes its lines' properties again when it is sent.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub props: Option<P>,
 }
 
 /// Exported node ids, compact: element ids end in a dense integer.
