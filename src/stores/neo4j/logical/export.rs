@@ -92,7 +92,31 @@ impl Neo4j {
         header.version = Some(LOGICAL_VERSION);
         header.name = Some(self.settings.database.clone());
         out.push(&header).await?;
+        self.export_schema(graph, &mut out).await?;
 
+        // Neo4j Community has no snapshot reads: a scan also meets what is
+        // written while it runs, and under a steady writer it could run for
+        // ever. Each scan stops at the highest id that existed when it began
+        // (ids are reused, so some entities written meanwhile may still
+        // appear; the late-endpoint rule below keeps them consistent). The
+        // relationship bound is read after the node scan, so every
+        // relationship created with a node that was exported is exported too.
+        let mut exported = Exported::default();
+        self.export_nodes(graph, &mut out, &mut exported).await?;
+        self.export_relationships(graph, &mut out, &mut exported)
+            .await?;
+
+        let mut end = Line::new("end");
+        end.nodes = Some(exported.nodes);
+        end.relationships = Some(exported.relationships);
+        out.push(&end).await?;
+        out.flush().await?;
+        exported.record_into(record);
+        Ok(())
+    }
+
+    /// Every constraint, and every index that no constraint owns.
+    async fn export_schema(&self, graph: &Graph, out: &mut LineSink<'_>) -> Result<()> {
         let step = "export schema";
         for row in self
             .rows(
@@ -120,21 +144,18 @@ impl Neo4j {
             line.statement = row.get("createStatement").ok();
             out.push(&line).await?;
         }
+        Ok(())
+    }
 
-        // Neo4j Community has no snapshot reads: a scan also meets what is
-        // written while it runs, and under a steady writer it could run for
-        // ever. Each scan stops at the highest id that existed when it began
-        // (ids are reused, so some entities written meanwhile may still
-        // appear; the late-endpoint rule below keeps them consistent). The
-        // relationship bound is read after the node scan, so every
-        // relationship created with a node that was exported is exported too.
+    /// Every node up to the highest id there is now.
+    async fn export_nodes(
+        &self,
+        graph: &Graph,
+        out: &mut LineSink<'_>,
+        exported: &mut Exported,
+    ) -> Result<()> {
         let max_node_id = self.highest_id(graph, "MATCH (x)").await?;
-
-        // Nodes.
         let step = "export nodes";
-        let mut exported = IdSet::default();
-        let mut labels: BTreeMap<String, u64> = BTreeMap::new();
-        let mut nodes = 0u64;
         let cypher = format!(
             "MATCH (x) WHERE id(x) <= $max RETURN elementId(x) AS id, labels(x) AS labels, {PROPS} AS props"
         );
@@ -144,26 +165,28 @@ impl Neo4j {
                 graph.execute(query(&cypher).param("max", max_node_id)),
             )
             .await?;
-        let mut vanished = 0u64;
         while let Some(row) = self.bounded(step, stream.next()).await? {
             let Some(node) = Entity::node(&row, step)? else {
                 // Deleted while it was read: as if the scan had missed it.
-                vanished += 1;
+                exported.vanished += 1;
                 continue;
             };
-            count_labels(&mut labels, &node.labels);
-            exported.insert(node.id);
-            nodes += 1;
+            exported.add_node(node.id, &node.labels);
             out.push_entity(&node).await?;
         }
-        tracing::info!(nodes, "neo4j: exported nodes");
+        tracing::info!(nodes = exported.nodes, "neo4j: exported nodes");
+        Ok(())
+    }
 
-        // Relationships; an endpoint the node pass did not see is exported first.
+    /// Every relationship up to the highest id there is now; an endpoint the
+    /// node pass did not see is exported first.
+    async fn export_relationships(
+        &self,
+        graph: &Graph,
+        out: &mut LineSink<'_>,
+        exported: &mut Exported,
+    ) -> Result<()> {
         let step = "export relationships";
-        let mut types: BTreeMap<String, u64> = BTreeMap::new();
-        let mut relationships = 0u64;
-        let mut late_nodes = 0u64;
-        let mut dangling = 0u64;
         let max_rel_id = self.highest_id(graph, "MATCH ()-[x]->()").await?;
         let cypher = format!(
             "MATCH (a)-[x]->(b) WHERE id(x) <= $max RETURN elementId(x) AS id, type(x) AS type, elementId(a) AS start, elementId(b) AS end, {PROPS} AS props"
@@ -173,70 +196,112 @@ impl Neo4j {
             .await?;
         'rels: while let Some(row) = self.bounded(step, stream.next()).await? {
             let Some(rel) = Entity::relationship(&row, step)? else {
-                dangling += 1;
+                exported.dangling += 1;
                 continue;
             };
             let [rel_type, start, end] = rel.rel.expect("a relationship has endpoints");
             for endpoint in [start, end] {
-                if exported.contains(endpoint) {
+                if exported.ids.contains(endpoint) {
                     continue;
                 }
-                let cypher = format!("MATCH (x) WHERE elementId(x) = $id RETURN elementId(x) AS id, labels(x) AS labels, {PROPS} AS props");
-                let mut found = self
-                    .bounded(step, graph.execute(query(&cypher).param("id", endpoint)))
-                    .await?;
-                let row = self.bounded(step, found.next()).await?;
-                match row
-                    .as_ref()
-                    .map(|row| Entity::node(row, step))
-                    .transpose()?
-                    .flatten()
+                if !self
+                    .export_late_endpoint(graph, endpoint, out, exported)
+                    .await?
                 {
-                    Some(node) => {
-                        count_labels(&mut labels, &node.labels);
-                        exported.insert(endpoint);
-                        nodes += 1;
-                        late_nodes += 1;
-                        out.push_entity(&node).await?;
-                    }
-                    None => {
-                        // Deleted since: so is this relationship, in any later state.
-                        dangling += 1;
-                        continue 'rels;
-                    }
+                    // Deleted since: so is this relationship, in any later state.
+                    exported.dangling += 1;
+                    continue 'rels;
                 }
             }
-            count(&mut types, rel_type);
-            relationships += 1;
+            count(&mut exported.types, rel_type);
+            exported.relationships += 1;
             out.push_entity(&rel).await?;
         }
-        tracing::info!(relationships, "neo4j: exported relationships");
+        tracing::info!(
+            relationships = exported.relationships,
+            "neo4j: exported relationships"
+        );
+        Ok(())
+    }
 
-        let mut end = Line::new("end");
-        end.nodes = Some(nodes);
-        end.relationships = Some(relationships);
-        out.push(&end).await?;
-        out.flush().await?;
+    /// Export the node `endpoint` of a relationship, which the node scan did
+    /// not see; false when it no longer exists.
+    async fn export_late_endpoint(
+        &self,
+        graph: &Graph,
+        endpoint: &str,
+        out: &mut LineSink<'_>,
+        exported: &mut Exported,
+    ) -> Result<bool> {
+        let step = "export relationships";
+        let cypher = format!("MATCH (x) WHERE elementId(x) = $id RETURN elementId(x) AS id, labels(x) AS labels, {PROPS} AS props");
+        let mut found = self
+            .bounded(step, graph.execute(query(&cypher).param("id", endpoint)))
+            .await?;
+        let row = self.bounded(step, found.next()).await?;
+        match row
+            .as_ref()
+            .map(|row| Entity::node(row, step))
+            .transpose()?
+            .flatten()
+        {
+            Some(node) => {
+                exported.add_node(endpoint, &node.labels);
+                exported.late_nodes += 1;
+                out.push_entity(&node).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
 
-        record.counts.insert("nodes".into(), nodes);
-        record.counts.insert("relationships".into(), relationships);
-        for (label, n) in labels {
+/// What an export has written so far: the nodes' ids and what the manifest
+/// records.
+#[derive(Default)]
+struct Exported {
+    ids: IdSet,
+    labels: BTreeMap<String, u64>,
+    types: BTreeMap<String, u64>,
+    nodes: u64,
+    relationships: u64,
+    /// Endpoints the node scan did not see, exported before their relationship.
+    late_nodes: u64,
+    /// Nodes deleted while the scan read them.
+    vanished: u64,
+    /// Relationships deleted, or whose endpoint was deleted, while they were read.
+    dangling: u64,
+}
+
+impl Exported {
+    fn add_node(&mut self, id: &str, labels: &[&str]) {
+        count_labels(&mut self.labels, labels);
+        self.ids.insert(id);
+        self.nodes += 1;
+    }
+
+    /// The counts and the consistency details, into the manifest's record.
+    fn record_into(self, record: &mut ArtifactRecord) {
+        record.counts.insert("nodes".into(), self.nodes);
+        record
+            .counts
+            .insert("relationships".into(), self.relationships);
+        for (label, n) in self.labels {
             record.counts.insert(format!("label:{label}"), n);
         }
-        for (t, n) in types {
+        for (t, n) in self.types {
             record.counts.insert(format!("type:{t}"), n);
         }
         record.details.insert("consistency".into(), json!("read-committed, bounded by the highest ids at the start; endpoints written during the export are included, relationships deleted during it are left out"));
         record
             .details
-            .insert("late_nodes".into(), json!(late_nodes));
+            .insert("late_nodes".into(), json!(self.late_nodes));
         record
             .details
-            .insert("relationships_left_out".into(), json!(dangling));
+            .insert("relationships_left_out".into(), json!(self.dangling));
         record
             .details
-            .insert("nodes_left_out".into(), json!(vanished));
-        Ok(())
+            .insert("nodes_left_out".into(), json!(self.vanished));
     }
 }
 
