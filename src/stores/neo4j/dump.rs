@@ -13,7 +13,7 @@ use super::{Neo4j, SVC};
 use crate::artifact::{self, ArtifactWriter, PendingArtifact};
 use crate::error::{io_error, Kind, Result};
 use crate::manifest::ArtifactRecord;
-use crate::process::{self, mask_userinfo};
+use crate::process::{self, mask_userinfo, ToolCommand};
 use crate::stores::{BackupContext, RestoreContext};
 
 /// How much of a dump `neo4j-admin database load --info` is given: its
@@ -21,35 +21,64 @@ use crate::stores::{BackupContext, RestoreContext};
 const DUMP_HEAD_BYTES: u64 = 1024 * 1024;
 
 impl Neo4j {
+    /// `neo4j-admin database dump` of the database to standard output.
+    fn dump_command(&self) -> ToolCommand {
+        let db = self.settings.database.as_str();
+        self.admin().args(["database", "dump", db, "--to-stdout"])
+    }
+
+    /// `neo4j-admin database load --info`: reads a dump's header from standard input.
+    fn info_command(&self) -> ToolCommand {
+        let db = self.settings.database.as_str();
+        self.admin()
+            .args(["database", "load", "--info", "--from-stdin", db])
+    }
+
+    /// `neo4j-admin database load` from standard input, replacing the database.
+    fn load_command(&self) -> ToolCommand {
+        let db = self.settings.database.as_str();
+        self.admin().args([
+            "database",
+            "load",
+            db,
+            "--from-stdin",
+            "--overwrite-destination=true",
+        ])
+    }
+
+    /// The `--dry-run` line of stopping the server.
+    fn plan_stop(&self) -> String {
+        let command = self.settings.stop_command.as_deref();
+        format!(
+            "stop the server: {}",
+            command.unwrap_or("<not configured: the run will refuse>")
+        )
+    }
+
+    /// The `--dry-run` line of starting the server.
+    fn plan_start(&self) -> String {
+        let command = self.settings.start_command.as_deref();
+        format!(
+            "start the server: {}; wait until Bolt answers",
+            command.unwrap_or("<not configured>")
+        )
+    }
+
     /// The `--dry-run` steps of a dump backup.
     pub(super) fn plan_dump_backup(&self, ctx: &BackupContext<'_>) -> Vec<String> {
-        let db = &self.settings.database;
         vec![
             format!(
                 "count nodes and relationships over {}",
                 mask_userinfo(&self.settings.uri)
             ),
-            format!(
-                "stop the server: {}",
-                self.settings
-                    .stop_command
-                    .as_deref()
-                    .unwrap_or("<not configured: the run will refuse>")
-            ),
+            self.plan_stop(),
             format!(
                 "{} > {}/neo4j_{}.dump",
-                self.admin()
-                    .args(["database", "dump", db.as_str(), "--to-stdout"]),
+                self.dump_command(),
                 ctx.dir.display(),
                 ctx.timestamp
             ),
-            format!(
-                "start the server: {}; wait until Bolt answers",
-                self.settings
-                    .start_command
-                    .as_deref()
-                    .unwrap_or("<not configured>")
-            ),
+            self.plan_start(),
         ]
     }
 
@@ -74,40 +103,12 @@ impl Neo4j {
         vec![
             format!(
                 "{} < {}: this neo4j-admin reads the dump, while the server runs",
-                self.admin().args([
-                    "database",
-                    "load",
-                    "--info",
-                    "--from-stdin",
-                    self.settings.database.as_str()
-                ]),
+                self.info_command(),
                 record.file
             ),
-            format!(
-                "stop the server: {}",
-                self.settings
-                    .stop_command
-                    .as_deref()
-                    .unwrap_or("<not configured: the run will refuse>")
-            ),
-            format!(
-                "{} < {}",
-                self.admin().args([
-                    "database",
-                    "load",
-                    self.settings.database.as_str(),
-                    "--from-stdin",
-                    "--overwrite-destination=true"
-                ]),
-                record.file
-            ),
-            format!(
-                "start the server: {}; wait until Bolt answers",
-                self.settings
-                    .start_command
-                    .as_deref()
-                    .unwrap_or("<not configured>")
-            ),
+            self.plan_stop(),
+            format!("{} < {}", self.load_command(), record.file),
+            self.plan_start(),
         ]
     }
 
@@ -138,12 +139,7 @@ impl Neo4j {
 
     /// `neo4j-admin database dump` into the artifact, the server stopped meanwhile.
     async fn dump(&self, ctx: &BackupContext<'_>) -> Result<PendingArtifact> {
-        let cmd = self.admin().args([
-            "database",
-            "dump",
-            self.settings.database.as_str(),
-            "--to-stdout",
-        ]);
+        let cmd = self.dump_command();
         let dir = ctx.dir.to_path_buf();
         let file = format!("neo4j_{}.dump", ctx.timestamp);
         self.with_server_stopped("backup (neo4j-admin database dump)", crate::stores::blocking(SVC, move || {
@@ -161,13 +157,7 @@ impl Neo4j {
     /// the server still runs: a dump it cannot read is refused before the
     /// server is stopped and the store overwritten.
     async fn check_dump_readable(&self, artifact: &Path) -> Result<()> {
-        let cmd = self.admin().args([
-            "database",
-            "load",
-            "--info",
-            "--from-stdin",
-            self.settings.database.as_str(),
-        ]);
+        let cmd = self.info_command();
         let source = artifact.to_path_buf();
         crate::stores::blocking(SVC, move || {
             let step = "check the dump (neo4j-admin database load --info)";
@@ -184,13 +174,7 @@ impl Neo4j {
 
     /// `neo4j-admin database load` from the artifact, the server stopped meanwhile.
     async fn load_dump(&self, ctx: &RestoreContext<'_>) -> Result<()> {
-        let cmd = self.admin().args([
-            "database",
-            "load",
-            self.settings.database.as_str(),
-            "--from-stdin",
-            "--overwrite-destination=true",
-        ]);
+        let cmd = self.load_command();
         let source = ctx.artifact.to_path_buf();
         self.with_server_stopped("restore (neo4j-admin database load)", crate::stores::blocking(SVC, move || {
             let step = "load (neo4j-admin database load)";
