@@ -101,12 +101,37 @@ stop_pidfile() {
   rm -f "$pidfile"
 }
 
+# Run one server's start or stop (a function) holding that server's lock, so
+# that two never overlap. They did: a backup killed with SIGKILL while its
+# start command ran leaves that command running, and the rerun's own start
+# stopped the half-started server and launched another, which then lost its
+# ports to the first one's launch ("Address already in use") and the server
+# stayed down. The lock is on fd 8, which every server launch closes: a
+# server that inherited it would hold the lock for its whole life.
+LOCK_TIMEOUT="${IT_TESTENV_LOCK_TIMEOUT:-600}"
+with_server_lock() {
+  local name="$1"; shift
+  mkdir -p "$STATE/locks"
+  exec 8>"$STATE/locks/$name.lock"
+  if ! flock -n 8; then
+    log "$name: another testenv start or stop of it is running; waiting for it (up to ${LOCK_TIMEOUT}s)"
+    flock -w "$LOCK_TIMEOUT" 8 || die "$name: another testenv start or stop still holds $STATE/locks/$name.lock after ${LOCK_TIMEOUT}s"
+  fi
+  "$@"
+  exec 8>&-
+}
+
 # Fails when something that is not ours already listens on PORT.
 require_free_port() {
   local name="$1" port="$2"
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    die "$name: port $port on 127.0.0.1 is already taken by a process testenv did not start"
+    die "$name: port $port on 127.0.0.1 is already taken by a process testenv did not start: $(port_holder "$port")"
   fi
+}
+
+# Who listens on PORT, as `ss` tells it (for error messages).
+port_holder() {
+  ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:((\(.*\)))/\1/p' | head -n1 || true
 }
 
 # Wait until CHECK (a command) succeeds; on timeout print the log tail, stop

@@ -149,7 +149,7 @@ neo4j_start() {
     -Xms"$NEO4J_HEAP" -Xmx"$NEO4J_HEAP" -XX:+ExitOnOutOfMemoryError \
     -cp "$NEO4J_HOME_DIR/lib/*:$NEO4J_DIR/plugins/*" org.neo4j.server.CommunityEntryPoint \
     --home-dir="$NEO4J_HOME_DIR" --config-dir="$NEO4J_CONF_DIR" \
-    </dev/null >>"$NEO4J_CONSOLE" 2>&1 &
+    </dev/null >>"$NEO4J_CONSOLE" 2>&1 8>&- &
   echo $! >"$NEO4J_PIDFILE"
   wait_until neo4j "$NEO4J_LOGFILES" "$NEO4J_PIDFILE" "$NEO4J_HOME_DIR" neo4j_answers
   neo4j_wait_for_database

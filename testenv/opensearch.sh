@@ -111,7 +111,7 @@ opensearch_start() {
   as_user "$user" env JAVA_HOME="$JAVA_HOME" OPENSEARCH_JAVA_HOME="$JAVA_HOME" \
     OPENSEARCH_PATH_CONF="$OS_CONF" \
     OPENSEARCH_JAVA_OPTS="-Xms$OPENSEARCH_HEAP -Xmx$OPENSEARCH_HEAP" \
-    "$OS_HOME/bin/opensearch" -d -p "$OS_PIDFILE" </dev/null >>"$OS_CONSOLE" 2>&1 \
+    "$OS_HOME/bin/opensearch" -d -p "$OS_PIDFILE" </dev/null >>"$OS_CONSOLE" 2>&1 8>&- \
     || fail_start opensearch "$OS_LOGFILES" "bin/opensearch -d failed"
   wait_until opensearch "$OS_LOGFILES" "$OS_PIDFILE" "$OS_HOME" opensearch_answers
 }

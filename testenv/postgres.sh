@@ -58,7 +58,7 @@ postgres_start() {
   local user; user="$(service_user postgres)"
   as_user "$user" "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$START_TIMEOUT" \
     -o "-p $PG_PORT -k $PG_SOCKET_DIR -c listen_addresses=127.0.0.1 -c shared_buffers=128MB -c max_wal_size=2GB" \
-    start >/dev/null 2>&1 || fail_start postgres "$PG_LOG" "pg_ctl start failed"
+    start >/dev/null 2>&1 8>&- || fail_start postgres "$PG_LOG" "pg_ctl start failed"
   wait_until postgres "$PG_LOG" "" "" postgres_answers
 }
 

@@ -139,7 +139,7 @@ s3_start() {
     MINIO_SITE_REGION="$S3_REGION" MINIO_BROWSER=off MINIO_UPDATE=off \
     setsid "$S3_BIN" server --address "127.0.0.1:$S3_PORT" \
     --console-address "127.0.0.1:$S3_CONSOLE_PORT" "$S3_DATA" \
-    </dev/null >>"$S3_LOG" 2>&1 &
+    </dev/null >>"$S3_LOG" 2>&1 8>&- &
   echo $! >"$S3_PIDFILE"
   wait_until s3 "$S3_LOG" "$S3_PIDFILE" "$S3_DATA" s3_answers
   s3_ensure_bucket

@@ -205,6 +205,11 @@ struct Neo {
 
 impl Neo {
     fn connect() -> Neo {
+        Neo::try_connect().expect("the testenv Neo4j answers over Bolt")
+    }
+    /// A server that a killed run left down is a failed point, not a panic
+    /// that would hide the tally.
+    fn try_connect() -> Result<Neo, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -215,15 +220,57 @@ impl Neo {
                 required_env("NEO4J_USER"),
                 required_env("NEO4J_PASSWORD"),
             ))
-            .expect("the testenv Neo4j answers over Bolt");
-        Neo { rt, graph }
+            .map_err(|e| format!("Neo4j does not answer over Bolt: {e}"))?;
+        Ok(Neo { rt, graph })
     }
     fn single(&self, cypher: &str) -> String {
+        self.try_single(cypher).unwrap()
+    }
+    fn try_single(&self, cypher: &str) -> Result<String, String> {
         self.rt.block_on(async {
-            let mut rows = self.graph.execute(neo4rs::query(cypher)).await.unwrap();
-            let row = rows.next().await.unwrap().expect("one row");
-            row.get::<String>("r").unwrap()
+            let mut rows = self
+                .graph
+                .execute(neo4rs::query(cypher))
+                .await
+                .map_err(|e| format!("{cypher}: {e}"))?;
+            let row = rows
+                .next()
+                .await
+                .map_err(|e| format!("{cypher}: {e}"))?
+                .ok_or_else(|| format!("{cypher}: no row"))?;
+            row.get::<String>("r").map_err(|e| format!("{cypher}: {e}"))
         })
+    }
+    /// What the graph holds, or why it cannot be read.
+    fn state(&self) -> String {
+        self.try_single(
+            "MATCH (n) OPTIONAL MATCH (n)-[r]->() \
+             RETURN toString(count(DISTINCT n)) + ' ' + toString(count(r)) + ' ' + toString(sum(n.i)) AS r",
+        )
+        .unwrap_or_else(|e| format!("unreadable: {e}"))
+    }
+    /// Labels and property keys other than the fixture's, or why they
+    /// cannot be read (itself a failed point).
+    fn debris(&self) -> Vec<String> {
+        // The logical load keeps its id map in scratch files, not in the
+        // graph: any label or property other than the fixture's is debris.
+        let found = self.try_single(
+            "MATCH (n) UNWIND labels(n) AS l WITH DISTINCT l WHERE l <> 'FaultNode' \
+             RETURN reduce(s = '', x IN collect(l) | s + x + ',') AS r",
+        );
+        let keys = self.try_single(
+            "MATCH (n) UNWIND keys(n) AS k WITH DISTINCT k WHERE NOT k IN ['i', 'name'] \
+             RETURN reduce(s = '', x IN collect(k) | s + x + ',') AS r",
+        );
+        match (found, keys) {
+            (Ok(labels), Ok(keys)) => labels
+                .split(',')
+                .chain(keys.split(','))
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            (Err(e), _) | (_, Err(e)) => vec![format!("unreadable: {e}")],
+        }
     }
 }
 
@@ -246,28 +293,10 @@ impl Subject for Neo {
         );
     }
     fn fingerprint(&self) -> String {
-        self.single(
-            "MATCH (n) OPTIONAL MATCH (n)-[r]->() \
-             RETURN toString(count(DISTINCT n)) + ' ' + toString(count(r)) + ' ' + toString(sum(n.i)) AS r",
-        )
+        self.state()
     }
     fn leftovers(&self) -> Vec<String> {
-        // The logical load keeps its id map in scratch files, not in the
-        // graph: any label or property other than the fixture's is debris.
-        let labels = self.single(
-            "MATCH (n) UNWIND labels(n) AS l WITH DISTINCT l WHERE l <> 'FaultNode' \
-             RETURN reduce(s = '', x IN collect(l) | s + x + ',') AS r",
-        );
-        let keys = self.single(
-            "MATCH (n) UNWIND keys(n) AS k WITH DISTINCT k WHERE NOT k IN ['i', 'name'] \
-             RETURN reduce(s = '', x IN collect(k) | s + x + ',') AS r",
-        );
-        labels
-            .split(',')
-            .chain(keys.split(','))
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
+        self.debris()
     }
     fn cleanup(&self) {
         self.single("OPTIONAL MATCH (n) DETACH DELETE n WITH count(*) AS c RETURN 'ok' AS r");
@@ -289,10 +318,10 @@ impl Subject for NeoDump {
         Neo::connect().populate()
     }
     fn fingerprint(&self) -> String {
-        Neo::connect().fingerprint()
+        Neo::try_connect().map_or_else(|e| format!("unreadable: {e}"), |neo| neo.state())
     }
     fn leftovers(&self) -> Vec<String> {
-        Neo::connect().leftovers()
+        Neo::try_connect().map_or_else(|e| vec![format!("unreadable: {e}")], |neo| neo.debris())
     }
     fn cleanup(&self) {
         Neo::connect().cleanup()

@@ -531,7 +531,19 @@ fn refused_definition_changes_nothing(version: Option<&str>) {
         manifest.write(&dir).unwrap();
     }
 
+    // Probes a killed run left: one of this host's (its pid is gone), which
+    // goes, and a fresh one of another host, which may be a live run's.
+    let dead_here = format!("itbackup-check-{}-4194305-0", host_tag());
+    let live_elsewhere = "itbackup-check-0badc0de-4194305-0";
+    for probe in [dead_here.as_str(), live_elsewhere] {
+        os.ok(reqwest::Method::PUT, probe, None);
+    }
     let err = fails(&restore_args(&dir, None), &[], exit::STORE_REFUSED);
+    let (_, elsewhere) = os.call(reqwest::Method::DELETE, live_elsewhere, None);
+    assert_eq!(
+        elsewhere["acknowledged"], true,
+        "another host's fresh probe was removed"
+    );
     assert!(
         canary_present(&os),
         "the refused restore replaced the index:\n{err}"
@@ -547,6 +559,15 @@ fn refused_definition_changes_nothing(version: Option<&str>) {
     );
     assert_eq!(leftovers, json!([]), "temporary indices left behind");
     os.wipe_fixture();
+}
+
+/// How itbackup names this host in a probe index: its name's SHA-256, first
+/// 8 hex digits.
+fn host_tag() -> String {
+    use sha2::Digest;
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let digest = sha2::Sha256::digest(host.trim().as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Repositories named like itbackup's temporary ones: name → location.

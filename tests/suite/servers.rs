@@ -166,6 +166,52 @@ fn a_server_that_fails_to_start_fails_up_with_its_log() {
     testenv("down");
 }
 
+/// Two starts of one server at once — a killed backup's start command still
+/// running when the rerun starts the same server — take turns: both succeed,
+/// one server runs, and that server does not keep the start lock (a stop
+/// after it returns at once).
+#[test]
+fn two_starts_of_one_server_at_once_both_succeed() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let dir = tempfile::Builder::new()
+        .prefix("itbackup-testenv-twice-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+        .to_string();
+    let testenv = |action: &str| {
+        Command::new(common::repo_root().join("testenv").join(action))
+            .arg("postgres")
+            .env("IT_TESTENV_DIR", dir.path())
+            .env("IT_TESTENV_PG_PORT", &port)
+            .env("IT_TESTENV_LOCK_TIMEOUT", "30")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let starts = [testenv("up"), testenv("up")];
+    let outputs: Vec<_> = starts
+        .into_iter()
+        .map(|start| start.wait_with_output().unwrap())
+        .collect();
+    let stopped = std::time::Instant::now();
+    let down = testenv("down").wait_with_output().unwrap();
+    for out in &outputs {
+        assert!(out.status.success(), "{}", common::text(out));
+    }
+    assert!(down.status.success(), "{}", common::text(&down));
+    assert!(
+        stopped.elapsed() < std::time::Duration::from_secs(25),
+        "the stop waited for the start lock: the server holds it"
+    );
+}
+
 /// testenv's start wait (`wait_until` in testenv/lib.sh) against launches
 /// whose exec chain is slow: for two seconds the pid names a shell, not the
 /// server, as every `cmd &` does for a moment after the fork. Such a launch

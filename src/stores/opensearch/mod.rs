@@ -35,7 +35,7 @@ use settings::OpenSearchSettings;
 
 mod drill;
 mod http;
-mod leftovers;
+pub(super) mod leftovers;
 mod logical;
 mod selection;
 pub mod settings;
@@ -400,7 +400,7 @@ impl Store for OpenSearch {
         let server_version = self.version().await?;
         self.health("cluster health").await?;
         let (method, reason) = self.choose_method().await?;
-        self.remove_dead_runs_repositories().await;
+        self.remove_dead_runs_leftovers().await;
         let selection = self.select().await?;
         let mut record = ArtifactRecord::begun(server_version, started_at);
         record.details.insert("method_reason".into(), json!(reason));
@@ -453,6 +453,8 @@ impl Store for OpenSearch {
         record: &ArtifactRecord,
     ) -> Result<()> {
         self.health("cluster health").await?;
+        // A killed run's probes would otherwise stay beside this run's.
+        self.remove_dead_runs_leftovers().await;
         match OpenSearchMethod::of(record)? {
             OpenSearchMethod::Snapshot => self.prepare_snapshot_restore(ctx, record).await,
             OpenSearchMethod::Logical => self.prepare_logical_restore(ctx, record).await,
@@ -462,7 +464,7 @@ impl Store for OpenSearch {
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
         let method = OpenSearchMethod::of(record)?;
         self.health("cluster health").await?;
-        self.remove_dead_runs_repositories().await;
+        self.remove_dead_runs_leftovers().await;
         match method {
             OpenSearchMethod::Snapshot => self.restore_snapshot(ctx, record).await?,
             OpenSearchMethod::Logical => self.restore_logical(ctx).await?,
@@ -470,7 +472,7 @@ impl Store for OpenSearch {
         // Again: a killed run's snapshot restore still running in the
         // cluster kept its repository in use at the start; replacing the
         // same indices has ended it.
-        self.remove_dead_runs_repositories().await;
+        self.remove_dead_runs_leftovers().await;
         self.health("cluster health after restore")
             .await
             .map(|_| ())

@@ -79,7 +79,7 @@ impl OpenSearch {
             .map(|(number, (name, body))| {
                 let http = self.http.clone();
                 Box::pin(async move {
-                    let probe = format!("itbackup-check-{}-{number}", std::process::id());
+                    let probe = crate::stores::opensearch::leftovers::probe_index(number);
                     let created = http.call(Method::PUT, &probe, Some(&body), step).await;
                     let _ = http.delete_if_present(&probe, step).await;
                     created.map(|_| ()).map_err(|e| (name, e))
