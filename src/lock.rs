@@ -156,6 +156,9 @@ fn server_file(service: Service, key: &str, extension: &str) -> PathBuf {
 /// answers again. A run killed in between leaves the record; the next run
 /// that takes the server's lock knows from it that the server is down
 /// because of itbackup, not because the operator stopped it, and starts it.
+/// A stopped server's record is one line; more is not ours.
+const STOPPED_RECORD_MAX: u64 = 4096;
+
 pub struct StoppedServer {
     path: PathBuf,
 }
@@ -198,10 +201,32 @@ impl StoppedServer {
     }
 
     /// Who stopped the server and has not started it again, if anyone.
+    /// The lock directory is writable by all: only a short regular file of
+    /// this user counts (never a link, a FIFO or another user's forgery,
+    /// which would make a run start a server nobody of ours stopped).
     pub fn left_by(&self) -> Option<String> {
-        std::fs::read_to_string(&self.path)
-            .ok()
-            .map(|s| s.trim().to_string())
+        let file = match crate::artifact::open_regular(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: {e}; not taken as a record of a stopped server",
+                    self.path.display()
+                );
+                return None;
+            }
+        };
+        let owner = std::os::unix::fs::MetadataExt::uid(&file.metadata().ok()?);
+        // SAFETY: geteuid cannot fail and touches no memory.
+        if owner != unsafe { libc::geteuid() } {
+            tracing::warn!("{} belongs to uid {owner}, not to this user; not taken as a record of a stopped server", self.path.display());
+            return None;
+        }
+        let mut text = String::new();
+        file.take(STOPPED_RECORD_MAX)
+            .read_to_string(&mut text)
+            .ok()?;
+        Some(text.trim().to_string())
     }
 
     /// The server answers again.
@@ -298,6 +323,40 @@ impl StoreLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopped_server_record_is_read_only_from_a_short_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let stopped = StoppedServer {
+            path: dir.path().join("neo4j.stopped"),
+        };
+        assert_eq!(stopped.left_by(), None);
+        stopped.record(Service::Neo4j, "restore").unwrap();
+        assert!(stopped
+            .left_by()
+            .unwrap()
+            .starts_with("itbackup restore (pid"));
+        std::fs::remove_file(&stopped.path).unwrap();
+        // A link to an endless file would hang the run; a FIFO would block it.
+        std::os::unix::fs::symlink("/dev/zero", &stopped.path).unwrap();
+        assert_eq!(stopped.left_by(), None);
+        std::fs::remove_file(&stopped.path).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &stopped.path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert_eq!(stopped.left_by(), None);
+        std::fs::remove_file(&stopped.path).unwrap();
+        std::fs::write(&stopped.path, "x".repeat(1 << 20)).unwrap();
+        assert_eq!(
+            stopped.left_by().unwrap().len(),
+            STOPPED_RECORD_MAX as usize
+        );
+    }
 
     #[test]
     fn second_holder_is_refused_and_told_who_holds_it() {

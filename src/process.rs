@@ -12,6 +12,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::config::Secret;
 use crate::error::{Error, Kind, Result};
@@ -404,50 +405,116 @@ pub fn run_feeding(
     step: &str,
     feed: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<String> {
-    feed_tool(cmd, service, step, false, feed)
+    feed_tool(cmd, service, step, feed)
 }
 
 /// Like [`run_feeding`], for a tool that reads only the start of its input
-/// (a header): its closing stdin early is no error when it succeeds.
+/// (a header): its closing stdin early is no error when it succeeds. It must
+/// end `within` that time: a tool that hangs (a server's lock, a stuck JVM)
+/// is killed and the step fails, instead of holding the run forever.
 pub fn run_feeding_head(
     cmd: &ToolCommand,
     service: Service,
     step: &str,
-    feed: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    within: Duration,
+    feed: impl FnOnce(&mut dyn Write) -> io::Result<()> + Send,
 ) -> Result<String> {
-    feed_tool(cmd, service, step, true, feed)
+    let (mut running, mut stdin) = start_fed(cmd, service, step)?;
+    let deadline = std::time::Instant::now() + within;
+    // The feed may block on a tool that stops reading: it runs beside the
+    // wait, and ends with a broken pipe once the tool ends or is killed.
+    let (fed, waited) = std::thread::scope(|scope| {
+        let feeder = scope.spawn(move || feed(&mut stdin).and_then(|_| stdin.flush()));
+        let waited = loop {
+            match running.child.try_wait() {
+                Ok(Some(_)) => break Ok(false),
+                Ok(None) if std::time::Instant::now() >= deadline => {
+                    let _ = running.child.kill();
+                    break Ok(true);
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => break Err(e),
+            }
+        };
+        (feeder.join().unwrap_or(Ok(())), waited)
+    });
+    if waited.map_err(|e| Error::failure(step, e.to_string()).service(service))? {
+        let _ = running.wait();
+        return Err(Error::failure(
+            step,
+            format!(
+                "`{}` {HUNG} {}, and was stopped",
+                cmd.program,
+                crate::timeout::seconds(within)
+            ),
+        )
+        .service(service)
+        .hint("the tool hung: look for what it waits on (a lock, a full disk, a stuck JVM) and run again"));
+    }
+    // It read what it needed and closed its stdin: no error when it succeeds.
+    let fed = fed.or_else(|e| match e.kind() {
+        io::ErrorKind::BrokenPipe => Ok(()),
+        _ => Err(e),
+    });
+    conclude_fed(cmd, service, step, running, fed)
+}
+
+/// What the failure of a tool stopped at its bound says.
+const HUNG: &str = "did not finish within";
+
+/// Whether `e` is a tool stopped at its bound by [`run_feeding_head`] (not a
+/// tool that ended with an answer).
+pub fn hung(e: &Error) -> bool {
+    e.message.contains(HUNG)
+}
+
+/// A tool started with its stdin piped, buffered.
+fn start_fed(
+    cmd: &ToolCommand,
+    service: Service,
+    step: &str,
+) -> Result<(Running, io::BufWriter<std::process::ChildStdin>)> {
+    let mut running = cmd
+        .spawn(Stdio::piped(), Stdio::null())
+        .map_err(|e| spawn_failed(service, step, &cmd.program, e))?;
+    let stdin = io::BufWriter::with_capacity(
+        crate::artifact::CHUNK,
+        running.child.stdin.take().expect("stdin is piped"),
+    );
+    Ok((running, stdin))
+}
+
+/// Wait for a fed tool; its failure comes before the feed's: a tool that
+/// fails early closes its stdin, and the broken pipe is not the news.
+fn conclude_fed(
+    cmd: &ToolCommand,
+    service: Service,
+    step: &str,
+    running: Running,
+    fed: io::Result<()>,
+) -> Result<String> {
+    let finished = running
+        .wait()
+        .map_err(|e| Error::failure(step, e.to_string()).service(service))?;
+    if !finished.status.success() {
+        return finished.check(service, step);
+    }
+    fed.map_err(|e| {
+        Error::failure(step, format!("feeding `{}`: {e}", cmd.program)).service(service)
+    })?;
+    Ok(finished.stderr_tail)
 }
 
 fn feed_tool(
     cmd: &ToolCommand,
     service: Service,
     step: &str,
-    reads_only_the_head: bool,
     feed: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<String> {
-    let mut running = cmd
-        .spawn(Stdio::piped(), Stdio::null())
-        .map_err(|e| spawn_failed(service, step, &cmd.program, e))?;
-    let mut stdin = io::BufWriter::with_capacity(
-        crate::artifact::CHUNK,
-        running.child.stdin.take().expect("stdin is piped"),
-    );
+    let (running, mut stdin) = start_fed(cmd, service, step)?;
     let fed = feed(&mut stdin).and_then(|_| stdin.flush());
     drop(stdin);
-    let finished = running
-        .wait()
-        .map_err(|e| Error::failure(step, e.to_string()).service(service))?;
-    // A tool that fails early closes its stdin: report its failure, not the broken pipe.
-    if !finished.status.success() {
-        return finished.check(service, step);
-    }
-    match fed {
-        Err(e) if reads_only_the_head && e.kind() == io::ErrorKind::BrokenPipe => {}
-        fed => fed.map_err(|e| {
-            Error::failure(step, format!("feeding `{}`: {e}", cmd.program)).service(service)
-        })?,
-    }
-    Ok(finished.stderr_tail)
+    conclude_fed(cmd, service, step, running, fed)
 }
 
 /// Run a command, copying its standard output into `sink`.
@@ -483,6 +550,36 @@ pub fn run_with_output_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header check whose tool hangs without reading (a stuck JVM) is
+    /// stopped at its bound; one that reads its head and exits succeeds
+    /// though the feed had more to give.
+    #[test]
+    fn a_head_reader_that_hangs_is_stopped_at_its_bound() {
+        let feed_forever = |stdin: &mut dyn Write| loop {
+            stdin.write_all(&[0u8; 65536])?;
+        };
+        let started = std::time::Instant::now();
+        let hung = run_feeding_head(
+            &ToolCommand::new("sleep").arg("60"),
+            Service::Neo4j,
+            "check",
+            Duration::from_secs(1),
+            feed_forever,
+        )
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(hung.message.contains("did not finish within 1 s"), "{hung}");
+        assert!(super::hung(&hung));
+        run_feeding_head(
+            &ToolCommand::new("head").args(["-c", "10"]),
+            Service::Neo4j,
+            "check",
+            Duration::from_secs(30),
+            feed_forever,
+        )
+        .unwrap();
+    }
 
     #[test]
     fn display_masks_secrets_and_quotes() {

@@ -159,15 +159,16 @@ impl Neo4j {
     async fn check_dump_readable(&self, artifact: &Path) -> Result<()> {
         let cmd = self.info_command();
         let source = artifact.to_path_buf();
+        let within = self.settings.timeouts.idle;
         crate::stores::blocking(SVC, move || {
             let step = "check the dump (neo4j-admin database load --info)";
             let input = artifact::open_buffered(&source).map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
             // The header is at the start; the tool stops reading after it.
             let mut head = std::io::Read::take(input, DUMP_HEAD_BYTES);
-            process::run_feeding_head(&cmd, SVC, step, |stdin| std::io::copy(&mut head, stdin).map(|_| ()))
+            process::run_feeding_head(&cmd, SVC, step, within, |stdin| std::io::copy(&mut head, stdin).map(|_| ()))
             .map(|_| ())
             // The version was checked: a dump this tool cannot read is damaged.
-            .map_err(|e| e.of_kind(Kind::DamagedBackup).hint("this neo4j-admin cannot read the dump: nothing was changed and the server still runs. Restore it with neo4j-admin of the Neo4j version that wrote it (the manifest's server_version), or use a logical backup"))
+            .map_err(|e| if process::hung(&e) { e } else { e.of_kind(Kind::DamagedBackup).hint("this neo4j-admin cannot read the dump: nothing was changed and the server still runs. Restore it with neo4j-admin of the Neo4j version that wrote it (the manifest's server_version), or use a logical backup") })
         })
         .await
     }
