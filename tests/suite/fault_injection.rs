@@ -180,6 +180,31 @@ impl Subject for Os {
                     .map(|i| format!("index {}", i["index"].as_str().unwrap_or("?"))),
             );
         }
+        // The definition check's temporary pipelines, templates and streams.
+        for (listing, key) in [
+            ("_data_stream/itbackup*", Some("data_streams")),
+            ("_index_template/itbackup*", Some("index_templates")),
+            ("_component_template/itbackup*", Some("component_templates")),
+            ("_template/itbackup*", None),
+            ("_ingest/pipeline/itbackup*", None),
+        ] {
+            let found = self.call(reqwest::Method::GET, listing, None);
+            let names: Vec<String> = match key {
+                Some(key) => found[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|i| i["name"].as_str().unwrap_or("?").to_string())
+                    .collect(),
+                None => found
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+            };
+            left.extend(names.into_iter().map(|n| format!("{listing}: {n}")));
+        }
         if let Ok(repo) = std::env::var("IT_OPENSEARCH_REPO") {
             if let Ok(entries) = fs::read_dir(&repo) {
                 left.extend(

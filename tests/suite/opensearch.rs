@@ -533,13 +533,21 @@ fn refused_definition_changes_nothing(version: Option<&str>) {
 
     // Probes a killed run left: one of this host's (its pid is gone), which
     // goes, and a fresh one of another host, which may be a live run's.
-    let dead_here = format!("itbackup-check-{}-4194305-0", host_tag());
-    let live_elsewhere = "itbackup-check-0badc0de-4194305-0";
-    for probe in [dead_here.as_str(), live_elsewhere] {
+    let now = jiff::Timestamp::now().as_second();
+    let dead_here = format!("itbackup-check-{}-4194305-{now}-x0", host_tag());
+    let live_elsewhere = format!("itbackup-check-0badc0de-4194305-{now}-x0");
+    for probe in [&dead_here, &live_elsewhere] {
         os.ok(reqwest::Method::PUT, probe, None);
     }
+    os.put(
+        &format!(
+            "_ingest/pipeline/itbackup-check-{}-4194305-{now}-p0",
+            host_tag()
+        ),
+        json!({"processors": []}),
+    );
     let err = fails(&restore_args(&dir, None), &[], exit::STORE_REFUSED);
-    let (_, elsewhere) = os.call(reqwest::Method::DELETE, live_elsewhere, None);
+    let (_, elsewhere) = os.call(reqwest::Method::DELETE, &live_elsewhere, None);
     assert_eq!(
         elsewhere["acknowledged"], true,
         "another host's fresh probe was removed"
@@ -552,19 +560,156 @@ fn refused_definition_changes_nothing(version: Option<&str>) {
         err.contains("refuses the settings or mappings of index itb-b"),
         "{err}"
     );
-    let (_, leftovers) = os.call(
-        reqwest::Method::GET,
-        "_cat/indices/itbackup-check-*?format=json",
-        None,
-    );
-    assert_eq!(leftovers, json!([]), "temporary indices left behind");
+    assert_eq!(probes_left(&os), Vec::<String>::new());
     os.wipe_fixture();
+}
+
+/// The definition check's temporary objects of every kind in the cluster.
+fn probes_left(os: &Os) -> Vec<String> {
+    let mut left = Vec::new();
+    for (listing, key) in [
+        (
+            "_cat/indices/itbackup-check-*?format=json&expand_wildcards=all",
+            "index",
+        ),
+        ("_data_stream/itbackup-check-*", "data_streams"),
+        ("_index_template/itbackup-check-*", "index_templates"),
+        (
+            "_component_template/itbackup-check-*",
+            "component_templates",
+        ),
+        ("_template/itbackup-check-*", ""),
+        ("_ingest/pipeline/itbackup-check-*", ""),
+    ] {
+        let (_, found) = os.call(reqwest::Method::GET, listing, None);
+        let names: Vec<String> = match (key, &found) {
+            ("index", Value::Array(rows)) => rows
+                .iter()
+                .map(|r| r["index"].as_str().unwrap_or("?").to_string())
+                .collect(),
+            ("", Value::Object(all)) => all.keys().cloned().collect(),
+            (key, found) => found[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| i["name"].as_str().unwrap_or("?").to_string())
+                .collect(),
+        };
+        left.extend(names.into_iter().map(|n| format!("{listing}: {n}")));
+    }
+    left
+}
+
+/// Whatever the load puts into the cluster besides documents — a pipeline,
+/// a component template, the template that makes a data stream — is tried
+/// under a temporary name first: one the cluster refuses stops the restore
+/// before any index, template or data stream is replaced. Without the data
+/// stream's `data_stream` (its template refused as a stream's), the load
+/// deleted the stream and its backing indices, then failed to recreate it.
+#[test]
+fn pipelines_templates_and_data_streams_the_cluster_refuses_are_found_before_anything_changes() {
+    let _guard = exclusive(&[Opensearch]);
+    let os = Os::new();
+    os.wipe_fixture();
+    create_data_stream_fixture(&os);
+    os.put(
+        "_ingest/pipeline/itb-pipe",
+        json!({"processors": [{"set": {"field": "seen", "value": true}}]}),
+    );
+    os.put(
+        "_component_template/itb-comp",
+        json!({"template": {"mappings": {"properties": {"c": {"type": "keyword"}}}}}),
+    );
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "opensearch",
+            "--opensearch-method",
+            "logical",
+            "--indices",
+            "itb-ds,itb-plain",
+        ],
+        &[],
+    );
+    let dir = only_backup(root.path());
+    let export = artifact_ending(&dir, ".ndjson.zst");
+    let pristine = fs::read(&export).unwrap();
+    let manifest = fs::read(dir.join("backup-manifest.json")).unwrap();
+    let before = data_stream_state(&os);
+    let pipeline = os.get("_ingest/pipeline/itb-pipe");
+    let component = os.get("_component_template/itb-comp");
+
+    type Rewrite = Box<dyn Fn(Value) -> Value>;
+    let cases: Vec<(&str, Rewrite)> = vec![
+        (
+            "data stream itb-ds",
+            Box::new(|mut line: Value| {
+                if line["type"] == "index_template" && line["name"] == "itb-ds-tpl" {
+                    line["body"].as_object_mut().unwrap().remove("data_stream");
+                }
+                line
+            }),
+        ),
+        (
+            "ingest pipeline itb-pipe",
+            Box::new(|mut line: Value| {
+                if line["type"] == "pipeline" && line["name"] == "itb-pipe" {
+                    line["body"] = json!({"processors": [{"no_such_processor": {}}]});
+                }
+                line
+            }),
+        ),
+        (
+            "component template itb-comp",
+            Box::new(|mut line: Value| {
+                if line["type"] == "component_template" && line["name"] == "itb-comp" {
+                    line["body"]["template"]["mappings"]["properties"]["c"] =
+                        json!({"type": "no_such_field_type"});
+                }
+                line
+            }),
+        ),
+    ];
+    for (what, change) in cases {
+        rewrite_export(&dir, |line| {
+            let value: Value = serde_json::from_str(&line).unwrap();
+            serde_json::to_string(&change(value)).unwrap()
+        });
+        let out = itbackup(&restore_args(&dir, None), &[]);
+        let err = text(&out);
+        assert!(!out.status.success(), "{what}: {err}");
+        assert!(
+            err.contains(&format!("refuses the {what}")),
+            "{what}: {err}"
+        );
+        assert!(err.contains("nothing was changed"), "{what}: {err}");
+        assert_eq!(
+            data_stream_state(&os),
+            before,
+            "{what}: the refused restore changed the data stream"
+        );
+        assert_eq!(os.get("_ingest/pipeline/itb-pipe"), pipeline, "{what}");
+        assert_eq!(os.get("_component_template/itb-comp"), component, "{what}");
+        assert_eq!(probes_left(&os), Vec::<String>::new(), "{what}");
+        fs::write(&export, &pristine).unwrap();
+        fs::write(dir.join("backup-manifest.json"), &manifest).unwrap();
+    }
+    // The untouched export still restores.
+    ok(&restore_args(&dir, None), &[]);
+    assert_eq!(data_stream_state(&os), before);
+    wipe_data_stream_fixture(&os);
+    os.delete("_ingest/pipeline/itb-pipe");
+    os.delete("_component_template/itb-comp");
 }
 
 /// How itbackup names this host in a probe index: its name's SHA-256, first
 /// 8 hex digits.
 fn host_tag() -> String {
-    use sha2::Digest;
     let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let digest = sha2::Sha256::digest(host.trim().as_bytes());
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()

@@ -40,10 +40,17 @@ fn host_tag() -> String {
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The name of this run's `number`th probe index.
-pub(super) fn probe_index(number: usize) -> String {
+/// When this run named its first probe (Unix seconds): in every probe's
+/// name, so that another host can judge its age without asking anyone.
+static PROBES_STARTED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+
+/// The name of this run's `number`th probe of kind `kind` (`x` index, `p`
+/// pipeline, `c` component template, `t` index template, `l` legacy
+/// template): `itbackup-check-<host tag>-<pid>-<started>-<kind><number>`.
+pub(super) fn probe_name(kind: char, number: usize) -> String {
+    let started = PROBES_STARTED.get_or_init(|| jiff::Timestamp::now().as_second());
     format!(
-        "{PROBE_PREFIX}{}-{}-{number}",
+        "{PROBE_PREFIX}{}-{}-{started}-{kind}{number}",
         host_tag(),
         std::process::id()
     )
@@ -58,23 +65,28 @@ struct Holder {
     started: Option<jiff::Timestamp>,
 }
 
-/// The holder a probe's name and creation time tell. Probes of itbackups
-/// that named no host (`itbackup-check-<pid>-<n>`) are judged by age.
+/// The holder a probe's name tells, or (for an index) its creation time.
+/// Probes of itbackups that named neither host nor time
+/// (`itbackup-check-<pid>-<n>`) are judged by their creation time alone.
 fn probe_holder(name: &str, created_ms: Option<i64>) -> Holder {
-    let started = created_ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
+    let created = created_ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
     let parts: Vec<&str> = name
         .strip_prefix(PROBE_PREFIX)
         .unwrap_or_default()
         .split('-')
         .collect();
     match parts[..] {
-        [tag, pid, _] if tag.len() == 8 => Holder {
+        [tag, pid, started, ..] if tag.len() == 8 => Holder {
             here: Some(tag == host_tag()),
             pid: pid.parse().ok(),
-            started,
+            started: started
+                .parse()
+                .ok()
+                .and_then(|s| jiff::Timestamp::from_second(s).ok())
+                .or(created),
         },
         _ => Holder {
-            started,
+            started: created,
             ..Holder::default()
         },
     }
@@ -93,7 +105,7 @@ pub(super) fn holder_settings() -> Map<String, Value> {
 }
 
 /// Whether a process `pid` is alive on this host. A pid reused by another
-/// program keeps a dead run's repository until that program ends: removing
+/// program keeps a dead run's leftovers until that program ends: removing
 /// too little is the safe side.
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -116,6 +128,41 @@ fn repository_holder(name: &str, settings: &Value, seen: Option<jiff::Timestamp>
             .or_else(|| started_from_name(name))
             .or(seen),
     }
+}
+
+/// The probes a listing names, with their creation time when it tells
+/// (`_cat/indices`). `key`: the array of `{"name": …}` they are in; `{}`:
+/// the listing's own keys; empty: a `_cat` array.
+fn probe_names(listing: &Value, key: &str) -> Vec<(String, Option<i64>)> {
+    let all: Vec<(String, Option<i64>)> = match key {
+        "{}" => listing
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, _)| (name.clone(), None))
+            .collect(),
+        "" => listing
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|row| {
+                let created = match &row["creation.date"] {
+                    Value::String(ms) => ms.parse::<i64>().ok(),
+                    other => other.as_i64(),
+                };
+                Some((row["index"].as_str()?.to_string(), created))
+            })
+            .collect(),
+        key => listing[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| Some((item["name"].as_str()?.to_string(), None)))
+            .collect(),
+    };
+    all.into_iter()
+        .filter(|(name, _)| name.starts_with(PROBE_PREFIX))
+        .collect()
 }
 
 /// Why what `holder` left is a dead run's leftover, or `None` to leave it.
@@ -155,38 +202,66 @@ impl OpenSearch {
         self.remove_dead_runs_repositories().await;
     }
 
-    /// The probe indices of definition checks whose runs were killed.
+    /// The probes of definition checks whose runs were killed: data
+    /// streams first, then what they and the others stand on (a template
+    /// in use cannot be removed).
     async fn remove_dead_runs_probes(&self) {
         let step = "remove leftovers of killed runs";
-        let path = format!(
-            "_cat/indices/{PROBE_PREFIX}*?format=json&h=index,creation.date&expand_wildcards=all"
-        );
-        let probes = match self.http.get_listing(&path, step).await {
-            Ok(probes) => probes,
-            Err(e) => {
-                tracing::warn!(service = %SVC, "{e}");
-                return;
-            }
-        };
+        let pattern = format!("{PROBE_PREFIX}*");
+        // (listing, where its names are, the path to delete one)
+        let kinds: [(String, &str, &str); 6] = [
+            (
+                format!("_data_stream/{pattern}"),
+                "data_streams",
+                "_data_stream/",
+            ),
+            (
+                format!(
+                    "_cat/indices/{pattern}?format=json&h=index,creation.date&expand_wildcards=all"
+                ),
+                "",
+                "",
+            ),
+            (
+                format!("_index_template/{pattern}"),
+                "index_templates",
+                "_index_template/",
+            ),
+            (format!("_template/{pattern}"), "{}", "_template/"),
+            (
+                format!("_component_template/{pattern}"),
+                "component_templates",
+                "_component_template/",
+            ),
+            (
+                format!("_ingest/pipeline/{pattern}"),
+                "{}",
+                "_ingest/pipeline/",
+            ),
+        ];
         let now = jiff::Timestamp::now();
-        for probe in probes.as_array().into_iter().flatten() {
-            let Some(name) = probe["index"].as_str() else {
-                continue;
-            };
-            let created = match &probe["creation.date"] {
-                Value::String(ms) => ms.parse::<i64>().ok(),
-                other => other.as_i64(),
-            };
-            let holder = probe_holder(name, created);
-            let Some(reason) = dead_because(&holder, PROBE_STALE_AFTER, now) else {
-                continue;
-            };
-            match self.http.delete_if_present(name, step).await {
-                Ok(()) => {
-                    tracing::info!(service = %SVC, index = %name, "removed the probe index of a killed run: {reason}")
-                }
+        for (listing, key, delete) in kinds {
+            let found = match self.http.get_listing(&listing, step).await {
+                Ok(found) => found,
                 Err(e) => {
-                    tracing::warn!(service = %SVC, index = %name, "left for the next run: {e}")
+                    tracing::warn!(service = %SVC, "{e}");
+                    continue;
+                }
+            };
+            for (name, created) in probe_names(&found, key) {
+                let Some(reason) =
+                    dead_because(&probe_holder(&name, created), PROBE_STALE_AFTER, now)
+                else {
+                    continue;
+                };
+                let path = format!("{delete}{name}");
+                match self.http.delete_if_present(&path, step).await {
+                    Ok(()) => {
+                        tracing::info!(service = %SVC, probe = %path, "removed a probe of a killed run: {reason}")
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %SVC, probe = %path, "left for the next run: {e}")
+                    }
                 }
             }
         }
@@ -326,21 +401,38 @@ mod tests {
     #[test]
     fn probes_name_their_holder_and_age_decides_for_others() {
         let now = jiff::Timestamp::now();
-        let judge = |name: &str, created: jiff::Timestamp| {
-            let holder = probe_holder(name, Some(created.as_millisecond()));
+        let judge = |name: &str, created: Option<jiff::Timestamp>| {
+            let holder = probe_holder(name, created.map(|c| c.as_millisecond()));
             dead_because(&holder, PROBE_STALE_AFTER, now)
         };
-        let ours = probe_index(3);
-        assert!(ours.starts_with(PROBE_PREFIX) && ours.ends_with("-3"));
-        assert_eq!(judge(&ours, now), None);
+        let ours = probe_name('x', 3);
+        assert!(ours.starts_with(PROBE_PREFIX) && ours.ends_with("-x3"));
+        assert_eq!(judge(&ours, None), None);
         let tag = host_tag();
-        assert!(judge(&format!("{PROBE_PREFIX}{tag}-4194305-0"), now).is_some());
-        // Another host's, or one of an itbackup that named no host: by age.
-        let other = format!("{PROBE_PREFIX}0badc0de-4194305-0");
-        let old = now - jiff::SignedDuration::from_hours(2);
-        for name in [other.as_str(), "itbackup-check-4194305-0"] {
-            assert_eq!(judge(name, now), None, "{name}");
-            assert!(judge(name, old).is_some(), "{name}");
-        }
+        let secs = now.as_second();
+        assert!(judge(&format!("{PROBE_PREFIX}{tag}-4194305-{secs}-t0"), None).is_some());
+        // Another host's: by the age its name tells.
+        let fresh = format!("{PROBE_PREFIX}0badc0de-4194305-{secs}-x0");
+        let old = format!("{PROBE_PREFIX}0badc0de-4194305-{}-x0", secs - 7200);
+        assert_eq!(judge(&fresh, None), None);
+        assert!(judge(&old, None).is_some());
+        // One of an itbackup that named no host: by its creation time.
+        let unnamed = "itbackup-check-4194305-0";
+        assert_eq!(judge(unnamed, Some(now)), None);
+        assert!(judge(unnamed, Some(now - jiff::SignedDuration::from_hours(2))).is_some());
+        assert_eq!(judge(unnamed, None), None);
+        // Listings of each shape name only probes.
+        let cat = json!([{"index": unnamed, "creation.date": "1000"}, {"index": "logs"}]);
+        assert_eq!(
+            probe_names(&cat, ""),
+            vec![(unnamed.to_string(), Some(1000))]
+        );
+        let templates = json!({"index_templates": [{"name": ours}, {"name": "logs"}]});
+        assert_eq!(
+            probe_names(&templates, "index_templates"),
+            vec![(ours.clone(), None)]
+        );
+        let pipelines = json!({ours.clone(): {}, "other": {}});
+        assert_eq!(probe_names(&pipelines, "{}"), vec![(ours, None)]);
     }
 }

@@ -182,7 +182,7 @@ impl OpenSearch {
     ) -> Vec<String> {
         let indices: Vec<String> = record.counts.keys().cloned().collect();
         vec![
-            format!("on a cluster of another major.minor than {}: create each index definition once under a temporary name and remove it, before any change", record.server_version),
+            format!("before any change: create each pipeline, template, data stream and distinct index definition of the export (taken on OpenSearch {}) once under a temporary name and remove it", record.server_version),
             "PUT templates and ingest pipelines".into(),
             format!("for each index ({}): DELETE, create with its settings (replicas 0, refresh off), _bulk load, put settings back, refresh, aliases", indices.join(", ")),
             "a data stream: DELETE it, PUT _data_stream/<name>, roll over to each backing index and _bulk create its documents through the stream".into(),
