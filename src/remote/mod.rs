@@ -11,21 +11,23 @@
 //! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
 //! `AWS_ENDPOINT_URL`, `GOOGLE_*`, `AZURE_*`) and never from the command line.
 
-use std::fs;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::artifact::{self, create_private_dir, Digest256, PARTIAL_SUFFIX};
-use crate::error::{io_error, Error, Kind, Result};
+use crate::artifact::{self, create_private_dir};
+use crate::error::{io_error, Error, Result};
 use crate::manifest::{is_safe_component, Manifest, MANIFEST_FILE};
-use crate::timeout::{self, Phase};
+
+mod errors;
+mod staging;
+mod transfer;
+
+use errors::{client_options, remote_error, retry_config};
+pub use staging::{fetch_to_staging, pull, staging_dir, PullOutcome, Staged, STAGING_PREFIX};
 
 /// Size of the parts of a multipart upload, and how many are in flight.
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -74,103 +76,6 @@ pub struct PushOutcome {
     pub objects: usize,
     pub bytes: u64,
     pub seconds: f64,
-}
-
-/// The bound a repository request ran out of, if that is why it failed.
-fn timed_out(err: &object_store::Error) -> Option<Phase> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    let mut found = None;
-    while let Some(e) = source {
-        if let Some(e) = e.downcast_ref::<reqwest::Error>() {
-            if e.is_timeout() {
-                return Some(if e.is_connect() {
-                    Phase::Connect
-                } else {
-                    Phase::Idle
-                });
-            }
-        }
-        if let Some(e) = e.downcast_ref::<object_store::client::HttpError>() {
-            if e.kind() == object_store::client::HttpErrorKind::Timeout {
-                found = Some(Phase::Idle);
-            }
-        }
-        source = e.source();
-    }
-    found
-}
-
-fn remote_error(step: &str, url: &str, err: object_store::Error) -> Error {
-    if let Some(phase) = timed_out(&err) {
-        let timeouts = timeout::remote();
-        return timeouts.error(
-            None,
-            step,
-            phase,
-            &format!("the repository {url}"),
-            &format!("{url}: "),
-        );
-    }
-    let (kind, hint) = match &err {
-        object_store::Error::NotFound { .. } => (
-            Kind::NotFound,
-            "the bucket or object does not exist; check the URL (s3://bucket/prefix)",
-        ),
-        object_store::Error::Unauthenticated { .. }
-        | object_store::Error::PermissionDenied { .. } => (
-            Kind::Authentication,
-            "the server refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the backend's own variables)",
-        ),
-        _ => (
-            cause_kind(&err),
-            "is the remote reachable? for S3-compatible servers set AWS_ENDPOINT_URL (and AWS_ALLOW_HTTP=true for plain http)",
-        ),
-    };
-    Error::new(kind, step, format!("{url}: {err}")).hint(hint)
-}
-
-/// The kind of a repository error that object_store does not name: found
-/// in its chain of causes (a connection that failed, a local disk that is
-/// full), else a plain failure.
-fn cause_kind(err: &object_store::Error) -> Kind {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if e.downcast_ref::<reqwest::Error>()
-            .is_some_and(|e| e.is_connect())
-            || e.downcast_ref::<object_store::client::HttpError>()
-                .is_some_and(|e| e.kind() == object_store::client::HttpErrorKind::Connect)
-        {
-            return Kind::Unreachable;
-        }
-        if let Some(e) = e.downcast_ref::<std::io::Error>() {
-            if crate::error::io_kind(e) == Kind::NoSpace {
-                return Kind::NoSpace;
-            }
-        }
-        source = e.source();
-    }
-    Kind::Failure
-}
-
-/// Connect and idle (per read) bounds; no total bound, which would cut the
-/// download of a large artifact that is still flowing (object_store's
-/// default is 30 s per request).
-fn client_options() -> object_store::ClientOptions {
-    let timeouts = timeout::remote();
-    object_store::ClientOptions::new()
-        .with_connect_timeout(timeouts.connect)
-        .with_read_timeout(timeouts.idle)
-        .with_timeout_disabled()
-}
-
-/// Retries (of timeouts too) stop once a request is older than the idle
-/// bound: a silent repository fails within about twice that, instead of
-/// object_store's default of three minutes of retries.
-fn retry_config() -> object_store::RetryConfig {
-    object_store::RetryConfig {
-        retry_timeout: timeout::remote().idle,
-        ..Default::default()
-    }
 }
 
 impl Remote {
@@ -462,205 +367,6 @@ impl Remote {
             })
     }
 
-    /// Upload one local file as a stream (multipart), hashing what was sent.
-    async fn upload_file(&self, local: &Path, key: &ObjectPath) -> Result<Digest256> {
-        let step = "upload";
-        let shown = format!("{}/{}", self.url, key_tail(key));
-        let mut file = artifact::open_regular(local)
-            .map(tokio::fs::File::from_std)
-            .map_err(|e| io_error(None, step, local.display(), e))?;
-        let upload = self
-            .store
-            .put_multipart(key)
-            .await
-            .map_err(|e| remote_error(step, &shown, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut hasher = Sha256::new();
-        let mut bytes = 0u64;
-        let mut buf = vec![0u8; READ_CHUNK];
-        loop {
-            let n = match file.read(&mut buf).await {
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(io_error(None, step, local.display(), e));
-                }
-            };
-            if n == 0 {
-                break;
-            }
-            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                return Err(remote_error(step, &shown, e));
-            }
-            writer.write(&buf[..n]);
-            hasher.update(&buf[..n]);
-            bytes += n as u64;
-        }
-        writer
-            .finish()
-            .await
-            .map_err(|e| remote_error(step, &shown, e))?;
-        Ok(Digest256 {
-            sha256: hex::encode(hasher.finalize()),
-            bytes,
-        })
-    }
-
-    /// Stream an object through sha256 into `sink` (a file, or nothing).
-    async fn stream_object(
-        &self,
-        key: &ObjectPath,
-        mut sink: Option<&mut tokio::fs::File>,
-        expected: &Digest256,
-    ) -> Result<()> {
-        let step = "check remote object";
-        let shown = format!("{}/{}", self.url, key_tail(key));
-        let got = match self.store.get(key).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::damaged(step, format!("{shown} is missing"))
-                    .hint("the remote backup is incomplete; push it again or use another backup"))
-            }
-            Err(e) => return Err(remote_error(step, &shown, e)),
-        };
-        if got.meta.size != expected.bytes {
-            return Err(Error::damaged(
-                step,
-                format!(
-                    "{shown} has {} bytes, the manifest says {}",
-                    got.meta.size, expected.bytes
-                ),
-            )
-            .hint("the remote object is truncated or was replaced; use another backup"));
-        }
-        let mut stream = got.into_stream();
-        let mut hasher = Sha256::new();
-        let mut bytes = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| remote_error(step, &shown, e))?;
-            hasher.update(&chunk);
-            bytes += chunk.len() as u64;
-            if let Some(file) = sink.as_deref_mut() {
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| io_error(None, "download", shown.as_str(), e))?;
-            }
-        }
-        if bytes != expected.bytes || hex::encode(hasher.finalize()) != expected.sha256 {
-            return Err(Error::damaged(
-                step,
-                format!("{shown} does not match its sha256 in the manifest"),
-            )
-            .hint("the remote object was altered or damaged; use another backup"));
-        }
-        Ok(())
-    }
-
-    /// Upload a complete local backup: artifacts (each checked after upload:
-    /// size, then sha256 read back), then the manifest. Re-running it after an
-    /// interruption completes the remote copy.
-    pub async fn push(&self, dir: &Path) -> Result<PushOutcome> {
-        let started = std::time::Instant::now();
-        let manifest = Manifest::read_dir(dir)?;
-        let name = manifest.timestamp.clone();
-        // An older manifest under the same name goes first, so that a crash
-        // in between leaves an incomplete backup, never a mixed one.
-        match self.store.delete(&self.key(&[&name, MANIFEST_FILE])).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(remote_error("upload", &self.url, e)),
-        }
-        let mut bytes = 0;
-        for (service, record) in &manifest.artifacts {
-            let key = self.key(&[&name, &record.file]);
-            let local = dir.join(&record.file);
-            let expected = Digest256 {
-                sha256: record.sha256.clone(),
-                bytes: record.bytes,
-            };
-            tracing::info!(%service, file = %record.file, bytes = record.bytes, "uploading");
-            let sent = self.upload_file(&local, &key).await?;
-            if sent != expected {
-                return Err(Error::damaged(
-                    "upload",
-                    format!(
-                        "{} does not match its sha256 in the manifest; the local backup is damaged",
-                        local.display()
-                    ),
-                )
-                .service(*service)
-                .hint("run `itbackup verify --path DIR`; push another backup"));
-            }
-            self.stream_object(&key, None, &expected).await?;
-            bytes += record.bytes;
-        }
-        let manifest_bytes = artifact::read_manifest_bytes(&dir.join(MANIFEST_FILE))
-            .map_err(|e| io_error(None, "upload", dir.join(MANIFEST_FILE).display(), e))?;
-        bytes += manifest_bytes.len() as u64;
-        let key = self.key(&[&name, MANIFEST_FILE]);
-        self.store
-            .put(&key, PutPayload::from(manifest_bytes))
-            .await
-            .map_err(|e| remote_error("upload manifest", &self.url, e))?;
-        Ok(PushOutcome {
-            url: format!("{}/{name}", self.url),
-            timestamp: name,
-            objects: manifest.artifacts.len() + 1,
-            bytes,
-            seconds: started.elapsed().as_secs_f64(),
-        })
-    }
-
-    /// Download backup `name` into `into` (a fresh private directory), every
-    /// artifact streamed through sha256 and checked against the manifest; the
-    /// manifest is written last, as in a local backup.
-    pub async fn fetch(&self, name: &str, into: &Path) -> Result<Manifest> {
-        if !is_safe_component(name) {
-            return Err(Error::usage(format!("'{name}' is not a backup name")));
-        }
-        let manifest = self.read_manifest(name).await?;
-        let created = !into.exists();
-        create_private_dir(into).map_err(|e| io_error(None, "download", into.display(), e))?;
-        let result = self.fetch_artifacts(name, &manifest, into).await;
-        if result.is_err() {
-            // Leave no half-downloaded copy taking the space a retry needs.
-            if created {
-                let _ = fs::remove_dir_all(into);
-            } else {
-                for record in manifest.artifacts.values() {
-                    let _ = fs::remove_file(into.join(format!("{}{PARTIAL_SUFFIX}", record.file)));
-                }
-            }
-        }
-        result.map(|_| manifest)
-    }
-
-    async fn fetch_artifacts(&self, name: &str, manifest: &Manifest, into: &Path) -> Result<()> {
-        let needed = manifest.artifacts.values().map(|r| r.bytes).sum();
-        crate::error::require_free_space(None, "download", into, needed, "downloading the backup")?;
-        for (service, record) in &manifest.artifacts {
-            let key = self.key(&[name, &record.file]);
-            let partial = into.join(format!("{}{PARTIAL_SUFFIX}", record.file));
-            tracing::info!(%service, file = %record.file, bytes = record.bytes, "downloading");
-            let mut file = tokio::fs::File::from_std(
-                artifact::create_private_file(&partial)
-                    .map_err(|e| io_error(None, "download", partial.display(), e))?,
-            );
-            let expected = Digest256 {
-                sha256: record.sha256.clone(),
-                bytes: record.bytes,
-            };
-            self.stream_object(&key, Some(&mut file), &expected)
-                .await
-                .map_err(|e| e.service(*service))?;
-            file.sync_all()
-                .await
-                .map_err(|e| io_error(None, "download", partial.display(), e))?;
-            fs::rename(&partial, into.join(&record.file))
-                .map_err(|e| io_error(None, "download", partial.display(), e))?;
-        }
-        manifest.write(into)
-    }
-
     /// Remove one backup: its manifest first (it stops counting as complete),
     /// then everything else under its name.
     pub async fn remove(&self, name: &str) -> Result<()> {
@@ -715,79 +421,4 @@ fn key_tail(key: &ObjectPath) -> String {
         .map(|p| p.as_ref())
         .collect::<Vec<_>>()
         .join("/")
-}
-
-/// Name prefix of staging directories under a root (hidden from `list`;
-/// `prune` removes them when a crash left them behind).
-pub const STAGING_PREFIX: &str = ".itbackup-staging-";
-
-/// A private staging directory under `root` for a downloaded backup; removed
-/// when dropped.
-pub fn staging_dir(root: &Path, purpose: &str) -> Result<tempfile::TempDir> {
-    create_private_dir(root).map_err(|e| io_error(None, "create staging", root.display(), e))?;
-    tempfile::Builder::new()
-        .prefix(&format!("{STAGING_PREFIX}{purpose}-"))
-        .tempdir_in(root)
-        .map_err(|e| io_error(None, "create staging", root.display(), e))
-}
-
-/// Where a remote backup was downloaded to, kept alive as long as it is used.
-pub struct Staged {
-    pub dir: PathBuf,
-    pub name: String,
-    _staging: tempfile::TempDir,
-}
-
-/// What `pull` did.
-#[derive(Debug, Serialize)]
-pub struct PullOutcome {
-    pub dir: PathBuf,
-    pub timestamp: String,
-    pub bytes: u64,
-    pub seconds: f64,
-}
-
-/// `itbackup pull`: download a backup into `parent/<name>`, never over a
-/// complete local backup.
-pub async fn pull(url: &str, parent: &Path) -> Result<PullOutcome> {
-    let started = std::time::Instant::now();
-    let (remote, name) = Remote::locate(url).await?;
-    let name = match name {
-        Some(name) => name,
-        None => remote.newest_complete().await?,
-    };
-    let dir = parent.join(&name);
-    if dir.join(MANIFEST_FILE).exists() {
-        return Err(Error::failure(
-            "download",
-            format!("{} already holds a complete backup", dir.display()),
-        )
-        .hint("remove it first, or pull into another directory"));
-    }
-    let _lock = crate::lock::RootLock::acquire(parent, "pull")?;
-    let manifest = remote.fetch(&name, &dir).await?;
-    Ok(PullOutcome {
-        dir,
-        timestamp: manifest.timestamp.clone(),
-        bytes: manifest.artifacts.values().map(|r| r.bytes).sum(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
-/// Download the backup named by `url` (`URL/<TS>`, or the newest complete one
-/// under `URL`) into a staging directory under `root`.
-pub async fn fetch_to_staging(url: &str, root: &Path) -> Result<Staged> {
-    let (remote, name) = Remote::locate(url).await?;
-    let name = match name {
-        Some(name) => name,
-        None => remote.newest_complete().await?,
-    };
-    let staging = staging_dir(root, "download")?;
-    let dir = staging.path().join(&name);
-    remote.fetch(&name, &dir).await?;
-    Ok(Staged {
-        dir,
-        name,
-        _staging: staging,
-    })
 }

@@ -1,0 +1,217 @@
+//! Moving a backup: its files uploaded as streams and read back for their
+//! checksums (push), downloaded and verified before use (fetch).
+
+use std::fs;
+use std::path::Path;
+
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, WriteMultipart};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::errors::remote_error;
+use super::*;
+use crate::artifact::{self, create_private_dir, Digest256, PARTIAL_SUFFIX};
+use crate::error::io_error;
+
+impl Remote {
+    /// Upload one local file as a stream (multipart), hashing what was sent.
+    async fn upload_file(&self, local: &Path, key: &ObjectPath) -> Result<Digest256> {
+        let step = "upload";
+        let shown = format!("{}/{}", self.url, key_tail(key));
+        let mut file = artifact::open_regular(local)
+            .map(tokio::fs::File::from_std)
+            .map_err(|e| io_error(None, step, local.display(), e))?;
+        let upload = self
+            .store
+            .put_multipart(key)
+            .await
+            .map_err(|e| remote_error(step, &shown, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = match file.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(io_error(None, step, local.display(), e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                return Err(remote_error(step, &shown, e));
+            }
+            writer.write(&buf[..n]);
+            hasher.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| remote_error(step, &shown, e))?;
+        Ok(Digest256 {
+            sha256: hex::encode(hasher.finalize()),
+            bytes,
+        })
+    }
+
+    /// Stream an object through sha256 into `sink` (a file, or nothing).
+    async fn stream_object(
+        &self,
+        key: &ObjectPath,
+        mut sink: Option<&mut tokio::fs::File>,
+        expected: &Digest256,
+    ) -> Result<()> {
+        let step = "check remote object";
+        let shown = format!("{}/{}", self.url, key_tail(key));
+        let got = match self.store.get(key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::damaged(step, format!("{shown} is missing"))
+                    .hint("the remote backup is incomplete; push it again or use another backup"))
+            }
+            Err(e) => return Err(remote_error(step, &shown, e)),
+        };
+        if got.meta.size != expected.bytes {
+            return Err(Error::damaged(
+                step,
+                format!(
+                    "{shown} has {} bytes, the manifest says {}",
+                    got.meta.size, expected.bytes
+                ),
+            )
+            .hint("the remote object is truncated or was replaced; use another backup"));
+        }
+        let mut stream = got.into_stream();
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| remote_error(step, &shown, e))?;
+            hasher.update(&chunk);
+            bytes += chunk.len() as u64;
+            if let Some(file) = sink.as_deref_mut() {
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| io_error(None, "download", shown.as_str(), e))?;
+            }
+        }
+        if bytes != expected.bytes || hex::encode(hasher.finalize()) != expected.sha256 {
+            return Err(Error::damaged(
+                step,
+                format!("{shown} does not match its sha256 in the manifest"),
+            )
+            .hint("the remote object was altered or damaged; use another backup"));
+        }
+        Ok(())
+    }
+
+    /// Upload a complete local backup: artifacts (each checked after upload:
+    /// size, then sha256 read back), then the manifest. Re-running it after an
+    /// interruption completes the remote copy.
+    pub async fn push(&self, dir: &Path) -> Result<PushOutcome> {
+        let started = std::time::Instant::now();
+        let manifest = Manifest::read_dir(dir)?;
+        let name = manifest.timestamp.clone();
+        // An older manifest under the same name goes first, so that a crash
+        // in between leaves an incomplete backup, never a mixed one.
+        match self.store.delete(&self.key(&[&name, MANIFEST_FILE])).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(remote_error("upload", &self.url, e)),
+        }
+        let mut bytes = 0;
+        for (service, record) in &manifest.artifacts {
+            let key = self.key(&[&name, &record.file]);
+            let local = dir.join(&record.file);
+            let expected = Digest256 {
+                sha256: record.sha256.clone(),
+                bytes: record.bytes,
+            };
+            tracing::info!(%service, file = %record.file, bytes = record.bytes, "uploading");
+            let sent = self.upload_file(&local, &key).await?;
+            if sent != expected {
+                return Err(Error::damaged(
+                    "upload",
+                    format!(
+                        "{} does not match its sha256 in the manifest; the local backup is damaged",
+                        local.display()
+                    ),
+                )
+                .service(*service)
+                .hint("run `itbackup verify --path DIR`; push another backup"));
+            }
+            self.stream_object(&key, None, &expected).await?;
+            bytes += record.bytes;
+        }
+        let manifest_bytes = artifact::read_manifest_bytes(&dir.join(MANIFEST_FILE))
+            .map_err(|e| io_error(None, "upload", dir.join(MANIFEST_FILE).display(), e))?;
+        bytes += manifest_bytes.len() as u64;
+        let key = self.key(&[&name, MANIFEST_FILE]);
+        self.store
+            .put(&key, PutPayload::from(manifest_bytes))
+            .await
+            .map_err(|e| remote_error("upload manifest", &self.url, e))?;
+        Ok(PushOutcome {
+            url: format!("{}/{name}", self.url),
+            timestamp: name,
+            objects: manifest.artifacts.len() + 1,
+            bytes,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Download backup `name` into `into` (a fresh private directory), every
+    /// artifact streamed through sha256 and checked against the manifest; the
+    /// manifest is written last, as in a local backup.
+    pub async fn fetch(&self, name: &str, into: &Path) -> Result<Manifest> {
+        if !is_safe_component(name) {
+            return Err(Error::usage(format!("'{name}' is not a backup name")));
+        }
+        let manifest = self.read_manifest(name).await?;
+        let created = !into.exists();
+        create_private_dir(into).map_err(|e| io_error(None, "download", into.display(), e))?;
+        let result = self.fetch_artifacts(name, &manifest, into).await;
+        if result.is_err() {
+            // Leave no half-downloaded copy taking the space a retry needs.
+            if created {
+                let _ = fs::remove_dir_all(into);
+            } else {
+                for record in manifest.artifacts.values() {
+                    let _ = fs::remove_file(into.join(format!("{}{PARTIAL_SUFFIX}", record.file)));
+                }
+            }
+        }
+        result.map(|_| manifest)
+    }
+
+    async fn fetch_artifacts(&self, name: &str, manifest: &Manifest, into: &Path) -> Result<()> {
+        let needed = manifest.artifacts.values().map(|r| r.bytes).sum();
+        crate::error::require_free_space(None, "download", into, needed, "downloading the backup")?;
+        for (service, record) in &manifest.artifacts {
+            let key = self.key(&[name, &record.file]);
+            let partial = into.join(format!("{}{PARTIAL_SUFFIX}", record.file));
+            tracing::info!(%service, file = %record.file, bytes = record.bytes, "downloading");
+            let mut file = tokio::fs::File::from_std(
+                artifact::create_private_file(&partial)
+                    .map_err(|e| io_error(None, "download", partial.display(), e))?,
+            );
+            let expected = Digest256 {
+                sha256: record.sha256.clone(),
+                bytes: record.bytes,
+            };
+            self.stream_object(&key, Some(&mut file), &expected)
+                .await
+                .map_err(|e| e.service(*service))?;
+            file.sync_all()
+                .await
+                .map_err(|e| io_error(None, "download", partial.display(), e))?;
+            fs::rename(&partial, into.join(&record.file))
+                .map_err(|e| io_error(None, "download", partial.display(), e))?;
+        }
+        manifest.write(into)
+    }
+}
