@@ -136,7 +136,7 @@ pub fn server_key(service: Service, address: &str) -> String {
         {
             (host.to_string(), port.to_string())
         }
-        _ => (authority.clone(), default_port(service).to_string()),
+        _ => (authority.clone(), service.default_port().to_string()),
     };
     let host = match host.as_str() {
         "localhost" | "[::1]" | "::1" | "" => "127.0.0.1".to_string(),
@@ -236,14 +236,6 @@ impl StoppedServer {
                 tracing::warn!("cannot remove {}: {e}", self.path.display());
             }
         }
-    }
-}
-
-fn default_port(service: Service) -> u16 {
-    match service {
-        Service::Postgres => 5432,
-        Service::Opensearch => 9200,
-        Service::Neo4j => 7687,
     }
 }
 

@@ -24,6 +24,16 @@ impl Service {
             Service::Postgres => "postgres",
         }
     }
+
+    /// The port an address of this store means when it names none (so
+    /// that `host` and `host:5432` are one server to the locks).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Service::Opensearch => 9200,
+            Service::Neo4j => 7687,
+            Service::Postgres => 5432,
+        }
+    }
 }
 
 impl fmt::Display for Service {

@@ -1,7 +1,8 @@
 //! The data stores, each behind the same trait.
 //!
 //! The orchestration (backup, restore, verify, drill) only knows [`Store`];
-//! adding a store means adding one module and one line in [`open`].
+//! the stores are listed once, in [`registry::REGISTRY`]; each store's
+//! methods implement [`method::Method`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,9 +15,13 @@ use crate::error::{Context, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::service::Service;
 
+pub mod method;
 pub mod neo4j;
 pub mod opensearch;
 pub mod postgres;
+pub mod registry;
+
+pub use method::Method;
 
 /// What a server says about itself when probed.
 #[derive(Debug, Clone)]
@@ -272,20 +277,7 @@ pub const SUPPORTED: [Service; 3] = Service::ALL;
 
 /// The store for `service`, configured from `settings`.
 pub fn open(service: Service, settings: &Settings) -> Result<Box<dyn Store>> {
-    match service {
-        Service::Postgres => Ok(Box::new(postgres::Postgres::new(
-            settings.postgres.clone(),
-            settings.target.clone(),
-        ))),
-        Service::Opensearch => Ok(Box::new(opensearch::OpenSearch::new(
-            settings.opensearch.clone(),
-            settings.target.clone(),
-        ))),
-        Service::Neo4j => Ok(Box::new(neo4j::Neo4j::new(
-            settings.neo4j.clone(),
-            settings.target.clone(),
-        ))),
-    }
+    Ok((registry::registered(service).open)(settings))
 }
 
 /// Compare counts after a restore with the manifest's; every difference is named.

@@ -27,7 +27,8 @@ use async_trait::async_trait;
 use neo4rs::Graph;
 use serde_json::json;
 
-use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
+use super::registry::Registered;
+use super::{BackupContext, Method, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::error::{Error, Kind, Result};
 use crate::lock::StoppedServer;
 use crate::manifest::ArtifactRecord;
@@ -58,17 +59,18 @@ pub enum Neo4jMethod {
     Dump,
 }
 
-impl Neo4jMethod {
-    pub const ALL: [Neo4jMethod; 2] = [Neo4jMethod::Logical, Neo4jMethod::Dump];
+impl Method for Neo4jMethod {
+    const SERVICE: Service = SVC;
 
-    /// The name the manifest records for an artifact of this method.
-    pub fn manifest_name(self) -> &'static str {
+    fn manifest_method(self) -> &'static str {
         match self {
             Neo4jMethod::Logical => "logical",
             Neo4jMethod::Dump => "neo4j-admin-dump",
         }
     }
+}
 
+impl Neo4jMethod {
     /// The `format` the manifest records for an artifact of this method.
     pub fn manifest_format(self) -> &'static str {
         match self {
@@ -76,22 +78,15 @@ impl Neo4jMethod {
             Neo4jMethod::Dump => "neo4j-dump",
         }
     }
-
-    /// The method of an artifact, from its manifest record: the one place
-    /// where a method's name is read. Everything after it matches on the enum.
-    pub fn of(record: &ArtifactRecord) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|method| method.manifest_name() == record.method)
-            .ok_or_else(|| {
-                Error::failure(
-                    "verify",
-                    format!("unknown Neo4j method '{}'", record.method),
-                )
-                .service(SVC)
-            })
-    }
 }
+
+/// This store's line in the registry.
+pub(crate) const REGISTERED: Registered = Registered {
+    service: SVC,
+    open: |settings| Box::new(Neo4j::new(settings.neo4j.clone(), settings.target.clone())),
+    #[cfg(test)]
+    check_methods: crate::stores::method::check_methods::<Neo4jMethod>,
+};
 
 pub struct Neo4j {
     settings: Neo4jSettings,
@@ -255,7 +250,7 @@ impl Store for Neo4j {
         let (version, edition) = self.version_and_edition(&graph).await?;
         let mut record = self.new_record(version, &edition);
         let method = self.settings.method;
-        record.method = method.manifest_name().into();
+        record.method = method.manifest_method().into();
         record.format = method.manifest_format().into();
         let artifact = match method {
             Neo4jMethod::Logical => self.backup_logical(&graph, ctx, &mut record).await?,
@@ -303,33 +298,5 @@ impl Store for Neo4j {
     async fn counts(&self, _record: &ArtifactRecord) -> Result<BTreeMap<String, u64>> {
         let graph = self.graph().await?;
         self.count_store(&graph).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every method is read back from the name the manifest records for it,
-    /// that name is one the manifest's schema allows, and `ALL` lists every
-    /// method the command line offers.
-    #[test]
-    fn every_method_is_read_back_from_its_manifest_name() {
-        use clap::ValueEnum;
-        let schema = include_str!("../../../docs/manifest.schema.json");
-        assert_eq!(Neo4jMethod::ALL, Neo4jMethod::value_variants());
-        let mut record = ArtifactRecord::begun(String::new(), String::new());
-        for method in Neo4jMethod::ALL {
-            record.method = method.manifest_name().into();
-            assert_eq!(Neo4jMethod::of(&record).unwrap(), method);
-            assert!(schema.contains(&format!("\"{}\"", record.method)));
-        }
-        record.method = "tape".into();
-        let err = Neo4jMethod::of(&record).unwrap_err();
-        assert!(
-            err.message.contains("unknown Neo4j method 'tape'"),
-            "{}",
-            err.message
-        );
     }
 }

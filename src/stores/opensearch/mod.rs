@@ -25,7 +25,8 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
+use super::registry::Registered;
+use super::{BackupContext, Method as _, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::mask_userinfo;
@@ -63,32 +64,29 @@ pub enum OpenSearchMethod {
     Logical,
 }
 
-impl OpenSearchMethod {
-    pub const ALL: [OpenSearchMethod; 2] = [OpenSearchMethod::Snapshot, OpenSearchMethod::Logical];
+impl super::Method for OpenSearchMethod {
+    const SERVICE: Service = SVC;
 
-    /// The name the manifest records for an artifact of this method.
-    pub fn manifest_name(self) -> &'static str {
+    fn manifest_method(self) -> &'static str {
         match self {
             OpenSearchMethod::Snapshot => "snapshot",
             OpenSearchMethod::Logical => "logical",
         }
     }
-
-    /// The method of an artifact, from its manifest record: the one place
-    /// where a method's name is read. Everything after it matches on the enum.
-    pub fn of(record: &ArtifactRecord) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|method| method.manifest_name() == record.method)
-            .ok_or_else(|| {
-                Error::failure(
-                    "verify",
-                    format!("unknown OpenSearch method '{}'", record.method),
-                )
-                .service(SVC)
-            })
-    }
 }
+
+/// This store's line in the registry.
+pub(crate) const REGISTERED: Registered = Registered {
+    service: SVC,
+    open: |settings| {
+        Box::new(OpenSearch::new(
+            settings.opensearch.clone(),
+            settings.target.clone(),
+        ))
+    },
+    #[cfg(test)]
+    check_methods: crate::stores::method::check_methods::<OpenSearchMethod>,
+};
 
 pub struct OpenSearch {
     settings: OpenSearchSettings,
@@ -417,7 +415,7 @@ impl Store for OpenSearch {
                 .details
                 .insert("left_out".into(), json!(selection.left_out));
         }
-        record.method = method.manifest_name().into();
+        record.method = method.manifest_method().into();
         let indices = &selection;
         let artifact = match method {
             OpenSearchMethod::Snapshot => {
@@ -491,33 +489,5 @@ impl Store for OpenSearch {
             }
         }
         Ok(counts)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every method is read back from the name the manifest records for it,
-    /// that name is one the manifest's schema allows, and `ALL` lists every
-    /// method the command line offers.
-    #[test]
-    fn every_method_is_read_back_from_its_manifest_name() {
-        use clap::ValueEnum;
-        let schema = include_str!("../../../docs/manifest.schema.json");
-        assert_eq!(OpenSearchMethod::ALL, OpenSearchMethod::value_variants());
-        let mut record = ArtifactRecord::begun(String::new(), String::new());
-        for method in OpenSearchMethod::ALL {
-            record.method = method.manifest_name().into();
-            assert_eq!(OpenSearchMethod::of(&record).unwrap(), method);
-            assert!(schema.contains(&format!("\"{}\"", record.method)));
-        }
-        record.method = "tape".into();
-        let err = OpenSearchMethod::of(&record).unwrap_err();
-        assert!(
-            err.message.contains("unknown OpenSearch method 'tape'"),
-            "{}",
-            err.message
-        );
     }
 }

@@ -16,7 +16,8 @@ use std::path::Path;
 
 use async_trait::async_trait;
 
-use super::{BackupContext, RestoreContext, ServerInfo, Store, StoreBackup};
+use super::registry::Registered;
+use super::{BackupContext, Method, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::artifact;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
@@ -49,17 +50,29 @@ pub enum PostgresFormat {
     Plain,
 }
 
-impl PostgresFormat {
-    pub const ALL: [PostgresFormat; 2] = [PostgresFormat::Custom, PostgresFormat::Plain];
+/// PostgreSQL's two formats are told apart by the record's `format`; its
+/// `method` names the tool.
+impl Method for PostgresFormat {
+    const SERVICE: Service = SVC;
+    const CALLED: &'static str = "artifact format";
 
-    /// The `method` the manifest records for an artifact of this format.
-    pub fn manifest_method(self) -> &'static str {
+    fn manifest_method(self) -> &'static str {
         match self {
             PostgresFormat::Custom => "pg_dump",
             PostgresFormat::Plain => "pg_dumpall",
         }
     }
 
+    fn manifest_key(self) -> &'static str {
+        self.manifest_format()
+    }
+
+    fn recorded(record: &ArtifactRecord) -> &str {
+        &record.format
+    }
+}
+
+impl PostgresFormat {
     /// The `format` the manifest records for an artifact of this format.
     pub fn manifest_format(self) -> &'static str {
         match self {
@@ -67,22 +80,20 @@ impl PostgresFormat {
             PostgresFormat::Plain => "plain-sql",
         }
     }
-
-    /// The format of an artifact, from its manifest record: the one place
-    /// where a format's name is read. Everything after it matches on the enum.
-    pub fn of(record: &ArtifactRecord) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|format| format.manifest_format() == record.format)
-            .ok_or_else(|| {
-                Error::failure(
-                    "verify",
-                    format!("unknown postgres artifact format '{}'", record.format),
-                )
-                .service(SVC)
-            })
-    }
 }
+
+/// This store's line in the registry.
+pub(crate) const REGISTERED: Registered = Registered {
+    service: SVC,
+    open: |settings| {
+        Box::new(Postgres::new(
+            settings.postgres.clone(),
+            settings.target.clone(),
+        ))
+    },
+    #[cfg(test)]
+    check_methods: crate::stores::method::check_methods::<PostgresFormat>,
+};
 
 pub struct Postgres {
     settings: PostgresSettings,
@@ -493,27 +504,6 @@ mod tests {
     /// Every format is read back from the names the manifest records for it,
     /// its method is one the manifest's schema allows, and `ALL` lists every
     /// format the command line offers.
-    #[test]
-    fn every_format_is_read_back_from_its_manifest_names() {
-        use clap::ValueEnum;
-        let schema = include_str!("../../../docs/manifest.schema.json");
-        assert_eq!(PostgresFormat::ALL, PostgresFormat::value_variants());
-        let mut record = ArtifactRecord::begun(String::new(), String::new());
-        for format in PostgresFormat::ALL {
-            record.format = format.manifest_format().into();
-            assert_eq!(PostgresFormat::of(&record).unwrap(), format);
-            assert!(schema.contains(&format!("\"{}\"", format.manifest_method())));
-        }
-        record.format = "tape".into();
-        let err = PostgresFormat::of(&record).unwrap_err();
-        assert!(
-            err.message
-                .contains("unknown postgres artifact format 'tape'"),
-            "{}",
-            err.message
-        );
-    }
-
     #[test]
     fn parses_client_versions() {
         assert_eq!(
