@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::error::{io_error, Error, Kind, NotRegular, Result, SizeMismatch};
+use crate::service::Service;
+
 /// Suffix of a file that is still being written; never taken for an artifact.
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
@@ -170,19 +173,6 @@ impl PendingArtifact {
 /// it is read into memory.
 pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Why a file of a backup was refused before it was read. Its message never
-/// holds the file's content, and [`crate::error::io_hint`] gives its advice.
-#[derive(Debug)]
-pub struct NotRegular(String);
-
-impl std::fmt::Display for NotRegular {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NotRegular {}
-
 fn not_regular(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, NotRegular(message))
 }
@@ -239,27 +229,6 @@ pub fn open_sized(path: &Path, expected: u64, at_most: bool) -> io::Result<File>
         },
     ))
 }
-
-/// A file whose size is not what it should be (see [`open_sized`]).
-#[derive(Debug)]
-pub struct SizeMismatch {
-    pub found: u64,
-    pub expected: u64,
-    pub at_most: bool,
-}
-
-impl std::fmt::Display for SizeMismatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let bound = if self.at_most { "at most " } else { "" };
-        write!(
-            f,
-            "has {} bytes, {bound}{} expected",
-            self.found, self.expected
-        )
-    }
-}
-
-impl std::error::Error for SizeMismatch {}
 
 /// Read a manifest's bytes: a regular file of at most [`MAX_MANIFEST_BYTES`].
 pub fn read_manifest_bytes(path: &Path) -> io::Result<Vec<u8>> {
@@ -416,7 +385,7 @@ where
         if let (true, Ok(free)) = (full, free_bytes(dir)) {
             err.message.push_str(&format!(
                 "; the export needs more than the {} free there",
-                crate::report::size(free)
+                crate::human::size(free)
             ));
         }
         err
@@ -449,9 +418,61 @@ pub fn open_buffered(path: &Path) -> io::Result<BufReader<File>> {
     Ok(BufReader::with_capacity(CHUNK, open_regular(path)?))
 }
 
+/// Fail with the full-disk advice unless the filesystem holding `dir` has
+/// `needed` bytes free for `what` (checked before work that would otherwise
+/// fill the disk half-way).
+pub fn require_free_space(
+    service: Option<Service>,
+    step: &str,
+    dir: &std::path::Path,
+    needed: u64,
+    what: &str,
+) -> Result<()> {
+    let free = free_bytes(dir).map_err(|e| io_error(service, step, dir.display(), e))?;
+    if free >= needed {
+        return Ok(());
+    }
+    let mut err = Error::new(
+        Kind::NoSpace,
+        step,
+        format!(
+            "{what} needs {} in {}, which has {} free",
+            crate::human::size(needed),
+            dir.display(),
+            crate::human::size(free)
+        ),
+    )
+    .hint("the disk is full: free space there, or use a bigger disk; nothing was changed");
+    err.service = service;
+    Err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_space_is_required_with_the_numbers_and_the_disk_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        require_free_space(Some(Service::Postgres), "extract", dir.path(), 0, "nothing").unwrap();
+        let err = require_free_space(
+            Some(Service::Postgres),
+            "extract",
+            dir.path(),
+            u64::MAX,
+            "extracting the dumps",
+        )
+        .unwrap_err();
+        assert!(
+            err.message
+                .starts_with("extracting the dumps needs 16777216.0 TiB in "),
+            "{}",
+            err.message
+        );
+        assert!(err.hint.unwrap().contains("the disk is full"));
+        assert_eq!(err.service, Some(Service::Postgres));
+        assert_eq!(err.kind, Kind::NoSpace);
+    }
 
     #[test]
     fn writer_hashes_and_renames_only_on_commit() {

@@ -70,7 +70,7 @@ pub enum BackupOutcome {
 pub fn open_stores(services: &[Service], settings: &Settings) -> Result<Vec<Box<dyn Store>>> {
     services
         .iter()
-        .map(|svc| stores::open(*svc, settings))
+        .map(|svc| stores::open(*svc, &settings.stores))
         .collect()
 }
 

@@ -147,6 +147,42 @@ pub fn newest_complete(root: &Path) -> Result<PathBuf> {
         })
 }
 
+/// The backup directory and manifest a request points at: `--manifest`,
+/// `--path`, or the newest complete backup under `root`.
+pub fn locate(
+    root: &Path,
+    path: Option<&Path>,
+    manifest: Option<&Path>,
+) -> Result<(PathBuf, Manifest)> {
+    match (path, manifest) {
+        (_, Some(file)) => {
+            let manifest = Manifest::read_file(file)?;
+            let dir = file
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            Ok((dir, manifest))
+        }
+        (Some(dir), None) => Ok((dir.to_path_buf(), Manifest::read_dir(dir)?)),
+        (None, None) => {
+            let dir = newest_complete(root)?;
+            let manifest = Manifest::read_dir(&dir)?;
+            Ok((dir, manifest))
+        }
+    }
+}
+
+/// `URL/<name>` for a `--from` URL that named either the location or the backup.
+pub fn remote_backup_url(url: &str, name: &str) -> String {
+    let url = url.trim_end_matches('/');
+    if url.ends_with(&format!("/{name}")) {
+        url.to_string()
+    } else {
+        format!("{url}/{name}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

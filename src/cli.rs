@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+/// The drill's `--scale` when none is given: rows, documents and nodes per
+/// store, enough to take measurable time and small enough for CI.
+pub const DEFAULT_DRILL_SCALE: u64 = 10_000;
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::service::ServiceList;
@@ -326,7 +330,7 @@ pub struct DrillArgs {
 
     /// Size of the synthetic data: rows in PostgreSQL, documents in OpenSearch,
     /// nodes in Neo4j (with two relationships each). Millions give a realistic RTO.
-    #[arg(long, value_name = "N", default_value_t = crate::drill::DEFAULT_SCALE)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_DRILL_SCALE)]
     pub scale: u64,
 
     /// Services to drill, comma separated (default: all).
@@ -433,7 +437,7 @@ pub struct RetentionArgs {
     /// this long (24h, 90m, 7d …).
     // Younger debris may still belong to a run about to finish, or to one an
     // operator is looking into.
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::schedule::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::human::parse_duration)]
     pub grace: std::time::Duration,
 }
 
@@ -455,7 +459,7 @@ pub struct PruneArgs {
 pub struct StatusArgs {
     /// Recovery point objective: the newest complete backup of each service
     /// must be younger than this.
-    #[arg(long, env = "IT_RPO", value_name = "DURATION", default_value = "24h", value_parser = crate::schedule::parse_duration)]
+    #[arg(long, env = "IT_RPO", value_name = "DURATION", default_value = "24h", value_parser = crate::human::parse_duration)]
     pub rpo: std::time::Duration,
 
     /// Services to report on (default: every service found in a complete backup,
@@ -482,7 +486,7 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct ScheduleArgs {
     /// Run every DURATION (24h, 6h, 2s …).
-    #[arg(long, value_name = "DURATION", value_parser = crate::schedule::parse_duration, conflicts_with = "cron", required_unless_present = "cron")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::human::parse_duration, conflicts_with = "cron", required_unless_present = "cron")]
     pub every: Option<std::time::Duration>,
 
     /// Run at the times of a cron expression, in local time ("0 3 * * *": 03:00 daily).
@@ -503,7 +507,7 @@ pub struct ScheduleArgs {
     pub drill: bool,
 
     /// Size of the drill's synthetic data.
-    #[arg(long, value_name = "N", default_value_t = crate::drill::DEFAULT_SCALE)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_DRILL_SCALE)]
     pub drill_scale: u64,
 
     /// Let the drill rewind stores that hold other data (see `itbackup drill --yes`).

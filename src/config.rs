@@ -1,46 +1,23 @@
 //! Settings, resolved in one place: flags > environment > config file > defaults.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::cli::{Cli, MethodArgs};
+use crate::environment::env;
 use crate::error::{Error, Result};
+pub use crate::secret::Secret;
 use crate::service::Service;
 use crate::stores::neo4j::settings::{Neo4jFile, Neo4jSettings};
 use crate::stores::opensearch::settings::{OpenSearchFile, OpenSearchSettings};
 use crate::stores::postgres::settings::{PostgresFile, PostgresSettings};
+use crate::stores::StoreSettings;
 use crate::target::{Compose, Target};
-use crate::timeout::{self, Timeouts};
+use crate::timeout::{self, resolve_timeouts};
 
 pub const DEFAULT_ROOT: &str = "artifacts/backup";
 pub const DEFAULT_CONFIG_FILE: &str = "itbackup.toml";
-
-/// A password or key: never printed, never logged.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
-    }
-}
 
 /// The optional TOML file. Every key is optional; unknown keys are an error so typos show.
 #[derive(Debug, Default, Deserialize)]
@@ -80,29 +57,26 @@ pub struct EncryptionFile {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub root: PathBuf,
-    /// Where the stores' own tools run: this host, or their compose containers.
-    pub target: Target,
-    pub postgres: PostgresSettings,
-    pub opensearch: OpenSearchSettings,
-    pub neo4j: Neo4jSettings,
+    /// Each store's settings and where their tools run.
+    pub stores: StoreSettings,
     /// age recipients (public keys, or files of them) every artifact is sealed to.
     pub encrypt_to: Vec<String>,
     /// age identity file that opens sealed artifacts.
     pub identity: Option<PathBuf>,
 }
 
-/// A variable of the environment; set but empty counts as unset.
-pub(crate) fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 impl Settings {
     /// Resolve settings from the parsed command line, the environment and the file.
     pub fn resolve(cli: &Cli, methods: Option<&MethodArgs>) -> Result<Self> {
         let file = load_file(cli.config.as_deref())?;
-        let postgres = PostgresSettings::resolve(file.postgres, methods)?;
-        let opensearch = OpenSearchSettings::resolve(file.opensearch, methods)?;
-        let neo4j = Neo4jSettings::resolve(file.neo4j, methods)?;
+        let postgres =
+            PostgresSettings::resolve(file.postgres, methods.and_then(|m| m.postgres_format))?;
+        let opensearch = OpenSearchSettings::resolve(
+            file.opensearch,
+            methods.and_then(|m| m.opensearch_method),
+            methods.and_then(|m| m.indices.clone()),
+        )?;
+        let neo4j = Neo4jSettings::resolve(file.neo4j, methods.and_then(|m| m.neo4j_method))?;
         timeout::set_remote(resolve_timeouts(
             "remote",
             timeout::REMOTE,
@@ -117,15 +91,17 @@ impl Settings {
         Ok(Settings {
             encrypt_to,
             identity: cli.identity.clone().or(file.encryption.identity),
-            target: resolve_target(cli.compose),
-            neo4j,
-            opensearch,
+            stores: StoreSettings {
+                target: resolve_target(cli.compose),
+                neo4j,
+                opensearch,
+                postgres,
+            },
             root: cli
                 .root
                 .clone()
                 .or(file.root)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
-            postgres,
         })
     }
 }
@@ -153,36 +129,6 @@ fn resolve_target(flag: bool) -> Target {
         project,
         services,
     })
-}
-
-/// The connect and idle bounds of `scope`: `IT_<SCOPE>_CONNECT_TIMEOUT` and
-/// `IT_<SCOPE>_IDLE_TIMEOUT` beat `connect_timeout`/`idle_timeout` in the
-/// file's `[scope]` section, which beat the defaults.
-pub fn resolve_timeouts(
-    scope: &'static str,
-    defaults: (u64, u64),
-    file_connect: Option<&str>,
-    file_idle: Option<&str>,
-) -> Result<Timeouts> {
-    let mut timeouts = Timeouts::new(scope, defaults);
-    for (phase, file) in [
-        (timeout::Phase::Connect, file_connect),
-        (timeout::Phase::Idle, file_idle),
-    ] {
-        let variable = timeouts.variable(phase);
-        let (text, origin) = match (env(&variable), file) {
-            (Some(text), _) => (text, variable),
-            (None, Some(text)) => (text.to_string(), format!("[{scope}] in the config file")),
-            (None, None) => continue,
-        };
-        let value = crate::schedule::parse_duration(&text)
-            .map_err(|e| Error::usage(format!("{origin}: {e}")))?;
-        match phase {
-            timeout::Phase::Connect => timeouts.connect = value,
-            timeout::Phase::Idle => timeouts.idle = value,
-        }
-    }
-    Ok(timeouts)
 }
 
 fn load_file(explicit: Option<&Path>) -> Result<FileConfig> {

@@ -25,7 +25,6 @@ pub const VALIDATION_FILE: &str = "synthetic-validation.json";
 /// The runbook's recovery objectives.
 pub const RTO_OBJECTIVE_SECONDS: f64 = 30.0 * 60.0;
 pub const RPO_OBJECTIVE_HOURS: u64 = 24;
-pub const DEFAULT_SCALE: u64 = 10_000;
 
 #[derive(Debug, Default)]
 pub struct DrillRequest {

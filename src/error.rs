@@ -220,18 +220,46 @@ impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
     }
 }
 
+/// Why a file of a backup was refused before it was read. Its message never
+/// holds the file's content, and [`io_hint`] gives its advice.
+#[derive(Debug)]
+pub struct NotRegular(pub String);
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// A file whose size is not what it should be (see `open_sized` in artifact.rs).
+#[derive(Debug)]
+pub struct SizeMismatch {
+    pub found: u64,
+    pub expected: u64,
+    pub at_most: bool,
+}
+
+impl std::fmt::Display for SizeMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bound = if self.at_most { "at most " } else { "" };
+        write!(
+            f,
+            "has {} bytes, {bound}{} expected",
+            self.found, self.expected
+        )
+    }
+}
+
+impl std::error::Error for SizeMismatch {}
+
 /// The usual advice when a local filesystem operation fails.
 pub fn io_hint(err: &std::io::Error) -> &'static str {
-    if err
-        .get_ref()
-        .is_some_and(|e| e.is::<crate::artifact::NotRegular>())
-    {
+    if err.get_ref().is_some_and(|e| e.is::<NotRegular>()) {
         return "artifacts and manifests must be regular files inside the backup directory (not links, FIFOs or devices): put the real file back, or use another backup";
     }
-    if err
-        .get_ref()
-        .is_some_and(|e| e.is::<crate::artifact::SizeMismatch>())
-    {
+    if err.get_ref().is_some_and(|e| e.is::<SizeMismatch>()) {
         return "the file is truncated, damaged or was replaced: use another backup";
     }
     match err.raw_os_error() {
@@ -246,43 +274,13 @@ pub fn io_hint(err: &std::io::Error) -> &'static str {
     }
 }
 
-/// Fail with the full-disk advice unless the filesystem holding `dir` has
-/// `needed` bytes free for `what` (checked before work that would otherwise
-/// fill the disk half-way).
-pub fn require_free_space(
-    service: Option<Service>,
-    step: &str,
-    dir: &std::path::Path,
-    needed: u64,
-    what: &str,
-) -> Result<()> {
-    let free =
-        crate::artifact::free_bytes(dir).map_err(|e| io_error(service, step, dir.display(), e))?;
-    if free >= needed {
-        return Ok(());
-    }
-    let mut err = Error::new(
-        Kind::NoSpace,
-        step,
-        format!(
-            "{what} needs {} in {}, which has {} free",
-            crate::report::size(needed),
-            dir.display(),
-            crate::report::size(free)
-        ),
-    )
-    .hint("the disk is full: free space there, or use a bigger disk; nothing was changed");
-    err.service = service;
-    Err(err)
-}
-
 /// The kind of a local I/O error: a full disk or quota, or a file of a
-/// backup refused for its type or size (see [`crate::artifact::open_sized`]);
+/// backup refused for its type or size (see `open_sized` in artifact.rs);
 /// anything else is a plain failure.
 pub fn io_kind(err: &std::io::Error) -> Kind {
-    let refused_file = err.get_ref().is_some_and(|e| {
-        e.is::<crate::artifact::NotRegular>() || e.is::<crate::artifact::SizeMismatch>()
-    });
+    let refused_file = err
+        .get_ref()
+        .is_some_and(|e| e.is::<NotRegular>() || e.is::<SizeMismatch>());
     if refused_file {
         return Kind::DamagedBackup;
     }
@@ -307,29 +305,6 @@ pub fn io_error(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn free_space_is_required_with_the_numbers_and_the_disk_advice() {
-        let dir = tempfile::tempdir().unwrap();
-        require_free_space(Some(Service::Postgres), "extract", dir.path(), 0, "nothing").unwrap();
-        let err = require_free_space(
-            Some(Service::Postgres),
-            "extract",
-            dir.path(),
-            u64::MAX,
-            "extracting the dumps",
-        )
-        .unwrap_err();
-        assert!(
-            err.message
-                .starts_with("extracting the dumps needs 16777216.0 TiB in "),
-            "{}",
-            err.message
-        );
-        assert!(err.hint.unwrap().contains("the disk is full"));
-        assert_eq!(err.service, Some(Service::Postgres));
-        assert_eq!(err.kind, Kind::NoSpace);
-    }
 
     #[test]
     fn every_kind_has_its_own_exit_code_clear_of_success_and_the_shell_codes() {

@@ -197,7 +197,7 @@ pub fn failure_payload(ctx: &RunContext<'_>, err: &Error) -> serde_json::Value {
         "event": "itbackup.failure",
         "operation": ctx.operation,
         "ok": false,
-        "host": crate::status::hostname(),
+        "host": crate::environment::hostname(),
         "root": ctx.root,
         "dir": ctx.dir,
         "services": ctx.services,
@@ -277,8 +277,8 @@ impl<'a> RunContext<'a> {
     ) -> Self {
         // The directory as restore will find it; when it cannot be found the
         // restore fails on its own, with the better message.
-        let located = crate::restore::locate(
-            settings,
+        let located = crate::catalog::locate(
+            &settings.root,
             request.path.as_deref(),
             request.manifest.as_deref(),
         )

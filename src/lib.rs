@@ -9,8 +9,10 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod drill;
+pub mod environment;
 pub mod error;
 pub mod hooks;
+pub mod human;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;
@@ -23,9 +25,13 @@ pub mod report;
 pub mod restore;
 pub mod schedule;
 pub mod seal;
+pub mod secret;
 pub mod service;
 pub mod status;
 pub mod stores;
 pub mod target;
 pub mod timeout;
 pub mod verify;
+
+#[cfg(test)]
+mod import_graph;

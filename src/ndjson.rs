@@ -146,7 +146,7 @@ pub fn too_long(path: &Path, service: Service, number: usize, max_line: usize) -
         format!(
             "{} line {number} is longer than {} ({max_line} bytes), the most a {service} restore loads as one record",
             path.display(),
-            crate::report::size(max_line as u64)
+            crate::human::size(max_line as u64)
         ),
     )
     .service(service)

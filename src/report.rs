@@ -1,5 +1,6 @@
 //! What the commands print: short human summaries, or JSON with `--json`.
 
+use crate::human::size;
 use std::path::Path;
 
 use serde::Serialize;
@@ -9,22 +10,6 @@ use crate::backup::BackupOutcome;
 use crate::catalog::BackupEntry;
 use crate::restore::RestoreOutcome;
 use crate::verify::ArtifactCheck;
-
-/// Human-readable size (binary units).
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
 
 fn print_json(value: &impl Serialize) {
     println!(
@@ -340,14 +325,14 @@ pub fn status(report: &crate::status::StatusReport, json: bool) {
         "status {}: {} (RPO {})",
         report.root.display(),
         if report.ok { "OK" } else { "ALARM" },
-        crate::prune::human_age(std::time::Duration::from_secs(report.rpo_seconds))
+        crate::human::age(std::time::Duration::from_secs(report.rpo_seconds))
     );
     for s in &report.services {
         let newest = match &s.newest {
             Some(n) => format!(
                 "newest {} taken {} ago{}",
                 n.name,
-                crate::prune::human_age(std::time::Duration::from_secs_f64(
+                crate::human::age(std::time::Duration::from_secs_f64(
                     n.age_seconds.clamp(0.0, 1e12)
                 )),
                 if s.rpo_ok { "" } else { " (RPO BREACHED)" }

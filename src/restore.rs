@@ -61,31 +61,6 @@ pub enum RestoreOutcome {
     },
 }
 
-/// The backup directory and manifest a request points at.
-pub fn locate(
-    settings: &Settings,
-    path: Option<&Path>,
-    manifest: Option<&Path>,
-) -> Result<(PathBuf, Manifest)> {
-    match (path, manifest) {
-        (_, Some(file)) => {
-            let manifest = Manifest::read_file(file)?;
-            let dir = file
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."));
-            Ok((dir, manifest))
-        }
-        (Some(dir), None) => Ok((dir.to_path_buf(), Manifest::read_dir(dir)?)),
-        (None, None) => {
-            let dir = catalog::newest_complete(&settings.root)?;
-            let manifest = Manifest::read_dir(&dir)?;
-            Ok((dir, manifest))
-        }
-    }
-}
-
 pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<RestoreOutcome> {
     // A remote backup is downloaded and checked object by object into a
     // staging directory (removed at the end); from there on it is a local restore.
@@ -106,8 +81,8 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
             let manifest = remote.read_manifest(&name).await?;
             (PathBuf::from(format!("{}/{name}", remote.url)), manifest)
         }
-        (None, None) => locate(
-            settings,
+        (None, None) => catalog::locate(
+            &settings.root,
             request.path.as_deref(),
             request.manifest.as_deref(),
         )?,
@@ -222,7 +197,9 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     Ok(RestoreOutcome::Done {
         // A remote backup is reported by its URL, not by the staging directory.
         dir: match (&staged, &request.from) {
-            (Some(staged), Some(url)) => PathBuf::from(remote_backup_url(url, &staged.name)),
+            (Some(staged), Some(url)) => {
+                PathBuf::from(catalog::remote_backup_url(url, &staged.name))
+            }
             _ => dir,
         },
         timestamp: manifest.timestamp.clone(),
@@ -245,16 +222,6 @@ fn set_outcome(restored: &[ServiceRestore], failed: &[Service]) -> String {
             "\n  backup set: PARTLY restored — restored from the backup and checked: {}; failed: {failed} (see its own message for what it left); run the restore again with --services {failed} once the cause is fixed",
             names(&mut restored.iter().map(|r| r.service))
         )
-    }
-}
-
-/// `URL/<name>` for a `--from` URL that named either the location or the backup.
-pub fn remote_backup_url(url: &str, name: &str) -> String {
-    let url = url.trim_end_matches('/');
-    if url.ends_with(&format!("/{name}")) {
-        url.to_string()
-    } else {
-        format!("{url}/{name}")
     }
 }
 

@@ -19,22 +19,6 @@ use crate::metrics;
 use crate::prune::{self, LocalRoot};
 use crate::service::ServiceList;
 
-/// Parse "24h", "90m", "2s", "7d", "1h30m" (jiff's friendly format; a day is
-/// 24 hours) into a positive duration. Used by `--every`, `--rpo`, `--grace`.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let span: jiff::Span = text
-        .trim()
-        .parse()
-        .map_err(|e| format!("'{text}' is not a duration like 24h, 90m, 2s or 7d: {e}"))?;
-    let duration = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| format!("'{text}': {e} (use days, hours, minutes or seconds)"))?;
-    if duration.is_negative() || duration.is_zero() {
-        return Err(format!("'{text}' must be longer than zero"));
-    }
-    Ok(duration.unsigned_abs())
-}
-
 /// When runs happen.
 #[derive(Debug)]
 pub enum Timing {

@@ -108,8 +108,8 @@ impl DiskStatus {
             format!(
                 "the next backup will probably not fit: {} has {} free, the newest complete backup takes {}; run `itbackup prune` or free space",
                 root.display(),
-                crate::report::size(self.free_bytes),
-                crate::report::size(needed)
+                crate::human::size(self.free_bytes),
+                crate::human::size(needed)
             )
         })
     }
@@ -281,8 +281,8 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
                     alarms.push(format!(
                         "{service}: RPO breached: the newest complete backup ({}) is {} old, the objective is {}",
                         entry.name,
-                        crate::prune::human_age(Duration::from_secs_f64(age.clamp(0.0, 1e12))),
-                        crate::prune::human_age(request.rpo)
+                        crate::human::age(Duration::from_secs_f64(age.clamp(0.0, 1e12))),
+                        crate::human::age(request.rpo)
                     ));
                 }
                 let verification = match (&request.from, &remote_sizes) {
@@ -510,13 +510,6 @@ pub fn last_drill(root: &Path) -> Option<DrillStatus> {
     };
     drill.file = file;
     Some(drill)
-}
-
-/// This machine's name, for messages that leave it.
-pub fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// The request for the command line's flags.

@@ -112,6 +112,33 @@ pub fn seconds(d: Duration) -> String {
     }
 }
 
+/// The connect and idle bounds of `scope`: `IT_<SCOPE>_CONNECT_TIMEOUT` and
+/// `IT_<SCOPE>_IDLE_TIMEOUT` beat `connect_timeout`/`idle_timeout` in the
+/// file's `[scope]` section, which beat the defaults.
+pub fn resolve_timeouts(
+    scope: &'static str,
+    defaults: (u64, u64),
+    file_connect: Option<&str>,
+    file_idle: Option<&str>,
+) -> crate::error::Result<Timeouts> {
+    let mut timeouts = Timeouts::new(scope, defaults);
+    for (phase, file) in [(Phase::Connect, file_connect), (Phase::Idle, file_idle)] {
+        let variable = timeouts.variable(phase);
+        let (text, origin) = match (crate::environment::env(&variable), file) {
+            (Some(text), _) => (text, variable),
+            (None, Some(text)) => (text.to_string(), format!("[{scope}] in the config file")),
+            (None, None) => continue,
+        };
+        let value = crate::human::parse_duration(&text)
+            .map_err(|e| Error::usage(format!("{origin}: {e}")))?;
+        match phase {
+            Phase::Connect => timeouts.connect = value,
+            Phase::Idle => timeouts.idle = value,
+        }
+    }
+    Ok(timeouts)
+}
+
 /// The remote repository's bounds: a repository is opened in places that do
 /// not carry the settings (push, pull, the catalog), so `Settings::resolve`
 /// records them here once; without it, the environment and the defaults.
@@ -123,7 +150,7 @@ pub fn set_remote(timeouts: Timeouts) {
 
 pub fn remote() -> Timeouts {
     *REMOTE_TIMEOUTS.get_or_init(|| {
-        crate::config::resolve_timeouts("remote", REMOTE, None, None)
+        resolve_timeouts("remote", REMOTE, None, None)
             .unwrap_or_else(|_| Timeouts::new("remote", REMOTE))
     })
 }

@@ -182,14 +182,14 @@ pub async fn run(
     };
     let (dir, manifest) = match &staged {
         Some(staged) => (staged.dir.clone(), Manifest::read_dir(&staged.dir)?),
-        None => crate::restore::locate(settings, path, None)?,
+        None => crate::catalog::locate(&settings.root, path, None)?,
     };
     let services: Vec<_> = manifest.services.keys().copied().collect();
     let stores = crate::backup::open_stores(&services, settings)?;
     let verified = verify_artifacts(&dir, &manifest, &stores, settings.identity.as_deref()).await?;
     let shown = match (&staged, from) {
         (Some(staged), Some(url)) => {
-            PathBuf::from(crate::restore::remote_backup_url(url, &staged.name))
+            PathBuf::from(crate::catalog::remote_backup_url(url, &staged.name))
         }
         _ => dir,
     };

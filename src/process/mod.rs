@@ -12,7 +12,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 mod run;
 

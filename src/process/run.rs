@@ -119,10 +119,32 @@ pub fn tool_failed(
         format!("`{display}` failed ({status}):\n{tail}"),
     )
     .service(service);
-    match crate::target::docker_hint(display, stderr_tail) {
+    match docker_hint(display, stderr_tail) {
         Some(hint) => error.hint(hint),
         None => error,
     }
+}
+
+/// The runbook's troubleshooting advice for a failed `docker compose` call,
+/// from what docker said.
+pub fn docker_hint(command: &str, stderr: &str) -> Option<String> {
+    if !command.contains(" compose ") {
+        return None;
+    }
+    let said = stderr.to_lowercase();
+    Some(
+        if said.contains("permission denied") && said.contains("docker") {
+            "Docker permission error: add this user to the `docker` group (then log in again) or run itbackup via sudo".into()
+        } else if said.contains("no such service") {
+            "the compose file has no such service: set IT_COMPOSE_SERVICE_POSTGRES / _NEO4J / _OPENSEARCH to the names your compose file uses, and check IT_COMPOSE_FILES and IT_COMPOSE_PROJECT".into()
+        } else if said.contains("is not running") || said.contains("no container found") {
+            "the service's container is not running: start the stack (`docker compose up -d`) and check `docker compose ps`".into()
+        } else if said.contains("cannot connect to the docker daemon") {
+            "the Docker daemon is not running or not reachable (DOCKER_HOST)".into()
+        } else {
+            "check `docker compose ps` and the service's logs (`docker compose logs <service>`); an orchestrator may have restarted the container".into()
+        },
+    )
 }
 
 /// An error for a tool that could not be started at all.

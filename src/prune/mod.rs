@@ -227,13 +227,13 @@ pub fn plan(
                 let reason = if old {
                     format!(
                         "incomplete, untouched for {}",
-                        human_age(age.unsigned_abs())
+                        crate::human::age(age.unsigned_abs())
                     )
                 } else {
                     format!(
                         "incomplete, but changed {} ago: within the {} grace period",
-                        human_age(age.unsigned_abs()),
-                        human_age(grace)
+                        crate::human::age(age.unsigned_abs()),
+                        crate::human::age(grace)
                     )
                 };
                 others.push(PlannedItem {
@@ -269,17 +269,6 @@ pub fn plan(
         .collect();
     planned.extend(others);
     planned
-}
-
-/// Whole seconds as "3d 4h", "25m", "40s".
-pub fn human_age(age: Duration) -> String {
-    let secs = age.as_secs();
-    match secs {
-        s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
-        s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        s if s >= 60 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 #[derive(Debug, Serialize)]

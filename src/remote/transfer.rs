@@ -190,7 +190,13 @@ impl Remote {
 
     async fn fetch_artifacts(&self, name: &str, manifest: &Manifest, into: &Path) -> Result<()> {
         let needed = manifest.artifacts.values().map(|r| r.bytes).sum();
-        crate::error::require_free_space(None, "download", into, needed, "downloading the backup")?;
+        crate::artifact::require_free_space(
+            None,
+            "download",
+            into,
+            needed,
+            "downloading the backup",
+        )?;
         for (service, record) in &manifest.artifacts {
             let key = self.key(&[name, &record.file]);
             let partial = into.join(format!("{}{PARTIAL_SUFFIX}", record.file));

@@ -10,7 +10,6 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use crate::artifact::PendingArtifact;
-use crate::config::Settings;
 use crate::error::{Context, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::service::Service;
@@ -275,8 +274,20 @@ pub(crate) fn refuse_newer_backup(
 /// Services this build can back up and restore.
 pub const SUPPORTED: [Service; 3] = Service::ALL;
 
+/// What opening a store needs: each store's resolved settings (from its own
+/// `settings.rs`) and where the stores' tools run. `config::Settings` holds
+/// it; stores never see the rest of the configuration.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Where the stores' own tools run: this host, or their compose containers.
+    pub target: crate::target::Target,
+    pub postgres: postgres::settings::PostgresSettings,
+    pub opensearch: opensearch::settings::OpenSearchSettings,
+    pub neo4j: neo4j::settings::Neo4jSettings,
+}
+
 /// The store for `service`, configured from `settings`.
-pub fn open(service: Service, settings: &Settings) -> Result<Box<dyn Store>> {
+pub fn open(service: Service, settings: &StoreSettings) -> Result<Box<dyn Store>> {
     Ok((registry::registered(service).open)(settings))
 }
 

@@ -3,16 +3,15 @@
 //! a folder under `stores/` whose `mod.rs` defines its [`Registered`] entry,
 //! and one line in [`REGISTRY`] (docs/architecture.md, "Adding a store").
 
-use crate::config::Settings;
 use crate::service::Service;
 
-use super::{neo4j, opensearch, postgres, Store};
+use super::{neo4j, opensearch, postgres, Store, StoreSettings};
 
 /// What the rest of the program needs of a store before one is open.
 pub struct Registered {
     pub service: Service,
     /// The store, configured from its section of the settings.
-    pub open: fn(&Settings) -> Box<dyn Store>,
+    pub open: fn(&StoreSettings) -> Box<dyn Store>,
     /// Every method is read back from its manifest record and listed by
     /// the manifest's schema ([`super::method::check_methods`] of its enum).
     #[cfg(test)]

@@ -5,9 +5,10 @@
 use serde::Deserialize;
 
 use super::Neo4jMethod;
-use crate::cli::MethodArgs;
-use crate::config::{env, resolve_timeouts, Secret};
+use crate::environment::env;
 use crate::error::Result;
+use crate::secret::Secret;
+use crate::timeout::resolve_timeouts;
 use crate::timeout::{self, Timeouts};
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,7 +52,7 @@ pub struct Neo4jSettings {
 
 impl Neo4jSettings {
     /// Flags > environment > the file's `[neo4j]` > defaults.
-    pub fn resolve(neo_file: Neo4jFile, methods: Option<&MethodArgs>) -> Result<Self> {
+    pub fn resolve(neo_file: Neo4jFile, flag_method: Option<Neo4jMethod>) -> Result<Self> {
         Ok(Neo4jSettings {
             uri: env("NEO4J_URI")
                 .or(neo_file.uri)
@@ -67,8 +68,7 @@ impl Neo4jSettings {
             database: env("NEO4J_DATABASE")
                 .or(neo_file.database)
                 .unwrap_or_else(|| "neo4j".into()),
-            method: methods
-                .and_then(|m| m.neo4j_method)
+            method: flag_method
                 .or(neo_file.method)
                 .unwrap_or(Neo4jMethod::Logical),
             admin: env("IT_NEO4J_ADMIN")

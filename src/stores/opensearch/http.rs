@@ -15,7 +15,7 @@ pub(super) struct Http {
     pub(super) base: String,
     pub(super) client: reqwest::Client,
     pub(super) username: Option<String>,
-    pub(super) password: Option<crate::config::Secret>,
+    pub(super) password: Option<crate::secret::Secret>,
     pub(super) timeouts: Timeouts,
 }
 

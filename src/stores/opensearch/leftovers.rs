@@ -36,7 +36,7 @@ const PROBE_PREFIX: &str = "itbackup-check-";
 /// first 8 hex digits of its name's SHA-256.
 fn host_tag() -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(crate::status::hostname().as_bytes());
+    let digest = Sha256::digest(crate::environment::hostname().as_bytes());
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -95,7 +95,10 @@ fn probe_holder(name: &str, created_ms: Option<i64>) -> Holder {
 /// The settings that name the holder of a temporary repository.
 pub(super) fn holder_settings() -> Map<String, Value> {
     let mut settings = Map::new();
-    settings.insert("itbackup_host".into(), json!(crate::status::hostname()));
+    settings.insert(
+        "itbackup_host".into(),
+        json!(crate::environment::hostname()),
+    );
     settings.insert("itbackup_pid".into(), json!(std::process::id().to_string()));
     settings.insert(
         "itbackup_started".into(),
@@ -116,9 +119,9 @@ fn alive(pid: u32) -> bool {
 fn repository_holder(name: &str, settings: &Value, seen: Option<jiff::Timestamp>) -> Holder {
     let host = settings["itbackup_host"]
         .as_str()
-        .filter(|h| !h.is_empty() && !crate::status::hostname().is_empty());
+        .filter(|h| !h.is_empty() && !crate::environment::hostname().is_empty());
     Holder {
-        here: host.map(|h| h == crate::status::hostname()),
+        here: host.map(|h| h == crate::environment::hostname()),
         pid: settings["itbackup_pid"]
             .as_str()
             .and_then(|p| p.parse::<u32>().ok()),
@@ -376,7 +379,7 @@ mod tests {
     #[test]
     fn holders_decide_and_age_decides_only_without_one() {
         let now = jiff::Timestamp::now();
-        let here = crate::status::hostname();
+        let here = crate::environment::hostname();
         let judge = |name: &str, settings: &Value, seen| {
             dead_because(&repository_holder(name, settings, seen), STALE_AFTER, now)
         };

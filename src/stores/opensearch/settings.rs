@@ -6,9 +6,10 @@ use serde::Deserialize;
 
 use super::OpenSearchMethod;
 use crate::archive::ArchiveCompression;
-use crate::cli::MethodArgs;
-use crate::config::{env, resolve_timeouts, Secret};
+use crate::environment::env;
 use crate::error::Result;
+use crate::secret::Secret;
+use crate::timeout::resolve_timeouts;
 use crate::timeout::{self, Timeouts};
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,7 +47,13 @@ pub struct OpenSearchSettings {
 
 impl OpenSearchSettings {
     /// Flags > environment > the file's `[opensearch]` > defaults.
-    pub fn resolve(os_file: OpenSearchFile, methods: Option<&MethodArgs>) -> Result<Self> {
+    /// `flag_method`, `flag_indices`: the command line's `--opensearch-method`
+    /// and `--indices`, which beat the environment and the file.
+    pub fn resolve(
+        os_file: OpenSearchFile,
+        flag_method: Option<OpenSearchMethod>,
+        flag_indices: Option<String>,
+    ) -> Result<Self> {
         Ok(OpenSearchSettings {
             url: env("OPENSEARCH_URL")
                 .or(os_file.url)
@@ -57,8 +64,8 @@ impl OpenSearchSettings {
             password: env("OPENSEARCH_PASSWORD")
                 .map(Secret::new)
                 .or(os_file.password),
-            method: methods.and_then(|m| m.opensearch_method).or(os_file.method),
-            indices: methods.and_then(|m| m.indices.clone()).or(os_file.indices),
+            method: flag_method.or(os_file.method),
+            indices: flag_indices.or(os_file.indices),
             snapshot_compression: os_file
                 .snapshot_compression
                 .unwrap_or(ArchiveCompression::Gzip),

@@ -44,7 +44,7 @@ impl OpenSearch {
         vec![
             format!(
                 "check cluster health, path.repo and its free space (needs {}) before any store is changed",
-                record.details.get(UNPACKED_BYTES).and_then(|v| v.as_u64()).map_or("the artifact's size".to_string(), crate::report::size)
+                record.details.get(UNPACKED_BYTES).and_then(|v| v.as_u64()).map_or("the artifact's size".to_string(), crate::human::size)
             ),
             format!("unpack {} under path.repo and register it read-only", record.file),
             format!("DELETE {url}/<index> for each index being replaced: {}", indices.join(", ")),
@@ -80,7 +80,7 @@ impl OpenSearch {
                 .map_err(|e| io_error(Some(SVC), "restore snapshot", ctx.artifact.display(), e))?
                 .len(),
         };
-        crate::error::require_free_space(
+        crate::artifact::require_free_space(
             Some(SVC),
             "restore snapshot",
             &repo_root,
@@ -136,7 +136,7 @@ impl OpenSearch {
         if self.target.compose().is_none() {
             // A new repository holds a full copy: refuse now rather than let
             // OpenSearch fill the disk half-way through the snapshot.
-            crate::error::require_free_space(
+            crate::artifact::require_free_space(
                 Some(SVC),
                 "snapshot",
                 &repo_root,

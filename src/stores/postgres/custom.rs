@@ -63,7 +63,7 @@ impl Postgres {
             format!(
                 "extract {} into a private scratch directory under the backup root (needs {} free: checked, like every store's, before any store is changed)",
                 record.file,
-                crate::report::size(extracted_bytes(record))
+                crate::human::size(extracted_bytes(record))
             ),
             format!(
                 "{} -f globals.idempotent.sql  (roles: created if missing, else altered)",
@@ -100,7 +100,7 @@ impl Postgres {
     ) -> Result<()> {
         let step = "extract archive";
         let needed = extracted_bytes(record);
-        crate::error::require_free_space(
+        crate::artifact::require_free_space(
             Some(SVC),
             step,
             ctx.scratch,

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::PostgresFormat;
-use crate::cli::MethodArgs;
-use crate::config::{env, resolve_timeouts, Secret};
+use crate::environment::env;
 use crate::error::{Error, Result};
+use crate::secret::Secret;
+use crate::timeout::resolve_timeouts;
 use crate::timeout::{self, Timeouts};
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,7 +45,7 @@ pub struct PostgresSettings {
 
 impl PostgresSettings {
     /// Flags > environment > the file's `[postgres]` > defaults.
-    pub fn resolve(pg_file: PostgresFile, methods: Option<&MethodArgs>) -> Result<Self> {
+    pub fn resolve(pg_file: PostgresFile, flag_format: Option<PostgresFormat>) -> Result<Self> {
         let port = match env("PGPORT") {
             Some(p) => p
                 .parse()
@@ -60,8 +61,7 @@ impl PostgresSettings {
                 .or(pg_file.user)
                 .unwrap_or_else(|| "postgres".into()),
             password: env("PGPASSWORD").map(Secret::new).or(pg_file.password),
-            format: methods
-                .and_then(|m| m.postgres_format)
+            format: flag_format
                 .or(pg_file.format)
                 .unwrap_or(PostgresFormat::Custom),
             jobs: pg_file.jobs.unwrap_or_else(default_jobs).max(1),

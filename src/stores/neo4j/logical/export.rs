@@ -428,8 +428,8 @@ impl LineSink<'_> {
                 format!(
                     "{what} {} has {} of properties, more than the {} a logical restore loads as one row",
                     entity.id,
-                    crate::report::size(bytes as u64),
-                    crate::report::size(MAX_LINE as u64)
+                    crate::human::size(bytes as u64),
+                    crate::human::size(MAX_LINE as u64)
                 ),
             )
             .service(SVC)

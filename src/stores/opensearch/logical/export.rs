@@ -434,8 +434,8 @@ impl OpenSearch {
                     format!(
                         "document {} of index {index} is {} as a line of the export, more than the {} a logical restore loads as one record",
                         hit.id,
-                        crate::report::size((chunk.len() - start) as u64),
-                        crate::report::size(MAX_LINE as u64)
+                        crate::human::size((chunk.len() - start) as u64),
+                        crate::human::size(MAX_LINE as u64)
                     ),
                 )
                 .service(SVC)

@@ -78,9 +78,9 @@ impl OpenSearch {
                 record.file,
                 needs.id,
                 needs.index,
-                crate::report::size(needs.largest_entry),
+                crate::human::size(needs.largest_entry),
                 needs.largest_entry,
-                crate::report::size(limit),
+                crate::human::size(limit),
             ),
         )
         .service(SVC)
