@@ -103,6 +103,38 @@ pub struct DrillOutcome {
     pub file: PathBuf,
 }
 
+impl DrillOutcome {
+    /// The drill's verdict, for the exit status and the webhook, from the
+    /// command line and the scheduler alike: restored, yet the data differs
+    /// is a verification mismatch; a failed restore or a missed RTO is a
+    /// failure.
+    pub fn verdict(&self) -> Result<()> {
+        let validation = &self.validation;
+        if validation.ok {
+            return Ok(());
+        }
+        let differs = validation.errors.is_empty()
+            && validation
+                .services
+                .values()
+                .any(|v| !v.differences.is_empty());
+        let kind = if differs {
+            crate::error::Kind::VerificationMismatch
+        } else {
+            crate::error::Kind::Failure
+        };
+        Err(Error::new(
+            kind,
+            "drill",
+            format!(
+                "the recovery drill failed:\n  {}",
+                validation.problems().join("\n  ")
+            ),
+        )
+        .hint(format!("details in {}", self.file.display())))
+    }
+}
+
 pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutcome> {
     if request.scale == 0 {
         return Err(Error::usage("--scale must be at least 1"));
@@ -376,4 +408,76 @@ fn write_validation(dir: &std::path::Path, validation: &Validation) -> Result<Pa
     };
     write().map_err(|e| io_error(None, step, dir.join(VALIDATION_FILE).display(), e))?;
     Ok(dir.join(VALIDATION_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Kind;
+    use crate::stores::DrillInventory;
+
+    fn outcome(errors: Vec<String>, differences: Vec<String>) -> DrillOutcome {
+        let ok = errors.is_empty() && differences.is_empty();
+        let inventory = DrillInventory {
+            count: 1,
+            digest: String::new(),
+        };
+        let mut services = BTreeMap::new();
+        services.insert(
+            Service::Postgres,
+            ServiceValidation {
+                location: String::new(),
+                artifact: String::new(),
+                artifact_bytes: 0,
+                method: String::new(),
+                expected: inventory.clone(),
+                restored: Some(inventory),
+                backup_seconds: 0.0,
+                restore_seconds: None,
+                ok: differences.is_empty(),
+                differences,
+            },
+        );
+        DrillOutcome {
+            validation: Validation {
+                postgres_rows: None,
+                neo4j_nodes: None,
+                opensearch_doc: None,
+                ok,
+                timestamp: String::new(),
+                backup_dir: PathBuf::new(),
+                scale: 1,
+                services,
+                backup_seconds: 0.0,
+                restore_seconds: None,
+                restore_parallel: true,
+                rto_seconds: None,
+                rto_objective_seconds: RTO_OBJECTIVE_SECONDS,
+                rto_ok: true,
+                rpo_objective_hours: RPO_OBJECTIVE_HOURS,
+                errors,
+            },
+            file: PathBuf::from("synthetic-validation.json"),
+        }
+    }
+
+    /// One verdict for the command line and the scheduler (the scheduler
+    /// called a drill whose data differed a plain failure).
+    #[test]
+    fn a_drill_whose_data_differs_is_a_verification_mismatch_and_a_failed_one_a_failure() {
+        outcome(vec![], vec![]).verdict().unwrap();
+        let differs = outcome(vec![], vec!["1 row missing".into()])
+            .verdict()
+            .unwrap_err();
+        assert_eq!(differs.kind, Kind::VerificationMismatch);
+        assert!(
+            differs.message.contains("postgres: 1 row missing"),
+            "{differs}"
+        );
+        let failed = outcome(vec!["restore failed".into()], vec![])
+            .verdict()
+            .unwrap_err();
+        assert_eq!(failed.kind, Kind::Failure);
+        assert!(failed.hint.unwrap().contains("synthetic-validation.json"));
+    }
 }

@@ -10,7 +10,7 @@ use itbackup::backup::{self, BackupRequest};
 use itbackup::cli::{Cli, Command};
 use itbackup::config::Settings;
 use itbackup::drill::{self, DrillRequest};
-use itbackup::error::{Error, Kind, Result};
+use itbackup::error::Result;
 use itbackup::restore::{self, RestoreRequest};
 use itbackup::{catalog, hooks, metrics, prune, remote, report, schedule, seal, status};
 
@@ -129,31 +129,7 @@ async fn run(cli: &Cli) -> Result<()> {
                 metrics::update(args.monitor.metrics_file.as_deref(), |m| {
                     metrics::record_drill(m, &outcome.validation)
                 });
-                if !outcome.validation.ok {
-                    // Restored, yet the data differs: a verification
-                    // mismatch. A failed restore or a missed RTO: a failure.
-                    let validation = &outcome.validation;
-                    let differs = validation.errors.is_empty()
-                        && validation
-                            .services
-                            .values()
-                            .any(|v| !v.differences.is_empty());
-                    let kind = if differs {
-                        Kind::VerificationMismatch
-                    } else {
-                        Kind::Failure
-                    };
-                    return Err(Error::new(
-                        kind,
-                        "drill",
-                        format!(
-                            "the recovery drill failed:\n  {}",
-                            outcome.validation.problems().join("\n  ")
-                        ),
-                    )
-                    .hint(format!("details in {}", outcome.file.display())));
-                }
-                Ok(())
+                outcome.verdict()
             };
             hooks::around(&ctx, work, |_, _| {}).await?;
         }

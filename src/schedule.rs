@@ -307,18 +307,7 @@ async fn one_run(
             metrics::update(args.monitor.metrics_file.as_deref(), |m| {
                 metrics::record_drill(m, &outcome.validation)
             });
-            if outcome.validation.ok {
-                Ok(outcome)
-            } else {
-                Err(Error::failure(
-                    "drill",
-                    format!(
-                        "the recovery drill failed: {}",
-                        outcome.validation.problems().join("; ")
-                    ),
-                )
-                .hint(format!("details in {}", outcome.file.display())))
-            }
+            outcome.verdict().map(|()| outcome)
         };
         let Some(drilled) = abandonable(stop, hooks::around(&ctx, work, |_, _| {})).await else {
             return abandoned(report, "drill");
