@@ -1,4 +1,6 @@
-//! The backups under a root: which are complete, which are debris, which is newest.
+//! The backups under a root: which are complete, which are debris, which is
+//! newest; and [`BackupEntry`], what is known of one backup wherever it is
+//! (a directory under a root, or a repository: `remote::Remote::backups`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,10 +11,11 @@ use crate::artifact::PARTIAL_SUFFIX;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::{Manifest, MANIFEST_FILE};
 
-/// One directory under the backup root.
+/// One backup: a directory under a root, or one in a repository.
 #[derive(Debug, Serialize)]
 pub struct BackupEntry {
     pub name: String,
+    /// Its directory, or `URL/<name>` in a repository.
     pub path: PathBuf,
     pub complete: bool,
     /// Timestamp of the backup (from the manifest, else the directory name).
@@ -23,8 +26,17 @@ pub struct BackupEntry {
     /// Why the backup is not complete, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// In a repository: the newest modification of any of its objects (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modified: Option<String>,
     #[serde(skip)]
     pub manifest: Option<Manifest>,
+    /// Whether a manifest file exists (complete, or damaged when it does not validate).
+    #[serde(skip)]
+    pub has_manifest: bool,
+    /// Its files: name → size.
+    #[serde(skip)]
+    pub files: std::collections::BTreeMap<String, u64>,
 }
 
 /// Every backup directory under `root`, oldest first. A missing root holds none.
@@ -55,45 +67,60 @@ pub fn scan(root: &Path) -> Result<Vec<BackupEntry>> {
 }
 
 fn describe(dir: &Path, name: String) -> BackupEntry {
-    let bytes = fs::read_dir(dir)
+    let files: std::collections::BTreeMap<String, u64> = fs::read_dir(dir)
         .map(|files| {
             files
-                .filter_map(|f| f.ok()?.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
+                .filter_map(|f| {
+                    let f = f.ok()?;
+                    let meta = f.metadata().ok()?;
+                    meta.is_file()
+                        .then(|| (f.file_name().to_string_lossy().into_owned(), meta.len()))
+                })
+                .collect()
         })
-        .unwrap_or(0);
+        .unwrap_or_default();
+    let bytes = files.values().sum();
     let has_manifest = dir.join(MANIFEST_FILE).exists();
+    let mut entry = BackupEntry {
+        timestamp: name.clone(),
+        name,
+        path: dir.to_path_buf(),
+        complete: false,
+        finished_at: None,
+        services: Vec::new(),
+        bytes,
+        problem: None,
+        modified: None,
+        manifest: None,
+        has_manifest,
+        files,
+    };
     match Manifest::read_dir(dir) {
-        Ok(manifest) => BackupEntry {
-            name,
-            path: dir.to_path_buf(),
-            complete: true,
-            timestamp: manifest.timestamp.clone(),
-            finished_at: Some(manifest.finished_at.clone()),
-            services: manifest.services.keys().map(|s| s.to_string()).collect(),
-            bytes,
-            problem: None,
-            manifest: Some(manifest),
-        },
-        Err(err) => BackupEntry {
-            services: guess_services(dir),
-            timestamp: name.clone(),
-            name,
-            path: dir.to_path_buf(),
-            complete: false,
-            finished_at: None,
-            bytes,
-            problem: Some(if has_manifest {
+        Ok(manifest) => entry.found_complete(manifest),
+        Err(err) => {
+            entry.services = guess_services(dir);
+            entry.problem = Some(if has_manifest {
                 err.message
             } else if is_in_progress(dir) {
                 "no manifest: unfinished (in progress, interrupted or failed)".into()
             } else {
                 "no manifest: incomplete".into()
-            }),
-            manifest: None,
-        },
+            });
+        }
+    }
+    entry
+}
+
+impl BackupEntry {
+    /// Its manifest was read and validated: the backup is complete, and
+    /// the manifest says when and what.
+    pub fn found_complete(&mut self, manifest: Manifest) {
+        self.complete = true;
+        self.problem = None;
+        self.timestamp = manifest.timestamp.clone();
+        self.finished_at = Some(manifest.finished_at.clone());
+        self.services = manifest.services.keys().map(|s| s.to_string()).collect();
+        self.manifest = Some(manifest);
     }
 }
 

@@ -148,7 +148,7 @@ pub fn list(root: &Path, entries: &[BackupEntry], json: bool) {
 }
 
 /// `list --from URL`: the same table for a repository.
-pub fn list_remote(url: &str, backups: &[crate::remote::RemoteBackup], json: bool) {
+pub fn list_remote(url: &str, backups: &[BackupEntry], json: bool) {
     if json {
         return print_json(&json!({"url": url, "backups": backups}));
     }

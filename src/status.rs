@@ -431,31 +431,16 @@ fn failed_verification(problem: String) -> Verification {
 /// Object sizes of a repository's backups: (backup, file) → bytes.
 type RemoteSizes = std::collections::BTreeMap<(String, String), u64>;
 
-/// A repository's backups as catalog entries (their `path` is their URL).
+/// A repository's backups (their `path` is their URL) and its objects' sizes.
 async fn remote_entries(url: &str) -> Result<(Vec<BackupEntry>, Option<RemoteSizes>)> {
     let (location, _) = crate::remote::Remote::locate(url).await?;
     let mut sizes = RemoteSizes::new();
-    let entries = location
-        .backups()
-        .await?
-        .into_iter()
-        .map(|b| {
-            for (file, size) in &b.files {
-                sizes.insert((b.name.clone(), file.clone()), *size);
-            }
-            BackupEntry {
-                path: PathBuf::from(format!("{}/{}", location.url, b.name)),
-                name: b.name,
-                complete: b.complete,
-                timestamp: b.timestamp,
-                finished_at: b.finished_at,
-                services: b.services,
-                bytes: b.bytes,
-                problem: b.problem,
-                manifest: b.manifest,
-            }
-        })
-        .collect();
+    let entries = location.backups().await?;
+    for entry in &entries {
+        for (file, size) in &entry.files {
+            sizes.insert((entry.name.clone(), file.clone()), *size);
+        }
+    }
     Ok((entries, Some(sizes)))
 }
 

@@ -170,7 +170,11 @@ impl BackupLocation for RemoteRoot {
                     }
                 };
                 Item {
-                    modified: b.modified.parse().unwrap_or(Timestamp::UNIX_EPOCH),
+                    modified: b
+                        .modified
+                        .as_deref()
+                        .and_then(|m| m.parse().ok())
+                        .unwrap_or(Timestamp::UNIX_EPOCH),
                     name: b.name,
                     kind,
                     bytes: b.bytes,

@@ -19,6 +19,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 use crate::artifact::{self, create_private_dir};
+use crate::catalog::BackupEntry;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::{is_safe_component, Manifest, MANIFEST_FILE};
 
@@ -43,29 +44,6 @@ pub struct Remote {
     prefix: ObjectPath,
     /// The URL as the user gave it (URLs carry no credentials here), for messages.
     pub url: String,
-}
-
-/// One backup in a remote location.
-#[derive(Debug, Serialize)]
-pub struct RemoteBackup {
-    pub name: String,
-    pub complete: bool,
-    pub timestamp: String,
-    pub finished_at: Option<String>,
-    pub services: Vec<String>,
-    pub bytes: u64,
-    /// Newest modification of any of its objects (RFC 3339).
-    pub modified: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
-    #[serde(skip)]
-    pub manifest: Option<Manifest>,
-    /// Whether a manifest object exists (complete, or damaged when it does not validate).
-    #[serde(skip)]
-    pub has_manifest: bool,
-    /// Its objects: name → size.
-    #[serde(skip)]
-    pub files: std::collections::BTreeMap<String, u64>,
 }
 
 /// What `push` did.
@@ -239,9 +217,9 @@ impl Remote {
     }
 
     /// Every backup in the location, oldest first (by finish time, then name).
-    pub async fn backups(&self) -> Result<Vec<RemoteBackup>> {
+    pub async fn backups(&self) -> Result<Vec<BackupEntry>> {
         let step = "list remote backups";
-        let mut by_name: std::collections::BTreeMap<String, RemoteBackup> = Default::default();
+        let mut by_name: std::collections::BTreeMap<String, BackupEntry> = Default::default();
         let mut listing = self.store.list(Some(&self.prefix));
         let depth = self.prefix.parts().count();
         while let Some(meta) = listing.next().await {
@@ -251,14 +229,15 @@ impl Remote {
                 continue;
             }
             let name = parts[0].as_ref().to_string();
-            let entry = by_name.entry(name.clone()).or_insert_with(|| RemoteBackup {
+            let entry = by_name.entry(name.clone()).or_insert_with(|| BackupEntry {
                 timestamp: name.clone(),
+                path: format!("{}/{name}", self.url).into(),
                 name,
                 complete: false,
                 finished_at: None,
                 services: Vec::new(),
                 bytes: 0,
-                modified: String::new(),
+                modified: None,
                 problem: Some("no manifest: interrupted or still uploading".into()),
                 manifest: None,
                 has_manifest: false,
@@ -267,8 +246,8 @@ impl Remote {
             entry.files.insert(parts[1].as_ref().to_string(), meta.size);
             entry.bytes += meta.size;
             let modified = meta.last_modified.to_rfc3339();
-            if modified > entry.modified {
-                entry.modified = modified;
+            if entry.modified.as_ref().is_none_or(|m| &modified > m) {
+                entry.modified = Some(modified);
             }
             if parts[1].as_ref() == MANIFEST_FILE {
                 entry.has_manifest = true;
@@ -276,19 +255,11 @@ impl Remote {
         }
         // One GET per manifest: a few at a time, so a long history lists in
         // round trips / MANIFEST_READS rather than one after the other.
-        let mut backups: Vec<RemoteBackup> = futures::stream::iter(by_name.into_values())
+        let mut backups: Vec<BackupEntry> = futures::stream::iter(by_name.into_values())
             .map(|mut entry| async move {
                 if entry.has_manifest {
                     match self.read_manifest(&entry.name).await {
-                        Ok(manifest) => {
-                            entry.complete = true;
-                            entry.problem = None;
-                            entry.timestamp = manifest.timestamp.clone();
-                            entry.finished_at = Some(manifest.finished_at.clone());
-                            entry.services =
-                                manifest.services.keys().map(|s| s.to_string()).collect();
-                            entry.manifest = Some(manifest);
-                        }
+                        Ok(manifest) => entry.found_complete(manifest),
                         Err(e) => entry.problem = Some(e.message),
                     }
                 }
