@@ -1,36 +1,36 @@
 //! itbackup: consistent, verified backup and restore of OpenSearch, Neo4j and
 //! PostgreSQL. The binary (`main.rs`) only wires the command line to these modules.
 
-pub mod archive;
+pub(crate) mod archive;
 pub mod artifact;
 pub mod backup;
-pub mod backup_target;
+pub(crate) mod backup_target;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod drill;
-pub mod environment;
+pub(crate) mod environment;
 pub mod error;
 pub mod hooks;
-pub mod human;
+pub(crate) mod human;
 pub mod lock;
 pub mod manifest;
 pub mod metrics;
-pub mod ndjson;
+pub(crate) mod ndjson;
 pub mod process;
-pub mod progress;
+pub(crate) mod progress;
 pub mod prune;
 pub mod remote;
 pub mod report;
 pub mod restore;
 pub mod schedule;
 pub mod seal;
-pub mod secret;
+pub(crate) mod secret;
 pub mod service;
 pub mod status;
-pub mod stores;
-pub mod target;
-pub mod timeout;
+pub(crate) mod stores;
+pub(crate) mod target;
+pub(crate) mod timeout;
 pub mod verify;
 
 #[cfg(test)]

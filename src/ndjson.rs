@@ -8,33 +8,9 @@
 use std::io::{BufRead, Read};
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
-
 use crate::artifact;
 use crate::error::{io_error, Error, Result};
 use crate::service::Service;
-
-/// Decode `path` line by line, handing each record to `sink`, which returns
-/// false to stop. A damaged line ends the reading with an error naming it.
-pub fn read<T: DeserializeOwned>(
-    path: &Path,
-    service: Service,
-    max_line: usize,
-    mut sink: impl FnMut(Result<T>) -> bool,
-) {
-    read_lines(path, service, max_line, |line| match line {
-        Ok((number, bytes)) => {
-            let parsed = serde_json::from_slice::<T>(bytes)
-                .map_err(|e| damaged(path, service, number, e.to_string()));
-            let failed = parsed.is_err();
-            sink(parsed) && !failed
-        }
-        Err(e) => {
-            sink(Err(e));
-            false
-        }
-    })
-}
 
 /// Hand each raw line of `path` (without its newline) and its 1-based number
 /// to `sink`, which returns false to stop. For readers that decode a line in

@@ -121,10 +121,6 @@ impl UnorderedDigest {
         self.count += 1;
     }
 
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
     pub fn finish(&self) -> DrillInventory {
         DrillInventory {
             count: self.count,
