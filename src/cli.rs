@@ -526,3 +526,22 @@ pub struct ScheduleArgs {
     #[command(flatten)]
     pub monitor: MonitorArgs,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The runbook's RPO has two homes: `status --rpo`'s default and the
+    /// drill's validation file (`rpo_objective_hours`). They must agree.
+    #[test]
+    fn the_status_rpo_default_is_the_runbooks_objective() {
+        let cli = Cli::try_parse_from(["itbackup", "status"]).unwrap();
+        let Command::Status(args) = cli.command else {
+            panic!("not status: {:?}", cli.command);
+        };
+        assert_eq!(
+            args.rpo,
+            std::time::Duration::from_secs(crate::drill::RPO_OBJECTIVE_HOURS * 3600)
+        );
+    }
+}
