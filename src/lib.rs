@@ -7,6 +7,7 @@ pub mod backup;
 pub(crate) mod backup_target;
 pub mod catalog;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod drill;
 pub(crate) mod environment;

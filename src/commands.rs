@@ -1,0 +1,204 @@
+//! The commands as functions of the library: each takes the parsed command
+//! line, resolves its settings, runs, and prints its report. `main.rs` only
+//! parses, sets up logging and the runtime, and maps errors to exit codes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::backup::{self, BackupRequest};
+use crate::cli::{
+    BackupArgs, Cli, Command, DrillArgs, KeygenArgs, ListArgs, PruneArgs, PullArgs, PushArgs,
+    RestoreArgs, ScheduleArgs, StatusArgs, VerifyArgs,
+};
+use crate::config::Settings;
+use crate::drill::{self, DrillRequest};
+use crate::error::Result;
+use crate::restore::{self, RestoreRequest};
+use crate::{catalog, hooks, metrics, prune, remote, report, schedule, seal, status};
+
+/// Set once a command has printed its report: an error after it (a drill
+/// that found differences, a status alarm) is not printed again on stdout.
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
+fn reported() {
+    REPORTED.store(true, Ordering::Relaxed);
+}
+
+/// Whether the command printed its own report before it failed (then the
+/// error is not printed again as JSON on standard output).
+pub fn reported_already() -> bool {
+    REPORTED.load(Ordering::Relaxed)
+}
+
+/// Run the command the command line names.
+pub async fn run(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Command::Backup(args) => backup(cli, args).await,
+        Command::Restore(args) => restore(cli, args).await,
+        Command::Verify(args) => verify(cli, args).await,
+        Command::Drill(args) => drill(cli, args).await,
+        Command::Prune(args) => prune(cli, args).await,
+        Command::Status(args) => status(cli, args).await,
+        Command::Schedule(args) => schedule(cli, args).await,
+        Command::List(args) => list(cli, args).await,
+        Command::Push(args) => push(cli, args).await,
+        Command::Pull(args) => pull(cli, args).await,
+        Command::Keygen(args) => keygen(cli, args).await,
+    }
+}
+
+async fn backup(cli: &Cli, args: &BackupArgs) -> Result<()> {
+    let json = cli.json;
+    let settings = Settings::resolve(cli, Some(&args.methods))?;
+    let request = BackupRequest {
+        out: args.out.clone(),
+        services: args.services.clone(),
+        timestamp: args.timestamp.clone(),
+        dry_run: args.dry_run,
+        upload: args.upload.clone(),
+        no_local: args.no_local,
+    };
+    // Resolved once, so that the hooks know where the backup goes.
+    let target = request.target(&settings.root)?;
+    let ctx = hooks::RunContext::backup(&settings, &request, &target, &args.hooks, &args.monitor);
+    let outcome = hooks::around(
+        &ctx,
+        backup::run(&settings, request, target),
+        metrics::record_backup_outcome,
+    )
+    .await?;
+    report::backup(&outcome, json);
+    Ok(())
+}
+
+async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<()> {
+    let json = cli.json;
+    let settings = Settings::resolve(cli, None)?;
+    let request = RestoreRequest {
+        path: args.path.clone(),
+        from: args.from.clone(),
+        manifest: args.manifest.clone(),
+        services: args.services.clone(),
+        dry_run: args.dry_run,
+        yes: args.yes,
+        sequential: args.sequential,
+    };
+    let ctx = hooks::RunContext::restore(&settings, &request, &args.hooks, &args.monitor);
+    let outcome = hooks::around(
+        &ctx,
+        restore::run(&settings, request),
+        metrics::record_restore,
+    )
+    .await?;
+    report::restore(&outcome, json);
+    Ok(())
+}
+
+async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
+    let json = cli.json;
+    let settings = Settings::resolve(cli, None)?;
+    let (dir, checks) =
+        crate::verify::run(&settings, args.path.as_deref(), args.from.as_deref()).await?;
+    report::verify(&dir, &checks, json);
+    Ok(())
+}
+
+async fn drill(cli: &Cli, args: &DrillArgs) -> Result<()> {
+    let json = cli.json;
+    let settings = Settings::resolve(cli, Some(&args.methods))?;
+    let request = DrillRequest {
+        out: args.out.clone(),
+        services: args.services.clone(),
+        scale: args.scale,
+        keep: args.keep,
+        yes: args.yes,
+        sequential: args.sequential,
+        sabotage: args.sabotage,
+        json,
+        upload: args.upload.clone(),
+    };
+    let ctx = hooks::RunContext::drill(&settings, &request, &args.monitor);
+    // A drill that ran but found differences is a failure for the
+    // webhook and the exit status, yet its RTO still goes into the metrics.
+    let work = async {
+        let outcome = drill::run(&settings, request).await?;
+        report::drill(&outcome, json);
+        reported();
+        metrics::update(args.monitor.metrics_file.as_deref(), |m| {
+            metrics::record_drill(m, &outcome.validation)
+        });
+        outcome.verdict()
+    };
+    hooks::around(&ctx, work, |_, _| {}).await?;
+    Ok(())
+}
+
+async fn prune(cli: &Cli, args: &PruneArgs) -> Result<()> {
+    let json = cli.json;
+    let settings = Settings::resolve(cli, None)?;
+    let request = prune::request(&args.retention, args.dry_run);
+    let outcome = match &args.from {
+        Some(url) => {
+            let location = prune::RemoteRoot::new(remote::Remote::open(url)?);
+            prune::run(&location, &request)?
+        }
+        None => prune::run(&prune::LocalRoot::new(&settings.root), &request)?,
+    };
+    report::prune(&outcome, json);
+    Ok(())
+}
+
+async fn status(cli: &Cli, args: &StatusArgs) -> Result<()> {
+    let json = cli.json;
+    let settings = Settings::resolve(cli, None)?;
+    let status = status::run(&settings, &status::request(args)).await?;
+    report::status(&status, json);
+    reported();
+    status::finish(&status, &settings, &args.monitor).await?;
+    Ok(())
+}
+
+async fn schedule(cli: &Cli, args: &ScheduleArgs) -> Result<()> {
+    let json = cli.json;
+    let settings = Settings::resolve(cli, Some(&args.methods))?;
+    schedule::run(&settings, args, json).await?;
+    Ok(())
+}
+
+async fn list(cli: &Cli, args: &ListArgs) -> Result<()> {
+    let json = cli.json;
+    let settings = Settings::resolve(cli, None)?;
+    match &args.from {
+        Some(url) => {
+            let (location, _) = remote::Remote::locate(url).await?;
+            report::list_remote(&location.url, &location.backups().await?, json);
+        }
+        None => report::list(&settings.root, &catalog::scan(&settings.root)?, json),
+    }
+    Ok(())
+}
+
+async fn push(cli: &Cli, args: &PushArgs) -> Result<()> {
+    let json = cli.json;
+    // For the repository's timeouts ([remote] in the config file).
+    Settings::resolve(cli, None)?;
+    let location = remote::Remote::open(&args.url)?;
+    let outcome = location.push(&args.dir).await?;
+    report::push(&outcome, json);
+    Ok(())
+}
+
+async fn pull(cli: &Cli, args: &PullArgs) -> Result<()> {
+    let json = cli.json;
+    let settings = Settings::resolve(cli, None)?;
+    let parent = args.dir.clone().unwrap_or_else(|| settings.root.clone());
+    let outcome = remote::pull(&args.url, &parent).await?;
+    report::pull(&outcome, json);
+    Ok(())
+}
+
+async fn keygen(cli: &Cli, args: &KeygenArgs) -> Result<()> {
+    let json = cli.json;
+    let recipient = seal::write_new_identity(&args.out)?;
+    report::keygen(&args.out, &recipient, json);
+    Ok(())
+}
