@@ -12,8 +12,9 @@ use crate::cli::{
 use crate::config::Settings;
 use crate::drill::{self, DrillRequest};
 use crate::error::Result;
+use crate::repository::Repository;
 use crate::restore::{self, RestoreRequest};
-use crate::{catalog, hooks, metrics, prune, remote, report, schedule, seal, status};
+use crate::{hooks, metrics, prune, remote, report, schedule, seal, status};
 
 /// Set once a command has printed its report: an error after it (a drill
 /// that found differences, a status alarm) is not printed again on stdout.
@@ -167,12 +168,11 @@ async fn schedule(cli: &Cli, args: &ScheduleArgs) -> Result<()> {
 async fn list(cli: &Cli, args: &ListArgs) -> Result<()> {
     let json = cli.json;
     let settings = Settings::resolve(cli, None)?;
-    match &args.from {
-        Some(url) => {
-            let (location, _) = remote::Remote::locate(url).await?;
-            report::list_remote(&location.url, &location.backups().await?, json);
-        }
-        None => report::list(&settings.root, &catalog::scan(&settings.root)?, json),
+    let repository = Repository::of(&settings.root, args.from.as_deref()).await?;
+    let backups = repository.backups().await?;
+    match &repository {
+        Repository::Local(root) => report::list(root, &backups, json),
+        Repository::Remote(remote) => report::list_remote(&remote.url, &backups, json),
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ pub(crate) mod progress;
 pub mod prune;
 pub mod remote;
 pub mod report;
+pub mod repository;
 pub mod restore;
 pub mod schedule;
 pub mod seal;

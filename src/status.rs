@@ -15,6 +15,7 @@ use crate::drill::{RTO_OBJECTIVE_SECONDS, VALIDATION_FILE};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
+use crate::repository::Repository;
 use crate::service::Service;
 
 /// A probe that takes longer than this counts as a server that is down.
@@ -197,10 +198,10 @@ impl StatusReport {
 
 pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusReport> {
     let now = jiff::Timestamp::now();
-    let (entries, remote_sizes) = match &request.from {
-        Some(url) => remote_entries(url).await?,
-        None => (catalog::scan(&settings.root)?, None),
-    };
+    let entries = Repository::of(&settings.root, request.from.as_deref())
+        .await?
+        .backups()
+        .await?;
     let location = request
         .from
         .clone()
@@ -285,8 +286,8 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
                         crate::human::age(request.rpo)
                     ));
                 }
-                let verification = match (&request.from, &remote_sizes) {
-                    (Some(url), _) if request.verify => {
+                let verification = match &request.from {
+                    Some(url) if request.verify => {
                         let url = format!("{}/{}", url.trim_end_matches('/'), entry.name);
                         match crate::remote::fetch_to_staging(&url, &settings.root).await {
                             Ok(staged) => {
@@ -295,20 +296,10 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
                             Err(e) => failed_verification(e.to_string()),
                         }
                     }
-                    (Some(_), Some(sizes)) => {
-                        let record = &manifest.artifacts[&service];
-                        let size = sizes.get(&(entry.name.clone(), record.file.clone()));
-                        verify_size(
-                            &record.file,
-                            record.bytes,
-                            size.copied()
-                                .ok_or("missing from the repository".to_string()),
-                        )
-                    }
                     _ if request.verify => {
                         verify_full(&entry.path, manifest, service, settings).await
                     }
-                    _ => verify_sizes(&entry.path, manifest, service),
+                    _ => verify_sizes(entry, manifest, service),
                 };
                 if let Some(problem) = &verification.problem {
                     alarms.push(format!(
@@ -330,16 +321,7 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
     }
 
     for entry in entries.iter().filter(|e| !e.complete) {
-        let damaged = match &request.from {
-            Some(_) => remote_sizes.as_ref().is_some_and(|sizes| {
-                sizes.contains_key(&(
-                    entry.name.clone(),
-                    crate::manifest::MANIFEST_FILE.to_string(),
-                ))
-            }),
-            None => entry.path.join(crate::manifest::MANIFEST_FILE).exists(),
-        };
-        if damaged {
+        if entry.has_manifest {
             warnings.push(format!(
                 "{}: damaged manifest ({}); `itbackup prune` leaves it for you to inspect and remove",
                 entry.name,
@@ -397,11 +379,15 @@ fn newest_with(entries: &[BackupEntry], service: Service) -> Option<(&BackupEntr
 }
 
 /// The cheap check every status does: the artifact is there with its size.
-fn verify_sizes(dir: &Path, manifest: &Manifest, service: Service) -> Verification {
+/// The artifact's size where it lies (the root or the repository) against
+/// the manifest's.
+fn verify_sizes(entry: &BackupEntry, manifest: &Manifest, service: Service) -> Verification {
     let record = &manifest.artifacts[&service];
-    let size = fs::metadata(dir.join(&record.file))
-        .map(|m| m.len())
-        .map_err(|e| e.to_string());
+    let size = entry
+        .files
+        .get(&record.file)
+        .copied()
+        .ok_or_else(|| "missing (or not a regular file)".to_string());
     verify_size(&record.file, record.bytes, size)
 }
 
@@ -426,22 +412,6 @@ fn failed_verification(problem: String) -> Verification {
         ok: false,
         problem: Some(problem),
     }
-}
-
-/// Object sizes of a repository's backups: (backup, file) → bytes.
-type RemoteSizes = std::collections::BTreeMap<(String, String), u64>;
-
-/// A repository's backups (their `path` is their URL) and its objects' sizes.
-async fn remote_entries(url: &str) -> Result<(Vec<BackupEntry>, Option<RemoteSizes>)> {
-    let (location, _) = crate::remote::Remote::locate(url).await?;
-    let mut sizes = RemoteSizes::new();
-    let entries = location.backups().await?;
-    for entry in &entries {
-        for (file, size) in &entry.files {
-            sizes.insert((entry.name.clone(), file.clone()), *size);
-        }
-    }
-    Ok((entries, Some(sizes)))
 }
 
 /// The same checks as `itbackup verify`: checksums and a full decode.
