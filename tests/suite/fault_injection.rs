@@ -108,9 +108,7 @@ fn torture(subject: &dyn StoreFixture, method: &str) -> (Tally, Tally) {
         }
     }
 
-    let restore_cmd = Cmd::restore(root.path())
-        .services(subject.service())
-        .yes();
+    let restore_cmd = Cmd::restore(root.path()).services(subject.service()).yes();
     let restore = restore_cmd.args();
     let full = timed(&restore);
     let mut restores = Tally::default();

@@ -85,7 +85,8 @@ fn serve(mut client: TcpStream, upstream: &str) {
     if server.write_all(&head).is_err() {
         return;
     }
-    let (mut client_in, mut server_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let (mut client_in, mut server_out) =
+        (client.try_clone().unwrap(), server.try_clone().unwrap());
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut client_in, &mut server_out);
         let _ = server_out.shutdown(std::net::Shutdown::Write);

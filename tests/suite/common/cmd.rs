@@ -49,7 +49,8 @@ impl Cmd {
 
     /// `--root <root>`, a global option: it goes in front of the subcommand.
     pub fn root(mut self, root: &Path) -> Cmd {
-        self.args.splice(0..0, ["--root".to_string(), path_arg(root)]);
+        self.args
+            .splice(0..0, ["--root".to_string(), path_arg(root)]);
         self
     }
 
@@ -120,6 +121,13 @@ fn builds_the_arguments_in_the_order_itbackup_takes_them() {
             .services("neo4j")
             .yes()
             .args(),
-        ["restore", "--path", "/backups/x", "--services", "neo4j", "--yes"]
+        [
+            "restore",
+            "--path",
+            "/backups/x",
+            "--services",
+            "neo4j",
+            "--yes"
+        ]
     );
 }

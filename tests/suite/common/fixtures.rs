@@ -118,7 +118,10 @@ impl StoreFixture for PgDatabase {
         if out.status.success() {
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         } else {
-            format!("unreadable: {}", String::from_utf8_lossy(&out.stderr).trim())
+            format!(
+                "unreadable: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
         }
     }
     fn change(&self) {
@@ -219,7 +222,9 @@ impl StoreFixture for OsIndex {
         let v = os_call(
             reqwest::Method::POST,
             &format!("{}/_search", self.index),
-            Some(json!({"size": 0, "track_total_hits": true, "aggs": {"s": {"sum": {"field": "n"}}}})),
+            Some(
+                json!({"size": 0, "track_total_hits": true, "aggs": {"s": {"sum": {"field": "n"}}}}),
+            ),
         );
         format!(
             "{} {}",
@@ -316,7 +321,10 @@ impl StoreFixture for OsIndex {
         // password: ask through a gate that checks them, as a secured
         // cluster or a proxy with basic authentication does.
         vec![
-            ("OPENSEARCH_URL", super::auth_gate::opensearch_behind_basic_auth()),
+            (
+                "OPENSEARCH_URL",
+                super::auth_gate::opensearch_behind_basic_auth(),
+            ),
             ("OPENSEARCH_USER", super::auth_gate::USER.into()),
             ("OPENSEARCH_PASSWORD", "not-the-password".into()),
         ]

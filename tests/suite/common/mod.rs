@@ -175,7 +175,9 @@ pub fn only_backup(root: &Path) -> PathBuf {
 pub fn backup_into(root: &Path, services: &str, extra: &[&str], env: &[(&str, &str)]) -> PathBuf {
     extra
         .iter()
-        .fold(Cmd::backup(root).services(services), |cmd, arg| cmd.arg(*arg))
+        .fold(Cmd::backup(root).services(services), |cmd, arg| {
+            cmd.arg(*arg)
+        })
         .ok(env);
     only_backup(root)
 }
