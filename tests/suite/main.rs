@@ -10,6 +10,7 @@
 mod common;
 
 mod compose;
+mod conformance;
 mod daily_ops;
 mod drill;
 mod fault_injection;

@@ -12,9 +12,14 @@ use jiff::Timestamp;
 use sha2::Digest;
 use std::process::{Command, Output};
 
+pub mod auth_gate;
+mod cmd;
+pub mod fixtures;
 mod locks;
 mod neo4j;
 
+pub use cmd::Cmd;
+pub use fixtures::{env_refs, Method, StoreFixture};
 pub use locks::*;
 pub use neo4j::Neo;
 
@@ -168,15 +173,12 @@ pub fn only_backup(root: &Path) -> PathBuf {
 /// `backup --services <services>` (plus `extra`) into `root`, which must
 /// hold no other backup; the new backup's directory.
 pub fn backup_into(root: &Path, services: &str, extra: &[&str], env: &[(&str, &str)]) -> PathBuf {
-    let mut args = vec![
-        "--root",
-        root.to_str().unwrap(),
-        "backup",
-        "--services",
-        services,
-    ];
-    args.extend_from_slice(extra);
-    ok(&args, env);
+    extra
+        .iter()
+        .fold(Cmd::backup(root).services(services), |cmd, arg| {
+            cmd.arg(*arg)
+        })
+        .ok(env);
     only_backup(root)
 }
 
@@ -255,6 +257,32 @@ pub fn kill_when(args: &[&str], reached: impl Fn() -> bool) -> bool {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// Run itbackup in a process group of its own and kill the group with
+/// SIGKILL after `after` (pg_dump, psql, neo4j-admin and the like die with
+/// it, as with an operator's kill -9 of the whole job); true when the run
+/// was still going (it was killed).
+pub fn kill_group_after(args: &[&str], after: std::time::Duration) -> bool {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start itbackup");
+    let deadline = std::time::Instant::now() + after;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    child.wait().unwrap();
+    true
 }
 
 /// A complete backup `root/name` started at `started`, holding one small

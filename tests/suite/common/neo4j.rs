@@ -9,6 +9,12 @@ pub struct Neo {
 
 impl Neo {
     pub fn connect() -> Neo {
+        Neo::try_connect().unwrap_or_else(|e| panic!("the testenv Neo4j answers over Bolt: {e}"))
+    }
+
+    /// A connection, or why there is none (a server a killed run left
+    /// down is then a failed check with its reason, not a panic).
+    pub fn try_connect() -> Result<Neo, String> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -20,8 +26,26 @@ impl Neo {
                 super::required_env("NEO4J_USER"),
                 super::required_env("NEO4J_PASSWORD"),
             ))
-            .expect("the testenv Neo4j answers over Bolt");
-        Neo { rt, graph }
+            .map_err(|e| format!("Neo4j does not answer over Bolt: {e}"))?;
+        Ok(Neo { rt, graph })
+    }
+
+    /// The string a query returns as `r` in its first row, or why it
+    /// could not be read.
+    pub fn try_single(&self, cypher: &str) -> Result<String, String> {
+        self.rt.block_on(async {
+            let mut rows = self
+                .graph
+                .execute(query(cypher))
+                .await
+                .map_err(|e| format!("{cypher}: {e}"))?;
+            let row = rows
+                .next()
+                .await
+                .map_err(|e| format!("{cypher}: {e}"))?
+                .ok_or_else(|| format!("{cypher}: no row"))?;
+            row.get::<String>("r").map_err(|e| format!("{cypher}: {e}"))
+        })
     }
 
     /// Run a statement, panicking with it when it fails.
