@@ -621,21 +621,13 @@ fn pipelines_templates_and_data_streams_the_cluster_refuses_are_found_before_any
         json!({"template": {"mappings": {"properties": {"c": {"type": "keyword"}}}}}),
     );
     let root = temp_root();
-    let root_arg = root.path().to_str().unwrap();
-    ok(
-        &[
-            "--root",
-            root_arg,
-            "backup",
-            "--services",
-            "opensearch",
-            "--opensearch-method",
-            "logical",
-            "--indices",
-            "itb-ds,itb-plain",
-        ],
-        &[],
-    );
+    Cmd::backup(root.path())
+        .services("opensearch")
+        .arg("--opensearch-method")
+        .arg("logical")
+        .arg("--indices")
+        .arg("itb-ds,itb-plain")
+        .ok(&[]);
     let dir = only_backup(root.path());
     let export = artifact_ending(&dir, ".ndjson.zst");
     let pristine = fs::read(&export).unwrap();

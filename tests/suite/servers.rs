@@ -119,33 +119,37 @@ async fn neo4j_answers_return_1() {
     assert_eq!(row.get::<String>("edition").unwrap(), "community");
 }
 
-/// A server that cannot start makes `testenv/up` fail quickly with the last
-/// lines of that server's log, instead of hanging.
-#[test]
-fn a_server_that_fails_to_start_fails_up_with_its_log() {
+/// A testenv state directory of a test's own, which the postgres user can
+/// reach (as under .testenv), and a free port: not a fixed one, since every
+/// stack on this host (another worktree's tests, say) runs these tests too.
+fn private_stack(prefix: &str) -> (tempfile::TempDir, String) {
     use std::os::unix::fs::PermissionsExt;
-    use std::process::Command;
-    let dir = tempfile::Builder::new()
-        .prefix("itbackup-testenv-")
-        .tempdir()
-        .unwrap();
-    // The postgres user must reach it, as under .testenv.
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    // A free port, not a fixed one: every stack on this host (another
-    // worktree's tests, say) runs this test too.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
         .port()
         .to_string();
-    let testenv = |action: &str| {
-        Command::new(common::repo_root().join("testenv").join(action))
-            .arg("postgres")
-            .env("IT_TESTENV_DIR", dir.path())
-            .env("IT_TESTENV_PG_PORT", &port)
-            .output()
-            .unwrap()
-    };
+    (dir, port)
+}
+
+/// `testenv/<action> postgres` on the stack in `dir`.
+fn testenv_postgres(dir: &tempfile::TempDir, port: &str, action: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(common::repo_root().join("testenv").join(action));
+    command
+        .arg("postgres")
+        .env("IT_TESTENV_DIR", dir.path())
+        .env("IT_TESTENV_PG_PORT", port);
+    command
+}
+
+/// A server that cannot start makes `testenv/up` fail quickly with the last
+/// lines of that server's log, instead of hanging.
+#[test]
+fn a_server_that_fails_to_start_fails_up_with_its_log() {
+    let (dir, port) = private_stack("itbackup-testenv-");
+    let testenv = |action: &str| testenv_postgres(&dir, &port, action).output().unwrap();
     let first = testenv("up");
     assert!(first.status.success(), "{}", common::text(&first));
     let stopped = testenv("down");
@@ -172,23 +176,9 @@ fn a_server_that_fails_to_start_fails_up_with_its_log() {
 /// after it returns at once).
 #[test]
 fn two_starts_of_one_server_at_once_both_succeed() {
-    use std::os::unix::fs::PermissionsExt;
-    use std::process::Command;
-    let dir = tempfile::Builder::new()
-        .prefix("itbackup-testenv-twice-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
-        .to_string();
+    let (dir, port) = private_stack("itbackup-testenv-twice-");
     let testenv = |action: &str| {
-        Command::new(common::repo_root().join("testenv").join(action))
-            .arg("postgres")
-            .env("IT_TESTENV_DIR", dir.path())
-            .env("IT_TESTENV_PG_PORT", &port)
+        testenv_postgres(&dir, &port, action)
             .env("IT_TESTENV_LOCK_TIMEOUT", "30")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
