@@ -34,10 +34,13 @@ const PROBE_PREFIX: &str = "itbackup-check-";
 
 /// This host in an index name (which must be lower-case and short): the
 /// first 8 hex digits of its name's SHA-256.
-fn host_tag() -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(crate::environment::hostname().as_bytes());
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+fn host_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(crate::environment::hostname().as_bytes());
+        digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    })
 }
 
 /// When this run named its first probe (Unix seconds): in every probe's

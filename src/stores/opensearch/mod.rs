@@ -462,7 +462,7 @@ impl Store for OpenSearch {
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
         let method = OpenSearchMethod::of(record)?;
         self.health("cluster health").await?;
-        self.remove_dead_runs_leftovers().await;
+        // prepare_restore has just removed what killed runs left.
         match method {
             OpenSearchMethod::Snapshot => self.restore_snapshot(ctx, record).await?,
             OpenSearchMethod::Logical => self.restore_logical(ctx).await?,
