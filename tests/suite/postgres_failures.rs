@@ -1123,3 +1123,39 @@ fn a_server_being_written_by_another_run_is_refused_whatever_the_root() {
     ok(&restore_args(&other_dir, None), &[]);
     assert_eq!(psql("itb_canary", "SELECT v FROM c"), "at backup");
 }
+
+/// Defect: a plain-format restore killed while template1 was renamed aside
+/// left the cluster without template1. A custom-format restore, which does
+/// not replace template1, then failed at its first step (the roles are
+/// applied through template1) and never put it back, nor did any later run.
+#[test]
+fn a_restore_puts_back_template1_an_interrupted_plain_restore_left_aside() {
+    let _guard = exclusive(&[Postgres]);
+    let (_root, dir, canary) = backed_up();
+    // What the killed run leaves: template1 under its safety name (derived
+    // from a hash of the name, see stores/postgres/replace.rs).
+    let safety = "itbackup_old_2285d22431ac6548";
+    psql(
+        "postgres",
+        &format!("ALTER DATABASE template1 RENAME TO {safety}"),
+    );
+    let out = itbackup(&restore_args(&dir, None), &[]);
+    let template1 = || {
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'template1' AND datistemplate",
+        )
+    };
+    // Whatever the outcome, the other tests get their template1 back.
+    if template1() == "0" {
+        psql(
+            "postgres",
+            &format!("ALTER DATABASE {safety} RENAME TO template1"),
+        );
+        panic!("template1 was not put back:\n{}", text(&out));
+    }
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(restore_leftovers(), "");
+    assert_eq!(psql("itb_canary", "SELECT v FROM c"), "at backup");
+    drop(canary);
+}

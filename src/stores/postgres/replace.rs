@@ -117,6 +117,14 @@ impl Postgres {
             drop(bootstrap);
             self.connect(WORK_DB, step).await?
         };
+        // The cluster's own databases, which a plain restore also sets aside:
+        // a killed one may have left them under their safety names, and every
+        // restore needs them (the roles are applied through template1).
+        for database in ["postgres", "template1"] {
+            if !databases.iter().any(|d| d == database) {
+                put_back(&admin, database).await?;
+            }
+        }
         let roles = self.snapshot_roles(&admin, scratch).await?;
         let mut replacement = Replacement {
             admin,
@@ -270,6 +278,28 @@ impl Postgres {
                 unrestored.join(", ")
             ));
             cause
+        }
+    }
+}
+
+/// Put back `database` from the safety copy an interrupted restore left, if
+/// any: that copy holds the data from before it, and whatever is under the
+/// name is a partial load. A copy left half dropped belonged to a restore
+/// that had loaded everything: the rest of it goes.
+async fn put_back(admin: &Client, database: &str) -> Result<()> {
+    let step = format!("put back database {database} from an interrupted restore");
+    let safety = safety_name(database);
+    match state(admin, &safety, &step).await? {
+        State::HalfDropped => drop_database(admin, &safety, &step).await,
+        State::Missing => Ok(()),
+        State::Valid => {
+            tracing::warn!(
+                database,
+                safety,
+                "postgres: an interrupted restore left {database} aside as {safety}; putting it back"
+            );
+            drop_database(admin, database, &step).await?;
+            rename_database(admin, &safety, database, &step).await
         }
     }
 }
