@@ -79,10 +79,7 @@ pub async fn run(
     request: BackupRequest,
     target: BackupTarget,
 ) -> Result<BackupOutcome> {
-    let services = request
-        .services
-        .map(|l| l.0)
-        .unwrap_or_else(|| stores::SUPPORTED.to_vec());
+    let services = ServiceList::or_all(request.services.as_ref());
     let stores = open_stores(&services, settings)?;
     // Bad keys or URLs fail the run before any server is asked anything.
     let recipients = Recipients::parse(&settings.encrypt_to)?.map(std::sync::Arc::new);

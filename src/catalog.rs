@@ -54,7 +54,7 @@ pub fn scan(root: &Path) -> Result<Vec<BackupEntry>> {
         // A symbolic link is never taken for a backup (itbackup never writes
         // one, and following it could restore something from elsewhere).
         let is_real_dir = fs::symlink_metadata(item.path()).is_ok_and(|m| m.is_dir());
-        if name.starts_with('.') || !is_real_dir {
+        if name.starts_with('.') || !is_real_dir || is_reserved(&name) {
             continue;
         }
         entries.push(describe(&item.path(), name));
@@ -200,14 +200,47 @@ pub fn locate(
     }
 }
 
-/// `URL/<name>` for a `--from` URL that named either the location or the backup.
-pub fn remote_backup_url(url: &str, name: &str) -> String {
-    let url = url.trim_end_matches('/');
-    if url.ends_with(&format!("/{name}")) {
-        url.to_string()
-    } else {
-        format!("{url}/{name}")
+/// A backup being removed is first renamed to this prefix, so that a crash in
+/// the middle of the removal leaves a name nobody takes for a backup.
+pub const REMOVING_PREFIX: &str = ".itbackup-removing-";
+
+/// Names in a root (or repository) that are never a backup: `wal/` holds
+/// PostgreSQL's archived WAL, which prune and list leave to its own code.
+const RESERVED: [&str; 1] = ["wal"];
+
+/// Whether `name` in a root is reserved for something other than a backup.
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED.contains(&name)
+}
+
+/// Remove the backup directory `name` under `root`. It is renamed first: the
+/// backup disappears in one step, and a crash during the removal of its files
+/// leaves a name that is not taken for a backup (prune finishes it later).
+pub fn remove_dir(root: &Path, name: &str) -> Result<()> {
+    let step = "remove backup";
+    if !crate::manifest::is_safe_component(name) || is_reserved(name) {
+        return Err(Error::failure(
+            step,
+            format!("refusing to remove {name} under {}", root.display()),
+        ));
     }
+    let path = root.join(name);
+    let meta = fs::symlink_metadata(&path).map_err(|e| io_error(None, step, path.display(), e))?;
+    if !meta.is_dir() {
+        return Err(Error::failure(
+            step,
+            format!("{} is not a directory; not removed", path.display()),
+        ));
+    }
+    let doomed = if name.starts_with(REMOVING_PREFIX) {
+        path.clone()
+    } else {
+        let doomed = root.join(format!("{REMOVING_PREFIX}{name}"));
+        fs::rename(&path, &doomed).map_err(|e| io_error(None, step, path.display(), e))?;
+        crate::artifact::sync_dir(root).map_err(|e| io_error(None, step, root.display(), e))?;
+        doomed
+    };
+    fs::remove_dir_all(&doomed).map_err(|e| io_error(None, step, doomed.display(), e))
 }
 
 #[cfg(test)]

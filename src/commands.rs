@@ -137,13 +137,8 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<()> {
     let json = cli.json;
     let settings = Settings::resolve(cli, None)?;
     let request = prune::request(&args.retention, args.dry_run);
-    let outcome = match &args.from {
-        Some(url) => {
-            let location = prune::RemoteRoot::new(remote::Remote::open(url)?);
-            prune::run(&location, &request)?
-        }
-        None => prune::run(&prune::LocalRoot::new(&settings.root), &request)?,
-    };
+    let repository = Repository::at(&settings.root, args.from.as_deref())?;
+    let outcome = prune::run(&repository, &request).await?;
     report::prune(&outcome, json);
     Ok(())
 }
@@ -168,7 +163,7 @@ async fn schedule(cli: &Cli, args: &ScheduleArgs) -> Result<()> {
 async fn list(cli: &Cli, args: &ListArgs) -> Result<()> {
     let json = cli.json;
     let settings = Settings::resolve(cli, None)?;
-    let repository = Repository::of(&settings.root, args.from.as_deref()).await?;
+    let (repository, _) = Repository::locate(&settings.root, args.from.as_deref()).await?;
     let backups = repository.backups().await?;
     match &repository {
         Repository::Local(root) => report::list(root, &backups, json),

@@ -139,11 +139,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
     if request.scale == 0 {
         return Err(Error::usage("--scale must be at least 1"));
     }
-    let services = request
-        .services
-        .clone()
-        .map(|l| l.0)
-        .unwrap_or_else(|| stores::SUPPORTED.to_vec());
+    let services = ServiceList::or_all(request.services.as_ref());
     let stores = backup::open_stores(&services, settings)?;
     let show = !request.json;
 

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::cli::{HookArgs, MonitorArgs};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
-use crate::service::Service;
+use crate::service::{Service, ServiceList};
 
 /// How long the webhook may take; a hung receiver must not hold up the run.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -260,11 +260,7 @@ impl<'a> RunContext<'a> {
             monitor,
             root: settings.root.clone(),
             dir: Some(target.dir.clone()),
-            services: request
-                .services
-                .as_ref()
-                .map(|l| l.0.clone())
-                .unwrap_or_else(|| crate::stores::SUPPORTED.to_vec()),
+            services: ServiceList::or_all(request.services.as_ref()),
             dry_run: request.dry_run,
         }
     }
@@ -283,11 +279,8 @@ impl<'a> RunContext<'a> {
             request.manifest.as_deref(),
         )
         .ok();
-        let services = match (&request.services, &located) {
-            (Some(list), _) => list.0.clone(),
-            (None, Some((_, manifest))) => manifest.services.keys().copied().collect(),
-            (None, None) => Vec::new(),
-        };
+        let held = located.iter().flat_map(|(_, m)| m.services.keys().copied());
+        let services = ServiceList::within(request.services.as_ref(), held).unwrap_or_default();
         RunContext {
             operation: "restore",
             hooks: Some(hooks),
@@ -310,11 +303,7 @@ impl<'a> RunContext<'a> {
             monitor,
             root: settings.root.clone(),
             dir: request.out.clone(),
-            services: request
-                .services
-                .as_ref()
-                .map(|l| l.0.clone())
-                .unwrap_or_else(|| crate::stores::SUPPORTED.to_vec()),
+            services: ServiceList::or_all(request.services.as_ref()),
             dry_run: false,
         }
     }

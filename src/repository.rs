@@ -1,15 +1,23 @@
 //! Where backups live, decided once from the command line: the local root,
 //! or a repository (`--from URL`: the location that holds backup
-//! directories, or one backup in it, whose location is then meant). `list`
-//! and `status` read their backups through it, described the same way
-//! ([`BackupEntry`]: name, completeness, manifest, files and sizes) wherever
-//! they are.
+//! directories, or one backup in it, whose location is then meant).
+//!
+//! Every command that reads or removes backups goes through here: `list` and
+//! `status` read their descriptions ([`BackupEntry`]: name, completeness,
+//! manifest, files and sizes, the same wherever they are), `restore` and
+//! `verify` open one backup ([`open_backup`]: in place, or downloaded into a
+//! staging directory and checked object by object, so that from there on
+//! every restore is a local one), and `prune` removes through
+//! [`Repository::remove`]. `push` and `pull` move a backup between the two
+//! kinds, so they hold one of each.
 
 use std::path::{Path, PathBuf};
 
 use crate::catalog::{self, BackupEntry};
 use crate::error::Result;
-use crate::remote::Remote;
+use crate::lock::RootLock;
+use crate::manifest::Manifest;
+use crate::remote::{Remote, Staged};
 
 pub enum Repository {
     /// A directory of backup directories (`--root`).
@@ -19,11 +27,24 @@ pub enum Repository {
 }
 
 impl Repository {
-    /// The repository `from` names, else the local `root`.
-    pub async fn of(root: &Path, from: Option<&str>) -> Result<Repository> {
-        Ok(match from {
-            Some(url) => Repository::Remote(Remote::locate(url).await?.0),
+    /// The repository at `url`, else the local `root`; `url` names the
+    /// location itself (prune, push), so nothing is asked of the store yet.
+    pub fn at(root: &Path, url: Option<&str>) -> Result<Repository> {
+        Ok(match url {
+            Some(url) => Repository::Remote(Remote::open(url)?),
             None => Repository::Local(root.to_path_buf()),
+        })
+    }
+
+    /// The repository `from` names, else the local `root`, and the backup
+    /// `from` names when it points at one backup rather than the location.
+    pub async fn locate(root: &Path, from: Option<&str>) -> Result<(Repository, Option<String>)> {
+        Ok(match from {
+            Some(url) => {
+                let (remote, name) = Remote::locate(url).await?;
+                (Repository::Remote(remote), name)
+            }
+            None => (Repository::Local(root.to_path_buf()), None),
         })
     }
 
@@ -42,4 +63,128 @@ impl Repository {
             Repository::Remote(remote) => remote.backups().await,
         }
     }
+
+    /// Open the backup `name` for reading: in place, or downloaded into a
+    /// staging directory under `staging_root` and checked object by object.
+    pub async fn open(&self, name: &str, staging_root: &Path) -> Result<OpenBackup> {
+        match self {
+            Repository::Local(root) => {
+                let dir = root.join(name);
+                Ok(OpenBackup {
+                    manifest: Manifest::read_dir(&dir)?,
+                    shown: dir.clone(),
+                    dir,
+                    lock_root: root.clone(),
+                    _staged: None,
+                })
+            }
+            Repository::Remote(remote) => {
+                let staged = crate::remote::fetch_to_staging(remote, name, staging_root).await?;
+                Ok(OpenBackup {
+                    dir: staged.dir.clone(),
+                    manifest: Manifest::read_dir(&staged.dir)?,
+                    shown: remote_path(remote, name),
+                    lock_root: staging_root.to_path_buf(),
+                    _staged: Some(staged),
+                })
+            }
+        }
+    }
+
+    /// Keep backup and restore runs out while held (released on drop). A
+    /// root that does not exist holds nothing to protect; object stores have
+    /// no locks, so a backup being uploaded is protected by having no
+    /// manifest yet (prune's grace period).
+    pub fn lock(&self, purpose: &str) -> Result<Option<RootLock>> {
+        match self {
+            Repository::Local(root) if root.is_dir() => Ok(Some(RootLock::acquire(root, purpose)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Remove the backup `name` and everything in it. The caller has decided
+    /// that it may go (prune's plan); a local directory is first renamed so
+    /// that a crash midway leaves nothing taken for a backup.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        if catalog::is_reserved(name) {
+            return Err(crate::error::Error::failure(
+                "remove backup",
+                format!("{name} in {} is not a backup; not removed", self.describe()),
+            ));
+        }
+        match self {
+            Repository::Local(root) => catalog::remove_dir(root, name),
+            Repository::Remote(remote) => remote.remove(name).await,
+        }
+    }
+}
+
+/// A backup opened for reading.
+pub struct OpenBackup {
+    /// Where its files are read from: its own directory, or the staging
+    /// directory a repository's copy was downloaded into.
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// For messages and reports: its directory, or `URL/<name>`.
+    pub shown: PathBuf,
+    /// The root a restore locks: the backup's parent directory, or the local
+    /// root the download was staged under.
+    pub lock_root: PathBuf,
+    /// Keeps the staging directory until the backup is no longer read.
+    _staged: Option<Staged>,
+}
+
+/// Which backup a restore or verify reads.
+#[derive(Debug, Clone, Copy)]
+pub struct BackupChoice<'a> {
+    /// The local root (`--root`), where the newest complete backup is looked
+    /// for and downloads are staged.
+    pub root: &'a Path,
+    /// `--path DIR`: a backup directory anywhere.
+    pub path: Option<&'a Path>,
+    /// `--manifest FILE`: the backup beside that manifest.
+    pub manifest: Option<&'a Path>,
+    /// `--from URL`: a repository's backup, or its newest complete one.
+    pub from: Option<&'a str>,
+}
+
+/// Open the backup `choice` names. A repository's backup is downloaded and
+/// checked object by object when `download` is set; without it (dry runs)
+/// only its manifest is read and `dir` is its URL.
+pub async fn open_backup(choice: BackupChoice<'_>, download: bool) -> Result<OpenBackup> {
+    let Some(url) = choice.from else {
+        let (dir, manifest) = catalog::locate(choice.root, choice.path, choice.manifest)?;
+        let lock_root = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        return Ok(OpenBackup {
+            shown: dir.clone(),
+            dir,
+            manifest,
+            lock_root,
+            _staged: None,
+        });
+    };
+    let (remote, name) = Remote::locate(url).await?;
+    let name = match name {
+        Some(name) => name,
+        None => remote.newest_complete().await?,
+    };
+    if download {
+        return Repository::Remote(remote).open(&name, choice.root).await;
+    }
+    Ok(OpenBackup {
+        manifest: remote.read_manifest(&name).await?,
+        dir: remote_path(&remote, &name),
+        shown: remote_path(&remote, &name),
+        lock_root: choice.root.to_path_buf(),
+        _staged: None,
+    })
+}
+
+/// `URL/<name>`, how a repository's backup is shown.
+fn remote_path(remote: &Remote, name: &str) -> PathBuf {
+    PathBuf::from(format!("{}/{name}", remote.url.trim_end_matches('/')))
 }

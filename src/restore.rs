@@ -13,11 +13,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::backup::open_stores;
-use crate::catalog;
 use crate::config::Settings;
 use crate::error::{io_error, Error, Result};
 use crate::lock::RootLock;
 use crate::manifest::Manifest;
+use crate::repository::{open_backup, BackupChoice};
 use crate::service::{Service, ServiceList};
 use crate::stores::{self, RestoreContext};
 use crate::verify::{verify_artifacts, ArtifactCheck, Verified};
@@ -62,51 +62,30 @@ pub enum RestoreOutcome {
 }
 
 pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<RestoreOutcome> {
-    // A remote backup is downloaded and checked object by object into a
-    // staging directory (removed at the end); from there on it is a local restore.
-    let staged = match &request.from {
-        Some(url) if !request.dry_run => {
-            Some(crate::remote::fetch_to_staging(url, &settings.root).await?)
-        }
-        _ => None,
+    // A repository's backup is downloaded and checked object by object into
+    // a staging directory (removed at the end); from there on it is a local
+    // restore. A dry run only reads its manifest.
+    let choice = BackupChoice {
+        root: &settings.root,
+        path: request.path.as_deref(),
+        manifest: request.manifest.as_deref(),
+        from: request.from.as_deref(),
     };
-    let (dir, manifest) = match (&staged, &request.from) {
-        (Some(staged), _) => (staged.dir.clone(), Manifest::read_dir(&staged.dir)?),
-        (None, Some(url)) => {
-            let (remote, name) = crate::remote::Remote::locate(url).await?;
-            let name = match name {
-                Some(name) => name,
-                None => remote.newest_complete().await?,
-            };
-            let manifest = remote.read_manifest(&name).await?;
-            (PathBuf::from(format!("{}/{name}", remote.url)), manifest)
-        }
-        (None, None) => catalog::locate(
-            &settings.root,
-            request.path.as_deref(),
-            request.manifest.as_deref(),
-        )?,
-    };
-    let services: Vec<Service> = match request.services {
-        Some(list) => {
-            for service in &list.0 {
-                if !manifest.services.contains_key(service) {
-                    return Err(Error::usage(format!(
-                        "the backup in {} has no {service} artifact (it holds: {})",
-                        dir.display(),
-                        manifest
-                            .services
-                            .keys()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
-            list.0
-        }
-        None => manifest.services.keys().copied().collect(),
-    };
+    let backup = open_backup(choice, !request.dry_run).await?;
+    let (dir, manifest) = (&backup.dir, &backup.manifest);
+    let held = manifest.services.keys().copied();
+    let services = ServiceList::within(request.services.as_ref(), held).map_err(|missing| {
+        Error::usage(format!(
+            "the backup in {} has no {missing} artifact (it holds: {})",
+            backup.shown.display(),
+            manifest
+                .services
+                .keys()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
     let stores = open_stores(&services, settings)?;
 
     if request.dry_run {
@@ -124,21 +103,13 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
         }
         return Ok(RestoreOutcome::Planned {
             dry_run: true,
-            dir,
+            dir: backup.shown.clone(),
             plan,
         });
     }
 
-    confirm(&dir, &manifest, &services, request.yes)?;
-    let lock_root = if staged.is_some() {
-        settings.root.clone()
-    } else {
-        dir.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-    };
-    let _lock = RootLock::acquire(&lock_root, "restore")?;
+    confirm(&backup.shown, manifest, &services, request.yes)?;
+    let _lock = RootLock::acquire(&backup.lock_root, "restore")?;
     // Whatever root or repository the backup comes from, one writer per server.
     let _servers = stores::lock_servers(&stores, "restore").await?;
     let started = Instant::now();
@@ -146,12 +117,19 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     for store in &stores {
         store.probe().await?;
     }
-    let verified = verify_artifacts(&dir, &manifest, &stores, settings.identity.as_deref()).await?;
+    let verified = verify_artifacts(dir, manifest, &stores, settings.identity.as_deref()).await?;
 
     let scratch = tempfile::Builder::new()
         .prefix(".itbackup-restore-")
-        .tempdir_in(&lock_root)
-        .map_err(|e| io_error(None, "create scratch directory", lock_root.display(), e))?;
+        .tempdir_in(&backup.lock_root)
+        .map_err(|e| {
+            io_error(
+                None,
+                "create scratch directory",
+                backup.lock_root.display(),
+                e,
+            )
+        })?;
     // Every store's local work first (extracting dumps, checking free space):
     // a full disk stops the restore here, while no store has been changed.
     for store in &stores {
@@ -167,14 +145,14 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     let results = if request.sequential {
         let mut results = Vec::new();
         for store in &stores {
-            results.push(restore_one(store.as_ref(), &manifest, &verified, scratch.path()).await);
+            results.push(restore_one(store.as_ref(), manifest, &verified, scratch.path()).await);
         }
         results
     } else {
         futures::future::join_all(
             stores
                 .iter()
-                .map(|store| restore_one(store.as_ref(), &manifest, &verified, scratch.path())),
+                .map(|store| restore_one(store.as_ref(), manifest, &verified, scratch.path())),
         )
         .await
     };
@@ -196,12 +174,7 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     }
     Ok(RestoreOutcome::Done {
         // A remote backup is reported by its URL, not by the staging directory.
-        dir: match (&staged, &request.from) {
-            (Some(staged), Some(url)) => {
-                PathBuf::from(catalog::remote_backup_url(url, &staged.name))
-            }
-            _ => dir,
-        },
+        dir: backup.shown.clone(),
         timestamp: manifest.timestamp.clone(),
         verified: verified.checks,
         restored,

@@ -16,7 +16,8 @@ use crate::drill::{self, DrillRequest};
 use crate::error::{Error, Result};
 use crate::hooks::{self, RunContext};
 use crate::metrics;
-use crate::prune::{self, LocalRoot};
+use crate::prune;
+use crate::repository::Repository;
 use crate::service::ServiceList;
 
 /// When runs happen.
@@ -264,13 +265,12 @@ async fn one_run(
     if *stop.borrow() == 0 && !retention.policy.is_empty() {
         let ctx = step_context("prune", settings, args, None);
         let work = async {
-            let mut outcome = prune::run(&LocalRoot::new(&settings.root), retention)?;
+            let local = Repository::Local(settings.root.clone());
+            let mut outcome = prune::run(&local, retention).await?;
             // The same policy for the repository the backups go to.
             if let Some(url) = &args.upload {
-                let remote = prune::run(
-                    &prune::RemoteRoot::new(crate::remote::Remote::open(url)?),
-                    retention,
-                )?;
+                let remote =
+                    prune::run(&Repository::at(&settings.root, Some(url))?, retention).await?;
                 outcome.removed += remote.removed;
                 outcome.freed_bytes += remote.freed_bytes;
             }
@@ -292,7 +292,7 @@ async fn one_run(
         let ctx = step_context("drill", settings, args, None);
         let request = DrillRequest {
             out: None,
-            services: Some(args.services.clone().unwrap_or_else(ServiceList::all)),
+            services: Some(ServiceList(ServiceList::or_all(args.services.as_ref()))),
             scale: args.drill_scale,
             keep: false,
             yes: args.yes,
@@ -351,11 +351,7 @@ fn step_context<'a>(
         monitor: &args.monitor,
         root: settings.root.clone(),
         dir,
-        services: args
-            .services
-            .as_ref()
-            .map(|l| l.0.clone())
-            .unwrap_or_else(|| crate::stores::SUPPORTED.to_vec()),
+        services: ServiceList::or_all(args.services.as_ref()),
         dry_run: false,
     }
 }

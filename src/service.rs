@@ -72,6 +72,27 @@ impl ServiceList {
     pub fn all() -> Self {
         ServiceList(Service::ALL.to_vec())
     }
+
+    /// What a backup or drill works on: the services named, else every store.
+    pub fn or_all(selection: Option<&ServiceList>) -> Vec<Service> {
+        selection.map_or_else(|| Service::ALL.to_vec(), |list| list.0.clone())
+    }
+
+    /// What a restore works on: the services named, each of which the backup
+    /// must hold (`Err` names the first it does not), else all it holds.
+    pub fn within(
+        selection: Option<&ServiceList>,
+        held: impl IntoIterator<Item = Service>,
+    ) -> Result<Vec<Service>, Service> {
+        let held: Vec<Service> = held.into_iter().collect();
+        match selection {
+            None => Ok(held),
+            Some(list) => match list.0.iter().find(|s| !held.contains(s)) {
+                Some(missing) => Err(*missing),
+                None => Ok(list.0.clone()),
+            },
+        }
+    }
 }
 
 impl FromStr for ServiceList {
@@ -107,5 +128,23 @@ mod tests {
         let err = "postgres,mysql".parse::<ServiceList>().unwrap_err();
         assert!(err.contains("mysql") && err.contains("opensearch, neo4j, postgres"));
         assert!("".parse::<ServiceList>().is_err());
+    }
+
+    #[test]
+    fn no_selection_means_every_store_or_everything_the_backup_holds() {
+        assert_eq!(ServiceList::or_all(None), Service::ALL);
+        let named: ServiceList = "neo4j".parse().unwrap();
+        assert_eq!(ServiceList::or_all(Some(&named)), vec![Service::Neo4j]);
+        let held = [Service::Neo4j, Service::Postgres];
+        assert_eq!(ServiceList::within(None, held), Ok(held.to_vec()));
+        assert_eq!(
+            ServiceList::within(Some(&named), held),
+            Ok(vec![Service::Neo4j])
+        );
+        let absent: ServiceList = "opensearch,postgres".parse().unwrap();
+        assert_eq!(
+            ServiceList::within(Some(&absent), held),
+            Err(Service::Opensearch)
+        );
     }
 }

@@ -198,10 +198,8 @@ impl StatusReport {
 
 pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusReport> {
     let now = jiff::Timestamp::now();
-    let entries = Repository::of(&settings.root, request.from.as_deref())
-        .await?
-        .backups()
-        .await?;
+    let (repository, _) = Repository::locate(&settings.root, request.from.as_deref()).await?;
+    let entries = repository.backups().await?;
     let location = request
         .from
         .clone()
@@ -286,20 +284,14 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
                         crate::human::age(request.rpo)
                     ));
                 }
-                let verification = match &request.from {
-                    Some(url) if request.verify => {
-                        let url = format!("{}/{}", url.trim_end_matches('/'), entry.name);
-                        match crate::remote::fetch_to_staging(&url, &settings.root).await {
-                            Ok(staged) => {
-                                verify_full(&staged.dir, manifest, service, settings).await
-                            }
-                            Err(e) => failed_verification(e.to_string()),
-                        }
+                let verification = if request.verify {
+                    // A repository's backup is downloaded and checked first.
+                    match repository.open(&entry.name, &settings.root).await {
+                        Ok(backup) => verify_full(&backup.dir, manifest, service, settings).await,
+                        Err(e) => failed_verification(e.to_string()),
                     }
-                    _ if request.verify => {
-                        verify_full(&entry.path, manifest, service, settings).await
-                    }
-                    _ => verify_sizes(entry, manifest, service),
+                } else {
+                    verify_sizes(entry, manifest, service)
                 };
                 if let Some(problem) = &verification.problem {
                     alarms.push(format!(

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::artifact::{digest_reader, open_regular};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::manifest::Manifest;
+use crate::repository::{open_backup, BackupChoice};
 use crate::seal::{self, Identities, OpenedArtifact};
 use crate::service::Service;
 use crate::stores::Store;
@@ -176,22 +177,17 @@ pub async fn run(
     path: Option<&Path>,
     from: Option<&str>,
 ) -> Result<(PathBuf, Vec<ArtifactCheck>)> {
-    let staged = match from {
-        Some(url) => Some(crate::remote::fetch_to_staging(url, &settings.root).await?),
-        None => None,
+    let choice = BackupChoice {
+        root: &settings.root,
+        path,
+        manifest: None,
+        from,
     };
-    let (dir, manifest) = match &staged {
-        Some(staged) => (staged.dir.clone(), Manifest::read_dir(&staged.dir)?),
-        None => crate::catalog::locate(&settings.root, path, None)?,
-    };
-    let services: Vec<_> = manifest.services.keys().copied().collect();
+    let backup = open_backup(choice, true).await?;
+    let services: Vec<_> = backup.manifest.services.keys().copied().collect();
     let stores = crate::backup::open_stores(&services, settings)?;
-    let verified = verify_artifacts(&dir, &manifest, &stores, settings.identity.as_deref()).await?;
-    let shown = match (&staged, from) {
-        (Some(staged), Some(url)) => {
-            PathBuf::from(crate::catalog::remote_backup_url(url, &staged.name))
-        }
-        _ => dir,
-    };
+    let identity = settings.identity.as_deref();
+    let verified = verify_artifacts(&backup.dir, &backup.manifest, &stores, identity).await?;
+    let shown = backup.shown.clone();
     Ok((shown, verified.checks))
 }

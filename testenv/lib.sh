@@ -64,13 +64,14 @@ ensure_reachable_by() {
 # long (Java) command line when grep had matched and exited.
 pid_state() {
   local pidfile="$1" marker="$2" pid="" stat="" args=()
-  [ -s "$pidfile" ] && read -r pid <"$pidfile" 2>/dev/null || true
+  # stderr is redirected before the file: the file may vanish in between.
+  [ -s "$pidfile" ] && read -r pid 2>/dev/null <"$pidfile" || true
   [[ "$pid" =~ ^[0-9]+$ ]] || { echo gone; return 0; }
-  read -r stat <"/proc/$pid/stat" 2>/dev/null || { echo gone; return 0; }
+  read -r stat 2>/dev/null <"/proc/$pid/stat" || { echo gone; return 0; }
   # Field 3, after "pid (comm) "; comm may itself hold spaces and parentheses.
   stat="${stat##*) }"
   [ "${stat:0:1}" != Z ] || { echo gone; return 0; }
-  mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || true
+  mapfile -d '' -t args 2>/dev/null <"/proc/$pid/cmdline" || true
   if [[ " ${args[*]} " == *"$marker"* ]]; then echo ours; else echo unknown; fi
 }
 

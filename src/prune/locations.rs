@@ -2,199 +2,108 @@
 //! debris of interrupted runs) and a remote repository.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use jiff::Timestamp;
 
 use super::*;
 
-/// A local directory holding one sub-directory per backup (`--root`).
-pub struct LocalRoot {
-    pub root: PathBuf,
-}
-
-impl LocalRoot {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalRoot { root: root.into() }
+/// Every entry of `repository`, in no particular order.
+pub(super) async fn items(repository: &Repository) -> Result<Vec<Item>> {
+    match repository {
+        Repository::Local(root) => local_items(root),
+        Repository::Remote(remote) => Ok(remote_items(remote.backups().await?)),
     }
 }
 
-impl BackupLocation for LocalRoot {
-    fn describe(&self) -> String {
-        self.root.display().to_string()
-    }
-
-    fn lock(&self) -> Result<Option<Box<dyn std::any::Any>>> {
-        if !self.root.is_dir() {
-            return Ok(None);
-        }
-        let lock = RootLock::acquire(&self.root, "prune")?;
-        Ok(Some(Box::new(lock)))
-    }
-
-    fn items(&self) -> Result<Vec<Item>> {
-        let step = "list backups";
-        let read = match fs::read_dir(&self.root) {
-            Ok(read) => read,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_error(None, step, self.root.display(), e)),
-        };
-        let mut items = Vec::new();
-        for entry in read {
-            let entry = entry.map_err(|e| io_error(None, step, self.root.display(), e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            // symlink_metadata: a link is judged as a link, never by what it points at.
-            let meta =
-                fs::symlink_metadata(&path).map_err(|e| io_error(None, step, path.display(), e))?;
-            if name.starts_with('.') {
-                let ours = name.starts_with(RESTORE_SCRATCH_PREFIX)
-                    || name.starts_with(REMOVING_PREFIX)
-                    || name.starts_with(crate::remote::STAGING_PREFIX);
-                if ours && meta.is_dir() {
-                    items.push(describe_dir(&path, name, ItemKind::Incomplete));
-                }
-                continue;
-            }
-            if meta.file_type().is_symlink() {
-                items.push(Item {
-                    name,
-                    kind: ItemKind::Foreign {
-                        problem: "a symbolic link; itbackup never writes one".into(),
-                    },
-                    modified: timestamp_of(meta.modified().ok()),
-                    bytes: 0,
-                });
-                continue;
-            }
-            if !meta.is_dir() {
-                continue;
-            }
-            let kind = classify(&path);
-            items.push(describe_dir(&path, name, kind));
-        }
-        Ok(items)
-    }
-
-    fn remove(&self, item: &Item) -> Result<()> {
-        let step = "remove backup";
-        if !crate::manifest::is_safe_component(&item.name)
-            || matches!(
-                item.kind,
-                ItemKind::Foreign { .. } | ItemKind::Damaged { .. }
-            )
-        {
-            return Err(Error::failure(
-                step,
-                format!(
-                    "refusing to remove {} under {}",
-                    item.name,
-                    self.root.display()
-                ),
-            ));
-        }
-        let path = self.root.join(&item.name);
+/// The entries of a local root: backup directories, the debris of
+/// interrupted runs (hidden directories with our prefixes) and strangers.
+fn local_items(root: &Path) -> Result<Vec<Item>> {
+    let step = "list backups";
+    let read = match fs::read_dir(root) {
+        Ok(read) => read,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(None, step, root.display(), e)),
+    };
+    let mut items = Vec::new();
+    for entry in read {
+        let entry = entry.map_err(|e| io_error(None, step, root.display(), e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        // symlink_metadata: a link is judged as a link, never by what it points at.
         let meta =
             fs::symlink_metadata(&path).map_err(|e| io_error(None, step, path.display(), e))?;
-        if !meta.is_dir() {
-            return Err(Error::failure(
-                step,
-                format!("{} is not a directory; not removed", path.display()),
-            ));
+        if catalog::is_reserved(&name) {
+            continue;
         }
-        // Rename first: the backup disappears in one step, and a crash during
-        // the removal of its files leaves a name that is not taken for a backup.
-        let doomed = if item.name.starts_with(REMOVING_PREFIX) {
-            path.clone()
-        } else {
-            let doomed = self.root.join(format!("{REMOVING_PREFIX}{}", item.name));
-            fs::rename(&path, &doomed).map_err(|e| io_error(None, step, path.display(), e))?;
-            sync_dir(&self.root).map_err(|e| io_error(None, step, self.root.display(), e))?;
-            doomed
-        };
-        fs::remove_dir_all(&doomed).map_err(|e| io_error(None, step, doomed.display(), e))
+        if name.starts_with('.') {
+            let ours = name.starts_with(RESTORE_SCRATCH_PREFIX)
+                || name.starts_with(catalog::REMOVING_PREFIX)
+                || name.starts_with(crate::remote::STAGING_PREFIX);
+            if ours && meta.is_dir() {
+                items.push(describe_dir(&path, name, ItemKind::Incomplete));
+            }
+            continue;
+        }
+        if meta.file_type().is_symlink() {
+            items.push(Item {
+                name,
+                kind: ItemKind::Foreign {
+                    problem: "a symbolic link; itbackup never writes one".into(),
+                },
+                modified: timestamp_of(meta.modified().ok()),
+                bytes: 0,
+            });
+            continue;
+        }
+        if !meta.is_dir() {
+            continue;
+        }
+        let kind = classify(&path);
+        items.push(describe_dir(&path, name, kind));
     }
+    Ok(items)
 }
 
-/// A repository (`s3://bucket/prefix` …) holding one "directory" per backup.
+/// The entries of a repository, one "directory" per backup.
 ///
 /// Object stores have no locks: a backup being uploaded right now has no
 /// manifest yet and counts as incomplete, which the grace period protects.
-pub struct RemoteRoot {
-    remote: crate::remote::Remote,
-}
-
-impl RemoteRoot {
-    pub fn new(remote: crate::remote::Remote) -> Self {
-        RemoteRoot { remote }
-    }
-
-    /// The trait is synchronous (local file operations); the remote calls run
-    /// on the current multi-threaded runtime.
-    fn block_on<T>(&self, work: impl std::future::Future<Output = T>) -> T {
-        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(work))
-    }
-}
-
-impl BackupLocation for RemoteRoot {
-    fn describe(&self) -> String {
-        self.remote.url.clone()
-    }
-
-    fn lock(&self) -> Result<Option<Box<dyn std::any::Any>>> {
-        Ok(Some(Box::new(())))
-    }
-
-    fn items(&self) -> Result<Vec<Item>> {
-        let backups = self.block_on(self.remote.backups())?;
-        Ok(backups
-            .into_iter()
-            .map(|b| {
-                let kind = if !b.files.keys().all(|f| written_by_itbackup(f)) {
-                    ItemKind::Foreign {
-                        problem: "holds objects itbackup does not write".into(),
-                    }
-                } else {
-                    match (&b.manifest, b.has_manifest) {
-                        (Some(manifest), _) => match manifest.started_at.parse::<Timestamp>() {
-                            Ok(time) => ItemKind::Complete { time },
-                            Err(e) => ItemKind::Damaged {
-                                problem: format!("started_at is not a time: {e}"),
-                            },
-                        },
-                        (None, true) => ItemKind::Damaged {
-                            problem: b.problem.clone().unwrap_or_default(),
-                        },
-                        (None, false) => ItemKind::Incomplete,
-                    }
-                };
-                Item {
-                    modified: b
-                        .modified
-                        .as_deref()
-                        .and_then(|m| m.parse().ok())
-                        .unwrap_or(Timestamp::UNIX_EPOCH),
-                    name: b.name,
-                    kind,
-                    bytes: b.bytes,
+fn remote_items(backups: Vec<BackupEntry>) -> Vec<Item> {
+    backups
+        .into_iter()
+        .map(|b| {
+            let kind = if !b.files.keys().all(|f| written_by_itbackup(f)) {
+                ItemKind::Foreign {
+                    problem: "holds objects itbackup does not write".into(),
                 }
-            })
-            .collect())
-    }
-
-    fn remove(&self, item: &Item) -> Result<()> {
-        if matches!(
-            item.kind,
-            ItemKind::Foreign { .. } | ItemKind::Damaged { .. }
-        ) {
-            return Err(Error::failure(
-                "remove backup",
-                format!("refusing to remove {} in {}", item.name, self.remote.url),
-            ));
-        }
-        self.block_on(self.remote.remove(&item.name))
-    }
+            } else {
+                match (&b.manifest, b.has_manifest) {
+                    (Some(manifest), _) => match manifest.started_at.parse::<Timestamp>() {
+                        Ok(time) => ItemKind::Complete { time },
+                        Err(e) => ItemKind::Damaged {
+                            problem: format!("started_at is not a time: {e}"),
+                        },
+                    },
+                    (None, true) => ItemKind::Damaged {
+                        problem: b.problem.clone().unwrap_or_default(),
+                    },
+                    (None, false) => ItemKind::Incomplete,
+                }
+            };
+            Item {
+                modified: b
+                    .modified
+                    .as_deref()
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(Timestamp::UNIX_EPOCH),
+                name: b.name,
+                kind,
+                bytes: b.bytes,
+            }
+        })
+        .collect()
 }
 
 /// Complete, damaged, incomplete or foreign: decided by the manifest and the file names.

@@ -2,9 +2,9 @@
 //! interrupted runs has outlived its grace period, and removing the rest safely.
 //!
 //! The policy itself ([`apply`]) is a pure function over backup times, so it
-//! is the same for every place backups live. Places are behind
-//! [`BackupLocation`]: today only [`LocalRoot`] (a directory of backup
-//! directories); a remote repository implements the same four operations.
+//! is the same for every place backups live: a local root or a repository
+//! ([`Repository`], which lists and removes; `locations.rs` turns what it
+//! holds into [`Item`]s).
 
 use std::time::Duration;
 
@@ -12,22 +12,18 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::artifact::{sync_dir, PARTIAL_SUFFIX};
+use crate::artifact::PARTIAL_SUFFIX;
+use crate::catalog::{self, BackupEntry};
 use crate::drill::VALIDATION_FILE;
 use crate::error::{io_error, Error, Result};
-use crate::lock::RootLock;
 use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::repository::Repository;
 use crate::service::Service;
 
 mod locations;
 
-pub use locations::{LocalRoot, RemoteRoot};
-
 /// Prefix of the restore's scratch directories (`tempdir_in(root)` in restore.rs).
 const RESTORE_SCRATCH_PREFIX: &str = ".itbackup-restore-";
-/// A backup being removed is first renamed to this prefix, so that a crash in
-/// the middle of the removal leaves a name nobody takes for a backup.
-const REMOVING_PREFIX: &str = ".itbackup-removing-";
 
 /// How many backups to keep, per rule; a backup kept by any rule stays.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -162,20 +158,6 @@ pub struct Item {
     pub bytes: u64,
 }
 
-/// A place that holds backups. Everything prune does goes through these four
-/// operations, so a remote repository plugs in by implementing them.
-pub trait BackupLocation {
-    /// For messages: a path or URL, without credentials.
-    fn describe(&self) -> String;
-    /// Keep backup and restore runs out while held (the guard releases on drop);
-    /// `None` when the location does not exist (nothing to prune).
-    fn lock(&self) -> Result<Option<Box<dyn std::any::Any>>>;
-    /// Every entry, in no particular order.
-    fn items(&self) -> Result<Vec<Item>>;
-    /// Remove one entry returned by [`BackupLocation::items`].
-    fn remove(&self, item: &Item) -> Result<()>;
-}
-
 /// What prune does (or would do) with one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -290,7 +272,7 @@ pub struct PruneRequest {
 
 /// Plan, and unless it is a dry run, remove what the plan says, holding the
 /// location's lock throughout so that no backup or restore runs meanwhile.
-pub fn run(location: &dyn BackupLocation, request: &PruneRequest) -> Result<PruneOutcome> {
+pub async fn run(repository: &Repository, request: &PruneRequest) -> Result<PruneOutcome> {
     if request.policy.is_empty() {
         return Err(Error::usage(
             "no retention rule given: pass at least one of --keep-last, --keep-daily, --keep-weekly, --keep-monthly",
@@ -300,9 +282,9 @@ pub fn run(location: &dyn BackupLocation, request: &PruneRequest) -> Result<Prun
     let _lock = if request.dry_run {
         None
     } else {
-        location.lock()?
+        repository.lock("prune")?
     };
-    let items = location.items()?;
+    let items = locations::items(repository).await?;
     let mut planned = plan(
         &request.policy,
         items,
@@ -315,14 +297,14 @@ pub fn run(location: &dyn BackupLocation, request: &PruneRequest) -> Result<Prun
     if !request.dry_run {
         for entry in planned.iter_mut().filter(|p| p.action == Action::Remove) {
             let bytes = entry.item.bytes;
-            location.remove(&entry.item)?;
+            remove(repository, &entry.item).await?;
             tracing::info!(backup = %entry.item.name, reason = %entry.reasons.join(", "), "removed");
             removed += 1;
             freed_bytes += bytes;
         }
     }
     Ok(PruneOutcome {
-        location: location.describe(),
+        location: repository.describe(),
         dry_run: request.dry_run,
         policy: request.policy,
         grace_seconds: request.grace.as_secs(),
@@ -330,6 +312,25 @@ pub fn run(location: &dyn BackupLocation, request: &PruneRequest) -> Result<Prun
         removed,
         freed_bytes,
     })
+}
+
+/// Remove one entry of the plan; what is damaged or not ours never goes,
+/// whatever a plan says.
+async fn remove(repository: &Repository, item: &Item) -> Result<()> {
+    if matches!(
+        item.kind,
+        ItemKind::Foreign { .. } | ItemKind::Damaged { .. }
+    ) {
+        return Err(Error::failure(
+            "remove backup",
+            format!(
+                "refusing to remove {} in {}",
+                item.name,
+                repository.describe()
+            ),
+        ));
+    }
+    repository.remove(&item.name).await
 }
 
 /// The request for the command-line policy.

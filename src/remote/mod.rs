@@ -225,7 +225,7 @@ impl Remote {
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(|e| remote_error(step, &self.url, e))?;
             let parts: Vec<_> = meta.location.parts().skip(depth).collect();
-            if parts.len() != 2 {
+            if parts.len() != 2 || crate::catalog::is_reserved(parts[0].as_ref()) {
                 continue;
             }
             let name = parts[0].as_ref().to_string();

@@ -27,7 +27,6 @@ pub fn staging_dir(root: &Path, purpose: &str) -> Result<tempfile::TempDir> {
 /// Where a remote backup was downloaded to, kept alive as long as it is used.
 pub struct Staged {
     pub dir: PathBuf,
-    pub name: String,
     _staging: tempfile::TempDir,
 }
 
@@ -67,20 +66,14 @@ pub async fn pull(url: &str, parent: &Path) -> Result<PullOutcome> {
     })
 }
 
-/// Download the backup named by `url` (`URL/<TS>`, or the newest complete one
-/// under `URL`) into a staging directory under `root`.
-pub async fn fetch_to_staging(url: &str, root: &Path) -> Result<Staged> {
-    let (remote, name) = Remote::locate(url).await?;
-    let name = match name {
-        Some(name) => name,
-        None => remote.newest_complete().await?,
-    };
+/// Download the backup `name` of `remote` into a staging directory under
+/// `root`, checking every object against the manifest.
+pub async fn fetch_to_staging(remote: &Remote, name: &str, root: &Path) -> Result<Staged> {
     let staging = staging_dir(root, "download")?;
-    let dir = staging.path().join(&name);
-    remote.fetch(&name, &dir).await?;
+    let dir = staging.path().join(name);
+    remote.fetch(name, &dir).await?;
     Ok(Staged {
         dir,
-        name,
         _staging: staging,
     })
 }

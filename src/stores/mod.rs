@@ -267,9 +267,6 @@ pub(crate) fn refuse_newer_backup(
     .hint(format!("{hint}; nothing was changed")))
 }
 
-/// Services this build can back up and restore.
-pub const SUPPORTED: [Service; 3] = Service::ALL;
-
 /// What opening a store needs: each store's resolved settings (from its own
 /// `settings.rs`) and where the stores' tools run. `config::Settings` holds
 /// it; stores never see the rest of the configuration.

@@ -237,6 +237,11 @@ impl Scene {
         fs::write(&manifest, text.replace("\"bytes\": ", "\"bytes\": 1")).unwrap();
         age(&damaged, Duration::from_secs(40 * 24 * 3600));
         std::os::unix::fs::symlink(r.join("day4"), r.join("link-to-day4")).unwrap();
+        // PostgreSQL's WAL archive: not a backup, never listed or pruned here.
+        let wal = r.join("wal");
+        fs::create_dir(&wal).unwrap();
+        fs::write(wal.join("000000010000000000000001.zst"), "segment").unwrap();
+        age(&wal, Duration::from_secs(60 * 24 * 3600));
         Scene { root }
     }
 
@@ -245,7 +250,7 @@ impl Scene {
     }
 }
 
-const EVERYTHING: [&str; 11] = [
+const EVERYTHING: [&str; 12] = [
     ".itbackup-restore-abc123",
     "20250101_030000",
     "20250102_030000",
@@ -257,6 +262,7 @@ const EVERYTHING: [&str; 11] = [
     "day4",
     "link-to-day4",
     "photos",
+    "wal",
 ];
 
 #[test]
@@ -321,9 +327,15 @@ fn prune_removes_what_the_policy_drops_and_old_debris_and_nothing_else() {
             "day0",
             "day1",
             "link-to-day4",
-            "photos"
+            "photos",
+            "wal"
         ]
     );
+    // The WAL archive is not a backup: prune does not even consider it.
+    assert!(!done["items"].to_string().contains("\"wal\""), "{done:#}");
+    assert!(root.join("wal/000000010000000000000001.zst").exists());
+    let listed = json_of(&ok(&["--root", scene.arg(), "--json", "list"], &[]));
+    assert!(!listed.to_string().contains("\"wal\""), "{listed:#}");
     // Left alone, and said so: the damaged backup, the stranger, the link.
     for name in ["damaged", "photos", "link-to-day4"] {
         let item = done["items"]

@@ -398,6 +398,9 @@ fn prune_and_status_work_on_a_repository() {
     ok(&["push", partial.to_str().unwrap(), &url], &[]);
     let location = itbackup::remote::Remote::open(&url).unwrap();
     block_on(location.delete_object("running", "backup-manifest.json")).unwrap();
+    // PostgreSQL's WAL archive beside the backups: neither listed nor pruned.
+    let segment = "000000010000000000000001.zst";
+    block_on(location.put_object("wal", segment, b"segment".to_vec())).unwrap();
 
     // Status: the RPO of 24 h is breached, two days is fine.
     let status = |extra: &[&str], code: i32| {
@@ -472,4 +475,9 @@ fn prune_and_status_work_on_a_repository() {
         .map(|b| b["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["day0"]);
+    assert!(!done["items"].to_string().contains("\"wal\""), "{done:#}");
+    assert!(
+        block_on(location.holds("wal")).unwrap(),
+        "the WAL archive is kept"
+    );
 }
