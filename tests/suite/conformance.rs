@@ -5,6 +5,8 @@
 //!    fingerprint is the original's again;
 //! 2. a damaged artifact (bytes flipped in its middle, nothing else touched)
 //!    is refused with exit code 4 (damaged backup) before anything changes;
+//!    `verify` needs no server: with the store's address pointing at a
+//!    closed port it passes on the backup and refuses the damaged copy;
 //! 3. a restore killed (its whole process group) half-way, then run again,
 //!    restores exactly and leaves nothing of the killed run in the store;
 //! 4. a backup against a closed port fails with exit code 7 (unreachable),
@@ -98,6 +100,21 @@ fn restore_checks(store: &dyn StoreFixture, method: &str) {
     assert!(out.status.success(), "[{name}] backup\n{}", text(&out));
     let dir = only_backup(root.path());
     clock.lap("backup");
+    // verify reads the artifacts alone: with the server out of reach it
+    // passes on this backup and refuses the damaged copy below.
+    let nowhere = store.address_env(closed_port());
+    let verify_offline = |dir: &Path| {
+        itbackup(
+            &["verify", "--path", dir.to_str().unwrap()],
+            &env_refs(&nowhere),
+        )
+    };
+    let out = verify_offline(&dir);
+    assert!(
+        out.status.success(),
+        "[{name}] verify with the server out of reach\n{}",
+        text(&out)
+    );
     let restore = Cmd::restore_path(&dir).services(store.service()).yes();
 
     // 1. Round trip.
@@ -139,6 +156,13 @@ fn restore_checks(store: &dyn StoreFixture, method: &str) {
         store.fingerprint(),
         changed,
         "[{name}] the refused restore of a damaged artifact changed the store"
+    );
+    let out = verify_offline(&damaged);
+    assert_eq!(
+        out.status.code(),
+        Some(exit::DAMAGED_BACKUP),
+        "[{name}] verify of a damaged artifact, the server out of reach\n{}",
+        text(&out)
     );
     clock.lap("2. damaged artifact");
 
