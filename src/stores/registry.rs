@@ -49,4 +49,36 @@ mod tests {
             assert!(entry.service.default_port() > 0);
         }
     }
+
+    /// Every store opens from its own settings (defaults: an empty config
+    /// section, no flags), is the service it is registered as, has drill
+    /// data, and the manifest's schema knows its name.
+    #[test]
+    fn every_registered_store_opens_from_its_settings_with_drill_data_and_a_schema_entry() {
+        let settings = StoreSettings {
+            target: crate::target::Target::Local,
+            postgres: postgres::settings::PostgresSettings::resolve(Default::default(), None)
+                .unwrap(),
+            opensearch: opensearch::settings::OpenSearchSettings::resolve(
+                Default::default(),
+                None,
+                None,
+            )
+            .unwrap(),
+            neo4j: neo4j::settings::Neo4jSettings::resolve(Default::default(), None).unwrap(),
+        };
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/manifest.schema.json")).unwrap();
+        let schema = schema.to_string();
+        for entry in &REGISTRY {
+            let store = (entry.open)(&settings);
+            assert_eq!(store.service(), entry.service);
+            assert!(!store.drill_location().is_empty(), "{}", entry.service);
+            assert!(
+                schema.contains(&format!("\"{}\"", entry.service.as_str())),
+                "docs/manifest.schema.json does not name the service {}",
+                entry.service
+            );
+        }
+    }
 }
