@@ -1159,3 +1159,37 @@ fn a_restore_puts_back_template1_an_interrupted_plain_restore_left_aside() {
     assert_eq!(psql("itb_canary", "SELECT v FROM c"), "at backup");
     drop(canary);
 }
+
+/// Defect: while an interrupted restore's safety copy held a database's data
+/// from before it, a backup took the (possibly partial) database under its
+/// name, left the copy out with only a warning, and counted as complete.
+#[test]
+fn a_backup_is_refused_while_an_interrupted_restore_holds_a_safety_copy() {
+    let _guard = exclusive(&[Postgres]);
+    let copy = "itbackup_old_0123456789abcdef";
+    /// Drops the copy however the test ends.
+    struct Dropped(&'static str);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            psql("postgres", &format!("DROP DATABASE IF EXISTS {}", self.0));
+        }
+    }
+    let dropped = Dropped(copy);
+    psql("postgres", &format!("DROP DATABASE IF EXISTS {copy}"));
+    psql("postgres", &format!("CREATE DATABASE {copy}"));
+    let root = temp_root();
+    for format in ["custom", "plain"] {
+        let err = Cmd::backup(root.path())
+            .services("postgres")
+            .arg("--postgres-format")
+            .arg(format)
+            .fails(&[], exit::FAILURE);
+        assert!(
+            err.contains(copy) && err.contains("hint:"),
+            "{format}: {err}"
+        );
+        assert_no_backup(root.path());
+    }
+    drop(dropped);
+    Cmd::backup(root.path()).services("postgres").ok(&[]);
+}

@@ -161,7 +161,7 @@ impl Postgres {
         });
 
         let admin = self.connect("postgres", "list databases").await?;
-        let databases = self.databases(&admin).await?;
+        let databases = self.databases_to_back_up(&admin).await?;
         drop(admin);
         // `buffered` runs `jobs` dumps at once and yields them in database order.
         let dump_all = futures::stream::iter(databases.into_iter().enumerate())

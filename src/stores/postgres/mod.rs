@@ -158,6 +158,27 @@ impl Postgres {
         Ok(user)
     }
 
+    /// The databases a backup takes ([`Self::databases`]), refused while an
+    /// interrupted restore's safety copies exist: the databases under their
+    /// names may be partial loads, and a backup of them that counts as
+    /// complete would become the newest one, the one restored and kept while
+    /// prune removes the good ones before it.
+    async fn databases_to_back_up(&self, client: &tokio_postgres::Client) -> Result<Vec<String>> {
+        let copies = replace::safety_copies(client).await?;
+        if !copies.is_empty() {
+            return Err(Error::failure(
+                "list databases",
+                format!(
+                    "an interrupted restore left the data from before it in {}: the databases it was replacing may be partial, so they are not backed up",
+                    copies.join(", ")
+                ),
+            )
+            .service(SVC)
+            .hint("run that restore again to finish it (it keeps the copies' data until every database has loaded), or, once you are sure the databases under their own names are right, drop the copies; nothing was written"));
+        }
+        self.databases(client).await
+    }
+
     /// Exact row counts of every ordinary table of the database `client` is in.
     /// The user tables of the connected database, largest first: (schema, name, bytes).
     async fn tables(

@@ -62,7 +62,7 @@ impl Postgres {
         record: &mut ArtifactRecord,
     ) -> Result<PendingArtifact> {
         let admin = self.connect("postgres", "list databases").await?;
-        let databases = self.databases(&admin).await?;
+        let databases = self.databases_to_back_up(&admin).await?;
         drop(admin);
         // pg_dumpall cannot share a snapshot with us: counts are taken just before.
         for database in &databases {

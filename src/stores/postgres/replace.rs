@@ -62,6 +62,23 @@ pub fn is_internal(database: &str) -> bool {
             .is_some_and(|hash| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// The safety copies in the cluster: a restore is running, or one was
+/// interrupted and holds the data from before it.
+pub(super) async fn safety_copies(admin: &Client) -> Result<Vec<String>> {
+    let rows = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'itbackup\\_old\\_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| Postgres::query_error("list databases", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|name| is_internal(name) && name != WORK_DB)
+        .collect())
+}
+
 /// Databases set aside by a restore in progress.
 pub struct Replacement {
     admin: Client,
