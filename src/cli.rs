@@ -315,11 +315,41 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub sequential: bool,
 
+    /// PostgreSQL (custom format): restore only these databases, comma
+    /// separated. The other databases and the roles stay as they are (add
+    /// --globals for the roles). Each must be in the backup.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub databases: Option<Vec<String>>,
+
+    /// PostgreSQL (custom format): restore the database FROM as a new
+    /// database TO, beside the live FROM, which stays untouched: inspect it,
+    /// copy rows back, or switch names yourself. TO must not exist.
+    /// Repeatable; a renamed database needs no --databases.
+    #[arg(long, value_name = "FROM=TO", value_parser = parse_rename)]
+    pub rename: Vec<(String, String)>,
+
+    /// With --databases or --rename: apply the backup's roles too (created
+    /// if missing, else altered; never dropped).
+    #[arg(long)]
+    pub globals: bool,
+
     #[command(flatten)]
     pub hooks: HookArgs,
 
     #[command(flatten)]
     pub monitor: MonitorArgs,
+}
+
+/// `FROM=TO`, both non-empty.
+fn parse_rename(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((from, to)) if !from.is_empty() && !to.is_empty() => {
+            Ok((from.to_string(), to.to_string()))
+        }
+        _ => Err(format!(
+            "'{value}' is not FROM=TO (for example app=app_restored)"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]

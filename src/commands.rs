@@ -2,6 +2,7 @@
 //! line, resolves its settings, runs, and prints its report. `main.rs` only
 //! parses, sets up logging and the runtime, and maps errors to exit codes.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backup::{self, BackupRequest};
@@ -14,6 +15,8 @@ use crate::drill::{self, DrillRequest};
 use crate::error::Result;
 use crate::repository::Repository;
 use crate::restore::{self, RestoreRequest};
+use crate::service::Service;
+use crate::stores::Selection;
 use crate::{hooks, metrics, prune, remote, report, schedule, seal, status};
 
 /// Set once a command has printed its report: an error after it (a drill
@@ -82,6 +85,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<()> {
         dry_run: args.dry_run,
         yes: args.yes,
         sequential: args.sequential,
+        selections: selections(args),
     };
     let ctx = hooks::RunContext::restore(&settings, &request, &args.hooks, &args.monitor);
     let outcome = hooks::around(
@@ -101,6 +105,20 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
         crate::verify::run(&settings, args.path.as_deref(), args.from.as_deref()).await?;
     report::verify(&dir, &checks, json);
     Ok(())
+}
+
+/// `--databases`, `--rename` and `--globals` select PostgreSQL databases.
+fn selections(args: &RestoreArgs) -> BTreeMap<Service, Selection> {
+    let selection = Selection {
+        only: args.databases.clone(),
+        renames: args.rename.clone(),
+        globals: args.globals,
+    };
+    let mut selections = BTreeMap::new();
+    if selection != Selection::default() {
+        selections.insert(Service::Postgres, selection);
+    }
+    selections
 }
 
 async fn drill(cli: &Cli, args: &DrillArgs) -> Result<()> {

@@ -215,6 +215,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
             dry_run: false,
             yes: true,
             sequential: request.sequential,
+            selections: Default::default(),
         },
     )
     .await;

@@ -19,7 +19,7 @@ use crate::lock::RootLock;
 use crate::manifest::Manifest;
 use crate::repository::{open_backup, BackupChoice};
 use crate::service::{Service, ServiceList};
-use crate::stores::{self, RestoreContext};
+use crate::stores::{self, RestoreContext, Selection};
 use crate::verify::{verify_artifacts, ArtifactCheck, Verified};
 
 #[derive(Debug, Default)]
@@ -33,6 +33,17 @@ pub struct RestoreRequest {
     pub yes: bool,
     /// One store after the other instead of all at once.
     pub sequential: bool,
+    /// Per store, what of its artifact to put back (default: everything).
+    pub selections: BTreeMap<Service, Selection>,
+}
+
+/// The selection of a store the request names none for.
+static EVERYTHING: Selection = Selection::EVERYTHING;
+
+impl RestoreRequest {
+    fn selection(&self, service: Service) -> &Selection {
+        self.selections.get(&service).unwrap_or(&EVERYTHING)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -87,6 +98,7 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
         ))
     })?;
     let stores = open_stores(&services, settings)?;
+    refuse_selections_not_restorable(&request, &stores)?;
 
     if request.dry_run {
         let mut plan = BTreeMap::new();
@@ -97,6 +109,10 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
                 record.file,
                 &record.sha256[..12]
             )];
+            let selection = request.selection(store.service());
+            if !selection.is_everything() {
+                steps.push(describe_selection(selection));
+            }
             steps.extend(store.restore_plan(record));
             steps.push("compare the restored counts with the manifest and check health".into());
             plan.insert(store.service(), steps);
@@ -137,6 +153,7 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
         let ctx = RestoreContext {
             artifact: &opened.path,
             scratch: scratch.path(),
+            selection: request.selection(store.service()),
         };
         store.prepare_restore(&ctx, &opened.record).await?;
     }
@@ -145,15 +162,28 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     let results = if request.sequential {
         let mut results = Vec::new();
         for store in &stores {
-            results.push(restore_one(store.as_ref(), manifest, &verified, scratch.path()).await);
+            results.push(
+                restore_one(
+                    store.as_ref(),
+                    manifest,
+                    &verified,
+                    scratch.path(),
+                    &request,
+                )
+                .await,
+            );
         }
         results
     } else {
-        futures::future::join_all(
-            stores
-                .iter()
-                .map(|store| restore_one(store.as_ref(), manifest, &verified, scratch.path())),
-        )
+        futures::future::join_all(stores.iter().map(|store| {
+            restore_one(
+                store.as_ref(),
+                manifest,
+                &verified,
+                scratch.path(),
+                &request,
+            )
+        }))
         .await
     };
     // Every store has finished (or failed) by now: report the first failure,
@@ -204,19 +234,25 @@ async fn restore_one(
     manifest: &Manifest,
     verified: &Verified,
     scratch: &Path,
+    request: &RestoreRequest,
 ) -> Result<ServiceRestore> {
     let service = store.service();
     let record = &manifest.artifacts[&service];
     let opened = &verified.opened[&service];
     let begun = Instant::now();
     tracing::info!(%service, file = %record.file, "restoring");
+    let selection = request.selection(service);
     let ctx = RestoreContext {
         artifact: &opened.path,
         scratch,
+        selection,
     };
     store.restore(&ctx, &opened.record).await?;
-    let counts = store.counts(record).await?;
-    stores::compare_counts(service, &record.counts, &counts)?;
+    // What this restore put back, under the names it put it back as.
+    let mut expected = record.clone();
+    expected.counts = store.expected_counts(record, selection);
+    let counts = store.counts(&expected).await?;
+    stores::compare_counts(service, &expected.counts, &counts)?;
     let info = store.probe().await?;
     let seconds = begun.elapsed().as_secs_f64();
     tracing::info!(%service, seconds, "restored and counts match");
@@ -224,9 +260,55 @@ async fn restore_one(
         service,
         file: record.file.clone(),
         seconds,
-        counts_checked: record.counts.len(),
+        counts_checked: expected.counts.len(),
         server_version: info.version,
     })
+}
+
+/// A selection for a store this restore does not include, or one that
+/// cannot restore parts, is a usage error before anything happens.
+fn refuse_selections_not_restorable(
+    request: &RestoreRequest,
+    stores: &[Box<dyn stores::Store>],
+) -> Result<()> {
+    for (service, selection) in &request.selections {
+        if selection.is_everything() && !selection.globals {
+            continue;
+        }
+        match stores.iter().find(|s| s.service() == *service) {
+            None => {
+                return Err(Error::usage(format!(
+                    "the selection (--databases, --rename, --globals) is for {service}, which this restore does not include"
+                )))
+            }
+            Some(store) if !store.restores_parts() => {
+                return Err(Error::usage(format!(
+                    "{service} restores its whole artifact; it cannot restore a selection"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The selection, for the dry run's plan.
+fn describe_selection(selection: &Selection) -> String {
+    let mut parts: Vec<String> = selection.only.iter().flatten().cloned().collect();
+    for (from, to) in &selection.renames {
+        parts.push(format!(
+            "{from} as {to} (beside the live {from}, untouched)"
+        ));
+    }
+    format!(
+        "only: {}; roles {}",
+        parts.join(", "),
+        if selection.includes_globals() {
+            "applied"
+        } else {
+            "untouched"
+        }
+    )
 }
 
 /// Restore overwrites live data: ask on a terminal, demand `--yes` elsewhere.

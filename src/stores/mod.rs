@@ -69,6 +69,64 @@ pub struct RestoreContext<'a> {
     pub artifact: &'a Path,
     /// A private scratch directory on the same side as the backup.
     pub scratch: &'a Path,
+    /// What of the artifact to put back, and under which names.
+    pub selection: &'a Selection,
+}
+
+/// What of a store's artifact a restore puts back (`restore --databases`,
+/// `--rename`): everything, by default. A part is what the store's artifact
+/// is made of and can restore on its own (a PostgreSQL database).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Only these parts; `None`: every part (and the cluster-wide state).
+    pub only: Option<Vec<String>>,
+    /// Restore the part FROM under the name TO, beside the live FROM, which
+    /// stays untouched. A renamed part is restored even when `only` omits it.
+    pub renames: Vec<(String, String)>,
+    /// With a selection: the cluster-wide state too (PostgreSQL's roles).
+    pub globals: bool,
+}
+
+impl Selection {
+    /// Everything the artifact holds, under its own names.
+    pub const EVERYTHING: Selection = Selection {
+        only: None,
+        renames: Vec::new(),
+        globals: false,
+    };
+
+    pub fn is_everything(&self) -> bool {
+        self.only.is_none() && self.renames.is_empty()
+    }
+
+    /// Whether the part `name` of the artifact is restored.
+    pub fn includes(&self, name: &str) -> bool {
+        self.is_everything()
+            || self.only.iter().flatten().any(|n| n == name)
+            || self.renames.iter().any(|(from, _)| from == name)
+    }
+
+    /// Whether the cluster-wide state (roles) is restored.
+    pub fn includes_globals(&self) -> bool {
+        self.is_everything() || self.globals
+    }
+
+    /// The name the part `name` is restored under.
+    pub fn restored_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.renames
+            .iter()
+            .find(|(from, _)| from == name)
+            .map_or(name, |(_, to)| to.as_str())
+    }
+
+    /// Every part named by the selection (`only` and the renames' FROM).
+    pub fn named(&self) -> impl Iterator<Item = &str> {
+        self.only
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(self.renames.iter().map(|(from, _)| from.as_str()))
+    }
 }
 
 /// What the drill finds of its own data in a store.
@@ -178,6 +236,23 @@ pub trait Store: DrillData + Send + Sync {
 
     /// Current object counts in the store for the keys the record has counts for.
     async fn counts(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, u64>>;
+
+    /// Whether a restore can put back parts of this store's artifacts
+    /// ([`Selection`]); a store that cannot refuses any selection before
+    /// anything changes.
+    fn restores_parts(&self) -> bool {
+        false
+    }
+
+    /// The counts a restore of `selection` must find: the record's, for the
+    /// parts restored, under the names they are restored as.
+    fn expected_counts(
+        &self,
+        record: &ArtifactRecord,
+        _selection: &Selection,
+    ) -> BTreeMap<String, u64> {
+        record.counts.clone()
+    }
 }
 
 /// Take the store lock of every store's server (in service order), or fail

@@ -286,3 +286,117 @@ fn dry_run_changes_nothing_and_masks_the_password() {
         "a dry run wrote something"
     );
 }
+
+/// Two databases a selective restore must tell apart; dropped however the
+/// test ends.
+struct TwoDatabases;
+
+const SELECTED: &str = "itb_sel_a";
+const OTHER: &str = "itb_sel_b";
+const COPY: &str = "itb_sel_a_copy";
+
+impl TwoDatabases {
+    fn create() -> TwoDatabases {
+        let made = TwoDatabases;
+        made.drop_all();
+        for db in [SELECTED, OTHER] {
+            psql("postgres", &format!("CREATE DATABASE {db}"));
+            psql(
+                db,
+                "CREATE TABLE t (id int PRIMARY KEY, v text); \
+                 INSERT INTO t SELECT g, 'at backup' FROM generate_series(1, 50) g",
+            );
+        }
+        made
+    }
+    fn set(db: &str, value: &str) {
+        psql(db, &format!("UPDATE t SET v = '{value}'"));
+        psql(db, "INSERT INTO t VALUES (1000, 'added')");
+    }
+    /// The distinct values and the row count of `db`'s table.
+    fn state(db: &str) -> String {
+        psql(
+            db,
+            "SELECT string_agg(DISTINCT v, ',' ORDER BY v) || ' ' || count(*) FROM t",
+        )
+    }
+    fn drop_all(&self) {
+        for db in [SELECTED, OTHER, COPY] {
+            psql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+impl Drop for TwoDatabases {
+    fn drop(&mut self) {
+        self.drop_all();
+    }
+}
+
+#[test]
+fn some_databases_are_restored_alone_or_beside_the_live_ones() {
+    let _guard = exclusive(&[Postgres]);
+    let databases = TwoDatabases::create();
+    let at_backup = "at backup 50";
+    let root = temp_root();
+    let dir = backup_into(root.path(), "postgres", &[], &[]);
+    TwoDatabases::set(SELECTED, "changed");
+    TwoDatabases::set(OTHER, "changed");
+    let changed = "added,changed 51";
+    let restore = Cmd::restore_path(&dir).services("postgres").yes();
+
+    // A name the backup does not hold: refused before anything changes.
+    let err = restore
+        .clone()
+        .arg("--databases")
+        .arg("itb_sel_nope")
+        .fails(&[], exit::USAGE);
+    assert!(
+        err.contains("itb_sel_nope") && err.contains(SELECTED),
+        "{err}"
+    );
+    assert_eq!(TwoDatabases::state(SELECTED), changed);
+
+    // Only the selected database goes back; the other keeps its changes.
+    restore.clone().arg("--databases").arg(SELECTED).ok(&[]);
+    assert_eq!(TwoDatabases::state(SELECTED), at_backup);
+    assert_eq!(TwoDatabases::state(OTHER), changed);
+
+    // Beside the live database: the copy is the backup's, the live one untouched.
+    TwoDatabases::set(SELECTED, "changed again");
+    let beside = restore
+        .clone()
+        .arg("--rename")
+        .arg(format!("{SELECTED}={COPY}"));
+    beside.ok(&[]);
+    assert_eq!(TwoDatabases::state(COPY), at_backup);
+    assert_eq!(TwoDatabases::state(SELECTED), "added,changed again 51");
+    assert_eq!(TwoDatabases::state(OTHER), changed);
+
+    // The copy's name is taken now: refused, and nothing changes.
+    psql(COPY, "UPDATE t SET v = 'inspected'");
+    let err = beside.fails(&[], exit::USAGE);
+    assert!(err.contains(COPY) && err.contains("exists"), "{err}");
+    assert_eq!(TwoDatabases::state(COPY), "inspected 50");
+
+    // A plain-format backup is one script: it cannot be split.
+    let plain_root = temp_root();
+    let plain = backup_into(
+        plain_root.path(),
+        "postgres",
+        &["--postgres-format", "plain"],
+        &[],
+    );
+    let err = Cmd::restore_path(&plain)
+        .services("postgres")
+        .yes()
+        .arg("--databases")
+        .arg(SELECTED)
+        .fails(&[], exit::USAGE);
+    assert!(err.contains("custom-format"), "{err}");
+    assert_eq!(TwoDatabases::state(SELECTED), "added,changed again 51");
+    drop(databases);
+}

@@ -22,8 +22,8 @@ const GLOBALS_MEMBER: &str = "globals.sql";
 
 /// One database inside a custom-format backup.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct DatabaseEntry {
-    name: String,
+pub(super) struct DatabaseEntry {
+    pub(super) name: String,
     member: String,
 }
 
@@ -77,7 +77,7 @@ impl Postgres {
         for entry in &entries {
             plan.push(format!(
                 "{}   (database {})",
-                self.restore_database_command(Some(Path::new(&entry.member))),
+                self.restore_database_command(Some(Path::new(&entry.member)), None),
                 entry.name
             ));
             plan.push(format!(
@@ -253,30 +253,60 @@ impl Postgres {
             }
         };
 
+        let selection = ctx.selection;
         let globals = extracted(GLOBALS_MEMBER, "restore globals")?;
         let dumps = databases
             .iter()
+            .filter(|entry| selection.includes(&entry.name))
             .map(|entry| Ok((entry.name.clone(), extracted(&entry.member, "restore")?)))
             .collect::<Result<Vec<_>>>()?;
-        let names: Vec<String> = dumps.iter().map(|(name, _)| name.clone()).collect();
-        let replacement = self.begin_replacement(&names, ctx.scratch).await?;
-        let loaded = async {
-            self.restore_globals(&globals).await?;
-            for (name, dump) in &dumps {
-                self.load_database(name, dump).await?;
-                tracing::info!(database = %name, "postgres: restored database");
+        let (renamed, replaced): (Vec<_>, Vec<_>) = dumps
+            .iter()
+            .partition(|(name, _)| selection.restored_name(name) != name);
+        // Beside the live data first: a failure here has changed nothing else.
+        let mut created: Vec<&str> = Vec::new();
+        for (from, dump) in &renamed {
+            let to = selection.restored_name(from);
+            if let Err(e) = self.load_renamed(to, dump).await {
+                self.drop_renamed(&created).await;
+                return Err(e);
             }
-            Ok(())
+            tracing::info!(database = %from, as_name = %to, "postgres: restored database beside the live one");
+            created.push(to);
+        }
+        let names: Vec<String> = replaced.iter().map(|(name, _)| name.clone()).collect();
+        let settled = async {
+            let replacement = self.begin_replacement(&names, ctx.scratch).await?;
+            let loaded = async {
+                if selection.includes_globals() {
+                    self.restore_globals(&globals).await?;
+                }
+                for (name, dump) in &replaced {
+                    self.load_database(name, dump).await?;
+                    tracing::info!(database = %name, "postgres: restored database");
+                }
+                Ok(())
+            }
+            .await;
+            self.settle_replacement(replacement, loaded).await
         }
         .await;
-        self.settle_replacement(replacement, loaded).await
+        if settled.is_err() {
+            self.drop_renamed(&created).await;
+        }
+        settled
     }
 
     /// pg_restore of one database into a new database of its name, created
     /// with its encoding, locale, owner, comment, settings and privileges
-    /// (`--create`); `None` for the dump file means it reads standard input
-    /// (compose mode: the file is on this side).
-    pub(super) fn restore_database_command(&self, dump: Option<&Path>) -> ToolCommand {
+    /// (`--create`), or, with `into`, into that existing empty database;
+    /// `None` for the dump file means it reads standard input (compose mode:
+    /// the file is on this side).
+    pub(super) fn restore_database_command(
+        &self,
+        dump: Option<&Path>,
+        into: Option<&str>,
+    ) -> ToolCommand {
         let mut cmd = self
             .tool("pg_restore")
             .args(["--no-password", "--exit-on-error"]);
@@ -284,7 +314,10 @@ impl Postgres {
             // Parallel jobs need a seekable file, which standard input is not.
             cmd = cmd.arg(format!("--jobs={}", self.settings.jobs));
         }
-        cmd = cmd.args(["--create", "-d"]).arg(conninfo_dbname(WORK_DB));
+        cmd = match into {
+            None => cmd.args(["--create", "-d"]).arg(conninfo_dbname(WORK_DB)),
+            Some(database) => cmd.arg("-d").arg(conninfo_dbname(database)),
+        };
         match dump {
             Some(file) => cmd.arg(file),
             None => cmd,
@@ -293,10 +326,19 @@ impl Postgres {
 
     /// Load one database (set aside beforehand, so its name is free) and analyze it.
     async fn load_database(&self, database: &str, dump: &Path) -> Result<()> {
+        self.load_dump(database, dump, None).await
+    }
+
+    /// Load a dump into the existing empty database `database` and analyze it.
+    pub(super) async fn load_dump_into(&self, database: &str, dump: &Path) -> Result<()> {
+        self.load_dump(database, dump, Some(database)).await
+    }
+
+    async fn load_dump(&self, database: &str, dump: &Path, into: Option<&str>) -> Result<()> {
         let step = format!("restore database {database}");
         let step_for_tool = step.clone();
         let restored = if self.target.compose().is_some() {
-            let cmd = self.restore_database_command(None);
+            let cmd = self.restore_database_command(None, into);
             let file = dump.to_path_buf();
             blocking(move || {
                 let mut input = artifact::open_regular(&file)
@@ -307,7 +349,7 @@ impl Postgres {
             })
             .await
         } else {
-            let cmd = self.restore_database_command(Some(dump));
+            let cmd = self.restore_database_command(Some(dump), into);
             blocking(move || process::output(&cmd, SVC, &step_for_tool)).await
         };
         restored.map_err(|e| {
@@ -324,7 +366,7 @@ impl Postgres {
     }
 }
 
-fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEntry>> {
+pub(super) fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEntry>> {
     record
         .details
         .get("databases")

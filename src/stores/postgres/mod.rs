@@ -31,6 +31,7 @@ mod custom;
 mod drill;
 mod plain;
 mod replace;
+mod selection;
 pub mod settings;
 mod sql_file;
 
@@ -422,6 +423,7 @@ impl Store for Postgres {
         record: &ArtifactRecord,
     ) -> Result<()> {
         let format = PostgresFormat::of(record)?;
+        self.check_selection(record, ctx.selection).await?;
         let (server_version, server_major) = self.server_version().await?;
         super::refuse_newer_backup(
             SVC,
@@ -444,6 +446,18 @@ impl Store for Postgres {
             PostgresFormat::Custom => self.restore_custom(ctx, record).await,
             PostgresFormat::Plain => self.restore_plain(ctx, record).await,
         }
+    }
+
+    fn restores_parts(&self) -> bool {
+        true
+    }
+
+    fn expected_counts(
+        &self,
+        record: &ArtifactRecord,
+        selection: &super::Selection,
+    ) -> BTreeMap<String, u64> {
+        selection::expected_counts(record, selection)
     }
 
     async fn counts(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, u64>> {
