@@ -321,7 +321,7 @@ impl TwoDatabases {
         )
     }
     fn drop_all(&self) {
-        for db in [SELECTED, OTHER, COPY] {
+        for db in [SELECTED, OTHER, COPY, "itb_sel_b_copy"] {
             psql(
                 "postgres",
                 &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
@@ -347,6 +347,7 @@ fn some_databases_are_restored_alone_or_beside_the_live_ones() {
     TwoDatabases::set(OTHER, "changed");
     let changed = "added,changed 51";
     let restore = Cmd::restore_path(&dir).services("postgres").yes();
+    let owned_root = temp_root();
 
     // A name the backup does not hold: refused before anything changes.
     let err = restore
@@ -381,6 +382,31 @@ fn some_databases_are_restored_alone_or_beside_the_live_ones() {
     let err = beside.fails(&[], exit::USAGE);
     assert!(err.contains(COPY) && err.contains("exists"), "{err}");
     assert_eq!(TwoDatabases::state(COPY), "inspected 50");
+
+    // A copy that does not load (its owner role is gone and --globals was
+    // not given) is dropped again; the live database stays as it was.
+    psql("postgres", "DROP ROLE IF EXISTS itb_sel_owner");
+    psql("postgres", "CREATE ROLE itb_sel_owner");
+    psql(OTHER, "ALTER TABLE t OWNER TO itb_sel_owner");
+    let owned = backup_into(owned_root.path(), "postgres", &[], &[]);
+    psql(OTHER, "ALTER TABLE t OWNER TO postgres");
+    psql("postgres", "DROP ROLE itb_sel_owner");
+    let err = Cmd::restore_path(&owned)
+        .services("postgres")
+        .yes()
+        .arg("--rename")
+        .arg(format!("{OTHER}=itb_sel_b_copy"))
+        .fails(&[], exit::STORE_REFUSED);
+    assert!(err.contains("itb_sel_owner"), "{err}");
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'itb_sel_b_copy'"
+        ),
+        "0",
+        "the copy that failed to load was left behind"
+    );
+    assert_eq!(TwoDatabases::state(OTHER), changed);
 
     // A plain-format backup is one script: it cannot be split.
     let plain_root = temp_root();
