@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::repository::Repository;
 use crate::restore::{self, RestoreRequest};
 use crate::service::Service;
-use crate::stores::Selection;
+use crate::stores::RestoreSelection;
 use crate::{hooks, metrics, prune, remote, report, schedule, seal, status};
 
 /// Set once a command has printed its report: an error after it (a drill
@@ -108,14 +108,14 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
 }
 
 /// `--databases`, `--rename` and `--globals` select PostgreSQL databases.
-fn selections(args: &RestoreArgs) -> BTreeMap<Service, Selection> {
-    let selection = Selection {
+fn selections(args: &RestoreArgs) -> BTreeMap<Service, RestoreSelection> {
+    let selection = RestoreSelection {
         only: args.databases.clone(),
         renames: args.rename.clone(),
         globals: args.globals,
     };
     let mut selections = BTreeMap::new();
-    if selection != Selection::default() {
+    if selection != RestoreSelection::default() {
         selections.insert(Service::Postgres, selection);
     }
     selections

@@ -19,7 +19,7 @@ use crate::lock::RootLock;
 use crate::manifest::Manifest;
 use crate::repository::{open_backup, BackupChoice};
 use crate::service::{Service, ServiceList};
-use crate::stores::{self, RestoreContext, Selection};
+use crate::stores::{self, RestoreContext, RestoreSelection};
 use crate::verify::{verify_artifacts, ArtifactCheck, Verified};
 
 #[derive(Debug, Default)]
@@ -34,14 +34,14 @@ pub struct RestoreRequest {
     /// One store after the other instead of all at once.
     pub sequential: bool,
     /// Per store, what of its artifact to put back (default: everything).
-    pub selections: BTreeMap<Service, Selection>,
+    pub selections: BTreeMap<Service, RestoreSelection>,
 }
 
 /// The selection of a store the request names none for.
-static EVERYTHING: Selection = Selection::EVERYTHING;
+static EVERYTHING: RestoreSelection = RestoreSelection::EVERYTHING;
 
 impl RestoreRequest {
-    fn selection(&self, service: Service) -> &Selection {
+    fn selection(&self, service: Service) -> &RestoreSelection {
         self.selections.get(&service).unwrap_or(&EVERYTHING)
     }
 }
@@ -113,7 +113,7 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
             if !selection.is_everything() {
                 steps.push(describe_selection(selection));
             }
-            steps.extend(store.restore_plan(record));
+            steps.extend(store.restore_plan(record, selection));
             steps.push("compare the restored counts with the manifest and check health".into());
             plan.insert(store.service(), steps);
         }
@@ -293,7 +293,7 @@ fn refuse_selections_not_restorable(
 }
 
 /// The selection, for the dry run's plan.
-fn describe_selection(selection: &Selection) -> String {
+fn describe_selection(selection: &RestoreSelection) -> String {
     let mut parts: Vec<String> = selection.only.iter().flatten().cloned().collect();
     for (from, to) in &selection.renames {
         parts.push(format!(

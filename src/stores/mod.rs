@@ -70,14 +70,14 @@ pub struct RestoreContext<'a> {
     /// A private scratch directory on the same side as the backup.
     pub scratch: &'a Path,
     /// What of the artifact to put back, and under which names.
-    pub selection: &'a Selection,
+    pub selection: &'a RestoreSelection,
 }
 
 /// What of a store's artifact a restore puts back (`restore --databases`,
 /// `--rename`): everything, by default. A part is what the store's artifact
 /// is made of and can restore on its own (a PostgreSQL database).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selection {
+pub struct RestoreSelection {
     /// Only these parts; `None`: every part (and the cluster-wide state).
     pub only: Option<Vec<String>>,
     /// Restore the part FROM under the name TO, beside the live FROM, which
@@ -87,9 +87,9 @@ pub struct Selection {
     pub globals: bool,
 }
 
-impl Selection {
+impl RestoreSelection {
     /// Everything the artifact holds, under its own names.
-    pub const EVERYTHING: Selection = Selection {
+    pub const EVERYTHING: RestoreSelection = RestoreSelection {
         only: None,
         renames: Vec::new(),
         globals: false,
@@ -217,7 +217,7 @@ pub trait Store: DrillData + Send + Sync {
     async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()>;
 
     /// The steps and commands a restore would run, for `--dry-run`.
-    fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String>;
+    fn restore_plan(&self, record: &ArtifactRecord, selection: &RestoreSelection) -> Vec<String>;
 
     /// The local work a restore needs done before it may change anything:
     /// extracting into `ctx.scratch`, checking the free space of a disk it
@@ -238,7 +238,7 @@ pub trait Store: DrillData + Send + Sync {
     async fn counts(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, u64>>;
 
     /// Whether a restore can put back parts of this store's artifacts
-    /// ([`Selection`]); a store that cannot refuses any selection before
+    /// ([`RestoreSelection`]); a store that cannot refuses any selection before
     /// anything changes.
     fn restores_parts(&self) -> bool {
         false
@@ -249,7 +249,7 @@ pub trait Store: DrillData + Send + Sync {
     fn expected_counts(
         &self,
         record: &ArtifactRecord,
-        _selection: &Selection,
+        _selection: &RestoreSelection,
     ) -> BTreeMap<String, u64> {
         record.counts.clone()
     }

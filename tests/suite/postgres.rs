@@ -361,6 +361,18 @@ fn some_databases_are_restored_alone_or_beside_the_live_ones() {
     );
     assert_eq!(TwoDatabases::state(SELECTED), changed);
 
+    // The dry run's plan names what this selection touches, and nothing else.
+    let plan = text(
+        &restore
+            .clone()
+            .arg("--rename")
+            .arg(format!("{SELECTED}={COPY}"))
+            .arg("--dry-run")
+            .ok(&[]),
+    );
+    assert!(plan.contains("beside the live one"), "{plan}");
+    assert!(!plan.contains(OTHER), "{plan}");
+
     // Only the selected database goes back; the other keeps its changes.
     restore.clone().arg("--databases").arg(SELECTED).ok(&[]);
     assert_eq!(TwoDatabases::state(SELECTED), at_backup);

@@ -268,7 +268,11 @@ impl Store for Neo4j {
         }
     }
 
-    fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String> {
+    fn restore_plan(
+        &self,
+        record: &ArtifactRecord,
+        _selection: &super::RestoreSelection,
+    ) -> Vec<String> {
         match Neo4jMethod::of(record) {
             Ok(Neo4jMethod::Logical) => self.plan_logical_restore(record),
             Ok(Neo4jMethod::Dump) => self.plan_dump_restore(record),

@@ -437,7 +437,11 @@ impl Store for OpenSearch {
         }
     }
 
-    fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String> {
+    fn restore_plan(
+        &self,
+        record: &ArtifactRecord,
+        _selection: &super::RestoreSelection,
+    ) -> Vec<String> {
         match OpenSearchMethod::of(record) {
             Ok(OpenSearchMethod::Snapshot) => self.plan_snapshot_restore(record),
             Ok(OpenSearchMethod::Logical) => self.plan_logical_restore(record),

@@ -11,7 +11,7 @@ use crate::artifact::{self, ArtifactWriter, HashingReader, PendingArtifact};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::manifest::{ArtifactRecord, Member};
 use crate::process::{self, ToolCommand};
-use crate::stores::{BackupContext, RestoreContext};
+use crate::stores::{BackupContext, RestoreContext, RestoreSelection};
 
 use super::replace::WORK_DB;
 use super::{
@@ -58,23 +58,46 @@ impl Postgres {
     }
 
     /// The steps a custom-format restore runs, for `--dry-run`.
-    pub(super) fn plan_custom_restore(&self, record: &ArtifactRecord) -> Vec<String> {
-        let mut plan = vec![
-            format!(
-                "extract {} into a private scratch directory under the backup root (needs {} free: checked, like every store's, before any store is changed)",
-                record.file,
-                crate::human::size(extracted_bytes(record))
-            ),
-            format!(
+    pub(super) fn plan_custom_restore(
+        &self,
+        record: &ArtifactRecord,
+        selection: &RestoreSelection,
+    ) -> Vec<String> {
+        let mut plan = vec![format!(
+            "extract {} into a private scratch directory under the backup root (needs {} free: checked, like every store's, before any store is changed)",
+            record.file,
+            crate::human::size(extracted_bytes(record))
+        )];
+        let entries: Vec<DatabaseEntry> = database_entries(record)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| selection.includes(&e.name))
+            .collect();
+        for entry in entries
+            .iter()
+            .filter(|e| selection.restored_name(&e.name) != e.name)
+        {
+            let to = selection.restored_name(&entry.name);
+            plan.push(format!(
+                "CREATE DATABASE {to} TEMPLATE template0; {}   (database {} beside the live one, untouched)",
+                self.restore_database_command(Some(Path::new(&entry.member)), Some(to)),
+                entry.name
+            ));
+        }
+        if selection.includes_globals() {
+            plan.push(format!(
                 "{} -f globals.idempotent.sql  (roles: created if missing, else altered)",
                 self.tool("psql")
                     .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-            ),
-        ];
-        let entries = database_entries(record).unwrap_or_default();
-        let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+            ));
+        }
+        let replaced: Vec<&DatabaseEntry> = entries
+            .iter()
+            .filter(|e| selection.restored_name(&e.name) == e.name)
+            .collect();
+        let names: Vec<String> = replaced.iter().map(|e| e.name.clone()).collect();
         plan.push(set_aside_step(&names));
-        for entry in &entries {
+        for entry in replaced {
             plan.push(format!(
                 "{}   (database {})",
                 self.restore_database_command(Some(Path::new(&entry.member)), None),

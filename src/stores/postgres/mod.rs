@@ -409,9 +409,13 @@ impl Store for Postgres {
         }
     }
 
-    fn restore_plan(&self, record: &ArtifactRecord) -> Vec<String> {
+    fn restore_plan(
+        &self,
+        record: &ArtifactRecord,
+        selection: &super::RestoreSelection,
+    ) -> Vec<String> {
         match PostgresFormat::of(record) {
-            Ok(PostgresFormat::Custom) => self.plan_custom_restore(record),
+            Ok(PostgresFormat::Custom) => self.plan_custom_restore(record, selection),
             Ok(PostgresFormat::Plain) => self.plan_plain_restore(record),
             Err(e) => vec![e.message],
         }
@@ -455,7 +459,7 @@ impl Store for Postgres {
     fn expected_counts(
         &self,
         record: &ArtifactRecord,
-        selection: &super::Selection,
+        selection: &super::RestoreSelection,
     ) -> BTreeMap<String, u64> {
         selection::expected_counts(record, selection)
     }

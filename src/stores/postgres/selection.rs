@@ -23,7 +23,7 @@ use super::replace::{is_internal, INTERNAL_PREFIX};
 use super::{quote_ident, Postgres, PostgresFormat, SVC};
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
-use crate::stores::{Method, Selection};
+use crate::stores::{Method, RestoreSelection};
 
 /// PostgreSQL's longest identifier, in bytes.
 const MAX_NAME_BYTES: usize = 63;
@@ -34,7 +34,7 @@ impl Postgres {
     pub(super) async fn check_selection(
         &self,
         record: &ArtifactRecord,
-        selection: &Selection,
+        selection: &RestoreSelection,
     ) -> Result<()> {
         if selection.is_everything() {
             return Ok(());
@@ -134,7 +134,7 @@ impl Postgres {
 /// are restored under.
 pub(super) fn expected_counts(
     record: &ArtifactRecord,
-    selection: &Selection,
+    selection: &RestoreSelection,
 ) -> BTreeMap<String, u64> {
     record
         .counts
