@@ -44,6 +44,10 @@ pub async fn run(cli: &Cli) -> Result<()> {
         Command::Push(args) => push(cli, args).await,
         Command::Pull(args) => pull(cli, args).await,
         Command::Keygen(args) => keygen(cli, args).await,
+        Command::Wal(args) => {
+            let settings = Settings::resolve(cli, None)?;
+            crate::stores::postgres::wal::run(&settings, &args.command, cli.json).await
+        }
     }
 }
 

@@ -33,6 +33,7 @@ mod plain;
 mod replace;
 pub mod settings;
 mod sql_file;
+pub mod wal;
 
 use replace::WORK_DB;
 
