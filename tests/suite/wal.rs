@@ -160,6 +160,13 @@ fn a_name_not_archived_fails_quickly_in_one_line_and_creates_nothing() {
         );
         assert!(snapshot(&work.path().join("pg_wal")).is_empty());
     }
+    // No root given: refused, not archived into PostgreSQL's data directory
+    // (its working directory) under the default root.
+    let err = Cmd::new("wal")
+        .arg("push")
+        .arg(s(&segment))
+        .fails(&[], exit::USAGE);
+    assert!(err.contains("need the archive's root"), "{err}");
     // An archive root that does not exist at all: the same answer.
     let nowhere = work.path().join("no-such-root");
     fetch(&nowhere, "000000010000000000000001", &dest).fails(&[], exit::NOT_FOUND);

@@ -35,8 +35,6 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::artifact::Digest256;
-use crate::cli::{WalCommand, WalFetchArgs, WalPushArgs};
-use crate::config::Settings;
 use crate::error::{io_error, Error, Result};
 use crate::seal::{Identities, Recipients};
 use crate::service::Service;
@@ -110,24 +108,61 @@ pub struct FetchOutcome {
     pub seconds: f64,
 }
 
+/// What `wal push` is asked (`wal push`'s arguments as plain values: the
+/// stores sit below the command line, see docs/architecture.md, "Layers").
+#[derive(Debug, Clone)]
+pub struct PushRequest {
+    /// The file PostgreSQL archives (`%p`).
+    pub path: PathBuf,
+    pub upload: Option<String>,
+    pub no_local: bool,
+}
+
+/// What `wal fetch` is asked.
+#[derive(Debug, Clone)]
+pub struct FetchRequest {
+    /// The name PostgreSQL asks for (`%f`).
+    pub name: String,
+    /// Where it wants it (`%p`).
+    pub dest: PathBuf,
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum WalRequest {
+    Push(PushRequest),
+    Fetch(FetchRequest),
+}
+
+/// Where the archive is and its keys, resolved from the settings.
+#[derive(Debug, Clone)]
+pub struct WalSettings {
+    /// The root given (flag, variable or config file); `None` when only the
+    /// default applies, which `wal` refuses: PostgreSQL runs these commands
+    /// in its data directory, and the default root would put the archive
+    /// inside the cluster it is meant to save.
+    pub root: Option<PathBuf>,
+    pub encrypt_to: Vec<String>,
+    pub identity: Option<PathBuf>,
+}
+
+impl WalSettings {
+    fn root(&self) -> Result<&Path> {
+        self.root.as_deref().ok_or_else(|| {
+            Error::usage(
+                "wal push and wal fetch need the archive's root: --root DIR (or IT_BACKUP_ROOT, or root in the config file)",
+            )
+            .hint("archive_command = 'itbackup wal push --root /backups %p'")
+        })
+    }
+}
+
 /// Run `wal push` or `wal fetch`. A success is one log line on standard
 /// error (PostgreSQL's log), and JSON on standard output with `--json`.
-pub async fn run(settings: &Settings, command: &WalCommand, json: bool) -> Result<()> {
-    let needs_root = match command {
-        WalCommand::Push(_) => true,
-        WalCommand::Fetch(args) => args.from.is_none(),
-    };
-    if needs_root && settings.root == Path::new(crate::config::DEFAULT_ROOT) {
-        // PostgreSQL runs these in its data directory: the default root
-        // would put the archive inside the cluster it is meant to save.
-        return Err(Error::usage(
-            "wal push and wal fetch need the archive's root: --root DIR (or IT_BACKUP_ROOT, or root in the config file)",
-        )
-        .hint("archive_command = 'itbackup wal push --root /backups %p'"));
-    }
-    match command {
-        WalCommand::Push(args) => {
-            let outcome = push(settings, args).await?;
+pub async fn run(settings: &WalSettings, request: &WalRequest, json: bool) -> Result<()> {
+    match request {
+        WalRequest::Push(request) => {
+            let outcome = push(settings, request).await?;
             let stored = crate::human::size(outcome.stored_bytes);
             let plain = crate::human::size(outcome.bytes);
             let mut copies: Vec<String> = Vec::new();
@@ -146,8 +181,8 @@ pub async fn run(settings: &Settings, command: &WalCommand, json: bool) -> Resul
             );
             print_json(json, &outcome);
         }
-        WalCommand::Fetch(args) => {
-            let outcome = fetch(settings, args).await?;
+        WalRequest::Fetch(request) => {
+            let outcome = fetch(settings, request).await?;
             tracing::info!(
                 "{} restored from {} ({:.2} s)",
                 outcome.name,
@@ -178,8 +213,9 @@ fn name_of(path: &Path) -> Result<WalName> {
     WalName::parse(file)
 }
 
-async fn push(settings: &Settings, args: &WalPushArgs) -> Result<PushOutcome> {
+async fn push(settings: &WalSettings, args: &PushRequest) -> Result<PushOutcome> {
     let started = Instant::now();
+    let root = settings.root()?;
     let name = name_of(&args.path)?;
     let recipients = Recipients::parse(&settings.encrypt_to)?;
     let recipients = recipients.as_ref();
@@ -187,7 +223,7 @@ async fn push(settings: &Settings, args: &WalPushArgs) -> Result<PushOutcome> {
     let mut local_copy = None;
     let mut pushed = None;
     if !args.no_local {
-        let archive = LocalArchive::new(&settings.root);
+        let archive = LocalArchive::new(root);
         let done = archive.push(&args.path, &name, recipients)?;
         archived |= matches!(done, Pushed::Archived(_));
         local_copy = Some((archive, done.record().clone()));
@@ -202,7 +238,7 @@ async fn push(settings: &Settings, args: &WalPushArgs) -> Result<PushOutcome> {
                     .push(&name, &archive.stored_path(record), record)
                     .await?
             }
-            None => push_remote_only(settings, &remote, &args.path, &name, recipients).await?,
+            None => push_remote_only(root, &remote, &args.path, &name, recipients).await?,
         };
         archived |= matches!(done, Pushed::Archived(_));
         remote_location = Some(format!("{url}/{WAL_DIR}"));
@@ -225,7 +261,7 @@ async fn push(settings: &Settings, args: &WalPushArgs) -> Result<PushOutcome> {
 /// `--no-local`: compress into a staging directory under the root and upload
 /// from there, unless the repository holds this name already.
 async fn push_remote_only(
-    settings: &Settings,
+    root: &Path,
     remote: &RemoteArchive,
     source: &Path,
     name: &WalName,
@@ -234,7 +270,7 @@ async fn push_remote_only(
     if let Some(existing) = remote.record(name).await? {
         return remote.accept_existing(name, existing, &stream::digest_source(source)?);
     }
-    let staging = crate::remote::staging_dir(&settings.root, "wal")?;
+    let staging = crate::remote::staging_dir(root, "wal")?;
     let stored_name = WalRecord::stored_name(name, recipients.is_some());
     let (pending, plain) = stream::store(source, staging.path(), &stored_name, recipients)?;
     pending
@@ -244,7 +280,7 @@ async fn push_remote_only(
     remote.upload(name, &pending.target, &record).await
 }
 
-async fn fetch(settings: &Settings, args: &WalFetchArgs) -> Result<FetchOutcome> {
+async fn fetch(settings: &WalSettings, args: &FetchRequest) -> Result<FetchOutcome> {
     let started = Instant::now();
     let name = WalName::parse(&args.name)?;
     let identities = settings
@@ -261,7 +297,7 @@ async fn fetch(settings: &Settings, args: &WalFetchArgs) -> Result<FetchOutcome>
             (record, format!("{url}/{WAL_DIR}"))
         }
         None => {
-            let archive = LocalArchive::new(&settings.root);
+            let archive = LocalArchive::new(settings.root()?);
             let record = archive.fetch(&name, &args.dest, identities.as_ref())?;
             (record, archive.dir.display().to_string())
         }

@@ -123,6 +123,11 @@ impl RemoteArchive {
             .download_checked(&[WAL_DIR, &record.file], &mut file, &record.stored())
             .await
             .map_err(|e| e.service(SVC))?;
+        // tokio writes in the background: wait for the last chunk before
+        // the file is read again by its path.
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| io_error(Some(SVC), step, download.path().display(), e))?;
         drop(file);
         stream::unpack(download.path(), &record, identities, dest)?;
         Ok(record)
