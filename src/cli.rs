@@ -179,6 +179,23 @@ pub enum Command {
     /// when there is none). Each run is logged; with --json each run's result
     /// is printed as one JSON line.
     Schedule(ScheduleArgs),
+    /// Archive PostgreSQL's WAL (archive_command) and hand it back (restore_command).
+    ///
+    /// Continuous archiving for point-in-time recovery (docs/postgres-pitr.md).
+    /// In postgresql.conf (wal_level=replica and archive_mode=on need a restart):
+    ///
+    ///   archive_command = 'itbackup wal push --root /backups %p'
+    ///
+    ///   restore_command = 'itbackup wal fetch --root /backups %f %p'
+    ///
+    /// Each file goes to <root>/wal/<name>.zst (.zst.age when encrypted) with
+    /// its record <name>.json (sizes and SHA-256 of the segment and of the stored
+    /// file), written last and atomically. Pushing a segment archived already
+    /// with the same content succeeds; different content under that name is
+    /// refused (exit 2) and the archived one kept. `fetch` checks both
+    /// checksums before PostgreSQL sees the file; a name not archived exits 3,
+    /// which PostgreSQL takes for "not there", a damaged one exits 4.
+    Wal(WalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -555,6 +572,62 @@ pub struct ScheduleArgs {
 
     #[command(flatten)]
     pub monitor: MonitorArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WalArgs {
+    #[command(subcommand)]
+    pub command: WalCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Archive one WAL file: archive_command = 'itbackup wal push --root DIR %p'.
+    ///
+    /// Compressed (zstd), sealed with --encrypt-to or the config file's
+    /// recipients, written as *.partial, fsynced and renamed, its record last.
+    /// With --upload URL the file also goes to the repository's wal/ (checked by
+    /// reading it back); with --no-local only there. Exit 0 only once every
+    /// copy is durable: PostgreSQL then recycles the segment.
+    Push(WalPushArgs),
+    /// Hand back one archived file: restore_command = 'itbackup wal fetch --root DIR %f %p'.
+    ///
+    /// Both checksums of its record are checked before DEST appears; sealed
+    /// files need --identity (or IT_AGE_IDENTITY, or the config file's
+    /// identity). With --from URL the file comes from the repository's wal/.
+    Fetch(WalFetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// The file PostgreSQL archives (its %p: pg_wal/<name>, relative to the data directory).
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+
+    /// Also archive into this repository (s3://bucket/prefix …; its wal/ under
+    /// the prefix), as `backup --upload` does.
+    #[arg(long, value_name = "URL")]
+    pub upload: Option<String>,
+
+    /// With --upload: keep no copy under the root (the file is staged there
+    /// while it is compressed, then removed).
+    #[arg(long, requires = "upload")]
+    pub no_local: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// The name PostgreSQL asks for (its %f: a segment, NNNNNNNN.history …).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Where PostgreSQL wants it (its %p, relative to the data directory).
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+
+    /// Fetch from this repository (s3://bucket/prefix …) instead of the root.
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::backup::{self, BackupRequest};
 use crate::cli::{
     BackupArgs, Cli, Command, DrillArgs, KeygenArgs, ListArgs, PruneArgs, PullArgs, PushArgs,
-    RestoreArgs, ScheduleArgs, StatusArgs, VerifyArgs,
+    RestoreArgs, ScheduleArgs, StatusArgs, VerifyArgs, WalCommand,
 };
 use crate::config::Settings;
 use crate::drill::{self, DrillRequest};
@@ -47,6 +47,7 @@ pub async fn run(cli: &Cli) -> Result<()> {
         Command::Push(args) => push(cli, args).await,
         Command::Pull(args) => pull(cli, args).await,
         Command::Keygen(args) => keygen(cli, args).await,
+        Command::Wal(args) => wal(cli, &args.command).await,
     }
 }
 
@@ -214,4 +215,29 @@ async fn keygen(cli: &Cli, args: &KeygenArgs) -> Result<()> {
     let recipient = seal::write_new_identity(&args.out)?;
     report::keygen(&args.out, &recipient, json);
     Ok(())
+}
+
+/// `wal push` / `wal fetch`: PostgreSQL's archive_command and restore_command.
+async fn wal(cli: &Cli, command: &WalCommand) -> Result<()> {
+    use crate::stores::postgres::wal::{self, FetchRequest, PushRequest, WalRequest};
+    let settings = Settings::resolve(cli, None)?;
+    let request = match command {
+        WalCommand::Push(a) => WalRequest::Push(PushRequest {
+            path: a.path.clone(),
+            upload: a.upload.clone(),
+            no_local: a.no_local,
+        }),
+        WalCommand::Fetch(a) => WalRequest::Fetch(FetchRequest {
+            name: a.name.clone(),
+            dest: a.dest.clone(),
+            from: a.from.clone(),
+        }),
+    };
+    let given = settings.root != std::path::Path::new(crate::config::DEFAULT_ROOT);
+    let keys = wal::WalSettings {
+        root: given.then(|| settings.root.clone()),
+        encrypt_to: settings.encrypt_to,
+        identity: settings.identity,
+    };
+    wal::run(&keys, &request, cli.json).await
 }

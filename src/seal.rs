@@ -143,6 +143,54 @@ impl Identities {
     }
 }
 
+/// An age writer that seals what is written through it to `recipients` into
+/// `out`; its `finish` must be called to write the last chunk.
+pub fn encrypt_to<W: Write>(
+    recipients: &Recipients,
+    out: W,
+) -> io::Result<age::stream::StreamWriter<W>> {
+    let encryptor = age::Encryptor::with_recipients(
+        recipients
+            .keys
+            .iter()
+            .map(|k| k.as_ref() as &dyn age::Recipient),
+    )
+    .map_err(|e| io::Error::other(format!("age: {e}")))?;
+    encryptor.wrap_output(out)
+}
+
+/// Why a sealed file could not be opened with `identities`: not an age file
+/// at all (damaged), or none of the keys it was sealed to.
+#[derive(Debug)]
+pub enum OpenError {
+    NotAge(String),
+    WrongKey(String),
+}
+
+/// A reader of the plaintext of the age file `input`, opened with `identities`.
+pub fn decrypt_with<R: io::BufRead>(
+    identities: &Identities,
+    input: R,
+) -> Result<age::stream::StreamReader<R>, OpenError> {
+    let decryptor =
+        age::Decryptor::new_buffered(input).map_err(|e| OpenError::NotAge(e.to_string()))?;
+    decryptor
+        .decrypt(
+            identities
+                .keys
+                .iter()
+                .map(|k| k.as_ref() as &dyn age::Identity),
+        )
+        .map_err(|e| OpenError::WrongKey(e.to_string()))
+}
+
+impl Identities {
+    /// The identity file the keys came from (for messages; never the keys).
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+}
+
 /// Seal a clear artifact to `recipients`: `<name>.age.partial` is written next
 /// to it, the clear file is removed, and the record describes the sealed file.
 pub fn seal(
@@ -157,14 +205,7 @@ pub fn seal(
         .unwrap_or_default();
     let sealed_name = format!("{}{SEALED_SUFFIX}", record.file);
     let writer = ArtifactWriter::create(&dir, &sealed_name)?;
-    let encryptor = age::Encryptor::with_recipients(
-        recipients
-            .keys
-            .iter()
-            .map(|k| k.as_ref() as &dyn age::Recipient),
-    )
-    .map_err(|e| io::Error::other(format!("age: {e}")))?;
-    let mut sealer = encryptor.wrap_output(io::BufWriter::with_capacity(CHUNK, writer))?;
+    let mut sealer = encrypt_to(recipients, io::BufWriter::with_capacity(CHUNK, writer))?;
     let mut clear = HashingReader::new(artifact::open_buffered(&pending.partial)?);
     io::copy(&mut clear, &mut sealer)?;
     let mut buffered = sealer.finish()?;
@@ -233,26 +274,18 @@ pub fn open(
         .unwrap_or(&record.file)
         .to_string();
     let out = scratch.join(&plain_name);
-    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(
+    let input = BufReader::with_capacity(
         CHUNK,
         artifact::open_regular(path)
             .map_err(|e| crate::error::io_error(Some(service), step, path.display(), e))?,
-    ))
-    .map_err(|e| {
-        Error::damaged(
+    );
+    let mut reader = decrypt_with(identities, input).map_err(|e| match e {
+        OpenError::NotAge(e) => Error::damaged(
             step,
             format!("{} is not a readable age file: {e}", record.file),
         )
-        .service(service)
-    })?;
-    let mut reader = decryptor
-        .decrypt(
-            identities
-                .keys
-                .iter()
-                .map(|k| k.as_ref() as &dyn age::Identity),
-        )
-        .map_err(|e| {
+        .service(service),
+        OpenError::WrongKey(e) => {
             Error::authentication(step, format!("cannot open {}: {e}", record.file))
                 .service(service)
                 .hint(format!(
@@ -260,7 +293,8 @@ pub fn open(
                     identities.source.display(),
                     encryption.recipients.join(", ")
                 ))
-        })?;
+        }
+    })?;
     let written = (|| -> io::Result<Digest256> {
         let mut writer = ArtifactWriter::create(scratch, &plain_name)?;
         io::copy(&mut reader, &mut writer)?;

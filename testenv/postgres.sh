@@ -41,6 +41,38 @@ postgres_init() {
   rm -f "$pwfile"
 }
 
+# Settings the WAL archiving tests need (docs/postgres-pitr.md). They live in
+# a file of the data directory included from postgresql.conf, not on pg_ctl's
+# -o line: a setting given on the command line beats ALTER SYSTEM, and the
+# tests set archive_command with ALTER SYSTEM (reset afterwards, when this
+# file's no-op applies again). '/bin/true' marks every segment archived: with
+# archive_mode=on and no command, pg_wal would keep every segment for ever.
+# Written on every start, so an existing data directory gets them too.
+postgres_configure() {
+  local user; user="$(service_user postgres)"
+  cat >"$PG_DATA/testenv.conf" <<CONF
+# Written by testenv/up on every start; edit testenv/postgres.sh instead.
+wal_level = replica
+archive_mode = on
+archive_command = '/bin/true'
+max_wal_senders = 4
+CONF
+  grep -qx "include_if_exists = 'testenv.conf'" "$PG_DATA/postgresql.conf" \
+    || printf "\n# testenv/up: WAL archiving and replication settings.\ninclude_if_exists = 'testenv.conf'\n" >>"$PG_DATA/postgresql.conf"
+  # Replication (pg_basebackup, pg_receivewal) for the superuser over loopback.
+  local hba="host replication $PG_SUPERUSER 127.0.0.1/32 scram-sha-256"
+  grep -qx "$hba" "$PG_DATA/pg_hba.conf" || printf '%s\n' "$hba" >>"$PG_DATA/pg_hba.conf"
+  [ "$(id -u)" -eq 0 ] && chown "$user" "$PG_DATA/testenv.conf" "$PG_DATA/postgresql.conf" "$PG_DATA/pg_hba.conf"
+  chmod 0600 "$PG_DATA/testenv.conf"
+}
+
+# Whether the running server already has the settings of postgres_configure
+# (archive_mode and wal_level take effect only at a start).
+postgres_configured() {
+  [ "$(PGPASSWORD="$PG_PASSWORD" "$PG_BIN/psql" -X -h 127.0.0.1 -p "$PG_PORT" -U "$PG_SUPERUSER" \
+    -d postgres -Atqc "SELECT current_setting('archive_mode') || current_setting('wal_level')" 2>/dev/null)" = onreplica ]
+}
+
 postgres_answers() {
   PGPASSWORD="$PG_PASSWORD" "$PG_BIN/psql" -X -h 127.0.0.1 -p "$PG_PORT" -U "$PG_SUPERUSER" \
     -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1
@@ -53,7 +85,12 @@ postgres_running() {
 postgres_start() {
   postgres_install
   postgres_init
-  if postgres_running && postgres_answers; then return 0; fi
+  postgres_configure
+  if postgres_running && postgres_answers; then
+    postgres_configured && return 0
+    log "restarting PostgreSQL to apply wal_level=replica and archive_mode=on"
+    postgres_stop
+  fi
   require_free_port postgres "$PG_PORT"
   local user; user="$(service_user postgres)"
   as_user "$user" "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t "$START_TIMEOUT" \
@@ -74,6 +111,12 @@ postgres_describe() {
   printf '%-10s %-22s %s\n' postgres "PostgreSQL $version" "postgresql://$PG_SUPERUSER@127.0.0.1:$PG_PORT"
 }
 
+# The command that stops (down) or starts (up) this stack's PostgreSQL, for
+# IT_PG_STOP_CMD / IT_PG_START_CMD (the PITR restore stops and starts it).
+postgres_lifecycle() {
+  printf 'IT_TESTENV_DIR=%s IT_TESTENV_PG_PORT=%s %s/%s postgres' "$STATE" "$PG_PORT" "$TESTENV_SRC" "$1"
+}
+
 postgres_env() {
   cat <<ENV
 export PGHOST=127.0.0.1
@@ -82,5 +125,7 @@ export PGUSER=$PG_SUPERUSER
 export PGPASSWORD=$PG_PASSWORD
 export IT_PG_BIN=$PG_BIN
 export IT_PG_DATA=$PG_DATA
+export IT_PG_STOP_CMD="$(postgres_lifecycle down)"
+export IT_PG_START_CMD="$(postgres_lifecycle up)"
 ENV
 }

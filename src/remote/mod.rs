@@ -24,6 +24,7 @@ use crate::error::{io_error, Error, Result};
 use crate::manifest::{is_safe_component, Manifest, MANIFEST_FILE};
 
 mod errors;
+mod objects;
 mod staging;
 mod transfer;
 

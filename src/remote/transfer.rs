@@ -17,7 +17,7 @@ use crate::error::io_error;
 
 impl Remote {
     /// Upload one local file as a stream (multipart), hashing what was sent.
-    async fn upload_file(&self, local: &Path, key: &ObjectPath) -> Result<Digest256> {
+    pub(super) async fn upload_file(&self, local: &Path, key: &ObjectPath) -> Result<Digest256> {
         let step = "upload";
         let shown = format!("{}/{}", self.url, key_tail(key));
         let mut file = artifact::open_regular(local)
@@ -61,7 +61,7 @@ impl Remote {
     }
 
     /// Stream an object through sha256 into `sink` (a file, or nothing).
-    async fn stream_object(
+    pub(super) async fn stream_object(
         &self,
         key: &ObjectPath,
         mut sink: Option<&mut tokio::fs::File>,

@@ -23,3 +23,4 @@ mod remote;
 mod secrets;
 mod servers;
 mod timeouts;
+mod wal;

@@ -34,6 +34,7 @@ mod replace;
 mod selection;
 pub mod settings;
 mod sql_file;
+pub mod wal;
 
 use replace::WORK_DB;
 
