@@ -41,6 +41,20 @@ impl Remote {
         Ok(Some(bytes.to_vec()))
     }
 
+    /// The size of the object `parts`, or `None` when it does not exist.
+    pub async fn object_size(&self, parts: &[&str]) -> Result<Option<u64>> {
+        let key = self.key(parts);
+        match self.store.head(&key).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(remote_error(
+                "read remote object",
+                &format!("{}/{}", self.url, key_tail(&key)),
+                e,
+            )),
+        }
+    }
+
     /// Upload the local file `local` as `parts`, streamed, and check the
     /// object: what was sent must be `expected` (else the local file changed
     /// or is damaged), and the object read back must hash to it too.

@@ -97,6 +97,31 @@ fn the_same_file_pushed_twice_is_accepted_and_different_content_is_refused() {
     assert_eq!(again["archived"], false, "{again:#}");
     assert_eq!(snapshot(&wal), before);
 
+    // A record alone proves nothing: with its stored file lost (or cut), a
+    // retry stores the segment again, or PostgreSQL would then delete the
+    // only copy left.
+    let stored = wal.join(format!("{name}.zst"));
+    std::fs::remove_file(&stored).unwrap();
+    let again = json_of(&push(root.path(), &segment).arg("--json").ok(&[]));
+    assert_eq!(again["archived"], true, "{again:#}");
+    let stored_bytes = std::fs::metadata(&stored).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&stored)
+        .unwrap()
+        .set_len(stored_bytes / 2)
+        .unwrap();
+    let again = json_of(&push(root.path(), &segment).arg("--json").ok(&[]));
+    assert_eq!(again["archived"], true, "{again:#}");
+    let stored_again = std::fs::read(&stored).unwrap();
+    assert!(
+        before
+            .iter()
+            .any(|(n, bytes)| *n == format!("{name}.zst") && *bytes == stored_again),
+        "the segment stored again differs from the first copy"
+    );
+    let before = snapshot(&wal);
+
     // Another file under that name: refused, the archived one untouched.
     let original = std::fs::read(&segment).unwrap();
     fake_segment(work.path(), name, 2, 16 * 1024 * 1024);
@@ -357,8 +382,17 @@ fn a_repository_archive_round_trips_refuses_conflicts_and_damage() {
         .fails(&[], exit::USAGE);
     assert!(err.contains("already with different content"), "{err}");
 
-    // A damaged remote object never reaches the destination.
+    // A record whose object is gone: a retry uploads the segment again.
     let location = itbackup::remote::Remote::open(&url).unwrap();
+    block_on(location.delete_object("wal", "000000010000000000000001.zst")).unwrap();
+    push(root.path(), &first).arg("--upload").arg(&url).ok(&[]);
+    fetch(elsewhere.path(), "000000010000000000000001", &dest)
+        .arg("--from")
+        .arg(&url)
+        .ok(&[]);
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&first).unwrap());
+
+    // A damaged remote object never reaches the destination.
     let stored = std::fs::read(root.path().join("wal/000000010000000000000001.zst")).unwrap();
     let mut bad = stored.clone();
     bad[stored.len() / 2] ^= 0x01;

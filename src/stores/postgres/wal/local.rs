@@ -71,7 +71,17 @@ impl LocalArchive {
                     &offered,
                 ));
             }
-            return Ok(Pushed::Already(record));
+            // The record alone proves nothing: a stored file lost or cut
+            // since is stored again (the same content), or PostgreSQL would
+            // delete the only copy left once told it is archived.
+            let stored = stream::digest_source(&self.stored_path(&record));
+            if stored.as_ref().is_ok_and(|s| *s == record.stored()) {
+                return Ok(Pushed::Already(record));
+            }
+            tracing::warn!(
+                wal = %name,
+                "the archived copy is missing or damaged; archiving it again"
+            );
         }
         create_private_dir(&self.dir)
             .map_err(|e| io_error(Some(SVC), step, self.dir.display(), e))?;

@@ -268,7 +268,10 @@ async fn push_remote_only(
     recipients: Option<&Recipients>,
 ) -> Result<Pushed> {
     if let Some(existing) = remote.record(name).await? {
-        return remote.accept_existing(name, existing, &stream::digest_source(source)?);
+        let offered = stream::digest_source(source)?;
+        if let Some(pushed) = remote.accept_existing(name, existing, &offered).await? {
+            return Ok(pushed);
+        }
     }
     let staging = crate::remote::staging_dir(root, "wal")?;
     let stored_name = WalRecord::stored_name(name, recipients.is_some());

@@ -54,7 +54,12 @@ impl RemoteArchive {
     /// content under that name is refused and the archived object kept.
     pub async fn push(&self, name: &WalName, stored: &Path, record: &WalRecord) -> Result<Pushed> {
         if let Some(existing) = self.record(name).await? {
-            return self.accept_existing(name, existing, &record.plaintext());
+            if let Some(pushed) = self
+                .accept_existing(name, existing, &record.plaintext())
+                .await?
+            {
+                return Ok(pushed);
+            }
         }
         self.upload(name, stored, record).await
     }
@@ -79,17 +84,31 @@ impl RemoteArchive {
     }
 
     /// `name` is archived in the repository already: fine when it holds the
-    /// content `offered`, a refusal otherwise.
-    pub fn accept_existing(
+    /// content `offered` (`Some`), a refusal otherwise. `None` when the
+    /// record's stored object is gone or of another size: the caller stores
+    /// the segment again, or PostgreSQL would delete the only copy left.
+    pub async fn accept_existing(
         &self,
         name: &WalName,
         existing: WalRecord,
         offered: &crate::artifact::Digest256,
-    ) -> Result<Pushed> {
+    ) -> Result<Option<Pushed>> {
         if offered != &existing.plaintext() {
             return Err(conflict(name, &self.location(), &existing, offered));
         }
-        Ok(Pushed::Already(existing))
+        let size = self
+            .remote
+            .object_size(&[WAL_DIR, &existing.file])
+            .await
+            .map_err(|e| e.service(SVC))?;
+        if size != Some(existing.file_bytes) {
+            tracing::warn!(
+                wal = %name,
+                "the archived copy in the repository is missing or damaged; archiving it again"
+            );
+            return Ok(None);
+        }
+        Ok(Some(Pushed::Already(existing)))
     }
 
     /// Download the archived `name`, checked against its record, and hand
