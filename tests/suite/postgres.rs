@@ -418,6 +418,14 @@ fn some_databases_are_restored_alone_or_beside_the_live_ones() {
         "0",
         "the copy that failed to load was left behind"
     );
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'itbackup\\_%'"
+        ),
+        "0",
+        "the restore left a database of its own"
+    );
     assert_eq!(TwoDatabases::state(OTHER), changed);
 
     // A plain-format backup is one script: it cannot be split.

@@ -52,13 +52,26 @@ pub fn safety_name(database: &str) -> String {
     format!("{INTERNAL_PREFIX}old_{}", hex::encode(&hash[..8]))
 }
 
-/// True for the work database and the safety copies: itbackup's own, never
-/// the user's data to back up.
+/// The name a database restored beside the live data (`--rename FROM=TO`)
+/// is loaded under before it takes the name TO: a run killed during the
+/// load leaves this name, which the next run recognises and drops, never a
+/// half-loaded database under the user's name.
+pub fn loading_name(database: &str) -> String {
+    let hash = Sha256::digest(database.as_bytes());
+    format!("{INTERNAL_PREFIX}new_{}", hex::encode(&hash[..8]))
+}
+
+/// True for the work database, the safety copies and the databases being
+/// loaded beside the live data: itbackup's own, never the user's data to
+/// back up.
 pub fn is_internal(database: &str) -> bool {
     database == WORK_DB
         || database
             .strip_prefix(INTERNAL_PREFIX)
-            .and_then(|rest| rest.strip_prefix("old_"))
+            .and_then(|rest| {
+                rest.strip_prefix("old_")
+                    .or_else(|| rest.strip_prefix("new_"))
+            })
             .is_some_and(|hash| hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
@@ -411,7 +424,12 @@ async fn without_sessions(
     }
 }
 
-async fn rename_database(admin: &Client, from: &str, to: &str, step: &str) -> Result<()> {
+pub(super) async fn rename_database(
+    admin: &Client,
+    from: &str,
+    to: &str,
+    step: &str,
+) -> Result<()> {
     let sql = format!(
         "ALTER DATABASE {} RENAME TO {}",
         quote_ident(from),
@@ -422,7 +440,7 @@ async fn rename_database(admin: &Client, from: &str, to: &str, step: &str) -> Re
 
 /// Drop `database` if it exists: a template (template1's safety copy) too,
 /// and one a killed run left half dropped.
-async fn drop_database(admin: &Client, database: &str, step: &str) -> Result<()> {
+pub(super) async fn drop_database(admin: &Client, database: &str, step: &str) -> Result<()> {
     let name = quote_ident(database);
     let drop = format!("DROP DATABASE IF EXISTS {name}");
     match state(admin, database, step).await? {
@@ -448,5 +466,7 @@ mod tests {
         assert!(safety_name("app").starts_with(INTERNAL_PREFIX));
         assert!(is_internal(&safety_name("app")) && is_internal(WORK_DB));
         assert!(!is_internal("itbackup_old_app") && !is_internal("app"));
+        assert!(is_internal(&loading_name("app")));
+        assert_ne!(loading_name("app"), safety_name("app"));
     }
 }

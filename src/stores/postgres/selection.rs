@@ -6,9 +6,11 @@
 //! them can be put back alone: the selected databases go through the usual
 //! replacement (renamed aside, loaded, then the old copies dropped), the
 //! others and the roles are not touched (`--globals` applies the roles). A
-//! renamed database is loaded into a new, empty database TO created from
-//! template0; the live FROM is never touched, and a failed load drops only
-//! what this restore created. Everything a selection needs is checked in
+//! renamed database is loaded into a new, empty database created from
+//! template0 under an internal loading name, and takes the name TO once
+//! loaded; the live FROM is never touched, a failed load drops only what
+//! this restore created, and a killed one leaves only the loading name,
+//! which the next run drops. Everything a selection needs is checked in
 //! `prepare_restore`, before any store changes: the names are in the backup,
 //! the format is custom, and every TO is a new name.
 //!
@@ -19,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::custom::database_entries;
-use super::replace::{is_internal, INTERNAL_PREFIX};
+use super::replace::{drop_database, is_internal, loading_name, rename_database, INTERNAL_PREFIX};
 use super::{quote_ident, Postgres, PostgresFormat, SVC};
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
@@ -86,30 +88,32 @@ impl Postgres {
         Ok(())
     }
 
-    /// Load the dump of a renamed database into the new database `to`.
+    /// Load the dump of a renamed database into the new database `to`: under
+    /// its loading name first (a killed run's leftover of it is dropped),
+    /// renamed to `to` once loaded and analyzed.
     pub(super) async fn load_renamed(&self, to: &str, dump: &Path) -> Result<()> {
         let step = format!("create database {to}");
+        let loading = loading_name(to);
         let admin = self.connect("postgres", &step).await?;
+        drop_database(&admin, &loading, &step).await?;
         admin
             .batch_execute(&format!(
                 "CREATE DATABASE {} TEMPLATE template0",
-                quote_ident(to)
+                quote_ident(&loading)
             ))
             .await
             .map_err(|e| Self::query_error(&step, e))?;
-        let loaded = self.load_dump_into(to, dump).await;
+        let loaded = match self.load_dump_into(&loading, dump).await {
+            Ok(()) => rename_database(&admin, &loading, to, &format!("name database {to}")).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = loaded {
             // Only what this restore created goes.
-            let dropped = admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    quote_ident(to)
-                ))
-                .await;
-            return Err(match dropped {
+            return Err(match drop_database(&admin, &loading, &step).await {
                 Ok(()) => e,
                 Err(d) => e.hint(format!(
-                    "the partial database {to} could not be dropped ({d}): drop it by hand"
+                    "the partial database {loading} could not be dropped ({}): drop it by hand",
+                    d.message
                 )),
             });
         }
