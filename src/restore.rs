@@ -159,32 +159,15 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     }
     // The stores are separate servers, so restoring them at once is safe and
     // the recovery takes as long as the slowest one.
+    let restore = |store| restore_one(store, manifest, &verified, scratch.path(), &request);
     let results = if request.sequential {
         let mut results = Vec::new();
         for store in &stores {
-            results.push(
-                restore_one(
-                    store.as_ref(),
-                    manifest,
-                    &verified,
-                    scratch.path(),
-                    &request,
-                )
-                .await,
-            );
+            results.push(restore(store.as_ref()).await);
         }
         results
     } else {
-        futures::future::join_all(stores.iter().map(|store| {
-            restore_one(
-                store.as_ref(),
-                manifest,
-                &verified,
-                scratch.path(),
-                &request,
-            )
-        }))
-        .await
+        futures::future::join_all(stores.iter().map(|store| restore(store.as_ref()))).await
     };
     // Every store has finished (or failed) by now: report the first failure,
     // and with it what became of every store of the set.

@@ -45,11 +45,6 @@ fn names(root: &Path) -> Vec<String> {
     names
 }
 
-fn json_of(output: &std::process::Output) -> Value {
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("no JSON on stdout ({e})\n{}", text(output)))
-}
-
 // ---------------------------------------------------------------- retention
 
 /// The history the policy tests share, newest first (UTC).

@@ -374,7 +374,13 @@ fn some_databases_are_restored_alone_or_beside_the_live_ones() {
     assert!(!plan.contains(OTHER), "{plan}");
 
     // Only the selected database goes back; the other keeps its changes.
-    restore.clone().arg("--databases").arg(SELECTED).ok(&[]);
+    // (--sequential: one store after the other, the other way through restore.rs)
+    restore
+        .clone()
+        .arg("--databases")
+        .arg(SELECTED)
+        .arg("--sequential")
+        .ok(&[]);
     assert_eq!(TwoDatabases::state(SELECTED), at_backup);
     assert_eq!(TwoDatabases::state(OTHER), changed);
 

@@ -12,20 +12,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// A repository URL of its own for each test (one bucket, many prefixes).
-fn repository(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{}/{test}-{nanos}", required_env("IT_S3_URL"))
-}
-
-fn json_of(output: &std::process::Output) -> Value {
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("no JSON on stdout ({e})\n{}", text(output)))
-}
-
 /// A fresh age key pair in `dir`: (identity file, recipient).
 fn keypair(dir: &Path, name: &str) -> (String, String) {
     let file = dir.join(name);
@@ -240,15 +226,6 @@ fn a_wrong_or_missing_identity_fails_before_any_store_is_touched() {
         .collect();
     assert!(staged.is_empty(), "{staged:?}");
     psql("postgres", "DROP DATABASE itb_remote_keys");
-}
-
-/// Run async work of the library (direct object access) from a test.
-fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(work)
 }
 
 #[test]

@@ -47,11 +47,6 @@ fn fetch(root: &Path, name: &str, dest: &Path) -> Cmd {
         .arg(s(dest))
 }
 
-fn json_of(output: &std::process::Output) -> Value {
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("no JSON on stdout ({e})\n{}", text(output)))
-}
-
 /// Every file in `dir`, with its content.
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -286,23 +281,6 @@ fn an_encrypted_archive_round_trips_only_with_the_key() {
     // The identity from the environment, as a restore_command would have it.
     fetch(root.path(), name, &dest).ok(&[("IT_AGE_IDENTITY", identity.as_str())]);
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&segment).unwrap());
-}
-
-/// A repository URL of its own for each test (one bucket, many prefixes).
-fn repository(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{}/{test}-{nanos}", required_env("IT_S3_URL"))
-}
-
-fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(work)
 }
 
 #[test]

@@ -328,3 +328,27 @@ pub fn fake_backup(root: &Path, name: &str, started: Timestamp) -> PathBuf {
     .unwrap();
     dir
 }
+
+/// The JSON a `--json` run printed on standard output.
+pub fn json_of(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("no JSON on stdout ({e})\n{}", text(output)))
+}
+
+/// A repository URL of its own for each test (one testenv bucket, many prefixes).
+pub fn repository(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{}/{test}-{nanos}", required_env("IT_S3_URL"))
+}
+
+/// Run async work of the library (direct object access) from a test.
+pub fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(work)
+}
