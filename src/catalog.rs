@@ -218,7 +218,7 @@ pub fn is_reserved(name: &str) -> bool {
 /// leaves a name that is not taken for a backup (prune finishes it later).
 pub fn remove_dir(root: &Path, name: &str) -> Result<()> {
     let step = "remove backup";
-    if !crate::manifest::is_safe_component(name) || is_reserved(name) {
+    if !crate::manifest::is_safe_component(name) {
         return Err(Error::failure(
             step,
             format!("refusing to remove {name} under {}", root.display()),

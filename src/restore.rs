@@ -110,9 +110,6 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
                 &record.sha256[..12]
             )];
             let selection = request.selection(store.service());
-            if !selection.is_everything() {
-                steps.push(describe_selection(selection));
-            }
             steps.extend(store.restore_plan(record, selection));
             steps.push("compare the restored counts with the manifest and check health".into());
             plan.insert(store.service(), steps);
@@ -273,25 +270,6 @@ fn refuse_selections_not_restorable(
         }
     }
     Ok(())
-}
-
-/// The selection, for the dry run's plan.
-fn describe_selection(selection: &RestoreSelection) -> String {
-    let mut parts: Vec<String> = selection.only.iter().flatten().cloned().collect();
-    for (from, to) in &selection.renames {
-        parts.push(format!(
-            "{from} as {to} (beside the live {from}, untouched)"
-        ));
-    }
-    format!(
-        "only: {}; roles {}",
-        parts.join(", "),
-        if selection.includes_globals() {
-            "applied"
-        } else {
-            "untouched"
-        }
-    )
 }
 
 /// Restore overwrites live data: ask on a terminal, demand `--yes` elsewhere.

@@ -126,8 +126,7 @@ impl Postgres {
             return;
         };
         for name in names {
-            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
-            if let Err(e) = admin.batch_execute(&sql).await {
+            if let Err(e) = drop_database(&admin, name, "drop restored copies").await {
                 tracing::error!(database = %name, error = %e, "postgres: could not drop the restored copy");
             }
         }
