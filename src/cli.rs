@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::service::ServiceList;
 use crate::stores::neo4j::Neo4jMethod;
 use crate::stores::opensearch::OpenSearchMethod;
+use crate::stores::postgres::physical::RecoveryTarget;
 use crate::stores::postgres::PostgresFormat;
 
 const ABOUT: &str =
@@ -275,9 +276,17 @@ pub struct KeygenArgs {
 
 #[derive(Debug, Args)]
 pub struct MethodArgs {
-    /// PostgreSQL dump format: custom (pg_dump -Fc per database, parallel restore) or
-    /// plain (the runbook's postgres_<TS>.sql from pg_dumpall --clean --if-exists).
-    #[arg(long, value_enum, value_name = "FORMAT")]
+    /// PostgreSQL method: custom (pg_dump -Fc per database, parallel restore;
+    /// the default), plain (the runbook's postgres_<TS>.sql from pg_dumpall
+    /// --clean --if-exists) or physical (pg_basebackup of the whole cluster,
+    /// the start of a point-in-time restore: docs/postgres-pitr.md).
+    /// --postgres-method is the same flag.
+    #[arg(
+        long,
+        visible_alias = "postgres-method",
+        value_enum,
+        value_name = "METHOD"
+    )]
     pub postgres_format: Option<PostgresFormat>,
 
     /// OpenSearch method: snapshot (the snapshot API into path.repo, packed as
@@ -350,11 +359,25 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub globals: bool,
 
+    /// PostgreSQL (physical method): point-in-time recovery. After the base
+    /// backup, replay the WAL archived by `itbackup wal push` up to this
+    /// moment (RFC 3339, e.g. 2026-12-01T10:41:59Z: every commit up to and
+    /// including it), WAL position (0/81000028), or `latest` (everything
+    /// archived). Without --path, the newest physical backup before the
+    /// target is chosen. Every segment on the way is checked before the
+    /// server is stopped; the old data directory is kept aside.
+    #[arg(long, value_name = "TIME|LSN|latest", value_parser = parse_until)]
+    pub until: Option<RecoveryTarget>,
+
     #[command(flatten)]
     pub hooks: HookArgs,
 
     #[command(flatten)]
     pub monitor: MonitorArgs,
+}
+
+fn parse_until(value: &str) -> Result<RecoveryTarget, String> {
+    RecoveryTarget::parse(value)
 }
 
 /// `FROM=TO`, both non-empty.

@@ -108,12 +108,14 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--databases`, `--rename` and `--globals` select PostgreSQL databases.
+/// `--databases`, `--rename` and `--globals` select PostgreSQL databases;
+/// `--until` how far its archived WAL is replayed.
 fn selections(args: &RestoreArgs) -> BTreeMap<Service, RestoreSelection> {
     let selection = RestoreSelection {
         only: args.databases.clone(),
         renames: args.rename.clone(),
         globals: args.globals,
+        until: args.until,
     };
     let mut selections = BTreeMap::new();
     if selection != RestoreSelection::default() {

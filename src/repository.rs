@@ -75,6 +75,7 @@ impl Repository {
                     shown: dir.clone(),
                     dir,
                     lock_root: root.clone(),
+                    repository: None,
                     _staged: None,
                 })
             }
@@ -85,6 +86,7 @@ impl Repository {
                     manifest: Manifest::read_dir(&staged.dir)?,
                     shown: remote_path(remote, name),
                     lock_root: staging_root.to_path_buf(),
+                    repository: Some(remote.url.clone()),
                     _staged: Some(staged),
                 })
             }
@@ -130,6 +132,8 @@ pub struct OpenBackup {
     /// The root a restore locks: the backup's parent directory, or the local
     /// root the download was staged under.
     pub lock_root: PathBuf,
+    /// The repository's URL, when the backup comes from one.
+    pub repository: Option<String>,
     /// Keeps the staging directory until the backup is no longer read.
     _staged: Option<Staged>,
 }
@@ -164,6 +168,7 @@ pub async fn open_backup(choice: BackupChoice<'_>, download: bool) -> Result<Ope
             dir,
             manifest,
             lock_root,
+            repository: None,
             _staged: None,
         });
     };
@@ -180,6 +185,7 @@ pub async fn open_backup(choice: BackupChoice<'_>, download: bool) -> Result<Ope
         dir: remote_path(&remote, &name),
         shown: remote_path(&remote, &name),
         lock_root: choice.root.to_path_buf(),
+        repository: Some(remote.url.clone()),
         _staged: None,
     })
 }

@@ -17,9 +17,9 @@ use crate::config::Settings;
 use crate::error::{io_error, Error, Result};
 use crate::lock::RootLock;
 use crate::manifest::Manifest;
-use crate::repository::{open_backup, BackupChoice};
+use crate::repository::{open_backup, BackupChoice, Repository};
 use crate::service::{Service, ServiceList};
-use crate::stores::{self, RestoreContext, RestoreSelection};
+use crate::stores::{self, RestoreContext, RestoreRecovery, RestoreSelection};
 use crate::verify::{verify_artifacts, ArtifactCheck, Verified};
 
 #[derive(Debug, Default)]
@@ -76,11 +76,22 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     // A repository's backup is downloaded and checked object by object into
     // a staging directory (removed at the end); from there on it is a local
     // restore. A dry run only reads its manifest.
+    let until = request
+        .selections
+        .get(&Service::Postgres)
+        .and_then(|s| s.until);
+    // --until without a named backup: the newest physical one before the target.
+    let (chosen_path, chosen_from) = match until {
+        Some(target) if request.path.is_none() && request.manifest.is_none() => {
+            base_backup_for(settings, request.from.as_deref(), target).await?
+        }
+        _ => (None, None),
+    };
     let choice = BackupChoice {
         root: &settings.root,
-        path: request.path.as_deref(),
+        path: chosen_path.as_deref().or(request.path.as_deref()),
         manifest: request.manifest.as_deref(),
-        from: request.from.as_deref(),
+        from: chosen_from.as_deref().or(request.from.as_deref()),
     };
     let backup = open_backup(choice, !request.dry_run).await?;
     let (dir, manifest) = (&backup.dir, &backup.manifest);
@@ -128,7 +139,9 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     let started = Instant::now();
 
     for store in &stores {
-        store.probe().await?;
+        store
+            .check_before_restore(&manifest.artifacts[&store.service()])
+            .await?;
     }
     let verified = verify_artifacts(dir, manifest, &stores, settings.identity.as_deref()).await?;
 
@@ -143,6 +156,14 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
                 e,
             )
         })?;
+    let recovery = RestoreRecovery {
+        archive_root: match backup.repository {
+            Some(_) => settings.root.clone(),
+            None => backup.lock_root.clone(),
+        },
+        archive_url: backup.repository.clone(),
+        identity: settings.identity.clone(),
+    };
     // Every store's local work first (extracting dumps, checking free space):
     // a full disk stops the restore here, while no store has been changed.
     for store in &stores {
@@ -151,12 +172,22 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
             artifact: &opened.path,
             scratch: scratch.path(),
             selection: request.selection(store.service()),
+            recovery: &recovery,
         };
         store.prepare_restore(&ctx, &opened.record).await?;
     }
     // The stores are separate servers, so restoring them at once is safe and
     // the recovery takes as long as the slowest one.
-    let restore = |store| restore_one(store, manifest, &verified, scratch.path(), &request);
+    let restore = |store| {
+        restore_one(
+            store,
+            manifest,
+            &verified,
+            scratch.path(),
+            &request,
+            &recovery,
+        )
+    };
     let results = if request.sequential {
         let mut results = Vec::new();
         for store in &stores {
@@ -192,6 +223,78 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
     })
 }
 
+/// The newest complete backup of the root or repository `from` whose
+/// PostgreSQL artifact is a physical base backup consistent before
+/// `target`: its path (local) or URL (repository). A repository URL that
+/// names one backup is taken as it is.
+async fn base_backup_for(
+    settings: &Settings,
+    from: Option<&str>,
+    target: stores::postgres::physical::RecoveryTarget,
+) -> Result<(Option<PathBuf>, Option<String>)> {
+    use stores::postgres::physical::{PhysicalDetails, RecoveryTarget};
+    let (repository, named) = Repository::locate(&settings.root, from).await?;
+    if named.is_some() {
+        return Ok((None, None));
+    }
+    let fits = |manifest: &Manifest| {
+        let Some(record) = manifest.artifacts.get(&Service::Postgres) else {
+            return false;
+        };
+        let Ok(details) = PhysicalDetails::of(record) else {
+            return false;
+        };
+        match target {
+            RecoveryTarget::Latest => true,
+            RecoveryTarget::Time(t) => details
+                .consistent_at
+                .parse::<jiff::Timestamp>()
+                .is_ok_and(|at| at <= t),
+            RecoveryTarget::Lsn(lsn) => {
+                stores::postgres::physical::lsn::Lsn::parse(&details.stop_lsn)
+                    .is_some_and(|stop| stop <= lsn)
+            }
+        }
+    };
+    let backups = repository.backups().await?;
+    let physical = backups
+        .iter()
+        .filter(|b| {
+            b.complete
+                && b.manifest.as_ref().is_some_and(|m| {
+                    m.artifacts
+                        .get(&Service::Postgres)
+                        .is_some_and(|r| PhysicalDetails::of(r).is_ok())
+                })
+        })
+        .count();
+    let chosen = backups
+        .iter()
+        .rev()
+        .find(|b| b.complete && b.manifest.as_ref().is_some_and(fits))
+        .ok_or_else(|| {
+            let why = if physical == 0 {
+                "holds no complete physical PostgreSQL backup (take one with --postgres-method physical)".to_string()
+            } else {
+                format!("has no physical PostgreSQL backup before {target:?}: the target is before the oldest base backup ({physical} found)")
+            };
+            Error::not_found("choose base backup", format!("{} {why}", repository.describe()))
+                .hint("choose a later --until, or name a backup with --path or --from URL/<TIMESTAMP>; nothing was changed")
+        })?;
+    tracing::info!(backup = %chosen.name, "postgres: base backup for --until chosen");
+    Ok(match &repository {
+        Repository::Local(root) => (Some(root.join(&chosen.name)), None),
+        Repository::Remote(remote) => (
+            None,
+            Some(format!(
+                "{}/{}",
+                remote.url.trim_end_matches('/'),
+                chosen.name
+            )),
+        ),
+    })
+}
+
 /// What a restore that failed did to each store of the set, for its error.
 fn set_outcome(restored: &[ServiceRestore], failed: &[Service]) -> String {
     let names = |services: &mut dyn Iterator<Item = Service>| {
@@ -215,6 +318,7 @@ async fn restore_one(
     verified: &Verified,
     scratch: &Path,
     request: &RestoreRequest,
+    recovery: &RestoreRecovery,
 ) -> Result<ServiceRestore> {
     let service = store.service();
     let record = &manifest.artifacts[&service];
@@ -226,6 +330,7 @@ async fn restore_one(
         artifact: &opened.path,
         scratch,
         selection,
+        recovery,
     };
     store.restore(&ctx, &opened.record).await?;
     // What this restore put back, under the names it put it back as.

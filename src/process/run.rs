@@ -306,25 +306,48 @@ pub fn run_with_output_into(
     service: Service,
     step: &str,
 ) -> Result<String> {
+    run_reading_output(cmd, service, step, |stdout| io::copy(stdout, sink))
+        .map(|(stderr_tail, _)| stderr_tail)
+}
+
+/// Run a command whose standard output `read` consumes as it comes (a
+/// stream parsed on the fly, never held whole). When `read` fails the tool
+/// is killed; a tool that exited with a failure of its own is answered
+/// with that failure (its output ended short because of it).
+/// Returns the tool's stderr tail and what `read` returned.
+pub fn run_reading_output<T>(
+    cmd: &ToolCommand,
+    service: Service,
+    step: &str,
+    read: impl FnOnce(&mut dyn Read) -> io::Result<T>,
+) -> Result<(String, T)> {
     let mut running = cmd
         .spawn(Stdio::null(), Stdio::piped())
         .map_err(|e| spawn_failed(service, step, &cmd.program, e))?;
     let mut stdout = running.child.stdout.take().expect("stdout is piped");
-    let copied = io::copy(&mut stdout, sink);
+    let read = read(&mut stdout);
     drop(stdout);
-    if copied.is_err() {
+    if read.is_err() {
         let _ = running.child.kill();
     }
     let finished = running
         .wait()
         .map_err(|e| Error::failure(step, e.to_string()).service(service))?;
-    if let Err(e) = copied {
-        return Err(crate::error::io_error(
-            Some(service),
-            step,
-            "writing the artifact",
-            e,
-        ));
-    }
-    finished.check(service, step)
+    // A tool that exited with a status of its own failed first (its output
+    // ended short because of it); otherwise (it succeeded, or ended by a
+    // signal: ours, or the broken pipe) the reading's error is the news.
+    let value = match read {
+        Err(e) if finished.status.code().is_none() || finished.status.success() => {
+            return Err(crate::error::io_error(
+                Some(service),
+                step,
+                "writing the artifact",
+                e,
+            ))
+        }
+        Err(_) => None,
+        Ok(value) => Some(value),
+    };
+    let tail = finished.check(service, step)?;
+    Ok((tail, value.expect("a tool that succeeded was read")))
 }

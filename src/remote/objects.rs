@@ -89,4 +89,30 @@ impl Remote {
         self.stream_object(&self.key(parts), Some(file), expected)
             .await
     }
+
+    /// Read the object `parts` through SHA-256 without keeping it: it must
+    /// be `expected` (a missing, shorter or altered object is a
+    /// damaged-backup error).
+    pub async fn check_object(&self, parts: &[&str], expected: &Digest256) -> Result<()> {
+        self.stream_object(&self.key(parts), None, expected).await
+    }
+
+    /// The names of the objects directly under `parts` (one level: the WAL
+    /// archive is flat).
+    pub async fn list_names(&self, parts: &[&str]) -> Result<Vec<String>> {
+        use futures::StreamExt;
+        let prefix = self.key(parts);
+        let depth = prefix.parts().count();
+        let shown = format!("{}/{}", self.url, key_tail(&prefix));
+        let mut listing = self.store.list(Some(&prefix));
+        let mut names = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| remote_error("list remote objects", &shown, e))?;
+            let rest: Vec<_> = meta.location.parts().skip(depth).collect();
+            if let [name] = &rest[..] {
+                names.push(name.as_ref().to_string());
+            }
+        }
+        Ok(names)
+    }
 }

@@ -71,6 +71,20 @@ pub struct RestoreContext<'a> {
     pub scratch: &'a Path,
     /// What of the artifact to put back, and under which names.
     pub selection: &'a RestoreSelection,
+    /// How far past its backup a store replays its archived log.
+    pub recovery: &'a RestoreRecovery,
+}
+
+/// Where a store whose backup is a physical copy finds the log it replays
+/// after it (`restore --until`; PostgreSQL's WAL archive, `itbackup wal push`).
+#[derive(Debug, Clone, Default)]
+pub struct RestoreRecovery {
+    /// The archive's root: the root the backup was read from.
+    pub archive_root: std::path::PathBuf,
+    /// The repository the backup came from (its archive is there instead).
+    pub archive_url: Option<String>,
+    /// The key that opens a sealed archive.
+    pub identity: Option<std::path::PathBuf>,
 }
 
 /// What of a store's artifact a restore puts back (`restore --databases`,
@@ -85,6 +99,9 @@ pub struct RestoreSelection {
     pub renames: Vec<(String, String)>,
     /// With a selection: the cluster-wide state too (PostgreSQL's roles).
     pub globals: bool,
+    /// `--until`: how far past a physical backup its archived log is
+    /// replayed; `None`: the backup's own consistent point.
+    pub until: Option<postgres::physical::RecoveryTarget>,
 }
 
 impl RestoreSelection {
@@ -93,6 +110,7 @@ impl RestoreSelection {
         only: None,
         renames: Vec::new(),
         globals: false,
+        until: None,
     };
 
     pub fn is_everything(&self) -> bool {
@@ -198,6 +216,13 @@ pub trait Store: DrillData + Send + Sync {
     /// Connect and ask the server for its version; fails with a clear error when
     /// the server is unreachable or refuses our credentials.
     async fn probe(&self) -> Result<ServerInfo>;
+
+    /// What must hold of the server before a restore of `record` begins:
+    /// that it answers, unless the store restores with its server stopped
+    /// (and may find it down: a physical PostgreSQL restore after a crash).
+    async fn check_before_restore(&self, _record: &ArtifactRecord) -> Result<()> {
+        self.probe().await.map(|_| ())
+    }
 
     /// Undo what a killed run of this host left in the server's way (a
     /// server it stopped and never started again). Called with the server's

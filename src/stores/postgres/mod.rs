@@ -29,6 +29,7 @@ use settings::PostgresSettings;
 mod connect;
 mod custom;
 mod drill;
+pub mod physical;
 mod plain;
 mod replace;
 mod selection;
@@ -50,6 +51,9 @@ pub enum PostgresFormat {
     Custom,
     /// [`plain`]: one SQL file from `pg_dumpall`.
     Plain,
+    /// [`physical`]: a base backup of the whole cluster (`pg_basebackup`),
+    /// the start of a point-in-time restore with the archived WAL.
+    Physical,
 }
 
 /// PostgreSQL's two formats are told apart by the record's `format`; its
@@ -62,6 +66,7 @@ impl Method for PostgresFormat {
         match self {
             PostgresFormat::Custom => "pg_dump",
             PostgresFormat::Plain => "pg_dumpall",
+            PostgresFormat::Physical => "pg_basebackup",
         }
     }
 
@@ -80,6 +85,7 @@ impl PostgresFormat {
         match self {
             PostgresFormat::Custom => "tar+custom",
             PostgresFormat::Plain => "plain-sql",
+            PostgresFormat::Physical => "base.tar.zst",
         }
     }
 }
@@ -100,11 +106,17 @@ pub(crate) const REGISTERED: Registered = Registered {
 pub struct Postgres {
     settings: PostgresSettings,
     target: Target,
+    /// What a physical restore's checks found, for its restore step.
+    prepared: std::sync::Mutex<Option<physical::PreparedPitr>>,
 }
 
 impl Postgres {
     pub fn new(settings: PostgresSettings, target: Target) -> Self {
-        Postgres { settings, target }
+        Postgres {
+            settings,
+            target,
+            prepared: Default::default(),
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -385,6 +397,7 @@ impl Store for Postgres {
         match self.settings.format {
             PostgresFormat::Custom => self.plan_custom_backup(ctx),
             PostgresFormat::Plain => self.plan_plain_backup(ctx),
+            PostgresFormat::Physical => self.plan_physical_backup(ctx),
         }
     }
 
@@ -399,6 +412,7 @@ impl Store for Postgres {
         let artifact = match format {
             PostgresFormat::Custom => self.backup_custom(ctx, &mut record).await?,
             PostgresFormat::Plain => self.backup_plain(ctx, &mut record).await?,
+            PostgresFormat::Physical => self.backup_physical(ctx, &mut record).await?,
         };
         Ok(StoreBackup::finished(SVC, artifact, record))
     }
@@ -407,6 +421,7 @@ impl Store for Postgres {
         match PostgresFormat::of(record)? {
             PostgresFormat::Custom => self.check_custom(artifact, record).await,
             PostgresFormat::Plain => plain::check_plain(artifact).await,
+            PostgresFormat::Physical => self.check_physical(artifact, record).await,
         }
     }
 
@@ -418,6 +433,7 @@ impl Store for Postgres {
         match PostgresFormat::of(record) {
             Ok(PostgresFormat::Custom) => self.plan_custom_restore(record, selection),
             Ok(PostgresFormat::Plain) => self.plan_plain_restore(record),
+            Ok(PostgresFormat::Physical) => self.plan_physical_restore(selection),
             Err(e) => vec![e.message],
         }
     }
@@ -428,6 +444,16 @@ impl Store for Postgres {
         record: &ArtifactRecord,
     ) -> Result<()> {
         let format = PostgresFormat::of(record)?;
+        if format == PostgresFormat::Physical {
+            return self.prepare_physical_restore(ctx, record).await;
+        }
+        if ctx.selection.until.is_some() {
+            return Err(Error::usage(format!(
+                "--until replays archived WAL after a physical base backup; this backup's PostgreSQL artifact is a {} dump",
+                format.manifest_format()
+            ))
+            .hint("restore a backup taken with --postgres-method physical (docs/postgres-pitr.md), or restore this one without --until"));
+        }
         self.check_selection(record, ctx.selection).await?;
         let (server_version, server_major) = self.server_version().await?;
         super::refuse_newer_backup(
@@ -441,7 +467,7 @@ impl Store for Postgres {
         match format {
             PostgresFormat::Custom => self.prepare_custom_restore(ctx, record).await,
             // psql reads the dump where it is.
-            PostgresFormat::Plain => Ok(()),
+            PostgresFormat::Plain | PostgresFormat::Physical => Ok(()),
         }
     }
 
@@ -450,7 +476,34 @@ impl Store for Postgres {
         match PostgresFormat::of(record)? {
             PostgresFormat::Custom => self.restore_custom(ctx, record).await,
             PostgresFormat::Plain => self.restore_plain(ctx, record).await,
+            PostgresFormat::Physical => self.restore_physical(ctx).await,
         }
+    }
+
+    async fn check_before_restore(&self, record: &ArtifactRecord) -> Result<()> {
+        match PostgresFormat::of(record)? {
+            // The server may be down (it crashed: that is why it is being
+            // restored); what the restore needs is checked by prepare_restore.
+            PostgresFormat::Physical => Ok(()),
+            _ => self.probe().await.map(|_| ()),
+        }
+    }
+
+    async fn recover_from_killed_run(&self) -> Result<()> {
+        let Some(data) = &self.settings.data_dir else {
+            return Ok(());
+        };
+        if !physical::interrupted(data) {
+            return Ok(());
+        }
+        tracing::warn!(
+            "postgres: a physical restore of {} was interrupted; putting its data directory from before it back",
+            data.display()
+        );
+        let note = self.roll_back_data_dir(data).await?;
+        crate::lock::StoppedServer::of(SVC, &self.address()).clear();
+        tracing::warn!("postgres: {note}");
+        Ok(())
     }
 
     fn restores_parts(&self) -> bool {

@@ -1,6 +1,7 @@
 //! PostgreSQL's settings: its `[postgres]` section of the config file, the
 //! libpq environment variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`),
-//! `IT_PG_BIN`, the `--postgres-format` flag, and their defaults.
+//! `IT_PG_BIN`, `IT_PG_DATA`, `IT_PG_STOP_CMD`, `IT_PG_START_CMD`, the
+//! `--postgres-format` flag, and their defaults.
 //! `config.rs` combines them with the other stores' and the common settings.
 
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ pub struct PostgresFile {
     pub bin_dir: Option<PathBuf>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub stop_command: Option<String>,
+    pub start_command: Option<String>,
 }
 
 /// How to reach PostgreSQL and how to dump it.
@@ -41,6 +45,13 @@ pub struct PostgresSettings {
     /// Directory of pg_dump/pg_restore/psql; `None` means look them up on PATH.
     pub bin_dir: Option<PathBuf>,
     pub timeouts: Timeouts,
+    /// The server's data directory, which a point-in-time restore replaces
+    /// (`IT_PG_DATA`, `[postgres] data_dir`).
+    pub data_dir: Option<PathBuf>,
+    /// Shell commands that stop and start the server around a point-in-time
+    /// restore (`IT_PG_STOP_CMD`, `IT_PG_START_CMD`).
+    pub stop_command: Option<String>,
+    pub start_command: Option<String>,
 }
 
 impl PostgresSettings {
@@ -72,6 +83,9 @@ impl PostgresSettings {
                 pg_file.connect_timeout.as_deref(),
                 pg_file.idle_timeout.as_deref(),
             )?,
+            data_dir: env("IT_PG_DATA").map(PathBuf::from).or(pg_file.data_dir),
+            stop_command: env("IT_PG_STOP_CMD").or(pg_file.stop_command),
+            start_command: env("IT_PG_START_CMD").or(pg_file.start_command),
         })
     }
 }

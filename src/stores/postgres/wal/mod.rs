@@ -39,6 +39,7 @@ use crate::error::{io_error, Error, Result};
 use crate::seal::{Identities, Recipients};
 use crate::service::Service;
 
+pub mod chain;
 mod local;
 mod name;
 mod record;

@@ -30,8 +30,12 @@ impl RemoteArchive {
         })
     }
 
-    fn location(&self) -> String {
+    pub fn location(&self) -> String {
         format!("{}/{WAL_DIR}", self.remote.url)
+    }
+
+    pub fn remote(&self) -> &Remote {
+        &self.remote
     }
 
     /// The record of `name` in the repository, or `None`.
