@@ -404,36 +404,6 @@ fn the_help_gives_the_exact_archive_and_restore_commands() {
     );
 }
 
-/// Sets a server setting with ALTER SYSTEM for the length of a test and
-/// resets it when dropped, also when the test fails.
-struct SystemSetting(&'static str);
-
-impl SystemSetting {
-    fn set(name: &'static str, value: &str) -> SystemSetting {
-        psql(
-            "postgres",
-            &format!("ALTER SYSTEM SET {name} = '{}'", value.replace('\'', "''")),
-        );
-        psql("postgres", "SELECT pg_reload_conf()");
-        SystemSetting(name)
-    }
-}
-
-impl Drop for SystemSetting {
-    fn drop(&mut self) {
-        psql("postgres", &format!("ALTER SYSTEM RESET {}", self.0));
-        psql("postgres", "SELECT pg_reload_conf()");
-    }
-}
-
-/// pg_stat_archiver's (archived_count, failed_count, last_archived_wal).
-fn archiver() -> (u64, u64, String) {
-    let row = psql("postgres", "SELECT archived_count, failed_count, coalesce(last_archived_wal, '') FROM pg_stat_archiver");
-    let mut parts = row.split('|');
-    let mut next = || parts.next().unwrap().to_string();
-    (next().parse().unwrap(), next().parse().unwrap(), next())
-}
-
 #[test]
 fn the_server_archives_through_wal_push_and_fetch_gives_its_segments_back() {
     let _guard = exclusive(&[Postgres]);

@@ -352,3 +352,41 @@ pub fn block_on<T>(work: impl std::future::Future<Output = T>) -> T {
         .unwrap()
         .block_on(work)
 }
+
+/// Sets a server setting with ALTER SYSTEM for the length of a test and
+/// resets it when dropped, also when the test fails.
+pub struct SystemSetting(&'static str);
+
+impl SystemSetting {
+    pub fn set(name: &'static str, value: &str) -> SystemSetting {
+        psql(
+            "postgres",
+            &format!("ALTER SYSTEM SET {name} = '{}'", value.replace('\'', "''")),
+        );
+        psql("postgres", "SELECT pg_reload_conf()");
+        SystemSetting(name)
+    }
+}
+
+impl Drop for SystemSetting {
+    /// Never panics (a test that failed may have left the server down; a
+    /// panic while unwinding would abort every test of the binary).
+    fn drop(&mut self) {
+        for sql in [
+            format!("ALTER SYSTEM RESET {}", self.0),
+            "SELECT pg_reload_conf()".to_string(),
+        ] {
+            let _ = Command::new(pg_tool("psql"))
+                .args(["-X", "-q", "-d", "postgres", "-c", &sql])
+                .output();
+        }
+    }
+}
+
+/// pg_stat_archiver's (archived_count, failed_count, last_archived_wal).
+pub fn archiver() -> (u64, u64, String) {
+    let row = psql("postgres", "SELECT archived_count, failed_count, coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+    let mut parts = row.split('|');
+    let mut next = || parts.next().unwrap().to_string();
+    (next().parse().unwrap(), next().parse().unwrap(), next())
+}

@@ -543,6 +543,7 @@ impl Postgres {
             "recovery_target_timeline = 'latest'".to_string(),
             "recovery_target_action = 'promote'".to_string(),
         ];
+        // One target at most: PostgreSQL refuses a second, even an empty one.
         match prepared.target {
             None => settings.push("recovery_target = 'immediate'".into()),
             Some(RecoveryTarget::Latest) => {}
@@ -555,22 +556,30 @@ impl Postgres {
             }
         }
         let auto = data.join("postgresql.auto.conf");
+        // The base backup's own file may hold an earlier restore's settings
+        // (a target time of then): they are dropped, so that only this
+        // restore's apply.
+        let kept: String = std::fs::read_to_string(&auto)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| !is_recovery_setting(line))
+            .map(|line| format!("{line}\n"))
+            .collect();
         let text = format!(
-            "\n# itbackup restore ({}): recovery settings, ignored once the server has promoted\n{}\n",
+            "{kept}# itbackup restore ({}): recovery settings, ignored once the server has promoted\n{}\n",
             jiff::Timestamp::now(),
             settings.join("\n")
         );
+        let written = auto.with_extension("conf.itbackup");
         let write = || -> std::io::Result<()> {
-            let mut file = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&auto)?;
+            let mut file = crate::artifact::create_private_file(&written)?;
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
+            let (uid, gid) = prepared.owner;
+            std::os::unix::fs::chown(&written, Some(uid), Some(gid))?;
+            std::fs::rename(&written, &auto)?;
             let signal = data.join("recovery.signal");
             std::fs::File::create(&signal)?.sync_all()?;
-            let (uid, gid) = prepared.owner;
-            std::os::unix::fs::chown(&auto, Some(uid), Some(gid))?;
             std::os::unix::fs::chown(&signal, Some(uid), Some(gid))
         };
         write().map_err(|e| io_error(Some(SVC), step, auto.display(), e))
@@ -774,6 +783,16 @@ fn reachable_by(scratch: &Path, stage: &Path, (uid, gid): (u32, u32)) -> Result<
         }
     }
     Ok(())
+}
+
+/// A line of postgresql.auto.conf that sets a recovery setting (or is the
+/// comment an earlier itbackup restore wrote above them).
+fn is_recovery_setting(line: &str) -> bool {
+    let line = line.trim_start();
+    line.starts_with("# itbackup restore")
+        || ["restore_command", "recovery_target"]
+            .iter()
+            .any(|key| line.starts_with(key))
 }
 
 /// A word for `sh`: single-quoted.

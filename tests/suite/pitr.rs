@@ -1,0 +1,499 @@
+//! PostgreSQL physical backups and point-in-time restore on the real server:
+//! the server archives through `wal push` while a table receives rows; a base
+//! backup is taken; a time T is noted between two batches; the server is
+//! killed (-9); `restore --until latest` brings back every archived row and
+//! `restore --until T` exactly those committed up to T — with a local root
+//! and with the testenv S3 repository, plain and encrypted. Then the bad
+//! cases, each refused with the server and its data as they were.
+
+use crate::common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn data_dir() -> PathBuf {
+    PathBuf::from(required_env("IT_PG_DATA"))
+}
+
+/// The server's user: archive_command and restore_command run as it.
+fn give_to_server(path: &Path) {
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(data_dir()).unwrap());
+    std::os::unix::fs::chown(path, Some(owner), None).unwrap();
+}
+
+/// Remove the data directories restores kept aside (they are ours, and large).
+fn remove_kept_data_dirs() {
+    let data = data_dir();
+    let name = data.file_name().unwrap().to_string_lossy().into_owned();
+    for entry in std::fs::read_dir(data.parent().unwrap()).unwrap() {
+        let entry = entry.unwrap();
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&format!("{name}.itbackup-")) && entry.path().is_dir() {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        }
+    }
+}
+
+fn kept_data_dirs() -> usize {
+    let data = data_dir();
+    let name = data.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::read_dir(data.parent().unwrap())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}.itbackup-"))
+        })
+        .count()
+}
+
+/// Inserts a row into `pitr_ticks` every few milliseconds, each its own
+/// transaction, until dropped: the table that "receives rows continuously".
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start() -> Ticker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut child = Command::new(pg_tool("psql"))
+                .args(["-X", "-q", "-d", "postgres"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            while !flag.load(Ordering::Relaxed) {
+                if writeln!(
+                    stdin,
+                    "INSERT INTO pitr_ticks DEFAULT VALUES; SELECT pg_sleep(0.01);"
+                )
+                .is_err()
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(stdin);
+            let _ = child.wait();
+        });
+        Ticker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Five commits of 100 rows each, ids from `first`.
+fn batch(first: u32) {
+    for k in 0..5 {
+        let from = first + k * 100;
+        psql(
+            "postgres",
+            &format!(
+                "INSERT INTO pitr_rows (id) SELECT g FROM generate_series({from}, {}) g",
+                from + 99
+            ),
+        );
+    }
+}
+
+/// Close the current segment and wait until the server has archived it.
+fn archive_now() {
+    let segment = psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, failed, last) = archiver();
+        if last >= segment {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{segment} not archived within 60 s (last archived {last}, {failed} failures)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Kill the postmaster with SIGKILL and wait until it is gone.
+fn crash_server() {
+    let pid: i32 = std::fs::read_to_string(data_dir().join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "postmaster {pid} survived kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its backends notice the postmaster is gone and exit.
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+fn rows() -> (u64, u64) {
+    let row = psql(
+        "postgres",
+        "SELECT count(*), coalesce(max(id), 0) FROM pitr_rows",
+    );
+    let (count, max) = row.split_once('|').unwrap();
+    (count.parse().unwrap(), max.parse().unwrap())
+}
+
+/// Starts the server again at the end of a test that left it down (a
+/// failed restore of a crashed server leaves it down, as it found it).
+struct ServerBack;
+
+impl Drop for ServerBack {
+    fn drop(&mut self) {
+        let answers = Command::new(pg_tool("psql"))
+            .args(["-X", "-q", "-d", "postgres", "-c", "SELECT 1"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !answers {
+            let _ = Command::new("sh")
+                .args(["-c", &required_env("IT_PG_START_CMD")])
+                .status();
+        }
+    }
+}
+
+/// Where the archive and the backups go: a local root, or the S3 repository.
+struct Setup {
+    root: tempfile::TempDir,
+    url: Option<String>,
+    keys: Option<(String, String)>,
+    _work: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(remote: bool, encrypted: bool) -> Setup {
+        let root = temp_root();
+        give_to_server(root.path());
+        let work = temp_root();
+        let keys = encrypted.then(|| {
+            let path = work.path().join("key.txt");
+            let out = json_of(&ok(&["--json", "keygen", "--out", s(&path)], &[]));
+            (
+                s(&path).to_string(),
+                out["recipient"].as_str().unwrap().to_string(),
+            )
+        });
+        Setup {
+            root,
+            url: remote.then(|| repository("pitr")),
+            keys,
+            _work: work,
+        }
+    }
+
+    fn archive_command(&self) -> String {
+        let mut command = String::new();
+        if self.url.is_some() {
+            // The server's environment has no repository credentials.
+            for name in [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_REGION",
+                "AWS_ENDPOINT_URL",
+                "AWS_ALLOW_HTTP",
+            ] {
+                command.push_str(&format!("{name}={} ", required_env(name)));
+            }
+        }
+        command.push_str(&format!(
+            "{} wal push --root {}",
+            bin(),
+            s(self.root.path())
+        ));
+        if let Some(url) = &self.url {
+            command.push_str(&format!(" --upload {url} --no-local"));
+        }
+        if let Some((_, recipient)) = &self.keys {
+            command.push_str(&format!(" --encrypt-to {recipient}"));
+        }
+        command + " %p"
+    }
+
+    fn backup(&self) {
+        let mut cmd = Cmd::backup(self.root.path())
+            .services("postgres")
+            .arg("--postgres-method")
+            .arg("physical");
+        if let Some(url) = &self.url {
+            cmd = cmd.arg("--upload").arg(url.as_str());
+        }
+        if let Some((_, recipient)) = &self.keys {
+            cmd = cmd.arg("--encrypt-to").arg(recipient.as_str());
+        }
+        cmd.ok(&[]);
+    }
+
+    fn restore(&self, until: &str) -> Cmd {
+        let mut cmd = Cmd::restore(self.root.path())
+            .services("postgres")
+            .yes()
+            .arg("--until")
+            .arg(until);
+        if let Some(url) = &self.url {
+            cmd = cmd.arg("--from").arg(url.as_str());
+        }
+        if let Some((identity, _)) = &self.keys {
+            cmd = cmd.arg("--identity").arg(identity.as_str());
+        }
+        cmd
+    }
+}
+
+fn round_trip(remote: bool, encrypted: bool) {
+    let _guard = lock(&[Postgres], if remote { &[S3] } else { &[] });
+    let setup = Setup::new(remote, encrypted);
+    let _archive = SystemSetting::set("archive_command", &setup.archive_command());
+    // Dropped first: the setting is reset on a server that answers.
+    let _server = ServerBack;
+    psql(
+        "postgres",
+        "DROP TABLE IF EXISTS pitr_rows, pitr_ticks; \
+         CREATE TABLE pitr_rows (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp()); \
+         CREATE TABLE pitr_ticks (n serial, at timestamptz DEFAULT clock_timestamp())",
+    );
+    let ticker = Ticker::start();
+    setup.backup();
+    batch(1);
+    // T: after the first batch's last commit, before the second's first.
+    std::thread::sleep(Duration::from_millis(300));
+    let t = psql(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    batch(501);
+    ticker.finish();
+    let ticks = psql("postgres", "SELECT count(*) FROM pitr_ticks");
+    archive_now();
+    crash_server();
+
+    // Everything archived: both batches and every tick.
+    setup.restore("latest").ok(&[]);
+    assert_eq!(rows(), (1000, 1000));
+    assert_eq!(psql("postgres", "SELECT count(*) FROM pitr_ticks"), ticks);
+    assert!(
+        psql("postgres", "SELECT pg_is_in_recovery()") == "f",
+        "the server did not promote"
+    );
+
+    // Back to T, from the running server (stopped by IT_PG_STOP_CMD): the
+    // first batch, no row of the second, no tick after T.
+    setup.restore(&t).ok(&[]);
+    assert_eq!(rows(), (500, 500), "--until {t}");
+    let late = psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pitr_ticks WHERE at > '{t}'"),
+    );
+    assert_eq!(late, "0", "ticks after {t} survived");
+    let early: u64 = psql("postgres", "SELECT count(*) FROM pitr_ticks")
+        .parse()
+        .unwrap();
+    assert!(early > 0, "no tick before {t}");
+    psql("postgres", "DROP TABLE pitr_rows, pitr_ticks");
+    remove_kept_data_dirs();
+}
+
+#[test]
+fn local_root_restores_to_latest_and_to_a_time() {
+    round_trip(false, false);
+}
+
+#[test]
+fn local_root_encrypted_restores_to_latest_and_to_a_time() {
+    round_trip(false, true);
+}
+
+#[test]
+fn repository_restores_to_latest_and_to_a_time() {
+    round_trip(true, false);
+}
+
+#[test]
+fn repository_encrypted_restores_to_latest_and_to_a_time() {
+    round_trip(true, true);
+}
+
+/// The archived WAL segments of `root` (names), oldest first.
+fn archived_segments(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root.join("wal"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".json")?.to_string();
+            (stem.len() == 24).then_some(stem)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_restore_that_cannot_succeed_changes_nothing() {
+    let _guard = exclusive(&[Postgres]);
+    let setup = Setup::new(false, false);
+    let _archive = SystemSetting::set("archive_command", &setup.archive_command());
+    // Dropped first: the setting is reset on a server that answers.
+    let _server = ServerBack;
+    psql(
+        "postgres",
+        "DROP TABLE IF EXISTS pitr_rows; \
+         CREATE TABLE pitr_rows (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+    );
+    setup.backup();
+    for first in [1, 501, 1001] {
+        batch(first);
+        archive_now();
+    }
+    let before = rows();
+    let pid = std::fs::read_to_string(data_dir().join("postmaster.pid")).unwrap();
+    let unchanged = |what: &str| {
+        assert_eq!(rows(), before, "{what}: the data changed");
+        assert_eq!(
+            std::fs::read_to_string(data_dir().join("postmaster.pid")).unwrap(),
+            pid,
+            "{what}: the server was restarted"
+        );
+        assert_eq!(
+            kept_data_dirs(),
+            0,
+            "{what}: a data directory was set aside"
+        );
+    };
+
+    // A segment missing from the middle of the chain is named.
+    let segments = archived_segments(setup.root.path());
+    let missing = &segments[segments.len() - 2];
+    let wal = setup.root.path().join("wal");
+    let aside = setup.root.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    for ext in ["json", "zst"] {
+        std::fs::rename(wal.join(format!("{missing}.{ext}")), aside.join(ext)).unwrap();
+    }
+    let err = setup.restore("latest").fails(&[], exit::NOT_FOUND);
+    assert!(
+        err.contains(missing.as_str()) && err.contains("missing"),
+        "{err}"
+    );
+    unchanged("a missing segment");
+    for ext in ["json", "zst"] {
+        std::fs::rename(aside.join(ext), wal.join(format!("{missing}.{ext}"))).unwrap();
+    }
+
+    // A damaged one is refused before the server is stopped.
+    let stored = wal.join(format!("{missing}.zst"));
+    let original = std::fs::read(&stored).unwrap();
+    let mut damaged = original.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x55;
+    std::fs::write(&stored, &damaged).unwrap();
+    let err = setup.restore("latest").fails(&[], exit::DAMAGED_BACKUP);
+    assert!(err.contains(missing.as_str()), "{err}");
+    unchanged("a damaged segment");
+    std::fs::write(&stored, &original).unwrap();
+
+    // A target before the oldest base backup.
+    let err = setup
+        .restore("2001-01-01T00:00:00Z")
+        .fails(&[], exit::NOT_FOUND);
+    assert!(err.contains("before the oldest base backup"), "{err}");
+    unchanged("a target before every base backup");
+
+    // IT_PG_DATA that is not a data directory.
+    let elsewhere = temp_root();
+    std::fs::write(elsewhere.path().join("notes.txt"), "not a cluster").unwrap();
+    let out = setup
+        .restore("latest")
+        .run(&[("IT_PG_DATA", s(elsewhere.path()))]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("IT_PG_DATA"), "{}", text(&out));
+    unchanged("a wrong IT_PG_DATA");
+    assert!(elsewhere.path().join("notes.txt").exists());
+
+    // Another cluster's data directory: its system identifier differs.
+    let other = temp_root();
+    give_to_server(other.path());
+    let other_data = other.path().join("data");
+    let owner = Command::new("stat")
+        .args(["-c", "%U", s(&data_dir())])
+        .output()
+        .unwrap();
+    let user = String::from_utf8_lossy(&owner.stdout).trim().to_string();
+    let initdb = Command::new("runuser")
+        .args([
+            "-u",
+            &user,
+            "--",
+            &pg_tool("initdb"),
+            "-D",
+            s(&other_data),
+            "-A",
+            "trust",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        initdb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&initdb.stderr)
+    );
+    let err = setup
+        .restore("latest")
+        .fails(&[("IT_PG_DATA", s(&other_data))], exit::USAGE);
+    assert!(err.contains("system identifier"), "{err}");
+    unchanged("another cluster");
+    assert!(other_data.join("PG_VERSION").exists());
+
+    // A stop command that fails: the server keeps running, nothing changes.
+    let err = setup.restore("latest").fails(
+        &[("IT_PG_STOP_CMD", "echo cannot stop >&2; exit 1")],
+        exit::FAILURE,
+    );
+    assert!(err.contains("cannot stop"), "{err}");
+    unchanged("a failing stop command");
+
+    psql("postgres", "DROP TABLE pitr_rows");
+}
