@@ -490,7 +490,7 @@ fn a_restore_that_cannot_succeed_changes_nothing() {
     // A stop command that fails: the server keeps running, nothing changes.
     let err = setup.restore("latest").fails(
         &[("IT_PG_STOP_CMD", "echo cannot stop >&2; exit 1")],
-        exit::FAILURE,
+        exit::STORE_REFUSED,
     );
     assert!(err.contains("cannot stop"), "{err}");
     unchanged("a failing stop command");

@@ -829,7 +829,7 @@ mod tests {
         assert_eq!(fetch, "'/opt/it'\\''s/itbackup' wal fetch");
         assert_eq!(
             conf_quote(&fetch),
-            "''/opt/it''\\''''s/itbackup'' wal fetch'"
+            "'''/opt/it''\\''''s/itbackup'' wal fetch'"
         );
     }
 }
