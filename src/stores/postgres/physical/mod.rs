@@ -28,11 +28,14 @@ use crate::manifest::ArtifactRecord;
 use crate::stores::BackupContext;
 
 pub mod basetar;
+mod datadir;
 pub mod lsn;
 mod pitr;
+mod recovery;
 
 use basetar::BaseSummary;
-pub use pitr::{interrupted, PreparedPitr, RecoveryTarget};
+pub use datadir::interrupted;
+pub use pitr::{PreparedPitr, RecoveryTarget};
 
 /// What the manifest records of a base backup (`details.physical`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
