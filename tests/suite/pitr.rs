@@ -50,11 +50,11 @@ fn kept_data_dirs() -> usize {
     std::fs::read_dir(data.parent().unwrap())
         .unwrap()
         .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{name}.itbackup-"))
+            let e = e.as_ref().unwrap();
+            e.path().is_dir()
+                && e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}.itbackup-"))
         })
         .count()
 }
@@ -496,4 +496,63 @@ fn a_restore_that_cannot_succeed_changes_nothing() {
     unchanged("a failing stop command");
 
     psql("postgres", "DROP TABLE pitr_rows");
+}
+
+#[test]
+fn a_restore_killed_midway_is_undone_by_the_next_run() {
+    let _guard = exclusive(&[Postgres]);
+    let setup = Setup::new(false, false);
+    let _archive = SystemSetting::set("archive_command", &setup.archive_command());
+    let _server = ServerBack;
+    psql(
+        "postgres",
+        "DROP TABLE IF EXISTS pitr_rows; \
+         CREATE TABLE pitr_rows (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+    );
+    setup.backup();
+    batch(1);
+    archive_now();
+    let before = rows();
+
+    let restore = setup.restore("latest");
+    let data = data_dir();
+    let marker = data.with_file_name(format!(
+        "{}.itbackup-restoring",
+        data.file_name().unwrap().to_string_lossy()
+    ));
+
+    // Killed before the data directory was renamed aside (while the server
+    // is being stopped): the next run leaves the directory as it is and
+    // starts the server again.
+    let killed = kill_when(&restore.args(), || {
+        marker.exists() && kept_data_dirs() == 0
+    });
+    assert!(killed, "the restore ended before it could be killed");
+    Cmd::backup(setup.root.path()).services("postgres").ok(&[]);
+    assert_eq!(rows(), before);
+    assert_eq!(kept_data_dirs(), 0, "nothing was replaced, nothing is kept");
+    assert!(!marker.exists());
+
+    // Killed while the base backup is being written into the new data
+    // directory: the server is stopped, the old directory set aside.
+    let killed = kill_when(&restore.args(), || {
+        kept_data_dirs() > 0 && data.join("PG_VERSION").exists()
+    });
+    assert!(killed, "the restore ended before it could be killed");
+    assert!(
+        !data.join("postmaster.pid").exists(),
+        "the server should be down, stopped by the killed restore"
+    );
+
+    // The next run that takes the server's lock puts the old directory back
+    // and starts the server, then does its own work.
+    Cmd::backup(setup.root.path()).services("postgres").ok(&[]);
+    assert_eq!(rows(), before);
+    assert_eq!(
+        kept_data_dirs(),
+        1,
+        "the interrupted attempt is kept aside for inspection"
+    );
+    psql("postgres", "DROP TABLE pitr_rows");
+    remove_kept_data_dirs();
 }

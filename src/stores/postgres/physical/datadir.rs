@@ -290,32 +290,62 @@ impl Postgres {
         let Some(marker) = marker else {
             return Ok("nothing to put back".into());
         };
-        if server_running(data) {
-            self.stop_and_wait(data).await?;
-        }
         let step = "put back data directory";
-        let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S").to_string();
-        let failed = sibling(data, &format!(".itbackup-failed-{stamp}"));
-        if data.exists() {
-            std::fs::rename(data, &failed)
-                .map_err(|e| io_error(Some(SVC), step, data.display(), e))?;
-        }
-        if let Some(old) = &marker.old {
-            if old.exists() {
+        // The data directory now is the restore's attempt, unless the run
+        // ended before it renamed the old one aside (then it is the old one,
+        // untouched, and stays).
+        let renamed = match &marker.old {
+            Some(old) => old.exists(),
+            None => true,
+        };
+        let mut kept = None;
+        if renamed {
+            if server_running(data) {
+                self.stop_and_wait(data).await?;
+            }
+            if data.exists() {
+                let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S").to_string();
+                let failed = sibling(data, &format!(".itbackup-failed-{stamp}"));
+                std::fs::rename(data, &failed)
+                    .map_err(|e| io_error(Some(SVC), step, data.display(), e))?;
+                kept = Some(failed);
+            }
+            if let Some(old) = &marker.old {
                 std::fs::rename(old, data)
                     .map_err(|e| io_error(Some(SVC), step, old.display(), e))?;
             }
+            crate::artifact::sync_dir(data.parent().unwrap_or(Path::new(".")))
+                .map_err(|e| io_error(Some(SVC), step, data.display(), e))?;
         }
         std::fs::remove_file(marker_path(data))
             .map_err(|e| io_error(Some(SVC), step, marker_path(data).display(), e))?;
-        if marker.was_running {
+        let started = marker.was_running && !server_running(data);
+        if started {
             self.run_lifecycle("start").await?;
         }
         Ok(format!(
-            "the data directory from before the restore is back in {} (the failed attempt is kept in {} for inspection){}",
-            data.display(),
-            failed.display(),
-            if marker.was_running { " and the server was started again" } else { "" }
+            "{}{}{}",
+            match &marker.old {
+                Some(_) if renamed => format!(
+                    "the data directory from before the restore is back in {}",
+                    data.display()
+                ),
+                Some(_) => format!("the data directory {} was never replaced", data.display()),
+                None => format!(
+                    "{} held no cluster before the restore, and holds none again",
+                    data.display()
+                ),
+            },
+            kept.map(|k| format!(
+                " (the failed attempt is kept in {} for inspection)",
+                k.display()
+            ))
+            .unwrap_or_default(),
+            if started {
+                "; the server was started again"
+            } else {
+                ""
+            }
         ))
     }
 }
