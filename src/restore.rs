@@ -143,7 +143,8 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
             .check_before_restore(&manifest.artifacts[&store.service()])
             .await?;
     }
-    let verified = verify_artifacts(dir, manifest, &stores, settings.identity.as_deref()).await?;
+    let verified =
+        verify_artifacts(dir, manifest, &stores, settings.identity.as_deref(), true).await?;
 
     let scratch = tempfile::Builder::new()
         .prefix(".itbackup-restore-")

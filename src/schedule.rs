@@ -247,9 +247,15 @@ async fn one_run(
         let services: Vec<_> = manifest.services.keys().copied().collect();
         let work = async {
             let stores = backup::open_stores(&services, settings)?;
-            crate::verify::verify_artifacts(&dir, &manifest, &stores, settings.identity.as_deref())
-                .await
-                .map(|v| v.checks)
+            crate::verify::verify_artifacts(
+                &dir,
+                &manifest,
+                &stores,
+                settings.identity.as_deref(),
+                false,
+            )
+            .await
+            .map(|v| v.checks)
         };
         let Some(verified) = abandonable(stop, hooks::around(&ctx, work, |_, _| {})).await else {
             return abandoned(report, "verify");

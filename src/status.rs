@@ -414,11 +414,15 @@ async fn verify_full(
     settings: &Settings,
 ) -> Verification {
     let result = match open_stores(&[service], settings) {
-        Ok(stores) => {
-            crate::verify::verify_artifacts(dir, manifest, &stores, settings.identity.as_deref())
-                .await
-                .map(|_| ())
-        }
+        Ok(stores) => crate::verify::verify_artifacts(
+            dir,
+            manifest,
+            &stores,
+            settings.identity.as_deref(),
+            false,
+        )
+        .await
+        .map(|_| ()),
         Err(e) => Err(e),
     };
     let problem = result.err().map(|e| e.to_string());

@@ -241,6 +241,14 @@ pub trait Store: DrillData + Send + Sync {
     /// touches no server.
     async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()>;
 
+    /// Whether [`Store::prepare_restore`] decodes the artifact end to end
+    /// itself, checking it as [`Store::check_artifact`] does, before anything
+    /// is changed (a physical PostgreSQL restore writes it out beside the live
+    /// data): the restore's own decode is then skipped, not done twice.
+    fn decodes_before_restoring(&self, _record: &ArtifactRecord) -> bool {
+        false
+    }
+
     /// The steps and commands a restore would run, for `--dry-run`.
     fn restore_plan(&self, record: &ArtifactRecord, selection: &RestoreSelection) -> Vec<String>;
 

@@ -72,6 +72,7 @@ macro_rules! conformance {
 conformance! {
     postgres_custom: PG, "custom";
     postgres_plain: PG, "plain";
+    postgres_physical: PG, "physical";
     opensearch_snapshot: OS, "snapshot";
     opensearch_logical: OS, "logical";
     neo4j_logical: NEO, "logical";

@@ -9,7 +9,7 @@
 use crate::common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,42 +21,10 @@ fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-fn data_dir() -> PathBuf {
-    PathBuf::from(required_env("IT_PG_DATA"))
-}
-
 /// The server's user: archive_command and restore_command run as it.
 fn give_to_server(path: &Path) {
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(data_dir()).unwrap());
     std::os::unix::fs::chown(path, Some(owner), None).unwrap();
-}
-
-/// Remove the data directories restores kept aside (they are ours, and large).
-fn remove_kept_data_dirs() {
-    let data = data_dir();
-    let name = data.file_name().unwrap().to_string_lossy().into_owned();
-    for entry in std::fs::read_dir(data.parent().unwrap()).unwrap() {
-        let entry = entry.unwrap();
-        let file = entry.file_name().to_string_lossy().into_owned();
-        if file.starts_with(&format!("{name}.itbackup-")) && entry.path().is_dir() {
-            std::fs::remove_dir_all(entry.path()).unwrap();
-        }
-    }
-}
-
-fn kept_data_dirs() -> usize {
-    let data = data_dir();
-    let name = data.file_name().unwrap().to_string_lossy().into_owned();
-    std::fs::read_dir(data.parent().unwrap())
-        .unwrap()
-        .filter(|e| {
-            let e = e.as_ref().unwrap();
-            e.path().is_dir()
-                && e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{name}.itbackup-"))
-        })
-        .count()
 }
 
 /// Inserts a row into `pitr_ticks` every few milliseconds, each its own
@@ -498,6 +466,25 @@ fn a_restore_that_cannot_succeed_changes_nothing() {
     psql("postgres", "DROP TABLE pitr_rows");
 }
 
+/// Whether `<data><suffix>` exists beside the data directory (a prefix
+/// when `suffix` ends with `*`).
+fn beside_data(suffix: &str) -> bool {
+    let data = data_dir();
+    let name = format!(
+        "{}{}",
+        data.file_name().unwrap().to_string_lossy(),
+        suffix.trim_end_matches('*')
+    );
+    std::fs::read_dir(data.parent().unwrap()).unwrap().any(|e| {
+        let file = e.unwrap().file_name().to_string_lossy().into_owned();
+        if suffix.ends_with('*') {
+            file.starts_with(&name)
+        } else {
+            file == name
+        }
+    })
+}
+
 #[test]
 fn a_restore_killed_midway_is_undone_by_the_next_run() {
     let _guard = exclusive(&[Postgres]);
@@ -513,41 +500,40 @@ fn a_restore_killed_midway_is_undone_by_the_next_run() {
     batch(1);
     archive_now();
     let before = rows();
-
     let restore = setup.restore("latest");
-    let data = data_dir();
-    let marker = data.with_file_name(format!(
-        "{}.itbackup-restoring",
-        data.file_name().unwrap().to_string_lossy()
-    ));
+    // The next run that takes the server's lock (a backup here) undoes what
+    // the killed one left, then does its own work.
+    let next_run = || {
+        Cmd::backup(setup.root.path()).services("postgres").ok(&[]);
+        assert_eq!(rows(), before);
+        assert!(!beside_data(".itbackup-restoring"), "the marker stays");
+        assert!(!beside_data(".itbackup-new"), "the unfinished copy stays");
+    };
 
-    // Killed before the data directory was renamed aside (while the server
-    // is being stopped): the next run leaves the directory as it is and
-    // starts the server again.
+    // 1. Killed while it writes the new data directory beside the live one
+    //    (the server still running): only that copy goes.
     let killed = kill_when(&restore.args(), || {
-        marker.exists() && kept_data_dirs() == 0
+        beside_data(".itbackup-new") && !beside_data(".itbackup-restoring")
+    });
+    assert!(killed, "the restore ended before it wrote its copy");
+    next_run();
+    assert_eq!(kept_data_dirs(), 0);
+
+    // 2. Killed after its marker, before the data directory was renamed
+    //    aside (while the server is being stopped): the directory stays as it
+    //    is and the server is started again.
+    let killed = kill_when(&restore.args(), || {
+        beside_data(".itbackup-restoring") && !beside_data(".itbackup-old-*")
     });
     assert!(killed, "the restore ended before it could be killed");
-    Cmd::backup(setup.root.path()).services("postgres").ok(&[]);
-    assert_eq!(rows(), before);
+    next_run();
     assert_eq!(kept_data_dirs(), 0, "nothing was replaced, nothing is kept");
-    assert!(!marker.exists());
 
-    // Killed while the base backup is being written into the new data
-    // directory: the server is stopped, the old directory set aside.
-    let killed = kill_when(&restore.args(), || {
-        kept_data_dirs() > 0 && data.join("PG_VERSION").exists()
-    });
+    // 3. Killed once the new directory has taken the live one's name (while
+    //    the server starts and recovers): the old one is put back.
+    let killed = kill_when(&restore.args(), || beside_data(".itbackup-old-*"));
     assert!(killed, "the restore ended before it could be killed");
-    assert!(
-        !data.join("postmaster.pid").exists(),
-        "the server should be down, stopped by the killed restore"
-    );
-
-    // The next run that takes the server's lock puts the old directory back
-    // and starts the server, then does its own work.
-    Cmd::backup(setup.root.path()).services("postgres").ok(&[]);
-    assert_eq!(rows(), before);
+    next_run();
     assert_eq!(
         kept_data_dirs(),
         1,

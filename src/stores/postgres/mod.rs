@@ -476,8 +476,12 @@ impl Store for Postgres {
         match PostgresFormat::of(record)? {
             PostgresFormat::Custom => self.restore_custom(ctx, record).await,
             PostgresFormat::Plain => self.restore_plain(ctx, record).await,
-            PostgresFormat::Physical => self.restore_physical(ctx).await,
+            PostgresFormat::Physical => self.restore_physical().await,
         }
+    }
+
+    fn decodes_before_restoring(&self, record: &ArtifactRecord) -> bool {
+        matches!(PostgresFormat::of(record), Ok(PostgresFormat::Physical))
     }
 
     async fn check_before_restore(&self, record: &ArtifactRecord) -> Result<()> {
@@ -494,7 +498,9 @@ impl Store for Postgres {
             return Ok(());
         };
         if !physical::interrupted(data) {
-            return Ok(());
+            // A restore killed while it wrote the new data directory beside
+            // the live one changed nothing else: only its copy goes.
+            return physical::remove_unfinished_copy(data);
         }
         tracing::warn!(
             "postgres: a physical restore of {} was interrupted; putting its data directory from before it back",

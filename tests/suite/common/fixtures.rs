@@ -91,6 +91,10 @@ impl StoreFixture for PgDatabase {
                 flag: "--postgres-format",
                 value: "plain",
             },
+            Method {
+                flag: "--postgres-format",
+                value: "physical",
+            },
         ]
     }
     fn populate(&self) {
@@ -149,6 +153,8 @@ impl StoreFixture for PgDatabase {
             "postgres",
             &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database),
         );
+        // What physical restores kept aside (the data directory from before each).
+        super::remove_kept_data_dirs();
     }
     fn address_env(&self, port: u16) -> Env {
         vec![("PGHOST", "127.0.0.1".into()), ("PGPORT", port.to_string())]

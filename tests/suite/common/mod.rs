@@ -390,3 +390,36 @@ pub fn archiver() -> (u64, u64, String) {
     let mut next = || parts.next().unwrap().to_string();
     (next().parse().unwrap(), next().parse().unwrap(), next())
 }
+
+/// The testenv PostgreSQL's data directory (`IT_PG_DATA`).
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(required_env("IT_PG_DATA"))
+}
+
+/// Remove the data directories restores kept aside (they are ours, and large).
+pub fn remove_kept_data_dirs() {
+    let data = data_dir();
+    let name = data.file_name().unwrap().to_string_lossy().into_owned();
+    for entry in std::fs::read_dir(data.parent().unwrap()).unwrap() {
+        let entry = entry.unwrap();
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&format!("{name}.itbackup-")) && entry.path().is_dir() {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+        }
+    }
+}
+
+pub fn kept_data_dirs() -> usize {
+    let data = data_dir();
+    let name = data.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::read_dir(data.parent().unwrap())
+        .unwrap()
+        .filter(|e| {
+            let e = e.as_ref().unwrap();
+            e.path().is_dir()
+                && e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}.itbackup-"))
+        })
+        .count()
+}

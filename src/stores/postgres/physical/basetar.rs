@@ -375,15 +375,17 @@ fn write_file(path: &Path, owner: Option<(u32, u32)>, mut content: impl Read) ->
             fs::create_dir_all(parent).map_err(|e| with_path(e, parent))?;
         }
     }
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| with_path(e, path))?;
+    // Large writes: relation files are up to 1 GiB each.
+    let mut file = io::BufWriter::with_capacity(crate::artifact::CHUNK, file);
     io::copy(&mut content, &mut file).map_err(|e| with_path(e, path))?;
-    file.flush()?;
+    file.flush().map_err(|e| with_path(e, path))?;
     chown(path, owner)
 }
 

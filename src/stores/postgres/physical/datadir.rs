@@ -34,6 +34,10 @@ pub(super) struct Marker {
     pub(super) old: Option<PathBuf>,
     /// Whether the server ran before: it is started again after a rollback.
     pub(super) was_running: bool,
+    /// The new data directory written beside the live one, until it takes
+    /// the live one's name.
+    #[serde(default)]
+    pub(super) staged: Option<PathBuf>,
 }
 
 pub(super) fn write_marker(data: &Path, marker: &Marker) -> Result<()> {
@@ -65,6 +69,21 @@ pub(super) fn read_marker(data: &Path) -> Result<Option<Marker>> {
             e,
         )),
     }
+}
+
+/// The new data directory a restore killed before it stopped the server was
+/// writing beside `data` (no marker: nothing else was changed), removed.
+pub fn remove_unfinished_copy(data: &Path) -> Result<()> {
+    let staged = sibling(data, ".itbackup-new");
+    if !staged.exists() {
+        return Ok(());
+    }
+    tracing::warn!(
+        "postgres: removing {}, the unfinished copy of an interrupted physical restore (the live data directory was not touched)",
+        staged.display()
+    );
+    std::fs::remove_dir_all(&staged)
+        .map_err(|e| io_error(Some(SVC), "remove unfinished copy", staged.display(), e))
 }
 
 /// Whether a killed restore left its marker beside `data`.
@@ -317,10 +336,21 @@ impl Postgres {
             crate::artifact::sync_dir(data.parent().unwrap_or(Path::new(".")))
                 .map_err(|e| io_error(Some(SVC), step, data.display(), e))?;
         }
+        // A staged directory that never took the live one's name is debris.
+        if let Some(staged) = marker.staged.as_ref().filter(|s| s.exists()) {
+            std::fs::remove_dir_all(staged)
+                .map_err(|e| io_error(Some(SVC), step, staged.display(), e))?;
+        }
         std::fs::remove_file(marker_path(data))
             .map_err(|e| io_error(Some(SVC), step, marker_path(data).display(), e))?;
-        let started = marker.was_running && !server_running(data);
+        // A server that ran before runs again. The killed run's stop command
+        // may still be going: a running server is stopped first (that waits
+        // for a stop in progress), then started.
+        let started = marker.was_running;
         if started {
+            if server_running(data) {
+                self.stop_and_wait(data).await?;
+            }
             self.run_lifecycle("start").await?;
         }
         Ok(format!(

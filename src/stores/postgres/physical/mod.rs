@@ -34,7 +34,7 @@ mod pitr;
 mod recovery;
 
 use basetar::BaseSummary;
-pub use datadir::interrupted;
+pub use datadir::{interrupted, remove_unfinished_copy};
 pub use pitr::{PreparedPitr, RecoveryTarget};
 
 /// What the manifest records of a base backup (`details.physical`).
@@ -147,10 +147,19 @@ impl Postgres {
                 let out = ArtifactWriter::create(&dir, &file)?;
                 let mut encoder =
                     zstd::Encoder::new(BufWriter::with_capacity(artifact::CHUNK, out), 3)?;
-                let mut tee = Tee {
-                    inner: stdout,
-                    copy: &mut encoder,
-                };
+                // Compression on a thread of its own, beside the reading and
+                // hashing of the stream: a base backup is bound by one core
+                // otherwise.
+                encoder.multithread(1)?;
+                // Buffered above the tee: the compressor gets whole pipe
+                // reads, not the tar reader's small ones.
+                let mut tee = io::BufReader::with_capacity(
+                    artifact::CHUNK,
+                    Tee {
+                        inner: stdout,
+                        copy: &mut encoder,
+                    },
+                );
                 let summary = basetar::read(&mut tee, None)?;
                 // The tar's end blocks, and anything after them.
                 io::copy(&mut tee, &mut io::sink())?;

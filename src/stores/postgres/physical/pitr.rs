@@ -82,6 +82,8 @@ pub struct PreparedPitr {
     pub(super) fetch_root: PathBuf,
     pub(super) data: PathBuf,
     pub(super) owner: (u32, u32),
+    /// The new data directory, written beside the live one.
+    pub(super) staged: PathBuf,
 }
 
 impl Postgres {
@@ -207,22 +209,28 @@ impl Postgres {
                 .unwrap_or("(in the base backup)"),
             "postgres: the WAL chain to the target is complete and intact"
         );
-        *self.prepared.lock().expect("not poisoned") = Some(PreparedPitr {
+        let staged = sibling(&data, ".itbackup-new");
+        self.stage_data_dir(ctx.artifact, &details, &staged, owner)
+            .await?;
+        let prepared = PreparedPitr {
             details,
             target,
             chain,
             fetch_root,
             data,
             owner,
-        });
+            staged,
+        };
+        if let Err(e) = self.write_recovery_settings(&prepared) {
+            let _ = std::fs::remove_dir_all(&prepared.staged);
+            return Err(e);
+        }
+        *self.prepared.lock().expect("not poisoned") = Some(prepared);
         Ok(())
     }
 
     /// Stop, replace, recover, check; on failure put everything back.
-    pub(in crate::stores::postgres) async fn restore_physical(
-        &self,
-        ctx: &RestoreContext<'_>,
-    ) -> Result<()> {
+    pub(in crate::stores::postgres) async fn restore_physical(&self) -> Result<()> {
         let prepared = self
             .prepared
             .lock()
@@ -241,6 +249,7 @@ impl Postgres {
             &Marker {
                 old: old.clone(),
                 was_running,
+                staged: Some(prepared.staged.clone()),
             },
         )?;
         let stopped = crate::lock::StoppedServer::of(SVC, &self.address());
@@ -248,6 +257,7 @@ impl Postgres {
             stopped.record(SVC, "restore (physical)")?;
             if let Err(e) = self.stop_and_wait(&data).await {
                 // Nothing was changed: the server may still be running.
+                let _ = std::fs::remove_dir_all(&prepared.staged);
                 let _ = std::fs::remove_file(marker_path(&data));
                 if server_running(&data) {
                     stopped.clear();
@@ -257,9 +267,7 @@ impl Postgres {
                 ));
             }
         }
-        let replaced = self
-            .replace_and_recover(ctx, &prepared, old.as_deref())
-            .await;
+        let replaced = self.swap_and_recover(&prepared, old.as_deref()).await;
         match replaced {
             Ok(()) => {
                 let _ = std::fs::remove_file(marker_path(&data));
@@ -294,12 +302,9 @@ impl Postgres {
         }
     }
 
-    async fn replace_and_recover(
-        &self,
-        ctx: &RestoreContext<'_>,
-        prepared: &PreparedPitr,
-        old: Option<&Path>,
-    ) -> Result<()> {
+    /// The stopped server's data directory is renamed aside and the staged
+    /// one takes its name; then the server is started and recovers.
+    async fn swap_and_recover(&self, prepared: &PreparedPitr, old: Option<&Path>) -> Result<()> {
         let data = &prepared.data;
         let step = "replace data directory";
         if let Some(old) = old {
@@ -307,17 +312,44 @@ impl Postgres {
         } else if data.exists() {
             std::fs::remove_dir(data).map_err(|e| io_error(Some(SVC), step, data.display(), e))?;
         }
-        std::fs::create_dir(data).map_err(|e| io_error(Some(SVC), step, data.display(), e))?;
-        let (uid, gid) = prepared.owner;
-        std::os::unix::fs::chown(data, Some(uid), Some(gid))
-            .and_then(|_| {
-                std::fs::set_permissions(data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            })
+        std::fs::rename(&prepared.staged, data)
+            .map_err(|e| io_error(Some(SVC), step, prepared.staged.display(), e))?;
+        crate::artifact::sync_dir(data.parent().unwrap_or(Path::new(".")))
             .map_err(|e| io_error(Some(SVC), step, data.display(), e))?;
-        let artifact = ctx.artifact.to_path_buf();
-        let into = data.clone();
-        let owner = prepared.owner;
-        let summary = blocking(move || {
+        self.run_lifecycle("start").await?;
+        self.wait_for_promotion(data).await?;
+        self.check_recovered(prepared).await
+    }
+
+    /// Write the base backup into a new directory beside the live one, every
+    /// file checked against its backup_manifest, with the recovery settings:
+    /// all before the server is stopped, so that its downtime is a rename,
+    /// a start and the replay.
+    async fn stage_data_dir(
+        &self,
+        artifact: &Path,
+        details: &PhysicalDetails,
+        staged: &Path,
+        owner: (u32, u32),
+    ) -> Result<()> {
+        let step = "write the new data directory";
+        if staged.exists() {
+            // A killed run's; this run holds the server's lock.
+            std::fs::remove_dir_all(staged)
+                .map_err(|e| io_error(Some(SVC), step, staged.display(), e))?;
+        }
+        std::fs::create_dir(staged)
+            .and_then(|_| std::os::unix::fs::chown(staged, Some(owner.0), Some(owner.1)))
+            .and_then(|_| {
+                std::fs::set_permissions(
+                    staged,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )
+            })
+            .map_err(|e| io_error(Some(SVC), step, staged.display(), e))?;
+        let artifact = artifact.to_path_buf();
+        let into = staged.to_path_buf();
+        let written = blocking(move || {
             let summary = read_artifact(
                 &artifact,
                 Some(&super::basetar::Extract {
@@ -329,12 +361,12 @@ impl Postgres {
                 .map_err(|e| io_error(Some(SVC), "write data directory", into.display(), e))?;
             Ok(summary)
         })
-        .await?;
-        super::check_summary(&summary, &prepared.details)?;
-        self.write_recovery_settings(prepared)?;
-        self.run_lifecycle("start").await?;
-        self.wait_for_promotion(data).await?;
-        self.check_recovered(prepared).await
+        .await
+        .and_then(|summary| super::check_summary(&summary, details));
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(staged);
+        }
+        written
     }
 }
 

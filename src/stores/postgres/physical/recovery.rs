@@ -15,8 +15,9 @@ impl Postgres {
     /// `recovery.signal` and the recovery settings, at the end of
     /// `postgresql.auto.conf` (where a later setting wins; PostgreSQL
     /// ignores them once promoted).
+    /// Into the staged data directory, before the server is stopped.
     pub(super) fn write_recovery_settings(&self, prepared: &PreparedPitr) -> Result<()> {
-        let data = &prepared.data;
+        let data = &prepared.staged;
         let step = "write recovery settings";
         let exe = std::env::current_exe()
             .map_err(|e| io_error(Some(SVC), step, "itbackup's own path", e))?;
