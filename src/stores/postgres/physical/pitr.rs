@@ -13,12 +13,15 @@
 //! (see `wal::chain`), and, for a sealed or remote archive, staged as a
 //! plain local one the server can read without keys or credentials.
 //!
+//! Still before the stop, the base backup is written into a new data
+//! directory beside the live one (`<data>.itbackup-new`), every file checked
+//! against the backup's own manifest, with the recovery settings.
+//!
 //! Then ([`Postgres::restore_physical`]): a marker beside the data
 //! directory records the run; the server is stopped; the old data
-//! directory is renamed aside (same file system: instant, and kept); the
-//! base backup is written into a new one, every file checked against the
-//! backup's own manifest; the recovery settings are added; the server is
-//! started and waited for until it has promoted; the result is checked
+//! directory is renamed aside (same file system: instant, and kept) and the
+//! new one takes its name; the server is started and waited for until it
+//! has promoted; the result is checked
 //! (the server answers on a new timeline and, for `latest`, has replayed
 //! every archived segment). Any failure on the way puts the old data
 //! directory back (the attempt is kept beside it for inspection) and
@@ -103,9 +106,9 @@ impl Postgres {
             });
         vec![
             format!("check that every archived WAL segment from the base backup to {until} is present and intact, and that {data} is this cluster's data directory (pg_controldata)"),
+            format!("write the base backup into {data}.itbackup-new beside the live directory, every file checked against its backup_manifest, with recovery.signal and the recovery settings (restore_command = itbackup wal fetch, recovery target {until}, then promote)"),
             format!("stop the server ({})", self.settings.stop_command.as_deref().unwrap_or("IT_PG_STOP_CMD, not set")),
-            format!("rename {data} aside to {data}.itbackup-old-<time> (kept), write the base backup into a new {data}, every file checked against its backup_manifest"),
-            format!("add recovery settings (restore_command = itbackup wal fetch, recovery target {until}, then promote) and recovery.signal"),
+            format!("rename {data} aside to {data}.itbackup-old-<time> (kept), and {data}.itbackup-new to {data}"),
             format!("start the server ({}) and wait until it has replayed the WAL and promoted; on any failure put the old data directory back", self.settings.start_command.as_deref().unwrap_or("IT_PG_START_CMD, not set")),
         ]
     }
