@@ -532,6 +532,12 @@ pub struct StatusArgs {
     #[arg(long, env = "IT_RPO", value_name = "DURATION", default_value = "24h", value_parser = crate::human::parse_duration)]
     pub rpo: std::time::Duration,
 
+    /// Where PostgreSQL archives its WAL into the root or repository (`wal/`,
+    /// `itbackup wal push`): the newest archived file must be younger than
+    /// this (the RPO of continuous archiving; docs/postgres-pitr.md).
+    #[arg(long, env = "IT_WAL_RPO", value_name = "DURATION", default_value = "5m", value_parser = crate::human::parse_duration)]
+    pub wal_rpo: std::time::Duration,
+
     /// Services to report on (default: every service found in a complete backup,
     /// or all when there is none).
     #[arg(long, value_name = "LIST")]

@@ -375,6 +375,18 @@ pub fn status(report: &crate::status::StatusReport, json: bool) {
                 .unwrap_or_default()
         );
     }
+    if let Some(wal) = &report.wal {
+        println!(
+            "  WAL archive {}: newest {} archived {} ago ({}; objective {})",
+            wal.location,
+            wal.newest_segment,
+            crate::human::age(std::time::Duration::from_secs_f64(
+                wal.age_seconds.clamp(0.0, 1e12)
+            )),
+            if wal.rpo_ok { "ok" } else { "RPO BREACHED" },
+            crate::human::age(std::time::Duration::from_secs(wal.rpo_seconds))
+        );
+    }
     for w in &report.warnings {
         println!("  warning: {w}");
     }

@@ -23,6 +23,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct StatusRequest {
     pub rpo: Duration,
+    /// The objective of continuous WAL archiving, judged when the root or
+    /// repository holds a WAL archive.
+    pub wal_rpo: Duration,
     /// `None`: every service found in a complete backup (all when there is none).
     pub services: Option<Vec<Service>>,
     /// Re-hash and decode the newest backups instead of checking their sizes only.
@@ -116,6 +119,17 @@ impl DiskStatus {
     }
 }
 
+/// The WAL archive (`wal/` of the root or repository): its newest segment.
+#[derive(Debug, Serialize)]
+pub struct WalStatus {
+    pub location: String,
+    pub newest_segment: String,
+    pub archived_at: String,
+    pub age_seconds: f64,
+    pub rpo_seconds: u64,
+    pub rpo_ok: bool,
+}
+
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub ok: bool,
@@ -126,6 +140,9 @@ pub struct StatusReport {
     pub last_drill: Option<DrillStatus>,
     /// The local root's disk (`None` for a repository, or a root not made yet).
     pub disk: Option<DiskStatus>,
+    /// PostgreSQL's WAL archive, when the root or repository holds one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalStatus>,
     /// Each reason for exit status 1.
     pub alarms: Vec<String>,
     /// Worth a look, but no alarm: the drill, damaged backups.
@@ -170,6 +187,10 @@ impl StatusReport {
                     if server.up { 1.0 } else { 0.0 },
                 );
             }
+        }
+        if let Some(wal) = &self.wal {
+            metrics.set("itbackup_wal_newest_age_seconds", &[], wal.age_seconds);
+            metrics.set("itbackup_wal_rpo_seconds", &[], wal.rpo_seconds as f64);
         }
         if let Some(disk) = &self.disk {
             metrics.set(
@@ -328,6 +349,16 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
     if let Some(problem) = disk.as_ref().and_then(|d| d.problem(&settings.root)) {
         alarms.push(problem);
     }
+    let wal = wal_status(settings, request, now).await?;
+    if let Some(w) = wal.as_ref().filter(|w| !w.rpo_ok) {
+        alarms.push(format!(
+            "postgres: WAL archiving RPO breached: the newest archived segment ({}, archived {}) is {} old, the objective is {}; commits since are in no archive",
+            w.newest_segment,
+            w.archived_at,
+            crate::human::age(Duration::from_secs_f64(w.age_seconds.clamp(0.0, 1e12))),
+            crate::human::age(request.wal_rpo)
+        ));
+    }
     let last_drill = last_drill(&settings.root);
     match &last_drill {
         None => warnings.push(format!(
@@ -353,9 +384,40 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
         services: statuses,
         last_drill,
         disk,
+        wal,
         alarms,
         warnings,
     })
+}
+
+/// The age of the newest segment in the WAL archive of the root (or the
+/// repository `--from`), when there is an archive.
+async fn wal_status(
+    settings: &Settings,
+    request: &StatusRequest,
+    now: jiff::Timestamp,
+) -> Result<Option<WalStatus>> {
+    use crate::stores::postgres::wal::{chain::Archive, LocalArchive, RemoteArchive};
+    let archive = match &request.from {
+        Some(url) => Archive::Remote(RemoteArchive::open(url)?),
+        None => Archive::Local(LocalArchive::new(&settings.root)),
+    };
+    let Some(newest) = archive.newest().await? else {
+        return Ok(None);
+    };
+    let age_seconds = newest
+        .archived_at
+        .parse::<jiff::Timestamp>()
+        .map(|at| (now - at).total(jiff::Unit::Second).unwrap_or(f64::MAX))
+        .unwrap_or(f64::MAX);
+    Ok(Some(WalStatus {
+        location: archive.location(),
+        newest_segment: newest.name,
+        archived_at: newest.archived_at,
+        age_seconds,
+        rpo_seconds: request.wal_rpo.as_secs(),
+        rpo_ok: age_seconds <= request.wal_rpo.as_secs_f64(),
+    }))
 }
 
 /// The newest complete backup that holds `service`.
@@ -467,6 +529,7 @@ pub fn last_drill(root: &Path) -> Option<DrillStatus> {
 pub fn request(args: &crate::cli::StatusArgs) -> StatusRequest {
     StatusRequest {
         rpo: args.rpo,
+        wal_rpo: args.wal_rpo,
         services: args.services.as_ref().map(|l| l.0.clone()),
         verify: args.verify,
         offline: args.offline,

@@ -474,3 +474,70 @@ fn the_server_archives_through_wal_push_and_fetch_gives_its_segments_back() {
     }
     psql("postgres", "DROP TABLE itb_wal");
 }
+
+#[test]
+fn status_alarms_when_the_newest_archived_segment_is_older_than_the_wal_rpo() {
+    let root = temp_root();
+    let work = temp_root();
+    let status = |extra: &[&str]| {
+        let mut cmd = Cmd::new("status")
+            .root(root.path())
+            .arg("--offline")
+            .arg("--json");
+        for arg in extra {
+            cmd = cmd.arg(*arg);
+        }
+        json_of(&cmd.run(&[]))
+    };
+    let wal_alarms = |report: &Value| {
+        report["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a.as_str().unwrap().contains("WAL archiving RPO breached"))
+            .count()
+    };
+
+    // No archive: not an archiving set-up, nothing said about WAL.
+    let report = status(&[]);
+    assert!(report["wal"].is_null(), "{report:#}");
+
+    let older = "000000010000000000000007";
+    let newer = "000000010000000000000008";
+    push(
+        root.path(),
+        &fake_segment(work.path(), older, 1, 1024 * 1024),
+    )
+    .ok(&[]);
+    push(
+        root.path(),
+        &fake_segment(work.path(), newer, 2, 1024 * 1024),
+    )
+    .ok(&[]);
+    let report = status(&[]);
+    assert_eq!(report["wal"]["newest_segment"], newer, "{report:#}");
+    assert_eq!(report["wal"]["rpo_ok"], true, "{report:#}");
+    assert_eq!(report["wal"]["rpo_seconds"], 300);
+    assert_eq!(wal_alarms(&report), 0, "{report:#}");
+
+    // Archiving stopped an hour ago: an alarm, and exit status 1.
+    let record = root.path().join("wal").join(format!("{newer}.json"));
+    let mut value: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let hour_ago = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3600)).to_string();
+    value["archived_at"] = Value::String(hour_ago);
+    std::fs::write(&record, serde_json::to_vec(&value).unwrap()).unwrap();
+    let report = status(&[]);
+    assert_eq!(report["wal"]["rpo_ok"], false, "{report:#}");
+    assert_eq!(wal_alarms(&report), 1, "{report:#}");
+    let out = Cmd::new("status")
+        .root(root.path())
+        .arg("--offline")
+        .run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("RPO BREACHED"), "{}", text(&out));
+
+    // A looser objective for this set-up: no alarm.
+    let report = status(&["--wal-rpo", "2h"]);
+    assert_eq!(report["wal"]["rpo_ok"], true, "{report:#}");
+    assert_eq!(wal_alarms(&report), 0, "{report:#}");
+}

@@ -96,6 +96,20 @@ impl Archive {
             .collect())
     }
 
+    /// The record of the newest segment archived (on the newest timeline),
+    /// if any: what `status` judges the archive's age by.
+    pub async fn newest(&self) -> Result<Option<WalRecord>> {
+        let names = self.names().await?;
+        let Some(newest) = names
+            .iter()
+            .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+            .max()
+        else {
+            return Ok(None);
+        };
+        self.record(&WalName::parse(newest)?).await
+    }
+
     async fn record(&self, name: &WalName) -> Result<Option<WalRecord>> {
         match self {
             Archive::Local(archive) => archive.record(name),
