@@ -47,6 +47,61 @@ pub struct BaseSummary {
     pub wal_segments: Vec<String>,
 }
 
+/// The per-file checksum PostgreSQL wrote into `backup_manifest`
+/// (`pg_basebackup --manifest-checksums`), which the stream is checked by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum FileChecksum {
+    /// CRC-32C: PostgreSQL's default, computed in hardware on both sides;
+    /// the artifact as a whole is SHA-256 (and, sealed, authenticated).
+    #[serde(rename = "CRC32C")]
+    Crc32c,
+    /// What the first physical backups used (older manifests name none).
+    #[default]
+    #[serde(rename = "SHA256")]
+    Sha256,
+}
+
+impl FileChecksum {
+    /// The name pg_basebackup's `--manifest-checksums` and the manifest use.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileChecksum::Crc32c => "CRC32C",
+            FileChecksum::Sha256 => "SHA256",
+        }
+    }
+}
+
+/// A running checksum of one file.
+enum Running {
+    Crc32c(u32),
+    Sha256(Sha256),
+}
+
+impl Running {
+    fn new(algorithm: FileChecksum) -> Running {
+        match algorithm {
+            FileChecksum::Crc32c => Running::Crc32c(0),
+            FileChecksum::Sha256 => Running::Sha256(Sha256::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Running::Crc32c(crc) => *crc = crc32c::crc32c_append(*crc, bytes),
+            Running::Sha256(hasher) => hasher.update(bytes),
+        }
+    }
+
+    /// Hex, as backup_manifest writes it: PostgreSQL copies a CRC's four
+    /// bytes in memory order (little-endian here) before hex-encoding them.
+    fn finish(self) -> String {
+        match self {
+            Running::Crc32c(crc) => hex::encode(crc.to_le_bytes()),
+            Running::Sha256(hasher) => hex::encode(hasher.finalize()),
+        }
+    }
+}
+
 /// Where a restore writes the files it reads, and as whom.
 pub struct Extract<'a> {
     pub into: &'a Path,
@@ -94,7 +149,11 @@ fn invalid(message: impl Into<String>) -> io::Error {
 
 /// Read a base backup's tar stream to its end, checking every file against
 /// the stream's `backup_manifest`, and write it out when `extract` is set.
-pub fn read(reader: impl Read, extract: Option<&Extract<'_>>) -> io::Result<BaseSummary> {
+pub fn read(
+    reader: impl Read,
+    extract: Option<&Extract<'_>>,
+    algorithm: FileChecksum,
+) -> io::Result<BaseSummary> {
     let mut archive = tar::Archive::new(reader);
     let mut seen: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let mut label = None;
@@ -132,7 +191,7 @@ pub fn read(reader: impl Read, extract: Option<&Extract<'_>>) -> io::Result<Base
         }
         let mut hasher = HashingRead {
             inner: &mut entry,
-            hasher: Sha256::new(),
+            hasher: Running::new(algorithm),
             bytes: 0,
             keep: (name == "backup_label").then(Vec::new),
         };
@@ -157,7 +216,7 @@ pub fn read(reader: impl Read, extract: Option<&Extract<'_>>) -> io::Result<Base
         }
         summary.files += 1;
         summary.data_bytes += hasher.bytes;
-        let digest = hex::encode(hasher.hasher.finalize());
+        let digest = hasher.hasher.finish();
         if seen.insert(name.clone(), (hasher.bytes, digest)).is_some() {
             return Err(invalid(format!("{name} is in the stream twice")));
         }
@@ -165,7 +224,7 @@ pub fn read(reader: impl Read, extract: Option<&Extract<'_>>) -> io::Result<Base
     let label = label.ok_or_else(|| invalid("the stream has no backup_label"))?;
     let manifest = manifest.ok_or_else(|| invalid("the stream has no backup_manifest"))?;
     read_label(&label, &mut summary)?;
-    check_against_manifest(&manifest, &seen, &mut summary)?;
+    check_against_manifest(&manifest, &seen, &mut summary, algorithm)?;
     Ok(summary)
 }
 
@@ -218,6 +277,7 @@ fn check_against_manifest(
     bytes: &[u8],
     seen: &BTreeMap<String, (u64, String)>,
     summary: &mut BaseSummary,
+    algorithm: FileChecksum,
 ) -> io::Result<()> {
     let text = std::str::from_utf8(bytes).map_err(|_| invalid("backup_manifest is not UTF-8"))?;
     let manifest: BackupManifest = serde_json::from_str(text)
@@ -244,7 +304,7 @@ fn check_against_manifest(
             .into_owned(),
             (None, None) => return Err(invalid("backup_manifest: a file without a path")),
         };
-        let (size, sha256) = seen.get(&path).ok_or_else(|| {
+        let (size, checksum) = seen.get(&path).ok_or_else(|| {
             invalid(format!(
                 "{path} is in backup_manifest but not in the stream"
             ))
@@ -255,17 +315,19 @@ fn check_against_manifest(
                 file.size
             )));
         }
+        let expected_algorithm = algorithm.name();
         match (file.algorithm.as_deref(), file.checksum.as_deref()) {
-            (Some("SHA256"), Some(expected)) if expected.eq_ignore_ascii_case(sha256) => {}
-            (Some("SHA256"), Some(expected)) => {
+            (Some(name), Some(expected))
+                if name == expected_algorithm && expected.eq_ignore_ascii_case(checksum) => {}
+            (Some(name), Some(expected)) if name == expected_algorithm => {
                 return Err(invalid(format!(
-                    "{path}: sha256 {sha256} in the stream, {expected} in backup_manifest"
+                    "{path}: {name} {checksum} in the stream, {expected} in backup_manifest"
                 )))
             }
-            (algorithm, _) => {
+            (found, _) => {
                 return Err(invalid(format!(
-                    "{path}: backup_manifest has a {} checksum, not SHA256 (itbackup takes base backups with --manifest-checksums=SHA256)",
-                    algorithm.unwrap_or("missing")
+                    "{path}: backup_manifest has a {} checksum, not the {expected_algorithm} this backup was taken with",
+                    found.unwrap_or("missing")
                 )))
             }
         }
@@ -337,7 +399,7 @@ fn needed_segments(timeline: u32, start: Lsn, end: Lsn, bytes: u64) -> Vec<Strin
 /// (the small `backup_label`).
 struct HashingRead<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Running,
     bytes: u64,
     keep: Option<Vec<u8>>,
 }
@@ -419,4 +481,21 @@ pub fn sync_tree(dir: &Path) -> io::Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| with_path(e, dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CRC-32C's check value, as backup_manifest writes it (memory order).
+    #[test]
+    fn crc32c_is_written_as_postgresql_writes_it() {
+        let mut crc = Running::new(FileChecksum::Crc32c);
+        crc.update(b"1234");
+        crc.update(b"56789");
+        assert_eq!(crc.finish(), "839206e3");
+        let mut sha = Running::new(FileChecksum::Sha256);
+        sha.update(b"");
+        assert!(sha.finish().starts_with("e3b0c442"));
+    }
 }

@@ -352,6 +352,7 @@ impl Postgres {
             .map_err(|e| io_error(Some(SVC), step, staged.display(), e))?;
         let artifact = artifact.to_path_buf();
         let into = staged.to_path_buf();
+        let algorithm = details.file_checksums;
         let written = blocking(move || {
             let summary = read_artifact(
                 &artifact,
@@ -359,6 +360,7 @@ impl Postgres {
                     into: &into,
                     owner: Some(owner),
                 }),
+                algorithm,
             )?;
             super::basetar::sync_tree(&into)
                 .map_err(|e| io_error(Some(SVC), "write data directory", into.display(), e))?;
