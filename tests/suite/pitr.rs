@@ -325,6 +325,34 @@ fn repository_encrypted_restores_to_latest_and_to_a_time() {
     round_trip(true, true);
 }
 
+/// A local root the server archives its WAL into, an empty `pitr_rows`
+/// table and a physical backup: where the bad-case and killed-run tests
+/// start. Fields drop in order: the server is up again before the archive
+/// setting is reset.
+struct Archiving {
+    _server: ServerBack,
+    _archive: SystemSetting,
+    setup: Setup,
+}
+
+impl Archiving {
+    fn start() -> Archiving {
+        let setup = Setup::new(false, false);
+        let archive = SystemSetting::set("archive_command", &setup.archive_command());
+        psql(
+            "postgres",
+            "DROP TABLE IF EXISTS pitr_rows; \
+             CREATE TABLE pitr_rows (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+        );
+        setup.backup();
+        Archiving {
+            _server: ServerBack,
+            _archive: archive,
+            setup,
+        }
+    }
+}
+
 /// The archived WAL segments of `root` (names), oldest first.
 fn archived_segments(root: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(root.join("wal"))
@@ -342,16 +370,8 @@ fn archived_segments(root: &Path) -> Vec<String> {
 #[test]
 fn a_restore_that_cannot_succeed_changes_nothing() {
     let _guard = exclusive(&[Postgres]);
-    let setup = Setup::new(false, false);
-    let _archive = SystemSetting::set("archive_command", &setup.archive_command());
-    // Dropped first: the setting is reset on a server that answers.
-    let _server = ServerBack;
-    psql(
-        "postgres",
-        "DROP TABLE IF EXISTS pitr_rows; \
-         CREATE TABLE pitr_rows (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
-    );
-    setup.backup();
+    let archiving = Archiving::start();
+    let setup = &archiving.setup;
     for first in [1, 501, 1001] {
         batch(first);
         archive_now();
@@ -488,15 +508,8 @@ fn beside_data(suffix: &str) -> bool {
 #[test]
 fn a_restore_killed_midway_is_undone_by_the_next_run() {
     let _guard = exclusive(&[Postgres]);
-    let setup = Setup::new(false, false);
-    let _archive = SystemSetting::set("archive_command", &setup.archive_command());
-    let _server = ServerBack;
-    psql(
-        "postgres",
-        "DROP TABLE IF EXISTS pitr_rows; \
-         CREATE TABLE pitr_rows (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
-    );
-    setup.backup();
+    let archiving = Archiving::start();
+    let setup = &archiving.setup;
     batch(1);
     archive_now();
     let before = rows();
