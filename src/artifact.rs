@@ -230,6 +230,14 @@ pub fn open_sized(path: &Path, expected: u64, at_most: bool) -> io::Result<File>
     ))
 }
 
+/// Read a small text file (a pid file, a label, a history file): a regular
+/// file of at most `max` bytes, refused before it is read otherwise.
+pub fn read_small_text(path: &Path, max: u64) -> io::Result<String> {
+    let mut text = String::new();
+    open_sized(path, max, true)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Read a manifest's bytes: a regular file of at most [`MAX_MANIFEST_BYTES`].
 pub fn read_manifest_bytes(path: &Path) -> io::Result<Vec<u8>> {
     let file = open_sized(path, MAX_MANIFEST_BYTES, true)?;

@@ -57,8 +57,8 @@ pub(super) fn write_marker(data: &Path, marker: &Marker) -> Result<()> {
 
 pub(super) fn read_marker(data: &Path) -> Result<Option<Marker>> {
     let path = marker_path(data);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+    match crate::artifact::read_small_text(&path, 64 * 1024) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
             Error::damaged("read restore marker", format!("{}: {e}", path.display())).service(SVC)
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -93,7 +93,7 @@ pub fn interrupted(data: &Path) -> bool {
 
 /// Whether a postmaster runs on `data`: its pid file names a live process.
 pub fn server_running(data: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(data.join("postmaster.pid")) else {
+    let Ok(text) = crate::artifact::read_small_text(&data.join("postmaster.pid"), 4096) else {
         return false;
     };
     let Some(pid) = text
@@ -228,7 +228,8 @@ impl Postgres {
                 ))
                 .hint("check IT_PG_DATA and the backup; to put this backup in place of another cluster, move that cluster's data directory away first (an empty or missing IT_PG_DATA is accepted); nothing was changed"));
             }
-            let version = std::fs::read_to_string(data.join("PG_VERSION")).unwrap_or_default();
+            let version = crate::artifact::read_small_text(&data.join("PG_VERSION"), 4096)
+                .unwrap_or_default();
             let backup_major = crate::stores::release(&record.server_version, 1);
             if crate::stores::release(version.trim(), 1) != backup_major {
                 return Err(Error::usage(format!(

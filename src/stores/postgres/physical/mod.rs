@@ -152,8 +152,7 @@ impl Postgres {
         let dir = ctx.dir.to_path_buf();
         let (pending, summary) = blocking(move || {
             let step = "backup (pg_basebackup)";
-            let mut writer = None;
-            let (_, summary) = crate::process::run_reading_output(&cmd, SVC, step, |stdout| {
+            let (_, written) = crate::process::run_reading_output(&cmd, SVC, step, |stdout| {
                 let out = ArtifactWriter::create(&dir, &file)?;
                 let mut encoder =
                     zstd::Encoder::new(BufWriter::with_capacity(artifact::CHUNK, out), 3)?;
@@ -174,11 +173,10 @@ impl Postgres {
                 // The tar's end blocks, and anything after them.
                 io::copy(&mut tee, &mut io::sink())?;
                 let out = encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
-                writer = Some(out.finish()?);
-                Ok(summary)
+                Ok((out.finish()?, summary))
             })
             .map_err(|e| e.hint("pg_basebackup needs replication access (a `replication` line in pg_hba.conf for this user, max_wal_senders > 0); on a busy server whose backup takes long, raise wal_keep_size so the WAL written meanwhile is still there at the end"))?;
-            Ok((writer.expect("written"), summary))
+            Ok(written)
         })
         .await?;
         let details = PhysicalDetails {

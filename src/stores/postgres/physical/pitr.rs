@@ -137,9 +137,7 @@ impl Postgres {
             }
         }
         if let Some(RecoveryTarget::Lsn(lsn)) = target {
-            if lsn.to_string() != details.stop_lsn
-                && Some(lsn) < super::lsn::Lsn::parse(&details.stop_lsn)
-            {
+            if super::lsn::Lsn::parse(&details.stop_lsn).is_some_and(|stop| lsn < stop) {
                 return Err(Error::usage(format!(
                     "--until {lsn} is before this base backup's end ({})",
                     details.stop_lsn

@@ -47,7 +47,7 @@ impl Postgres {
         // The base backup's own file may hold an earlier restore's settings
         // (a target time of then): they are dropped, so that only this
         // restore's apply.
-        let kept: String = std::fs::read_to_string(&auto)
+        let kept: String = crate::artifact::read_small_text(&auto, 16 * 1024 * 1024)
             .unwrap_or_default()
             .lines()
             .filter(|line| !is_recovery_setting(line))
@@ -130,8 +130,11 @@ impl Postgres {
             (prepared.target, prepared.chain.segments.last())
         {
             let history = format!("{timeline:08X}.history");
-            let text = std::fs::read_to_string(prepared.data.join("pg_wal").join(&history))
-                .map_err(|e| io_error(Some(SVC), step, history.clone(), e))?;
+            let text = crate::artifact::read_small_text(
+                &prepared.data.join("pg_wal").join(&history),
+                1024 * 1024,
+            )
+            .map_err(|e| io_error(Some(SVC), step, history.clone(), e))?;
             let switch = text
                 .lines()
                 .filter_map(|l| l.split_whitespace().nth(1))

@@ -153,7 +153,7 @@ impl Archive {
                 archive.fetch(name, &dest, identities).await?;
             }
         }
-        let text = std::fs::read_to_string(&dest).map_err(|e| {
+        let text = crate::artifact::read_small_text(&dest, 1024 * 1024).map_err(|e| {
             crate::error::io_error(Some(SVC), "read timeline history", dest.display(), e)
         });
         let _ = std::fs::remove_file(&dest);
