@@ -77,6 +77,12 @@ dbms.security.auth_enabled=true
 # Test servers never need old transaction logs. The default keeps two days of
 # them, which repeated million-node drills turned into 47 GB (a full disk).
 db.tx_log.rotation.retention_policy=512M size
+# A stop waited 10 s for Bolt connections and its network threads to wind
+# down (5 s each by default), on a test server nobody else connects to; the
+# tests stop and start it dozens of times (the dump method).
+internal.server.bolt.connection_shutdown_wait_time=0s
+internal.server.bolt.thread_pool_shutdown_wait_time=0s
+internal.dbms.bolt.netty_server_shutdown_quiet_period=0
 CONF
   if [ "$NEO4J_APOC" = 1 ]; then
     neo4j_install_apoc
