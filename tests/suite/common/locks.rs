@@ -17,13 +17,21 @@
 //!   beside whole-server work on the same server.
 //!
 //! A test that runs itbackup only against an address of its own (a silent
-//! port, `127.0.0.1:1`) or works offline needs no lock. Locks are taken in
-//! one order ([`Server`]'s), so tests that need several never deadlock; a
-//! writer waiting keeps new readers out (std's `RwLock` on Linux), so whole-
-//! server tests are not starved. A test that panics releases its locks.
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+//! port, `127.0.0.1:1`) or works offline needs no lock.
+//!
+//! A test takes all the locks it needs at once, or none: it waits holding
+//! nothing. Taking them one by one (in a fixed order, which kept it free of
+//! deadlocks) let a test that needs every server hold PostgreSQL and
+//! OpenSearch while it waited ten minutes for Neo4j, and every PostgreSQL
+//! and OpenSearch test waited behind it: the suite ran one server at a time.
+//! Several tests can be waiting for a server at once; whichever finds all of
+//! its servers free first runs (the order libtest started them in is not a
+//! promise); a waiting test keeps no reader out of a server it waits for
+//! (the shared tests are few and short). A test that panics releases its
+//! locks.
+use std::sync::{Condvar, Mutex, MutexGuard};
 
-/// A server of the testenv stack, in the order its lock is taken.
+/// A server of the testenv stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Server {
     Postgres,
@@ -34,22 +42,55 @@ pub enum Server {
 
 pub use Server::{Neo4j, Opensearch, Postgres, S3};
 
-/// Every server, in lock order.
+/// Every server.
 pub const ALL: &[Server] = &[Postgres, Opensearch, Neo4j, S3];
 
-static LOCKS: [RwLock<()>; 4] = [const { RwLock::new(()) }; 4];
+/// Who holds a server (the servers are indexed like [`ALL`]).
+#[derive(Clone, Copy, Default)]
+struct Holders {
+    readers: u32,
+    writer: bool,
+}
 
-#[allow(dead_code)] // held for its Drop only
-enum Held {
-    Shared(RwLockReadGuard<'static, ()>),
-    Exclusive(RwLockWriteGuard<'static, ()>),
+static HOLDERS: Mutex<[Holders; ALL.len()]> = Mutex::new(
+    [Holders {
+        readers: 0,
+        writer: false,
+    }; ALL.len()],
+);
+/// Notified whenever a test releases its locks.
+static RELEASED: Condvar = Condvar::new();
+
+fn index(server: Server) -> usize {
+    ALL.iter().position(|s| *s == server).unwrap()
+}
+
+fn holders() -> MutexGuard<'static, [Holders; ALL.len()]> {
+    // A test that panicked never panics while holding this mutex (the
+    // bookkeeping below cannot fail); poisoning is harmless either way.
+    HOLDERS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The locks a test holds, released when dropped (keep it in a `_guard`
 /// binding for the whole test: `let _ = ...` would release it at once).
 #[must_use = "the servers are unlocked as soon as the guard is dropped"]
 pub struct Servers {
-    _held: Vec<Held>,
+    exclusive: Vec<usize>,
+    shared: Vec<usize>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        let mut held = holders();
+        for &i in &self.exclusive {
+            held[i].writer = false;
+        }
+        for &i in &self.shared {
+            held[i].readers -= 1;
+        }
+        drop(held);
+        RELEASED.notify_all();
+    }
 }
 
 /// Whole-server work on `servers` (see the module's documentation).
@@ -62,23 +103,31 @@ pub fn shared(servers: &[Server]) -> Servers {
     lock(&[], servers)
 }
 
-/// Whole-server work on `exclusive`, objects of the test's own on `shared`.
+/// Whole-server work on `exclusive`, objects of the test's own on `shared`
+/// (a server in both is taken exclusively).
 pub fn lock(exclusive: &[Server], shared: &[Server]) -> Servers {
-    let held = ALL
+    let exclusive: Vec<usize> = exclusive.iter().map(|s| index(*s)).collect();
+    let shared: Vec<usize> = shared
         .iter()
-        .enumerate()
-        .filter_map(|(i, server)| {
-            let lock = &LOCKS[i];
-            if exclusive.contains(server) {
-                Some(Held::Exclusive(
-                    lock.write().unwrap_or_else(|e| e.into_inner()),
-                ))
-            } else if shared.contains(server) {
-                Some(Held::Shared(lock.read().unwrap_or_else(|e| e.into_inner())))
-            } else {
-                None
-            }
-        })
+        .map(|s| index(*s))
+        .filter(|i| !exclusive.contains(i))
         .collect();
-    Servers { _held: held }
+    let mut held = holders();
+    loop {
+        let free = exclusive
+            .iter()
+            .all(|&i| !held[i].writer && held[i].readers == 0)
+            && shared.iter().all(|&i| !held[i].writer);
+        if free {
+            break;
+        }
+        held = RELEASED.wait(held).unwrap_or_else(|e| e.into_inner());
+    }
+    for &i in &exclusive {
+        held[i].writer = true;
+    }
+    for &i in &shared {
+        held[i].readers += 1;
+    }
+    Servers { exclusive, shared }
 }
