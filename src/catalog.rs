@@ -29,6 +29,9 @@ pub struct BackupEntry {
     /// In a repository: the newest modification of any of its objects (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub modified: Option<String>,
+    /// A PostgreSQL base backup's reach in the WAL archive (filled in by `list`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<crate::stores::postgres::physical::WalReach>,
     #[serde(skip)]
     pub manifest: Option<Manifest>,
     /// Whether a manifest file exists (complete, or damaged when it does not validate).
@@ -91,6 +94,7 @@ fn describe(dir: &Path, name: String) -> BackupEntry {
         bytes,
         problem: None,
         modified: None,
+        wal: None,
         manifest: None,
         has_manifest,
         files,

@@ -102,9 +102,8 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<()> {
 async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
     let json = cli.json;
     let settings = Settings::resolve(cli, None)?;
-    let (dir, checks) =
-        crate::verify::run(&settings, args.path.as_deref(), args.from.as_deref()).await?;
-    report::verify(&dir, &checks, json);
+    let outcome = crate::verify::run(&settings, args.path.as_deref(), args.from.as_deref()).await?;
+    report::verify(&outcome, json);
     Ok(())
 }
 
@@ -185,7 +184,13 @@ async fn list(cli: &Cli, args: &ListArgs) -> Result<()> {
     let json = cli.json;
     let settings = Settings::resolve(cli, None)?;
     let (repository, _) = Repository::locate(&settings.root, args.from.as_deref()).await?;
-    let backups = repository.backups().await?;
+    let mut backups = repository.backups().await?;
+    crate::stores::postgres::physical::fill_wal_reach(
+        &repository,
+        &mut backups,
+        settings.identity.as_deref(),
+    )
+    .await?;
     match &repository {
         Repository::Local(root) => report::list(root, &backups, json),
         Repository::Remote(remote) => report::list_remote(&remote.url, &backups, json),

@@ -9,7 +9,6 @@ use serde_json::json;
 use crate::backup::BackupOutcome;
 use crate::catalog::BackupEntry;
 use crate::restore::RestoreOutcome;
-use crate::verify::ArtifactCheck;
 
 fn print_json(value: &impl Serialize) {
     println!(
@@ -114,12 +113,17 @@ pub fn restore(outcome: &RestoreOutcome, json: bool) {
     }
 }
 
-pub fn verify(dir: &Path, checks: &[ArtifactCheck], json: bool) {
+pub fn verify(outcome: &crate::verify::VerifyOutcome, json: bool) {
     if json {
-        return print_json(&json!({"ok": true, "dir": dir, "artifacts": checks}));
+        return print_json(&json!({
+            "ok": true,
+            "dir": outcome.dir,
+            "artifacts": outcome.checks,
+            "wal": outcome.wal,
+        }));
     }
-    println!("backup verified: {}", dir.display());
-    for c in checks {
+    println!("backup verified: {}", outcome.dir.display());
+    for c in &outcome.checks {
         println!(
             "  {:<10} {:<40} {:>10}  checksum and full decode ok ({:.1} s)",
             c.service.as_str(),
@@ -127,6 +131,9 @@ pub fn verify(dir: &Path, checks: &[ArtifactCheck], json: bool) {
             size(c.bytes),
             c.seconds
         );
+    }
+    if let Some(wal) = &outcome.wal {
+        println!("  {}; every segment re-hashed", wal_line(wal));
     }
 }
 
@@ -144,6 +151,7 @@ pub fn list(root: &Path, entries: &[BackupEntry], json: bool) {
         bytes: e.bytes,
         services: &e.services,
         problem: e.problem.as_deref(),
+        wal: e.wal.as_ref(),
     }));
 }
 
@@ -162,6 +170,7 @@ pub fn list_remote(url: &str, backups: &[BackupEntry], json: bool) {
         bytes: b.bytes,
         services: &b.services,
         problem: b.problem.as_deref(),
+        wal: b.wal.as_ref(),
     }));
 }
 
@@ -171,6 +180,7 @@ struct BackupRow<'a> {
     bytes: u64,
     services: &'a [String],
     problem: Option<&'a str>,
+    wal: Option<&'a crate::stores::postgres::physical::WalReach>,
 }
 
 fn print_backup_table<'a>(rows: impl Iterator<Item = BackupRow<'a>>) {
@@ -189,6 +199,23 @@ fn print_backup_table<'a>(rows: impl Iterator<Item = BackupRow<'a>>) {
             row.services.join(","),
             row.problem.map(|p| format!("  ({p})")).unwrap_or_default()
         );
+        if let Some(wal) = row.wal {
+            println!("{:<24} {}", "", wal_line(wal));
+        }
+    }
+}
+
+/// How far a base backup reaches in the WAL archive, on one line.
+fn wal_line(wal: &crate::stores::postgres::physical::WalReach) -> String {
+    if let Some(problem) = &wal.problem {
+        return format!("postgres WAL: BROKEN: {problem}");
+    }
+    match (&wal.last_segment, &wal.last_archived_at) {
+        (Some(last), Some(at)) => format!(
+            "postgres WAL: restorable up to {at} (through {last}, {} segments, timeline {})",
+            wal.segments, wal.timeline
+        ),
+        _ => "postgres WAL: nothing archived after this base backup yet".into(),
     }
 }
 
@@ -307,6 +334,20 @@ pub fn prune(outcome: &crate::prune::PruneOutcome, json: bool) {
             size(p.item.bytes),
             p.reasons.join(", ")
         );
+    }
+    if let Some(wal) = &outcome.wal {
+        match &wal.note {
+            Some(note) => println!("  WAL archive {}: {note}", wal.location),
+            None => println!(
+                "  WAL archive {}: {} {} files ({}) older than {}, the first segment of the oldest kept base backup; {} kept",
+                wal.location,
+                if outcome.dry_run { "would remove" } else { "removed" },
+                wal.removed_files,
+                size(wal.freed_bytes),
+                wal.keep_from.as_deref().unwrap_or("?"),
+                wal.kept_files
+            ),
+        }
     }
     if !outcome.dry_run {
         println!(

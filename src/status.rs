@@ -397,11 +397,8 @@ async fn wal_status(
     request: &StatusRequest,
     now: jiff::Timestamp,
 ) -> Result<Option<WalStatus>> {
-    use crate::stores::postgres::wal::{chain::Archive, LocalArchive, RemoteArchive};
-    let archive = match &request.from {
-        Some(url) => Archive::Remote(RemoteArchive::open(url)?),
-        None => Archive::Local(LocalArchive::new(&settings.root)),
-    };
+    let archive =
+        crate::stores::postgres::wal::chain::Archive::at(&settings.root, request.from.as_deref())?;
     let Some(newest) = archive.newest().await? else {
         return Ok(None);
     };

@@ -175,13 +175,24 @@ fn plaintext_scratch(dir: &Path) -> Result<tempfile::TempDir> {
         .map_err(|e| io_error(None, "create scratch directory", parent.display(), e))
 }
 
+/// What `verify` proved.
+pub struct VerifyOutcome {
+    /// The backup, as shown to the user.
+    pub dir: PathBuf,
+    pub checks: Vec<ArtifactCheck>,
+    /// For a PostgreSQL base backup: the archived WAL after it, every
+    /// segment re-hashed (read back from a repository).
+    pub wal: Option<crate::stores::postgres::physical::WalReach>,
+}
+
 /// `itbackup verify`: the backup at `path` (default: the newest complete one
-/// under the root) or, with `from`, a remote backup downloaded and checked.
+/// under the root) or, with `from`, a remote backup downloaded and checked;
+/// a base backup's WAL chain too, in the archive of the same location.
 pub async fn run(
     settings: &crate::config::Settings,
     path: Option<&Path>,
     from: Option<&str>,
-) -> Result<(PathBuf, Vec<ArtifactCheck>)> {
+) -> Result<VerifyOutcome> {
     let choice = BackupChoice {
         root: &settings.root,
         path,
@@ -194,6 +205,26 @@ pub async fn run(
     let identity = settings.identity.as_deref();
     let verified =
         verify_artifacts(&backup.dir, &backup.manifest, &stores, identity, false).await?;
-    let shown = backup.shown.clone();
-    Ok((shown, verified.checks))
+    let wal = match backup.manifest.artifacts.get(&Service::Postgres) {
+        Some(record) => {
+            use crate::stores::postgres::wal::chain::{Archive, Depth};
+            let archive = Archive::at(&backup.lock_root, backup.repository.as_deref())?;
+            let names = archive.names().await?;
+            let identities = identity.map(Identities::load).transpose()?;
+            crate::stores::postgres::physical::wal_reach(
+                record,
+                &archive,
+                &names,
+                identities.as_ref(),
+                Depth::Hash,
+            )
+            .await?
+        }
+        None => None,
+    };
+    Ok(VerifyOutcome {
+        dir: backup.shown.clone(),
+        checks: verified.checks,
+        wal,
+    })
 }

@@ -54,6 +54,7 @@ fn local_items(root: &Path) -> Result<Vec<Item>> {
                 },
                 modified: timestamp_of(meta.modified().ok()),
                 bytes: 0,
+                wal_start: None,
             });
             continue;
         }
@@ -61,7 +62,14 @@ fn local_items(root: &Path) -> Result<Vec<Item>> {
             continue;
         }
         let kind = classify(&path);
-        items.push(describe_dir(&path, name, kind));
+        let mut item = describe_dir(&path, name, kind);
+        if matches!(item.kind, ItemKind::Complete { .. }) {
+            item.wal_start = Manifest::read_dir(&path)
+                .ok()
+                .as_ref()
+                .and_then(WalStart::of);
+        }
+        items.push(item);
     }
     Ok(items)
 }
@@ -98,6 +106,7 @@ fn remote_items(backups: Vec<BackupEntry>) -> Vec<Item> {
                     .as_deref()
                     .and_then(|m| m.parse().ok())
                     .unwrap_or(Timestamp::UNIX_EPOCH),
+                wal_start: b.manifest.as_ref().and_then(WalStart::of),
                 name: b.name,
                 kind,
                 bytes: b.bytes,
@@ -172,6 +181,7 @@ fn describe_dir(dir: &Path, name: String, kind: ItemKind) -> Item {
         kind,
         modified: timestamp_of(newest),
         bytes,
+        wal_start: None,
     }
 }
 

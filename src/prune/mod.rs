@@ -19,6 +19,7 @@ use crate::error::{io_error, Error, Result};
 use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::repository::Repository;
 use crate::service::Service;
+use crate::stores::postgres::wal::retain::{self as wal_retention, WalPrune, WalStart};
 
 mod locations;
 
@@ -156,6 +157,10 @@ pub struct Item {
     /// Newest modification of the entry or anything directly in it.
     pub modified: Timestamp,
     pub bytes: u64,
+    /// Where its PostgreSQL base backup's WAL begins, when it holds one:
+    /// the archive keeps everything from the oldest kept one on.
+    #[serde(skip)]
+    pub wal_start: Option<WalStart>,
 }
 
 /// What prune does (or would do) with one entry.
@@ -262,6 +267,8 @@ pub struct PruneOutcome {
     pub items: Vec<PlannedItem>,
     pub removed: usize,
     pub freed_bytes: u64,
+    /// The WAL archive of the location, when it has one.
+    pub wal: Option<WalPrune>,
 }
 
 pub struct PruneRequest {
@@ -303,6 +310,15 @@ pub async fn run(repository: &Repository, request: &PruneRequest) -> Result<Prun
             freed_bytes += bytes;
         }
     }
+    // After the backups: a kept base backup's WAL is never removed, and a
+    // prune that fails on the way removed backups before their WAL.
+    let kept: Vec<WalStart> = planned
+        .iter()
+        .filter(|p| p.action == Action::Keep)
+        .filter_map(|p| p.item.wal_start)
+        .collect();
+    let archive = crate::stores::postgres::wal::chain::Archive::of(repository)?;
+    let wal = wal_retention::prune(&archive, &kept, request.dry_run).await?;
     Ok(PruneOutcome {
         location: repository.describe(),
         dry_run: request.dry_run,
@@ -311,6 +327,7 @@ pub async fn run(repository: &Repository, request: &PruneRequest) -> Result<Prun
         items: planned,
         removed,
         freed_bytes,
+        wal,
     })
 }
 

@@ -240,6 +240,7 @@ impl Remote {
                 bytes: 0,
                 modified: None,
                 problem: Some("no manifest: interrupted or still uploading".into()),
+                wal: None,
                 manifest: None,
                 has_manifest: false,
                 files: Default::default(),

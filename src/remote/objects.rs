@@ -100,6 +100,16 @@ impl Remote {
     /// The names of the objects directly under `parts` (one level: the WAL
     /// archive is flat).
     pub async fn list_names(&self, parts: &[&str]) -> Result<Vec<String>> {
+        Ok(self
+            .list_sized(parts)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// [`Self::list_names`], with each object's size.
+    pub async fn list_sized(&self, parts: &[&str]) -> Result<Vec<(String, u64)>> {
         use futures::StreamExt;
         let prefix = self.key(parts);
         let depth = prefix.parts().count();
@@ -110,7 +120,7 @@ impl Remote {
             let meta = meta.map_err(|e| remote_error("list remote objects", &shown, e))?;
             let rest: Vec<_> = meta.location.parts().skip(depth).collect();
             if let [name] = &rest[..] {
-                names.push(name.as_ref().to_string());
+                names.push((name.as_ref().to_string(), meta.size));
             }
         }
         Ok(names)

@@ -555,3 +555,174 @@ fn a_restore_killed_midway_is_undone_by_the_next_run() {
     psql("postgres", "DROP TABLE pitr_rows");
     remove_kept_data_dirs();
 }
+
+/// The name of the segment holding `lsn` (`X/Y`) on `timeline` (16 MiB segments).
+fn segment_of(timeline: u64, lsn: &str) -> String {
+    let (high, low) = lsn.split_once('/').unwrap();
+    let low = u64::from_str_radix(low, 16).unwrap();
+    format!(
+        "{timeline:08X}{:08X}{:08X}",
+        u64::from_str_radix(high, 16).unwrap(),
+        low >> 24
+    )
+}
+
+/// `list` shows how far each base backup reaches in the archive, `verify`
+/// re-hashes the chain after it (and names a damaged segment), and `prune`
+/// removes the archived WAL older than the oldest kept base backup, never
+/// what a kept one needs.
+#[test]
+fn list_verify_and_prune_follow_the_wal_archive() {
+    let _guard = exclusive(&[Postgres]);
+    let archiving = Archiving::start();
+    let root = archiving.setup.root.path();
+    batch(1);
+    archive_now();
+    archiving.setup.backup();
+    batch(501);
+    archive_now();
+    let newest = archived_segments(root).last().unwrap().clone();
+
+    let listed = json_of(&ok(&["--json", "list", "--root", s(root)], &[]));
+    let backups = listed["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 2, "{listed:#}");
+    for backup in backups {
+        let wal = &backup["wal"];
+        assert_eq!(wal["last_segment"], newest.as_str(), "{backup:#}");
+        assert!(wal["problem"].is_null(), "{backup:#}");
+        assert!(wal["segments"].as_u64().unwrap() >= 1, "{backup:#}");
+    }
+    assert!(
+        backups[0]["wal"]["segments"].as_u64() > backups[1]["wal"]["segments"].as_u64(),
+        "the older backup needs more of the archive: {listed:#}"
+    );
+
+    let verified = json_of(&ok(&["--json", "verify", "--root", s(root)], &[]));
+    assert_eq!(
+        verified["wal"]["last_segment"],
+        newest.as_str(),
+        "{verified:#}"
+    );
+
+    // A damaged segment after the newest backup: verify names it.
+    let stored = root.join("wal").join(format!("{newest}.zst"));
+    let good = std::fs::read(&stored).unwrap();
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0xff;
+    std::fs::write(&stored, &bad).unwrap();
+    let err = fails(&["verify", "--root", s(root)], &[], exit::DAMAGED_BACKUP);
+    assert!(err.contains(&newest), "{err}");
+    std::fs::write(&stored, &good).unwrap();
+
+    let kept_start = {
+        let dir = backups[1]["path"].as_str().unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(Path::new(dir).join("backup-manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let physical = &manifest["artifacts"]["postgres"]["details"]["physical"];
+        segment_of(
+            physical["timeline"].as_u64().unwrap(),
+            physical["start_lsn"].as_str().unwrap(),
+        )
+    };
+    // A gap between the two backups (the segment the first batch filled):
+    // list shows the older backup's chain broken there, the newer one whole.
+    let segments = archived_segments(root);
+    let at = segments.iter().position(|s| *s == kept_start).unwrap();
+    let gap = &segments[at - 1];
+    let record = root.join("wal").join(format!("{gap}.json"));
+    let aside = root.join(format!("{gap}.json.aside"));
+    std::fs::rename(&record, &aside).unwrap();
+    let listed = json_of(&ok(&["--json", "list", "--root", s(root)], &[]));
+    let problem = listed["backups"][0]["wal"]["problem"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(problem.contains(gap.as_str()), "{listed:#}");
+    assert!(
+        listed["backups"][1]["wal"]["problem"].is_null(),
+        "{listed:#}"
+    );
+    std::fs::rename(&aside, &record).unwrap();
+
+    // prune --keep-last 1: the older backup goes, and with it the WAL
+    // before the kept one's first segment; the kept one still verifies.
+    let before = archived_segments(root);
+    assert!(before[0] < kept_start, "nothing to prune: {before:?}");
+    let planned = json_of(&ok(
+        &[
+            "--json",
+            "prune",
+            "--root",
+            s(root),
+            "--keep-last",
+            "1",
+            "--dry-run",
+        ],
+        &[],
+    ));
+    let would = planned["wal"]["removed_files"].as_u64().unwrap();
+    assert!(would > 0, "{planned:#}");
+    assert_eq!(archived_segments(root), before, "a dry run removed WAL");
+    let pruned = json_of(&ok(
+        &["--json", "prune", "--root", s(root), "--keep-last", "1"],
+        &[],
+    ));
+    assert_eq!(
+        pruned["wal"]["keep_from"],
+        kept_start.as_str(),
+        "{pruned:#}"
+    );
+    assert_eq!(pruned["wal"]["removed_files"].as_u64(), Some(would));
+    let after = archived_segments(root);
+    assert_eq!(after.first(), Some(&kept_start), "{after:?}");
+    assert_eq!(after.last(), Some(&newest));
+    let verified = json_of(&ok(&["--json", "verify", "--root", s(root)], &[]));
+    assert_eq!(
+        verified["wal"]["last_segment"],
+        newest.as_str(),
+        "{verified:#}"
+    );
+    // Nothing more to remove while the same backup is kept.
+    let again = json_of(&ok(
+        &["--json", "prune", "--root", s(root), "--keep-last", "1"],
+        &[],
+    ));
+    assert_eq!(again["wal"]["removed_files"], 0, "{again:#}");
+    psql("postgres", "DROP TABLE pitr_rows");
+}
+
+/// The recovery drill on the physical method: the whole cluster restored
+/// from a base backup, the drill data found again, the RTO measured.
+#[test]
+fn the_drill_runs_on_the_physical_method() {
+    let _guard = exclusive(&[Postgres]);
+    let _server = ServerBack;
+    let root = temp_root();
+    let out = ok(
+        &[
+            "--json",
+            "drill",
+            "--root",
+            s(root.path()),
+            "--services",
+            "postgres",
+            "--postgres-method",
+            "physical",
+            "--scale",
+            "500",
+            "--yes",
+        ],
+        &[],
+    );
+    let v = json_of(&out);
+    assert_eq!(v["ok"], true, "{v:#}");
+    let postgres = &v["services"]["postgres"];
+    assert_eq!(postgres["method"], "pg_basebackup", "{v:#}");
+    assert_eq!(postgres["expected"], postgres["restored"], "{v:#}");
+    assert_eq!(v["postgres_rows"], 500, "{v:#}");
+    assert!(v["rto_seconds"].as_f64().unwrap() > 0.0, "{v:#}");
+    assert_eq!(v["rto_ok"], true, "{v:#}");
+    remove_kept_data_dirs();
+}

@@ -1,13 +1,16 @@
 //! The **physical** method: a base backup of the whole cluster through the
-//! replication protocol, `pg_basebackup -D - -Ft -X fetch`, streamed through
-//! itbackup (checked file by file against PostgreSQL's own manifest as it
-//! flows, see [`basetar`]) into `postgres_<TS>.base.tar.zst`. With the WAL
+//! replication protocol, `pg_basebackup -Ft -X fetch`, compressed by the
+//! server or by itbackup ([`take`]) and checked file by file against
+//! PostgreSQL's own manifest ([`basetar`]) into `postgres_<TS>.base.tar.zst`. With the WAL
 //! archived by `itbackup wal push`, such a backup is the starting point of a
 //! point-in-time restore ([`pitr`], `restore --until`).
 //!
 //! Why this shape:
-//! * `-D -` streams one tar to our stdin; nothing is staged on disk, so a
-//!   backup of a large cluster needs the artifact's space only.
+//! * The server compresses (zstd level 3) where it can: the slowest part
+//!   of a base backup then runs where the data is read, and only a
+//!   twentieth of the bytes cross to pg_basebackup and itbackup. Its tar
+//!   is staged compressed beside the artifact; the stream compressed here
+//!   (`-D -`) stages nothing.
 //! * `-X fetch` puts the WAL written during the backup into the same stream,
 //!   so the artifact alone is consistent (restorable without any archive).
 //!   The server must keep that WAL until the end: on a busy cluster whose
@@ -21,13 +24,14 @@
 //!   SHA-256 of PostgreSQL's manifest.
 //! * `--checkpoint=fast`: the backup starts now, not at the next checkpoint.
 
-use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
 use super::{blocking, Postgres, SVC};
-use crate::artifact::{self, ArtifactWriter, PendingArtifact};
+use crate::artifact::{self, PendingArtifact};
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
+use crate::process::ToolCommand;
+use crate::stores::postgres::wal::chain::{self, Archive, ChainEnd, ChainStart, Depth};
 use crate::stores::BackupContext;
 
 pub mod basetar;
@@ -35,8 +39,10 @@ mod datadir;
 pub mod lsn;
 mod pitr;
 mod recovery;
+mod take;
 
 use basetar::{BaseSummary, FileChecksum};
+use take::Compression;
 
 /// The per-file checksum new base backups are taken with.
 const FILE_CHECKSUM: FileChecksum = FileChecksum::Crc32c;
@@ -85,26 +91,16 @@ impl PhysicalDetails {
     }
 }
 
-/// Copies what is read through it into `copy` (the artifact), so that one
-/// pass both stores the stream and parses it.
-struct Tee<'a, R, W> {
-    inner: R,
-    copy: &'a mut W,
-}
-
-impl<R: Read, W: Write> Read for Tee<'_, R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
 impl Postgres {
-    fn basebackup_command(&self, label: &str) -> crate::process::ToolCommand {
+    fn basebackup_command(
+        &self,
+        label: &str,
+        compression: Compression,
+        work: &Path,
+    ) -> ToolCommand {
         self.tool("pg_basebackup")
+            .args(compression.arguments(work))
             .args([
-                "--pgdata=-",
                 "--format=tar",
                 "--wal-method=fetch",
                 "--checkpoint=fast",
@@ -114,11 +110,39 @@ impl Postgres {
             .arg(format!("--label={label}"))
     }
 
+    /// Where the base backup is compressed: by the server when it can
+    /// (PostgreSQL 15 and later) and its files reach this host (not in
+    /// compose mode); see [`take`].
+    fn compression(&self, server_version_num: i32) -> Compression {
+        match self.target {
+            crate::target::Target::Local if server_version_num >= 150_000 => Compression::Server,
+            _ => Compression::Client,
+        }
+    }
+
+    /// The work directory of a base backup compressed by the server:
+    /// beside the artifact, unique per process (a killed run's is never
+    /// written into again, and prune removes it as debris).
+    fn basebackup_work(ctx: &BackupContext<'_>) -> std::path::PathBuf {
+        ctx.dir.join(format!(
+            ".postgres_{}.{}.work",
+            ctx.timestamp,
+            std::process::id()
+        ))
+    }
+
     pub(super) fn plan_physical_backup(&self, ctx: &BackupContext<'_>) -> Vec<String> {
+        let label = format!("itbackup {}", ctx.timestamp);
+        let work = Self::basebackup_work(ctx);
         vec![
             format!(
-                "{} | zstd > postgres_{}.base.tar.zst (every file checked against the stream's backup_manifest as it passes)",
-                self.basebackup_command(&format!("itbackup {}", ctx.timestamp)),
+                "PostgreSQL 15 and later, compressed by the server: {} (every file checked against its backup_manifest as it is copied into postgres_{}.base.tar.zst)",
+                self.basebackup_command(&label, Compression::Server, &work),
+                ctx.timestamp
+            ),
+            format!(
+                "older servers and compose mode: {} | zstd > postgres_{}.base.tar.zst (checked as it passes)",
+                self.basebackup_command(&label, Compression::Client, &work),
                 ctx.timestamp
             ),
         ]
@@ -132,13 +156,14 @@ impl Postgres {
         let client = self.connect("postgres", "connect").await?;
         let row = client
             .query_one(
-                "SELECT system_identifier::text, current_setting('wal_segment_size')::text FROM pg_control_system()",
+                "SELECT system_identifier::text, current_setting('wal_segment_size')::text, current_setting('server_version_num')::int FROM pg_control_system()",
                 &[],
             )
             .await
             .map_err(|e| Self::query_error("read the cluster's identity", e))?;
         let system_identifier: String = row.get(0);
         let segment_setting: String = row.get(1);
+        let server_version_num: i32 = row.get(2);
         drop(client);
         let wal_segment_bytes = parse_size(&segment_setting).ok_or_else(|| {
             Error::failure(
@@ -148,35 +173,16 @@ impl Postgres {
             .service(SVC)
         })?;
         let file = format!("postgres_{}.base.tar.zst", ctx.timestamp);
-        let cmd = self.basebackup_command(&format!("itbackup {}", ctx.timestamp));
+        let compression = self.compression(server_version_num);
+        let work = Self::basebackup_work(ctx);
+        let cmd =
+            self.basebackup_command(&format!("itbackup {}", ctx.timestamp), compression, &work);
         let dir = ctx.dir.to_path_buf();
-        let (pending, summary) = blocking(move || {
-            let step = "backup (pg_basebackup)";
-            let (_, written) = crate::process::run_reading_output(&cmd, SVC, step, |stdout| {
-                let out = ArtifactWriter::create(&dir, &file)?;
-                let mut encoder =
-                    zstd::Encoder::new(BufWriter::with_capacity(artifact::CHUNK, out), 3)?;
-                // Compression on a thread of its own, beside the reading and
-                // hashing of the stream: a base backup is bound by one core
-                // otherwise.
-                encoder.multithread(1)?;
-                // Buffered above the tee: the compressor gets whole pipe
-                // reads, not the tar reader's small ones.
-                let mut tee = io::BufReader::with_capacity(
-                    artifact::CHUNK,
-                    Tee {
-                        inner: stdout,
-                        copy: &mut encoder,
-                    },
-                );
-                let summary = basetar::read(&mut tee, None, FILE_CHECKSUM)?;
-                // The tar's end blocks, and anything after them.
-                io::copy(&mut tee, &mut io::sink())?;
-                let out = encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
-                Ok((out.finish()?, summary))
-            })
-            .map_err(|e| e.hint("pg_basebackup needs replication access (a `replication` line in pg_hba.conf for this user, max_wal_senders > 0); on a busy server whose backup takes long, raise wal_keep_size so the WAL written meanwhile is still there at the end"))?;
-            Ok(written)
+        let (pending, summary) = blocking(move || match compression {
+            Compression::Server => {
+                take::compressed_by_server(&cmd, &dir, &file, &work, FILE_CHECKSUM)
+            }
+            Compression::Client => take::streamed(&cmd, &dir, &file, FILE_CHECKSUM),
         })
         .await?;
         let details = PhysicalDetails {
@@ -231,6 +237,119 @@ pub fn read_artifact(
             .service(SVC)
             .hint("the base backup is damaged or is not one itbackup took; use another backup")
     })
+}
+
+/// How far the WAL archive carries a base backup: what `list` shows for it
+/// and `verify` proves.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WalReach {
+    pub archive: String,
+    /// The timeline recovery ends on.
+    pub timeline: u32,
+    /// Archived segments from the backup's end on, without a gap.
+    pub segments: usize,
+    pub last_segment: Option<String>,
+    /// When the last of them was archived: `restore --until` reaches any
+    /// moment from the backup's end up to about then.
+    pub last_archived_at: Option<String>,
+    /// Why the archive does not carry the backup on (a gap, a damaged
+    /// segment, a timeline that does not follow on from it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl PhysicalDetails {
+    /// Where recovery from this backup starts reading the archive.
+    pub fn chain_start(&self) -> ChainStart {
+        ChainStart {
+            timeline: self.timeline,
+            end_lsn: lsn::Lsn::parse(&self.stop_lsn).unwrap_or_default(),
+            segment_bytes: self.wal_segment_bytes,
+        }
+    }
+}
+
+/// Walk the archive from the base backup `record` to its newest segment, as
+/// deep as `depth` says; `None` when `record` is not a base backup. A broken
+/// chain is an error (`verify`); [`WalReach::broken`] turns it into a line
+/// for `list`.
+pub async fn wal_reach(
+    record: &ArtifactRecord,
+    archive: &Archive,
+    names: &std::collections::BTreeSet<String>,
+    identities: Option<&crate::seal::Identities>,
+    depth: Depth<'_>,
+) -> Result<Option<WalReach>> {
+    let Ok(details) = PhysicalDetails::of(record) else {
+        return Ok(None);
+    };
+    // Timeline histories are read through a private scratch directory.
+    let scratch = tempfile::tempdir().map_err(|e| {
+        crate::error::io_error(Some(SVC), "check WAL chain", "a scratch directory", e)
+    })?;
+    let chain = chain::walk(
+        archive,
+        names,
+        &details.chain_start(),
+        ChainEnd::Latest,
+        identities,
+        scratch.path(),
+        depth,
+    )
+    .await?;
+    Ok(Some(WalReach {
+        archive: archive.location(),
+        timeline: chain.timeline,
+        segments: chain.segments.len(),
+        last_segment: chain.segments.last().cloned(),
+        last_archived_at: chain.last_archived_at,
+        problem: None,
+    }))
+}
+
+/// Fill in the WAL reach of every complete base backup in `backups`, from
+/// the archive of `repository` listed once (`list`). A location without
+/// archived WAL shows none; a broken chain is shown, not an error.
+pub async fn fill_wal_reach(
+    repository: &crate::repository::Repository,
+    backups: &mut [crate::catalog::BackupEntry],
+    identity: Option<&Path>,
+) -> Result<()> {
+    let archive = Archive::of(repository)?;
+    let names = archive.names().await?;
+    if names.is_empty() {
+        return Ok(());
+    }
+    // Only a sealed timeline history needs the key; without one, the
+    // backups whose chain crosses a timeline say so in their line.
+    let identities = identity.and_then(|file| crate::seal::Identities::load(file).ok());
+    for entry in backups.iter_mut() {
+        let Some(record) = entry.manifest.as_ref().and_then(|m| m.artifacts.get(&SVC)) else {
+            continue;
+        };
+        entry.wal =
+            match wal_reach(record, &archive, &names, identities.as_ref(), Depth::Names).await {
+                Ok(reach) => reach,
+                Err(e) => Some(WalReach::broken(&archive, record, e.message)),
+            };
+    }
+    Ok(())
+}
+
+impl WalReach {
+    /// The reach of a base backup whose chain is broken: `problem` says where.
+    pub fn broken(archive: &Archive, record: &ArtifactRecord, problem: String) -> WalReach {
+        WalReach {
+            archive: archive.location(),
+            timeline: PhysicalDetails::of(record)
+                .map(|d| d.timeline)
+                .unwrap_or_default(),
+            segments: 0,
+            last_segment: None,
+            last_archived_at: None,
+            problem: Some(problem),
+        }
+    }
 }
 
 /// The stream is the one the manifest describes.

@@ -34,8 +34,8 @@ use super::datadir::{marker_path, reachable_by, server_running, sibling, write_m
 use super::{read_artifact, PhysicalDetails};
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
-use crate::stores::postgres::wal::chain::{self, Archive, Chain, ChainEnd, ChainStart};
-use crate::stores::postgres::wal::{LocalArchive, RemoteArchive};
+use crate::stores::postgres::wal::chain::{self, Archive, Chain, ChainEnd, Depth};
+use crate::stores::postgres::wal::LocalArchive;
 use crate::stores::postgres::{blocking, Postgres, SVC};
 use crate::stores::{RestoreContext, RestoreSelection, Store};
 
@@ -155,21 +155,17 @@ impl Postgres {
             Some(RecoveryTarget::Time(t)) => ChainEnd::Time(t),
             Some(RecoveryTarget::Lsn(lsn)) => ChainEnd::Lsn(lsn),
         };
-        let start = ChainStart {
-            timeline: details.timeline,
-            end_lsn: super::lsn::Lsn::parse(&details.stop_lsn).unwrap_or_default(),
-            segment_bytes: details.wal_segment_bytes,
-        };
+        let start = details.chain_start();
         let identities = ctx
             .recovery
             .identity
             .as_deref()
             .map(crate::seal::Identities::load)
             .transpose()?;
-        let archive = match &ctx.recovery.archive_url {
-            Some(url) => Archive::Remote(RemoteArchive::open(url)?),
-            None => Archive::Local(LocalArchive::new(&ctx.recovery.archive_root)),
-        };
+        let archive = Archive::at(
+            &ctx.recovery.archive_root,
+            ctx.recovery.archive_url.as_deref(),
+        )?;
         // A sealed or remote archive is staged, plain, where the server can
         // read it; a plain local one is read in place.
         let sealed = identities.is_some();
@@ -190,7 +186,10 @@ impl Postgres {
             end,
             identities.as_ref(),
             ctx.scratch,
-            stage.as_ref(),
+            match &stage {
+                Some(stage) => Depth::Stage(stage),
+                None => Depth::Hash,
+            },
         )
         .await?;
         let fetch_root = if staged {

@@ -38,6 +38,20 @@ pub enum ChainEnd {
     Latest,
 }
 
+/// How much of each archived file the walk reads.
+#[derive(Clone, Copy)]
+pub enum Depth<'a> {
+    /// Names (and the records a time target needs): how far the archive
+    /// reaches, without reading it (`list`).
+    Names,
+    /// Every segment re-hashed, or read back from a repository (`verify`).
+    Hash,
+    /// Every file fetched, checked, and archived again, plain, in this
+    /// local archive: what PostgreSQL's `restore_command` reads then, with
+    /// no key or repository credentials in the server's hands (a restore).
+    Stage(&'a LocalArchive),
+}
+
 /// Where the base backup's WAL ends.
 #[derive(Debug, Clone, Copy)]
 pub struct ChainStart {
@@ -67,33 +81,82 @@ impl Archive {
         }
     }
 
-    /// Every name that has a record (stored files without one are not archived).
-    async fn names(&self) -> Result<BTreeSet<String>> {
-        let files = match self {
-            Archive::Local(archive) => match std::fs::read_dir(&archive.dir) {
-                Ok(entries) => entries
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => {
-                    return Err(crate::error::io_error(
-                        Some(SVC),
-                        "list WAL archive",
-                        archive.dir.display(),
-                        e,
-                    ))
+    /// The archive of a backup location: `wal/` of the repository at
+    /// `url`, else of the local `root`.
+    pub fn at(root: &Path, url: Option<&str>) -> Result<Archive> {
+        Ok(match url {
+            Some(url) => Archive::Remote(RemoteArchive::open(url)?),
+            None => Archive::Local(LocalArchive::new(root)),
+        })
+    }
+
+    /// [`Archive::at`] a repository.
+    pub fn of(repository: &crate::repository::Repository) -> Result<Archive> {
+        match repository {
+            crate::repository::Repository::Local(root) => Archive::at(root, None),
+            crate::repository::Repository::Remote(remote) => {
+                Archive::at(Path::new(""), Some(&remote.url))
+            }
+        }
+    }
+
+    /// Every file in the archive, records and stored files alike, with its size.
+    pub async fn files(&self) -> Result<Vec<(String, u64)>> {
+        match self {
+            Archive::Local(archive) => {
+                let fail = |e| {
+                    crate::error::io_error(Some(SVC), "list WAL archive", archive.dir.display(), e)
+                };
+                let entries = match std::fs::read_dir(&archive.dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(e) => return Err(fail(e)),
+                };
+                let mut files = Vec::new();
+                for entry in entries {
+                    let entry = entry.map_err(fail)?;
+                    let meta = entry.metadata().map_err(fail)?;
+                    if meta.is_file() {
+                        files.push((entry.file_name().to_string_lossy().into_owned(), meta.len()));
+                    }
                 }
-            },
-            Archive::Remote(archive) => archive.remote().list_names(&[WAL_DIR]).await?,
-        };
-        Ok(files
+                Ok(files)
+            }
+            Archive::Remote(archive) => archive.remote().list_sized(&[WAL_DIR]).await,
+        }
+    }
+
+    /// Every name that has a record (stored files without one are not archived).
+    pub async fn names(&self) -> Result<BTreeSet<String>> {
+        Ok(self
+            .files()
+            .await?
             .into_iter()
-            .filter_map(|f| {
+            .filter_map(|(f, _)| {
                 f.strip_suffix(super::record::RECORD_SUFFIX)
                     .map(String::from)
             })
             .collect())
+    }
+
+    /// Remove one file of the archive (prune: a record before its stored file).
+    pub async fn remove(&self, file: &str) -> Result<()> {
+        match self {
+            Archive::Local(archive) => {
+                let path = archive.dir.join(file);
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(
+                        crate::error::io_error(Some(SVC), "remove archived WAL", path.display(), e),
+                    ),
+                    _ => Ok(()),
+                }
+            }
+            Archive::Remote(archive) => archive
+                .remote()
+                .delete_object(WAL_DIR, file)
+                .await
+                .map_err(|e| e.service(SVC)),
+        }
     }
 
     /// The record of the newest segment archived (on the newest timeline),
@@ -241,18 +304,15 @@ async fn legs(
     Ok(legs)
 }
 
-/// Check every segment from the base backup's end to `end`; see the module
-/// doc. With `stage`, every file recovery needs is also copied there as a
-/// plain (unsealed) local archive, each checked as it is fetched: what
-/// PostgreSQL's `restore_command` reads then, with no key or repository
-/// credentials in the server's hands.
+/// Walk every segment from the base backup's end to `end`, as deep as
+/// `depth` says; see the module doc.
 pub async fn check(
     archive: &Archive,
     start: &ChainStart,
     end: ChainEnd,
     identities: Option<&Identities>,
     scratch: &Path,
-    stage: Option<&LocalArchive>,
+    depth: Depth<'_>,
 ) -> Result<Chain> {
     if end == ChainEnd::Backup {
         return Ok(Chain {
@@ -261,7 +321,27 @@ pub async fn check(
         });
     }
     let names = archive.names().await?;
-    let legs = legs(archive, &names, start, identities, scratch).await?;
+    walk(archive, &names, start, end, identities, scratch, depth).await
+}
+
+/// [`check`] on the archive's `names` listed once (`list` walks from every
+/// base backup).
+pub async fn walk(
+    archive: &Archive,
+    names: &BTreeSet<String>,
+    start: &ChainStart,
+    end: ChainEnd,
+    identities: Option<&Identities>,
+    scratch: &Path,
+    depth: Depth<'_>,
+) -> Result<Chain> {
+    if end == ChainEnd::Backup {
+        return Ok(Chain {
+            timeline: start.timeline,
+            ..Chain::default()
+        });
+    }
+    let legs = legs(archive, names, start, identities, scratch).await?;
     let bytes = start.segment_bytes;
     // The timeline a segment is read from: the newest leg that has begun by it.
     let timeline_of = |segment: u64| {
@@ -293,7 +373,7 @@ pub async fn check(
             .collect(),
         ..Chain::default()
     };
-    if let Some(stage) = stage {
+    if let Depth::Stage(stage) = depth {
         for history in &chain.histories {
             stage_one(archive, &WalName::parse(history)?, identities, stage).await?;
         }
@@ -303,14 +383,22 @@ pub async fn check(
         let timeline = timeline_of(segment);
         let file = segment_name(timeline, segment, bytes);
         let name = WalName::parse(&file)?;
+        // By name alone, a record is read only where a time is compared.
+        let by_name = matches!(depth, Depth::Names) && !matches!(end, ChainEnd::Time(_));
         let record = match names.contains(&file) {
-            true => archive.record(&name).await?,
+            true if by_name => Some(None),
+            true => archive.record(&name).await?.map(Some),
             false => None,
         };
         let Some(record) = record else {
             let beyond = newest_archived.is_some_and(|newest| newest > segment);
             return match end {
-                ChainEnd::Latest if !beyond => Ok(chain),
+                ChainEnd::Latest if !beyond => {
+                    if by_name {
+                        chain.last_archived_at = last_archived_at(archive, &chain).await?;
+                    }
+                    Ok(chain)
+                }
                 _ if beyond || timeline != last_timeline => Err(gap(archive, &file, start, end)),
                 ChainEnd::Time(t) => Err(Error::not_found(
                     "check WAL chain",
@@ -325,25 +413,40 @@ pub async fn check(
                 _ => Err(gap(archive, &file, start, end)),
             };
         };
-        match stage {
-            Some(stage) => stage_one(archive, &name, identities, stage).await?,
-            None => archive.check(&record).await?,
+        match (depth, &record) {
+            (Depth::Stage(stage), _) => stage_one(archive, &name, identities, stage).await?,
+            (Depth::Hash, Some(record)) => archive.check(record).await?,
+            _ => {}
         }
         chain.segments.push(file);
-        let archived_at = record.archived_at.clone();
-        chain.last_archived_at = Some(archived_at.clone());
+        let archived_at = record.map(|r| r.archived_at);
+        chain.last_archived_at.clone_from(&archived_at);
         let done = match end {
             ChainEnd::Lsn(lsn) => segment >= lsn.segment(bytes),
             ChainEnd::Time(t) => archived_at
-                .parse::<jiff::Timestamp>()
-                .is_ok_and(|at| at >= t),
+                .and_then(|at| at.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|at| at >= t),
             ChainEnd::Latest | ChainEnd::Backup => false,
         };
         if done {
+            if by_name {
+                chain.last_archived_at = last_archived_at(archive, &chain).await?;
+            }
             return Ok(chain);
         }
         segment += 1;
     }
+}
+
+/// When the last segment of `chain` was archived, from its record.
+async fn last_archived_at(archive: &Archive, chain: &Chain) -> Result<Option<String>> {
+    let Some(last) = chain.segments.last() else {
+        return Ok(None);
+    };
+    Ok(archive
+        .record(&WalName::parse(last)?)
+        .await?
+        .map(|r| r.archived_at))
 }
 
 /// Fetch `name` (checked against its record, opened when sealed) and archive

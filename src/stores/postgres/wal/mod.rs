@@ -44,6 +44,7 @@ mod local;
 mod name;
 mod record;
 mod remote;
+pub mod retain;
 mod stream;
 
 pub use local::{LocalArchive, WAL_DIR};
