@@ -31,7 +31,7 @@ pub struct BackupEntry {
     pub modified: Option<String>,
     /// A PostgreSQL base backup's reach in the WAL archive (filled in by `list`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wal: Option<crate::stores::postgres::physical::WalReach>,
+    pub wal: Option<WalReach>,
     #[serde(skip)]
     pub manifest: Option<Manifest>,
     /// Whether a manifest file exists (complete, or damaged when it does not validate).
@@ -40,6 +40,25 @@ pub struct BackupEntry {
     /// Its files: name → size.
     #[serde(skip)]
     pub files: std::collections::BTreeMap<String, u64>,
+}
+
+/// How far the WAL archive carries a base backup: what `list` shows for it
+/// and `verify` proves.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WalReach {
+    pub archive: String,
+    /// The timeline recovery ends on.
+    pub timeline: u32,
+    /// Archived segments from the backup's end on, without a gap.
+    pub segments: usize,
+    pub last_segment: Option<String>,
+    /// When the last of them was archived: `restore --until` reaches any
+    /// moment from the backup's end up to about then.
+    pub last_archived_at: Option<String>,
+    /// Why the archive does not carry the backup on (a gap, a damaged
+    /// segment, a timeline that does not follow on from it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// Every backup directory under `root`, oldest first. A missing root holds none.

@@ -180,7 +180,7 @@ struct BackupRow<'a> {
     bytes: u64,
     services: &'a [String],
     problem: Option<&'a str>,
-    wal: Option<&'a crate::stores::postgres::physical::WalReach>,
+    wal: Option<&'a crate::catalog::WalReach>,
 }
 
 fn print_backup_table<'a>(rows: impl Iterator<Item = BackupRow<'a>>) {
@@ -206,7 +206,7 @@ fn print_backup_table<'a>(rows: impl Iterator<Item = BackupRow<'a>>) {
 }
 
 /// How far a base backup reaches in the WAL archive, on one line.
-fn wal_line(wal: &crate::stores::postgres::physical::WalReach) -> String {
+fn wal_line(wal: &crate::catalog::WalReach) -> String {
     if let Some(problem) = &wal.problem {
         return format!("postgres WAL: BROKEN: {problem}");
     }

@@ -182,7 +182,7 @@ pub struct VerifyOutcome {
     pub checks: Vec<ArtifactCheck>,
     /// For a PostgreSQL base backup: the archived WAL after it, every
     /// segment re-hashed (read back from a repository).
-    pub wal: Option<crate::stores::postgres::physical::WalReach>,
+    pub wal: Option<crate::catalog::WalReach>,
 }
 
 /// `itbackup verify`: the backup at `path` (default: the newest complete one

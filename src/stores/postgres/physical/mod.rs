@@ -28,6 +28,7 @@ use std::path::Path;
 
 use super::{blocking, Postgres, SVC};
 use crate::artifact::{self, PendingArtifact};
+use crate::catalog::WalReach;
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::ToolCommand;
@@ -239,25 +240,6 @@ pub fn read_artifact(
     })
 }
 
-/// How far the WAL archive carries a base backup: what `list` shows for it
-/// and `verify` proves.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WalReach {
-    pub archive: String,
-    /// The timeline recovery ends on.
-    pub timeline: u32,
-    /// Archived segments from the backup's end on, without a gap.
-    pub segments: usize,
-    pub last_segment: Option<String>,
-    /// When the last of them was archived: `restore --until` reaches any
-    /// moment from the backup's end up to about then.
-    pub last_archived_at: Option<String>,
-    /// Why the archive does not carry the backup on (a gap, a damaged
-    /// segment, a timeline that does not follow on from it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
-}
-
 impl PhysicalDetails {
     /// Where recovery from this backup starts reading the archive.
     pub fn chain_start(&self) -> ChainStart {
@@ -271,8 +253,7 @@ impl PhysicalDetails {
 
 /// Walk the archive from the base backup `record` to its newest segment, as
 /// deep as `depth` says; `None` when `record` is not a base backup. A broken
-/// chain is an error (`verify`); [`WalReach::broken`] turns it into a line
-/// for `list`.
+/// chain is an error (`verify`); `list` shows it as the backup's problem.
 pub async fn wal_reach(
     record: &ArtifactRecord,
     archive: &Archive,
@@ -330,25 +311,23 @@ pub async fn fill_wal_reach(
         entry.wal =
             match wal_reach(record, &archive, &names, identities.as_ref(), Depth::Names).await {
                 Ok(reach) => reach,
-                Err(e) => Some(WalReach::broken(&archive, record, e.message)),
+                Err(e) => Some(broken_reach(&archive, record, e.message)),
             };
     }
     Ok(())
 }
 
-impl WalReach {
-    /// The reach of a base backup whose chain is broken: `problem` says where.
-    pub fn broken(archive: &Archive, record: &ArtifactRecord, problem: String) -> WalReach {
-        WalReach {
-            archive: archive.location(),
-            timeline: PhysicalDetails::of(record)
-                .map(|d| d.timeline)
-                .unwrap_or_default(),
-            segments: 0,
-            last_segment: None,
-            last_archived_at: None,
-            problem: Some(problem),
-        }
+/// The reach of a base backup whose chain is broken: `problem` says where.
+fn broken_reach(archive: &Archive, record: &ArtifactRecord, problem: String) -> WalReach {
+    WalReach {
+        archive: archive.location(),
+        timeline: PhysicalDetails::of(record)
+            .map(|d| d.timeline)
+            .unwrap_or_default(),
+        segments: 0,
+        last_segment: None,
+        last_archived_at: None,
+        problem: Some(problem),
     }
 }
 
