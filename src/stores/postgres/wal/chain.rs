@@ -385,10 +385,14 @@ pub async fn walk(
         let name = WalName::parse(&file)?;
         // By name alone, a record is read only where a time is compared.
         let by_name = matches!(depth, Depth::Names) && !matches!(end, ChainEnd::Time(_));
-        let record = match names.contains(&file) {
-            true if by_name => Some(None),
-            true => archive.record(&name).await?.map(Some),
-            false => None,
+        let record = match (names.contains(&file), depth) {
+            (true, _) if by_name => Some(None),
+            // Staged: fetched and checked once, its record read with it.
+            (true, Depth::Stage(stage)) => {
+                Some(Some(stage_one(archive, &name, identities, stage).await?))
+            }
+            (true, _) => archive.record(&name).await?.map(Some),
+            (false, _) => None,
         };
         let Some(record) = record else {
             let beyond = newest_archived.is_some_and(|newest| newest > segment);
@@ -413,10 +417,8 @@ pub async fn walk(
                 _ => Err(gap(archive, &file, start, end)),
             };
         };
-        match (depth, &record) {
-            (Depth::Stage(stage), _) => stage_one(archive, &name, identities, stage).await?,
-            (Depth::Hash, Some(record)) => archive.check(record).await?,
-            _ => {}
+        if let (Depth::Hash, Some(record)) = (depth, &record) {
+            archive.check(record).await?;
         }
         chain.segments.push(file);
         let archived_at = record.map(|r| r.archived_at);
@@ -450,25 +452,21 @@ async fn last_archived_at(archive: &Archive, chain: &Chain) -> Result<Option<Str
 }
 
 /// Fetch `name` (checked against its record, opened when sealed) and archive
-/// it again, plain, in `stage`.
+/// it again, plain, in `stage`; its record in the archive.
 async fn stage_one(
     archive: &Archive,
     name: &WalName,
     identities: Option<&Identities>,
     stage: &LocalArchive,
-) -> Result<()> {
+) -> Result<WalRecord> {
     let plain = stage.dir.join(format!(".{name}.fetched"));
-    match archive {
-        Archive::Local(archive) => {
-            archive.fetch(name, &plain, identities)?;
-        }
-        Archive::Remote(archive) => {
-            archive.fetch(name, &plain, identities).await?;
-        }
-    }
-    let stored = stage.push(&plain, name, None);
+    let record = match archive {
+        Archive::Local(archive) => archive.fetch(name, &plain, identities),
+        Archive::Remote(archive) => archive.fetch(name, &plain, identities).await,
+    };
+    let stored = record.and_then(|record| stage.push(&plain, name, None).map(|_| record));
     let _ = std::fs::remove_file(&plain);
-    stored.map(|_| ())
+    stored
 }
 
 fn gap(archive: &Archive, missing: &str, start: &ChainStart, end: ChainEnd) -> Error {
