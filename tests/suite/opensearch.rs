@@ -1174,6 +1174,43 @@ fn repository_round_trip_is_incremental_and_restores_everything() {
     );
     assert_eq!(os.state(), before, "the first backup restores to itself");
     ok(&["verify", "--path", second.to_str().unwrap()], &[]);
+
+    // prune: the removed backup's snapshot goes with it, the kept one stays.
+    let snapshot_of = |dir: &Path| {
+        manifest_json(dir)["artifacts"]["opensearch"]["details"]["repository"]["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (old_snapshot, kept_snapshot) = (snapshot_of(&first), snapshot_of(&second));
+    let planned = json_of(&ok(
+        &[
+            "--json",
+            "--root",
+            root_arg,
+            "prune",
+            "--keep-last",
+            "1",
+            "--dry-run",
+        ],
+        &[],
+    ));
+    assert!(
+        planned.to_string().contains("snapshot would be removed"),
+        "{planned:#}"
+    );
+    ok(&["--root", root_arg, "prune", "--keep-last", "1"], &[]);
+    let gone = os.call(
+        reqwest::Method::GET,
+        &format!("_snapshot/{repo}/{old_snapshot}"),
+        None,
+    );
+    assert_eq!(
+        gone.0, 404,
+        "the pruned backup's snapshot is still there: {gone:?}"
+    );
+    os.get(&format!("_snapshot/{repo}/{kept_snapshot}"));
+    ok(&["verify", "--path", second.to_str().unwrap()], &[]);
     os.wipe_fixture();
 }
 
@@ -1214,6 +1251,38 @@ fn repository_faults_are_refused_before_anything_changes() {
         let refs: Vec<&str> = v.iter().map(String::as_str).collect();
         fails(&refs, &[], code)
     };
+
+    // Two roots (two hosts) backing up into one repository in the same
+    // second: each its own snapshot (a failed second one once deleted the
+    // first's, which had the same name).
+    let shared = "itb-repo-shared";
+    fixtures::register_repository(shared);
+    let other = temp_root();
+    for root in [root_arg, other.path().to_str().unwrap()] {
+        ok(
+            &[
+                "--root",
+                root,
+                "backup",
+                "--services",
+                "opensearch",
+                "--indices",
+                "itb-faults",
+                "--opensearch-method",
+                "repository",
+                "--opensearch-repository",
+                shared,
+                "--timestamp",
+                "20260101_000000",
+            ],
+            &[],
+        );
+    }
+    for root in [root.path(), other.path()] {
+        let dir = root.join("20260101_000000");
+        ok(&["verify", "--path", dir.to_str().unwrap()], &[]);
+        fs::remove_dir_all(dir).unwrap();
+    }
 
     let err = run(backup("itb-no-such-repo"), exit::NOT_FOUND);
     assert!(err.contains("itb-no-such-repo"), "{err}");

@@ -457,6 +457,20 @@ impl Store for OpenSearch {
         Ok(StoreBackup::finished(SVC, artifact, record))
     }
 
+    fn keeps_outside(&self, record: &ArtifactRecord) -> bool {
+        matches!(
+            OpenSearchMethod::of(record),
+            Ok(OpenSearchMethod::Repository)
+        )
+    }
+
+    async fn remove_outside(&self, record: &ArtifactRecord) -> Result<Option<String>> {
+        if !self.keeps_outside(record) {
+            return Ok(None);
+        }
+        self.delete_repository_snapshot(record).await.map(Some)
+    }
+
     /// The repository method's restore checks its snapshot in the
     /// repository itself before it changes anything (and again before the
     /// deletes): not twice more beforehand.

@@ -78,7 +78,7 @@ impl OpenSearch {
             .unwrap_or("<--opensearch-repository>");
         vec![
             format!("GET {url}/_snapshot/{repo}, POST {url}/_snapshot/{repo}/_verify (every node can write it)"),
-            format!("PUT {url}/_snapshot/{repo}/itbackup-{}  (indices: {indices}, with global state), polled until it ends", ctx.timestamp.to_ascii_lowercase()),
+            format!("PUT {url}/_snapshot/{repo}/itbackup-{}-<suffix>  (indices: {indices}, with global state), polled until it ends", ctx.timestamp.to_ascii_lowercase()),
             format!("GET …/_status: shards and files into {}/opensearch_{}.snapshot.json", ctx.dir.display(), ctx.timestamp),
         ]
     }
@@ -147,9 +147,10 @@ impl OpenSearch {
     ) -> Result<PendingArtifact> {
         let step = "snapshot";
         let (repo, kind) = self.registered_repository(step).await?;
-        let snapshot = format!("itbackup-{}", ctx.timestamp.to_ascii_lowercase());
+        let snapshot = snapshot_name(ctx.timestamp);
+        let mut started = false;
         let taken = self
-            .snapshot_into_repository(&repo, &kind, &snapshot, selection, record)
+            .snapshot_into_repository(&repo, &kind, &snapshot, selection, record, &mut started)
             .await
             .and_then(|taken| {
                 let file = format!("opensearch_{}.snapshot.json", ctx.timestamp);
@@ -165,14 +166,17 @@ impl OpenSearch {
             }
             Err(e) => {
                 // A snapshot no backup names is space nobody frees: gone
-                // with the failed backup (a partial or failed one as well).
-                let _ = self
-                    .http
-                    .delete_if_present(
-                        &format!("_snapshot/{repo}/{snapshot}"),
-                        "remove failed snapshot",
-                    )
-                    .await;
+                // with the failed backup (a partial or failed one as well) —
+                // only one this run started, never another's.
+                if started {
+                    let _ = self
+                        .http
+                        .delete_if_present(
+                            &format!("_snapshot/{repo}/{snapshot}"),
+                            "remove failed snapshot",
+                        )
+                        .await;
+                }
                 Err(e)
             }
         }
@@ -185,6 +189,7 @@ impl OpenSearch {
         snapshot: &str,
         selection: &Selection,
         record: &mut ArtifactRecord,
+        started: &mut bool,
     ) -> Result<SnapshotRecord> {
         let step = "snapshot";
         let names: Vec<String> = selection
@@ -209,6 +214,7 @@ impl OpenSearch {
                 step,
             )
             .await?;
+        *started = true;
         let answer = self.wait_for_snapshot(repo, snapshot, step).await?;
         let state = answer["state"].as_str().unwrap_or("unknown");
         let failed = answer["shards"]["failed"].as_u64().unwrap_or(0);
@@ -365,6 +371,45 @@ impl OpenSearch {
         self.restore_from_snapshot(&recorded.repository, &recorded.snapshot, record)
             .await
     }
+}
+
+impl OpenSearch {
+    /// Prune: the snapshot of a backup being removed goes from its
+    /// repository (OpenSearch frees only the files no other snapshot uses).
+    pub(super) async fn delete_repository_snapshot(
+        &self,
+        record: &ArtifactRecord,
+    ) -> Result<String> {
+        let at = record
+            .details
+            .get("repository")
+            .cloned()
+            .unwrap_or_default();
+        let (Some(repo), Some(snap)) = (at["repository"].as_str(), at["snapshot"].as_str()) else {
+            return Err(Error::damaged("remove snapshot", "the backup's record names no repository and snapshot")
+                .service(SVC)
+                .hint("remove its snapshot by hand (GET _snapshot/<repo>/itbackup-*), then the backup directory"));
+        };
+        self.http
+            .delete_if_present(&format!("_snapshot/{repo}/{snap}"), "remove snapshot")
+            .await?;
+        Ok(format!("snapshot {repo}/{snap}"))
+    }
+}
+
+/// `itbackup-<timestamp>-<8 hex digits>`: the timestamp for people, the
+/// suffix because one repository may serve several roots or hosts that back
+/// up in the same second (a snapshot name is taken once per repository).
+fn snapshot_name(timestamp: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "itbackup-{}-{:08x}",
+        timestamp.to_ascii_lowercase(),
+        nanos ^ std::process::id().rotate_left(16)
+    )
 }
 
 struct SnapshotStatus {
