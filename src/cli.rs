@@ -289,12 +289,20 @@ pub struct MethodArgs {
     )]
     pub postgres_format: Option<PostgresFormat>,
 
-    /// OpenSearch method: snapshot (the snapshot API into path.repo, packed as
-    /// opensearch_<TS>.tar.gz) or logical (settings, mappings and documents over
-    /// HTTP; portable to any cluster). Default: snapshot when path.repo is set
-    /// and reachable from here, logical otherwise.
+    /// OpenSearch method: repository (a snapshot into a repository the cluster
+    /// has registered, --opensearch-repository: incremental, the data never
+    /// passes through this host), snapshot (the snapshot API into path.repo,
+    /// packed as opensearch_<TS>.tar.gz) or logical (settings, mappings and
+    /// documents over HTTP; portable to any cluster). Default: repository when
+    /// one is named, else snapshot when path.repo is set and reachable from
+    /// here, else logical.
     #[arg(long, value_enum, value_name = "METHOD")]
     pub opensearch_method: Option<OpenSearchMethod>,
+
+    /// The registered snapshot repository (GET _snapshot lists them) the
+    /// repository method snapshots into [env: IT_OPENSEARCH_REPOSITORY].
+    #[arg(long, value_name = "NAME")]
+    pub opensearch_repository: Option<String>,
 
     /// OpenSearch indices to back up: comma-separated patterns, `-pattern` excludes
     /// (default: every index that is neither hidden nor a system index).

@@ -156,7 +156,7 @@ async fn drill(cli: &Cli, args: &DrillArgs) -> Result<()> {
 async fn prune(cli: &Cli, args: &PruneArgs) -> Result<()> {
     let json = cli.json;
     let settings = Settings::resolve(cli, None)?;
-    let request = prune::request(&args.retention, args.dry_run);
+    let request = prune::request(&args.retention, args.dry_run, &settings.stores);
     let repository = Repository::at(&settings.root, args.from.as_deref())?;
     let outcome = prune::run(&repository, &request).await?;
     report::prune(&outcome, json);

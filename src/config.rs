@@ -74,6 +74,7 @@ impl Settings {
         let opensearch = OpenSearchSettings::resolve(
             file.opensearch,
             methods.and_then(|m| m.opensearch_method),
+            methods.and_then(|m| m.opensearch_repository.clone()),
             methods.and_then(|m| m.indices.clone()),
         )?;
         let neo4j = Neo4jSettings::resolve(file.neo4j, methods.and_then(|m| m.neo4j_method))?;

@@ -127,7 +127,7 @@ fn step_json<T>(result: &Result<T>, extra: impl FnOnce(&T) -> Value) -> Value {
 /// The loop: wait for the next time, run, log; until a signal says stop.
 pub async fn run(settings: &Settings, args: &ScheduleArgs, json: bool) -> Result<()> {
     let timing = Timing::from_args(args)?;
-    let retention = prune::request(&args.retention, false);
+    let retention = prune::request(&args.retention, false, &settings.stores);
     let mut stop = watch_signals()?;
     if retention.policy.is_empty() {
         tracing::warn!("no --keep-* rule given: backups are never pruned");

@@ -1,4 +1,6 @@
-//! Proving a backup restorable without touching any service: every artifact is
+//! Proving a backup restorable without touching any service (but where the
+//! backup itself lives in one: an OpenSearch repository-method snapshot is
+//! checked in its repository): every artifact is
 //! re-hashed against the manifest and decoded end to end by its store.
 //! `restore` runs exactly this before it changes anything. A sealed (age)
 //! artifact is checked as stored, then decrypted into a private scratch

@@ -54,7 +54,7 @@ fn local_items(root: &Path) -> Result<Vec<Item>> {
                 },
                 modified: timestamp_of(meta.modified().ok()),
                 bytes: 0,
-                wal_start: None,
+                manifest: None,
             });
             continue;
         }
@@ -64,10 +64,7 @@ fn local_items(root: &Path) -> Result<Vec<Item>> {
         let kind = classify(&path);
         let mut item = describe_dir(&path, name, kind);
         if matches!(item.kind, ItemKind::Complete { .. }) {
-            item.wal_start = Manifest::read_dir(&path)
-                .ok()
-                .as_ref()
-                .and_then(WalStart::of);
+            item.manifest = Manifest::read_dir(&path).ok();
         }
         items.push(item);
     }
@@ -106,7 +103,7 @@ fn remote_items(backups: Vec<BackupEntry>) -> Vec<Item> {
                     .as_deref()
                     .and_then(|m| m.parse().ok())
                     .unwrap_or(Timestamp::UNIX_EPOCH),
-                wal_start: b.manifest.as_ref().and_then(WalStart::of),
+                manifest: b.manifest.clone(),
                 name: b.name,
                 kind,
                 bytes: b.bytes,
@@ -181,7 +178,7 @@ fn describe_dir(dir: &Path, name: String, kind: ItemKind) -> Item {
         kind,
         modified: timestamp_of(newest),
         bytes,
-        wal_start: None,
+        manifest: None,
     }
 }
 

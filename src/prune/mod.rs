@@ -157,10 +157,11 @@ pub struct Item {
     /// Newest modification of the entry or anything directly in it.
     pub modified: Timestamp,
     pub bytes: u64,
-    /// Where its PostgreSQL base backup's WAL begins, when it holds one:
-    /// the archive keeps everything from the oldest kept one on.
+    /// Its manifest, when it is complete: where its PostgreSQL base
+    /// backup's WAL begins (the archive keeps everything from the oldest
+    /// kept one on), what it keeps outside its directory.
     #[serde(skip)]
-    pub wal_start: Option<WalStart>,
+    pub manifest: Option<Manifest>,
 }
 
 /// What prune does (or would do) with one entry.
@@ -275,6 +276,9 @@ pub struct PruneRequest {
     pub policy: Policy,
     pub grace: Duration,
     pub dry_run: bool,
+    /// The stores, for what a backup keeps in them (an OpenSearch
+    /// repository-method snapshot), which goes with the backup.
+    pub stores: crate::stores::StoreSettings,
 }
 
 /// Plan, and unless it is a dry run, remove what the plan says, holding the
@@ -301,9 +305,22 @@ pub async fn run(repository: &Repository, request: &PruneRequest) -> Result<Prun
     );
     let mut removed = 0;
     let mut freed_bytes = 0;
-    if !request.dry_run {
+    if request.dry_run {
+        for entry in planned.iter_mut().filter(|p| p.action == Action::Remove) {
+            for (service, record) in entry.item.manifest.iter().flat_map(|m| m.artifacts.iter()) {
+                if crate::stores::open(*service, &request.stores)?.keeps_outside(record) {
+                    entry
+                        .reasons
+                        .push(format!("its {service} snapshot would be removed with it"));
+                }
+            }
+        }
+    } else {
         for entry in planned.iter_mut().filter(|p| p.action == Action::Remove) {
             let bytes = entry.item.bytes;
+            for outside in remove_outside(&request.stores, &entry.item).await? {
+                entry.reasons.push(format!("{outside} removed with it"));
+            }
             remove(repository, &entry.item).await?;
             tracing::info!(backup = %entry.item.name, reason = %entry.reasons.join(", "), "removed");
             removed += 1;
@@ -315,7 +332,7 @@ pub async fn run(repository: &Repository, request: &PruneRequest) -> Result<Prun
     let kept: Vec<WalStart> = planned
         .iter()
         .filter(|p| p.action == Action::Keep)
-        .filter_map(|p| p.item.wal_start)
+        .filter_map(|p| p.item.manifest.as_ref().and_then(WalStart::of))
         .collect();
     let archive = crate::stores::postgres::wal::chain::Archive::of(repository)?;
     let wal = wal_retention::prune(&archive, &kept, request.dry_run).await?;
@@ -329,6 +346,21 @@ pub async fn run(repository: &Repository, request: &PruneRequest) -> Result<Prun
         freed_bytes,
         wal,
     })
+}
+
+/// What the backup `item` keeps in the stores (an OpenSearch
+/// repository-method snapshot) goes first: a failure keeps the backup that
+/// names it, for the next prune. Says what went.
+async fn remove_outside(stores: &crate::stores::StoreSettings, item: &Item) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for (service, record) in item.manifest.iter().flat_map(|m| m.artifacts.iter()) {
+        let store = crate::stores::open(*service, stores)?;
+        if let Some(what) = store.remove_outside(record).await? {
+            tracing::info!(backup = %item.name, %what, "removed with the backup");
+            removed.push(what);
+        }
+    }
+    Ok(removed)
 }
 
 /// Remove one entry of the plan; what is damaged or not ours never goes,
@@ -351,8 +383,13 @@ async fn remove(repository: &Repository, item: &Item) -> Result<()> {
 }
 
 /// The request for the command-line policy.
-pub fn request(args: &crate::cli::RetentionArgs, dry_run: bool) -> PruneRequest {
+pub fn request(
+    args: &crate::cli::RetentionArgs,
+    dry_run: bool,
+    stores: &crate::stores::StoreSettings,
+) -> PruneRequest {
     PruneRequest {
+        stores: stores.clone(),
         policy: Policy {
             keep_last: args.keep_last,
             keep_daily: args.keep_daily,

@@ -238,8 +238,23 @@ pub trait Store: DrillData + Send + Sync {
     async fn backup(&self, ctx: &BackupContext<'_>) -> Result<StoreBackup>;
 
     /// Decode the artifact end to end (its checksum has been checked already);
-    /// touches no server.
+    /// touches no server, but where the backup's data lives in it (an
+    /// OpenSearch repository-method snapshot).
     async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()>;
+
+    /// Remove what the backup of `record` keeps outside its directory (an
+    /// OpenSearch repository-method snapshot), when prune removes the
+    /// backup: first, so that a failure keeps the backup that names it.
+    /// Says what it removed; gone already is done.
+    async fn remove_outside(&self, _record: &ArtifactRecord) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// Whether the backup of `record` keeps data outside its directory
+    /// (see [`Store::remove_outside`]).
+    fn keeps_outside(&self, _record: &ArtifactRecord) -> bool {
+        false
+    }
 
     /// Whether [`Store::prepare_restore`] decodes the artifact end to end
     /// itself, checking it as [`Store::check_artifact`] does, before anything

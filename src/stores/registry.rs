@@ -63,6 +63,7 @@ mod tests {
                 Default::default(),
                 None,
                 None,
+                None,
             )
             .unwrap(),
             neo4j: neo4j::settings::Neo4jSettings::resolve(Default::default(), None).unwrap(),

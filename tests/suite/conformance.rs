@@ -73,6 +73,7 @@ conformance! {
     postgres_custom: PG, "custom";
     postgres_plain: PG, "plain";
     postgres_physical: PG, "physical";
+    opensearch_repository: OS, "repository";
     opensearch_snapshot: OS, "snapshot";
     opensearch_logical: OS, "logical";
     neo4j_logical: NEO, "logical";
@@ -110,7 +111,13 @@ fn restore_checks(store: &dyn StoreFixture, method: &str) {
             &env_refs(&nowhere),
         )
     };
-    let out = verify_offline(&dir);
+    // (A method whose backup lives in the server, the repository method's
+    // snapshot, is verified with the server there.)
+    let out = if method.verify_needs_server {
+        itbackup(&["verify", "--path", dir.to_str().unwrap()], &[])
+    } else {
+        verify_offline(&dir)
+    };
     assert!(
         out.status.success(),
         "[{name}] verify with the server out of reach\n{}",

@@ -1080,3 +1080,267 @@ fn an_export_the_cluster_cannot_load_is_refused_before_anything_changes() {
     }
     os.wipe_fixture();
 }
+
+/// Bytes of every file under `dir` (a repository's size on disk).
+fn bytes_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            bytes_under(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+/// The repository method: a snapshot into a registered repository, the
+/// backup directory only a record of it. Everything comes back; a second
+/// backup after 1 % more documents adds little to the repository (its
+/// snapshot shares the unchanged segments); each backup restores to itself.
+#[test]
+fn repository_round_trip_is_incremental_and_restores_everything() {
+    let _guard = exclusive(&[Opensearch]);
+    let os = Os::new();
+    let repo = "itb-repo-round-trip";
+    fixtures::register_repository(repo);
+    let location = Path::new(&required_env("IT_OPENSEARCH_REPO")).join(repo);
+    os.create_fixture();
+    let before = os.state();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let env = [("IT_OPENSEARCH_REPOSITORY", repo)];
+    let backup = |timestamp: &str| {
+        ok(
+            &[
+                "--root",
+                root_arg,
+                "backup",
+                "--services",
+                "opensearch",
+                "--indices",
+                "itb-*",
+                "--timestamp",
+                timestamp,
+            ],
+            &env,
+        );
+        root.path().join(timestamp)
+    };
+    let repo_before = bytes_under(&location);
+    let first = backup("20260101_000001");
+    let manifest = manifest_json(&first);
+    let record = &manifest["artifacts"]["opensearch"];
+    assert_eq!(
+        record["method"], "repository",
+        "a named repository is the default"
+    );
+    assert_eq!(record["details"]["repository"]["repository"], repo);
+    assert_eq!(record["details"]["repository"]["type"], "fs");
+    assert_eq!(record["counts"]["itb-a"], 12_000);
+    assert!(
+        bytes_under(&first) < 1024 * 1024,
+        "the backup directory holds only the record"
+    );
+    let first_bytes = bytes_under(&location) - repo_before;
+
+    // 1 % more documents, then the second backup.
+    let lines: Vec<Value> = (0..125)
+        .flat_map(|i| {
+            [
+                json!({"index": {"_index": "itb-b", "_id": format!("more{i}")}}),
+                json!({"kind": "keep", "n": 1000 + i}),
+            ]
+        })
+        .collect();
+    os.bulk(&lines);
+    let after = os.state();
+    let second = backup("20260101_000002");
+    let added = bytes_under(&location) - repo_before - first_bytes;
+    println!("repository: first snapshot {first_bytes} bytes, the second added {added}");
+    assert!(
+        added * 10 <= first_bytes,
+        "the second snapshot added {added} bytes to the repository, more than 10 % of the first's {first_bytes}"
+    );
+
+    os.wipe_fixture();
+    ok(&["--root", root_arg, "restore", "--yes"], &[]);
+    assert_eq!(os.state(), after, "the newest backup restores to itself");
+    let first_arg = first.to_str().unwrap();
+    ok(
+        &["--root", root_arg, "restore", "--path", first_arg, "--yes"],
+        &[],
+    );
+    assert_eq!(os.state(), before, "the first backup restores to itself");
+    ok(&["verify", "--path", second.to_str().unwrap()], &[]);
+
+    // prune: the removed backup's snapshot goes with it, the kept one stays.
+    let snapshot_of = |dir: &Path| {
+        manifest_json(dir)["artifacts"]["opensearch"]["details"]["repository"]["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (old_snapshot, kept_snapshot) = (snapshot_of(&first), snapshot_of(&second));
+    let planned = json_of(&ok(
+        &[
+            "--json",
+            "--root",
+            root_arg,
+            "prune",
+            "--keep-last",
+            "1",
+            "--dry-run",
+        ],
+        &[],
+    ));
+    assert!(
+        planned.to_string().contains("snapshot would be removed"),
+        "{planned:#}"
+    );
+    ok(&["--root", root_arg, "prune", "--keep-last", "1"], &[]);
+    let gone = os.call(
+        reqwest::Method::GET,
+        &format!("_snapshot/{repo}/{old_snapshot}"),
+        None,
+    );
+    assert_eq!(
+        gone.0, 404,
+        "the pruned backup's snapshot is still there: {gone:?}"
+    );
+    os.get(&format!("_snapshot/{repo}/{kept_snapshot}"));
+    ok(&["verify", "--path", second.to_str().unwrap()], &[]);
+    os.wipe_fixture();
+}
+
+/// What can go wrong with a repository, each refused with its exit code
+/// before any index is touched: an unknown name, a repository a node cannot
+/// write (`_verify` fails), a snapshot deleted behind itbackup's back.
+#[test]
+fn repository_faults_are_refused_before_anything_changes() {
+    let _guard = exclusive(&[Opensearch]);
+    let os = Os::new();
+    os.delete("itb-faults");
+    os.put(
+        "itb-faults",
+        json!({"settings": {"number_of_shards": 2, "number_of_replicas": 0}}),
+    );
+    os.bulk(&[
+        json!({"index": {"_index": "itb-faults", "_id": "1"}}),
+        json!({"n": 1}),
+    ]);
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let backup = |repo: &str| {
+        vec![
+            "--root".to_string(),
+            root_arg.to_string(),
+            "backup".into(),
+            "--services".into(),
+            "opensearch".into(),
+            "--indices".into(),
+            "itb-faults".into(),
+            "--opensearch-method".into(),
+            "repository".into(),
+            "--opensearch-repository".into(),
+            repo.to_string(),
+        ]
+    };
+    let run = |v: Vec<String>, code: i32| {
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        fails(&refs, &[], code)
+    };
+
+    // Two roots (two hosts) backing up into one repository in the same
+    // second: each its own snapshot (a failed second one once deleted the
+    // first's, which had the same name).
+    let shared = "itb-repo-shared";
+    fixtures::register_repository(shared);
+    let other = temp_root();
+    for root in [root_arg, other.path().to_str().unwrap()] {
+        ok(
+            &[
+                "--root",
+                root,
+                "backup",
+                "--services",
+                "opensearch",
+                "--indices",
+                "itb-faults",
+                "--opensearch-method",
+                "repository",
+                "--opensearch-repository",
+                shared,
+                "--timestamp",
+                "20260101_000000",
+            ],
+            &[],
+        );
+    }
+    for root in [root.path(), other.path()] {
+        let dir = root.join("20260101_000000");
+        ok(&["verify", "--path", dir.to_str().unwrap()], &[]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    let err = run(backup("itb-no-such-repo"), exit::NOT_FOUND);
+    assert!(err.contains("itb-no-such-repo"), "{err}");
+
+    // A repository no node can write: registered, then its directory closed.
+    let closed = "itb-repo-closed";
+    fixtures::register_repository(closed);
+    let location = Path::new(&required_env("IT_OPENSEARCH_REPO")).join(closed);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&location).unwrap().permissions().mode();
+    fs::set_permissions(&location, fs::Permissions::from_mode(0o555)).unwrap();
+    let err = run(backup(closed), exit::STORE_REFUSED);
+    fs::set_permissions(&location, fs::Permissions::from_mode(mode)).unwrap();
+    assert!(err.contains("does not verify"), "{err}");
+    assert!(
+        fs::read_dir(root.path())
+            .unwrap()
+            .flatten()
+            .all(|e| !e.path().join("backup-manifest.json").exists()),
+        "a refused backup left a complete backup"
+    );
+
+    // A snapshot deleted behind itbackup's back: verify and restore refuse,
+    // the live index keeps what was written since.
+    let repo = "itb-repo-faults";
+    fixtures::register_repository(repo);
+    ok(
+        &backup(repo).iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    let dir = only_backup(root.path());
+    let snapshot = manifest_json(&dir)["artifacts"]["opensearch"]["details"]["repository"]
+        ["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    os.bulk(&[
+        json!({"index": {"_index": "itb-faults", "_id": "2"}}),
+        json!({"n": 2}),
+    ]);
+    os.ok(
+        reqwest::Method::DELETE,
+        &format!("_snapshot/{repo}/{snapshot}"),
+        None,
+    );
+    let dir_arg = dir.to_str().unwrap();
+    let err = fails(&["verify", "--path", dir_arg], &[], exit::DAMAGED_BACKUP);
+    assert!(err.contains(&snapshot), "{err}");
+    let err = fails(
+        &["--root", root_arg, "restore", "--path", dir_arg, "--yes"],
+        &[],
+        exit::DAMAGED_BACKUP,
+    );
+    assert!(err.contains(&snapshot), "{err}");
+    assert_eq!(
+        os.digest("itb-faults").0,
+        2,
+        "the refused restore changed the index"
+    );
+    os.delete("itb-faults");
+}

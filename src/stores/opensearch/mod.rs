@@ -1,5 +1,8 @@
-//! OpenSearch, two ways.
+//! OpenSearch, three ways.
 //!
+//! * **repository**: a snapshot into a repository the cluster has registered
+//!   (any type); the backup directory holds only where it is and what it
+//!   holds, checked against the repository before a restore deletes anything.
 //! * **snapshot**: OpenSearch's own snapshot API into a fresh filesystem
 //!   repository under `path.repo`; exactly that repository is packed into
 //!   `opensearch_<TS>.tar.gz` and the repository is removed. Restore unpacks it
@@ -38,6 +41,7 @@ mod drill;
 mod http;
 pub(super) mod leftovers;
 mod logical;
+mod repository;
 mod selection;
 pub mod settings;
 mod snapshot;
@@ -58,6 +62,8 @@ const DATA_STREAMS: &str = "data_streams";
 )]
 #[serde(rename_all = "lowercase")]
 pub enum OpenSearchMethod {
+    /// [`repository`]: a snapshot into a repository the cluster has registered.
+    Repository,
     /// [`snapshot`]: the snapshot API into `path.repo`, packed as a tar.
     Snapshot,
     /// [`logical`]: definitions and documents over HTTP, as NDJSON.
@@ -69,6 +75,7 @@ impl super::Method for OpenSearchMethod {
 
     fn manifest_method(self) -> &'static str {
         match self {
+            OpenSearchMethod::Repository => "repository",
             OpenSearchMethod::Snapshot => "snapshot",
             OpenSearchMethod::Logical => "logical",
         }
@@ -239,6 +246,20 @@ impl OpenSearch {
 
     /// The method to use and why.
     async fn choose_method(&self) -> Result<(OpenSearchMethod, String)> {
+        if self.settings.method.is_none() {
+            if let Some(name) = &self.settings.repository {
+                return Ok((
+                    OpenSearchMethod::Repository,
+                    format!("the registered repository '{name}' is named"),
+                ));
+            }
+        }
+        if self.settings.method == Some(OpenSearchMethod::Repository) {
+            return Ok((
+                OpenSearchMethod::Repository,
+                "chosen by the operator".into(),
+            ));
+        }
         let repo = self.path_repo().await?;
         if let Some(method) = self.settings.method {
             if method == OpenSearchMethod::Snapshot {
@@ -374,6 +395,8 @@ impl Store for OpenSearch {
             .as_deref()
             .unwrap_or("every open index and data stream; closed, hidden and dot-prefixed indices are named in the manifest as left out");
         match self.settings.method {
+            Some(OpenSearchMethod::Repository) => self.plan_repository_backup(ctx, indices),
+            None if self.settings.repository.is_some() => self.plan_repository_backup(ctx, indices),
             Some(OpenSearchMethod::Snapshot) => self.plan_snapshot_backup(ctx, indices),
             Some(OpenSearchMethod::Logical) => self.plan_logical_backup(ctx, indices),
             None => {
@@ -418,6 +441,10 @@ impl Store for OpenSearch {
         record.method = method.manifest_method().into();
         let indices = &selection;
         let artifact = match method {
+            OpenSearchMethod::Repository => {
+                record.format = "snapshot.json".into();
+                self.backup_repository(ctx, indices, &mut record).await?
+            }
             OpenSearchMethod::Snapshot => {
                 record.format = self.settings.snapshot_compression.extension().into();
                 self.backup_snapshot(ctx, indices, &mut record).await?
@@ -430,8 +457,35 @@ impl Store for OpenSearch {
         Ok(StoreBackup::finished(SVC, artifact, record))
     }
 
+    fn keeps_outside(&self, record: &ArtifactRecord) -> bool {
+        matches!(
+            OpenSearchMethod::of(record),
+            Ok(OpenSearchMethod::Repository)
+        )
+    }
+
+    async fn remove_outside(&self, record: &ArtifactRecord) -> Result<Option<String>> {
+        if !self.keeps_outside(record) {
+            return Ok(None);
+        }
+        self.delete_repository_snapshot(record).await.map(Some)
+    }
+
+    /// The repository method's restore checks its snapshot in the
+    /// repository itself before it changes anything (and again before the
+    /// deletes): not twice more beforehand.
+    fn decodes_before_restoring(&self, record: &ArtifactRecord) -> bool {
+        matches!(
+            OpenSearchMethod::of(record),
+            Ok(OpenSearchMethod::Repository)
+        )
+    }
+
     async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
         match OpenSearchMethod::of(record)? {
+            OpenSearchMethod::Repository => {
+                self.check_repository_snapshot(artifact).await.map(|_| ())
+            }
             OpenSearchMethod::Snapshot => snapshot::check_snapshot(artifact, record).await,
             OpenSearchMethod::Logical => self.check_logical_export(artifact, record).await,
         }
@@ -443,6 +497,7 @@ impl Store for OpenSearch {
         _selection: &super::RestoreSelection,
     ) -> Vec<String> {
         match OpenSearchMethod::of(record) {
+            Ok(OpenSearchMethod::Repository) => self.plan_repository_restore(record),
             Ok(OpenSearchMethod::Snapshot) => self.plan_snapshot_restore(record),
             Ok(OpenSearchMethod::Logical) => self.plan_logical_restore(record),
             Err(e) => vec![e.message],
@@ -458,6 +513,7 @@ impl Store for OpenSearch {
         // A killed run's probes would otherwise stay beside this run's.
         self.remove_dead_runs_leftovers().await;
         match OpenSearchMethod::of(record)? {
+            OpenSearchMethod::Repository => self.prepare_repository_restore(ctx, record).await,
             OpenSearchMethod::Snapshot => self.prepare_snapshot_restore(ctx, record).await,
             OpenSearchMethod::Logical => self.prepare_logical_restore(ctx, record).await,
         }
@@ -468,6 +524,7 @@ impl Store for OpenSearch {
         self.health("cluster health").await?;
         // prepare_restore has just removed what killed runs left.
         match method {
+            OpenSearchMethod::Repository => self.restore_repository(ctx, record).await?,
             OpenSearchMethod::Snapshot => self.restore_snapshot(ctx, record).await?,
             OpenSearchMethod::Logical => self.restore_logical(ctx).await?,
         }

@@ -19,6 +19,8 @@ pub struct OpenSearchFile {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub method: Option<OpenSearchMethod>,
+    /// A snapshot repository the cluster has registered: the repository method's.
+    pub repository: Option<String>,
     pub indices: Option<String>,
     /// `gzip` (the runbook's .tar.gz) or `zstd` for snapshot archives.
     pub snapshot_compression: Option<ArchiveCompression>,
@@ -36,8 +38,11 @@ pub struct OpenSearchSettings {
     pub url: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
-    /// `None`: choose (snapshot when path.repo is reachable, logical otherwise).
+    /// `None`: choose (the repository method when a repository is named,
+    /// else snapshot when path.repo is reachable, logical otherwise).
     pub method: Option<OpenSearchMethod>,
+    /// The registered snapshot repository of the repository method.
+    pub repository: Option<String>,
     pub indices: Option<String>,
     pub snapshot_compression: ArchiveCompression,
     pub slices: usize,
@@ -47,11 +52,13 @@ pub struct OpenSearchSettings {
 
 impl OpenSearchSettings {
     /// Flags > environment > the file's `[opensearch]` > defaults.
-    /// `flag_method`, `flag_indices`: the command line's `--opensearch-method`
-    /// and `--indices`, which beat the environment and the file.
+    /// `flag_method`, `flag_repository`, `flag_indices`: the command line's
+    /// `--opensearch-method`, `--opensearch-repository` and `--indices`, which
+    /// beat the environment and the file.
     pub fn resolve(
         os_file: OpenSearchFile,
         flag_method: Option<OpenSearchMethod>,
+        flag_repository: Option<String>,
         flag_indices: Option<String>,
     ) -> Result<Self> {
         Ok(OpenSearchSettings {
@@ -65,6 +72,9 @@ impl OpenSearchSettings {
                 .map(Secret::new)
                 .or(os_file.password),
             method: flag_method.or(os_file.method),
+            repository: flag_repository
+                .or_else(|| env("IT_OPENSEARCH_REPOSITORY"))
+                .or(os_file.repository),
             indices: flag_indices.or(os_file.indices),
             snapshot_compression: os_file
                 .snapshot_compression

@@ -107,14 +107,19 @@ pub(super) async fn check_snapshot(artifact: &Path, record: &ArtifactRecord) -> 
 }
 
 impl OpenSearch {
-    /// Wait for the snapshot `repo`/snapshot to end, polling (a snapshot of
+    /// Wait for the snapshot `repo`/`snapshot` to end, polling (a snapshot of
     /// a large cluster takes longer than any idle bound); its final state.
-    pub(super) async fn wait_for_snapshot(&self, repo: &str, step: &str) -> Result<Value> {
+    pub(super) async fn wait_for_snapshot(
+        &self,
+        repo: &str,
+        snapshot: &str,
+        step: &str,
+    ) -> Result<Value> {
         let mut delay = Duration::from_millis(200);
         loop {
             let listed = self
                 .http
-                .get(&format!("_snapshot/{repo}/snapshot"), step)
+                .get(&format!("_snapshot/{repo}/{snapshot}"), step)
                 .await?;
             let snapshot = listed["snapshots"][0].clone();
             match snapshot["state"].as_str() {
@@ -225,7 +230,7 @@ impl OpenSearch {
             .map_err(|e| {
                 e.hint("verify disk space and that OpenSearch may write under path.repo")
             })?;
-        let answer = self.wait_for_snapshot(repo, step).await?;
+        let answer = self.wait_for_snapshot(repo, "snapshot", step).await?;
         let state = answer["state"].as_str().unwrap_or("unknown");
         let failed = answer["shards"]["failed"].as_u64().unwrap_or(0);
         if state != "SUCCESS" || failed > 0 {
@@ -393,6 +398,23 @@ impl OpenSearch {
                 .service(SVC)
                 .hint("the artifact is not a snapshot backup; use another backup")
         })?;
+        self.restore_from_snapshot(repo, snapshot, record).await
+    }
+
+    /// Delete what the snapshot `repo`/`snapshot` replaces and restore it
+    /// (with the global state and aliases), then wait until every restored
+    /// index is active. Shared by the tarball and the repository methods.
+    pub(super) async fn restore_from_snapshot(
+        &self,
+        repo: &str,
+        snapshot: &str,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        let step = "restore snapshot";
+        let listed = self
+            .http
+            .get(&format!("_snapshot/{repo}/{snapshot}"), step)
+            .await?;
         let strings = |value: &Value| -> Vec<String> {
             value
                 .as_array()
@@ -526,7 +548,7 @@ impl OpenSearch {
 
 /// Counts that stayed the same across the snapshot go into the record; the rest
 /// changed while it ran and are listed instead of being compared later.
-fn record_stable_counts(
+pub(super) fn record_stable_counts(
     record: &mut ArtifactRecord,
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,

@@ -62,7 +62,11 @@ impl Cmd {
     /// The flag and value that choose a store's backup method
     /// (`--postgres-format custom`).
     pub fn method(self, method: Method) -> Cmd {
-        self.arg(method.flag).arg(method.value)
+        let mut cmd = self.arg(method.flag).arg(method.value);
+        for extra in method.extra {
+            cmd = cmd.arg(*extra);
+        }
+        cmd
     }
 
     /// `--yes`: no question on a terminal.
@@ -99,10 +103,7 @@ impl Cmd {
 
 #[test]
 fn builds_the_arguments_in_the_order_itbackup_takes_them() {
-    let method = Method {
-        flag: "--postgres-format",
-        value: "plain",
-    };
+    let method = Method::new("--postgres-format", "plain");
     let root = Path::new("/backups");
     assert_eq!(
         Cmd::backup(root).services("postgres").method(method).args(),

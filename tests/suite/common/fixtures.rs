@@ -21,7 +21,28 @@ use super::{opensearch, psql, required_env, Neo, Server};
 pub struct Method {
     pub flag: &'static str,
     pub value: &'static str,
+    /// Arguments the method needs besides its flag (the repository method's
+    /// `--opensearch-repository`).
+    pub extra: &'static [&'static str],
+    /// Its `verify` asks the server (the repository method's snapshot lives
+    /// in the cluster's repository, not in the backup directory).
+    pub verify_needs_server: bool,
 }
+
+impl Method {
+    pub const fn new(flag: &'static str, value: &'static str) -> Method {
+        Method {
+            flag,
+            value,
+            extra: &[],
+            verify_needs_server: false,
+        }
+    }
+}
+
+/// The snapshot repository the OpenSearch fixture registers under
+/// `path.repo` for the repository method.
+pub const OS_REPOSITORY: &str = "itb-conformance-repo";
 
 /// Environment variables for one itbackup run.
 pub type Env = Vec<(&'static str, String)>;
@@ -82,20 +103,12 @@ impl StoreFixture for PgDatabase {
         Server::Postgres
     }
     fn methods(&self) -> &'static [Method] {
-        &[
-            Method {
-                flag: "--postgres-format",
-                value: "custom",
-            },
-            Method {
-                flag: "--postgres-format",
-                value: "plain",
-            },
-            Method {
-                flag: "--postgres-format",
-                value: "physical",
-            },
-        ]
+        const METHODS: &[Method] = &[
+            Method::new("--postgres-format", "custom"),
+            Method::new("--postgres-format", "plain"),
+            Method::new("--postgres-format", "physical"),
+        ];
+        METHODS
     }
     fn populate(&self) {
         self.cleanup();
@@ -196,19 +209,21 @@ impl StoreFixture for OsIndex {
         Server::Opensearch
     }
     fn methods(&self) -> &'static [Method] {
-        &[
+        const METHODS: &[Method] = &[
             Method {
                 flag: "--opensearch-method",
-                value: "snapshot",
+                value: "repository",
+                extra: &["--opensearch-repository", OS_REPOSITORY],
+                verify_needs_server: true,
             },
-            Method {
-                flag: "--opensearch-method",
-                value: "logical",
-            },
-        ]
+            Method::new("--opensearch-method", "snapshot"),
+            Method::new("--opensearch-method", "logical"),
+        ];
+        METHODS
     }
     fn populate(&self) {
         self.cleanup();
+        register_repository(OS_REPOSITORY);
         let mut bulk = String::new();
         for i in 0..self.docs {
             bulk.push_str(&format!(
@@ -359,16 +374,11 @@ impl StoreFixture for Neo4jGraph {
         Server::Neo4j
     }
     fn methods(&self) -> &'static [Method] {
-        &[
-            Method {
-                flag: "--neo4j-method",
-                value: "logical",
-            },
-            Method {
-                flag: "--neo4j-method",
-                value: "dump",
-            },
-        ]
+        const METHODS: &[Method] = &[
+            Method::new("--neo4j-method", "logical"),
+            Method::new("--neo4j-method", "dump"),
+        ];
+        METHODS
     }
     fn populate(&self) {
         self.cleanup();
@@ -447,4 +457,16 @@ impl StoreFixture for Neo4jGraph {
     fn wrong_password_env(&self) -> Env {
         vec![("NEO4J_PASSWORD", "not-the-password".into())]
     }
+}
+
+/// Register the `fs` snapshot repository `name` in its own directory under
+/// the test cluster's `path.repo` (again: the same settings are accepted).
+pub fn register_repository(name: &str) {
+    let repo = required_env("IT_OPENSEARCH_REPO");
+    let answer = os_call(
+        reqwest::Method::PUT,
+        &format!("_snapshot/{name}"),
+        Some(json!({"type": "fs", "settings": {"location": format!("{repo}/{name}")}})),
+    );
+    assert_eq!(answer["acknowledged"], true, "register {name}: {answer}");
 }

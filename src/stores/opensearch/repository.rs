@@ -1,0 +1,454 @@
+//! The **repository** method: a snapshot into a repository the cluster
+//! already has registered (`fs`, `s3`, `gcs`, `azure`, `hdfs`, …), named by
+//! `--opensearch-repository` or `[opensearch] repository`. The snapshot's
+//! data goes from every data node straight into the repository, never
+//! through itbackup's host; snapshots into one repository share the
+//! segments they have in common, so a daily backup copies only what changed.
+//!
+//! The backup directory holds `opensearch_<TS>.snapshot.json`: where the
+//! snapshot is (repository name and type, snapshot name and UUID, the
+//! cluster's UUID) and what it must hold (every index with its shard and
+//! document counts, the file count and size `_status` reported). `verify`
+//! and a restore check all of it against the repository — snapshot there,
+//! `SUCCESS`, same UUID, same shards and files, repository verified by every
+//! node — before any index is deleted. Templates, pipelines and aliases come
+//! back with the snapshot's global state, as with the snapshot method.
+//!
+//! What this method cannot do that the tarball can: a copy that does not
+//! depend on the cluster's repository staying intact (air-gapped, another
+//! site); take the tarball or logical method for that.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{OpenSearch, Selection, SVC};
+use crate::artifact::{ArtifactWriter, PendingArtifact};
+use crate::error::{io_error, Error, Result};
+use crate::manifest::ArtifactRecord;
+use crate::process::mask_userinfo;
+use crate::stores::{BackupContext, RestoreContext};
+
+/// The largest snapshot record read (a few KiB per thousand indices).
+const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The artifact: where the snapshot is and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct SnapshotRecord {
+    pub repository: String,
+    /// The repository's type when the backup was taken (`fs`, `s3`, …).
+    pub repository_type: String,
+    pub snapshot: String,
+    pub uuid: String,
+    pub cluster_uuid: String,
+    /// Every index in the snapshot: shards and documents.
+    pub indices: BTreeMap<String, SnapshotIndex>,
+    /// Data streams in the snapshot (restored with their backing indices).
+    #[serde(default)]
+    pub data_streams: Vec<String>,
+    /// What `_snapshot/<repo>/<snap>/_status` reported: every file of the
+    /// snapshot, shared with earlier snapshots or not.
+    pub shards: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct SnapshotIndex {
+    pub shards: u64,
+    /// Documents when the snapshot was taken, when they held still.
+    pub docs: Option<u64>,
+}
+
+impl OpenSearch {
+    pub(super) fn plan_repository_backup(
+        &self,
+        ctx: &BackupContext<'_>,
+        indices: &str,
+    ) -> Vec<String> {
+        let url = mask_userinfo(&self.settings.url);
+        let repo = self
+            .settings
+            .repository
+            .as_deref()
+            .unwrap_or("<--opensearch-repository>");
+        vec![
+            format!("GET {url}/_snapshot/{repo}, POST {url}/_snapshot/{repo}/_verify (every node can write it)"),
+            format!("PUT {url}/_snapshot/{repo}/itbackup-{}-<suffix>  (indices: {indices}, with global state), polled until it ends", ctx.timestamp.to_ascii_lowercase()),
+            format!("GET …/_status: shards and files into {}/opensearch_{}.snapshot.json", ctx.dir.display(), ctx.timestamp),
+        ]
+    }
+
+    pub(super) fn plan_repository_restore(&self, record: &ArtifactRecord) -> Vec<String> {
+        let url = mask_userinfo(&self.settings.url);
+        let at = record
+            .details
+            .get("repository")
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    r["repository"].as_str().unwrap_or("?"),
+                    r["snapshot"].as_str().unwrap_or("?")
+                )
+            })
+            .unwrap_or_else(|| "the recorded repository and snapshot".into());
+        vec![
+            format!("check {at}: there, SUCCESS, same UUID, shards and files; the repository verified — before any store is changed"),
+            format!("DELETE {url}/<index> for each index being replaced: {}", record.counts.keys().cloned().collect::<Vec<_>>().join(", ")),
+            format!("POST {url}/_snapshot/{at}/_restore (with global state and aliases), wait until every restored index is at least yellow"),
+        ]
+    }
+
+    /// The repository to snapshot into: registered, and writable by every node.
+    async fn registered_repository(&self, step: &str) -> Result<(String, String)> {
+        let name = self.settings.repository.clone().ok_or_else(|| {
+            Error::usage("the repository method needs a registered repository: --opensearch-repository NAME (or [opensearch] repository)")
+                .service(SVC)
+        })?;
+        let listed = match self.http.get(&format!("_snapshot/{name}"), step).await {
+            Ok(listed) => listed,
+            Err(e) if e.http_status == Some(404) => {
+                return Err(Error::not_found(step, format!("the cluster has no snapshot repository named '{name}'"))
+                    .service(SVC)
+                    .hint("register it first (PUT _snapshot/<name>, see GET _snapshot for those that exist), or name another with --opensearch-repository"))
+            }
+            Err(e) => return Err(e),
+        };
+        let kind = listed[&name]["type"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string();
+        self.verify_repository(&name, step).await?;
+        Ok((name, kind))
+    }
+
+    /// `_verify`: every node can write the repository (and see the others' files).
+    async fn verify_repository(&self, name: &str, step: &str) -> Result<()> {
+        self.http
+            .call(Method::POST, &format!("_snapshot/{name}/_verify"), None, step)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::refused(step, format!("the repository '{name}' does not verify: {}", e.message))
+                    .service(SVC)
+                    .hint("every node must reach and write the repository (a shared filesystem mounted at the same path on all of them, or the same bucket and credentials); fix it, then retry")
+            })
+    }
+
+    pub(super) async fn backup_repository(
+        &self,
+        ctx: &BackupContext<'_>,
+        selection: &Selection,
+        record: &mut ArtifactRecord,
+    ) -> Result<PendingArtifact> {
+        let step = "snapshot";
+        let (repo, kind) = self.registered_repository(step).await?;
+        let snapshot = snapshot_name(ctx.timestamp);
+        let mut started = false;
+        let taken = self
+            .snapshot_into_repository(&repo, &kind, &snapshot, selection, record, &mut started)
+            .await
+            .and_then(|taken| {
+                let file = format!("opensearch_{}.snapshot.json", ctx.timestamp);
+                write_record(ctx.dir, &file, &taken).map(|pending| (pending, taken))
+            });
+        match taken {
+            Ok((pending, taken)) => {
+                record.details.insert(
+                    "repository".into(),
+                    json!({"repository": taken.repository, "type": taken.repository_type, "snapshot": taken.snapshot, "uuid": taken.uuid}),
+                );
+                Ok(pending)
+            }
+            Err(e) => {
+                // A snapshot no backup names is space nobody frees: gone
+                // with the failed backup (a partial or failed one as well) —
+                // only one this run started, never another's.
+                if started {
+                    let _ = self
+                        .http
+                        .delete_if_present(
+                            &format!("_snapshot/{repo}/{snapshot}"),
+                            "remove failed snapshot",
+                        )
+                        .await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn snapshot_into_repository(
+        &self,
+        repo: &str,
+        kind: &str,
+        snapshot: &str,
+        selection: &Selection,
+        record: &mut ArtifactRecord,
+        started: &mut bool,
+    ) -> Result<SnapshotRecord> {
+        let step = "snapshot";
+        let names: Vec<String> = selection
+            .indices
+            .iter()
+            .map(|i| i.name.clone())
+            .chain(selection.streams.iter().map(|s| s.name.clone()))
+            .collect();
+        let concrete = selection.concrete_names();
+        let before = self.counts_of(&concrete).await?;
+        let body = json!({
+            "indices": if names.is_empty() { "-*".to_string() } else { names.join(",") },
+            "include_global_state": true,
+            "ignore_unavailable": false,
+            "partial": false,
+        });
+        self.http
+            .call(
+                Method::PUT,
+                &format!("_snapshot/{repo}/{snapshot}"),
+                Some(&body),
+                step,
+            )
+            .await?;
+        *started = true;
+        let answer = self.wait_for_snapshot(repo, snapshot, step).await?;
+        let state = answer["state"].as_str().unwrap_or("unknown");
+        let failed = answer["shards"]["failed"].as_u64().unwrap_or(0);
+        if state != "SUCCESS" || failed > 0 {
+            return Err(Error::refused(step, format!("snapshot {repo}/{snapshot} ended {state} with {failed} failed shard(s): {}", answer["failures"]))
+                .service(SVC)
+                .hint("a node left or the repository failed during the snapshot (see the failures above); nothing was kept, the next backup starts afresh"));
+        }
+        let after = self.counts_of(&concrete).await?;
+        super::snapshot::record_stable_counts(record, &before, &after);
+        let plain: Vec<&str> = selection.indices.iter().map(|i| i.name.as_str()).collect();
+        record
+            .details
+            .insert("snapshot_indices".into(), json!(plain));
+        let status = self.snapshot_status(repo, snapshot, step).await?;
+        let cluster = self.http.get("", step).await?;
+        let strings = |value: &Value| -> Vec<String> {
+            value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        };
+        let indices = strings(&answer["indices"])
+            .into_iter()
+            .map(|name| {
+                let shards = status.indices.get(&name).copied().unwrap_or_default();
+                let docs = record.counts.get(&name).copied();
+                (name, SnapshotIndex { shards, docs })
+            })
+            .collect();
+        Ok(SnapshotRecord {
+            repository: repo.to_string(),
+            repository_type: kind.to_string(),
+            snapshot: snapshot.to_string(),
+            uuid: answer["uuid"].as_str().unwrap_or_default().to_string(),
+            cluster_uuid: cluster["cluster_uuid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            indices,
+            data_streams: strings(&answer["data_streams"]),
+            shards: status.shards,
+            files: status.files,
+            bytes: status.bytes,
+        })
+    }
+
+    /// What `_status` says of a snapshot: shards per index, files and bytes.
+    async fn snapshot_status(
+        &self,
+        repo: &str,
+        snapshot: &str,
+        step: &str,
+    ) -> Result<SnapshotStatus> {
+        let answer = self
+            .http
+            .get(&format!("_snapshot/{repo}/{snapshot}/_status"), step)
+            .await?;
+        let snap = &answer["snapshots"][0];
+        let indices = snap["indices"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, index)| {
+                (
+                    name.clone(),
+                    index["shards_stats"]["total"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        Ok(SnapshotStatus {
+            indices,
+            shards: snap["shards_stats"]["total"].as_u64().unwrap_or(0),
+            files: snap["stats"]["total"]["file_count"].as_u64().unwrap_or(0),
+            bytes: snap["stats"]["total"]["size_in_bytes"]
+                .as_u64()
+                .unwrap_or(0),
+        })
+    }
+
+    /// The snapshot the artifact names is in its repository, whole, as
+    /// recorded; the repository verifies. Run by `verify` and before a
+    /// restore changes anything.
+    pub(super) async fn check_repository_snapshot(
+        &self,
+        artifact: &Path,
+    ) -> Result<SnapshotRecord> {
+        let step = "verify snapshot";
+        let recorded = read_record(artifact)?;
+        let repo = &recorded.repository;
+        let snap = &recorded.snapshot;
+        let listed = match self.http.get(&format!("_snapshot/{repo}/{snap}"), step).await {
+            Ok(listed) => listed,
+            Err(e) if e.http_status == Some(404) => {
+                return Err(Error::damaged(step, format!("the snapshot {repo}/{snap} this backup names is not in the repository (or the repository is not registered): {}", e.message))
+                    .service(SVC)
+                    .hint("it was deleted behind itbackup's back, or the repository was unregistered: register it again under the same name, or use another backup; nothing was changed"))
+            }
+            Err(e) => return Err(e),
+        };
+        let found = &listed["snapshots"][0];
+        let state = found["state"].as_str().unwrap_or("unknown");
+        let uuid = found["uuid"].as_str().unwrap_or_default();
+        if state != "SUCCESS" || uuid != recorded.uuid {
+            return Err(Error::damaged(step, format!("the snapshot {repo}/{snap} is {state} with UUID {uuid}; the backup recorded SUCCESS with UUID {}", recorded.uuid))
+                .service(SVC)
+                .hint("the snapshot was replaced or damaged in the repository; use another backup; nothing was changed"));
+        }
+        let status = self.snapshot_status(repo, snap, step).await?;
+        if status.shards != recorded.shards
+            || status.files != recorded.files
+            || status.bytes != recorded.bytes
+        {
+            return Err(Error::damaged(step, format!(
+                "the snapshot {repo}/{snap} holds {} shards, {} files, {} bytes; the backup recorded {} shards, {} files, {} bytes",
+                status.shards, status.files, status.bytes, recorded.shards, recorded.files, recorded.bytes
+            ))
+            .service(SVC)
+            .hint("the repository lost or changed files of this snapshot; use another backup; nothing was changed"));
+        }
+        self.verify_repository(repo, step).await?;
+        Ok(recorded)
+    }
+
+    /// Before any store changes: the snapshot and its repository, and the
+    /// cluster's version.
+    pub(super) async fn prepare_repository_restore(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        crate::stores::refuse_newer_backup(
+            SVC,
+            2,
+            &record.server_version,
+            &self.version().await?,
+            "restore into a cluster of that version or newer, or take a logical backup (--opensearch-method logical) where it came from",
+        )?;
+        self.check_repository_snapshot(ctx.artifact)
+            .await
+            .map(|_| ())
+    }
+
+    pub(super) async fn restore_repository(
+        &self,
+        ctx: &RestoreContext<'_>,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
+        // Again, right before the deletes: the repository is the cluster's
+        // and may have changed since the checks.
+        let recorded = self.check_repository_snapshot(ctx.artifact).await?;
+        self.restore_from_snapshot(&recorded.repository, &recorded.snapshot, record)
+            .await
+    }
+}
+
+impl OpenSearch {
+    /// Prune: the snapshot of a backup being removed goes from its
+    /// repository (OpenSearch frees only the files no other snapshot uses).
+    pub(super) async fn delete_repository_snapshot(
+        &self,
+        record: &ArtifactRecord,
+    ) -> Result<String> {
+        let at = record
+            .details
+            .get("repository")
+            .cloned()
+            .unwrap_or_default();
+        let (Some(repo), Some(snap)) = (at["repository"].as_str(), at["snapshot"].as_str()) else {
+            return Err(Error::damaged("remove snapshot", "the backup's record names no repository and snapshot")
+                .service(SVC)
+                .hint("remove its snapshot by hand (GET _snapshot/<repo>/itbackup-*), then the backup directory"));
+        };
+        self.http
+            .delete_if_present(&format!("_snapshot/{repo}/{snap}"), "remove snapshot")
+            .await?;
+        Ok(format!("snapshot {repo}/{snap}"))
+    }
+}
+
+/// `itbackup-<timestamp>-<8 hex digits>`: the timestamp for people, the
+/// suffix because one repository may serve several roots or hosts that back
+/// up in the same second (a snapshot name is taken once per repository).
+fn snapshot_name(timestamp: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "itbackup-{}-{:08x}",
+        timestamp.to_ascii_lowercase(),
+        nanos ^ std::process::id().rotate_left(16)
+    )
+}
+
+struct SnapshotStatus {
+    indices: BTreeMap<String, u64>,
+    shards: u64,
+    files: u64,
+    bytes: u64,
+}
+
+fn write_record(dir: &Path, file: &str, record: &SnapshotRecord) -> Result<PendingArtifact> {
+    let mut json = serde_json::to_vec_pretty(record).expect("plain data");
+    json.push(b'\n');
+    let write = || -> std::io::Result<PendingArtifact> {
+        let mut writer = ArtifactWriter::create(dir, file)?;
+        writer.write_all(&json)?;
+        writer.finish()
+    };
+    write().map_err(|e| {
+        io_error(
+            Some(SVC),
+            "write snapshot record",
+            dir.join(file).display(),
+            e,
+        )
+    })
+}
+
+/// The artifact, read and parsed: offline, what `check_artifact` proves
+/// without the cluster.
+pub(super) fn read_record(artifact: &Path) -> Result<SnapshotRecord> {
+    let step = "verify snapshot";
+    let text = crate::artifact::read_small_text(artifact, MAX_RECORD_BYTES)
+        .map_err(|e| io_error(Some(SVC), step, artifact.display(), e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::damaged(
+            step,
+            format!("{} is not a snapshot record: {e}", artifact.display()),
+        )
+        .service(SVC)
+        .hint("the artifact is damaged or is not one itbackup wrote; use another backup")
+    })
+}
