@@ -192,43 +192,9 @@ impl OpenSearch {
         started: &mut bool,
     ) -> Result<SnapshotRecord> {
         let step = "snapshot";
-        let names: Vec<String> = selection
-            .indices
-            .iter()
-            .map(|i| i.name.clone())
-            .chain(selection.streams.iter().map(|s| s.name.clone()))
-            .collect();
-        let concrete = selection.concrete_names();
-        let before = self.counts_of(&concrete).await?;
-        let body = json!({
-            "indices": if names.is_empty() { "-*".to_string() } else { names.join(",") },
-            "include_global_state": true,
-            "ignore_unavailable": false,
-            "partial": false,
-        });
-        self.http
-            .call(
-                Method::PUT,
-                &format!("_snapshot/{repo}/{snapshot}"),
-                Some(&body),
-                step,
-            )
+        let answer = self
+            .snapshot_selection(repo, snapshot, selection, record, started)
             .await?;
-        *started = true;
-        let answer = self.wait_for_snapshot(repo, snapshot, step).await?;
-        let state = answer["state"].as_str().unwrap_or("unknown");
-        let failed = answer["shards"]["failed"].as_u64().unwrap_or(0);
-        if state != "SUCCESS" || failed > 0 {
-            return Err(Error::refused(step, format!("snapshot {repo}/{snapshot} ended {state} with {failed} failed shard(s): {}", answer["failures"]))
-                .service(SVC)
-                .hint("a node left or the repository failed during the snapshot (see the failures above); nothing was kept, the next backup starts afresh"));
-        }
-        let after = self.counts_of(&concrete).await?;
-        super::snapshot::record_stable_counts(record, &before, &after);
-        let plain: Vec<&str> = selection.indices.iter().map(|i| i.name.as_str()).collect();
-        record
-            .details
-            .insert("snapshot_indices".into(), json!(plain));
         let status = self.snapshot_status(repo, snapshot, step).await?;
         let cluster = self.http.get("", step).await?;
         let strings = |value: &Value| -> Vec<String> {
@@ -348,13 +314,7 @@ impl OpenSearch {
         ctx: &RestoreContext<'_>,
         record: &ArtifactRecord,
     ) -> Result<()> {
-        crate::stores::refuse_newer_backup(
-            SVC,
-            2,
-            &record.server_version,
-            &self.version().await?,
-            "restore into a cluster of that version or newer, or take a logical backup (--opensearch-method logical) where it came from",
-        )?;
+        self.refuse_newer_snapshot(record).await?;
         self.check_repository_snapshot(ctx.artifact)
             .await
             .map(|_| ())

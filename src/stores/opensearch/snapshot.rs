@@ -53,6 +53,18 @@ impl OpenSearch {
         ]
     }
 
+    /// A snapshot taken by a newer major version does not restore here
+    /// (OpenSearch refuses it half-way): refused before anything changes.
+    pub(super) async fn refuse_newer_snapshot(&self, record: &ArtifactRecord) -> Result<()> {
+        crate::stores::refuse_newer_backup(
+            SVC,
+            2,
+            &record.server_version,
+            &self.version().await?,
+            "restore the snapshot into a cluster of that version or newer, or take a logical backup (--opensearch-method logical) where it came from",
+        )
+    }
+
     /// Before any store changes: the server's version, `path.repo` and its
     /// free space for the unpacked snapshot.
     pub(super) async fn prepare_snapshot_restore(
@@ -60,13 +72,7 @@ impl OpenSearch {
         ctx: &RestoreContext<'_>,
         record: &ArtifactRecord,
     ) -> Result<()> {
-        crate::stores::refuse_newer_backup(
-            SVC,
-            2,
-            &record.server_version,
-            &self.version().await?,
-            "restore the snapshot into a cluster of that version or newer, or take a logical backup (--opensearch-method logical) where it came from",
-        )?;
+        self.refuse_newer_snapshot(record).await?;
         let repo_root = self.restore_repository_root().await?;
         if self.target.compose().is_some() {
             // path.repo is inside the container; its unpack reports a full disk itself.
@@ -191,7 +197,6 @@ impl OpenSearch {
         selection: &Selection,
         record: &mut ArtifactRecord,
     ) -> Result<()> {
-        let step = "snapshot";
         self.http
             .call(
                 Method::PUT,
@@ -201,6 +206,31 @@ impl OpenSearch {
             )
             .await
             .map_err(|e| e.hint("verify disk space and that OpenSearch may create files under path.repo (the runbook's /usr/share/opensearch/data)"))?;
+        let mut started = false;
+        self.snapshot_selection(repo, "snapshot", selection, record, &mut started)
+            .await
+            .map_err(|e| e.hint("verify disk space and that OpenSearch may write under path.repo (the runbook's /usr/share/opensearch/data)"))?;
+        record.details.insert(
+            "snapshot".into(),
+            json!({"repository": repo, "name": "snapshot", "include_global_state": true}),
+        );
+        Ok(())
+    }
+
+    /// Snapshot the selection into `repo`/`snapshot` with the global state,
+    /// never partial, and poll until it ends; the counts that held still go
+    /// into the record. `started` is set once the cluster has accepted the
+    /// snapshot (from then on a failure leaves one to delete). Shared by the
+    /// tarball and the repository methods; the answer is the snapshot's.
+    pub(super) async fn snapshot_selection(
+        &self,
+        repo: &str,
+        snapshot: &str,
+        selection: &Selection,
+        record: &mut ArtifactRecord,
+        started: &mut bool,
+    ) -> Result<Value> {
+        let step = "snapshot";
         // Data streams by name: the snapshot then holds them as data streams
         // (with their backing indices), which is how they are restored.
         let names: Vec<String> = selection
@@ -222,21 +252,25 @@ impl OpenSearch {
         self.http
             .call(
                 Method::PUT,
-                &format!("_snapshot/{repo}/snapshot"),
+                &format!("_snapshot/{repo}/{snapshot}"),
                 Some(&body),
                 step,
             )
-            .await
-            .map_err(|e| {
-                e.hint("verify disk space and that OpenSearch may write under path.repo")
-            })?;
-        let answer = self.wait_for_snapshot(repo, "snapshot", step).await?;
+            .await?;
+        *started = true;
+        let answer = self.wait_for_snapshot(repo, snapshot, step).await?;
         let state = answer["state"].as_str().unwrap_or("unknown");
         let failed = answer["shards"]["failed"].as_u64().unwrap_or(0);
         if state != "SUCCESS" || failed > 0 {
-            return Err(Error::refused(step, format!("snapshot ended {state} with {failed} failed shard(s): {}", answer["failures"]))
-                .service(SVC)
-                .hint("verify disk space and that the opensearch container can create files under /usr/share/opensearch/data"));
+            return Err(Error::refused(
+                step,
+                format!(
+                    "snapshot {repo}/{snapshot} ended {state} with {failed} failed shard(s): {}",
+                    answer["failures"]
+                ),
+            )
+            .service(SVC)
+            .hint("a node left, or the repository failed or filled up during the snapshot (see the failures above); nothing was kept, the next backup starts afresh"));
         }
         let after = self.counts_of(&concrete).await?;
         record_stable_counts(record, &before, &after);
@@ -244,11 +278,7 @@ impl OpenSearch {
         record
             .details
             .insert("snapshot_indices".into(), json!(plain));
-        record.details.insert(
-            "snapshot".into(),
-            json!({"repository": repo, "name": "snapshot", "include_global_state": true}),
-        );
-        Ok(())
+        Ok(answer)
     }
 
     /// Pack the repository at `location` into the artifact: streamed out of
@@ -548,7 +578,7 @@ impl OpenSearch {
 
 /// Counts that stayed the same across the snapshot go into the record; the rest
 /// changed while it ran and are listed instead of being compared later.
-pub(super) fn record_stable_counts(
+fn record_stable_counts(
     record: &mut ArtifactRecord,
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
