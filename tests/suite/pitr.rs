@@ -726,3 +726,57 @@ fn the_drill_runs_on_the_physical_method() {
     assert_eq!(v["rto_ok"], true, "{v:#}");
     remove_kept_data_dirs();
 }
+
+/// A time target whose segment was archived late: the segment holding the
+/// last commit before T is archived only after T (a slow archiver), the
+/// first commit after T is in the next one. Recovery must be given that
+/// next segment to find where to stop; a staged (sealed) archive once held
+/// only up to the first segment archived after T, and the recovery ended
+/// "before the configured recovery target was reached".
+#[test]
+fn a_time_target_whose_segment_was_archived_late_is_reached() {
+    let _guard = exclusive(&[Postgres]);
+    let setup = Setup::new(false, true);
+    let fast = setup.archive_command();
+    let _archive = SystemSetting::set("archive_command", &fast);
+    let _server = ServerBack;
+    psql(
+        "postgres",
+        "DROP TABLE IF EXISTS pitr_rows; \
+         CREATE TABLE pitr_rows (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())",
+    );
+    setup.backup();
+    batch(1);
+    // The archiver falls behind: the segment with the first batch closes
+    // now and is archived seconds later, after T.
+    let set_command = |command: &str| {
+        psql(
+            "postgres",
+            &format!(
+                "ALTER SYSTEM SET archive_command = '{}'",
+                command.replace('\'', "''")
+            ),
+        );
+        psql("postgres", "SELECT pg_reload_conf()");
+    };
+    set_command(&format!("sleep 4; {fast}"));
+    let closed = psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = psql(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while archiver().2 < closed {
+        assert!(Instant::now() < deadline, "{closed} was not archived");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    set_command(&fast);
+    batch(501);
+    archive_now();
+    crash_server();
+    setup.restore(&t).ok(&[]);
+    assert_eq!(rows(), (500, 500), "--until {t}");
+    psql("postgres", "DROP TABLE pitr_rows");
+    remove_kept_data_dirs();
+}

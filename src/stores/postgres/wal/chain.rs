@@ -31,8 +31,9 @@ pub enum ChainEnd {
     Backup,
     /// Through the segment holding this position.
     Lsn(Lsn),
-    /// Through the first segment archived at or after this moment (the one
-    /// being written at that moment).
+    /// Through the first segment archived at or after this moment, and on
+    /// to the end of the archive (the first commit after it, where recovery
+    /// stops, may be in any later segment).
     Time(jiff::Timestamp),
     /// Every segment archived.
     Latest,
@@ -377,6 +378,8 @@ pub async fn walk(
         }
     }
     let mut segment = start.end_lsn.segment(bytes);
+    // For a time target: a segment archived at or after T has been seen.
+    let mut time_reached = false;
     loop {
         let timeline = timeline_of(segment);
         let file = segment_name(timeline, segment, bytes);
@@ -401,6 +404,8 @@ pub async fn walk(
                     }
                     Ok(chain)
                 }
+                // Past T, everything there was given (see `time_reached`).
+                ChainEnd::Time(_) if time_reached => Ok(chain),
                 _ if beyond || timeline != last_timeline => Err(gap(archive, &file, start, end)),
                 ChainEnd::Time(t) => Err(Error::not_found(
                     "check WAL chain",
@@ -423,9 +428,18 @@ pub async fn walk(
         chain.last_archived_at.clone_from(&archived_at);
         let done = match end {
             ChainEnd::Lsn(lsn) => segment >= lsn.segment(bytes),
-            ChainEnd::Time(t) => archived_at
-                .and_then(|at| at.parse::<jiff::Timestamp>().ok())
-                .is_some_and(|at| at >= t),
+            // A segment archived after T may still end before T (the
+            // archiver runs behind), and recovery stops only at the first
+            // commit after T, wherever that is: from the first segment
+            // archived at or after T on, every segment there is given
+            // (PostgreSQL reads no further than it needs), and the chain
+            // ends where the archive ends or breaks.
+            ChainEnd::Time(t) => {
+                time_reached |= archived_at
+                    .and_then(|at| at.parse::<jiff::Timestamp>().ok())
+                    .is_some_and(|at| at >= t);
+                false
+            }
             ChainEnd::Latest | ChainEnd::Backup => false,
         };
         if done {
