@@ -141,6 +141,14 @@ impl Write for ArtifactWriter {
     }
 }
 
+/// A small artifact written whole from memory (a JSON record): `dir/name`
+/// as `*.partial`, synced, hashed; [`PendingArtifact::commit`] names it.
+pub fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PendingArtifact> {
+    let mut writer = ArtifactWriter::create(dir, name)?;
+    writer.write_all(bytes)?;
+    writer.finish()
+}
+
 /// A fully written, synced artifact that is not yet visible under its final name.
 #[derive(Debug, Clone)]
 pub struct PendingArtifact {

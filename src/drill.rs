@@ -5,13 +5,13 @@
 //! restore`; only the synthetic data (each store's [`DrillData`]) is its own.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::artifact::{self, ArtifactWriter};
+use crate::artifact;
 use crate::backup::{self, BackupOutcome, BackupRequest};
 use crate::config::Settings;
 use crate::error::{io_error, Error, Result};
@@ -398,9 +398,7 @@ fn write_validation(dir: &std::path::Path, validation: &Validation) -> Result<Pa
     let mut json = serde_json::to_vec_pretty(validation).expect("serialisable");
     json.push(b'\n');
     let write = || -> std::io::Result<()> {
-        let mut writer = ArtifactWriter::create(dir, VALIDATION_FILE)?;
-        writer.write_all(&json)?;
-        writer.finish()?.commit()?;
+        artifact::write_bytes(dir, VALIDATION_FILE, &json)?.commit()?;
         artifact::sync_dir(dir)
     };
     write().map_err(|e| io_error(None, step, dir.join(VALIDATION_FILE).display(), e))?;

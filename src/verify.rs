@@ -213,11 +213,13 @@ pub async fn run(
             let archive = Archive::at(&backup.lock_root, backup.repository.as_deref())?;
             let names = archive.names().await?;
             let identities = identity.map(Identities::load).transpose()?;
+            let scratch = crate::stores::postgres::physical::wal_scratch()?;
             crate::stores::postgres::physical::wal_reach(
                 record,
                 &archive,
                 &names,
                 identities.as_ref(),
+                scratch.path(),
                 Depth::Hash,
             )
             .await?

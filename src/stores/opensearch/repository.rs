@@ -19,7 +19,6 @@
 //! site); take the tarball or logical method for that.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use reqwest::Method;
@@ -27,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{OpenSearch, Selection, SVC};
-use crate::artifact::{ArtifactWriter, PendingArtifact};
+use crate::artifact::PendingArtifact;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::mask_userinfo;
@@ -382,12 +381,7 @@ struct SnapshotStatus {
 fn write_record(dir: &Path, file: &str, record: &SnapshotRecord) -> Result<PendingArtifact> {
     let mut json = serde_json::to_vec_pretty(record).expect("plain data");
     json.push(b'\n');
-    let write = || -> std::io::Result<PendingArtifact> {
-        let mut writer = ArtifactWriter::create(dir, file)?;
-        writer.write_all(&json)?;
-        writer.finish()
-    };
-    write().map_err(|e| {
+    crate::artifact::write_bytes(dir, file, &json).map_err(|e| {
         io_error(
             Some(SVC),
             "write snapshot record",

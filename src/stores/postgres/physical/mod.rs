@@ -254,27 +254,25 @@ impl PhysicalDetails {
 /// Walk the archive from the base backup `record` to its newest segment, as
 /// deep as `depth` says; `None` when `record` is not a base backup. A broken
 /// chain is an error (`verify`); `list` shows it as the backup's problem.
+/// Timeline histories are read through `scratch` ([`wal_scratch`]).
 pub async fn wal_reach(
     record: &ArtifactRecord,
     archive: &Archive,
     names: &std::collections::BTreeSet<String>,
     identities: Option<&crate::seal::Identities>,
+    scratch: &Path,
     depth: Depth<'_>,
 ) -> Result<Option<WalReach>> {
     let Ok(details) = PhysicalDetails::of(record) else {
         return Ok(None);
     };
-    // Timeline histories are read through a private scratch directory.
-    let scratch = tempfile::tempdir().map_err(|e| {
-        crate::error::io_error(Some(SVC), "check WAL chain", "a scratch directory", e)
-    })?;
     let chain = chain::walk(
         archive,
         names,
         &details.chain_start(),
         ChainEnd::Latest,
         identities,
-        scratch.path(),
+        scratch,
         depth,
     )
     .await?;
@@ -286,6 +284,13 @@ pub async fn wal_reach(
         last_archived_at: chain.last_archived_at,
         problem: None,
     }))
+}
+
+/// A private scratch directory for the timeline histories a walk reads:
+/// one for all the walks of a command.
+pub fn wal_scratch() -> Result<tempfile::TempDir> {
+    tempfile::tempdir()
+        .map_err(|e| crate::error::io_error(Some(SVC), "check WAL chain", "a scratch directory", e))
 }
 
 /// Fill in the WAL reach of every complete base backup in `backups`, from
@@ -304,15 +309,24 @@ pub async fn fill_wal_reach(
     // Only a sealed timeline history needs the key; without one, the
     // backups whose chain crosses a timeline say so in their line.
     let identities = identity.and_then(|file| crate::seal::Identities::load(file).ok());
+    let scratch = wal_scratch()?;
     for entry in backups.iter_mut() {
         let Some(record) = entry.manifest.as_ref().and_then(|m| m.artifacts.get(&SVC)) else {
             continue;
         };
-        entry.wal =
-            match wal_reach(record, &archive, &names, identities.as_ref(), Depth::Names).await {
-                Ok(reach) => reach,
-                Err(e) => Some(broken_reach(&archive, record, e.message)),
-            };
+        entry.wal = match wal_reach(
+            record,
+            &archive,
+            &names,
+            identities.as_ref(),
+            scratch.path(),
+            Depth::Names,
+        )
+        .await
+        {
+            Ok(reach) => reach,
+            Err(e) => Some(broken_reach(&archive, record, e.message)),
+        };
     }
     Ok(())
 }
