@@ -19,12 +19,22 @@ lint:
 # on the servers, so more test threads than cores (libtest's default) keep
 # several servers busy at once.
 TEST_THREADS ?= 4
+# Beside the stack: a three-node OpenSearch cluster of its own (own state
+# directory and ports), for the tests of what only a cluster shows (replicas,
+# a node killed mid-snapshot: tests/suite/opensearch_cluster.rs). The tests
+# read where it is from IT_CLUSTER_*.
+CLUSTER_DIR ?= $(CURDIR)/.testenv/cluster
+CLUSTER_PORT ?= 9500
+CLUSTER_NODES ?= 3
+CLUSTER := IT_TESTENV_DIR=$(CLUSTER_DIR) IT_TESTENV_OPENSEARCH_PORT=$(CLUSTER_PORT) IT_TESTENV_OPENSEARCH_NODES=$(CLUSTER_NODES)
 test:
 	$(CARGO) build --all-targets --quiet
 	testenv/up
+	$(CLUSTER) testenv/up opensearch
 	set -o pipefail; eval "$$(testenv/env)"; \
+	  export IT_CLUSTER_TESTENV_DIR=$(CLUSTER_DIR) IT_CLUSTER_OPENSEARCH_PORT=$(CLUSTER_PORT) IT_CLUSTER_OPENSEARCH_NODES=$(CLUSTER_NODES); \
 	  $(CARGO) test --all-targets -- --test-threads=$(TEST_THREADS) 2>&1 | tee target/test-output.log; status=$$?; \
-	  testenv/down; exit $$status
+	  testenv/down; $(CLUSTER) testenv/down opensearch; exit $$status
 
 # The main job on the local stack: servers up (installed if missing), then the
 # recovery drill (populate, back up, wipe, restore, verify, measure the RTO).
@@ -41,10 +51,12 @@ up:
 
 down:
 	testenv/down
+	$(CLUSTER) testenv/down opensearch
 
 env:
 	@testenv/env
 
 clean-testenv:
 	testenv/down
+	$(CLUSTER) testenv/down opensearch
 	rm -rf .testenv

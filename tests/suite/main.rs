@@ -17,6 +17,7 @@ mod fault_injection;
 mod full_disk;
 mod neo4j;
 mod opensearch;
+mod opensearch_cluster;
 mod pitr;
 mod postgres;
 mod postgres_failures;

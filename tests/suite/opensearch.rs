@@ -12,20 +12,35 @@ use common::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-struct Os {
-    url: String,
+pub(crate) struct Os {
+    pub(crate) url: String,
     http: reqwest::blocking::Client,
+    /// Replicas of the fixture's main index (`itb-a`): none on the single
+    /// node, one on the cluster.
+    replicas: u32,
 }
 
 impl Os {
-    fn new() -> Os {
+    /// The stack's single node.
+    pub(crate) fn new() -> Os {
+        Os::at(&required_env("OPENSEARCH_URL"), 0)
+    }
+
+    /// The cluster at `url`, the fixture's main index with `replicas`.
+    pub(crate) fn at(url: &str, replicas: u32) -> Os {
         Os {
-            url: required_env("OPENSEARCH_URL"),
+            url: url.to_string(),
             http: reqwest::blocking::Client::new(),
+            replicas,
         }
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self.http.request(method, format!("{}/{}", self.url, path));
         if let Some(body) = body {
             req = req.json(&body);
@@ -37,7 +52,7 @@ impl Os {
         (status, resp.json().unwrap_or(Value::Null))
     }
 
-    fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let (status, value) = self.call(method.clone(), path, body);
         assert!(
             (200..300).contains(&status),
@@ -46,19 +61,19 @@ impl Os {
         value
     }
 
-    fn get(&self, path: &str) -> Value {
+    pub(crate) fn get(&self, path: &str) -> Value {
         self.ok(reqwest::Method::GET, path, None)
     }
 
-    fn put(&self, path: &str, body: Value) -> Value {
+    pub(crate) fn put(&self, path: &str, body: Value) -> Value {
         self.ok(reqwest::Method::PUT, path, Some(body))
     }
 
-    fn delete(&self, path: &str) {
+    pub(crate) fn delete(&self, path: &str) {
         self.call(reqwest::Method::DELETE, path, None);
     }
 
-    fn bulk(&self, lines: &[Value]) {
+    pub(crate) fn bulk(&self, lines: &[Value]) {
         let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
         let resp: Value = self
             .http
@@ -73,7 +88,7 @@ impl Os {
     }
 
     /// Every document of `index` with id and routing, as a digest.
-    fn digest(&self, index: &str) -> (u64, String) {
+    pub(crate) fn digest(&self, index: &str) -> (u64, String) {
         let mut docs: Vec<String> = Vec::new();
         let mut page = self.ok(
             reqwest::Method::POST,
@@ -107,14 +122,14 @@ impl Os {
         (docs.len() as u64, hex::encode(hasher.finalize()))
     }
 
-    fn wipe_fixture(&self) {
+    pub(crate) fn wipe_fixture(&self) {
         self.delete("itb-*");
         self.delete("_index_template/itb-tpl");
         self.delete("_component_template/itb-comp");
         self.delete("_ingest/pipeline/itb-pipe");
     }
 
-    fn create_fixture(&self) {
+    pub(crate) fn create_fixture(&self) {
         self.wipe_fixture();
         self.put(
             "_component_template/itb-comp",
@@ -134,7 +149,7 @@ impl Os {
             "itb-a",
             json!({
                 "settings": {
-                    "number_of_shards": 2, "number_of_replicas": 0, "refresh_interval": "2s",
+                    "number_of_shards": 2, "number_of_replicas": self.replicas, "refresh_interval": "2s",
                     "default_pipeline": "itb-pipe",
                     "analysis": {"analyzer": {"folded": {"type": "custom", "tokenizer": "standard", "filter": ["lowercase", "asciifolding"]}}}
                 },
@@ -189,7 +204,7 @@ impl Os {
     }
 
     /// Everything the test compares, as one map.
-    fn state(&self) -> BTreeMap<String, Value> {
+    pub(crate) fn state(&self) -> BTreeMap<String, Value> {
         let mut state = BTreeMap::new();
         for index in ["itb-a", "itb-b", "itb-tpl-1"] {
             self.ok(reqwest::Method::POST, &format!("{index}/_refresh"), None);
@@ -1082,7 +1097,7 @@ fn an_export_the_cluster_cannot_load_is_refused_before_anything_changes() {
 }
 
 /// Bytes of every file under `dir` (a repository's size on disk).
-fn bytes_under(dir: &Path) -> u64 {
+pub(crate) fn bytes_under(dir: &Path) -> u64 {
     let mut total = 0;
     for entry in fs::read_dir(dir).unwrap().flatten() {
         let meta = entry.metadata().unwrap();
@@ -1093,125 +1108,6 @@ fn bytes_under(dir: &Path) -> u64 {
         };
     }
     total
-}
-
-/// The repository method: a snapshot into a registered repository, the
-/// backup directory only a record of it. Everything comes back; a second
-/// backup after 1 % more documents adds little to the repository (its
-/// snapshot shares the unchanged segments); each backup restores to itself.
-#[test]
-fn repository_round_trip_is_incremental_and_restores_everything() {
-    let _guard = exclusive(&[Opensearch]);
-    let os = Os::new();
-    let repo = "itb-repo-round-trip";
-    fixtures::register_repository(repo);
-    let location = Path::new(&required_env("IT_OPENSEARCH_REPO")).join(repo);
-    os.create_fixture();
-    let before = os.state();
-    let root = temp_root();
-    let root_arg = root.path().to_str().unwrap();
-    let env = [("IT_OPENSEARCH_REPOSITORY", repo)];
-    let backup = |timestamp: &str| {
-        ok(
-            &[
-                "--root",
-                root_arg,
-                "backup",
-                "--services",
-                "opensearch",
-                "--indices",
-                "itb-*",
-                "--timestamp",
-                timestamp,
-            ],
-            &env,
-        );
-        root.path().join(timestamp)
-    };
-    let repo_before = bytes_under(&location);
-    let first = backup("20260101_000001");
-    let manifest = manifest_json(&first);
-    let record = &manifest["artifacts"]["opensearch"];
-    assert_eq!(
-        record["method"], "repository",
-        "a named repository is the default"
-    );
-    assert_eq!(record["details"]["repository"]["repository"], repo);
-    assert_eq!(record["details"]["repository"]["type"], "fs");
-    assert_eq!(record["counts"]["itb-a"], 12_000);
-    assert!(
-        bytes_under(&first) < 1024 * 1024,
-        "the backup directory holds only the record"
-    );
-    let first_bytes = bytes_under(&location) - repo_before;
-
-    // 1 % more documents, then the second backup.
-    let lines: Vec<Value> = (0..125)
-        .flat_map(|i| {
-            [
-                json!({"index": {"_index": "itb-b", "_id": format!("more{i}")}}),
-                json!({"kind": "keep", "n": 1000 + i}),
-            ]
-        })
-        .collect();
-    os.bulk(&lines);
-    let after = os.state();
-    let second = backup("20260101_000002");
-    let added = bytes_under(&location) - repo_before - first_bytes;
-    println!("repository: first snapshot {first_bytes} bytes, the second added {added}");
-    assert!(
-        added * 10 <= first_bytes,
-        "the second snapshot added {added} bytes to the repository, more than 10 % of the first's {first_bytes}"
-    );
-
-    os.wipe_fixture();
-    ok(&["--root", root_arg, "restore", "--yes"], &[]);
-    assert_eq!(os.state(), after, "the newest backup restores to itself");
-    let first_arg = first.to_str().unwrap();
-    ok(
-        &["--root", root_arg, "restore", "--path", first_arg, "--yes"],
-        &[],
-    );
-    assert_eq!(os.state(), before, "the first backup restores to itself");
-    ok(&["verify", "--path", second.to_str().unwrap()], &[]);
-
-    // prune: the removed backup's snapshot goes with it, the kept one stays.
-    let snapshot_of = |dir: &Path| {
-        manifest_json(dir)["artifacts"]["opensearch"]["details"]["repository"]["snapshot"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let (old_snapshot, kept_snapshot) = (snapshot_of(&first), snapshot_of(&second));
-    let planned = json_of(&ok(
-        &[
-            "--json",
-            "--root",
-            root_arg,
-            "prune",
-            "--keep-last",
-            "1",
-            "--dry-run",
-        ],
-        &[],
-    ));
-    assert!(
-        planned.to_string().contains("snapshot would be removed"),
-        "{planned:#}"
-    );
-    ok(&["--root", root_arg, "prune", "--keep-last", "1"], &[]);
-    let gone = os.call(
-        reqwest::Method::GET,
-        &format!("_snapshot/{repo}/{old_snapshot}"),
-        None,
-    );
-    assert_eq!(
-        gone.0, 404,
-        "the pruned backup's snapshot is still there: {gone:?}"
-    );
-    os.get(&format!("_snapshot/{repo}/{kept_snapshot}"));
-    ok(&["verify", "--path", second.to_str().unwrap()], &[]);
-    os.wipe_fixture();
 }
 
 /// What can go wrong with a repository, each refused with its exit code

@@ -13,6 +13,7 @@ use sha2::Digest;
 use std::process::{Command, Output};
 
 pub mod auth_gate;
+pub mod cluster;
 mod cmd;
 pub mod fixtures;
 mod locks;
