@@ -318,7 +318,7 @@ pub async fn run(repository: &Repository, request: &PruneRequest) -> Result<Prun
     } else {
         for entry in planned.iter_mut().filter(|p| p.action == Action::Remove) {
             let bytes = entry.item.bytes;
-            for outside in remove_outside(&request.stores, &entry.item).await? {
+            for outside in remove_outside(&request.stores, repository, &entry.item).await? {
                 entry.reasons.push(format!("{outside} removed with it"));
             }
             remove(repository, &entry.item).await?;
@@ -349,15 +349,33 @@ pub async fn run(repository: &Repository, request: &PruneRequest) -> Result<Prun
 }
 
 /// What the backup `item` keeps in the stores (an OpenSearch
-/// repository-method snapshot) goes first: a failure keeps the backup that
-/// names it, for the next prune. Says what went.
-async fn remove_outside(stores: &crate::stores::StoreSettings, item: &Item) -> Result<Vec<String>> {
+/// repository-method snapshot), or what a killed backup left in them that
+/// its unfinished directory claims, goes first: a failure keeps the
+/// directory that names it, for the next prune. Says what went.
+async fn remove_outside(
+    stores: &crate::stores::StoreSettings,
+    repository: &Repository,
+    item: &Item,
+) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for (service, record) in item.manifest.iter().flat_map(|m| m.artifacts.iter()) {
         let store = crate::stores::open(*service, stores)?;
         if let Some(what) = store.remove_outside(record).await? {
             tracing::info!(backup = %item.name, %what, "removed with the backup");
             removed.push(what);
+        }
+    }
+    if let (ItemKind::Incomplete, Repository::Local(root)) = (&item.kind, repository) {
+        let dir = root.join(&item.name);
+        // A store the configuration cannot open claimed nothing here.
+        for store in Service::ALL
+            .iter()
+            .filter_map(|service| crate::stores::open(*service, stores).ok())
+        {
+            for what in store.remove_claimed(&dir).await? {
+                tracing::info!(backup = %item.name, %what, "removed, claimed by the killed backup");
+                removed.push(what);
+            }
         }
     }
     Ok(removed)

@@ -250,6 +250,14 @@ pub trait Store: DrillData + Send + Sync {
         Ok(None)
     }
 
+    /// Remove what a killed backup of this store claimed outside its
+    /// unfinished directory `dir` (an OpenSearch snapshot it started), when
+    /// prune removes that directory: first, so that a failure keeps the
+    /// claim for the next prune. Says what it removed.
+    async fn remove_claimed(&self, _dir: &Path) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Whether the backup of `record` keeps data outside its directory
     /// (see [`Store::remove_outside`]).
     fn keeps_outside(&self, _record: &ArtifactRecord) -> bool {

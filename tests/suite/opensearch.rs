@@ -1240,3 +1240,134 @@ fn repository_faults_are_refused_before_anything_changes() {
     );
     os.delete("itb-faults");
 }
+
+/// The snapshots in `repo` named like itbackup's.
+fn itbackup_snapshots(os: &Os, repo: &str) -> Vec<String> {
+    let mut names: Vec<String> = os.get(&format!("_snapshot/{repo}/_all"))["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["snapshot"].as_str())
+        .filter(|s| s.starts_with("itbackup-"))
+        .map(String::from)
+        .collect();
+    names.sort();
+    names
+}
+
+/// A backup killed (SIGKILL) while its snapshot runs leaves a snapshot no
+/// backup names; the next repository-method backup into the same root
+/// deletes it, and so does prune when it removes the killed run's
+/// directory. Complete backups' snapshots stay.
+#[test]
+fn snapshots_of_killed_repository_backups_are_removed() {
+    let _guard = exclusive(&[Opensearch]);
+    let os = Os::new();
+    let index = "itb-orphans";
+    os.delete(index);
+    os.put(
+        index,
+        json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}}),
+    );
+    let filler = "y".repeat(200);
+    let lines: Vec<Value> = (0..5000)
+        .flat_map(|i| {
+            [
+                json!({"index": {"_index": index, "_id": i.to_string()}}),
+                json!({"n": i, "text": format!("{i} {filler}")}),
+            ]
+        })
+        .collect();
+    os.bulk(&lines);
+    // Slow, so that the kill lands while the snapshot runs.
+    let repo = "itb-repo-orphans";
+    os.delete(&format!("_snapshot/{repo}"));
+    let location = Path::new(&required_env("IT_OPENSEARCH_REPO")).join(repo);
+    if location.exists() {
+        fs::remove_dir_all(&location).unwrap();
+    }
+    os.put(
+        &format!("_snapshot/{repo}"),
+        json!({"type": "fs", "settings": {"location": location, "max_snapshot_bytes_per_sec": "100kb"}}),
+    );
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let args = [
+        "--root",
+        root_arg,
+        "backup",
+        "--services",
+        "opensearch",
+        "--indices",
+        index,
+        "--opensearch-method",
+        "repository",
+        "--opensearch-repository",
+        repo,
+    ];
+    let killed_mid_snapshot = || {
+        let running = || {
+            os.get(&format!("_snapshot/{repo}/_current"))["snapshots"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+        };
+        let before = itbackup_snapshots(&os, repo);
+        assert!(
+            kill_when(&args, running),
+            "the backup ended before the kill"
+        );
+        let orphans: Vec<String> = itbackup_snapshots(&os, repo)
+            .into_iter()
+            .filter(|s| !before.contains(s))
+            .collect();
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        orphans[0].clone()
+    };
+
+    let orphan = killed_mid_snapshot();
+    ok(&args, &[]);
+    let complete = only_complete_snapshot(root.path());
+    assert_eq!(
+        itbackup_snapshots(&os, repo),
+        vec![complete.clone()],
+        "the killed backup's snapshot {orphan} is still there"
+    );
+
+    let orphan = killed_mid_snapshot();
+    assert_ne!(orphan, complete);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "prune",
+            "--keep-last",
+            "5",
+            "--grace",
+            "1s",
+        ],
+        &[],
+    );
+    assert_eq!(
+        itbackup_snapshots(&os, repo),
+        vec![complete],
+        "prune left the killed backup's snapshot {orphan}"
+    );
+    os.delete(index);
+    os.delete(&format!("_snapshot/{repo}"));
+}
+
+/// The snapshot the one complete backup under `root` names.
+fn only_complete_snapshot(root: &Path) -> String {
+    let complete: Vec<_> = fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("backup-manifest.json").exists())
+        .collect();
+    assert_eq!(complete.len(), 1, "{complete:?}");
+    manifest_json(&complete[0])["artifacts"]["opensearch"]["details"]["repository"]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}

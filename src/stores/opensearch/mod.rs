@@ -471,6 +471,10 @@ impl Store for OpenSearch {
         self.delete_repository_snapshot(record).await.map(Some)
     }
 
+    async fn remove_claimed(&self, dir: &Path) -> Result<Vec<String>> {
+        self.release_claims(dir).await
+    }
+
     /// The repository method's restore checks its snapshot in the
     /// repository itself before it changes anything (and again before the
     /// deletes): not twice more beforehand.

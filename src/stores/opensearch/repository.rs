@@ -146,7 +146,9 @@ impl OpenSearch {
     ) -> Result<PendingArtifact> {
         let step = "snapshot";
         let (repo, kind) = self.registered_repository(step).await?;
+        self.remove_snapshots_of_killed_runs(ctx.dir).await;
         let snapshot = snapshot_name(ctx.timestamp);
+        claim(ctx.dir, ctx.timestamp, &repo, &snapshot)?;
         let mut started = false;
         let taken = self
             .snapshot_into_repository(&repo, &kind, &snapshot, selection, record, &mut started)
@@ -166,15 +168,19 @@ impl OpenSearch {
             Err(e) => {
                 // A snapshot no backup names is space nobody frees: gone
                 // with the failed backup (a partial or failed one as well) —
-                // only one this run started, never another's.
-                if started {
-                    let _ = self
+                // only one this run started, never another's. The claim
+                // goes once the snapshot has: else the next run deletes it.
+                let gone = !started
+                    || self
                         .http
                         .delete_if_present(
                             &format!("_snapshot/{repo}/{snapshot}"),
                             "remove failed snapshot",
                         )
-                        .await;
+                        .await
+                        .is_ok();
+                if gone {
+                    let _ = self.release_claims(ctx.dir).await;
                 }
                 Err(e)
             }
@@ -353,6 +359,103 @@ impl OpenSearch {
             .delete_if_present(&format!("_snapshot/{repo}/{snap}"), "remove snapshot")
             .await?;
         Ok(format!("snapshot {repo}/{snap}"))
+    }
+}
+
+/// A killed backup's snapshot is named by no backup: nothing would ever
+/// delete it, and it holds whatever segments it alone references. Before
+/// the snapshot starts, the backup directory gets the record's unfinished
+/// file (`opensearch_<TS>.snapshot.json.partial`) naming it — the claim —,
+/// which the finished record later replaces. A run that fails deletes its
+/// snapshot and its partial files; only a killed run leaves a claim in a
+/// directory without a manifest, and the next repository-method backup
+/// into the same root, or prune removing that directory, deletes the
+/// snapshot it names.
+fn claim(dir: &Path, timestamp: &str, repo: &str, snapshot: &str) -> Result<()> {
+    let file = format!("opensearch_{timestamp}.snapshot.json");
+    let claim =
+        json!({"repository": repo, "snapshot": snapshot, "claimed_by_pid": std::process::id()});
+    crate::artifact::write_bytes(dir, &file, format!("{claim}\n").as_bytes())
+        .map(|_| ())
+        .map_err(|e| io_error(Some(SVC), "claim snapshot", dir.display(), e))
+}
+
+/// The claims in `dir` (see [`claim`]): each file with the repository and
+/// snapshot it names. Only names itbackup gives are taken: a claim is never
+/// a way to delete another snapshot.
+fn claims_in(dir: &Path) -> Vec<(std::path::PathBuf, String, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let plain = |name: &str| {
+        !name.is_empty()
+            && !name.starts_with('.')
+            && !name.contains(['/', '\\', '?', '#', '%', ',', '*'])
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("opensearch_") && name.ends_with(".snapshot.json.partial")
+        })
+        .filter_map(|e| {
+            let path = e.path();
+            let text = crate::artifact::read_small_text(&path, MAX_RECORD_BYTES).ok()?;
+            let claim: Value = serde_json::from_str(&text).ok()?;
+            let repo = claim["repository"].as_str()?.to_string();
+            let snapshot = claim["snapshot"].as_str()?.to_string();
+            (plain(&repo) && plain(&snapshot) && snapshot.starts_with("itbackup-"))
+                .then_some((path, repo, snapshot))
+        })
+        .collect()
+}
+
+impl OpenSearch {
+    /// Delete the snapshots the claims in `dir` name, and then the claims;
+    /// says which snapshots went. The first failure stops it (the claims
+    /// not yet acted on stay).
+    pub(super) async fn release_claims(&self, dir: &Path) -> Result<Vec<String>> {
+        let step = "remove the snapshot of a killed backup";
+        let mut released = Vec::new();
+        for (file, repo, snapshot) in claims_in(dir) {
+            // Deleting a snapshot still running aborts it.
+            self.http
+                .delete_if_present(&format!("_snapshot/{repo}/{snapshot}"), step)
+                .await?;
+            std::fs::remove_file(&file)
+                .map_err(|e| io_error(Some(SVC), step, file.display(), e))?;
+            released.push(format!("snapshot {repo}/{snapshot}"));
+        }
+        Ok(released)
+    }
+
+    /// The snapshots of killed backups into the same root as `dir`: every
+    /// other directory there without a manifest, holding a claim. The
+    /// backup holds the root's lock, so no run that could still finish is
+    /// among them. Never fails the backup: what cannot be removed now is
+    /// logged and tried again by the next one.
+    async fn remove_snapshots_of_killed_runs(&self, dir: &Path) {
+        let Some(root) = dir.parent() else { return };
+        let Ok(entries) = std::fs::read_dir(root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+            if !is_dir || path == dir || path.join(crate::manifest::MANIFEST_FILE).exists() {
+                continue;
+            }
+            match self.release_claims(&path).await {
+                Ok(released) => {
+                    for what in released {
+                        tracing::info!(service = %SVC, backup = %path.display(), "removed the {what} of a killed backup");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(service = %SVC, backup = %path.display(), "the snapshot of a killed backup is left for the next run: {e}")
+                }
+            }
+        }
     }
 }
 
