@@ -32,6 +32,10 @@ pub struct BackupEntry {
     /// A PostgreSQL base backup's reach in the WAL archive (filled in by `list`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wal: Option<WalReach>,
+    /// What the backup keeps outside its directory (an OpenSearch
+    /// repository-method snapshot), described (filled in by `list`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_outside: Vec<String>,
     #[serde(skip)]
     pub manifest: Option<Manifest>,
     /// Whether a manifest file exists (complete, or damaged when it does not validate).
@@ -114,6 +118,7 @@ fn describe(dir: &Path, name: String) -> BackupEntry {
         problem: None,
         modified: None,
         wal: None,
+        kept_outside: Vec::new(),
         manifest: None,
         has_manifest,
         files,

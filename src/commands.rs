@@ -191,6 +191,7 @@ async fn list(cli: &Cli, args: &ListArgs) -> Result<()> {
         settings.identity.as_deref(),
     )
     .await?;
+    crate::stores::fill_kept_outside(&mut backups, &settings.stores);
     match &repository {
         Repository::Local(root) => report::list(root, &backups, json),
         Repository::Remote(remote) => report::list_remote(&remote.url, &backups, json),

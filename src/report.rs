@@ -152,6 +152,7 @@ pub fn list(root: &Path, entries: &[BackupEntry], json: bool) {
         services: &e.services,
         problem: e.problem.as_deref(),
         wal: e.wal.as_ref(),
+        kept_outside: &e.kept_outside,
     }));
 }
 
@@ -171,6 +172,7 @@ pub fn list_remote(url: &str, backups: &[BackupEntry], json: bool) {
         services: &b.services,
         problem: b.problem.as_deref(),
         wal: b.wal.as_ref(),
+        kept_outside: &b.kept_outside,
     }));
 }
 
@@ -181,6 +183,7 @@ struct BackupRow<'a> {
     services: &'a [String],
     problem: Option<&'a str>,
     wal: Option<&'a crate::catalog::WalReach>,
+    kept_outside: &'a [String],
 }
 
 fn print_backup_table<'a>(rows: impl Iterator<Item = BackupRow<'a>>) {
@@ -201,6 +204,9 @@ fn print_backup_table<'a>(rows: impl Iterator<Item = BackupRow<'a>>) {
         );
         if let Some(wal) = row.wal {
             println!("{:<24} {}", "", wal_line(wal));
+        }
+        for what in row.kept_outside {
+            println!("{:<24} keeps {what}", "");
         }
     }
 }
@@ -371,12 +377,16 @@ pub fn status(report: &crate::status::StatusReport, json: bool) {
     for s in &report.services {
         let newest = match &s.newest {
             Some(n) => format!(
-                "newest {} taken {} ago{}",
+                "newest {} taken {} ago{}{}",
                 n.name,
                 crate::human::age(std::time::Duration::from_secs_f64(
                     n.age_seconds.clamp(0.0, 1e12)
                 )),
-                if s.rpo_ok { "" } else { " (RPO BREACHED)" }
+                if s.rpo_ok { "" } else { " (RPO BREACHED)" },
+                n.kept_outside
+                    .as_ref()
+                    .map(|what| format!(", in {what}"))
+                    .unwrap_or_default()
             ),
             None => "NO complete backup".into(),
         };

@@ -43,6 +43,9 @@ pub struct NewestBackup {
     /// When the store's data was taken (the artifact's `started_at`).
     pub taken_at: String,
     pub age_seconds: f64,
+    /// What it keeps outside its directory (an OpenSearch repository-method snapshot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_outside: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -327,6 +330,7 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
                     timestamp: manifest.timestamp.clone(),
                     taken_at,
                     age_seconds: age,
+                    kept_outside: store.kept_outside(record),
                 });
             }
         }

@@ -308,10 +308,12 @@ pub async fn run(repository: &Repository, request: &PruneRequest) -> Result<Prun
     if request.dry_run {
         for entry in planned.iter_mut().filter(|p| p.action == Action::Remove) {
             for (service, record) in entry.item.manifest.iter().flat_map(|m| m.artifacts.iter()) {
-                if crate::stores::open(*service, &request.stores)?.keeps_outside(record) {
+                if let Some(what) =
+                    crate::stores::open(*service, &request.stores)?.kept_outside(record)
+                {
                     entry
                         .reasons
-                        .push(format!("its {service} snapshot would be removed with it"));
+                        .push(format!("its {what} would be removed with it"));
                 }
             }
         }

@@ -241,6 +241,7 @@ impl Remote {
                 modified: None,
                 problem: Some("no manifest: interrupted or still uploading".into()),
                 wal: None,
+                kept_outside: Vec::new(),
                 manifest: None,
                 has_manifest: false,
                 files: Default::default(),

@@ -258,10 +258,11 @@ pub trait Store: DrillData + Send + Sync {
         Ok(Vec::new())
     }
 
-    /// Whether the backup of `record` keeps data outside its directory
-    /// (see [`Store::remove_outside`]).
-    fn keeps_outside(&self, _record: &ArtifactRecord) -> bool {
-        false
+    /// What the backup of `record` keeps outside its directory (see
+    /// [`Store::remove_outside`]), described for people: `list`, `status`
+    /// and prune's plan show it. Read from the record, offline.
+    fn kept_outside(&self, _record: &ArtifactRecord) -> Option<String> {
+        None
     }
 
     /// Whether [`Store::prepare_restore`] decodes the artifact end to end
@@ -413,6 +414,21 @@ pub struct StoreSettings {
 /// The store for `service`, configured from `settings`.
 pub fn open(service: Service, settings: &StoreSettings) -> Result<Box<dyn Store>> {
     Ok((registry::registered(service).open)(settings))
+}
+
+/// What each complete backup of `backups` keeps outside its directory
+/// ([`Store::kept_outside`]), for `list`.
+pub fn fill_kept_outside(backups: &mut [crate::catalog::BackupEntry], settings: &StoreSettings) {
+    for entry in backups.iter_mut() {
+        let Some(manifest) = &entry.manifest else {
+            continue;
+        };
+        entry.kept_outside = manifest
+            .artifacts
+            .iter()
+            .filter_map(|(service, record)| open(*service, settings).ok()?.kept_outside(record))
+            .collect();
+    }
 }
 
 /// Compare counts after a restore with the manifest's; every difference is named.

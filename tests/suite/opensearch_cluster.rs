@@ -170,6 +170,21 @@ fn repository_round_trip_is_incremental_and_restores_everything() {
             .to_string()
     };
     let (old_snapshot, kept_snapshot) = (snapshot_of(&first), snapshot_of(&second));
+    // list and status name the snapshots.
+    let listed = text(&ok(&["--root", root_arg, "list"], &env));
+    for snapshot in [&old_snapshot, &kept_snapshot] {
+        assert!(
+            listed.contains(&format!(
+                "keeps opensearch snapshot {repo}/{snapshot} (fs repository)"
+            )),
+            "{listed}"
+        );
+    }
+    let status = text(&ok(&["--root", root_arg, "status", "--offline"], &env));
+    assert!(
+        status.contains(&format!("in opensearch snapshot {repo}/{kept_snapshot}")),
+        "{status}"
+    );
     let planned = json_of(&ok(
         &[
             "--json",
@@ -183,7 +198,9 @@ fn repository_round_trip_is_incremental_and_restores_everything() {
         &env,
     ));
     assert!(
-        planned.to_string().contains("snapshot would be removed"),
+        planned.to_string().contains(&format!(
+            "its opensearch snapshot {repo}/{old_snapshot} (fs repository) would be removed with it"
+        )),
         "{planned:#}"
     );
     ok(&["--root", root_arg, "prune", "--keep-last", "1"], &env);

@@ -457,15 +457,16 @@ impl Store for OpenSearch {
         Ok(StoreBackup::finished(SVC, artifact, record))
     }
 
-    fn keeps_outside(&self, record: &ArtifactRecord) -> bool {
+    fn kept_outside(&self, record: &ArtifactRecord) -> Option<String> {
         matches!(
             OpenSearchMethod::of(record),
             Ok(OpenSearchMethod::Repository)
         )
+        .then(|| repository::describe_snapshot(record))
     }
 
     async fn remove_outside(&self, record: &ArtifactRecord) -> Result<Option<String>> {
-        if !self.keeps_outside(record) {
+        if self.kept_outside(record).is_none() {
             return Ok(None);
         }
         self.delete_repository_snapshot(record).await.map(Some)

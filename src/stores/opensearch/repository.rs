@@ -459,6 +459,23 @@ impl OpenSearch {
     }
 }
 
+/// The snapshot a repository-method backup keeps, as its record names it:
+/// `opensearch snapshot REPO/SNAPSHOT (TYPE repository)`.
+pub(super) fn describe_snapshot(record: &ArtifactRecord) -> String {
+    let at = record
+        .details
+        .get("repository")
+        .cloned()
+        .unwrap_or_default();
+    let text = |key: &str| at[key].as_str().unwrap_or("?").to_string();
+    format!(
+        "{SVC} snapshot {}/{} ({} repository)",
+        text("repository"),
+        text("snapshot"),
+        text("type")
+    )
+}
+
 /// `itbackup-<timestamp>-<8 hex digits>`: the timestamp for people, the
 /// suffix because one repository may serve several roots or hosts that back
 /// up in the same second (a snapshot name is taken once per repository).
