@@ -376,3 +376,42 @@ fn a_node_killed_during_the_snapshot_fails_the_backup_and_the_next_one_works() {
     os.delete(index);
     os.delete(&format!("_snapshot/{repo}"));
 }
+
+/// The recovery drill runs on the repository method, on the cluster.
+#[test]
+fn the_drill_runs_on_the_repository_method() {
+    let _guard = exclusive(&[OpensearchCluster]);
+    let cluster = cluster::cluster();
+    let os = Os::at(&cluster.url, 1);
+    let repo = "itb-repo-drill";
+    fresh_repository(&os, &cluster, repo, json!({}));
+    let root = temp_root();
+    let out = ok(
+        &[
+            "--json",
+            "drill",
+            "--root",
+            root.path().to_str().unwrap(),
+            "--services",
+            "opensearch",
+            "--opensearch-method",
+            "repository",
+            "--opensearch-repository",
+            repo,
+            "--yes",
+        ],
+        &[("OPENSEARCH_URL", cluster.url.as_str())],
+    );
+    let v = json_of(&out);
+    assert_eq!(v["ok"], true, "{v:#}");
+    let opensearch = &v["services"]["opensearch"];
+    assert_eq!(opensearch["method"], "repository", "{v:#}");
+    assert_eq!(opensearch["expected"], opensearch["restored"], "{v:#}");
+    assert!(v["rto_seconds"].as_f64().unwrap() > 0.0, "{v:#}");
+    assert_eq!(
+        itbackup_snapshots(&os, repo).len(),
+        1,
+        "the drill's backup keeps its snapshot"
+    );
+    os.delete(&format!("_snapshot/{repo}"));
+}
