@@ -355,15 +355,27 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub databases: Option<Vec<String>>,
 
-    /// PostgreSQL (custom format): restore the database FROM as a new
-    /// database TO, beside the live FROM, which stays untouched: inspect it,
-    /// copy rows back, or switch names yourself. TO must not exist.
-    /// Repeatable; a renamed database needs no --databases.
+    /// OpenSearch (repository and snapshot methods): restore only the
+    /// indices matching these patterns (`*` wildcards), comma separated;
+    /// every other index, the templates and the pipelines stay as they are
+    /// (add --globals for the snapshot's templates and pipelines). Each
+    /// pattern must match an index of the backup.
+    #[arg(long, value_name = "PATTERNS", value_delimiter = ',')]
+    pub indices: Option<Vec<String>>,
+
+    /// Restore the PostgreSQL database (custom format) or the OpenSearch
+    /// index (repository and snapshot methods) FROM under the new name TO,
+    /// beside the live FROM, which stays untouched: inspect it, copy data
+    /// back, or switch names yourself. TO must not exist. FROM names what
+    /// the backup holds (a database or an index, not both). Repeatable; a
+    /// renamed part needs no --databases or --indices.
     #[arg(long, value_name = "FROM=TO", value_parser = parse_rename)]
     pub rename: Vec<(String, String)>,
 
-    /// With --databases or --rename: apply the backup's roles too (created
-    /// if missing, else altered; never dropped).
+    /// With --databases, --indices or --rename: restore the cluster-wide
+    /// state too — PostgreSQL's roles (created if missing, else altered;
+    /// never dropped), or with --indices alone OpenSearch's templates and
+    /// pipelines from the snapshot.
     #[arg(long)]
     pub globals: bool,
 

@@ -87,6 +87,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<()> {
         yes: args.yes,
         sequential: args.sequential,
         selections: selections(args),
+        renames: args.rename.clone(),
     };
     let ctx = hooks::RunContext::restore(&settings, &request, &args.hooks, &args.monitor);
     let outcome = hooks::around(
@@ -107,20 +108,32 @@ async fn verify(cli: &Cli, args: &VerifyArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--databases`, `--rename` and `--globals` select PostgreSQL databases;
-/// `--until` how far its archived WAL is replayed.
+/// `--databases` selects PostgreSQL databases, `--indices` OpenSearch
+/// indices, `--globals` the cluster-wide state of the one selected
+/// (PostgreSQL's unless only --indices is given); `--until` how far
+/// PostgreSQL's archived WAL is replayed. `--rename` goes to the store
+/// whose backup holds FROM, once the manifest is read
+/// ([`RestoreRequest::renames`]).
 fn selections(args: &RestoreArgs) -> BTreeMap<Service, RestoreSelection> {
-    let selection = RestoreSelection {
+    let globals_to_opensearch = args.indices.is_some() && args.databases.is_none();
+    let postgres = RestoreSelection {
         only: args.databases.clone(),
-        renames: args.rename.clone(),
-        globals: args.globals,
+        renames: Vec::new(),
+        globals: args.globals && !globals_to_opensearch,
         until: args.until,
     };
-    let mut selections = BTreeMap::new();
-    if selection != RestoreSelection::default() {
-        selections.insert(Service::Postgres, selection);
-    }
-    selections
+    let opensearch = RestoreSelection {
+        only: args.indices.clone(),
+        globals: args.globals && globals_to_opensearch,
+        ..RestoreSelection::default()
+    };
+    [
+        (Service::Postgres, postgres),
+        (Service::Opensearch, opensearch),
+    ]
+    .into_iter()
+    .filter(|(_, selection)| *selection != RestoreSelection::default())
+    .collect()
 }
 
 async fn drill(cli: &Cli, args: &DrillArgs) -> Result<()> {

@@ -216,6 +216,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
             yes: true,
             sequential: request.sequential,
             selections: Default::default(),
+            renames: Vec::new(),
         },
     )
     .await;

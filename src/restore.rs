@@ -35,6 +35,9 @@ pub struct RestoreRequest {
     pub sequential: bool,
     /// Per store, what of its artifact to put back (default: everything).
     pub selections: BTreeMap<Service, RestoreSelection>,
+    /// `--rename FROM=TO`, not yet given to a store: each goes to the
+    /// selection of the store whose artifact holds FROM.
+    pub renames: Vec<(String, String)>,
 }
 
 /// The selection of a store the request names none for.
@@ -72,7 +75,7 @@ pub enum RestoreOutcome {
     },
 }
 
-pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<RestoreOutcome> {
+pub async fn run(settings: &Settings, mut request: RestoreRequest) -> Result<RestoreOutcome> {
     // A repository's backup is downloaded and checked object by object into
     // a staging directory (removed at the end); from there on it is a local
     // restore. A dry run only reads its manifest.
@@ -109,6 +112,7 @@ pub async fn run(settings: &Settings, request: RestoreRequest) -> Result<Restore
         ))
     })?;
     let stores = open_stores(&services, settings)?;
+    assign_renames(&mut request, manifest, &stores)?;
     refuse_selections_not_restorable(&request, &stores)?;
 
     if request.dry_run {
@@ -351,6 +355,46 @@ async fn restore_one(
     })
 }
 
+/// Each `--rename FROM=TO` to the store whose artifact holds FROM (a
+/// PostgreSQL database, an OpenSearch index); none or two is a usage error.
+fn assign_renames(
+    request: &mut RestoreRequest,
+    manifest: &crate::manifest::Manifest,
+    stores: &[Box<dyn stores::Store>],
+) -> Result<()> {
+    for (from, to) in std::mem::take(&mut request.renames) {
+        let holders: Vec<Service> = stores
+            .iter()
+            .filter(|store| {
+                manifest
+                    .artifacts
+                    .get(&store.service())
+                    .is_some_and(|record| store.holds_part(record, &from))
+            })
+            .map(|store| store.service())
+            .collect();
+        match holders[..] {
+            [service] => request
+                .selections
+                .entry(service)
+                .or_default()
+                .renames
+                .push((from, to)),
+            [] => {
+                return Err(Error::usage(format!(
+                    "--rename {from}={to}: the backup holds no database or index named '{from}' among the services restored"
+                )))
+            }
+            _ => {
+                return Err(Error::usage(format!(
+                    "--rename {from}={to}: '{from}' is both a database and an index of the backup; restore one service at a time (--services)"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A selection for a store this restore does not include, or one that
 /// cannot restore parts, is a usage error before anything happens.
 fn refuse_selections_not_restorable(
@@ -364,7 +408,7 @@ fn refuse_selections_not_restorable(
         match stores.iter().find(|s| s.service() == *service) {
             None => {
                 return Err(Error::usage(format!(
-                    "the selection (--databases, --rename, --globals) is for {service}, which this restore does not include"
+                    "the selection (--databases, --indices, --rename, --globals) is for {service}, which this restore does not include"
                 )))
             }
             Some(store) if !store.restores_parts() => {

@@ -301,6 +301,13 @@ pub trait Store: DrillData + Send + Sync {
         false
     }
 
+    /// Whether the artifact of `record` holds a part named `name` (a
+    /// PostgreSQL database, an OpenSearch index): where `--rename FROM=TO`
+    /// goes.
+    fn holds_part(&self, _record: &ArtifactRecord, _name: &str) -> bool {
+        false
+    }
+
     /// The counts a restore of `selection` must find: the record's, for the
     /// parts restored, under the names they are restored as.
     fn expected_counts(

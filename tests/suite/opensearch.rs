@@ -1371,3 +1371,160 @@ fn only_complete_snapshot(root: &Path) -> String {
         .unwrap()
         .to_string()
 }
+
+/// `restore --indices` puts back only the selected indices; `--rename`
+/// restores one beside the live one, which stays untouched; a selection the
+/// backup cannot honour is refused before anything changes.
+fn restore_some_indices_or_beside(method: &str) {
+    let _guard = exclusive(&[Opensearch]);
+    let os = Os::new();
+    os.create_fixture();
+    let before = os.state();
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let repo = "itb-repo-parts";
+    if method == "repository" {
+        fixtures::register_repository(repo);
+    }
+    let env = [("IT_OPENSEARCH_REPOSITORY", repo)];
+    let env: &[(&str, &str)] = if method == "repository" { &env } else { &[] };
+    ok(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "opensearch",
+            "--opensearch-method",
+            method,
+            "--indices",
+            "itb-*",
+        ],
+        env,
+    );
+    let dir = only_backup(root.path());
+    let dir_arg = dir.to_str().unwrap();
+    os.bulk(&[
+        json!({"index": {"_index": "itb-a", "_id": "late-a"}}),
+        json!({"title": "late"}),
+        json!({"index": {"_index": "itb-b", "_id": "late-b"}}),
+        json!({"kind": "keep"}),
+    ]);
+    let changed = os.state();
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["--root", root_arg, "restore", "--path", dir_arg, "--yes"];
+        args.extend(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run_ok = |extra: &[&str]| {
+        let args = restore(extra);
+        ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), env)
+    };
+
+    run_ok(&["--indices", "itb-a*"]);
+    let now = os.state();
+    for key in [
+        "itb-a/count",
+        "itb-a/digest",
+        "itb-a/mappings",
+        "itb-a/aliases",
+    ] {
+        assert_eq!(now[key], before[key], "{method}: {key} is not the backup's");
+    }
+    for key in ["itb-b/count", "itb-b/digest", "itb-tpl-1/count"] {
+        assert_eq!(now[key], changed[key], "{method}: {key} was restored too");
+    }
+
+    run_ok(&["--rename", "itb-b=itb-b-copy"]);
+    assert_eq!(
+        json!(os.digest("itb-b-copy").1),
+        before["itb-b/digest"],
+        "{method}: the copy is not the backup's itb-b"
+    );
+    assert_eq!(
+        json!(os.digest("itb-b").1),
+        changed["itb-b/digest"],
+        "{method}: the live itb-b changed"
+    );
+    let alias = os.get("_alias/itb-alias");
+    assert_eq!(
+        alias.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["itb-b"],
+        "{method}: the copy took the live index's alias: {alias}"
+    );
+
+    // Refused before anything changes.
+    let kept = os.state();
+    for (extra, says) in [
+        (
+            vec!["--indices", "itb-nope*"],
+            "holds no index matching 'itb-nope*'",
+        ),
+        (vec!["--rename", "itb-a=itb-b"], "itb-b exists"),
+        (
+            vec!["--rename", "itb-zz=itb-zz-copy"],
+            "no database or index named 'itb-zz'",
+        ),
+    ] {
+        let args = restore(&extra);
+        let err = fails(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            env,
+            exit::USAGE,
+        );
+        assert!(err.contains(says), "{method}: {err}");
+    }
+    assert_eq!(
+        os.state(),
+        kept,
+        "{method}: a refused restore changed something"
+    );
+    os.delete("itb-b-copy");
+    os.wipe_fixture();
+}
+
+#[test]
+fn repository_restores_some_indices_or_beside_the_live_ones() {
+    restore_some_indices_or_beside("repository");
+}
+
+#[test]
+fn snapshot_restores_some_indices_or_beside_the_live_ones() {
+    restore_some_indices_or_beside("snapshot");
+}
+
+#[test]
+fn a_selection_of_a_logical_backup_is_refused_before_anything_changes() {
+    let _guard = exclusive(&[Opensearch]);
+    let os = Os::new();
+    os.delete("itb-logical-parts");
+    os.bulk(&[
+        json!({"index": {"_index": "itb-logical-parts", "_id": "1"}}),
+        json!({"n": 1}),
+    ]);
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    backup_indices(root_arg, "logical", "itb-logical-parts", None);
+    let dir = only_backup(root.path());
+    os.bulk(&[
+        json!({"index": {"_index": "itb-logical-parts", "_id": "2"}}),
+        json!({"n": 2}),
+    ]);
+    let err = fails(
+        &[
+            "--root",
+            root_arg,
+            "restore",
+            "--path",
+            dir.to_str().unwrap(),
+            "--indices",
+            "itb-logical-parts",
+            "--yes",
+        ],
+        &[],
+        exit::USAGE,
+    );
+    assert!(err.contains("logical export: restore it whole"), "{err}");
+    assert_eq!(os.digest("itb-logical-parts").0, 2);
+    os.delete("itb-logical-parts");
+}

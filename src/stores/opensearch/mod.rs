@@ -41,6 +41,7 @@ mod drill;
 mod http;
 pub(super) mod leftovers;
 mod logical;
+mod parts;
 mod repository;
 mod selection;
 pub mod settings;
@@ -515,6 +516,7 @@ impl Store for OpenSearch {
         record: &ArtifactRecord,
     ) -> Result<()> {
         self.health("cluster health").await?;
+        self.check_parts(record, ctx.selection).await?;
         // A killed run's probes would otherwise stay beside this run's.
         self.remove_dead_runs_leftovers().await;
         match OpenSearchMethod::of(record)? {
@@ -540,6 +542,23 @@ impl Store for OpenSearch {
         self.health("cluster health after restore")
             .await
             .map(|_| ())
+    }
+
+    /// `--indices` and `--rename` (see `parts`).
+    fn restores_parts(&self) -> bool {
+        true
+    }
+
+    fn holds_part(&self, record: &ArtifactRecord, name: &str) -> bool {
+        record.counts.contains_key(name)
+    }
+
+    fn expected_counts(
+        &self,
+        record: &ArtifactRecord,
+        selection: &super::RestoreSelection,
+    ) -> BTreeMap<String, u64> {
+        parts::expected_counts(record, selection)
     }
 
     async fn counts(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, u64>> {

@@ -333,8 +333,13 @@ impl OpenSearch {
         // Again, right before the deletes: the repository is the cluster's
         // and may have changed since the checks.
         let recorded = self.check_repository_snapshot(ctx.artifact).await?;
-        self.restore_from_snapshot(&recorded.repository, &recorded.snapshot, record)
-            .await
+        self.restore_from_snapshot(
+            &recorded.repository,
+            &recorded.snapshot,
+            record,
+            ctx.selection,
+        )
+        .await
     }
 }
 

@@ -428,7 +428,8 @@ impl OpenSearch {
                 .service(SVC)
                 .hint("the artifact is not a snapshot backup; use another backup")
         })?;
-        self.restore_from_snapshot(repo, snapshot, record).await
+        self.restore_from_snapshot(repo, snapshot, record, ctx.selection)
+            .await
     }
 
     /// Delete what the snapshot `repo`/`snapshot` replaces and restore it
@@ -439,7 +440,11 @@ impl OpenSearch {
         repo: &str,
         snapshot: &str,
         record: &ArtifactRecord,
+        selection: &crate::stores::RestoreSelection,
     ) -> Result<()> {
+        if !selection.is_everything() {
+            return self.restore_parts(repo, snapshot, record, selection).await;
+        }
         let step = "restore snapshot";
         let listed = self
             .http
@@ -501,7 +506,7 @@ impl OpenSearch {
     /// stream is deleted with its backing indices; plain indices under a
     /// backing index's name (left by a restore that did not know data
     /// streams) go too, or the stream could not be restored.
-    async fn delete_replaced(
+    pub(super) async fn delete_replaced(
         &self,
         streams: &[String],
         indices: &[String],

@@ -516,6 +516,10 @@ impl Store for Postgres {
         true
     }
 
+    fn holds_part(&self, record: &ArtifactRecord, name: &str) -> bool {
+        custom::database_entries(record).is_ok_and(|entries| entries.iter().any(|e| e.name == name))
+    }
+
     fn expected_counts(
         &self,
         record: &ArtifactRecord,
