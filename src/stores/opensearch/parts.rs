@@ -63,7 +63,7 @@ pub(super) fn parts(record: &ArtifactRecord, selection: &RestoreSelection) -> Re
     };
     let mut parts = IndexParts::default();
     for (from, to) in &selection.renames {
-        if !held.iter().any(|h| *h == from) {
+        if !held.contains(&from) {
             return Err(holds(&format!("named '{from}'")));
         }
         parts.renamed.push((from.clone(), to.clone()));

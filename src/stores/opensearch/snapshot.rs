@@ -133,7 +133,7 @@ impl OpenSearch {
                 _ => return Ok(snapshot),
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            delay = (delay * 2).min(super::POLL_AT_MOST_EVERY);
         }
     }
 
