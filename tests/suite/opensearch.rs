@@ -1421,6 +1421,13 @@ fn restore_some_indices_or_beside(method: &str) {
         ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), env)
     };
 
+    let planned = text(&run_ok(&["--indices", "itb-a*", "--dry-run"]));
+    assert!(
+        planned.contains(
+            "with its aliases; templates, pipelines and every other index untouched: itb-a\n"
+        ),
+        "{method}: {planned}"
+    );
     run_ok(&["--indices", "itb-a*"]);
     let now = os.state();
     for key in [

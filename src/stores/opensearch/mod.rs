@@ -505,14 +505,20 @@ impl Store for OpenSearch {
     fn restore_plan(
         &self,
         record: &ArtifactRecord,
-        _selection: &super::RestoreSelection,
+        selection: &super::RestoreSelection,
     ) -> Vec<String> {
-        match OpenSearchMethod::of(record) {
+        let mut plan = match OpenSearchMethod::of(record) {
             Ok(OpenSearchMethod::Repository) => self.plan_repository_restore(record),
             Ok(OpenSearchMethod::Snapshot) => self.plan_snapshot_restore(record),
             Ok(OpenSearchMethod::Logical) => self.plan_logical_restore(record),
             Err(e) => vec![e.message],
+        };
+        if !selection.is_everything() {
+            // The whole snapshot's deletes and restore give way to the selection's.
+            plan.retain(|line| !line.starts_with("DELETE ") && !line.starts_with("POST "));
+            plan.extend(parts::plan(record, selection));
         }
+        plan
     }
 
     async fn prepare_restore(

@@ -109,6 +109,33 @@ pub(super) fn expected_counts(
         .collect()
 }
 
+/// The steps of a selection's restore, for `--dry-run`.
+pub(super) fn plan(record: &ArtifactRecord, selection: &RestoreSelection) -> Vec<String> {
+    let parts = match parts(record, selection) {
+        Ok(parts) => parts,
+        Err(e) => return vec![format!("refused before anything changes: {}", e.message)],
+    };
+    let mut plan = Vec::new();
+    if !parts.plain.is_empty() {
+        plan.push(format!(
+            "DELETE each selected index, then restore it from the snapshot with its aliases{}: {}",
+            if selection.globals {
+                " and the snapshot's templates and pipelines"
+            } else {
+                "; templates, pipelines and every other index untouched"
+            },
+            parts.plain.join(", ")
+        ));
+    }
+    for (from, to) in &parts.renamed {
+        plan.push(format!(
+            "restore {from} from the snapshot as the new index {to}, without aliases; the live {from} untouched"
+        ));
+    }
+    plan.push("wait until every restored index is at least yellow".into());
+    plan
+}
+
 /// OpenSearch's rules for a new index name.
 fn valid_index_name(name: &str) -> bool {
     !name.is_empty()
