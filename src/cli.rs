@@ -379,6 +379,20 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub globals: bool,
 
+    /// PostgreSQL (custom format): restore each selected database (every
+    /// one without --databases) beside the live one, check its row counts,
+    /// and only then switch names in one short step — end the sessions on
+    /// the live database, rename it aside, rename the restored copy in. The
+    /// applications are down only for that step; a failure before it leaves
+    /// the live databases untouched. The old databases are dropped after the
+    /// switch unless --keep-old. Needs room on the server for both copies.
+    #[arg(long)]
+    pub switch: bool,
+
+    /// With --switch: keep each old database as <name>_before_<YYYYmmddHHMMSS>.
+    #[arg(long, requires = "switch")]
+    pub keep_old: bool,
+
     /// PostgreSQL (physical method): point-in-time recovery. After the base
     /// backup, replay the WAL archived by `itbackup wal push` up to this
     /// moment (RFC 3339, e.g. 2026-12-01T10:41:59Z: every commit up to and

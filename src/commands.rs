@@ -121,6 +121,8 @@ fn selections(args: &RestoreArgs) -> BTreeMap<Service, RestoreSelection> {
         renames: Vec::new(),
         globals: args.globals && !globals_to_opensearch,
         until: args.until,
+        switch: args.switch,
+        keep_old: args.keep_old,
     };
     let opensearch = RestoreSelection {
         only: args.indices.clone(),

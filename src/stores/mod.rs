@@ -102,6 +102,11 @@ pub struct RestoreSelection {
     /// `--until`: how far past a physical backup its archived log is
     /// replayed; `None`: the backup's own consistent point.
     pub until: Option<postgres::physical::RecoveryTarget>,
+    /// `--switch`: restore beside the live parts, check them, then switch
+    /// names in one short step (PostgreSQL, custom format).
+    pub switch: bool,
+    /// `--keep-old`: with `switch`, keep what was live under another name.
+    pub keep_old: bool,
 }
 
 impl RestoreSelection {
@@ -111,6 +116,8 @@ impl RestoreSelection {
         renames: Vec::new(),
         globals: false,
         until: None,
+        switch: false,
+        keep_old: false,
     };
 
     pub fn is_everything(&self) -> bool {

@@ -452,3 +452,128 @@ fn some_databases_are_restored_alone_or_beside_the_live_ones() {
     assert_eq!(TwoDatabases::state(SELECTED), "added,changed again 51");
     drop(databases);
 }
+
+/// `--switch`: the database is restored beside the live one and switched in
+/// at the end; a session connected to it is ended by the switch, the other
+/// database is untouched. A failure found before the switch (a restored
+/// count that differs from the manifest) leaves the live database as it
+/// was; `--keep-old` keeps the old one under a dated name.
+#[test]
+fn switch_restores_beside_and_switches_names_at_the_end() {
+    let _guard = exclusive(&[Postgres]);
+    let databases = TwoDatabases::create();
+    let at_backup = "at backup 50";
+    let root = temp_root();
+    let dir = backup_into(root.path(), "postgres", &[], &[]);
+    TwoDatabases::set(SELECTED, "changed");
+    TwoDatabases::set(OTHER, "changed");
+    let changed = "added,changed 51";
+    let switch = Cmd::restore_path(&dir)
+        .services("postgres")
+        .yes()
+        .arg("--databases")
+        .arg(SELECTED)
+        .arg("--switch");
+    let leftovers = || {
+        psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname LIKE 'itbackup\\_%' OR datname LIKE '{SELECTED}\\_before\\_%'"),
+        )
+    };
+
+    // A count that differs, found after the load and before the switch.
+    let mut manifest = itbackup::manifest::Manifest::read_dir(&dir).unwrap();
+    let good = manifest.clone();
+    let key = format!("{SELECTED}/public.t");
+    *manifest
+        .artifacts
+        .get_mut(&itbackup::service::Service::Postgres)
+        .unwrap()
+        .counts
+        .get_mut(&key)
+        .unwrap_or_else(|| panic!("no count {key}")) += 1;
+    manifest.write(&dir).unwrap();
+    let err = switch.fails(&[], exit::VERIFICATION_MISMATCH);
+    assert!(err.contains("nothing was switched"), "{err}");
+    assert_eq!(
+        TwoDatabases::state(SELECTED),
+        changed,
+        "the live database changed"
+    );
+    assert_eq!(leftovers(), "0", "the failed switch left a database");
+    good.write(&dir).unwrap();
+
+    // A session stays connected to the live database while the restore runs.
+    let mut session = std::process::Command::new(pg_tool("psql"))
+        .args(["-X", "-d", SELECTED, "-c", "SELECT pg_sleep(600)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let connected = std::time::Instant::now();
+    while psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{SELECTED}' AND query LIKE '%pg_sleep%'"),
+    ) != "1"
+    {
+        assert!(connected.elapsed() < std::time::Duration::from_secs(30), "the session never connected");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let plan = text(&switch.clone().arg("--dry-run").ok(&[]));
+    assert!(
+        plan.contains("beside the live one") && plan.contains("drop the old databases"),
+        "{plan}"
+    );
+    let out = switch.ok(&[]);
+    assert!(
+        text(&out).contains("switched to the restored databases"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(TwoDatabases::state(SELECTED), at_backup);
+    assert_eq!(
+        TwoDatabases::state(OTHER),
+        changed,
+        "the other database was restored too"
+    );
+    let ended = session.wait().unwrap();
+    assert!(
+        !ended.success(),
+        "the session on the old database was not ended"
+    );
+    assert_eq!(leftovers(), "0", "the old database was not dropped");
+
+    // --keep-old: the old database stays, under a dated name.
+    TwoDatabases::set(SELECTED, "changed again");
+    switch.clone().arg("--keep-old").ok(&[]);
+    assert_eq!(TwoDatabases::state(SELECTED), at_backup);
+    let kept = psql(
+        "postgres",
+        &format!("SELECT datname FROM pg_database WHERE datname LIKE '{SELECTED}\\_before\\_%'"),
+    );
+    assert!(!kept.is_empty(), "--keep-old kept nothing");
+    assert_eq!(TwoDatabases::state(&kept), "added,changed again 51");
+    psql(
+        "postgres",
+        &format!("DROP DATABASE \"{kept}\" WITH (FORCE)"),
+    );
+
+    // A plain backup cannot be switched.
+    let plain_root = temp_root();
+    let plain = backup_into(
+        plain_root.path(),
+        "postgres",
+        &["--postgres-format", "plain"],
+        &[],
+    );
+    let err = Cmd::restore_path(&plain)
+        .services("postgres")
+        .yes()
+        .arg("--switch")
+        .fails(&[], exit::USAGE);
+    assert!(
+        err.contains("--switch needs a custom-format backup"),
+        "{err}"
+    );
+    drop(databases);
+}

@@ -96,6 +96,10 @@ impl Postgres {
             .filter(|e| selection.restored_name(&e.name) == e.name)
             .collect();
         let names: Vec<String> = replaced.iter().map(|e| e.name.clone()).collect();
+        if selection.switch {
+            plan.extend(switch_plan(&names, selection.keep_old));
+            return plan;
+        }
         plan.push(set_aside_step(&names));
         for entry in replaced {
             plan.push(format!(
@@ -298,6 +302,17 @@ impl Postgres {
             created.push(to);
         }
         let names: Vec<String> = replaced.iter().map(|(name, _)| name.clone()).collect();
+        if selection.switch {
+            let dumps: Vec<(String, std::path::PathBuf)> = replaced
+                .iter()
+                .map(|(name, dump)| (name.clone(), dump.clone()))
+                .collect();
+            let switched = self.restore_switching(ctx, record, &globals, &dumps).await;
+            if switched.is_err() {
+                self.drop_renamed(&created).await;
+            }
+            return switched;
+        }
         let settled = async {
             let replacement = self.begin_replacement(&names, ctx.scratch).await?;
             let loaded = async {
@@ -382,11 +397,26 @@ impl Postgres {
     }
 
     /// Roles and tablespaces: re-created idempotently, existing roles updated in place.
-    async fn restore_globals(&self, globals: &Path) -> Result<()> {
+    pub(super) async fn restore_globals(&self, globals: &Path) -> Result<()> {
         // template1, never a database the restore replaces.
         self.run_sql_file(globals, "template1", "restore globals (roles)", None)
             .await
     }
+}
+
+/// `--switch`'s steps, for `--dry-run`.
+fn switch_plan(names: &[String], keep_old: bool) -> Vec<String> {
+    let list = names.join(", ");
+    vec![
+        format!("pg_restore each of {list} into a new database beside the live one (itbackup_new_<hash>), vacuumdb --analyze-only; the live databases keep serving"),
+        "count the rows of every restored copy against the manifest: on any difference drop the copies, the live databases untouched".into(),
+        format!("switch, one database after the other: end the sessions on {list}, rename it aside (itbackup_old_<hash>), rename its copy in; on any failure rename every switched database back"),
+        if keep_old {
+            "keep each old database as <name>_before_<YYYYmmddHHMMSS>".into()
+        } else {
+            "drop the old databases".into()
+        },
+    ]
 }
 
 pub(super) fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEntry>> {

@@ -35,6 +35,7 @@ mod replace;
 mod selection;
 pub mod settings;
 mod sql_file;
+mod switch;
 pub mod wal;
 
 use replace::WORK_DB;
@@ -444,6 +445,12 @@ impl Store for Postgres {
         record: &ArtifactRecord,
     ) -> Result<()> {
         let format = PostgresFormat::of(record)?;
+        if ctx.selection.switch && format != PostgresFormat::Custom {
+            return Err(Error::usage(format!(
+                "--switch needs a custom-format backup (one dump per database, each loaded beside the live one); this one is {}: restore it without --switch",
+                format.manifest_format()
+            )));
+        }
         if format == PostgresFormat::Physical {
             return self.prepare_physical_restore(ctx, record).await;
         }

@@ -197,6 +197,68 @@ impl Postgres {
         }
     }
 
+    /// `--switch`: for each of `names`, end the sessions on the live
+    /// database and rename it aside (it is then in `set_aside`, for the roll
+    /// back), and rename its loaded copy in. How long the switch took: the
+    /// applications' downtime.
+    pub(super) async fn switch_in(
+        &self,
+        replacement: &mut Replacement,
+        names: &[String],
+    ) -> Result<Duration> {
+        let began = std::time::Instant::now();
+        for name in names {
+            self.set_aside(&replacement.admin, name).await?;
+            replacement.set_aside.push(name.clone());
+            let step = format!("switch database {name}");
+            rename_database(&replacement.admin, &loading_name(name), name, &step).await?;
+        }
+        Ok(began.elapsed())
+    }
+
+    /// `--keep-old`: the databases a switch set aside are renamed to
+    /// `<name>_before_<YYYYmmddHHMMSS>` instead of being dropped. One that
+    /// cannot be renamed stays under its safety name, which the next
+    /// restore takes for an interrupted one's: said in the log.
+    pub(super) async fn keep_set_aside(&self, replacement: &Replacement) {
+        let stamp = jiff::Zoned::now().strftime("%Y%m%d%H%M%S").to_string();
+        for name in &replacement.set_aside {
+            let suffix = format!("_before_{stamp}");
+            let mut head = name.as_str();
+            while head.len() + suffix.len() > 63 {
+                let mut cut = head.len() - 1;
+                while !head.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                head = &head[..cut];
+            }
+            let kept = format!("{head}{suffix}");
+            let step = format!("keep the old database {name}");
+            let safety = safety_name(name);
+            match rename_database(&replacement.admin, &safety, &kept, &step).await {
+                Ok(()) => {
+                    tracing::info!(database = %name, kept = %kept, "postgres: the database from before the switch is kept")
+                }
+                Err(e) => {
+                    tracing::error!(database = %name, safety = %safety, "postgres: the database from before the switch could not be renamed to {kept} ({e}); it is under {safety}: rename it now, the next restore would drop it")
+                }
+            }
+        }
+    }
+
+    /// After a failure before or during a switch: the loaded copies not
+    /// switched in are dropped.
+    pub(super) async fn drop_loaded_beside(&self, replacement: &Replacement, names: &[String]) {
+        for name in names {
+            let loading = loading_name(name);
+            if let Err(e) =
+                drop_database(&replacement.admin, &loading, "drop restored copies").await
+            {
+                tracing::error!(database = %loading, error = %e, "postgres: could not drop the restored copy");
+            }
+        }
+    }
+
     /// Every database loaded: drop the safety copies and the work database.
     pub(super) async fn commit_replacement(&self, replacement: Replacement) -> Result<()> {
         let step = "drop the replaced databases";

@@ -89,11 +89,25 @@ impl Postgres {
     }
 
     /// Load the dump of a renamed database into the new database `to`: under
-    /// its loading name first (a killed run's leftover of it is dropped),
-    /// renamed to `to` once loaded and analyzed.
+    /// its loading name first, renamed to `to` once loaded and analyzed.
     pub(super) async fn load_renamed(&self, to: &str, dump: &Path) -> Result<()> {
-        let step = format!("create database {to}");
+        self.load_beside(to, dump).await?;
+        let step = format!("name database {to}");
         let loading = loading_name(to);
+        let admin = self.connect("postgres", &step).await?;
+        if let Err(e) = rename_database(&admin, &loading, to, &step).await {
+            let _ = drop_database(&admin, &loading, &step).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Load a dump into a new database, created from template0, under the
+    /// loading name of `name` (a killed run's leftover of it is dropped
+    /// first); a failed load drops it again.
+    pub(super) async fn load_beside(&self, name: &str, dump: &Path) -> Result<()> {
+        let step = format!("create database {name}");
+        let loading = loading_name(name);
         let admin = self.connect("postgres", &step).await?;
         drop_database(&admin, &loading, &step).await?;
         admin
@@ -103,11 +117,7 @@ impl Postgres {
             ))
             .await
             .map_err(|e| Self::query_error(&step, e))?;
-        let loaded = match self.load_dump_into(&loading, dump).await {
-            Ok(()) => rename_database(&admin, &loading, to, &format!("name database {to}")).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = loaded {
+        if let Err(e) = self.load_dump_into(&loading, dump).await {
             // Only what this restore created goes.
             return Err(match drop_database(&admin, &loading, &step).await {
                 Ok(()) => e,
