@@ -93,7 +93,9 @@ body="$W/section.md"
   echo "| restore | wall s | application down (ms) | probes |"
   echo "| --- | ---: | ---: | ---: |"
   for l in "in place" "switch"; do
-    echo "| $l | $(median_of "$l") | ${DOWN[$l]} | ${PROBES[$l]} |"
+    d=${DOWN[$l]}
+    [ "$d" != 0 ] || d="0 (no probe failed)"
+    echo "| $l | $(median_of "$l") | $d | ${PROBES[$l]} |"
   done
   echo
   echo "itbackup's own log gave the switch step as ${SWITCH_LOGGED:-?} ms (\`downtime_ms\`: ending the sessions, renaming the old database aside and the copy in)."

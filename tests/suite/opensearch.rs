@@ -73,6 +73,43 @@ impl Os {
         self.call(reqwest::Method::DELETE, path, None);
     }
 
+    /// The snapshots in `repo` named like itbackup's, sorted.
+    pub(crate) fn itbackup_snapshots(&self, repo: &str) -> Vec<String> {
+        let mut names: Vec<String> = self.get(&format!("_snapshot/{repo}/_all"))["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["snapshot"].as_str())
+            .filter(|s| s.starts_with("itbackup-"))
+            .map(String::from)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Register the `fs` repository `name` at `location` (under the
+    /// cluster's path.repo) with `settings` beside it, holding no snapshot:
+    /// what an earlier run left (registration and files) goes first.
+    pub(crate) fn fresh_repository(&self, name: &str, location: &Path, settings: Value) {
+        self.delete(&format!("_snapshot/{name}"));
+        if location.exists() {
+            fs::remove_dir_all(location).unwrap();
+        }
+        self.register_repository(name, location, settings);
+    }
+
+    /// Register (or re-register with new settings) the `fs` repository `name` at `location`.
+    pub(crate) fn register_repository(&self, name: &str, location: &Path, settings: Value) {
+        let mut all = json!({"location": location});
+        all.as_object_mut()
+            .unwrap()
+            .extend(settings.as_object().unwrap().clone());
+        self.put(
+            &format!("_snapshot/{name}"),
+            json!({"type": "fs", "settings": all}),
+        );
+    }
+
     pub(crate) fn bulk(&self, lines: &[Value]) {
         let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
         let resp: Value = self
@@ -1241,20 +1278,6 @@ fn repository_faults_are_refused_before_anything_changes() {
     os.delete("itb-faults");
 }
 
-/// The snapshots in `repo` named like itbackup's.
-fn itbackup_snapshots(os: &Os, repo: &str) -> Vec<String> {
-    let mut names: Vec<String> = os.get(&format!("_snapshot/{repo}/_all"))["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["snapshot"].as_str())
-        .filter(|s| s.starts_with("itbackup-"))
-        .map(String::from)
-        .collect();
-    names.sort();
-    names
-}
-
 /// A backup killed (SIGKILL) while its snapshot runs leaves a snapshot no
 /// backup names; the next repository-method backup into the same root
 /// deletes it, and so does prune when it removes the killed run's
@@ -1281,14 +1304,11 @@ fn snapshots_of_killed_repository_backups_are_removed() {
     os.bulk(&lines);
     // Slow, so that the kill lands while the snapshot runs.
     let repo = "itb-repo-orphans";
-    os.delete(&format!("_snapshot/{repo}"));
     let location = Path::new(&required_env("IT_OPENSEARCH_REPO")).join(repo);
-    if location.exists() {
-        fs::remove_dir_all(&location).unwrap();
-    }
-    os.put(
-        &format!("_snapshot/{repo}"),
-        json!({"type": "fs", "settings": {"location": location, "max_snapshot_bytes_per_sec": "100kb"}}),
+    os.fresh_repository(
+        repo,
+        &location,
+        json!({"max_snapshot_bytes_per_sec": "100kb"}),
     );
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
@@ -1311,12 +1331,13 @@ fn snapshots_of_killed_repository_backups_are_removed() {
                 .as_array()
                 .is_some_and(|s| !s.is_empty())
         };
-        let before = itbackup_snapshots(&os, repo);
+        let before = os.itbackup_snapshots(repo);
         assert!(
             kill_when(&args, running),
             "the backup ended before the kill"
         );
-        let orphans: Vec<String> = itbackup_snapshots(&os, repo)
+        let orphans: Vec<String> = os
+            .itbackup_snapshots(repo)
             .into_iter()
             .filter(|s| !before.contains(s))
             .collect();
@@ -1328,7 +1349,7 @@ fn snapshots_of_killed_repository_backups_are_removed() {
     ok(&args, &[]);
     let complete = only_complete_snapshot(root.path());
     assert_eq!(
-        itbackup_snapshots(&os, repo),
+        os.itbackup_snapshots(repo),
         vec![complete.clone()],
         "the killed backup's snapshot {orphan} is still there"
     );
@@ -1349,7 +1370,7 @@ fn snapshots_of_killed_repository_backups_are_removed() {
         &[],
     );
     assert_eq!(
-        itbackup_snapshots(&os, repo),
+        os.itbackup_snapshots(repo),
         vec![complete],
         "prune left the killed backup's snapshot {orphan}"
     );

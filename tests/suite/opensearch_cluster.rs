@@ -6,7 +6,7 @@
 use crate::common;
 use crate::opensearch::{bytes_under, Os};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,30 +14,11 @@ use common::cluster::{self, Cluster};
 use common::*;
 use serde_json::{json, Value};
 
-/// Register the `fs` repository `name` in the cluster's shared `path.repo`,
-/// with `settings` beside its location; where its files are.
-fn register(os: &Os, cluster: &Cluster, name: &str, settings: Value) -> std::path::PathBuf {
+/// A repository of no snapshots, `name`, in the cluster's shared path.repo.
+fn fresh_repository(os: &Os, cluster: &Cluster, name: &str, settings: Value) -> PathBuf {
     let location = cluster.repo.join(name);
-    let mut all = json!({"location": location});
-    all.as_object_mut()
-        .unwrap()
-        .extend(settings.as_object().unwrap().clone());
-    os.put(
-        &format!("_snapshot/{name}"),
-        json!({"type": "fs", "settings": all}),
-    );
+    os.fresh_repository(name, &location, settings);
     location
-}
-
-/// [`register`] a repository of no snapshots: what an earlier run of the
-/// test left (registration and files) is removed first.
-fn fresh_repository(os: &Os, cluster: &Cluster, name: &str, settings: Value) -> std::path::PathBuf {
-    os.delete(&format!("_snapshot/{name}"));
-    let location = cluster.repo.join(name);
-    if location.exists() {
-        std::fs::remove_dir_all(&location).unwrap();
-    }
-    register(os, cluster, name, settings)
 }
 
 /// Starts node N again when dropped: a test that kills a node and then
@@ -56,18 +37,6 @@ fn wait_green(os: &Os) {
         health["status"], "green",
         "the cluster did not turn green: {health}"
     );
-}
-
-/// The snapshots in `repo` named like itbackup's.
-fn itbackup_snapshots(os: &Os, repo: &str) -> Vec<String> {
-    os.get(&format!("_snapshot/{repo}/_all"))["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|s| s["snapshot"].as_str())
-        .filter(|s| s.starts_with("itbackup-"))
-        .map(String::from)
-        .collect()
 }
 
 /// The repository method on the cluster, with a replica of every shard: a
@@ -344,13 +313,13 @@ fn a_node_killed_during_the_snapshot_fails_the_backup_and_the_next_one_works() {
     assert!(stderr.contains("failed shard"), "{stderr}");
     assert_no_backup(root.path());
     assert_eq!(
-        itbackup_snapshots(&os, repo),
+        os.itbackup_snapshots(repo),
         Vec::<String>::new(),
         "the failed backup left its snapshot"
     );
 
     // The node is still down: the next backup, unthrottled, works.
-    register(&os, &cluster, repo, json!({}));
+    os.register_repository(repo, &cluster.repo.join(repo), json!({}));
     let health = os.get("_cluster/health?wait_for_status=yellow&timeout=120s");
     assert_ne!(health["status"], "red", "{health}");
     let (count, digest) = os.digest(index);
@@ -409,7 +378,7 @@ fn the_drill_runs_on_the_repository_method() {
     assert_eq!(opensearch["expected"], opensearch["restored"], "{v:#}");
     assert!(v["rto_seconds"].as_f64().unwrap() > 0.0, "{v:#}");
     assert_eq!(
-        itbackup_snapshots(&os, repo).len(),
+        os.itbackup_snapshots(repo).len(),
         1,
         "the drill's backup keeps its snapshot"
     );
