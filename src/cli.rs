@@ -379,17 +379,21 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub globals: bool,
 
-    /// PostgreSQL (custom format): restore each selected database (every
-    /// one without --databases) beside the live one, check its row counts,
-    /// and only then switch names in one short step — end the sessions on
-    /// the live database, rename it aside, rename the restored copy in. The
-    /// applications are down only for that step; a failure before it leaves
-    /// the live databases untouched. The old databases are dropped after the
-    /// switch unless --keep-old. Needs room on the server for both copies.
+    /// Restore each selected PostgreSQL database (custom format) and
+    /// OpenSearch index (repository and snapshot methods) — every one
+    /// without --databases / --indices — beside the live one, check its
+    /// counts, and only then switch it in, in one short step: PostgreSQL
+    /// ends the sessions on the live database, renames it aside and the
+    /// copy in; OpenSearch blocks writes on the live index, keeps it as a
+    /// clone, deletes it and clones the copy to its name with its aliases.
+    /// A failure before the switch leaves the live data untouched; the old
+    /// data is dropped after the switch unless --keep-old. Needs room for
+    /// both copies. Neo4j is restored in place.
     #[arg(long)]
     pub switch: bool,
 
-    /// With --switch: keep each old database as <name>_before_<YYYYmmddHHMMSS>.
+    /// With --switch: keep each old database as <name>_before_<YYYYmmddHHMMSS>
+    /// and each old index as <name>-before-<YYYYmmddHHMMSS>.
     #[arg(long, requires = "switch")]
     pub keep_old: bool,
 

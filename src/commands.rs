@@ -127,6 +127,8 @@ fn selections(args: &RestoreArgs) -> BTreeMap<Service, RestoreSelection> {
     let opensearch = RestoreSelection {
         only: args.indices.clone(),
         globals: args.globals && globals_to_opensearch,
+        switch: args.switch,
+        keep_old: args.keep_old,
         ..RestoreSelection::default()
     };
     [

@@ -1507,6 +1507,75 @@ fn restore_some_indices_or_beside(method: &str) {
         kept,
         "{method}: a refused restore changed something"
     );
+    // --switch: itb-b restored beside, then switched in with its alias;
+    // first a count that differs (the manifest changed), found before the
+    // switch: the live index stays as it was.
+    let side_indices = || {
+        os.get("_cat/indices/itbackup-*?format=json&h=index")
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let good = itbackup::manifest::Manifest::read_dir(&dir).unwrap();
+    let mut wrong = good.clone();
+    *wrong
+        .artifacts
+        .get_mut(&itbackup::service::Service::Opensearch)
+        .unwrap()
+        .counts
+        .get_mut("itb-b")
+        .unwrap() += 1;
+    wrong.write(&dir).unwrap();
+    let args = restore(&["--indices", "itb-b", "--switch"]);
+    let err = fails(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        env,
+        exit::VERIFICATION_MISMATCH,
+    );
+    assert!(err.contains("nothing was switched"), "{method}: {err}");
+    assert_eq!(
+        os.state(),
+        kept,
+        "{method}: the failed switch changed something"
+    );
+    assert_eq!(side_indices(), 0, "{method}: the failed switch left a copy");
+    good.write(&dir).unwrap();
+
+    let out = run_ok(&["--indices", "itb-b", "--switch", "--keep-old"]);
+    assert!(
+        text(&out).contains("switched to the restored indices"),
+        "{method}: {}",
+        text(&out)
+    );
+    let now = os.state();
+    for key in [
+        "itb-b/count",
+        "itb-b/digest",
+        "itb-b/mappings",
+        "itb-b/aliases",
+    ] {
+        assert_eq!(now[key], before[key], "{method}: {key} after the switch");
+    }
+    assert_eq!(
+        now["itb-a/digest"], kept["itb-a/digest"],
+        "{method}: itb-a was switched too"
+    );
+    let old = os.get("_cat/indices/itb-b-before-*?format=json&h=index");
+    let old = old[0]["index"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{method}: --keep-old kept nothing: {old}"))
+        .to_string();
+    assert_eq!(
+        json!(os.digest(&old).1),
+        kept["itb-b/digest"],
+        "{method}: the kept index is not the old one"
+    );
+    assert_eq!(side_indices(), 0, "{method}: the switch left a copy");
+    // The switched index takes writes.
+    os.bulk(&[
+        json!({"index": {"_index": "itb-b", "_id": "after-switch"}}),
+        json!({"kind": "keep"}),
+    ]);
+    os.delete(&old);
     os.delete("itb-b-copy");
     os.wipe_fixture();
 }

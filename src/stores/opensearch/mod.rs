@@ -51,6 +51,7 @@ mod repository;
 mod selection;
 pub mod settings;
 mod snapshot;
+mod switch;
 
 use http::Http;
 use logical::LoadNeeds;
@@ -513,7 +514,7 @@ impl Store for OpenSearch {
             Ok(OpenSearchMethod::Logical) => self.plan_logical_restore(record),
             Err(e) => vec![e.message],
         };
-        if !selection.is_everything() {
+        if !selection.is_everything() || selection.switch {
             // The whole snapshot's deletes and restore give way to the selection's.
             plan.retain(|line| !line.starts_with("DELETE ") && !line.starts_with("POST "));
             plan.extend(parts::plan(record, selection));

@@ -62,6 +62,11 @@ pub(super) fn parts(record: &ArtifactRecord, selection: &RestoreSelection) -> Re
         ))
     };
     let mut parts = IndexParts::default();
+    if selection.is_everything() {
+        // --switch alone: every index of the backup.
+        parts.plain = held.iter().map(|h| h.to_string()).collect();
+        return Ok(parts);
+    }
     for (from, to) in &selection.renames {
         if !held.contains(&from) {
             return Err(holds(&format!("named '{from}'")));
@@ -116,7 +121,19 @@ pub(super) fn plan(record: &ArtifactRecord, selection: &RestoreSelection) -> Vec
         Err(e) => return vec![format!("refused before anything changes: {}", e.message)],
     };
     let mut plan = Vec::new();
-    if !parts.plain.is_empty() {
+    if selection.switch && !parts.plain.is_empty() {
+        plan.push(format!(
+            "restore each of {} from the snapshot beside the live one (itbackup-new-<hash>), compare its document count with the manifest; on any difference delete the copies, the live indices untouched",
+            parts.plain.join(", ")
+        ));
+        plan.push(format!(
+            "switch, one index after the other: block writes on the live index, clone it to itbackup-old-<hash>, delete it, clone the copy to its name with its aliases; on any failure clone every switched index back; then {}",
+            if selection.keep_old { "keep each old index as <name>-before-<YYYYmmddHHMMSS>" } else { "delete the old copies" }
+        ));
+        if selection.includes_globals() {
+            plan.push("restore the snapshot's templates and pipelines (global state)".into());
+        }
+    } else if !parts.plain.is_empty() {
         plan.push(format!(
             "DELETE each selected index, then restore it from the snapshot with its aliases{}: {}",
             if selection.globals {
@@ -157,12 +174,12 @@ impl OpenSearch {
         record: &ArtifactRecord,
         selection: &RestoreSelection,
     ) -> Result<()> {
-        if selection.is_everything() {
+        if selection.is_everything() && !selection.switch {
             return Ok(());
         }
         if OpenSearchMethod::of(record)? == OpenSearchMethod::Logical {
             return Err(Error::usage(
-                "--indices and --rename restore parts of a snapshot (the repository or snapshot method); this backup is a logical export: restore it whole",
+                "--indices, --rename and --switch restore indices of a snapshot (the repository or snapshot method); this backup is a logical export: restore it whole, without them",
             ));
         }
         let parts = parts(record, selection)?;
@@ -217,7 +234,17 @@ impl OpenSearch {
                 .await
         };
         let mut restored = Vec::new();
-        if !parts.plain.is_empty() || selection.globals {
+        if selection.switch {
+            if !parts.plain.is_empty() {
+                let downtime = self
+                    .restore_switching(repo, snapshot, record, &parts.plain, selection.keep_old)
+                    .await?;
+                tracing::info!(service = %SVC, indices = %parts.plain.join(", "), downtime_ms = downtime.as_millis() as u64, "switched to the restored indices");
+            }
+            if selection.includes_globals() {
+                restore(json!({"indices": "-*", "include_global_state": true})).await?;
+            }
+        } else if !parts.plain.is_empty() || selection.globals {
             self.delete_replaced(&[], &parts.plain, &[]).await?;
             restore(json!({
                 "indices": if parts.plain.is_empty() { "-*".to_string() } else { parts.plain.join(",") },

@@ -442,7 +442,7 @@ impl OpenSearch {
         record: &ArtifactRecord,
         selection: &crate::stores::RestoreSelection,
     ) -> Result<()> {
-        if !selection.is_everything() {
+        if !selection.is_everything() || selection.switch {
             return self.restore_parts(repo, snapshot, record, selection).await;
         }
         let step = "restore snapshot";
