@@ -7,7 +7,9 @@
 #   vs itbackup backup --opensearch-method snapshot (the tarball: a new
 #      temporary repository every time, packed into the backup directory)
 # then 1 % more documents and the same three again (the incremental snapshot),
-# and a restore of the second backup by each (the index deleted first, not timed).
+# and a restore of the second backup by each (the index deleted first, not timed);
+# then, the index live, itbackup's restore in place against restore --switch,
+# with a probe reading one document every 50 ms: the application's downtime.
 # Dataset: OS_REPO_DOCS documents (default 1,000,000) of about 1 KB in the
 # index bench-repo-docs (2 primaries, 0 replicas: a single node); the 1 % more
 # are the generator's next OS_REPO_DOCS/100 documents. Bytes added to a
@@ -127,6 +129,44 @@ delete_index
 measure "itbackup tarball snapshot (restore)" "$IT" --root "$W/it-tar" --json restore --path "$W/it-tar/t-incremental" --services opensearch --yes
 check_count "itbackup tarball restore" "$((DOCS + MORE))"
 
+# ---- downtime: restore in place against --switch, the index live ---------
+# The application: GET one document every 50 ms (1 s timeout); down is the
+# longest run of failed reads. Writers are blocked longer under --switch
+# (from the write block to the clone): itbackup logs that as downtime_ms.
+cat >"$W/probe.sh" <<SH
+#!/usr/bin/env bash
+while :; do
+  t=\$(date +%s%3N)
+  if curl -fsS --max-time 1 "$URL/$INDEX/_doc/0" 2>/dev/null | grep -q '"found":true'; then echo "\$t ok"; else echo "\$t fail"; fi
+  sleep 0.05
+done
+SH
+chmod +x "$W/probe.sh"
+longest_down() {
+  awk '$2=="fail" && !down {down=1; start=$1}
+       $2=="ok" && down {down=0; if ($1-start > max) max=$1-start}
+       END {if (down) printf "never came back\t%d\n", NR; else printf "%d\t%d\n", max, NR}' "$1"
+}
+declare -A DOWN
+probed_restore() {
+  local label="$1"; shift
+  local log="$W/probe-${label// /_}.log" pid
+  "$W/probe.sh" >"$log" &
+  pid=$!
+  sleep 2
+  measure "$label" env RUST_LOG=itbackup=info "$IT" --root "$W/it-repo" restore --path "$W/it-repo/r-incremental" --services opensearch --yes "$@" || true
+  cp "$BENCH_WORK/last.err" "$W/restore-${label// /_}.err"
+  sleep 2
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  IFS=$'\t' read -r DOWN["$label"] _ < <(longest_down "$log")
+}
+check_count "before the probed restores" "$((DOCS + MORE))"
+probed_restore "restore in place, index live"
+probed_restore "restore --switch, index live" --switch
+check_count "itbackup restore --switch" "$((DOCS + MORE))"
+SWITCH_LOGGED=$(sed -n 's/.*downtime_ms=\([0-9]*\).*/\1/p' "$W/restore-restore_--switch,_index_live.err" | tail -n1)
+
 # ---- report ----------------------------------------------------------------
 mib() { awk -v b="$1" 'BEGIN{printf "%.1f", b/1048576}'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b==0) print "n/a"; else printf "%.1f", 100*a/b }'; }
@@ -158,6 +198,17 @@ body="$W/section.md"
   echo "| incremental backup takes ≤ 1/3 of the first's time | $(ratio "$t_inc" "$t_first")× ($t_inc s vs $t_first s) | $(verdict "$time_share" '<=' 0.3334) |"
   echo "| repository method within 1.3× of the bare API, first snapshot | $(ratio "$t_first" "$(median_of "bare snapshot API (first)")")× | $(verdict "$(ratio "$t_first" "$(median_of "bare snapshot API (first)")")" '<=' 1.3) |"
   echo "| repository restore within 1.3× of the bare API restore | $(ratio "$(median_of "itbackup repository (restore)")" "$(median_of "bare snapshot API (restore)")")× | $(verdict "$(ratio "$(median_of "itbackup repository (restore)")" "$(median_of "bare snapshot API (restore)")")" '<=' 1.3) |"
+  echo
+  echo "Downtime of a restore of the repository backup while the index is live (the application reads one document every 50 ms; down: the longest run of failed reads):"
+  echo
+  echo "| restore | wall s | reads down (ms) |"
+  echo "| --- | ---: | ---: |"
+  for l in "restore in place, index live" "restore --switch, index live"; do
+    d=${DOWN["$l"]:-n/a}; [ "$d" != 0 ] || d="0 (no read failed)"
+    echo "| $l | $(median_of "$l") | $d |"
+  done
+  echo
+  echo "Under --switch writers are blocked for the switch step itself: ${SWITCH_LOGGED:-?} ms (itbackup's downtime_ms: write block, clone of the live index aside, delete, clone of the restored copy in, its primaries active)."
   echo
   echo "The tarball method copies everything every time by design: its incremental backup wrote $(pct "${BYTES["itbackup tarball snapshot (incremental)"]}" "${BYTES["itbackup tarball snapshot (first)"]}") % of its first's bytes."
   echo "itbackup's repository restore checks the snapshot (state, UUID, shards, files, bytes) and \`_verify\`s the repository before it deletes anything, restores with the global state (templates, pipelines), then waits for yellow and compares every index's document count; the bare restore only restores and waits for yellow."
