@@ -355,7 +355,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub databases: Option<Vec<String>>,
 
-    /// OpenSearch (repository and snapshot methods): restore only the
+    /// OpenSearch (every method): restore only the
     /// indices matching these patterns (`*` wildcards), comma separated;
     /// every other index, the templates and the pipelines stay as they are
     /// (add --globals for the snapshot's templates and pipelines). Each
@@ -364,7 +364,7 @@ pub struct RestoreArgs {
     pub indices: Option<Vec<String>>,
 
     /// Restore the PostgreSQL database (custom format) or the OpenSearch
-    /// index (repository and snapshot methods) FROM under the new name TO,
+    /// index (every method) FROM under the new name TO,
     /// beside the live FROM, which stays untouched: inspect it, copy data
     /// back, or switch names yourself. TO must not exist. FROM names what
     /// the backup holds (a database or an index, not both). Repeatable; a
@@ -380,7 +380,7 @@ pub struct RestoreArgs {
     pub globals: bool,
 
     /// Restore each selected PostgreSQL database (custom format) and
-    /// OpenSearch index (repository and snapshot methods) — every one
+    /// OpenSearch index (every method) — every one
     /// without --databases / --indices — beside the live one, check its
     /// counts, and only then switch it in, in one short step: PostgreSQL
     /// ends the sessions on the live database, renames it aside and the

@@ -545,7 +545,10 @@ impl Store for OpenSearch {
         match method {
             OpenSearchMethod::Repository => self.restore_repository(ctx, record).await?,
             OpenSearchMethod::Snapshot => self.restore_snapshot(ctx, record).await?,
-            OpenSearchMethod::Logical => self.restore_logical(ctx).await?,
+            OpenSearchMethod::Logical => {
+                self.restore_logical_selection(ctx.artifact, record, ctx.selection)
+                    .await?
+            }
         }
         // Again: a killed run's snapshot restore still running in the
         // cluster kept its repository in use at the start; replacing the

@@ -1,6 +1,7 @@
-//! Restoring some indices of a snapshot (`restore --indices PATTERNS`) and
-//! restoring one under another name beside the live one (`--rename
-//! FROM=TO`), for the two snapshot-based methods (repository and tarball).
+//! Restoring some indices (`restore --indices PATTERNS`) and restoring one
+//! under another name beside the live one (`--rename FROM=TO`), for every
+//! method: from the snapshot of the repository and tarball methods, or by
+//! loading only the selected indices' lines of a logical export.
 //!
 //! A snapshot restores index by index: the selected indices are replaced
 //! (deleted, then restored with their aliases), every other index, the
@@ -13,17 +14,18 @@
 //! method restores parts, every pattern matches an index of the backup,
 //! every FROM is one, every TO is a valid name no index has.
 //!
-//! The logical method does not restore parts yet: a selection of it is
-//! refused before anything changes.
+//! A logical export loads the selected indices' definitions and documents
+//! (`logical::Pick`); its templates and pipelines come with `--globals`.
 
 use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::{OpenSearch, OpenSearchMethod, SVC};
+use super::logical::Pick;
+use super::{OpenSearch, SVC};
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
-use crate::stores::{Method as _, RestoreSelection};
+use crate::stores::RestoreSelection;
 
 /// What a selection restores: indices under their own names, and renamed ones.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -123,7 +125,7 @@ pub(super) fn plan(record: &ArtifactRecord, selection: &RestoreSelection) -> Vec
     let mut plan = Vec::new();
     if selection.switch && !parts.plain.is_empty() {
         plan.push(format!(
-            "restore each of {} from the snapshot beside the live one (itbackup-new-<hash>), compare its document count with the manifest; on any difference delete the copies, the live indices untouched",
+            "restore each of {} from the backup beside the live one (itbackup-new-<hash>), compare its document count with the manifest; on any difference delete the copies, the live indices untouched",
             parts.plain.join(", ")
         ));
         plan.push(format!(
@@ -131,11 +133,11 @@ pub(super) fn plan(record: &ArtifactRecord, selection: &RestoreSelection) -> Vec
             if selection.keep_old { "keep each old index as <name>-before-<YYYYmmddHHMMSS>" } else { "delete the old copies" }
         ));
         if selection.includes_globals() {
-            plan.push("restore the snapshot's templates and pipelines (global state)".into());
+            plan.push("restore the backup's templates and pipelines (global state)".into());
         }
     } else if !parts.plain.is_empty() {
         plan.push(format!(
-            "DELETE each selected index, then restore it from the snapshot with its aliases{}: {}",
+            "DELETE each selected index, then restore it from the backup with its aliases{}: {}",
             if selection.globals {
                 " and the snapshot's templates and pipelines"
             } else {
@@ -146,7 +148,7 @@ pub(super) fn plan(record: &ArtifactRecord, selection: &RestoreSelection) -> Vec
     }
     for (from, to) in &parts.renamed {
         plan.push(format!(
-            "restore {from} from the snapshot as the new index {to}, without aliases; the live {from} untouched"
+            "restore {from} from the backup as the new index {to}, without aliases; the live {from} untouched"
         ));
     }
     plan.push("wait until every restored index is at least yellow".into());
@@ -177,11 +179,6 @@ impl OpenSearch {
         if selection.is_everything() && !selection.switch {
             return Ok(());
         }
-        if OpenSearchMethod::of(record)? == OpenSearchMethod::Logical {
-            return Err(Error::usage(
-                "--indices, --rename and --switch restore indices of a snapshot (the repository or snapshot method); this backup is a logical export: restore it whole, without them",
-            ));
-        }
         let parts = parts(record, selection)?;
         let mut targets: Vec<&str> = Vec::new();
         for (from, to) in &parts.renamed {
@@ -211,6 +208,49 @@ impl OpenSearch {
         Ok(())
     }
 
+    /// Load a logical export, or the part of it `selection` names: the
+    /// selected indices replaced (created anew), the renamed ones under
+    /// their new names, and with `--switch` each selected one loaded as its
+    /// copy and switched in once every line is loaded.
+    pub(super) async fn restore_logical_selection(
+        &self,
+        artifact: &std::path::Path,
+        record: &ArtifactRecord,
+        selection: &RestoreSelection,
+    ) -> Result<()> {
+        if selection.is_everything() && !selection.switch {
+            return self.restore_logical(artifact, None).await;
+        }
+        let parts = parts(record, selection)?;
+        let mut names = BTreeMap::new();
+        for index in &parts.plain {
+            let to = if selection.switch {
+                super::switch::copy_name(index)
+            } else {
+                index.clone()
+            };
+            names.insert(index.clone(), to);
+        }
+        for (from, to) in &parts.renamed {
+            names.insert(from.clone(), to.clone());
+        }
+        let pick = Pick::new(names, selection.includes_globals());
+        if !selection.switch {
+            return self.restore_logical(artifact, Some(pick)).await;
+        }
+        let copies: Vec<String> = parts
+            .plain
+            .iter()
+            .map(|i| super::switch::copy_name(i))
+            .collect();
+        if let Err(e) = self.restore_logical(artifact, Some(pick)).await {
+            self.delete_all(&copies).await;
+            return Err(e);
+        }
+        self.switch_copies(record, &parts.plain, selection.keep_old)
+            .await
+    }
+
     /// Restore the selected indices from `repo`/`snapshot`: the plain ones
     /// replaced with their aliases (and the global state with `--globals`),
     /// each renamed one under its new name, without aliases.
@@ -236,10 +276,8 @@ impl OpenSearch {
         let mut restored = Vec::new();
         if selection.switch {
             if !parts.plain.is_empty() {
-                let downtime = self
-                    .restore_switching(repo, snapshot, record, &parts.plain, selection.keep_old)
+                self.restore_switching(repo, snapshot, record, &parts.plain, selection.keep_old)
                     .await?;
-                tracing::info!(service = %SVC, indices = %parts.plain.join(", "), downtime_ms = downtime.as_millis() as u64, "switched to the restored indices");
             }
             if selection.includes_globals() {
                 restore(json!({"indices": "-*", "include_global_state": true})).await?;

@@ -20,7 +20,7 @@
 //! and settings, and its own aliases as they were (the backup's aliases are
 //! not applied: the live ones are what it uses).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -37,9 +37,14 @@ fn side_name(kind: &str, index: &str) -> String {
     format!("itbackup-{kind}-{}", hex::encode(&hash[..8]))
 }
 
+/// The name `index` is restored under beside the live one.
+pub(super) fn copy_name(index: &str) -> String {
+    side_name("new", index)
+}
+
 impl OpenSearch {
-    /// Restore `indices` from `repo`/`snapshot` beside the live ones, check
-    /// them, then switch them in. How long writers were blocked, in all.
+    /// Restore `indices` from `repo`/`snapshot` beside the live ones, then
+    /// check and switch them in ([`OpenSearch::switch_copies`]).
     pub(super) async fn restore_switching(
         &self,
         repo: &str,
@@ -47,9 +52,9 @@ impl OpenSearch {
         record: &ArtifactRecord,
         indices: &[String],
         keep_old: bool,
-    ) -> Result<Duration> {
+    ) -> Result<()> {
         let step = "restore beside the live index";
-        let copies: Vec<String> = indices.iter().map(|i| side_name("new", i)).collect();
+        let copies: Vec<String> = indices.iter().map(|i| copy_name(i)).collect();
         let beside = async {
             for (index, copy) in indices.iter().zip(&copies) {
                 self.http.delete_if_present(copy, step).await?;
@@ -68,6 +73,28 @@ impl OpenSearch {
                     )
                     .await?;
             }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = beside {
+            self.delete_all(&copies).await;
+            return Err(e);
+        }
+        self.switch_copies(record, indices, keep_old).await
+    }
+
+    /// The copies restored beside `indices` ([`copy_name`]), however they
+    /// were loaded: active, their document counts the manifest's — else
+    /// deleted, the live indices untouched —, then switched in.
+    pub(super) async fn switch_copies(
+        &self,
+        record: &ArtifactRecord,
+        indices: &[String],
+        keep_old: bool,
+    ) -> Result<()> {
+        let step = "check the restored copies";
+        let copies: Vec<String> = indices.iter().map(|i| copy_name(i)).collect();
+        let checked = async {
             self.wait_healthy(&copies, step).await?;
             let mut expected = std::collections::BTreeMap::new();
             let mut found = std::collections::BTreeMap::new();
@@ -80,7 +107,7 @@ impl OpenSearch {
             })
         }
         .await;
-        if let Err(e) = beside {
+        if let Err(e) = checked {
             self.delete_all(&copies).await;
             return Err(e);
         }
@@ -120,7 +147,8 @@ impl OpenSearch {
                 .delete_if_present(&old, "drop the old index")
                 .await;
         }
-        Ok(downtime)
+        tracing::info!(service = %SVC, indices = %indices.join(", "), downtime_ms = downtime.as_millis() as u64, "switched to the restored indices");
+        Ok(())
     }
 
     /// Block writes on the live `index`, keep it as its old copy (`kept`
@@ -245,7 +273,7 @@ impl OpenSearch {
         }
     }
 
-    async fn delete_all(&self, indices: &[String]) {
+    pub(super) async fn delete_all(&self, indices: &[String]) {
         for index in indices {
             if let Err(e) = self
                 .http

@@ -8,7 +8,6 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::stores::RestoreContext;
 
 use super::*;
 use crate::stores::opensearch::http::Http;
@@ -43,15 +42,75 @@ const LOAD_TIME: [&str; 5] = [
     "blocks",
 ];
 
+/// Which lines of the export a selective restore applies, and under which
+/// index names (`restore --indices`, `--rename`, `--switch`): the selected
+/// indices' definitions and documents, each under the name it is loaded as
+/// (a renamed or switched copy without its aliases); templates and
+/// pipelines only with the global state; data streams not at all.
+pub(crate) struct Pick {
+    /// FROM → the name it is loaded under.
+    names: std::collections::BTreeMap<String, String>,
+    globals: bool,
+    /// The index whose lines are being read is not selected.
+    skipping: bool,
+}
+
+impl Pick {
+    pub(crate) fn new(names: std::collections::BTreeMap<String, String>, globals: bool) -> Self {
+        Pick {
+            names,
+            globals,
+            skipping: false,
+        }
+    }
+
+    fn line(&mut self, mut line: Line) -> Option<Line> {
+        match line.kind.as_str() {
+            "component_template" | "index_template" | "legacy_template" | "pipeline" => {
+                self.globals.then_some(line)
+            }
+            "data_stream" => None,
+            "index" => {
+                let name = line.name.clone().unwrap_or_default();
+                let to = self.names.get(&name).filter(|_| !name.starts_with(".ds-"));
+                self.skipping = to.is_none();
+                let to = to?.clone();
+                if to != name {
+                    if let Some(body) = line.body.as_mut() {
+                        body["aliases"] = json!({});
+                    }
+                    line.name = Some(to);
+                }
+                Some(line)
+            }
+            "doc" | "index_end" => {
+                if self.skipping {
+                    return None;
+                }
+                if let Some(index) = line.index.as_ref().and_then(|i| self.names.get(i)) {
+                    line.index = Some(index.clone());
+                }
+                Some(line)
+            }
+            _ => Some(line),
+        }
+    }
+}
+
 impl OpenSearch {
-    pub(crate) async fn restore_logical(&self, ctx: &RestoreContext<'_>) -> Result<()> {
+    /// Load the export at `artifact`: every line, or those `pick` selects.
+    pub(crate) async fn restore_logical(
+        &self,
+        artifact: &std::path::Path,
+        mut pick: Option<Pick>,
+    ) -> Result<()> {
         let max_body = self.max_content_length().await?;
         // Lines queued for the loader hold permits, one per KiB: the queue
         // is bounded in bytes, whatever the size of the documents.
         let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_KIB));
         type Queued = (Result<Line>, Option<tokio::sync::OwnedSemaphorePermit>);
         let (tx, mut rx) = mpsc::channel::<Queued>(4096);
-        let path = ctx.artifact.to_path_buf();
+        let path = artifact.to_path_buf();
         let reader = tokio::task::spawn_blocking(move || {
             read_records(&path, |record| {
                 let permits = record
@@ -67,6 +126,13 @@ impl OpenSearch {
         let mut loader = Loader::new(self.http.clone(), self.settings.bulk_requests, max_body);
         let mut outcome = Ok(());
         while let Some((line, permit)) = rx.recv().await {
+            let line = match (line, pick.as_mut()) {
+                (Ok(line), Some(pick)) => match pick.line(line) {
+                    Some(line) => Ok(line),
+                    None => continue,
+                },
+                (line, _) => line,
+            };
             let applied = match line {
                 Ok(line) => loader.apply(line).await,
                 Err(e) => Err(e),

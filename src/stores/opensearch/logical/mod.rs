@@ -23,6 +23,7 @@ mod load;
 
 pub(crate) use bulk::bulk;
 use check::check_logical;
+pub(crate) use load::Pick;
 
 const LOGICAL_FORMAT: &str = "itbackup-opensearch-ndjson";
 
