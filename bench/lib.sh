@@ -152,3 +152,12 @@ update_section() {
   mv "$tmp" "$RESULTS"
   chmod 0644 "$RESULTS"
 }
+
+# longest_down FILE — from a probe's "<epoch ms> ok|fail" lines: the longest
+# run of failures in ms (first failure to the next success; "never came
+# back" when the last probe failed), a tab, and the number of probes.
+longest_down() {
+  awk '$2=="fail" && !down {down=1; start=$1}
+       $2=="ok" && down {down=0; if ($1-start > max) max=$1-start}
+       END {if (down) printf "never came back\t%d\n", NR; else printf "%d\t%d\n", max, NR}' "$1"
+}

@@ -142,11 +142,6 @@ while :; do
 done
 SH
 chmod +x "$W/probe.sh"
-longest_down() {
-  awk '$2=="fail" && !down {down=1; start=$1}
-       $2=="ok" && down {down=0; if ($1-start > max) max=$1-start}
-       END {if (down) printf "never came back\t%d\n", NR; else printf "%d\t%d\n", max, NR}' "$1"
-}
 declare -A DOWN
 probed_restore() {
   local label="$1"; shift
