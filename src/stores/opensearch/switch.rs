@@ -125,7 +125,10 @@ impl OpenSearch {
         let downtime = began.elapsed();
         self.delete_all(&copies).await;
         let stamp = jiff::Zoned::now().strftime("%Y%m%d%H%M%S").to_string();
-        for index in indices {
+        // Only the old copies this run made: one an interrupted switch left
+        // (its live index already deleted) holds that run's data from before
+        // it, and stays for the operator.
+        for (index, _) in switched.iter().filter(|(_, kept)| *kept) {
             let old = side_name("old", index);
             if keep_old {
                 let kept = format!("{index}-before-{stamp}");
@@ -157,14 +160,22 @@ impl OpenSearch {
     async fn switch_index(&self, index: &str, copy: &str, kept: &mut bool) -> Result<()> {
         let step = format!("switch index {index}");
         let old = side_name("old", index);
-        self.http.delete_if_present(&old, &step).await?;
         let aliases = match self.http.get(&format!("{index}/_alias"), &step).await {
             Ok(found) => found[index]["aliases"].clone(),
             // The live index is gone: nothing to keep, the copy goes in.
             Err(e) if e.http_status == Some(404) => Value::Null,
             Err(e) => return Err(e),
         };
-        if !aliases.is_null() {
+        if aliases.is_null() {
+            // A run killed between deleting the live index and cloning the
+            // copy in left the data from before it in its old copy: kept.
+            if self.http.get(&old, &step).await.is_ok() {
+                tracing::warn!(service = %SVC, index = %index, old = %old, "an interrupted switch left the index's data from before it in {old}; it is kept: delete it once it is no longer needed");
+            }
+        } else {
+            // The live index is there: an old copy is a leftover of a run
+            // killed before it deleted the live index.
+            self.http.delete_if_present(&old, &step).await?;
             self.block_writes(index, &step).await?;
             self.clone_index(index, &old, json!({}), &step).await?;
             *kept = true;
