@@ -110,6 +110,24 @@ impl Os {
         );
     }
 
+    /// `docs` documents of about 200 bytes into `index`, 3,000 a request.
+    pub(crate) fn fill(&self, index: &str, docs: u64) {
+        let filler = "x".repeat(200);
+        let ids: Vec<u64> = (0..docs).collect();
+        for batch in ids.chunks(3000) {
+            let lines: Vec<Value> = batch
+                .iter()
+                .flat_map(|id| {
+                    [
+                        json!({"index": {"_index": index, "_id": id.to_string()}}),
+                        json!({"n": id, "text": format!("{id} {filler}")}),
+                    ]
+                })
+                .collect();
+            self.bulk(&lines);
+        }
+    }
+
     pub(crate) fn bulk(&self, lines: &[Value]) {
         let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
         let resp: Value = self
@@ -278,6 +296,27 @@ impl Os {
         );
         state
     }
+}
+
+/// A repository-method backup of `index` into `repo`, under the root `root`.
+pub(crate) fn repository_backup_args<'a>(
+    root: &'a str,
+    index: &'a str,
+    repo: &'a str,
+) -> [&'a str; 11] {
+    [
+        "--root",
+        root,
+        "backup",
+        "--services",
+        "opensearch",
+        "--indices",
+        index,
+        "--opensearch-method",
+        "repository",
+        "--opensearch-repository",
+        repo,
+    ]
 }
 
 /// Back up the test indices (`itb-*`) with `method` into the root `root_arg`.
@@ -1292,16 +1331,7 @@ fn snapshots_of_killed_repository_backups_are_removed() {
         index,
         json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}}),
     );
-    let filler = "y".repeat(200);
-    let lines: Vec<Value> = (0..5000)
-        .flat_map(|i| {
-            [
-                json!({"index": {"_index": index, "_id": i.to_string()}}),
-                json!({"n": i, "text": format!("{i} {filler}")}),
-            ]
-        })
-        .collect();
-    os.bulk(&lines);
+    os.fill(index, 5000);
     // Slow, so that the kill lands while the snapshot runs.
     let repo = "itb-repo-orphans";
     let location = Path::new(&required_env("IT_OPENSEARCH_REPO")).join(repo);
@@ -1312,19 +1342,7 @@ fn snapshots_of_killed_repository_backups_are_removed() {
     );
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
-    let args = [
-        "--root",
-        root_arg,
-        "backup",
-        "--services",
-        "opensearch",
-        "--indices",
-        index,
-        "--opensearch-method",
-        "repository",
-        "--opensearch-repository",
-        repo,
-    ];
+    let args = repository_backup_args(root_arg, index, repo);
     let killed_mid_snapshot = || {
         let running = || {
             os.get(&format!("_snapshot/{repo}/_current"))["snapshots"]

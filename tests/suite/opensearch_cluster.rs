@@ -4,7 +4,7 @@
 //! during the snapshot fails the backup cleanly without hurting the next.
 
 use crate::common;
-use crate::opensearch::{bytes_under, Os};
+use crate::opensearch::{bytes_under, repository_backup_args, Os};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -222,19 +222,7 @@ fn a_node_killed_during_the_snapshot_fails_the_backup_and_the_next_one_works() {
         index,
         json!({"settings": {"number_of_shards": 3, "number_of_replicas": 1}}),
     );
-    let filler = "x".repeat(200);
-    for batch in 0..10 {
-        let lines: Vec<Value> = (0..3000)
-            .flat_map(|i| {
-                let id = batch * 3000 + i;
-                [
-                    json!({"index": {"_index": index, "_id": id.to_string()}}),
-                    json!({"n": id, "text": format!("{id} {filler}")}),
-                ]
-            })
-            .collect();
-        os.bulk(&lines);
-    }
+    os.fill(index, 30_000);
     wait_green(&os);
     // Slow enough (per node) that the kill lands while the snapshot runs.
     let repo = "itb-repo-kill";
@@ -248,19 +236,7 @@ fn a_node_killed_during_the_snapshot_fails_the_backup_and_the_next_one_works() {
 
     let root = temp_root();
     let root_arg = root.path().to_str().unwrap();
-    let args = [
-        "--root",
-        root_arg,
-        "backup",
-        "--services",
-        "opensearch",
-        "--indices",
-        index,
-        "--opensearch-method",
-        "repository",
-        "--opensearch-repository",
-        repo,
-    ];
+    let args = repository_backup_args(root_arg, index, repo);
     let env = [("OPENSEARCH_URL", cluster.url.as_str())];
     let mut child = Command::new(bin())
         .args(args)
