@@ -27,14 +27,23 @@ CLUSTER_DIR ?= $(CURDIR)/.testenv/cluster
 CLUSTER_PORT ?= 9500
 CLUSTER_NODES ?= 3
 CLUSTER := IT_TESTENV_DIR=$(CLUSTER_DIR) IT_TESTENV_OPENSEARCH_PORT=$(CLUSTER_PORT) IT_TESTENV_OPENSEARCH_NODES=$(CLUSTER_NODES)
+# And a sandbox: a second stack (testenv's sandbox profile, ports +20000) that
+# the sandbox drill restores the development stack's backups into
+# (tests/suite/sandbox.rs); its target config is written for the tests.
+SANDBOX := IT_TESTENV_PROFILE=sandbox
+SANDBOX_SERVICES := postgres opensearch neo4j
+SANDBOX_CONFIG := $(CURDIR)/.testenv/sandbox.toml
 test:
 	$(CARGO) build --all-targets --quiet
 	testenv/up
 	$(CLUSTER) testenv/up opensearch
+	$(SANDBOX) testenv/up $(SANDBOX_SERVICES)
+	$(SANDBOX) testenv/target-config > $(SANDBOX_CONFIG)
 	set -o pipefail; eval "$$(testenv/env)"; \
 	  export IT_CLUSTER_TESTENV_DIR=$(CLUSTER_DIR) IT_CLUSTER_OPENSEARCH_PORT=$(CLUSTER_PORT) IT_CLUSTER_OPENSEARCH_NODES=$(CLUSTER_NODES); \
+	  export IT_SANDBOX_TARGET_CONFIG=$(SANDBOX_CONFIG); \
 	  $(CARGO) test --all-targets -- --test-threads=$(TEST_THREADS) 2>&1 | tee target/test-output.log; status=$$?; \
-	  testenv/down; $(CLUSTER) testenv/down opensearch; exit $$status
+	  testenv/down; $(CLUSTER) testenv/down opensearch; $(SANDBOX) testenv/down $(SANDBOX_SERVICES); exit $$status
 
 # The main job on the local stack: servers up (installed if missing), then the
 # recovery drill (populate, back up, wipe, restore, verify, measure the RTO).
@@ -52,6 +61,7 @@ up:
 down:
 	testenv/down
 	$(CLUSTER) testenv/down opensearch
+	$(SANDBOX) testenv/down $(SANDBOX_SERVICES)
 
 env:
 	@testenv/env
@@ -59,4 +69,5 @@ env:
 clean-testenv:
 	testenv/down
 	$(CLUSTER) testenv/down opensearch
+	$(SANDBOX) testenv/down $(SANDBOX_SERVICES)
 	rm -rf .testenv

@@ -349,6 +349,15 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub sequential: bool,
 
+    /// Restore into the servers this TOML file names ([postgres],
+    /// [opensearch], [neo4j] as in the config file) instead of the ones of
+    /// the environment and --config, which are then not read for them. A
+    /// logical backup loads into a newer major version; a physical or
+    /// snapshot one where the store's own rules allow it (an older server
+    /// is refused before anything changes).
+    #[arg(long, value_name = "FILE")]
+    pub target_config: Option<PathBuf>,
+
     /// PostgreSQL (custom format): restore only these databases, comma
     /// separated. The other databases and the roles stay as they are (add
     /// --globals for the roles). Each must be in the backup.
@@ -432,9 +441,30 @@ fn parse_rename(value: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Args)]
 pub struct DrillArgs {
-    /// Backup directory to create (default: <root>/<TIMESTAMP>).
+    /// Backup directory to create (default: <root>/<TIMESTAMP>). With
+    /// --backup: where drill-validation.json goes (default: the backup's
+    /// directory; the current one for a repository's backup).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+
+    /// Sandbox drill: restore this real backup (a directory, `latest`, or with
+    /// --from a backup's name) into the servers of --target-config, check
+    /// every table, index and graph against the backup's counts and content
+    /// digests, measure the RTO, write drill-validation.json and empty the
+    /// sandbox (unless --keep). Servers that are the ones backed up, or that
+    /// hold data no drill put there, are refused before anything is written.
+    #[arg(long, value_name = "PATH|latest", requires = "target_config", conflicts_with_all = ["upload", "scale", "sabotage"])]
+    pub backup: Option<String>,
+
+    /// With --backup: read the backup from this repository (s3://…, file://…).
+    #[arg(long, value_name = "URL", requires = "backup")]
+    pub from: Option<String>,
+
+    /// TOML file naming the sandbox servers ([postgres], [opensearch],
+    /// [neo4j] as in the config file). The environment is not read for
+    /// them: it names the servers backed up.
+    #[arg(long, value_name = "FILE", requires = "backup")]
+    pub target_config: Option<PathBuf>,
 
     /// Size of the synthetic data: rows in PostgreSQL, documents in OpenSearch,
     /// nodes in Neo4j (with two relationships each). Millions give a realistic RTO.
@@ -623,6 +653,11 @@ pub struct ScheduleArgs {
     /// Size of the drill's synthetic data.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_DRILL_SCALE)]
     pub drill_scale: u64,
+
+    /// After each backup, restore it into the sandbox servers this TOML file
+    /// names and check it there (see `itbackup drill --backup`).
+    #[arg(long, value_name = "FILE")]
+    pub drill_target_config: Option<PathBuf>,
 
     /// Let the drill rewind stores that hold other data (see `itbackup drill --yes`).
     #[arg(long, short = 'y')]

@@ -11,6 +11,7 @@ use crate::cli::{
     RestoreArgs, ScheduleArgs, StatusArgs, VerifyArgs, WalCommand,
 };
 use crate::config::Settings;
+use crate::drill::sandbox::SandboxDrillRequest;
 use crate::drill::{self, DrillRequest};
 use crate::error::Result;
 use crate::repository::Repository;
@@ -77,7 +78,10 @@ async fn backup(cli: &Cli, args: &BackupArgs) -> Result<()> {
 
 async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<()> {
     let json = cli.json;
-    let settings = Settings::resolve(cli, None)?;
+    let mut settings = Settings::resolve(cli, None)?;
+    if let Some(file) = &args.target_config {
+        settings = settings.with_target_config(file)?;
+    }
     let request = RestoreRequest {
         path: args.path.clone(),
         from: args.from.clone(),
@@ -141,6 +145,9 @@ fn selections(args: &RestoreArgs) -> BTreeMap<Service, RestoreSelection> {
 }
 
 async fn drill(cli: &Cli, args: &DrillArgs) -> Result<()> {
+    if let (Some(backup), Some(target_config)) = (&args.backup, &args.target_config) {
+        return sandbox_drill(cli, args, backup, target_config).await;
+    }
     let json = cli.json;
     let settings = Settings::resolve(cli, Some(&args.methods))?;
     let request = DrillRequest {
@@ -162,7 +169,40 @@ async fn drill(cli: &Cli, args: &DrillArgs) -> Result<()> {
         report::drill(&outcome, json);
         reported();
         metrics::update(args.monitor.metrics_file.as_deref(), |m| {
-            metrics::record_drill(m, &outcome.validation)
+            metrics::record_drill(m, outcome.validation.ok, outcome.validation.rto_seconds)
+        });
+        outcome.verdict()
+    };
+    hooks::around(&ctx, work, |_, _| {}).await?;
+    Ok(())
+}
+
+/// `drill --backup … --target-config FILE`: a real backup into a sandbox.
+async fn sandbox_drill(
+    cli: &Cli,
+    args: &DrillArgs,
+    backup: &str,
+    target_config: &std::path::Path,
+) -> Result<()> {
+    let json = cli.json;
+    let settings = Settings::resolve(cli, None)?;
+    let request = SandboxDrillRequest {
+        backup: backup.to_string(),
+        from: args.from.clone(),
+        target_config: target_config.to_path_buf(),
+        services: args.services.clone(),
+        keep: args.keep,
+        sequential: args.sequential,
+        out: args.out.clone(),
+        json,
+    };
+    let ctx = hooks::RunContext::sandbox_drill(&settings, &args.monitor);
+    let work = async {
+        let outcome = drill::sandbox::run(&settings, request).await?;
+        report::sandbox_drill(&outcome, json);
+        reported();
+        metrics::update(args.monitor.metrics_file.as_deref(), |m| {
+            metrics::record_drill(m, outcome.validation.ok, outcome.validation.rto_seconds)
         });
         outcome.verdict()
     };

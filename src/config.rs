@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::cli::{Cli, MethodArgs};
-use crate::environment::env;
+use crate::environment::{env, nothing};
 use crate::error::{Error, Result};
 pub use crate::secret::Secret;
 use crate::service::Service;
@@ -70,14 +70,15 @@ impl Settings {
     pub fn resolve(cli: &Cli, methods: Option<&MethodArgs>) -> Result<Self> {
         let file = load_file(cli.config.as_deref())?;
         let postgres =
-            PostgresSettings::resolve(file.postgres, methods.and_then(|m| m.postgres_format))?;
+            PostgresSettings::resolve(file.postgres, methods.and_then(|m| m.postgres_format), env)?;
         let opensearch = OpenSearchSettings::resolve(
             file.opensearch,
             methods.and_then(|m| m.opensearch_method),
             methods.and_then(|m| m.opensearch_repository.clone()),
             methods.and_then(|m| m.indices.clone()),
+            env,
         )?;
-        let neo4j = Neo4jSettings::resolve(file.neo4j, methods.and_then(|m| m.neo4j_method))?;
+        let neo4j = Neo4jSettings::resolve(file.neo4j, methods.and_then(|m| m.neo4j_method), env)?;
         timeout::set_remote(resolve_timeouts(
             "remote",
             timeout::REMOTE,
@@ -104,6 +105,40 @@ impl Settings {
                 .or(file.root)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
         })
+    }
+}
+
+/// `--target-config FILE`: the servers a restore or a sandbox drill writes
+/// to, in the config file's `[postgres]`, `[opensearch]` and `[neo4j]`
+/// sections and nothing else.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFile {
+    #[serde(default)]
+    pub postgres: PostgresFile,
+    #[serde(default)]
+    pub opensearch: OpenSearchFile,
+    #[serde(default)]
+    pub neo4j: Neo4jFile,
+}
+
+impl Settings {
+    /// These settings with the stores' replaced by the servers `path` names
+    /// (`--target-config`). Only the file and the defaults count: the
+    /// environment names the servers the backups came from, and a sandbox
+    /// must never inherit one of their addresses or passwords. The tools run
+    /// on this host (a sandbox in containers: give its published ports).
+    pub fn with_target_config(mut self, path: &Path) -> Result<Self> {
+        let text = read_settings_file(path, "target config")?;
+        let file: TargetFile = toml::from_str(&text)
+            .map_err(|e| Error::usage(format!("target config {}: {e}", path.display())))?;
+        self.stores = StoreSettings {
+            target: Target::Local,
+            postgres: PostgresSettings::resolve(file.postgres, None, nothing)?,
+            opensearch: OpenSearchSettings::resolve(file.opensearch, None, None, None, nothing)?,
+            neo4j: Neo4jSettings::resolve(file.neo4j, None, nothing)?,
+        };
+        Ok(self)
     }
 }
 
@@ -138,9 +173,14 @@ fn load_file(explicit: Option<&Path>) -> Result<FileConfig> {
         None if Path::new(DEFAULT_CONFIG_FILE).exists() => PathBuf::from(DEFAULT_CONFIG_FILE),
         None => return Ok(FileConfig::default()),
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::usage(format!("cannot read config file {}: {e}", path.display())))?;
+    let text = read_settings_file(&path, "config file")?;
     toml::from_str(&text).map_err(|e| Error::usage(format!("config file {}: {e}", path.display())))
+}
+
+/// A settings file's text.
+fn read_settings_file(path: &Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::usage(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 #[cfg(test)]

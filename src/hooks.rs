@@ -307,4 +307,17 @@ impl<'a> RunContext<'a> {
             dry_run: false,
         }
     }
+
+    /// A sandbox drill (`drill --backup`): its metrics and webhook.
+    pub fn sandbox_drill(settings: &crate::config::Settings, monitor: &'a MonitorArgs) -> Self {
+        RunContext {
+            operation: "drill",
+            hooks: None,
+            monitor,
+            root: settings.root.clone(),
+            dir: None,
+            services: Vec::new(),
+            dry_run: false,
+        }
+    }
 }

@@ -59,6 +59,14 @@ pub struct ArtifactRecord {
     pub finished_at: String,
     /// Object counts at backup time (rows per table, documents per index, nodes per label …).
     pub counts: BTreeMap<String, u64>,
+    /// Content digest per key of `counts` (the same keys), independent of
+    /// the order the store returns its records in; recorded at backup time
+    /// only where the method reads the data in one consistent view, the one
+    /// the artifact holds. A key without a digest was not recorded (an older
+    /// backup, a method that records none): its count is all there is to
+    /// compare. See `docs/manifest.md` for how each store computes them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digests: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<Member>,
     /// Store-specific facts (databases, method choice and why, edition …).
@@ -84,6 +92,7 @@ impl ArtifactRecord {
             started_at,
             finished_at: String::new(),
             counts: BTreeMap::new(),
+            digests: BTreeMap::new(),
             members: Vec::new(),
             details: Default::default(),
             encryption: None,
@@ -358,6 +367,7 @@ pub(crate) mod tests {
             started_at: "2025-02-01T10:15:00Z".into(),
             finished_at: "2025-02-01T10:15:01Z".into(),
             counts,
+            digests: BTreeMap::new(),
             members: vec![],
             details: Default::default(),
             encryption: None,
@@ -397,6 +407,26 @@ pub(crate) mod tests {
 
         fs::write(&path, "{ not json").unwrap();
         assert!(Manifest::read_dir(dir.path()).is_err());
+    }
+
+    /// A record without digests serialises as before they existed, so the
+    /// checksums of older manifests still hold; one with digests keeps them.
+    #[test]
+    fn digests_are_written_only_when_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        sample().write(dir.path()).unwrap();
+        let text = fs::read_to_string(dir.path().join(MANIFEST_FILE)).unwrap();
+        assert!(!text.contains("digests"), "{text}");
+
+        let mut with_digests = sample();
+        let record = with_digests.artifacts.get_mut(&Service::Postgres).unwrap();
+        record.digests.insert("app/public.t".into(), "12345".into());
+        with_digests.write(dir.path()).unwrap();
+        let back = Manifest::read_dir(dir.path()).unwrap();
+        assert_eq!(
+            back.artifacts[&Service::Postgres].digests["app/public.t"],
+            "12345"
+        );
     }
 
     #[test]

@@ -299,21 +299,17 @@ pub fn record_restore(metrics: &mut Metrics, outcome: &crate::restore::RestoreOu
     }
 }
 
-/// The drill's verdict and measured RTO.
-pub fn record_drill(metrics: &mut Metrics, validation: &crate::drill::Validation) {
-    if let Some(rto) = validation.rto_seconds {
+/// A drill's verdict and measured RTO (synthetic or sandbox).
+pub fn record_drill(metrics: &mut Metrics, ok: bool, rto_seconds: Option<f64>) {
+    if let Some(rto) = rto_seconds {
         metrics.set("itbackup_drill_rto_seconds", &[], rto);
     }
     metrics.set(
         "itbackup_drill_rto_objective_seconds",
         &[],
-        validation.rto_objective_seconds,
+        crate::drill::RTO_OBJECTIVE_SECONDS,
     );
-    metrics.set(
-        "itbackup_drill_success",
-        &[],
-        if validation.ok { 1.0 } else { 0.0 },
-    );
+    metrics.set("itbackup_drill_success", &[], if ok { 1.0 } else { 0.0 });
     metrics.set("itbackup_drill_timestamp_seconds", &[], now_seconds());
 }
 

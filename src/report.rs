@@ -315,6 +315,56 @@ pub fn drill(outcome: &crate::drill::DrillOutcome, json: bool) {
     println!("  details: {}", outcome.file.display());
 }
 
+pub fn sandbox_drill(outcome: &crate::drill::sandbox::SandboxOutcome, json: bool) {
+    let v = &outcome.validation;
+    if json {
+        return print_json(v);
+    }
+    println!(
+        "sandbox drill {} — backup {} restored into the sandbox",
+        if v.ok { "PASSED" } else { "FAILED" },
+        v.backup.display()
+    );
+    for (service, s) in &v.services {
+        let seconds = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.1} s"));
+        println!(
+            "  {service:<10} {} ({}) into {}: restored in {}, {} counts and {} content digests equal (checked in {}){}",
+            s.artifact,
+            s.method,
+            s.sandbox,
+            seconds(s.restore_seconds),
+            s.counts_checked,
+            s.digests_checked,
+            seconds(s.content_check_seconds),
+            if s.ok {
+                String::new()
+            } else {
+                format!("; {}", s.differences.join("; "))
+            }
+        );
+    }
+    match v.rto_seconds {
+        Some(rto) => println!(
+            "  RTO measured: {rto:.1} s, objective {:.0} min: {}",
+            v.rto_objective_seconds / 60.0,
+            if v.rto_ok { "met" } else { "MISSED" }
+        ),
+        None => println!("  RTO: not measured, the restore failed"),
+    }
+    println!(
+        "  sandbox {}",
+        if v.cleaned {
+            "emptied (its mark stays)"
+        } else {
+            "left as restored (--keep or a failed clean)"
+        }
+    );
+    for error in &v.errors {
+        println!("  error: {error}");
+    }
+    println!("  details: {}", outcome.file.display());
+}
+
 pub fn prune(outcome: &crate::prune::PruneOutcome, json: bool) {
     use crate::prune::Action;
     if json {

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::backup::{self, BackupOutcome, BackupRequest};
 use crate::cli::ScheduleArgs;
 use crate::config::Settings;
+use crate::drill::sandbox::SandboxDrillRequest;
 use crate::drill::{self, DrillRequest};
 use crate::error::{Error, Result};
 use crate::hooks::{self, RunContext};
@@ -166,7 +167,7 @@ fn newest_backup_time(settings: &Settings) -> Option<jiff::Timestamp> {
         .max()
 }
 
-/// One run: backup → verify → prune (→ drill). Each step is logged, measured
+/// One run: backup → verify → prune (→ drill, → sandbox drill of the backup). Each step is logged, measured
 /// and, on failure, sent to the webhook; a failed backup skips the rest.
 async fn one_run(
     settings: &Settings,
@@ -311,7 +312,7 @@ async fn one_run(
         let work = async {
             let outcome = drill::run(settings, request).await?;
             metrics::update(args.monitor.metrics_file.as_deref(), |m| {
-                metrics::record_drill(m, &outcome.validation)
+                metrics::record_drill(m, outcome.validation.ok, outcome.validation.rto_seconds)
             });
             outcome.verdict().map(|()| outcome)
         };
@@ -328,6 +329,44 @@ async fn one_run(
         }
         ok &= drilled.is_ok();
         report["drill"] = step_json(
+            &drilled,
+            |d| json!({"rto_seconds": d.validation.rto_seconds, "file": d.file}),
+        );
+    }
+
+    let stopped = *stop.borrow() > 0;
+    if let (false, Some(target_config)) = (stopped, &args.drill_target_config) {
+        let ctx = step_context("drill", settings, args, Some(dir.clone()));
+        let request = SandboxDrillRequest {
+            backup: dir.to_string_lossy().into_owned(),
+            from: None,
+            target_config: target_config.clone(),
+            services: args.services.clone(),
+            keep: false,
+            sequential: false,
+            out: None,
+            json: true,
+        };
+        let work = async {
+            let outcome = drill::sandbox::run(settings, request).await?;
+            metrics::update(args.monitor.metrics_file.as_deref(), |m| {
+                metrics::record_drill(m, outcome.validation.ok, outcome.validation.rto_seconds)
+            });
+            outcome.verdict().map(|()| outcome)
+        };
+        let Some(drilled) = abandonable(stop, hooks::around(&ctx, work, |_, _| {})).await else {
+            return abandoned(report, "sandbox drill");
+        };
+        match &drilled {
+            Ok(d) => tracing::info!(
+                run = number,
+                rto_seconds = d.validation.rto_seconds,
+                "sandbox drill passed"
+            ),
+            Err(e) => tracing::error!(run = number, error = %e, "sandbox drill failed"),
+        }
+        ok &= drilled.is_ok();
+        report["sandbox_drill"] = step_json(
             &drilled,
             |d| json!({"rto_seconds": d.validation.rto_seconds, "file": d.file}),
         );

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::backup::open_stores;
 use crate::catalog::{self, BackupEntry};
 use crate::config::Settings;
+use crate::drill::sandbox::DRILL_VALIDATION_FILE;
 use crate::drill::{RTO_OBJECTIVE_SECONDS, VALIDATION_FILE};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -496,12 +497,14 @@ async fn verify_full(
     }
 }
 
-/// The newest `synthetic-validation.json` in a backup directory under `root`.
+/// The newest drill result in a backup directory under `root`: a
+/// synthetic drill's `synthetic-validation.json` or a sandbox drill's
+/// `drill-validation.json`.
 pub fn last_drill(root: &Path) -> Option<DrillStatus> {
     let newest = fs::read_dir(root)
         .ok()?
         .filter_map(|e| e.ok())
-        .map(|e| e.path().join(VALIDATION_FILE))
+        .flat_map(|e| [VALIDATION_FILE, DRILL_VALIDATION_FILE].map(|name| e.path().join(name)))
         .filter_map(|file| {
             let modified = fs::metadata(&file).ok()?.modified().ok()?;
             Some((modified, file))

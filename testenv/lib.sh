@@ -13,7 +13,7 @@ REPO_ROOT="$(cd "$TESTENV_SRC/.." && pwd)"
 # shellcheck source=versions
 source "$TESTENV_SRC/versions"
 
-STATE="${IT_TESTENV_DIR:-$REPO_ROOT/.testenv}"
+STATE="${IT_TESTENV_DIR:-$REPO_ROOT/$PROFILE_STATE}"
 JAVA_HOME="${IT_TESTENV_JAVA_HOME:-${JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}}"
 JAVA="$JAVA_HOME/bin/java"
 ALL_SERVICES=(postgres opensearch neo4j s3)

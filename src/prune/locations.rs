@@ -149,12 +149,13 @@ fn classify(dir: &Path) -> ItemKind {
 
 /// Names a backup run creates inside a backup directory: `<service>_…`
 /// artifacts, their `.<service>_….work` scratch directories, `*.partial`, the
-/// manifest and the drill's validation file.
+/// manifest and the drills' validation files.
 fn written_by_itbackup(name: &str) -> bool {
     let bare = name.strip_prefix('.').unwrap_or(name);
     name.ends_with(PARTIAL_SUFFIX)
         || name == MANIFEST_FILE
         || name == VALIDATION_FILE
+        || name == crate::drill::sandbox::DRILL_VALIDATION_FILE
         || Service::ALL
             .iter()
             .any(|service| bare.starts_with(&format!("{}_", service.as_str())))

@@ -19,6 +19,7 @@ pub mod neo4j;
 pub mod opensearch;
 pub mod postgres;
 pub mod registry;
+pub mod sandbox;
 
 pub use method::Method;
 
@@ -197,23 +198,53 @@ pub struct UnorderedDigest {
 
 impl UnorderedDigest {
     pub fn add(&mut self, record: &[u8]) {
+        self.add_fields(&[record]);
+    }
+
+    /// Add the record made of `fields` joined by NUL bytes, hashed where
+    /// they lie instead of copied into one buffer first.
+    pub fn add_fields(&mut self, fields: &[&[u8]]) {
         use sha2::Digest;
-        let hash = sha2::Sha256::digest(record);
+        let mut hasher = sha2::Sha256::new();
+        for (n, field) in fields.iter().enumerate() {
+            if n > 0 {
+                hasher.update([0]);
+            }
+            hasher.update(field);
+        }
+        let hash = hasher.finalize();
         let prefix = u128::from_be_bytes(hash[..16].try_into().expect("16 bytes"));
         self.sum = self.sum.wrapping_add(prefix);
         self.count += 1;
     }
 
+    /// Add the records of `other` (digested apart, in parallel, say): the
+    /// sum of two parts is the digest of the whole.
+    pub fn merge(&mut self, other: &UnorderedDigest) {
+        self.sum = self.sum.wrapping_add(other.sum);
+        self.count += other.count;
+    }
+
+    /// How many records were added.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The digest: 32 hex digits.
+    pub fn hex(&self) -> String {
+        format!("{:032x}", self.sum)
+    }
+
     pub fn finish(&self) -> DrillInventory {
         DrillInventory {
             count: self.count,
-            digest: format!("{:032x}", self.sum),
+            digest: self.hex(),
         }
     }
 }
 
 #[async_trait]
-pub trait Store: DrillData + Send + Sync {
+pub trait Store: DrillData + sandbox::SandboxServer + Send + Sync {
     fn service(&self) -> Service;
 
     /// The server's address as configured (credentials included, never
@@ -300,6 +331,15 @@ pub trait Store: DrillData + Send + Sync {
 
     /// Current object counts in the store for the keys the record has counts for.
     async fn counts(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, u64>>;
+
+    /// The content digests the live server's data has now, for every key
+    /// `record.digests` holds (under the same keys), computed the same way
+    /// as at backup time; a key whose table or index is missing is left
+    /// out. A full read of that data: used after a restore (the sandbox
+    /// drill) to compare with the record, never by every restore.
+    async fn content_digests(&self, _record: &ArtifactRecord) -> Result<BTreeMap<String, String>> {
+        Ok(BTreeMap::new())
+    }
 
     /// Whether a restore can put back parts of this store's artifacts
     /// ([`RestoreSelection`]); a store that cannot refuses any selection before
@@ -480,6 +520,35 @@ pub fn compare_counts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_in_parts_merge_into_the_digest_of_the_whole_in_any_order() {
+        let records: Vec<String> = (0..10).map(|i| format!("record {i}")).collect();
+        let mut whole = UnorderedDigest::default();
+        records.iter().for_each(|r| whole.add(r.as_bytes()));
+        let (mut odd, mut even) = (UnorderedDigest::default(), UnorderedDigest::default());
+        for (i, record) in records.iter().enumerate().rev() {
+            let part = if i % 2 == 1 { &mut odd } else { &mut even };
+            part.add(record.as_bytes());
+        }
+        even.merge(&odd);
+        assert_eq!(even.finish(), whole.finish());
+        assert_eq!(even.count(), 10);
+        assert_eq!(even.hex().len(), 32);
+        assert_ne!(odd.hex(), whole.hex());
+    }
+
+    #[test]
+    fn a_record_of_fields_is_its_fields_joined_by_nul() {
+        let mut fields = UnorderedDigest::default();
+        fields.add_fields(&[b"id-1", b"", b"{\"a\":1}"]);
+        let mut joined = UnorderedDigest::default();
+        joined.add(b"id-1\0\0{\"a\":1}");
+        assert_eq!(fields.finish(), joined.finish());
+        let mut moved = UnorderedDigest::default();
+        moved.add_fields(&[b"id-1", b"{\"a\":1}", b""]);
+        assert_ne!(moved.hex(), fields.hex(), "a field's place counts");
+    }
 
     #[test]
     fn version_numbers_read_the_leading_dotted_numbers() {

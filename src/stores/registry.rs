@@ -57,16 +57,26 @@ mod tests {
     fn every_registered_store_opens_from_its_settings_with_drill_data_and_a_schema_entry() {
         let settings = StoreSettings {
             target: crate::target::Target::Local,
-            postgres: postgres::settings::PostgresSettings::resolve(Default::default(), None)
-                .unwrap(),
+            postgres: postgres::settings::PostgresSettings::resolve(
+                Default::default(),
+                None,
+                crate::environment::nothing,
+            )
+            .unwrap(),
             opensearch: opensearch::settings::OpenSearchSettings::resolve(
                 Default::default(),
                 None,
                 None,
                 None,
+                crate::environment::nothing,
             )
             .unwrap(),
-            neo4j: neo4j::settings::Neo4jSettings::resolve(Default::default(), None).unwrap(),
+            neo4j: neo4j::settings::Neo4jSettings::resolve(
+                Default::default(),
+                None,
+                crate::environment::nothing,
+            )
+            .unwrap(),
         };
         let schema: serde_json::Value =
             serde_json::from_str(include_str!("../../docs/manifest.schema.json")).unwrap();

@@ -22,6 +22,7 @@ mod pitr;
 mod postgres;
 mod postgres_failures;
 mod remote;
+mod sandbox;
 mod secrets;
 mod servers;
 mod timeouts;

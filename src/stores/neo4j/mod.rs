@@ -41,6 +41,7 @@ use settings::Neo4jSettings;
 mod drill;
 mod dump;
 mod logical;
+mod sandbox;
 mod server;
 pub mod settings;
 

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::Neo4jMethod;
-use crate::environment::env;
+use crate::environment::Lookup;
 use crate::error::Result;
 use crate::secret::Secret;
 use crate::timeout::resolve_timeouts;
@@ -51,8 +51,12 @@ pub struct Neo4jSettings {
 }
 
 impl Neo4jSettings {
-    /// Flags > environment > the file's `[neo4j]` > defaults.
-    pub fn resolve(neo_file: Neo4jFile, flag_method: Option<Neo4jMethod>) -> Result<Self> {
+    /// Flags > environment (`env`) > the file's `[neo4j]` > defaults.
+    pub fn resolve(
+        neo_file: Neo4jFile,
+        flag_method: Option<Neo4jMethod>,
+        env: Lookup,
+    ) -> Result<Self> {
         Ok(Neo4jSettings {
             uri: env("NEO4J_URI")
                 .or(neo_file.uri)

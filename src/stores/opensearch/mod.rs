@@ -42,12 +42,14 @@ use settings::OpenSearchSettings;
 /// nothing (a 2 s cap added up to 1.6 s to a 1.7 s snapshot).
 const POLL_AT_MOST_EVERY: Duration = Duration::from_millis(500);
 
+mod content;
 mod drill;
 mod http;
 pub(super) mod leftovers;
 mod logical;
 mod parts;
 mod repository;
+mod sandbox;
 mod selection;
 pub mod settings;
 mod snapshot;
@@ -589,5 +591,9 @@ impl Store for OpenSearch {
             }
         }
         Ok(counts)
+    }
+
+    async fn content_digests(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, String>> {
+        self.index_digests(record).await
     }
 }

@@ -74,7 +74,7 @@ impl OpenSearch {
     }
 
     /// The primary shard count and size of every index `pattern` matches.
-    async fn index_sizes(&self, pattern: &str, step: &str) -> Result<IndexSizes> {
+    pub(super) async fn index_sizes(&self, pattern: &str, step: &str) -> Result<IndexSizes> {
         let rows = self
             .http
             .get(
@@ -131,9 +131,14 @@ impl OpenSearch {
 }
 
 /// Primary shards and their bytes, by index name.
-struct IndexSizes(BTreeMap<String, (usize, u64)>);
+pub(super) struct IndexSizes(BTreeMap<String, (usize, u64)>);
 
 impl IndexSizes {
+    /// The index `name`, if the cluster has it.
+    pub(super) fn find(&self, name: &str) -> Option<IndexInfo> {
+        self.0.contains_key(name).then(|| self.of(name))
+    }
+
     fn of(&self, name: &str) -> IndexInfo {
         let (primaries, primary_bytes) = self.0.get(name).copied().unwrap_or((1, 0));
         IndexInfo {

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::OpenSearchMethod;
 use crate::archive::ArchiveCompression;
-use crate::environment::env;
+use crate::environment::Lookup;
 use crate::error::Result;
 use crate::secret::Secret;
 use crate::timeout::resolve_timeouts;
@@ -51,7 +51,7 @@ pub struct OpenSearchSettings {
 }
 
 impl OpenSearchSettings {
-    /// Flags > environment > the file's `[opensearch]` > defaults.
+    /// Flags > environment (`env`) > the file's `[opensearch]` > defaults.
     /// `flag_method`, `flag_repository`, `flag_indices`: the command line's
     /// `--opensearch-method`, `--opensearch-repository` and `--indices`, which
     /// beat the environment and the file.
@@ -60,6 +60,7 @@ impl OpenSearchSettings {
         flag_method: Option<OpenSearchMethod>,
         flag_repository: Option<String>,
         flag_indices: Option<String>,
+        env: Lookup,
     ) -> Result<Self> {
         Ok(OpenSearchSettings {
             url: env("OPENSEARCH_URL")

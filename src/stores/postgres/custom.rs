@@ -1,8 +1,8 @@
 //! The custom format (the default): `pg_dumpall --globals-only` for roles, then
-//! one `pg_dump -Fc` per database from a snapshot that also counts the rows,
+//! one `pg_dump -Fc` per database from a snapshot that also counts the rows
+//! and digests their content,
 //! packed into `postgres_<TS>.tar`; restored with `pg_restore -j N` per database.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use crate::process::{self, ToolCommand};
 use crate::stores::{BackupContext, RestoreContext, RestoreSelection};
 
 use super::replace::WORK_DB;
+use super::rows::{Reading, TableRows};
 use super::{
     blocking, conninfo_dbname, set_aside_step, tool_output_to_file, Postgres, SETTLE_STEP, SVC,
 };
@@ -34,7 +35,7 @@ impl Postgres {
             format!("connect to {} as {} and list the databases", self.endpoint(), self.settings.user),
             self.tool("pg_dumpall").args(["--globals-only", "--no-password"]).to_string() + " > globals.sql",
             format!(
-                "for each database, {} at a time: open a repeatable-read snapshot, count the rows of every table while",
+                "for each database, {} at a time: open a repeatable-read snapshot, count the rows of every table and digest their content while",
                 self.settings.jobs
             ),
             self.tool("pg_dump")
@@ -194,10 +195,10 @@ impl Postgres {
         let dump_all = futures::stream::iter(databases.into_iter().enumerate())
             .map(|(index, database)| async move {
                 let path = work.join(format!("{index:03}.dump"));
-                let mut counts = BTreeMap::new();
-                self.dump_database(&database, &path, &mut counts).await?;
+                let mut rows = TableRows::default();
+                self.dump_database(&database, &path, &mut rows).await?;
                 tracing::info!(database = %database, "postgres: dumped database");
-                Ok::<_, Error>((database, path, counts))
+                Ok::<_, Error>((database, path, rows))
             })
             .buffered(self.settings.jobs)
             .try_collect::<Vec<_>>();
@@ -206,9 +207,10 @@ impl Postgres {
 
         let mut members = vec![(GLOBALS_MEMBER.to_string(), globals)];
         let mut entries = Vec::new();
-        for (index, (name, path, counts)) in dumped?.into_iter().enumerate() {
+        for (index, (name, path, rows)) in dumped?.into_iter().enumerate() {
             let member = format!("databases/{index:03}.dump");
-            record.counts.extend(counts);
+            record.counts.extend(rows.counts);
+            record.digests.extend(rows.digests);
             entries.push(DatabaseEntry {
                 name,
                 member: member.clone(),
@@ -222,15 +224,13 @@ impl Postgres {
         Ok(members)
     }
 
-    /// Count and dump one database from the same exported snapshot.
-    async fn dump_database(
-        &self,
-        database: &str,
-        path: &Path,
-        counts: &mut BTreeMap<String, u64>,
-    ) -> Result<()> {
+    /// Count, digest and dump one database from the same exported snapshot.
+    async fn dump_database(&self, database: &str, path: &Path, rows: &mut TableRows) -> Result<()> {
         let step = format!("dump database {database}");
-        let mut client = self.connect(database, &step).await?;
+        // The digests' session settings are this connection's own: pg_dump
+        // opens its own, with its own settings.
+        let reading = Reading::CountAndDigest;
+        let mut client = self.connect_to_read(database, reading, &step).await?;
         let txn = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -251,11 +251,12 @@ impl Postgres {
             .arg(conninfo_dbname(database));
         let step_for_tool = step.clone();
         let file = path.to_path_buf();
-        // pg_dump and the exact row counts read the same snapshot at the same
-        // time: the counts cost no extra wall time.
+        // pg_dump and the exact row counts and digests read the same
+        // snapshot at the same time: they cost no extra wall time as long as
+        // the server has a core to spare for them.
         let dump = blocking(move || tool_output_to_file(&cmd, &file, &step_for_tool));
-        let count = Self::count_rows(&txn, database, counts);
-        let (dumped, counted) = tokio::join!(dump, count);
+        let read = Self::read_rows(&txn, database, reading, rows);
+        let (dumped, counted) = tokio::join!(dump, read);
         // The snapshot must stay alive until pg_dump has opened it; end it only now.
         let _ = txn.commit().await;
         dumped?;

@@ -2,8 +2,9 @@
 //!
 //! * **custom** (default): `pg_dumpall --globals-only` for roles, then one
 //!   `pg_dump -Fc` per database, each taken from a snapshot exported by a
-//!   repeatable-read transaction that also counts the rows: the counts in the
-//!   manifest are exactly the rows in the dump. The dumps are packed into
+//!   repeatable-read transaction that also counts the rows and digests their
+//!   content: the counts and digests in the manifest are exactly the rows in
+//!   the dump. The dumps are packed into
 //!   `postgres_<TS>.tar` and restored with `pg_restore --clean --if-exists -j N`.
 //! * **plain**: the runbook's `postgres_<TS>.sql`, `pg_dumpall --clean --if-exists`,
 //!   restored with `psql -v ON_ERROR_STOP=1`.
@@ -32,6 +33,8 @@ mod drill;
 pub mod physical;
 mod plain;
 mod replace;
+mod rows;
+mod sandbox;
 mod selection;
 pub mod settings;
 mod sql_file;
@@ -192,120 +195,6 @@ impl Postgres {
             .hint("run that restore again to finish it (it keeps the copies' data until every database has loaded), or, once you are sure the databases under their own names are right, drop the copies; nothing was written"));
         }
         self.databases(client).await
-    }
-
-    /// Exact row counts of every ordinary table of the database `client` is in.
-    /// The user tables of the connected database, largest first: (schema, name, bytes).
-    async fn tables(
-        client: &impl tokio_postgres::GenericClient,
-        step: &str,
-    ) -> Result<Vec<(String, String, i64)>> {
-        let rows = client
-            .query(
-                "SELECT n.nspname, c.relname, pg_relation_size(c.oid) FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind = 'r' \
-                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-                 ORDER BY 3 DESC, 1, 2",
-                &[],
-            )
-            .await
-            .map_err(|e| Self::query_error(step, e))?;
-        Ok(rows
-            .iter()
-            .map(|row| (row.get(0), row.get(1), row.get(2)))
-            .collect())
-    }
-
-    /// The exact number of rows of one table (not of its partitions or children).
-    async fn count_table(
-        client: &impl tokio_postgres::GenericClient,
-        schema: &str,
-        name: &str,
-        step: &str,
-    ) -> Result<u64> {
-        let sql = format!(
-            "SELECT count(*) FROM ONLY {}.{}",
-            quote_ident(schema),
-            quote_ident(name)
-        );
-        let row = client
-            .query_one(&sql, &[])
-            .await
-            .map_err(|e| Self::query_error(step, e))?;
-        Ok(row.get::<_, i64>(0) as u64)
-    }
-
-    /// Exact row counts of every table, one after another on `client` (at
-    /// backup time: inside the dump's snapshot, beside pg_dump).
-    async fn count_rows(
-        client: &impl tokio_postgres::GenericClient,
-        database: &str,
-        counts: &mut BTreeMap<String, u64>,
-    ) -> Result<()> {
-        let step = "count rows";
-        for (schema, name, _) in Self::tables(client, step).await? {
-            let n = Self::count_table(client, &schema, &name, step).await?;
-            counts.insert(count_key(database, &schema, &name), n);
-        }
-        Self::count_large_objects(client, database, counts).await
-    }
-
-    /// Large objects live outside the user's tables: counted on their own, so
-    /// that a restore that lost them fails its count check.
-    async fn count_large_objects(
-        client: &impl tokio_postgres::GenericClient,
-        database: &str,
-        counts: &mut BTreeMap<String, u64>,
-    ) -> Result<()> {
-        let n = Self::count_table(
-            client,
-            "pg_catalog",
-            "pg_largeobject_metadata",
-            "count large objects",
-        )
-        .await?;
-        counts.insert(
-            count_key(database, "pg_catalog", "pg_largeobject_metadata"),
-            n,
-        );
-        Ok(())
-    }
-
-    /// Exact row counts of every table on `jobs` connections at once, each
-    /// table going to the connection with the least bytes so far (after a
-    /// restore, when nothing else needs the server).
-    async fn count_rows_in_parallel(
-        &self,
-        database: &str,
-        counts: &mut BTreeMap<String, u64>,
-    ) -> Result<()> {
-        let step = "count rows";
-        let client = self.connect(database, step).await?;
-        let tables = Self::tables(&client, step).await?;
-        Self::count_large_objects(&client, database, counts).await?;
-        drop(client);
-        let jobs = self.settings.jobs.clamp(1, tables.len().max(1));
-        let mut shares: Vec<(i64, Vec<(String, String)>)> = vec![(0, Vec::new()); jobs];
-        for (schema, name, bytes) in tables {
-            let share = shares.iter_mut().min_by_key(|s| s.0).expect("jobs >= 1");
-            share.0 += bytes.max(1);
-            share.1.push((schema, name));
-        }
-        let counted =
-            futures::future::try_join_all(shares.into_iter().map(|(_, tables)| async move {
-                let client = self.connect(database, step).await?;
-                let mut counted = Vec::with_capacity(tables.len());
-                for (schema, name) in tables {
-                    let n = Self::count_table(&client, &schema, &name, step).await?;
-                    counted.push((count_key(database, &schema, &name), n));
-                }
-                Ok::<_, Error>(counted)
-            }))
-            .await?;
-        counts.extend(counted.into_iter().flatten());
-        Ok(())
     }
 
     async fn server_version(&self) -> Result<(String, u32)> {
@@ -547,6 +436,10 @@ impl Store for Postgres {
             self.count_rows_in_parallel(&database, &mut counts).await?;
         }
         Ok(counts)
+    }
+
+    async fn content_digests(&self, record: &ArtifactRecord) -> Result<BTreeMap<String, String>> {
+        self.table_digests(record).await
     }
 }
 

@@ -13,6 +13,7 @@ use crate::process::{self};
 use crate::stores::{BackupContext, RestoreContext};
 
 use super::replace::WORK_DB;
+use super::rows::{Reading, TableRows};
 use super::{blocking, conninfo_dbname, set_aside_step, Postgres, SETTLE_STEP, SVC};
 
 /// The last line pg_dumpall writes; a plain dump without it was cut short.
@@ -64,10 +65,17 @@ impl Postgres {
         let admin = self.connect("postgres", "list databases").await?;
         let databases = self.databases_to_back_up(&admin).await?;
         drop(admin);
-        // pg_dumpall cannot share a snapshot with us: counts are taken just before.
+        // pg_dumpall cannot share a snapshot with us: counts are taken just
+        // before, and no content digests: read outside the dump's snapshot,
+        // they could differ from a good dump's data and fail its check.
         for database in &databases {
-            let client = self.connect(database, "count rows").await?;
-            Self::count_rows(&client, database, &mut record.counts).await?;
+            let reading = Reading::Count;
+            let client = self
+                .connect_to_read(database, reading, "count rows")
+                .await?;
+            let mut rows = TableRows::default();
+            Self::read_rows(&client, database, reading, &mut rows).await?;
+            record.counts.extend(rows.counts);
         }
         record.details.insert("databases".into(), json!(databases));
         record

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::PostgresFormat;
-use crate::environment::env;
+use crate::environment::Lookup;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::timeout::resolve_timeouts;
@@ -55,8 +55,12 @@ pub struct PostgresSettings {
 }
 
 impl PostgresSettings {
-    /// Flags > environment > the file's `[postgres]` > defaults.
-    pub fn resolve(pg_file: PostgresFile, flag_format: Option<PostgresFormat>) -> Result<Self> {
+    /// Flags > environment (`env`) > the file's `[postgres]` > defaults.
+    pub fn resolve(
+        pg_file: PostgresFile,
+        flag_format: Option<PostgresFormat>,
+        env: Lookup,
+    ) -> Result<Self> {
         let port = match env("PGPORT") {
             Some(p) => p
                 .parse()

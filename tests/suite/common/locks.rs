@@ -1,8 +1,9 @@
 //! Which tests may run at the same time.
 //!
 //! All tests are one binary, so tests of every area run side by side on the
-//! one testenv stack. Each server (PostgreSQL, OpenSearch, Neo4j, S3, and the
-//! three-node OpenSearch cluster beside the stack) has a read-write lock:
+//! one testenv stack. Each server (PostgreSQL, OpenSearch, Neo4j, S3, the
+//! three-node OpenSearch cluster beside the stack, and the sandbox stack) has
+//! a read-write lock:
 //!
 //! * [`exclusive`] (the write lock) for whole-server work: any itbackup
 //!   `backup`, `restore` or `drill` against the server (itbackup itself
@@ -40,12 +41,14 @@ pub enum Server {
     S3,
     /// The three-node OpenSearch cluster (`common::cluster`).
     OpensearchCluster,
+    /// The sandbox stack's three servers (testenv's sandbox profile).
+    Sandbox,
 }
 
-pub use Server::{Neo4j, Opensearch, OpensearchCluster, Postgres, S3};
+pub use Server::{Neo4j, Opensearch, OpensearchCluster, Postgres, Sandbox, S3};
 
 /// Every server.
-pub const ALL: &[Server] = &[Postgres, Opensearch, Neo4j, S3, OpensearchCluster];
+pub const ALL: &[Server] = &[Postgres, Opensearch, Neo4j, S3, OpensearchCluster, Sandbox];
 
 /// Who holds a server (the servers are indexed like [`ALL`]).
 #[derive(Clone, Copy, Default)]

@@ -305,6 +305,7 @@ pub fn fake_backup(root: &Path, name: &str, started: Timestamp) -> PathBuf {
         server_version: "15".into(),
         started_at: started_at.clone(),
         finished_at: finished_at.clone(),
+        digests: Default::default(),
         counts: BTreeMap::from([("app/public.items".to_string(), 42)]),
         members: vec![],
         details: Default::default(),

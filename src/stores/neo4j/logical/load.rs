@@ -17,7 +17,7 @@ use crate::stores::RestoreContext;
 
 impl Neo4j {
     /// Remove everything: data, constraints, indexes (token lookup indexes stay).
-    async fn wipe(&self, graph: &Graph) -> Result<()> {
+    pub(in crate::stores::neo4j) async fn wipe(&self, graph: &Graph) -> Result<()> {
         let step = "wipe database";
         for row in self
             .rows(graph, "SHOW CONSTRAINTS YIELD name RETURN name", step)

@@ -20,6 +20,7 @@ mod definitions;
 mod export;
 mod limits;
 mod load;
+mod scan;
 
 pub(crate) use bulk::bulk;
 use check::check_logical;

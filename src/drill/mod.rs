@@ -20,6 +20,8 @@ use crate::restore::{self, RestoreOutcome, RestoreRequest};
 use crate::service::{Service, ServiceList};
 use crate::stores::{self, DrillInventory, Store};
 
+pub mod sandbox;
+
 /// The file the runbook's `tests/backup_restore_synthetic.sh` leaves behind.
 pub const VALIDATION_FILE: &str = "synthetic-validation.json";
 /// The runbook's recovery objectives.

@@ -1,0 +1,539 @@
+//! The sandbox drill (`itbackup drill --backup PATH|latest [--from URL]
+//! --target-config FILE`): a real backup restored into other servers, the
+//! sandbox, and checked there table by table and index by index against what
+//! the backup recorded, with the recovery time measured. Production is never
+//! touched: servers whose address is one of the backed-up servers', and
+//! servers that hold data no drill put there, are refused before anything is
+//! written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{RPO_OBJECTIVE_HOURS, RTO_OBJECTIVE_SECONDS};
+use crate::artifact;
+use crate::backup::open_stores;
+use crate::config::Settings;
+use crate::error::{io_error, Error, Kind, Result};
+use crate::manifest::{ArtifactRecord, Manifest};
+use crate::progress::Progress;
+use crate::repository::{open_backup, BackupChoice};
+use crate::restore::{self, RestoreOutcome, RestoreRequest};
+use crate::service::{Service, ServiceList};
+use crate::stores::sandbox::SandboxState;
+use crate::stores::{self, Store};
+
+/// The sandbox drill's results, beside the backup (or in `--out DIR`).
+pub const DRILL_VALIDATION_FILE: &str = "drill-validation.json";
+
+/// How long resolving a server's host name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct SandboxDrillRequest {
+    /// A backup directory, `latest`, or with `from` a backup's name.
+    pub backup: String,
+    /// A repository URL the backup is read from.
+    pub from: Option<String>,
+    pub target_config: PathBuf,
+    pub services: Option<ServiceList>,
+    pub keep: bool,
+    pub sequential: bool,
+    /// Where `drill-validation.json` goes (default: the backup's directory,
+    /// or the current directory for a repository's backup).
+    pub out: Option<PathBuf>,
+    pub json: bool,
+}
+
+/// One store's part of `drill-validation.json`.
+#[derive(Debug, Serialize)]
+pub struct SandboxServiceCheck {
+    /// The sandbox server (host and port, no credentials).
+    pub sandbox: String,
+    pub artifact: String,
+    pub method: String,
+    /// Tables, indices, labels … whose counts the restore compared.
+    pub counts_checked: usize,
+    /// Of those, how many had a content digest recorded at backup time,
+    /// each compared with the restored data's.
+    pub digests_checked: usize,
+    pub restore_seconds: Option<f64>,
+    /// The time the content digests took (a full read of the restored data).
+    pub content_check_seconds: Option<f64>,
+    pub ok: bool,
+    pub differences: Vec<String>,
+}
+
+/// `drill-validation.json`.
+#[derive(Debug, Serialize)]
+pub struct SandboxValidation {
+    pub ok: bool,
+    /// `sandbox`: a real backup restored into other servers.
+    pub drill: &'static str,
+    pub backup: PathBuf,
+    /// The backup's timestamp.
+    pub timestamp: String,
+    pub backup_finished_at: String,
+    pub drilled_at: String,
+    pub services: BTreeMap<Service, SandboxServiceCheck>,
+    /// Measured recovery time: the whole restore (verification of every
+    /// artifact, each store restored and its counts checked).
+    pub rto_seconds: Option<f64>,
+    pub rto_objective_seconds: f64,
+    pub rto_ok: bool,
+    pub rpo_objective_hours: u64,
+    /// Whether the sandbox was emptied afterwards (not with `--keep`).
+    pub cleaned: bool,
+    pub errors: Vec<String>,
+}
+
+pub struct SandboxOutcome {
+    pub validation: SandboxValidation,
+    pub file: PathBuf,
+    /// The kind of the restore's failure, when it failed.
+    failure_kind: Option<Kind>,
+}
+
+impl SandboxOutcome {
+    /// The drill's verdict: data that differs from the backup's record is a
+    /// verification mismatch; a failed restore or a missed RTO a failure.
+    pub fn verdict(&self) -> Result<()> {
+        let v = &self.validation;
+        if v.ok {
+            return Ok(());
+        }
+        let differs = v.services.values().any(|s| !s.differences.is_empty());
+        let kind = match self.failure_kind {
+            Some(kind) => kind,
+            None if differs => Kind::VerificationMismatch,
+            None => Kind::Failure,
+        };
+        let mut problems = v.errors.clone();
+        for (service, s) in &v.services {
+            problems.extend(s.differences.iter().map(|d| format!("{service}: {d}")));
+        }
+        if !v.rto_ok && v.rto_seconds.is_some() {
+            problems.push(format!(
+                "restore took {:.0} s, over the {:.0} s objective",
+                v.rto_seconds.unwrap_or_default(),
+                v.rto_objective_seconds
+            ));
+        }
+        Err(Error::new(
+            kind,
+            "drill",
+            format!(
+                "the sandbox drill of {} failed:\n  {}",
+                v.backup.display(),
+                problems.join("\n  ")
+            ),
+        )
+        .hint(format!("details in {}", self.file.display())))
+    }
+}
+
+pub async fn run(source: &Settings, request: SandboxDrillRequest) -> Result<SandboxOutcome> {
+    let sandbox = source.clone().with_target_config(&request.target_config)?;
+    let show = !request.json;
+
+    let step = Progress::step(show, "reading the backup's manifest");
+    let pinned = PinnedBackup::open(&source.root, &request).await?;
+    let manifest = &pinned.manifest;
+    let services =
+        ServiceList::within(request.services.as_ref(), manifest.services.keys().copied()).map_err(
+            |missing| {
+                Error::usage(format!(
+                    "the backup {} has no {missing} artifact",
+                    pinned.shown.display()
+                ))
+            },
+        )?;
+    step.done(&format!(
+        "backup {} ({})",
+        manifest.timestamp,
+        services
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+
+    let step = Progress::step(show, "checking the sandbox");
+    let sandbox_stores = open_stores(&services, &sandbox)?;
+    refuse_source_servers(&open_stores(&services, source)?, &sandbox_stores).await?;
+    let _servers = stores::lock_servers(&sandbox_stores, "drill").await?;
+    refuse_data_not_from_drills(&sandbox_stores).await?;
+    for store in &sandbox_stores {
+        store.mark_sandbox().await?;
+    }
+    step.done("sandbox servers reachable, empty or marked as a sandbox");
+
+    let step = Progress::step(show, "restoring into the sandbox (the normal restore path)");
+    let restored = restore::run(
+        &sandbox,
+        RestoreRequest {
+            path: pinned.path.clone(),
+            from: pinned.from.clone(),
+            manifest: None,
+            services: Some(ServiceList(services.clone())),
+            dry_run: false,
+            yes: true,
+            sequential: request.sequential,
+            selections: Default::default(),
+            renames: Vec::new(),
+        },
+    )
+    .await;
+    let mut errors = Vec::new();
+    let mut failure_kind = None;
+    let (rto_seconds, per_store) = match &restored {
+        Ok(RestoreOutcome::Done {
+            seconds, restored, ..
+        }) => {
+            step.done(&format!("restored in {seconds:.1} s"));
+            let per: BTreeMap<Service, (f64, usize)> = restored
+                .iter()
+                .map(|r| (r.service, (r.seconds, r.counts_checked)))
+                .collect();
+            (Some(*seconds), per)
+        }
+        Ok(RestoreOutcome::Planned { .. }) => unreachable!("not a dry run"),
+        Err(e) => {
+            step.done("restore FAILED");
+            errors.push(format!("restore failed: {e}"));
+            failure_kind = Some(e.kind);
+            (None, BTreeMap::new())
+        }
+    };
+
+    let step = Progress::step(show, "comparing content digests with the backup's");
+    let mut checks = BTreeMap::new();
+    for store in &sandbox_stores {
+        let service = store.service();
+        let record = &manifest.artifacts[&service];
+        let restore = per_store.get(&service).copied();
+        let check = check_content(store.as_ref(), record, restore).await;
+        checks.insert(service, check);
+    }
+    step.done(&format!(
+        "{} digest(s) compared",
+        checks.values().map(|c| c.digests_checked).sum::<usize>()
+    ));
+    // A restore replaces what it restores, marks included (Neo4j's graph).
+    for store in &sandbox_stores {
+        if let Err(e) = store.mark_sandbox().await {
+            errors.push(format!(
+                "{}: could not mark the sandbox: {e}",
+                store.service()
+            ));
+        }
+    }
+
+    let rto_ok = rto_seconds.is_some_and(|s| s <= RTO_OBJECTIVE_SECONDS);
+    let mut validation = SandboxValidation {
+        ok: false,
+        drill: "sandbox",
+        backup: pinned.shown.clone(),
+        timestamp: manifest.timestamp.clone(),
+        backup_finished_at: manifest.finished_at.clone(),
+        drilled_at: jiff::Timestamp::now().to_string(),
+        services: checks,
+        rto_seconds,
+        rto_objective_seconds: RTO_OBJECTIVE_SECONDS,
+        rto_ok,
+        rpo_objective_hours: RPO_OBJECTIVE_HOURS,
+        cleaned: false,
+        errors,
+    };
+    if !request.keep {
+        let step = Progress::step(show, "cleaning the sandbox");
+        let mut cleaned = true;
+        for store in &sandbox_stores {
+            if let Err(e) = store.clean_sandbox().await {
+                cleaned = false;
+                validation.errors.push(format!(
+                    "{}: could not clean the sandbox: {e}",
+                    store.service()
+                ));
+            }
+        }
+        validation.cleaned = cleaned;
+        step.done(if cleaned {
+            "sandbox cleaned"
+        } else {
+            "sandbox NOT cleaned"
+        });
+    }
+    validation.ok =
+        validation.errors.is_empty() && rto_ok && validation.services.values().all(|s| s.ok);
+    let dir = request
+        .out
+        .clone()
+        .or_else(|| pinned.path.clone())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let file = write_validation(&dir, &validation)?;
+    Ok(SandboxOutcome {
+        validation,
+        file,
+        failure_kind,
+    })
+}
+
+/// The backup the drill restores, chosen once: `latest` is resolved here,
+/// so a backup finished meanwhile does not change what is restored.
+struct PinnedBackup {
+    manifest: Manifest,
+    shown: PathBuf,
+    /// The local directory, or …
+    path: Option<PathBuf>,
+    /// … the repository's `URL/<name>`.
+    from: Option<String>,
+}
+
+impl PinnedBackup {
+    async fn open(root: &Path, request: &SandboxDrillRequest) -> Result<Self> {
+        let latest = request.backup == "latest";
+        let url = request.from.as_ref().map(|url| match latest {
+            true => url.clone(),
+            false => format!("{}/{}", url.trim_end_matches('/'), request.backup),
+        });
+        let path = (!latest && url.is_none()).then(|| PathBuf::from(&request.backup));
+        let choice = BackupChoice {
+            root,
+            path: path.as_deref(),
+            manifest: None,
+            from: url.as_deref(),
+        };
+        let opened = open_backup(choice, false).await?;
+        let remote = opened.repository.is_some();
+        Ok(PinnedBackup {
+            path: (!remote).then(|| opened.dir.clone()),
+            from: remote.then(|| opened.shown.to_string_lossy().into_owned()),
+            shown: opened.shown,
+            manifest: opened.manifest,
+        })
+    }
+}
+
+/// Counts were compared by the restore; here every digest the backup
+/// recorded is compared with the restored data's.
+async fn check_content(
+    store: &dyn Store,
+    record: &ArtifactRecord,
+    restore: Option<(f64, usize)>,
+) -> SandboxServiceCheck {
+    let mut check = SandboxServiceCheck {
+        sandbox: shown_address(&store.address()),
+        artifact: record.file.clone(),
+        method: record.method.clone(),
+        counts_checked: restore.map_or(0, |r| r.1),
+        digests_checked: 0,
+        restore_seconds: restore.map(|r| r.0),
+        content_check_seconds: None,
+        ok: false,
+        differences: Vec::new(),
+    };
+    if restore.is_none() {
+        check.differences.push("not restored".into());
+        return check;
+    }
+    let started = Instant::now();
+    match store.content_digests(record).await {
+        Ok(found) => {
+            for (key, want) in &record.digests {
+                match found.get(key) {
+                    Some(got) if got == want => check.digests_checked += 1,
+                    Some(got) => check.differences.push(format!(
+                        "{key}: content digest differs (backup {want}, restored {got})"
+                    )),
+                    None => check
+                        .differences
+                        .push(format!("{key}: recorded in the backup, not found restored")),
+                }
+            }
+        }
+        Err(e) => check
+            .differences
+            .push(format!("content digests could not be computed: {e}")),
+    }
+    check.content_check_seconds = Some(started.elapsed().as_secs_f64());
+    check.ok = check.differences.is_empty();
+    check
+}
+
+/// Refuse a sandbox server that is one of the servers backed up (the
+/// settings of the environment and `--config`): same port, and the same host
+/// name, a shared address, or both on this machine.
+async fn refuse_source_servers(
+    source: &[Box<dyn Store>],
+    sandbox: &[Box<dyn Store>],
+) -> Result<()> {
+    for (src, target) in source.iter().zip(sandbox) {
+        let (a, b) = (src.address(), target.address());
+        if same_server(&a, &b).await {
+            return Err(Error::usage(format!(
+                "the target config names {} {} for the sandbox, which is the server the backups come from: a sandbox drill never restores into it",
+                target.service(),
+                shown_address(&b)
+            ))
+            .service(target.service())
+            .hint("give the sandbox servers of their own in --target-config; nothing was changed"));
+        }
+    }
+    Ok(())
+}
+
+/// Refuse sandbox servers that hold data no drill put there.
+async fn refuse_data_not_from_drills(sandbox: &[Box<dyn Store>]) -> Result<()> {
+    let mut held = Vec::new();
+    for store in sandbox {
+        store.probe().await?;
+        if let SandboxState::Holds(what) = store.sandbox_state().await? {
+            held.push(format!(
+                "{} {} holds {what}",
+                store.service(),
+                shown_address(&store.address())
+            ));
+        }
+    }
+    if held.is_empty() {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "the sandbox holds data that no drill put there, so it may not be a sandbox:\n  {}",
+        held.join("\n  ")
+    ))
+    .hint("a sandbox must be empty or marked by an earlier drill (itbackup_sandbox); check --target-config, or empty those servers if they are yours to empty; nothing was changed"))
+}
+
+/// Host and port of a server address (`host:port`, a URL with or without
+/// credentials, a PostgreSQL socket directory), for comparing and showing.
+fn host_port(address: &str) -> (String, u16) {
+    let (scheme, rest) = address.split_once("://").unwrap_or(("", address));
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        "bolt" | "bolt+s" | "bolt+ssc" | "neo4j" | "neo4j+s" | "neo4j+ssc" => 7687,
+        _ => 5432,
+    };
+    if rest.starts_with('/') {
+        // A PostgreSQL socket directory, `DIR:PORT`.
+        return match rest.rsplit_once(':') {
+            Some((dir, port)) => (dir.to_string(), port.parse().unwrap_or(default_port)),
+            None => (rest.to_string(), default_port),
+        };
+    }
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, port)) => (host, port.strip_prefix(':')),
+            None => (v6, None),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = port.and_then(|p| p.parse().ok()).unwrap_or(default_port);
+    (host.to_ascii_lowercase(), port)
+}
+
+fn shown_address(address: &str) -> String {
+    let (host, port) = host_port(address);
+    format!("{host}:{port}")
+}
+
+/// Whether two addresses reach the same server.
+async fn same_server(a: &str, b: &str) -> bool {
+    let (host_a, port_a) = host_port(a);
+    let (host_b, port_b) = host_port(b);
+    if port_a != port_b {
+        return false;
+    }
+    if host_a == host_b {
+        return true;
+    }
+    let (ips_a, ips_b) = (
+        resolve(&host_a, port_a).await,
+        resolve(&host_b, port_b).await,
+    );
+    ips_a.intersection(&ips_b).next().is_some()
+        || (ips_a.iter().any(is_this_machine) && ips_b.iter().any(is_this_machine))
+}
+
+/// The addresses a host name resolves to (none when it does not resolve in time).
+async fn resolve(host: &str, port: u16) -> BTreeSet<IpAddr> {
+    if host.starts_with('/') {
+        return BTreeSet::new();
+    }
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(found)) => found.map(|a: SocketAddr| a.ip()).collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// A loopback address or one of this machine's own (it can be bound to).
+fn is_this_machine(ip: &IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((*ip, 0)).is_ok()
+}
+
+fn write_validation(dir: &Path, validation: &SandboxValidation) -> Result<PathBuf> {
+    let mut json = serde_json::to_vec_pretty(validation).expect("serialisable");
+    json.push(b'\n');
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        artifact::write_bytes(dir, DRILL_VALIDATION_FILE, &json)?.commit()?;
+        artifact::sync_dir(dir)
+    };
+    write().map_err(|e| {
+        io_error(
+            None,
+            "write drill-validation.json",
+            dir.join(DRILL_VALIDATION_FILE).display(),
+            e,
+        )
+    })?;
+    Ok(dir.join(DRILL_VALIDATION_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_read_as_host_and_port() {
+        assert_eq!(host_port("localhost:5432"), ("localhost".into(), 5432));
+        assert_eq!(
+            host_port("http://elastic:secret@Search.example:9201/"),
+            ("search.example".into(), 9201)
+        );
+        assert_eq!(
+            host_port("https://search.example"),
+            ("search.example".into(), 443)
+        );
+        assert_eq!(host_port("bolt://[::1]:7688"), ("::1".into(), 7688));
+        assert_eq!(host_port("neo4j://graph"), ("graph".into(), 7687));
+        assert_eq!(
+            host_port("/var/run/postgresql:5433"),
+            ("/var/run/postgresql".into(), 5433)
+        );
+        assert_eq!(
+            shown_address("http://u:p@h:1/"),
+            "h:1",
+            "no credentials shown"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_same_server_is_recognised_under_other_names() {
+        assert!(same_server("localhost:5432", "127.0.0.1:5432").await);
+        assert!(same_server("http://localhost:9200", "http://127.0.0.1:9200/").await);
+        assert!(same_server("bolt://LOCALHOST:7687", "bolt://localhost").await);
+        assert!(!same_server("localhost:5432", "localhost:15432").await);
+        assert!(!same_server("http://localhost:9200", "http://localhost:19200").await);
+    }
+}
