@@ -81,6 +81,27 @@ impl SandboxStack {
         )
     }
 
+    /// Empty the sandbox's PostgreSQL and OpenSearch of what an earlier,
+    /// failed run may have left (Neo4j's graph is replaced by the restore).
+    fn reset(&self) {
+        let databases = self.databases();
+        for database in databases
+            .split(',')
+            .filter(|d| !d.is_empty() && *d != "postgres")
+        {
+            self.psql(
+                "postgres",
+                &format!("DROP DATABASE \"{database}\" WITH (FORCE)"),
+            );
+        }
+        let indices = self.indices();
+        if !indices.is_empty() {
+            let url = format!("{}/{indices}", self.os_url);
+            let answer = reqwest::blocking::Client::new().delete(url).send().unwrap();
+            assert!(answer.status().is_success(), "{}", answer.text().unwrap());
+        }
+    }
+
     fn indices(&self) -> String {
         let url = format!("{}/_cat/indices?h=index&s=index", self.os_url);
         let text = reqwest::blocking::get(url).unwrap().text().unwrap();
@@ -127,7 +148,11 @@ fn source_config(dir: &Path, pg_host: &str) -> PathBuf {
 /// the manifest's count, checksum and size), as a careful forger would:
 /// only the content digest still tells.
 fn remove_one_document(dir: &Path, index: &str) {
-    let export = artifact_ending(dir, ".ndjson.zst");
+    let export = dir.join(
+        &manifest_json(dir)["services"]["opensearch"]
+            .as_str()
+            .unwrap(),
+    );
     let text =
         String::from_utf8(zstd::decode_all(fs::File::open(&export).unwrap()).unwrap()).unwrap();
     let mut removed = false;
@@ -140,7 +165,9 @@ fn remove_one_document(dir: &Path, index: &str) {
             continue;
         }
         if (kind == "index_end" && value["name"] == index) || kind == "end" {
-            let docs = value["docs"].as_u64().unwrap();
+            let docs = value["docs"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no document count in {line}"));
             value["docs"] = (docs - 1).into();
         }
         lines.push(serde_json::to_string(&value).unwrap());
@@ -165,6 +192,7 @@ fn remove_one_document(dir: &Path, index: &str) {
 fn a_real_backup_restores_into_the_sandbox_checked_by_counts_and_digests() {
     let _guard = exclusive(&[Postgres, Opensearch, Neo4j, Sandbox]);
     let sandbox = SandboxStack::from_env();
+    sandbox.reset();
     PG.populate();
     OS.populate();
     NEO.populate();
