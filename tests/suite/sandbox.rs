@@ -149,7 +149,7 @@ fn source_config(dir: &Path, pg_host: &str) -> PathBuf {
 /// only the content digest still tells.
 fn remove_one_document(dir: &Path, index: &str) {
     let export = dir.join(
-        &manifest_json(dir)["services"]["opensearch"]
+        manifest_json(dir)["services"]["opensearch"]
             .as_str()
             .unwrap(),
     );
