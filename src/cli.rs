@@ -96,6 +96,15 @@ pub struct Cli {
     #[arg(long, global = true, env = "IT_AGE_IDENTITY", value_name = "FILE")]
     pub identity: Option<PathBuf>,
 
+    /// Upload to repositories at most this fast, for example 50MiB/s (also
+    /// `[remote] limit_upload`): a backup at noon leaves the link to the users.
+    #[arg(long, global = true, env = "IT_LIMIT_UPLOAD", value_name = "RATE")]
+    pub limit_upload: Option<String>,
+
+    /// Download from repositories at most this fast (also `[remote] limit_download`).
+    #[arg(long, global = true, env = "IT_LIMIT_DOWNLOAD", value_name = "RATE")]
+    pub limit_download: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }

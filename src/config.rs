@@ -42,6 +42,9 @@ pub struct FileConfig {
 pub struct RemoteFile {
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    /// Bandwidth limits ("50MiB/s"), as `--limit-upload`/`--limit-download`.
+    pub limit_upload: Option<String>,
+    pub limit_download: Option<String>,
 }
 
 /// `[encryption]`: public recipients to seal backups to, and the private
@@ -85,6 +88,16 @@ impl Settings {
             file.remote.connect_timeout.as_deref(),
             file.remote.idle_timeout.as_deref(),
         )?);
+        crate::remote::throttle::set_limits(crate::remote::throttle::Limits {
+            upload: rate_limit(
+                cli.limit_upload.as_deref(),
+                file.remote.limit_upload.as_deref(),
+            )?,
+            download: rate_limit(
+                cli.limit_download.as_deref(),
+                file.remote.limit_download.as_deref(),
+            )?,
+        });
         let encrypt_to = if !cli.encrypt_to.is_empty() {
             cli.encrypt_to.clone()
         } else {
@@ -106,6 +119,13 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
         })
     }
+}
+
+/// A bandwidth limit from its flag, else the file's `[remote]` key.
+fn rate_limit(flag: Option<&str>, file: Option<&str>) -> Result<Option<u64>> {
+    flag.or(file)
+        .map(|text| crate::remote::throttle::parse_rate(text).map_err(Error::usage))
+        .transpose()
 }
 
 /// `--target-config FILE`: the servers a restore or a sandbox drill writes

@@ -26,6 +26,7 @@ use crate::manifest::{is_safe_component, Manifest, MANIFEST_FILE};
 mod errors;
 mod objects;
 mod staging;
+pub mod throttle;
 mod transfer;
 
 use errors::{client_options, remote_error, retry_config};

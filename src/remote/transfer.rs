@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::errors::remote_error;
+use super::throttle::{Direction, Throttle};
 use super::*;
 use crate::artifact::{self, create_private_dir, Digest256, PARTIAL_SUFFIX};
 use crate::error::io_error;
@@ -32,6 +33,7 @@ impl Remote {
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
         let mut buf = vec![0u8; READ_CHUNK];
+        let mut throttle = Throttle::new(Direction::Upload);
         loop {
             let n = match file.read(&mut buf).await {
                 Ok(n) => n,
@@ -49,6 +51,7 @@ impl Remote {
             writer.write(&buf[..n]);
             hasher.update(&buf[..n]);
             bytes += n as u64;
+            throttle.pass(n).await;
         }
         writer
             .finish()
@@ -90,8 +93,10 @@ impl Remote {
         let mut stream = got.into_stream();
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
+        let mut throttle = Throttle::new(Direction::Download);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| remote_error(step, &shown, e))?;
+            throttle.pass(chunk.len()).await;
             hasher.update(&chunk);
             bytes += chunk.len() as u64;
             if let Some(file) = sink.as_deref_mut() {

@@ -458,3 +458,59 @@ fn prune_and_status_work_on_a_repository() {
         "the WAL archive is kept"
     );
 }
+
+/// `--limit-upload` and `--limit-download` hold a transfer to its rate: 48
+/// MiB at 16 MiB/s take 3 s (± 10 %, beside what the same transfer takes
+/// unthrottled). bench/remote.sh measures 1 GiB at 20 MiB/s.
+#[test]
+fn transfers_keep_to_their_rate_limits() {
+    let _guard = shared(&[S3]);
+    let root = temp_root();
+    let dir = fake_backup(
+        root.path(),
+        "20250301_120000",
+        "2025-03-01T12:00:00Z".parse().unwrap(),
+    );
+    let file = dir.join("postgres_20250301_120000.tar");
+    let data: Vec<u8> = (0..48u32 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, data).unwrap();
+    reseal(&dir, itbackup::service::Service::Postgres, &file);
+    let dir_arg = dir.to_str().unwrap();
+    let timed = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        ok(args, &[]);
+        started.elapsed().as_secs_f64()
+    };
+    let (fast_url, slow_url) = (repository("unthrottled"), repository("throttled"));
+    let fast_push = timed(&["push", dir_arg, &fast_url]);
+    let slow_push = timed(&["--limit-upload", "16MiB/s", "push", dir_arg, &slow_url]);
+    let within =
+        |seconds: f64, unthrottled: f64| seconds >= 3.0 * 0.9 && seconds <= 3.0 * 1.1 + unthrottled;
+    assert!(
+        within(slow_push, fast_push),
+        "push took {slow_push:.2} s (unthrottled {fast_push:.2} s)"
+    );
+
+    let into = temp_root();
+    let into_arg = into.path().to_str().unwrap();
+    let fast_pull = timed(&[
+        "--root",
+        into_arg,
+        "pull",
+        &format!("{fast_url}/20250301_120000"),
+    ]);
+    let again = temp_root();
+    let again_arg = again.path().to_str().unwrap();
+    let slow_pull = timed(&[
+        "--root",
+        again_arg,
+        "--limit-download",
+        "16MiB/s",
+        "pull",
+        &format!("{slow_url}/20250301_120000"),
+    ]);
+    assert!(
+        within(slow_pull, fast_pull),
+        "pull took {slow_pull:.2} s (unthrottled {fast_pull:.2} s)"
+    );
+}
