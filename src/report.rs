@@ -236,6 +236,13 @@ pub fn push(outcome: &crate::remote::PushOutcome, json: bool) {
         size(outcome.bytes),
         outcome.seconds
     );
+    if outcome.reused > 0 {
+        println!(
+            "  {} artifact(s) were in the repository already, intact: {} sent this time",
+            outcome.reused,
+            size(outcome.uploaded_bytes)
+        );
+    }
 }
 
 pub fn pull(outcome: &crate::remote::PullOutcome, json: bool) {

@@ -54,7 +54,13 @@ pub struct PushOutcome {
     pub url: String,
     pub timestamp: String,
     pub objects: usize,
+    /// Every object's bytes, the manifest's included.
     pub bytes: u64,
+    /// What was sent this time: artifacts already in the repository, intact
+    /// (an earlier, interrupted push), are checked and kept, not sent again.
+    pub uploaded_bytes: u64,
+    /// Artifacts found intact in the repository and kept.
+    pub reused: usize,
     pub seconds: f64,
 }
 

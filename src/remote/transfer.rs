@@ -115,9 +115,28 @@ impl Remote {
         Ok(())
     }
 
+    /// Whether the object `key` is already what the manifest says (an
+    /// earlier push that was interrupted sent it): its size, then its
+    /// content read back through SHA-256. Reading it costs a download
+    /// instead of an upload; anything that differs is sent again.
+    async fn holds_intact(&self, key: &ObjectPath, expected: &Digest256) -> Result<bool> {
+        match self.store.head(key).await {
+            Ok(meta) if meta.size == expected.bytes => {
+                Ok(self.stream_object(key, None, expected).await.is_ok())
+            }
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(remote_error(
+                "upload",
+                &format!("{}/{}", self.url, key_tail(key)),
+                e,
+            )),
+        }
+    }
+
     /// Upload a complete local backup: artifacts (each checked after upload:
     /// size, then sha256 read back), then the manifest. Re-running it after an
-    /// interruption completes the remote copy.
+    /// interruption completes the remote copy, sending only the artifacts
+    /// that are not there intact.
     pub async fn push(&self, dir: &Path) -> Result<PushOutcome> {
         let started = std::time::Instant::now();
         let manifest = Manifest::read_dir(dir)?;
@@ -128,7 +147,7 @@ impl Remote {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(remote_error("upload", &self.url, e)),
         }
-        let mut bytes = 0;
+        let (mut bytes, mut uploaded_bytes, mut reused) = (0, 0, 0);
         for (service, record) in &manifest.artifacts {
             let key = self.key(&[&name, &record.file]);
             let local = dir.join(&record.file);
@@ -136,6 +155,12 @@ impl Remote {
                 sha256: record.sha256.clone(),
                 bytes: record.bytes,
             };
+            bytes += record.bytes;
+            if self.holds_intact(&key, &expected).await? {
+                tracing::info!(%service, file = %record.file, "already in the repository and intact: not sent again");
+                reused += 1;
+                continue;
+            }
             tracing::info!(%service, file = %record.file, bytes = record.bytes, "uploading");
             let sent = self.upload_file(&local, &key).await?;
             if sent != expected {
@@ -150,11 +175,12 @@ impl Remote {
                 .hint("run `itbackup verify --path DIR`; push another backup"));
             }
             self.stream_object(&key, None, &expected).await?;
-            bytes += record.bytes;
+            uploaded_bytes += record.bytes;
         }
         let manifest_bytes = artifact::read_manifest_bytes(&dir.join(MANIFEST_FILE))
             .map_err(|e| io_error(None, "upload", dir.join(MANIFEST_FILE).display(), e))?;
         bytes += manifest_bytes.len() as u64;
+        uploaded_bytes += manifest_bytes.len() as u64;
         let key = self.key(&[&name, MANIFEST_FILE]);
         self.store
             .put(&key, PutPayload::from(manifest_bytes))
@@ -165,6 +191,8 @@ impl Remote {
             timestamp: name,
             objects: manifest.artifacts.len() + 1,
             bytes,
+            uploaded_bytes,
+            reused,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
