@@ -203,42 +203,25 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
     };
 
     let step = Progress::step(show, "restoring (the normal restore path)");
-    let restore_result = restore::run(
-        settings,
-        RestoreRequest {
-            // From the repository when the drill rehearses a remote recovery.
-            path: request.upload.is_none().then(|| dir.clone()),
-            from: request
-                .upload
-                .as_ref()
-                .map(|url| format!("{}/{}", url.trim_end_matches('/'), manifest.timestamp)),
-            manifest: None,
-            services: Some(ServiceList(services.clone())),
-            dry_run: false,
-            yes: true,
-            sequential: request.sequential,
-            selections: Default::default(),
-            renames: Vec::new(),
-        },
-    )
-    .await;
-    let mut errors = Vec::new();
-    let (restore_seconds, per_store_restore) = match &restore_result {
-        Ok(RestoreOutcome::Done {
-            seconds, restored, ..
-        }) => {
-            step.done(&format!("restored in {seconds:.1} s"));
-            let per: BTreeMap<Service, f64> =
-                restored.iter().map(|r| (r.service, r.seconds)).collect();
-            (Some(*seconds), per)
-        }
-        Ok(RestoreOutcome::Planned { .. }) => unreachable!("not a dry run"),
-        Err(e) => {
-            step.done("restore FAILED");
-            errors.push(format!("restore failed: {e}"));
-            (None, BTreeMap::new())
-        }
+    // From the repository when the drill rehearses a remote recovery.
+    let (path, from) = match &request.upload {
+        None => (Some(dir.clone()), None),
+        Some(url) => (
+            None,
+            Some(format!(
+                "{}/{}",
+                url.trim_end_matches('/'),
+                manifest.timestamp
+            )),
+        ),
     };
+    let restore =
+        restore_everything(settings, path, from, &services, request.sequential, step).await;
+    let mut errors = Vec::new();
+    if let Some(e) = &restore.failure {
+        errors.push(format!("restore failed: {e}"));
+    }
+    let restore_seconds = restore.seconds;
     if let Some(service) = request.sabotage {
         if let Some(store) = stores.iter().find(|s| s.service() == service) {
             tracing::warn!(%service, "fault injection: removing one drill record after the restore");
@@ -247,7 +230,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
     }
 
     let step = Progress::step(show, "verifying the restored data");
-    let restored = if restore_result.is_ok() {
+    let restored = if restore.failure.is_none() {
         Some(inventories(&stores).await?)
     } else {
         None
@@ -281,7 +264,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
                 expected: want,
                 restored: got,
                 backup_seconds: seconds_between(&record.started_at, &record.finished_at),
-                restore_seconds: per_store_restore.get(&service).copied(),
+                restore_seconds: restore.stores.get(&service).map(|s| s.seconds),
                 ok: differences.is_empty(),
                 differences,
             },
@@ -325,6 +308,59 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         step.done("synthetic data removed (the backup stays)");
     }
     Ok(DrillOutcome { validation, file })
+}
+
+/// What a drill's restore gave: its time and each store's, or its failure.
+pub(crate) struct DrillRestore {
+    /// The whole restore (the RTO), when it succeeded.
+    pub seconds: Option<f64>,
+    pub stores: BTreeMap<Service, restore::ServiceRestore>,
+    pub failure: Option<Error>,
+}
+
+/// Restore every one of `services` from the backup at `path` (or the
+/// repository's `from`) through the normal restore path, as `itbackup
+/// restore --yes` would; `step` is told how it went.
+pub(crate) async fn restore_everything(
+    settings: &Settings,
+    path: Option<PathBuf>,
+    from: Option<String>,
+    services: &[Service],
+    sequential: bool,
+    step: Progress,
+) -> DrillRestore {
+    let request = RestoreRequest {
+        path,
+        from,
+        manifest: None,
+        services: Some(ServiceList(services.to_vec())),
+        dry_run: false,
+        yes: true,
+        sequential,
+        selections: Default::default(),
+        renames: Vec::new(),
+    };
+    match restore::run(settings, request).await {
+        Ok(RestoreOutcome::Done {
+            seconds, restored, ..
+        }) => {
+            step.done(&format!("restored in {seconds:.1} s"));
+            DrillRestore {
+                seconds: Some(seconds),
+                stores: restored.into_iter().map(|r| (r.service, r)).collect(),
+                failure: None,
+            }
+        }
+        Ok(RestoreOutcome::Planned { .. }) => unreachable!("not a dry run"),
+        Err(e) => {
+            step.done("restore FAILED");
+            DrillRestore {
+                seconds: None,
+                stores: BTreeMap::new(),
+                failure: Some(e),
+            }
+        }
+    }
 }
 
 /// A drill that fails before its restore removes the synthetic data it

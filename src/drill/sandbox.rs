@@ -21,7 +21,7 @@ use crate::error::{io_error, Error, Kind, Result};
 use crate::manifest::{ArtifactRecord, Manifest};
 use crate::progress::Progress;
 use crate::repository::{open_backup, BackupChoice};
-use crate::restore::{self, RestoreOutcome, RestoreRequest};
+use crate::restore::ServiceRestore;
 use crate::service::{Service, ServiceList};
 use crate::stores::sandbox::SandboxState;
 use crate::stores::{self, Store};
@@ -172,50 +172,29 @@ pub async fn run(source: &Settings, request: SandboxDrillRequest) -> Result<Sand
     step.done("sandbox servers reachable, empty or marked as a sandbox");
 
     let step = Progress::step(show, "restoring into the sandbox (the normal restore path)");
-    let restored = restore::run(
+    let restore = super::restore_everything(
         &sandbox,
-        RestoreRequest {
-            path: pinned.path.clone(),
-            from: pinned.from.clone(),
-            manifest: None,
-            services: Some(ServiceList(services.clone())),
-            dry_run: false,
-            yes: true,
-            sequential: request.sequential,
-            selections: Default::default(),
-            renames: Vec::new(),
-        },
+        pinned.path.clone(),
+        pinned.from.clone(),
+        &services,
+        request.sequential,
+        step,
     )
     .await;
     let mut errors = Vec::new();
-    let mut failure_kind = None;
-    let (rto_seconds, per_store) = match &restored {
-        Ok(RestoreOutcome::Done {
-            seconds, restored, ..
-        }) => {
-            step.done(&format!("restored in {seconds:.1} s"));
-            let per: BTreeMap<Service, (f64, usize)> = restored
-                .iter()
-                .map(|r| (r.service, (r.seconds, r.counts_checked)))
-                .collect();
-            (Some(*seconds), per)
-        }
-        Ok(RestoreOutcome::Planned { .. }) => unreachable!("not a dry run"),
-        Err(e) => {
-            step.done("restore FAILED");
-            errors.push(format!("restore failed: {e}"));
-            failure_kind = Some(e.kind);
-            (None, BTreeMap::new())
-        }
-    };
+    if let Some(e) = &restore.failure {
+        errors.push(format!("restore failed: {e}"));
+    }
+    let failure_kind = restore.failure.as_ref().map(|e| e.kind);
+    let rto_seconds = restore.seconds;
 
     let step = Progress::step(show, "comparing content digests with the backup's");
     let mut checks = BTreeMap::new();
     for store in &sandbox_stores {
         let service = store.service();
         let record = &manifest.artifacts[&service];
-        let restore = per_store.get(&service).copied();
-        let check = check_content(store.as_ref(), record, restore).await;
+        let restored = restore.stores.get(&service);
+        let check = check_content(store.as_ref(), record, restored).await;
         checks.insert(service, check);
     }
     step.done(&format!(
@@ -323,20 +302,20 @@ impl PinnedBackup {
 async fn check_content(
     store: &dyn Store,
     record: &ArtifactRecord,
-    restore: Option<(f64, usize)>,
+    restored: Option<&ServiceRestore>,
 ) -> SandboxServiceCheck {
     let mut check = SandboxServiceCheck {
         sandbox: shown_address(&store.address()),
         artifact: record.file.clone(),
         method: record.method.clone(),
-        counts_checked: restore.map_or(0, |r| r.1),
+        counts_checked: restored.map_or(0, |r| r.counts_checked),
         digests_checked: 0,
-        restore_seconds: restore.map(|r| r.0),
+        restore_seconds: restored.map(|r| r.seconds),
         content_check_seconds: None,
         ok: false,
         differences: Vec::new(),
     };
-    if restore.is_none() {
+    if restored.is_none() {
         check.differences.push("not restored".into());
         return check;
     }
