@@ -51,27 +51,7 @@ impl SandboxStack {
     }
 
     fn psql(&self, database: &str, sql: &str) -> String {
-        let out = Command::new(pg_tool("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                database,
-                "-c",
-                sql,
-            ])
-            .env("PGPORT", &self.pg_port)
-            .output()
-            .expect("run psql");
-        assert!(
-            out.status.success(),
-            "psql on the sandbox failed: {sql}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql_with(&[("PGPORT", self.pg_port.as_str())], database, sql)
     }
 
     fn databases(&self) -> String {

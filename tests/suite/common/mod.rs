@@ -107,7 +107,13 @@ pub fn pg_tool(name: &str) -> String {
 
 /// Run SQL through psql in `database`; returns unaligned, tuples-only output.
 pub fn psql(database: &str, sql: &str) -> String {
+    psql_with(&[], database, sql)
+}
+
+/// [`psql`] with `env` over testenv's (another server's `PGPORT`, say).
+pub fn psql_with(env: &[(&str, &str)], database: &str, sql: &str) -> String {
     let out = Command::new(pg_tool("psql"))
+        .envs(env.iter().copied())
         .args([
             "-X",
             "-q",
