@@ -89,7 +89,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<()> {
         services: args.services.clone(),
         dry_run: args.dry_run,
         yes: args.yes,
-        sequential: args.sequential,
+        parallel: args.parallel(),
         selections: selections(args),
         renames: args.rename.clone(),
     };
@@ -156,7 +156,7 @@ async fn drill(cli: &Cli, args: &DrillArgs) -> Result<()> {
         scale: args.scale,
         keep: args.keep,
         yes: args.yes,
-        sequential: args.sequential,
+        parallel: args.parallel(),
         sabotage: args.sabotage,
         json,
         upload: args.upload.clone(),
@@ -192,7 +192,7 @@ async fn sandbox_drill(
         target_config: target_config.to_path_buf(),
         services: args.services.clone(),
         keep: args.keep,
-        sequential: args.sequential,
+        parallel: args.parallel(),
         out: args.out.clone(),
         json,
     };

@@ -1,6 +1,7 @@
 //! itbackup: consistent, verified backup and restore of OpenSearch, Neo4j and
 //! PostgreSQL. The binary (`main.rs`) only wires the command line to these modules.
 
+pub(crate) mod address;
 pub(crate) mod archive;
 pub mod artifact;
 pub mod backup;
@@ -18,6 +19,7 @@ pub mod lock;
 pub mod manifest;
 pub mod metrics;
 pub(crate) mod ndjson;
+pub(crate) mod parallel;
 pub mod process;
 pub(crate) mod progress;
 pub mod prune;

@@ -94,11 +94,21 @@ pub fn restore(outcome: &RestoreOutcome, json: bool) {
             timestamp,
             restored,
             seconds,
+            plan,
             ..
         } => {
             println!(
                 "restore complete: backup {timestamp} from {} in {seconds:.1} s",
                 dir.display()
+            );
+            println!(
+                "  stores {}: {}",
+                if plan.parallel {
+                    "at once"
+                } else {
+                    "one after the other"
+                },
+                plan.reason
             );
             for r in restored {
                 println!(
@@ -306,10 +316,10 @@ pub fn drill(outcome: &crate::drill::DrillOutcome, json: bool) {
     match v.rto_seconds {
         Some(rto) => println!(
             "  RTO measured: {rto:.1} s for the whole restore ({}), objective {:.0} min: {}",
-            if v.restore_parallel {
-                "stores in parallel"
-            } else {
-                "one store after the other"
+            match (&v.restore_plan, v.restore_parallel) {
+                (Some(plan), true) => format!("stores at once: {}", plan.reason),
+                (Some(plan), false) => format!("one store after the other: {}", plan.reason),
+                (None, _) => "not scheduled".to_string(),
             },
             v.rto_objective_seconds / 60.0,
             if v.rto_ok { "met" } else { "MISSED" }

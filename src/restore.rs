@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::error::{io_error, Error, Result};
 use crate::lock::RootLock;
 use crate::manifest::Manifest;
+use crate::parallel::{self, Parallel, Plan};
 use crate::repository::{open_backup, BackupChoice, Repository};
 use crate::service::{Service, ServiceList};
 use crate::stores::{self, RestoreContext, RestoreRecovery, RestoreSelection};
@@ -31,8 +32,8 @@ pub struct RestoreRequest {
     pub services: Option<ServiceList>,
     pub dry_run: bool,
     pub yes: bool,
-    /// One store after the other instead of all at once.
-    pub sequential: bool,
+    /// All stores at once, one after the other, or as [`parallel::plan`] decides.
+    pub parallel: Parallel,
     /// Per store, what of its artifact to put back (default: everything).
     pub selections: BTreeMap<Service, RestoreSelection>,
     /// `--rename FROM=TO`, not yet given to a store: each goes to the
@@ -72,6 +73,8 @@ pub enum RestoreOutcome {
         verified: Vec<ArtifactCheck>,
         restored: Vec<ServiceRestore>,
         seconds: f64,
+        /// Whether the stores were restored at once, and why.
+        plan: Plan,
     },
 }
 
@@ -193,7 +196,9 @@ pub async fn run(settings: &Settings, mut request: RestoreRequest) -> Result<Res
             &recovery,
         )
     };
-    let results = if request.sequential {
+    let plan = parallel::plan(request.parallel, &stores, &settings.stores.target).await;
+    tracing::info!(parallel = plan.parallel, reason = %plan.reason, "restore schedule");
+    let results = if !plan.parallel {
         let mut results = Vec::new();
         for store in &stores {
             results.push(restore(store.as_ref()).await);
@@ -225,6 +230,7 @@ pub async fn run(settings: &Settings, mut request: RestoreRequest) -> Result<Res
         verified: verified.checks,
         restored,
         seconds: started.elapsed().as_secs_f64(),
+        plan,
     })
 }
 

@@ -303,7 +303,7 @@ async fn one_run(
             scale: args.drill_scale,
             keep: false,
             yes: args.yes,
-            sequential: false,
+            parallel: Default::default(),
             sabotage: None,
             // No progress display in a service's log.
             json: true,
@@ -343,7 +343,7 @@ async fn one_run(
             target_config: target_config.clone(),
             services: args.services.clone(),
             keep: false,
-            sequential: false,
+            parallel: Default::default(),
             out: None,
             json: true,
         };

@@ -15,6 +15,7 @@ use crate::artifact;
 use crate::backup::{self, BackupOutcome, BackupRequest};
 use crate::config::Settings;
 use crate::error::{io_error, Error, Result};
+use crate::parallel::{Parallel, Plan};
 use crate::progress::Progress;
 use crate::restore::{self, RestoreOutcome, RestoreRequest};
 use crate::service::{Service, ServiceList};
@@ -35,7 +36,7 @@ pub struct DrillRequest {
     pub scale: u64,
     pub keep: bool,
     pub yes: bool,
-    pub sequential: bool,
+    pub parallel: Parallel,
     /// Fault injection for tests: remove one record of this store after the
     /// restore, so that the drill must fail.
     pub sabotage: Option<Service>,
@@ -73,6 +74,8 @@ pub struct Validation {
     pub backup_seconds: f64,
     pub restore_seconds: Option<f64>,
     pub restore_parallel: bool,
+    /// How the restore scheduled the stores, and why.
+    pub restore_plan: Option<Plan>,
     /// Measured recovery time: the whole restore (verification of every
     /// artifact, each store restored and checked).
     pub rto_seconds: Option<f64>,
@@ -215,8 +218,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
             )),
         ),
     };
-    let restore =
-        restore_everything(settings, path, from, &services, request.sequential, step).await;
+    let restore = restore_everything(settings, path, from, &services, request.parallel, step).await;
     let mut errors = Vec::new();
     if let Some(e) = &restore.failure {
         errors.push(format!("restore failed: {e}"));
@@ -288,7 +290,8 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         services: per_service,
         backup_seconds,
         restore_seconds,
-        restore_parallel: !request.sequential,
+        restore_parallel: restore.plan.as_ref().is_some_and(|p| p.parallel),
+        restore_plan: restore.plan.clone(),
         rto_seconds: restore_seconds,
         rto_objective_seconds: RTO_OBJECTIVE_SECONDS,
         rto_ok,
@@ -312,6 +315,8 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
 
 /// What a drill's restore gave: its time and each store's, or its failure.
 pub(crate) struct DrillRestore {
+    /// How the stores were scheduled (when the restore got that far).
+    pub plan: Option<Plan>,
     /// The whole restore (the RTO), when it succeeded.
     pub seconds: Option<f64>,
     pub stores: BTreeMap<Service, restore::ServiceRestore>,
@@ -326,7 +331,7 @@ pub(crate) async fn restore_everything(
     path: Option<PathBuf>,
     from: Option<String>,
     services: &[Service],
-    sequential: bool,
+    parallel: Parallel,
     step: Progress,
 ) -> DrillRestore {
     let request = RestoreRequest {
@@ -336,16 +341,20 @@ pub(crate) async fn restore_everything(
         services: Some(ServiceList(services.to_vec())),
         dry_run: false,
         yes: true,
-        sequential,
+        parallel,
         selections: Default::default(),
         renames: Vec::new(),
     };
     match restore::run(settings, request).await {
         Ok(RestoreOutcome::Done {
-            seconds, restored, ..
+            seconds,
+            restored,
+            plan,
+            ..
         }) => {
             step.done(&format!("restored in {seconds:.1} s"));
             DrillRestore {
+                plan: Some(plan),
                 seconds: Some(seconds),
                 stores: restored.into_iter().map(|r| (r.service, r)).collect(),
                 failure: None,
@@ -355,6 +364,7 @@ pub(crate) async fn restore_everything(
         Err(e) => {
             step.done("restore FAILED");
             DrillRestore {
+                plan: None,
                 seconds: None,
                 stores: BTreeMap::new(),
                 failure: Some(e),
@@ -485,6 +495,7 @@ mod tests {
                 backup_seconds: 0.0,
                 restore_seconds: None,
                 restore_parallel: true,
+                restore_plan: None,
                 rto_seconds: None,
                 rto_objective_seconds: RTO_OBJECTIVE_SECONDS,
                 rto_ok: true,

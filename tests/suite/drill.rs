@@ -199,3 +199,48 @@ fn drill_populates_large_scales() {
     assert_eq!(v["ok"], true, "{v:#}");
     assert_eq!(v["postgres_rows"], 300000, "{v:#}");
 }
+
+/// `--parallel auto` (the default) restores stores whose servers share this
+/// machine's cores one after the other (on 2 cores, at once was 1.9×
+/// slower); `--parallel all` restores them at once. The drill reports the
+/// plan and why.
+#[test]
+fn the_restore_schedule_follows_the_machine_unless_told() {
+    let _guard = exclusive(&[Postgres, Opensearch]);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let drill = |extra: &[&str]| {
+        let root = temp_root();
+        let mut args = vec![
+            "--root",
+            root.path().to_str().unwrap(),
+            "--json",
+            "drill",
+            "--yes",
+            "--scale",
+            "200",
+            "--services",
+            "postgres,opensearch",
+        ];
+        args.extend_from_slice(extra);
+        let v = json_of(&ok(&args, &[]));
+        assert_eq!(v["ok"], true, "{v:#}");
+        v["restore_plan"].clone()
+    };
+    let auto = drill(&[]);
+    // Both servers are on this machine: at once only with 2 cores each.
+    assert_eq!(auto["parallel"], cores >= 4, "{cores} cores: {auto:#}");
+    if cores < 4 {
+        assert!(
+            auto["reason"]
+                .as_str()
+                .unwrap()
+                .contains("2 of the servers run on this machine"),
+            "{auto:#}"
+        );
+    }
+    let all = drill(&["--parallel", "all"]);
+    assert_eq!(all["parallel"], true, "{all:#}");
+    assert_eq!(all["reason"], "--parallel all");
+    let none = drill(&["--sequential"]);
+    assert_eq!(none["parallel"], false, "{none:#}");
+}
