@@ -161,3 +161,18 @@ longest_down() {
        $2=="ok" && down {down=0; if ($1-start > max) max=$1-start}
        END {if (down) printf "never came back\t%d\n", NR; else printf "%d\t%d\n", max, NR}' "$1"
 }
+
+# ensure_blob_dataset MB — database bench_blob on the bench PostgreSQL holding
+# MB megabytes of random (incompressible) bytes, created once: the artifact
+# is as large as the data (bench/remote.sh, bench/remote-throttle.sh).
+ensure_blob_dataset() {
+  local want=$(($1 * 1024)) have
+  local psql=("$IT_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1)
+  have=$("${psql[@]}" -d bench_blob -Atc 'SELECT count(*) FROM blob' 2>/dev/null || echo 0)
+  [ "$have" != "$want" ] || return 0
+  blog "creating the dataset: $1 MB of random bytes in database bench_blob"
+  "${psql[@]}" -d postgres -c "DROP DATABASE IF EXISTS bench_blob WITH (FORCE)"
+  "${psql[@]}" -d postgres -c "CREATE DATABASE bench_blob"
+  "${psql[@]}" -d bench_blob -c "CREATE EXTENSION IF NOT EXISTS pgcrypto" \
+    -c "CREATE TABLE blob AS SELECT g AS id, gen_random_bytes(1024) AS v FROM generate_series(1, $want) g"
+}

@@ -24,7 +24,6 @@ MEASURE_OUT="$W/measure.tsv"
 ensure_gnu_time
 bench_build
 bench_up postgres s3
-PSQL=("$IT_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1)
 
 AWS_VENV="$BENCH_TOOLS/awscli"
 if [ ! -x "$AWS_VENV/bin/aws" ]; then
@@ -41,15 +40,7 @@ mkdir -p "$W"
 LOAD_BEFORE=$(load_line)
 
 # ---- dataset ------------------------------------------------------------
-want=$((BLOB_MB * 1024))
-have=$("${PSQL[@]}" -d bench_blob -Atc 'SELECT count(*) FROM blob' 2>/dev/null || echo 0)
-if [ "$have" != "$want" ]; then
-  blog "creating the dataset: $BLOB_MB MB of random bytes in database bench_blob"
-  "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS bench_blob WITH (FORCE)"
-  "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench_blob"
-  "${PSQL[@]}" -d bench_blob -c "CREATE EXTENSION pgcrypto" \
-    -c "CREATE TABLE blob AS SELECT g AS id, gen_random_bytes(1024) AS v FROM generate_series(1, $want) g"
-fi
+ensure_blob_dataset "$BLOB_MB"
 
 "$ITBACKUP" keygen --out "$W/key.txt" >/dev/null
 RECIPIENT=$(sed -n 's/^# public key: //p' "$W/key.txt")
