@@ -40,3 +40,40 @@ impl Progress {
         }
     }
 }
+
+/// Bytes moving to or from a repository: how many of how many, the rate and
+/// the time left, on a terminal only (logs and `--json` are unchanged).
+pub struct Transfer {
+    bar: Option<ProgressBar>,
+}
+
+impl Transfer {
+    pub fn start(what: &str, total: u64) -> Transfer {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} {bytes}/{total_bytes} at {binary_bytes_per_sec}, {eta} left [{wide_bar}]",
+                )
+                .expect("valid template"),
+            );
+            bar.set_message(what.to_string());
+            bar
+        });
+        Transfer { bar }
+    }
+
+    pub fn advance(&self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(bytes);
+        }
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

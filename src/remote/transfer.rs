@@ -15,6 +15,7 @@ use super::throttle::{Direction, Throttle};
 use super::*;
 use crate::artifact::{self, create_private_dir, Digest256, PARTIAL_SUFFIX};
 use crate::error::io_error;
+use crate::progress::Transfer;
 
 impl Remote {
     /// Upload one local file as a stream (multipart), hashing what was sent.
@@ -34,6 +35,8 @@ impl Remote {
         let mut bytes = 0u64;
         let mut buf = vec![0u8; READ_CHUNK];
         let mut throttle = Throttle::new(Direction::Upload);
+        let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let progress = Transfer::start(&format!("upload {}", key_tail(key)), size);
         loop {
             let n = match file.read(&mut buf).await {
                 Ok(n) => n,
@@ -51,6 +54,7 @@ impl Remote {
             writer.write(&buf[..n]);
             hasher.update(&buf[..n]);
             bytes += n as u64;
+            progress.advance(n as u64);
             throttle.pass(n).await;
         }
         writer
@@ -94,8 +98,17 @@ impl Remote {
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
         let mut throttle = Throttle::new(Direction::Download);
+        let progress = Transfer::start(
+            &format!(
+                "{} {}",
+                if sink.is_some() { "download" } else { "check" },
+                key_tail(key)
+            ),
+            expected.bytes,
+        );
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| remote_error(step, &shown, e))?;
+            progress.advance(chunk.len() as u64);
             throttle.pass(chunk.len()).await;
             hasher.update(&chunk);
             bytes += chunk.len() as u64;
