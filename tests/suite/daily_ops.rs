@@ -1300,18 +1300,6 @@ fn schedule_refuses_a_bad_cron_expression() {
     );
 }
 
-/// SIGKILLs the scheduler when a failed assertion unwinds past it: a failing
-/// test must not leave a scheduler running.
-struct KillOnPanic(u32);
-
-impl Drop for KillOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-        }
-    }
-}
-
 fn wait_with_timeout(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + limit;
     loop {

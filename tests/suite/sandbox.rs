@@ -302,3 +302,57 @@ fn a_real_backup_restores_into_the_sandbox_checked_by_counts_and_digests() {
     OS.cleanup();
     NEO.cleanup();
 }
+
+/// `schedule --drill-target-config`: each backup is restored into the
+/// sandbox and checked there, and the run reports it.
+#[test]
+fn the_scheduler_drills_each_backup_in_the_sandbox() {
+    use std::io::{BufRead, BufReader};
+    let _guard = exclusive(&[Postgres, Sandbox]);
+    let sandbox = SandboxStack::from_env();
+    sandbox.reset();
+    PG.populate();
+    let root = temp_root();
+    let mut child = Command::new(bin())
+        .args([
+            "--root",
+            root.path().to_str().unwrap(),
+            "--json",
+            "schedule",
+        ])
+        .args([
+            "--every",
+            "1h",
+            "--services",
+            "postgres",
+            "--drill-target-config",
+        ])
+        .arg(&sandbox.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start itbackup schedule");
+    let _kill = KillOnPanic(child.id());
+    let line = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .expect("the first run's JSON line")
+        .unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let run: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(run["ok"], true, "{run:#}");
+    assert_eq!(run["sandbox_drill"]["ok"], true, "{run:#}");
+    assert!(run["sandbox_drill"]["rto_seconds"].as_f64().unwrap() > 0.0);
+    let file = PathBuf::from(run["sandbox_drill"]["file"].as_str().unwrap());
+    let v: Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+    assert!(
+        v["services"]["postgres"]["digests_checked"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{v:#}"
+    );
+    assert_eq!(sandbox.databases(), "itbackup_sandbox,postgres", "cleaned");
+    PG.cleanup();
+}

@@ -431,3 +431,15 @@ pub fn kept_data_dirs() -> usize {
         })
         .count()
 }
+
+/// SIGKILLs a child (a scheduler) when a failed assertion unwinds past it: a
+/// failing test must not leave it running.
+pub struct KillOnPanic(pub u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
