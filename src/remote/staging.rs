@@ -36,6 +36,8 @@ pub struct PullOutcome {
     pub dir: PathBuf,
     pub timestamp: String,
     pub bytes: u64,
+    /// What was downloaded this time (less when a killed pull was resumed).
+    pub downloaded_bytes: u64,
     pub seconds: f64,
 }
 
@@ -57,11 +59,13 @@ pub async fn pull(url: &str, parent: &Path) -> Result<PullOutcome> {
         .hint("remove it first, or pull into another directory"));
     }
     let _lock = crate::lock::RootLock::acquire(parent, "pull")?;
-    let manifest = remote.fetch(&name, &dir).await?;
+    // A pull killed half-way is resumed by the next one into the same place.
+    let (manifest, downloaded_bytes) = remote.fetch(&name, &dir, true).await?;
     Ok(PullOutcome {
         dir,
         timestamp: manifest.timestamp.clone(),
         bytes: manifest.artifacts.values().map(|r| r.bytes).sum(),
+        downloaded_bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -71,7 +75,7 @@ pub async fn pull(url: &str, parent: &Path) -> Result<PullOutcome> {
 pub async fn fetch_to_staging(remote: &Remote, name: &str, root: &Path) -> Result<Staged> {
     let staging = staging_dir(root, "download")?;
     let dir = staging.path().join(name);
-    remote.fetch(name, &dir).await?;
+    remote.fetch(name, &dir, false).await?;
     Ok(Staged {
         dir,
         _staging: staging,

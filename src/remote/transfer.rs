@@ -71,12 +71,29 @@ impl Remote {
     pub(super) async fn stream_object(
         &self,
         key: &ObjectPath,
+        sink: Option<&mut tokio::fs::File>,
+        expected: &Digest256,
+    ) -> Result<()> {
+        self.stream_object_from(key, sink, expected, Resume::default())
+            .await
+    }
+
+    /// [`Self::stream_object`] from `resume.offset` on, the bytes before it
+    /// (already in the sink) hashed into `resume.hasher`: the whole object
+    /// is checked against the manifest all the same.
+    async fn stream_object_from(
+        &self,
+        key: &ObjectPath,
         mut sink: Option<&mut tokio::fs::File>,
         expected: &Digest256,
+        resume: Resume,
     ) -> Result<()> {
         let step = "check remote object";
         let shown = format!("{}/{}", self.url, key_tail(key));
-        let got = match self.store.get(key).await {
+        let Resume { offset, mut hasher } = resume;
+        let options = object_store::GetOptions::default()
+            .with_range((offset > 0).then_some(object_store::GetRange::Offset(offset)));
+        let got = match self.store.get_opts(key, options).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(Error::damaged(step, format!("{shown} is missing"))
@@ -95,8 +112,7 @@ impl Remote {
             .hint("the remote object is truncated or was replaced; use another backup"));
         }
         let mut stream = got.into_stream();
-        let mut hasher = Sha256::new();
-        let mut bytes = 0u64;
+        let mut bytes = offset;
         let mut throttle = Throttle::new(Direction::Download);
         let progress = Transfer::start(
             &format!(
@@ -106,6 +122,7 @@ impl Remote {
             ),
             expected.bytes,
         );
+        progress.advance(offset);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| remote_error(step, &shown, e))?;
             progress.advance(chunk.len() as u64);
@@ -210,10 +227,14 @@ impl Remote {
         })
     }
 
-    /// Download backup `name` into `into` (a fresh private directory), every
+    /// Download backup `name` into `into` (a private directory), every
     /// artifact streamed through sha256 and checked against the manifest; the
-    /// manifest is written last, as in a local backup.
-    pub async fn fetch(&self, name: &str, into: &Path) -> Result<Manifest> {
+    /// manifest is written last, as in a local backup. With `resumable`, a
+    /// failed download keeps what it has in `into` (each artifact's
+    /// `.partial`), and the next one into the same directory goes on from
+    /// there; without it (a restore's staging directory), nothing is kept.
+    /// Answers the manifest and the bytes downloaded this time.
+    pub async fn fetch(&self, name: &str, into: &Path, resumable: bool) -> Result<(Manifest, u64)> {
         if !is_safe_component(name) {
             return Err(Error::usage(format!("'{name}' is not a backup name")));
         }
@@ -221,7 +242,7 @@ impl Remote {
         let created = !into.exists();
         create_private_dir(into).map_err(|e| io_error(None, "download", into.display(), e))?;
         let result = self.fetch_artifacts(name, &manifest, into).await;
-        if result.is_err() {
+        if result.is_err() && !resumable {
             // Leave no half-downloaded copy taking the space a retry needs.
             if created {
                 let _ = fs::remove_dir_all(into);
@@ -231,11 +252,19 @@ impl Remote {
                 }
             }
         }
-        result.map(|_| manifest)
+        result.map(|downloaded| (manifest, downloaded))
     }
 
-    async fn fetch_artifacts(&self, name: &str, manifest: &Manifest, into: &Path) -> Result<()> {
-        let needed = manifest.artifacts.values().map(|r| r.bytes).sum();
+    async fn fetch_artifacts(&self, name: &str, manifest: &Manifest, into: &Path) -> Result<u64> {
+        let have: u64 = manifest
+            .artifacts
+            .values()
+            .map(|r| {
+                fs::metadata(into.join(format!("{}{PARTIAL_SUFFIX}", r.file)))
+                    .map_or(0, |m| m.len().min(r.bytes))
+            })
+            .sum();
+        let needed = manifest.artifacts.values().map(|r| r.bytes).sum::<u64>() - have;
         crate::artifact::require_free_space(
             None,
             "download",
@@ -243,27 +272,117 @@ impl Remote {
             needed,
             "downloading the backup",
         )?;
+        let mut downloaded = 0;
         for (service, record) in &manifest.artifacts {
             let key = self.key(&[name, &record.file]);
-            let partial = into.join(format!("{}{PARTIAL_SUFFIX}", record.file));
-            tracing::info!(%service, file = %record.file, bytes = record.bytes, "downloading");
-            let mut file = tokio::fs::File::from_std(
-                artifact::create_private_file(&partial)
-                    .map_err(|e| io_error(None, "download", partial.display(), e))?,
-            );
+            let done = into.join(&record.file);
             let expected = Digest256 {
                 sha256: record.sha256.clone(),
                 bytes: record.bytes,
             };
-            self.stream_object(&key, Some(&mut file), &expected)
-                .await
-                .map_err(|e| e.service(*service))?;
-            file.sync_all()
-                .await
-                .map_err(|e| io_error(None, "download", partial.display(), e))?;
-            fs::rename(&partial, into.join(&record.file))
+            if off_the_runtime({
+                let (done, expected) = (done.clone(), expected.clone());
+                move || local_copy_is(&done, &expected)
+            })
+            .await
+            {
+                tracing::info!(%service, file = %record.file, "downloaded already, checked");
+                continue;
+            }
+            let partial = into.join(format!("{}{PARTIAL_SUFFIX}", record.file));
+            let resume = off_the_runtime({
+                let (partial, expected) = (partial.clone(), expected.clone());
+                move || Resume::of_partial(&partial, &expected)
+            })
+            .await;
+            if resume.offset > 0 {
+                tracing::info!(%service, file = %record.file, from = resume.offset, bytes = record.bytes, "resuming the download");
+            } else {
+                tracing::info!(%service, file = %record.file, bytes = record.bytes, "downloading");
+            }
+            let offset = resume.offset;
+            let fetched = self.fetch_one(&key, &partial, &expected, resume).await;
+            let fetched = match fetched {
+                // What an interrupted download left may not be this object's
+                // beginning (another backup of that name): once from scratch.
+                Err(e) if offset > 0 && e.kind == crate::error::Kind::DamagedBackup => {
+                    tracing::warn!(%service, file = %record.file, "the kept part did not match: downloading it whole");
+                    self.fetch_one(&key, &partial, &expected, Resume::default())
+                        .await
+                        .map(|()| record.bytes)
+                }
+                other => other.map(|()| record.bytes - offset),
+            };
+            downloaded += fetched.map_err(|e| e.service(*service))?;
+            fs::rename(&partial, &done)
                 .map_err(|e| io_error(None, "download", partial.display(), e))?;
         }
-        manifest.write(into)
+        manifest.write(into)?;
+        Ok(downloaded)
     }
+
+    /// Download `key` into `partial`, appending from `resume.offset`.
+    async fn fetch_one(
+        &self,
+        key: &ObjectPath,
+        partial: &Path,
+        expected: &Digest256,
+        resume: Resume,
+    ) -> Result<()> {
+        let opened = if resume.offset > 0 {
+            fs::OpenOptions::new().append(true).open(partial)
+        } else {
+            artifact::create_private_file(partial)
+        };
+        let mut file = tokio::fs::File::from_std(
+            opened.map_err(|e| io_error(None, "download", partial.display(), e))?,
+        );
+        self.stream_object_from(key, Some(&mut file), expected, resume)
+            .await?;
+        file.sync_all()
+            .await
+            .map_err(|e| io_error(None, "download", partial.display(), e))
+    }
+}
+
+/// Where a download starts: past the bytes a partial file already holds
+/// (hashed), or at the beginning.
+#[derive(Default)]
+struct Resume {
+    offset: u64,
+    hasher: Sha256,
+}
+
+impl Resume {
+    /// The part of the object a killed download left in `partial`: any
+    /// regular file shorter than the object; anything else starts over.
+    fn of_partial(partial: &Path, expected: &Digest256) -> Resume {
+        let Ok(mut file) = artifact::open_regular(partial) else {
+            return Resume::default();
+        };
+        let len = file.metadata().map_or(0, |m| m.len());
+        if len == 0 || len >= expected.bytes {
+            return Resume::default();
+        }
+        let mut hasher = Sha256::new();
+        match std::io::copy(&mut std::io::Read::take(&mut file, len), &mut hasher) {
+            Ok(n) if n == len => Resume {
+                offset: len,
+                hasher,
+            },
+            _ => Resume::default(),
+        }
+    }
+}
+
+/// Whether `path` is a regular file with exactly the expected content.
+fn local_copy_is(path: &Path, expected: &Digest256) -> bool {
+    artifact::digest_file(path).is_ok_and(|got| got == *expected)
+}
+
+/// Run blocking file work (hashing a local copy) off the async threads.
+async fn off_the_runtime<T: Send + Default + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    tokio::task::spawn_blocking(work).await.unwrap_or_default()
 }

@@ -563,3 +563,65 @@ fn a_push_run_again_sends_only_what_is_not_there_intact() {
     assert!(repaired["uploaded_bytes"].as_u64().unwrap() > data.len() as u64);
     pulled(&url, name);
 }
+
+/// A pull killed half-way is resumed by the next one into the same place:
+/// the bytes it kept are hashed and the rest fetched from where it stopped
+/// (a ranged GET), the whole checked against the manifest. A kept part that
+/// is not the object's beginning is thrown away and fetched whole.
+#[test]
+fn a_killed_pull_resumes_where_it_stopped() {
+    let _guard = shared(&[S3]);
+    let root = temp_root();
+    let name = "20250303_120000";
+    let dir = fake_backup(root.path(), name, "2025-03-03T12:00:00Z".parse().unwrap());
+    let file = format!("postgres_{name}.tar");
+    let data: Vec<u8> = (0..32u32 * 1024 * 1024).map(|i| (i % 241) as u8).collect();
+    std::fs::write(dir.join(&file), &data).unwrap();
+    reseal(&dir, itbackup::service::Service::Postgres, &dir.join(&file));
+    let url = repository("pull-resume");
+    ok(&["push", dir.to_str().unwrap(), &url], &[]);
+
+    let into = temp_root();
+    let into_arg = into.path().to_str().unwrap();
+    let source = format!("{url}/{name}");
+    // 8 MiB/s: killed after about half of the 32 MiB.
+    let slow = [
+        "--root",
+        into_arg,
+        "--limit-download",
+        "8MiB/s",
+        "pull",
+        &source,
+    ];
+    assert!(
+        kill_group_after(&slow, Duration::from_secs(2)),
+        "the pull ended before it was killed"
+    );
+    let partial = into.path().join(name).join(format!("{file}.partial"));
+    let kept = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    assert!(kept > 4 << 20 && kept < 32 << 20, "kept {kept} bytes");
+
+    let pull = |args: &[&str]| json_of(&ok(args, &[]))["result"].clone();
+    let resumed = pull(&["--root", into_arg, "--json", "pull", &source]);
+    let downloaded = resumed["downloaded_bytes"].as_u64().unwrap();
+    assert_eq!(downloaded, data.len() as u64 - kept, "{resumed:#}");
+    assert_eq!(
+        std::fs::read(into.path().join(name).join(&file)).unwrap(),
+        data
+    );
+    assert!(!partial.exists());
+
+    // A kept part of something else: thrown away, the object fetched whole.
+    let other = temp_root();
+    let other_dir = other.path().join(name);
+    std::fs::create_dir_all(&other_dir).unwrap();
+    std::fs::write(
+        other_dir.join(format!("{file}.partial")),
+        vec![7u8; 1 << 20],
+    )
+    .unwrap();
+    let other_arg = other.path().to_str().unwrap();
+    let whole = pull(&["--root", other_arg, "--json", "pull", &source]);
+    assert_eq!(whole["downloaded_bytes"], data.len() as u64, "{whole:#}");
+    assert_eq!(std::fs::read(other_dir.join(&file)).unwrap(), data);
+}
