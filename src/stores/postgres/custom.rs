@@ -229,7 +229,10 @@ impl Postgres {
         let step = format!("dump database {database}");
         // The digests' session settings are this connection's own: pg_dump
         // opens its own, with its own settings.
-        let reading = Reading::CountAndDigest;
+        let reading = match self.settings.content_digests {
+            true => Reading::CountAndDigest,
+            false => Reading::Count,
+        };
         let mut client = self.connect_to_read(database, reading, &step).await?;
         let txn = client
             .build_transaction()

@@ -30,6 +30,7 @@ pub struct PostgresFile {
     pub data_dir: Option<PathBuf>,
     pub stop_command: Option<String>,
     pub start_command: Option<String>,
+    pub content_digests: Option<bool>,
 }
 
 /// How to reach PostgreSQL and how to dump it.
@@ -52,6 +53,11 @@ pub struct PostgresSettings {
     /// restore (`IT_PG_STOP_CMD`, `IT_PG_START_CMD`).
     pub stop_command: Option<String>,
     pub start_command: Option<String>,
+    /// Record a content digest of every table at backup time (custom
+    /// format): a second read of each row's content on the server, beside
+    /// pg_dump. On by default; `[postgres] content_digests = false` for
+    /// clusters where that read costs more than the check is worth.
+    pub content_digests: bool,
 }
 
 impl PostgresSettings {
@@ -90,6 +96,7 @@ impl PostgresSettings {
             data_dir: env("IT_PG_DATA").map(PathBuf::from).or(pg_file.data_dir),
             stop_command: env("IT_PG_STOP_CMD").or(pg_file.stop_command),
             start_command: env("IT_PG_START_CMD").or(pg_file.start_command),
+            content_digests: pg_file.content_digests.unwrap_or(true),
         })
     }
 }
