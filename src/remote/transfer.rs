@@ -242,14 +242,21 @@ impl Remote {
         let created = !into.exists();
         create_private_dir(into).map_err(|e| io_error(None, "download", into.display(), e))?;
         let result = self.fetch_artifacts(name, &manifest, into).await;
-        if result.is_err() && !resumable {
-            // Leave no half-downloaded copy taking the space a retry needs.
-            if created {
-                let _ = fs::remove_dir_all(into);
-            } else {
-                for record in manifest.artifacts.values() {
-                    let _ = fs::remove_file(into.join(format!("{}{PARTIAL_SUFFIX}", record.file)));
+        if result.is_err() {
+            // Leave no half-downloaded copy taking the space a retry needs,
+            // unless it is to be resumed; and nothing at all when nothing
+            // came (refused before it started: no room, say).
+            for record in manifest.artifacts.values() {
+                let partial = into.join(format!("{}{PARTIAL_SUFFIX}", record.file));
+                if !resumable || fs::metadata(&partial).is_ok_and(|m| m.len() == 0) {
+                    let _ = fs::remove_file(partial);
                 }
+            }
+            if created && !resumable {
+                let _ = fs::remove_dir_all(into);
+            } else if created {
+                // Only when empty.
+                let _ = fs::remove_dir(into);
             }
         }
         result.map(|downloaded| (manifest, downloaded))
