@@ -30,7 +30,9 @@ CLUSTER := IT_TESTENV_DIR=$(CLUSTER_DIR) IT_TESTENV_OPENSEARCH_PORT=$(CLUSTER_PO
 # And a sandbox: a second stack (testenv's sandbox profile, ports +20000) that
 # the sandbox drill restores the development stack's backups into
 # (tests/suite/sandbox.rs); its target config is written for the tests.
-SANDBOX := IT_TESTENV_PROFILE=sandbox
+# Its directory is named too: the test recipe exports the development
+# stack's IT_TESTENV_DIR (testenv/env), which would beat the profile's.
+SANDBOX := IT_TESTENV_PROFILE=sandbox IT_TESTENV_DIR=$(CURDIR)/.testenv/sandbox
 SANDBOX_SERVICES := postgres opensearch neo4j
 SANDBOX_CONFIG := $(CURDIR)/.testenv/sandbox.toml
 test:
