@@ -9,6 +9,10 @@
 #   download: itbackup pull s3://…/TS    vs  aws s3 cp --recursive s3://… DIR
 #   sealing:  itbackup backup --services postgres  with and without --encrypt-to,
 #             itbackup verify of each (decrypting the sealed one)
+#   streaming: itbackup backup --upload URL --no-local (PostgreSQL physical)
+#             and verify --from URL, with the root on a 256 MiB tmpfs whose
+#             use is sampled every 50 ms: the local-disk high-water mark of
+#             each command (pull and aws download write the whole backup)
 # Dataset: database bench_blob with BLOB_MB (default 1024) MB of random
 # (incompressible) bytes, so that the artifact is as large as the data.
 # awscli comes from PyPI into a venv under $BENCH_TOOLS. Each measurement runs
@@ -93,6 +97,43 @@ for run in $(seq 1 "$RUNS"); do
 done
 rm -rf "$W/aws-down" "$W/itb-down"
 
+# ---- streaming through the repository: the root on a tmpfs, its use sampled --
+STREAM_ROOT="$W/stream-root"
+mkdir -p "$STREAM_ROOT"
+mount -t tmpfs -o size=256m tmpfs "$STREAM_ROOT"
+trap 'umount "$STREAM_ROOT" 2>/dev/null' EXIT
+HWM_OUT="$W/hwm.tsv"
+: >"$HWM_OUT"
+# disk_hwm LABEL CMD… — run CMD while the tmpfs's use is sampled every 50 ms;
+# the peak (bytes) goes into $HWM_OUT.
+disk_hwm() {
+  local label=$1 flag="$W/sampling" rc=0 sampler
+  shift
+  touch "$flag"
+  (max=0
+   while [ -e "$flag" ]; do
+     used=$(df --output=used -B1 "$STREAM_ROOT" | tail -n1)
+     [ "$used" -gt "$max" ] && max=$used
+     sleep 0.05
+   done
+   printf '%s\t%s\n' "$label" "$max" >>"$HWM_OUT") &
+  sampler=$!
+  "$@" || rc=$?
+  rm -f "$flag"
+  wait "$sampler"
+  return "$rc"
+}
+itb_stream_backup() { "$ITBACKUP" --root "$STREAM_ROOT" backup --services postgres --postgres-method physical --timestamp "st$1" --upload "$BUCKET_URL/stream" --no-local; }
+itb_stream_verify() { "$ITBACKUP" --root "$STREAM_ROOT" verify --from "$BUCKET_URL/stream/st$1"; }
+export -f itb_stream_backup itb_stream_verify
+for run in $(seq 1 "$RUNS"); do
+  disk_hwm stream_backup run_fn itbackup_stream_backup itb_stream_backup "$run"
+  disk_hwm stream_verify run_fn itbackup_stream_verify itb_stream_verify "$run"
+done
+STREAM_BYTES=$("$ITBACKUP" --json list --from "$BUCKET_URL/stream" | python3 -c 'import json,sys; b=json.load(sys.stdin)["result"]["backups"]; print(max(x.get("bytes",0) for x in b))' 2>/dev/null || echo 0)
+aws_cli s3 rm --recursive "$BUCKET_URL/" >/dev/null
+hwm_of() { awk -F'\t' -v l="$1" '$1==l{ if($2>m) m=$2 } END{ if(m=="") print "n/a"; else printf "%.1f MiB\n", m/1048576 }' "$HWM_OUT"; }
+
 # ---- report ------------------------------------------------------------------
 mbps() { awk -v b="$BYTES" -v s="$1" 'BEGIN{ if (s=="n/a" || s==0) print "n/a"; else printf "%.0f", b/1048576/s }'; }
 row() { printf '| %s | %s | %s MB/s | %s | %s |\n' "$1" "$(median_of "$2")" "$(mbps "$(median_of "$2")")" "$(max_rss_of "$2")" "$(runs_of "$2")"; }
@@ -124,6 +165,15 @@ BODY="$W/section.md"
   ver=$(ratio "$(median_of verify_sealed)" "$(median_of verify_plain)")
   echo "Ratios (itbackup ÷ aws CLI; lower is faster): push ÷ upload **$up**, push ÷ (upload + download + sha256sum) **$same**, pull ÷ download **$down**."
   echo "Encryption overhead: backup sealed ÷ plain **$enc**, verify sealed ÷ plain **$ver**; sealed size ÷ plain $(ratio "$SEALED_BYTES" "$BYTES")."
+  echo
+  echo "Streaming through the repository (the root on a 256 MiB tmpfs; a physical base backup of the bench cluster, $(awk -v b="$STREAM_BYTES" 'BEGIN{printf "%.0f MB", b/1048576}') in the repository):"
+  echo
+  echo "| command | median s | peak RSS MB | local disk high-water mark | runs (s) |"
+  echo "| --- | ---: | ---: | ---: | --- |"
+  printf '| itbackup backup --upload --no-local | %s | %s | %s | %s |\n' "$(median_of itbackup_stream_backup)" "$(max_rss_of itbackup_stream_backup)" "$(hwm_of stream_backup)" "$(runs_of itbackup_stream_backup)"
+  printf '| itbackup verify --from | %s | %s | %s | %s |\n' "$(median_of itbackup_stream_verify)" "$(max_rss_of itbackup_stream_verify)" "$(hwm_of stream_verify)" "$(runs_of itbackup_stream_verify)"
+  echo "| itbackup pull, aws s3 cp download (above) | | | the whole backup ($(awk -v b="$BYTES" 'BEGIN{printf "%.0f MB", b/1048576}')) | |"
+  echo "| itbackup push, aws s3 cp upload (above) | | | nothing written (they read a local backup of $(awk -v b="$BYTES" 'BEGIN{printf "%.0f MB", b/1048576}')) | |"
 } >"$BODY"
 update_section remote "$BODY"
 cat "$BODY"

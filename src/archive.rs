@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use crate::artifact::{self, ArtifactWriter, PendingArtifact};
+use crate::artifact::{self, ArtifactSource, Artifacts, PendingArtifact};
 
 /// Compression of packed archives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -48,11 +48,11 @@ pub struct PackedArchive {
 /// Pack the contents of `source` (paths relative to it) into `dir/name`.
 pub fn pack_dir(
     source: &Path,
-    dir: &Path,
+    artifacts: &Artifacts,
     name: &str,
     compression: ArchiveCompression,
 ) -> io::Result<PackedArchive> {
-    write_compressed(dir, name, compression, |out| {
+    write_compressed(artifacts, name, compression, |out| {
         append_tree(tar::Builder::new(out), source).map(|_| ())
     })
 }
@@ -60,23 +60,23 @@ pub fn pack_dir(
 /// Compress a tar stream made elsewhere (a container's `tar -cf -`) into `dir/name`.
 pub fn pack_stream(
     tar_stream: &mut dyn Read,
-    dir: &Path,
+    artifacts: &Artifacts,
     name: &str,
     compression: ArchiveCompression,
 ) -> io::Result<PackedArchive> {
-    write_compressed(dir, name, compression, |out| {
+    write_compressed(artifacts, name, compression, |out| {
         io::copy(tar_stream, out).map(|_| ())
     })
 }
 
 /// `dir/name` as a compressed, hashed artifact whose content `fill` writes.
 fn write_compressed(
-    dir: &Path,
+    artifacts: &Artifacts,
     name: &str,
     compression: ArchiveCompression,
     fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<PackedArchive> {
-    let writer = ArtifactWriter::create(dir, name)?;
+    let writer = artifacts.create(name)?;
     let buffered = BufWriter::with_capacity(artifact::CHUNK, writer);
     let (writer, tar_bytes) = match compression {
         ArchiveCompression::Gzip => {
@@ -134,8 +134,8 @@ fn append_tree<W: Write>(mut builder: tar::Builder<W>, source: &Path) -> io::Res
 }
 
 /// A decompressing reader over an archive file.
-pub fn open(path: &Path, compression: ArchiveCompression) -> io::Result<Box<dyn Read>> {
-    let file = artifact::open_buffered(path)?;
+pub fn open(source: &ArtifactSource, compression: ArchiveCompression) -> io::Result<Box<dyn Read>> {
+    let file = source.open()?;
     Ok(match compression {
         ArchiveCompression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
         ArchiveCompression::Zstd => Box::new(zstd::Decoder::with_buffer(file)?),
@@ -315,22 +315,33 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         for compression in [ArchiveCompression::Gzip, ArchiveCompression::Zstd] {
             let name = format!("x.{}", compression.extension());
-            let packed = pack_dir(src.path(), out.path(), &name, compression).unwrap();
+            let packed = pack_dir(
+                src.path(),
+                &Artifacts::in_dir(out.path()),
+                &name,
+                compression,
+            )
+            .unwrap();
             let pending = packed.pending;
             let decompressed = io::copy(
-                &mut open(&pending.partial, compression).unwrap(),
+                &mut open(&ArtifactSource::File(pending.partial.clone()), compression).unwrap(),
                 &mut io::sink(),
             )
             .unwrap();
             assert_eq!(packed.tar_bytes, decompressed);
             assert_eq!(
-                check(open(&pending.partial, compression).unwrap()).unwrap(),
+                check(open(&ArtifactSource::File(pending.partial.clone()), compression).unwrap())
+                    .unwrap(),
                 2
             );
             let dest = out
                 .path()
                 .join(format!("unpacked-{}", compression.extension()));
-            unpack(open(&pending.partial, compression).unwrap(), &dest).unwrap();
+            unpack(
+                open(&ArtifactSource::File(pending.partial.clone()), compression).unwrap(),
+                &dest,
+            )
+            .unwrap();
             assert_eq!(fs::read(dest.join("indices/a/seg")).unwrap(), b"data");
         }
     }

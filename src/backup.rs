@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::artifact::{self, create_private_dir};
+use crate::artifact::{self, create_private_dir, Artifacts};
 use crate::config::Settings;
 use crate::error::{io_error, Error, Result};
 use crate::lock::RootLock;
@@ -91,9 +91,20 @@ pub async fn run(
         lock_root,
         named,
     } = target;
+    // `--upload URL --no-local`: the artifacts stream into the repository
+    // (remote/streaming.rs); the staging directory holds only the stores'
+    // small records and work files.
+    let artifacts = match (&remote, staged) {
+        (Some(remote), true) => Artifacts::streamed(
+            &dir,
+            std::sync::Arc::new(remote.stream_backup(&timestamp, recipients.clone())),
+        ),
+        _ => Artifacts::in_dir(&dir),
+    };
     let ctx = BackupContext {
         dir: &dir,
         timestamp: &timestamp,
+        artifacts: &artifacts,
     };
 
     if request.dry_run {
@@ -150,7 +161,7 @@ pub async fn run(
         }
     }
     if let Some(err) = first_error {
-        discard(&dir, &done, created_dir);
+        discard(&dir, &done, created_dir, remote.as_ref(), &timestamp).await;
         return Err(err);
     }
 
@@ -173,12 +184,21 @@ pub async fn run(
         manifest_sha256: None,
     };
     if let Err(err) = commit(&dir, &done, &manifest) {
-        discard(&dir, &done, created_dir);
+        discard(&dir, &done, created_dir, remote.as_ref(), &timestamp).await;
         return Err(err);
     }
     let uploaded = match &remote {
         Some(remote) => {
-            let pushed = remote.push(&dir).await;
+            // A streamed artifact is in the repository already: push reads it
+            // back against the manifest (as it does any artifact it finds
+            // there), sends what the stores wrote locally, the manifest last.
+            let pushed = remote
+                .push(&dir)
+                .await
+                .map(|outcome| streamed_count(outcome, &done));
+            if pushed.is_err() && artifacts.is_streamed() {
+                discard_uploads(&done, remote, &timestamp).await;
+            }
             if staged && pushed.is_ok() {
                 fs::remove_dir_all(&dir)
                     .map_err(|e| io_error(None, "remove staged backup", dir.display(), e))?;
@@ -235,8 +255,33 @@ async fn refuse_to_replace(
     Ok(())
 }
 
-/// Seal every artifact to the recipients (one blocking task per store).
+/// Streamed artifacts were sent by the stores, not by push, which found
+/// them intact: they count as uploaded, not as reused.
+fn streamed_count(mut outcome: PushOutcome, done: &[StoreBackup]) -> PushOutcome {
+    for backup in done.iter().filter(|b| b.artifact.stored.is_some()) {
+        outcome.reused = outcome.reused.saturating_sub(1);
+        outcome.uploaded_bytes += backup.record.bytes;
+    }
+    outcome
+}
+
+/// Seal every artifact to the recipients (one blocking task per store). A
+/// streamed artifact was sealed on its way: only its record is written.
 async fn seal_all(done: &mut [StoreBackup], recipients: std::sync::Arc<Recipients>) -> Result<()> {
+    for backup in done.iter_mut() {
+        if let Some(stored) = &backup.artifact.stored {
+            let plain = backup.artifact.digest.clone();
+            seal::describe_sealed(
+                &mut backup.record,
+                &recipients,
+                plain,
+                stored.file.clone(),
+                &stored.digest,
+            );
+        }
+    }
+    let local = |b: &&mut StoreBackup| b.artifact.stored.is_none();
+    let mut done: Vec<&mut StoreBackup> = done.iter_mut().filter(local).collect();
     let tasks: Vec<_> = done
         .iter()
         .map(|backup| {
@@ -322,14 +367,33 @@ fn commit(dir: &std::path::Path, done: &[StoreBackup], manifest: &Manifest) -> R
     result
 }
 
-/// Remove what a failed run wrote: its partial artifacts, and the backup
-/// directory when the run made it.
-fn discard(dir: &std::path::Path, done: &[StoreBackup], created_dir: bool) {
+/// Remove what a failed run wrote: its partial artifacts, those it streamed
+/// into the repository, and the backup directory when the run made it.
+async fn discard(
+    dir: &std::path::Path,
+    done: &[StoreBackup],
+    created_dir: bool,
+    remote: Option<&Remote>,
+    name: &str,
+) {
     for backup in done {
         backup.artifact.discard();
     }
+    if let Some(remote) = remote {
+        discard_uploads(done, remote, name).await;
+    }
     if created_dir {
         let _ = fs::remove_dir(dir);
+    }
+}
+
+/// Delete the artifacts a failed streaming backup uploaded (best effort: a
+/// backup without a manifest is incomplete, and prune removes what is left).
+async fn discard_uploads(done: &[StoreBackup], remote: &Remote, name: &str) {
+    for stored in done.iter().filter_map(|b| b.artifact.stored.as_ref()) {
+        if let Err(e) = remote.delete_object(name, &stored.file).await {
+            tracing::warn!(error = %e, file = %stored.file, "cannot delete an uploaded artifact of the failed backup; prune removes it");
+        }
     }
 }
 

@@ -233,8 +233,9 @@ pub struct BackupArgs {
     #[arg(long, value_name = "URL")]
     pub upload: Option<String>,
 
-    /// With --upload: keep no local copy (the backup is staged under the root
-    /// while it is taken and removed once the remote copy is verified).
+    /// With --upload: keep no local copy. The artifacts stream straight into
+    /// the repository (sealed on the way with --encrypt-to); each is read
+    /// back and checked, then the manifest is uploaded last.
     #[arg(long, requires = "upload")]
     pub no_local: bool,
 
@@ -333,8 +334,9 @@ pub struct RestoreArgs {
     pub path: Option<PathBuf>,
 
     /// Restore from a repository: URL/<TIMESTAMP>, or URL for its newest
-    /// complete backup. Every artifact is downloaded and verified under the
-    /// root before any service is touched.
+    /// complete backup. Every artifact streams from there: read end to end
+    /// and verified before any service is touched, then read again into its
+    /// store; nothing is downloaded first.
     #[arg(long, value_name = "URL", conflicts_with = "manifest")]
     pub from: Option<String>,
 
@@ -553,7 +555,8 @@ pub struct VerifyArgs {
     pub path: Option<PathBuf>,
 
     /// Verify a backup in a repository (URL/<TIMESTAMP>, or URL for its newest
-    /// complete one): downloaded into a private staging directory, checked, removed.
+    /// complete one): every artifact is checked as it streams from there,
+    /// with nothing written to the local disk.
     #[arg(long, value_name = "URL")]
     pub from: Option<String>,
 }

@@ -291,12 +291,32 @@ pub fn io_kind(err: &std::io::Error) -> Kind {
 }
 
 /// Turn an I/O error into a failure with the disk-oriented hint.
+/// The error an artifact's repository made, carried through a reader's or
+/// writer's `io::Error` (see [`io_error`]); any other error is given back.
+pub fn carried(err: std::io::Error) -> std::result::Result<Error, std::io::Error> {
+    if !err.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        return Err(err);
+    }
+    let inner = err.into_inner().and_then(|e| e.downcast::<Error>().ok());
+    Ok(*inner.expect("checked above"))
+}
+
 pub fn io_error(
     service: Option<Service>,
     step: &str,
     what: impl fmt::Display,
     err: std::io::Error,
 ) -> Error {
+    // An upload's own error reaches the stores through their writers'
+    // io::Error (a backup streamed into a repository): it is answered as it
+    // was made, with its kind (unreachable, refused credentials …).
+    let err = match carried(err) {
+        Ok(mut error) => {
+            error.service = error.service.or(service);
+            return error;
+        }
+        Err(err) => err,
+    };
     let mut error = Error::new(io_kind(&err), step, format!("{what}: {err}")).hint(io_hint(&err));
     error.service = service;
     error

@@ -5,10 +5,10 @@
 //! bound for one record, shared by its export, its verification and its
 //! load): a longer line is refused when it is met, without being held whole.
 
-use std::io::{BufRead, Read};
-use std::path::Path;
+use std::fmt::Display;
+use std::io::{self, BufRead, Read};
 
-use crate::artifact;
+use crate::artifact::ArtifactSource;
 use crate::error::{io_error, Error, Result};
 use crate::service::Service;
 
@@ -16,15 +16,15 @@ use crate::service::Service;
 /// to `sink`, which returns false to stop. For readers that decode a line in
 /// more than one way, or later than they read it.
 pub fn read_lines(
-    path: &Path,
+    source: &ArtifactSource,
     service: Service,
     max_line: usize,
     mut sink: impl FnMut(Result<(usize, &[u8])>) -> bool,
 ) {
-    let mut reader = match artifact::open_zstd(path) {
+    let mut reader = match source.open_zstd() {
         Ok(r) => r,
         Err(e) => {
-            sink(Err(io_error(Some(service), STEP, path.display(), e)));
+            sink(Err(io_error(Some(service), STEP, source, e)));
             return;
         }
     };
@@ -41,7 +41,7 @@ pub fn read_lines(
                 if line.last() == Some(&b'\n') {
                     line.pop();
                 } else if line.len() > max_line {
-                    sink(Err(too_long(path, service, number, max_line)));
+                    sink(Err(too_long(source, service, number, max_line)));
                     return;
                 }
                 if !sink(Ok((number, &line))) {
@@ -49,7 +49,7 @@ pub fn read_lines(
                 }
             }
             Err(e) => {
-                sink(Err(damaged(path, service, number, e.to_string())));
+                sink(Err(read_failed(source, service, number, e)));
                 return;
             }
         }
@@ -60,16 +60,16 @@ pub fn read_lines(
 /// perhaps the last ending in a newline) of about `bytes`, which returns false
 /// to stop: for readers that route lines in bulk to another thread.
 pub fn read_chunks(
-    path: &Path,
+    source: &ArtifactSource,
     service: Service,
     bytes: usize,
     max_line: usize,
     mut sink: impl FnMut(Result<Vec<u8>>) -> bool,
 ) {
-    let mut reader = match artifact::open_zstd(path) {
+    let mut reader = match source.open_zstd() {
         Ok(r) => r,
         Err(e) => {
-            sink(Err(io_error(Some(service), STEP, path.display(), e)));
+            sink(Err(io_error(Some(service), STEP, source, e)));
             return;
         }
     };
@@ -91,12 +91,12 @@ pub fn read_chunks(
                     return;
                 }
                 Ok(_) if chunk.last() != Some(&b'\n') && chunk.len() - start > max_line => {
-                    sink(Err(too_long(path, service, number, max_line)));
+                    sink(Err(too_long(source, service, number, max_line)));
                     return;
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    sink(Err(damaged(path, service, number, e.to_string())));
+                    sink(Err(read_failed(source, service, number, e)));
                     return;
                 }
             }
@@ -116,12 +116,12 @@ fn limit(max_line: usize) -> u64 {
 }
 
 /// The error for line `number` of `path`, longer than `max_line` bytes.
-pub fn too_long(path: &Path, service: Service, number: usize, max_line: usize) -> Error {
+pub fn too_long(path: impl Display, service: Service, number: usize, max_line: usize) -> Error {
     Error::damaged(
         STEP,
         format!(
             "{} line {number} is longer than {} ({max_line} bytes), the most a {service} restore loads as one record",
-            path.display(),
+            path,
             crate::human::size(max_line as u64)
         ),
     )
@@ -130,13 +130,20 @@ pub fn too_long(path: &Path, service: Service, number: usize, max_line: usize) -
 }
 
 /// The error for line `number` of `path`, which does not read or decode.
-pub fn damaged(path: &Path, service: Service, number: usize, what: String) -> Error {
-    Error::damaged(
-        STEP,
-        format!("{} is damaged at line {number}: {what}", path.display()),
-    )
-    .service(service)
-    .hint("the artifact is truncated or damaged; use another backup")
+pub fn damaged(path: impl Display, service: Service, number: usize, what: String) -> Error {
+    Error::damaged(STEP, format!("{path} is damaged at line {number}: {what}"))
+        .service(service)
+        .hint("the artifact is truncated or damaged; use another backup")
+}
+
+/// A read that failed at line `number`: the repository's own error when the
+/// artifact streams from one (unreachable, or an object that is not the one
+/// the manifest names), else a damaged artifact.
+fn read_failed(source: &ArtifactSource, service: Service, number: usize, e: io::Error) -> Error {
+    match crate::error::carried(e) {
+        Ok(carried) => carried.service(service),
+        Err(e) => damaged(source, service, number, e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -151,36 +158,52 @@ mod tests {
         std::fs::write(&path, zstd::encode_all(text.as_bytes(), 1).unwrap()).unwrap();
         let mut seen = Vec::new();
         let mut error = None;
-        read_lines(&path, Service::Opensearch, 1000, |line| match line {
-            Ok((number, bytes)) => {
-                seen.push((number, bytes.len()));
-                true
-            }
-            Err(e) => {
-                error = Some(e.message);
-                false
-            }
-        });
+        read_lines(
+            &ArtifactSource::File(path.clone()),
+            Service::Opensearch,
+            1000,
+            |line| match line {
+                Ok((number, bytes)) => {
+                    seen.push((number, bytes.len()));
+                    true
+                }
+                Err(e) => {
+                    error = Some(e.message);
+                    false
+                }
+            },
+        );
         assert_eq!(seen, [(1, 7)]);
         assert!(error.unwrap().contains("line 2 is longer than"));
         let mut chunks = 0;
         let mut error = None;
-        read_chunks(&path, Service::Neo4j, 64, 1000, |chunk| match chunk {
-            Ok(_) => {
-                chunks += 1;
-                true
-            }
-            Err(e) => {
-                error = Some(e.message);
-                false
-            }
-        });
+        read_chunks(
+            &ArtifactSource::File(path.clone()),
+            Service::Neo4j,
+            64,
+            1000,
+            |chunk| match chunk {
+                Ok(_) => {
+                    chunks += 1;
+                    true
+                }
+                Err(e) => {
+                    error = Some(e.message);
+                    false
+                }
+            },
+        );
         assert!(error.unwrap().contains("line 2 is longer than"));
         let mut lines = 0;
-        read_lines(&path, Service::Opensearch, 6000, |line| {
-            lines += usize::from(line.is_ok());
-            true
-        });
+        read_lines(
+            &ArtifactSource::File(path.clone()),
+            Service::Opensearch,
+            6000,
+            |line| {
+                lines += usize::from(line.is_ok());
+                true
+            },
+        );
         assert_eq!(lines, 3, "a line within the bound is read whole");
     }
 }

@@ -5,9 +5,9 @@
 //! Every command that reads or removes backups goes through here: `list` and
 //! `status` read their descriptions ([`BackupEntry`]: name, completeness,
 //! manifest, files and sizes, the same wherever they are), `restore` and
-//! `verify` open one backup ([`open_backup`]: in place, or downloaded into a
-//! staging directory and checked object by object, so that from there on
-//! every restore is a local one), and `prune` removes through
+//! `verify` open one backup ([`open_backup`]: in place, or in its repository,
+//! whose artifacts then stream to the stores as they are checked and
+//! restored: nothing is downloaded first), and `prune` removes through
 //! [`Repository::remove`]. `push` and `pull` move a backup between the two
 //! kinds, so they hold one of each.
 
@@ -17,7 +17,7 @@ use crate::catalog::{self, BackupEntry};
 use crate::error::Result;
 use crate::lock::RootLock;
 use crate::manifest::Manifest;
-use crate::remote::{Remote, Staged};
+use crate::remote::Remote;
 
 pub enum Repository {
     /// A directory of backup directories (`--root`).
@@ -64,35 +64,6 @@ impl Repository {
         }
     }
 
-    /// Open the backup `name` for reading: in place, or downloaded into a
-    /// staging directory under `staging_root` and checked object by object.
-    pub async fn open(&self, name: &str, staging_root: &Path) -> Result<OpenBackup> {
-        match self {
-            Repository::Local(root) => {
-                let dir = root.join(name);
-                Ok(OpenBackup {
-                    manifest: Manifest::read_dir(&dir)?,
-                    shown: dir.clone(),
-                    dir,
-                    lock_root: root.clone(),
-                    repository: None,
-                    _staged: None,
-                })
-            }
-            Repository::Remote(remote) => {
-                let staged = crate::remote::fetch_to_staging(remote, name, staging_root).await?;
-                Ok(OpenBackup {
-                    dir: staged.dir.clone(),
-                    manifest: Manifest::read_dir(&staged.dir)?,
-                    shown: remote_path(remote, name),
-                    lock_root: staging_root.to_path_buf(),
-                    repository: Some(remote.url.clone()),
-                    _staged: Some(staged),
-                })
-            }
-        }
-    }
-
     /// Keep backup and restore runs out while held (released on drop). A
     /// root that does not exist holds nothing to protect; object stores have
     /// no locks, so a backup being uploaded is protected by having no
@@ -134,8 +105,14 @@ pub struct OpenBackup {
     pub lock_root: PathBuf,
     /// The repository's URL, when the backup comes from one.
     pub repository: Option<String>,
-    /// Keeps the staging directory until the backup is no longer read.
-    _staged: Option<Staged>,
+    /// The backup in its repository, whose artifacts are read as they stream.
+    pub remote: Option<RemoteBackup>,
+}
+
+/// A backup in a repository.
+pub struct RemoteBackup {
+    pub remote: Remote,
+    pub name: String,
 }
 
 /// Which backup a restore or verify reads.
@@ -152,10 +129,10 @@ pub struct BackupChoice<'a> {
     pub from: Option<&'a str>,
 }
 
-/// Open the backup `choice` names. A repository's backup is downloaded and
-/// checked object by object when `download` is set; without it (dry runs)
-/// only its manifest is read and `dir` is its URL.
-pub async fn open_backup(choice: BackupChoice<'_>, download: bool) -> Result<OpenBackup> {
+/// Open the backup `choice` names. Of a repository's backup only the
+/// manifest is read here (`dir` is then its URL): its artifacts stream from
+/// the repository when they are verified and restored (`verify_backup`).
+pub async fn open_backup(choice: BackupChoice<'_>) -> Result<OpenBackup> {
     let Some(url) = choice.from else {
         let (dir, manifest) = catalog::locate(choice.root, choice.path, choice.manifest)?;
         let lock_root = dir
@@ -169,7 +146,7 @@ pub async fn open_backup(choice: BackupChoice<'_>, download: bool) -> Result<Ope
             manifest,
             lock_root,
             repository: None,
-            _staged: None,
+            remote: None,
         });
     };
     let (remote, name) = Remote::locate(url).await?;
@@ -177,16 +154,13 @@ pub async fn open_backup(choice: BackupChoice<'_>, download: bool) -> Result<Ope
         Some(name) => name,
         None => remote.newest_complete().await?,
     };
-    if download {
-        return Repository::Remote(remote).open(&name, choice.root).await;
-    }
     Ok(OpenBackup {
         manifest: remote.read_manifest(&name).await?,
         dir: remote_path(&remote, &name),
         shown: remote_path(&remote, &name),
         lock_root: choice.root.to_path_buf(),
         repository: Some(remote.url.clone()),
-        _staged: None,
+        remote: Some(RemoteBackup { remote, name }),
     })
 }
 

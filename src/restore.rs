@@ -21,7 +21,7 @@ use crate::parallel::{self, Parallel, Plan};
 use crate::repository::{open_backup, BackupChoice, Repository};
 use crate::service::{Service, ServiceList};
 use crate::stores::{self, RestoreContext, RestoreRecovery, RestoreSelection};
-use crate::verify::{verify_artifacts, ArtifactCheck, Verified};
+use crate::verify::{verify_backup, ArtifactCheck, Verified};
 
 #[derive(Debug, Default)]
 pub struct RestoreRequest {
@@ -99,8 +99,8 @@ pub async fn run(settings: &Settings, mut request: RestoreRequest) -> Result<Res
         manifest: request.manifest.as_deref(),
         from: chosen_from.as_deref().or(request.from.as_deref()),
     };
-    let backup = open_backup(choice, !request.dry_run).await?;
-    let (dir, manifest) = (&backup.dir, &backup.manifest);
+    let backup = open_backup(choice).await?;
+    let manifest = &backup.manifest;
     let held = manifest.services.keys().copied();
     let services = ServiceList::within(request.services.as_ref(), held).map_err(|missing| {
         Error::usage(format!(
@@ -150,8 +150,7 @@ pub async fn run(settings: &Settings, mut request: RestoreRequest) -> Result<Res
             .check_before_restore(&manifest.artifacts[&store.service()])
             .await?;
     }
-    let verified =
-        verify_artifacts(dir, manifest, &stores, settings.identity.as_deref(), true).await?;
+    let verified = verify_backup(&backup, &stores, settings.identity.as_deref(), true).await?;
 
     let scratch = tempfile::Builder::new()
         .prefix(".itbackup-restore-")
@@ -177,7 +176,7 @@ pub async fn run(settings: &Settings, mut request: RestoreRequest) -> Result<Res
     for store in &stores {
         let opened = &verified.opened[&store.service()];
         let ctx = RestoreContext {
-            artifact: &opened.path,
+            artifact: &opened.source,
             scratch: scratch.path(),
             selection: request.selection(store.service()),
             recovery: &recovery,
@@ -338,7 +337,7 @@ async fn restore_one(
     tracing::info!(%service, file = %record.file, "restoring");
     let selection = request.selection(service);
     let ctx = RestoreContext {
-        artifact: &opened.path,
+        artifact: &opened.source,
         scratch,
         selection,
         recovery,

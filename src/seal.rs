@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use age::secrecy::ExposeSecret;
 
-use crate::artifact::{self, ArtifactWriter, Digest256, HashingReader, PendingArtifact, CHUNK};
+use crate::artifact::{
+    self, ArtifactSource, ArtifactWriter, Digest256, HashingReader, PendingArtifact, CHUNK,
+};
 use crate::error::{Error, Kind, Result};
 use crate::manifest::{ArtifactRecord, Encryption};
 use crate::service::Service;
@@ -222,23 +224,36 @@ pub fn seal(
         )));
     }
     pending.discard();
+    describe_sealed(record, recipients, plain, sealed_name, &sealed.digest);
+    Ok(sealed)
+}
+
+/// The record of an artifact sealed to `recipients`: the stored file and
+/// its digest, and the plaintext's digest (sealed here, or on its way into a
+/// repository by a streaming backup).
+pub fn describe_sealed(
+    record: &mut ArtifactRecord,
+    recipients: &Recipients,
+    plain: Digest256,
+    sealed_file: String,
+    sealed: &Digest256,
+) {
     record.encryption = Some(Encryption {
         scheme: "age".into(),
         recipients: recipients.names.clone(),
         plaintext_sha256: plain.sha256,
         plaintext_bytes: plain.bytes,
     });
-    record.file = sealed_name;
-    record.sha256 = sealed.digest.sha256.clone();
-    record.bytes = sealed.digest.bytes;
-    Ok(sealed)
+    record.file = sealed_file;
+    record.sha256 = sealed.sha256.clone();
+    record.bytes = sealed.bytes;
 }
 
 /// Where a store finds an artifact it can read: the backup's own file, or the
 /// plaintext opened from a sealed one into a scratch directory.
 #[derive(Debug, Clone)]
 pub struct OpenedArtifact {
-    pub path: PathBuf,
+    pub source: ArtifactSource,
     /// The record as the store knows it: file name, checksum and size of the plaintext.
     pub record: ArtifactRecord,
 }
@@ -252,49 +267,23 @@ pub fn open(
     identities: Option<&Identities>,
     scratch: &Path,
 ) -> Result<OpenedArtifact> {
-    let Some(encryption) = &record.encryption else {
+    if record.encryption.is_none() {
         return Ok(OpenedArtifact {
-            path: path.to_path_buf(),
+            source: ArtifactSource::File(path.to_path_buf()),
             record: record.clone(),
         });
     };
     let step = "decrypt artifact";
-    let identities = identities.ok_or_else(|| {
-        Error::new(
-            Kind::Usage,
-            step,
-            format!("{} is encrypted (age)", record.file),
-        )
-        .service(service)
-        .hint("give the private key with --identity FILE or IT_AGE_IDENTITY")
-    })?;
-    let plain_name = record
-        .file
-        .strip_suffix(SEALED_SUFFIX)
-        .unwrap_or(&record.file)
-        .to_string();
+    let identities = identities_for(service, record, identities)?;
+    let plain = plain_record(record);
+    let plain_name = plain.file.clone();
     let out = scratch.join(&plain_name);
     let input = BufReader::with_capacity(
         CHUNK,
         artifact::open_regular(path)
             .map_err(|e| crate::error::io_error(Some(service), step, path.display(), e))?,
     );
-    let mut reader = decrypt_with(identities, input).map_err(|e| match e {
-        OpenError::NotAge(e) => Error::damaged(
-            step,
-            format!("{} is not a readable age file: {e}", record.file),
-        )
-        .service(service),
-        OpenError::WrongKey(e) => {
-            Error::authentication(step, format!("cannot open {}: {e}", record.file))
-                .service(service)
-                .hint(format!(
-                    "{} is not one of the keys it was sealed to ({})",
-                    identities.source.display(),
-                    encryption.recipients.join(", ")
-                ))
-        }
-    })?;
+    let mut reader = decrypt_artifact(service, record, identities, input)?;
     let written = (|| -> io::Result<Digest256> {
         let mut writer = ArtifactWriter::create(scratch, &plain_name)?;
         io::copy(&mut reader, &mut writer)?;
@@ -312,8 +301,7 @@ pub fn open(
             .service(service)
             .hint("the sealed artifact is damaged or truncated; use another backup")
     })?;
-    if written.sha256 != encryption.plaintext_sha256 || written.bytes != encryption.plaintext_bytes
-    {
+    if written.sha256 != plain.sha256 || written.bytes != plain.bytes {
         return Err(Error::damaged(
             step,
             format!(
@@ -324,14 +312,75 @@ pub fn open(
         .service(service)
         .hint("the artifact was replaced or damaged; use another backup"));
     }
-    let mut opened = record.clone();
-    opened.file = plain_name;
-    opened.sha256 = written.sha256;
-    opened.bytes = written.bytes;
-    opened.encryption = None;
     Ok(OpenedArtifact {
-        path: out,
-        record: opened,
+        source: ArtifactSource::File(out),
+        record: plain,
+    })
+}
+
+/// The keys that open the sealed artifact of `record`: a usage error names
+/// the missing `--identity`.
+pub fn identities_for<'a>(
+    service: Service,
+    record: &ArtifactRecord,
+    identities: Option<&'a Identities>,
+) -> Result<&'a Identities> {
+    identities.ok_or_else(|| {
+        Error::new(
+            Kind::Usage,
+            "decrypt artifact",
+            format!("{} is encrypted (age)", record.file),
+        )
+        .service(service)
+        .hint("give the private key with --identity FILE or IT_AGE_IDENTITY")
+    })
+}
+
+/// The record of a sealed artifact as its store reads it: the plaintext's
+/// file name, checksum and size (a clear record is returned as it is).
+pub fn plain_record(record: &ArtifactRecord) -> ArtifactRecord {
+    let mut plain = record.clone();
+    if let Some(encryption) = plain.encryption.take() {
+        plain.file = record
+            .file
+            .strip_suffix(SEALED_SUFFIX)
+            .unwrap_or(&record.file)
+            .to_string();
+        plain.sha256 = encryption.plaintext_sha256;
+        plain.bytes = encryption.plaintext_bytes;
+    }
+    plain
+}
+
+/// The plaintext of the sealed artifact of `record` read from `input`, with
+/// the errors an operator acts on: not an age file (damaged), or sealed to
+/// other keys (authentication, naming the keys it was sealed to).
+pub fn decrypt_artifact<R: io::BufRead>(
+    service: Service,
+    record: &ArtifactRecord,
+    identities: &Identities,
+    input: R,
+) -> Result<age::stream::StreamReader<R>> {
+    let step = "decrypt artifact";
+    let recipients = record
+        .encryption
+        .as_ref()
+        .map(|e| e.recipients.join(", "))
+        .unwrap_or_default();
+    decrypt_with(identities, input).map_err(|e| match e {
+        OpenError::NotAge(e) => Error::damaged(
+            step,
+            format!("{} is not a readable age file: {e}", record.file),
+        )
+        .service(service),
+        OpenError::WrongKey(e) => {
+            Error::authentication(step, format!("cannot open {}: {e}", record.file))
+                .service(service)
+                .hint(format!(
+                    "{} is not one of the keys it was sealed to ({recipients})",
+                    identities.source.display(),
+                ))
+        }
     })
 }
 

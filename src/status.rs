@@ -310,11 +310,8 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
                     ));
                 }
                 let verification = if request.verify {
-                    // A repository's backup is downloaded and checked first.
-                    match repository.open(&entry.name, &settings.root).await {
-                        Ok(backup) => verify_full(&backup.dir, manifest, service, settings).await,
-                        Err(e) => failed_verification(e.to_string()),
-                    }
+                    // A repository's backup is checked as it streams from there.
+                    verify_full(&repository, &entry.name, manifest, service, settings).await
                 } else {
                     verify_sizes(entry, manifest, service)
                 };
@@ -462,32 +459,32 @@ fn verify_size(file: &str, expected: u64, found: std::result::Result<u64, String
     }
 }
 
-fn failed_verification(problem: String) -> Verification {
-    Verification {
-        checked: "full",
-        ok: false,
-        problem: Some(problem),
-    }
-}
-
 /// The same checks as `itbackup verify`: checksums and a full decode.
 async fn verify_full(
-    dir: &Path,
+    repository: &Repository,
+    name: &str,
     manifest: &Manifest,
     service: Service,
     settings: &Settings,
 ) -> Verification {
-    let result = match open_stores(&[service], settings) {
-        Ok(stores) => crate::verify::verify_artifacts(
-            dir,
-            manifest,
-            &stores,
-            settings.identity.as_deref(),
-            false,
-        )
-        .await
-        .map(|_| ()),
-        Err(e) => Err(e),
+    let identity = settings.identity.as_deref();
+    let result = match (open_stores(&[service], settings), repository) {
+        (Ok(stores), Repository::Local(root)) => {
+            let dir = root.join(name);
+            crate::verify::verify_artifacts(&dir, manifest, &stores, identity, false)
+                .await
+                .map(|_| ())
+        }
+        (Ok(stores), Repository::Remote(remote)) => {
+            let backup = crate::repository::RemoteBackup {
+                remote: remote.clone(),
+                name: name.to_string(),
+            };
+            crate::verify::verify_remote_artifacts(&backup, manifest, &stores, identity, false)
+                .await
+                .map(|_| ())
+        }
+        (Err(e), _) => Err(e),
     };
     let problem = result.err().map(|e| e.to_string());
     Verification {

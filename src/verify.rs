@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::artifact::{digest_reader, open_regular};
+use crate::artifact::{digest_reader, open_regular, ArtifactSource};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::manifest::Manifest;
-use crate::repository::{open_backup, BackupChoice};
+use crate::repository::{open_backup, BackupChoice, OpenBackup, RemoteBackup};
 use crate::seal::{self, Identities, OpenedArtifact};
 use crate::service::Service;
 use crate::stores::Store;
@@ -136,7 +136,7 @@ pub async fn verify_artifacts(
             .map_err(|e| Error::failure("decrypt artifact", e.to_string()).service(service))??
         } else {
             OpenedArtifact {
-                path: path.clone(),
+                source: ArtifactSource::File(path.clone()),
                 record: record.clone(),
             }
         };
@@ -144,7 +144,7 @@ pub async fn verify_artifacts(
         // before it changes anything is not made to read it twice.
         if !(restoring && store.decodes_before_restoring(&readable.record)) {
             store
-                .check_artifact(&readable.path, &readable.record)
+                .check_artifact(&readable.source, &readable.record)
                 .await?;
         }
         opened.insert(service, readable);
@@ -160,6 +160,90 @@ pub async fn verify_artifacts(
         checks,
         opened,
         _scratch: scratch,
+    })
+}
+
+/// Check the artifacts of the opened backup: in its directory, or streamed
+/// from its repository ([`verify_remote_artifacts`]).
+pub async fn verify_backup(
+    backup: &OpenBackup,
+    stores: &[Box<dyn Store>],
+    identity: Option<&Path>,
+    restoring: bool,
+) -> Result<Verified> {
+    match &backup.remote {
+        None => verify_artifacts(&backup.dir, &backup.manifest, stores, identity, restoring).await,
+        Some(remote) => {
+            verify_remote_artifacts(remote, &backup.manifest, stores, identity, restoring).await
+        }
+    }
+}
+
+/// [`verify_artifacts`] for a backup in a repository, read as it streams:
+/// each artifact's size is checked first (HEAD), then its store decodes it
+/// end to end while its bytes (and a sealed one's plaintext) are hashed
+/// and compared with the manifest; an artifact the check did not read to
+/// its end is read through once more for its checksum. Nothing is written
+/// to the local disk. A restore's loads read the same object versions again.
+pub async fn verify_remote_artifacts(
+    backup: &RemoteBackup,
+    manifest: &Manifest,
+    stores: &[Box<dyn Store>],
+    identity: Option<&Path>,
+    restoring: bool,
+) -> Result<Verified> {
+    let identities = match manifest.artifacts.values().any(|r| r.encryption.is_some()) {
+        true => identity
+            .map(Identities::load)
+            .transpose()?
+            .map(std::sync::Arc::new),
+        false => None,
+    };
+    let mut checks = Vec::new();
+    let mut opened = BTreeMap::new();
+    for store in stores {
+        let service = store.service();
+        let record = manifest.artifacts.get(&service).ok_or_else(|| {
+            Error::damaged(
+                "verify",
+                format!("the backup {} has no {service} artifact", backup.name),
+            )
+            .service(service)
+        })?;
+        let started = Instant::now();
+        let (source, plain) = backup
+            .remote
+            .artifact_source(&backup.name, service, record, identities.clone())
+            .await?;
+        if !(restoring && store.decodes_before_restoring(&plain)) {
+            store.check_artifact(&source, &plain).await?;
+        }
+        if !source.checked() {
+            let through = source.clone();
+            tokio::task::spawn_blocking(move || through.read_through())
+                .await
+                .map_err(|e| Error::failure("verify checksum", e.to_string()).service(service))?
+                .map_err(|e| io_error(Some(service), "verify checksum", &source, e))?;
+        }
+        checks.push(ArtifactCheck {
+            service,
+            file: record.file.clone(),
+            bytes: record.bytes,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        tracing::info!(%service, file = %record.file, "artifact verified as it streamed from the repository");
+        opened.insert(
+            service,
+            OpenedArtifact {
+                source,
+                record: plain,
+            },
+        );
+    }
+    Ok(Verified {
+        checks,
+        opened,
+        _scratch: None,
     })
 }
 
@@ -201,12 +285,11 @@ pub async fn run(
         manifest: None,
         from,
     };
-    let backup = open_backup(choice, true).await?;
+    let backup = open_backup(choice).await?;
     let services: Vec<_> = backup.manifest.services.keys().copied().collect();
     let stores = crate::backup::open_stores(&services, settings)?;
     let identity = settings.identity.as_deref();
-    let verified =
-        verify_artifacts(&backup.dir, &backup.manifest, &stores, identity, false).await?;
+    let verified = verify_backup(&backup, &stores, identity, false).await?;
     let wal = match backup.manifest.artifacts.get(&Service::Postgres) {
         Some(record) => {
             use crate::stores::postgres::wal::chain::{Archive, Depth};

@@ -283,7 +283,7 @@ impl PinnedBackup {
             manifest: None,
             from: url.as_deref(),
         };
-        let opened = open_backup(choice, false).await?;
+        let opened = open_backup(choice).await?;
         let remote = opened.repository.is_some();
         Ok(PinnedBackup {
             path: (!remote).then(|| opened.dir.clone()),

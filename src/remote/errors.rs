@@ -40,6 +40,12 @@ pub(super) fn remote_error(step: &str, url: &str, err: object_store::Error) -> E
         );
     }
     let (kind, hint) = match &err {
+        // Temporary credentials (AWS_SESSION_TOKEN, a role's) that ran out
+        // during a long run: S3 answers 400 with one of these codes.
+        _ if expired_credentials(&err) => (
+            Kind::Authentication,
+            "the repository's credentials expired during the run (temporary credentials: AWS_SESSION_TOKEN or a role's); renew them and run again: nothing counts as complete without its manifest, and push resumes what it had sent",
+        ),
         object_store::Error::NotFound { .. } => (
             Kind::NotFound,
             "the bucket or object does not exist; check the URL (s3://bucket/prefix)",
@@ -55,6 +61,19 @@ pub(super) fn remote_error(step: &str, url: &str, err: object_store::Error) -> E
         ),
     };
     Error::new(kind, step, format!("{url}: {err}")).hint(hint)
+}
+
+/// Whether the store refused the request because its credentials expired.
+fn expired_credentials(err: &object_store::Error) -> bool {
+    let text = err.to_string();
+    [
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "RequestExpired",
+        "ExpiredTokenException",
+    ]
+    .iter()
+    .any(|code| text.contains(code))
 }
 
 /// The kind of a repository error that object_store does not name: found

@@ -25,12 +25,16 @@ use crate::manifest::{is_safe_component, Manifest, MANIFEST_FILE};
 
 mod errors;
 mod objects;
+mod reading;
+mod resumable;
 mod staging;
+mod streaming;
 pub mod throttle;
 mod transfer;
 
 use errors::{client_options, remote_error, retry_config};
-pub use staging::{fetch_to_staging, pull, staging_dir, PullOutcome, Staged, STAGING_PREFIX};
+pub use staging::{pull, staging_dir, PullOutcome, STAGING_PREFIX};
+pub use streaming::StreamingBackup;
 
 /// Size of the parts of a multipart upload, and how many are in flight.
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -43,6 +47,8 @@ const MANIFEST_READS: usize = 8;
 #[derive(Debug, Clone)]
 pub struct Remote {
     store: Arc<dyn ObjectStore>,
+    /// The store's multipart API (S3, GCS, Azure): a push resumes there.
+    parts: Option<resumable::Parts>,
     prefix: ObjectPath,
     /// The URL as the user gave it (URLs carry no credentials here), for messages.
     pub url: String,
@@ -79,6 +85,7 @@ impl Remote {
                 "credentials do not belong in the repository URL; use the backend's environment variables (AWS_ACCESS_KEY_ID …)",
             ));
         }
+        let mut parts = None;
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match parsed.scheme() {
             "s3" | "s3a" => {
                 // AmazonS3Builder::from_env, over our timeouts: an AWS_*
@@ -107,28 +114,31 @@ impl Remote {
                 if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
                     builder = builder.with_region("us-east-1");
                 }
-                let store = builder.build().map_err(|e| {
+                let store = Arc::new(builder.build().map_err(|e| {
                     Error::usage(format!("repository {url}: {e}"))
-                })?;
-                (Arc::new(store), path_of(&parsed)?)
+                })?);
+                parts = Some(resumable::Parts(store.clone()));
+                (store, path_of(&parsed)?)
             }
             "gs" => {
-                let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                let store = Arc::new(object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(url)
                     .with_client_options(client_options())
                     .with_retry(retry_config())
                     .build()
-                    .map_err(|e| Error::usage(format!("repository {url}: {e}")))?;
-                (Arc::new(store), path_of(&parsed)?)
+                    .map_err(|e| Error::usage(format!("repository {url}: {e}")))?);
+                parts = Some(resumable::Parts(store.clone()));
+                (store, path_of(&parsed)?)
             }
             "az" | "azure" | "abfs" | "abfss" => {
-                let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                let store = Arc::new(object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(url)
                     .with_client_options(client_options())
                     .with_retry(retry_config())
                     .build()
-                    .map_err(|e| Error::usage(format!("repository {url}: {e}")))?;
-                (Arc::new(store), path_of(&parsed)?)
+                    .map_err(|e| Error::usage(format!("repository {url}: {e}")))?);
+                parts = Some(resumable::Parts(store.clone()));
+                (store, path_of(&parsed)?)
             }
             "http" | "https" => {
                 let store = object_store::http::HttpBuilder::new()
@@ -157,6 +167,7 @@ impl Remote {
         };
         Ok(Remote {
             store,
+            parts,
             prefix,
             url: url.trim_end_matches('/').to_string(),
         })
@@ -179,6 +190,7 @@ impl Remote {
         Some((
             Remote {
                 store: self.store.clone(),
+                parts: self.parts.clone(),
                 prefix: ObjectPath::from_iter(parents.iter().cloned()),
                 url: parent_url,
             },

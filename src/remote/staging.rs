@@ -1,5 +1,5 @@
-//! Local directories a remote backup is downloaded into: `pull`'s, and the
-//! staging directory a restore or verify from a repository works in.
+//! Local directories a remote backup is downloaded into (`pull`), and the
+//! staging directories under a root (`backup --upload --no-local`'s).
 
 use std::path::{Path, PathBuf};
 
@@ -22,12 +22,6 @@ pub fn staging_dir(root: &Path, purpose: &str) -> Result<tempfile::TempDir> {
         .prefix(&format!("{STAGING_PREFIX}{purpose}-"))
         .tempdir_in(root)
         .map_err(|e| io_error(None, "create staging", root.display(), e))
-}
-
-/// Where a remote backup was downloaded to, kept alive as long as it is used.
-pub struct Staged {
-    pub dir: PathBuf,
-    _staging: tempfile::TempDir,
 }
 
 /// What `pull` did.
@@ -60,24 +54,12 @@ pub async fn pull(url: &str, parent: &Path) -> Result<PullOutcome> {
     }
     let _lock = crate::lock::RootLock::acquire(parent, "pull")?;
     // A pull killed half-way is resumed by the next one into the same place.
-    let (manifest, downloaded_bytes) = remote.fetch(&name, &dir, true).await?;
+    let (manifest, downloaded_bytes) = remote.fetch(&name, &dir).await?;
     Ok(PullOutcome {
         dir,
         timestamp: manifest.timestamp.clone(),
         bytes: manifest.artifacts.values().map(|r| r.bytes).sum(),
         downloaded_bytes,
         seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
-/// Download the backup `name` of `remote` into a staging directory under
-/// `root`, checking every object against the manifest.
-pub async fn fetch_to_staging(remote: &Remote, name: &str, root: &Path) -> Result<Staged> {
-    let staging = staging_dir(root, "download")?;
-    let dir = staging.path().join(name);
-    remote.fetch(name, &dir, false).await?;
-    Ok(Staged {
-        dir,
-        _staging: staging,
     })
 }

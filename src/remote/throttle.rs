@@ -4,7 +4,7 @@
 //! average over any stretch of it stays at the limit. Set once per process,
 //! like the remote timeouts.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Bytes per second allowed each way; `None`: as fast as the link goes.
@@ -32,38 +32,64 @@ pub enum Direction {
     Download,
 }
 
+/// One direction of the link: the time it is booked until. Transfers
+/// running at once (a streaming backup uploads every store's artifact side
+/// by side) share the rate rather than each taking it whole.
+pub struct Link {
+    booked: Mutex<Option<Instant>>,
+}
+
+impl Link {
+    const fn new() -> Link {
+        Link {
+            booked: Mutex::new(None),
+        }
+    }
+
+    /// Book `n` bytes at `rate` after whatever is booked already (never
+    /// before now: a pause earns no burst); answers when they are due.
+    fn book(&self, n: usize, rate: u64) -> Instant {
+        let mut booked = self.booked.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let start = booked.filter(|b| *b > now).unwrap_or(now);
+        let due = start + Duration::from_secs_f64(n as f64 / rate as f64);
+        *booked = Some(due);
+        due
+    }
+}
+
+static UPLOADS: Link = Link::new();
+static DOWNLOADS: Link = Link::new();
+
 /// The pace of one transfer.
 pub struct Throttle {
     rate: Option<u64>,
-    started: Instant,
-    bytes: u64,
+    link: &'static Link,
 }
 
 impl Throttle {
     pub fn new(direction: Direction) -> Throttle {
         let limits = limits();
-        Throttle {
-            rate: match direction {
-                Direction::Upload => limits.upload,
-                Direction::Download => limits.download,
+        match direction {
+            Direction::Upload => Throttle {
+                rate: limits.upload,
+                link: &UPLOADS,
             },
-            started: Instant::now(),
-            bytes: 0,
+            Direction::Download => Throttle {
+                rate: limits.download,
+                link: &DOWNLOADS,
+            },
         }
     }
 
-    /// Count `n` bytes as sent (or received); wait while the transfer is
-    /// ahead of its rate.
+    /// Count `n` bytes as sent (or received); wait until the link's rate
+    /// allows them.
     pub async fn pass(&mut self, n: usize) {
-        self.bytes += n as u64;
         let Some(rate) = self.rate else {
             return;
         };
-        let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
-        let elapsed = self.started.elapsed();
-        if due > elapsed {
-            tokio::time::sleep(due - elapsed).await;
-        }
+        let due = self.link.book(n, rate);
+        tokio::time::sleep_until(due.into()).await;
     }
 }
 
@@ -118,15 +144,34 @@ mod tests {
 
     #[tokio::test]
     async fn a_throttled_transfer_keeps_to_its_rate() {
+        static LINK: Link = Link::new();
         let mut throttle = Throttle {
             rate: Some(10 * 1024 * 1024),
-            started: Instant::now(),
-            bytes: 0,
+            link: &LINK,
         };
+        let started = Instant::now();
         for _ in 0..5 {
             throttle.pass(1024 * 1024).await;
         }
-        let seconds = throttle.started.elapsed().as_secs_f64();
+        let seconds = started.elapsed().as_secs_f64();
         assert!((0.45..0.6).contains(&seconds), "{seconds}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transfers_at_once_share_the_rate() {
+        static LINK: Link = Link::new();
+        let started = Instant::now();
+        let transfer = || async {
+            let mut throttle = Throttle {
+                rate: Some(10 * 1024 * 1024),
+                link: &LINK,
+            };
+            for _ in 0..5 {
+                throttle.pass(1024 * 1024).await;
+            }
+        };
+        tokio::join!(transfer(), transfer(), transfer());
+        let seconds = started.elapsed().as_secs_f64();
+        assert!((1.45..1.65).contains(&seconds), "{seconds}");
     }
 }

@@ -187,13 +187,20 @@ impl Remote {
             };
             bytes += record.bytes;
             if self.holds_intact(&key, &expected).await? {
-                tracing::info!(%service, file = %record.file, "already in the repository and intact: not sent again");
+                tracing::info!(%service, file = %record.file, "in the repository and intact (streamed there, or by an earlier push): not sent again");
                 reused += 1;
                 continue;
             }
             tracing::info!(%service, file = %record.file, bytes = record.bytes, "uploading");
-            let sent = self.upload_file(&local, &key).await?;
-            if sent != expected {
+            let sent = match &self.parts {
+                Some(parts) => self.upload_resumable(parts, &local, &key).await?,
+                None => {
+                    let digest = self.upload_file(&local, &key).await?;
+                    let bytes = digest.bytes;
+                    resumable::Sent { digest, bytes }
+                }
+            };
+            if sent.digest != expected {
                 return Err(Error::damaged(
                     "upload",
                     format!(
@@ -205,7 +212,7 @@ impl Remote {
                 .hint("run `itbackup verify --path DIR`; push another backup"));
             }
             self.stream_object(&key, None, &expected).await?;
-            uploaded_bytes += record.bytes;
+            uploaded_bytes += sent.bytes;
         }
         let manifest_bytes = artifact::read_manifest_bytes(&dir.join(MANIFEST_FILE))
             .map_err(|e| io_error(None, "upload", dir.join(MANIFEST_FILE).display(), e))?;
@@ -229,12 +236,11 @@ impl Remote {
 
     /// Download backup `name` into `into` (a private directory), every
     /// artifact streamed through sha256 and checked against the manifest; the
-    /// manifest is written last, as in a local backup. With `resumable`, a
-    /// failed download keeps what it has in `into` (each artifact's
-    /// `.partial`), and the next one into the same directory goes on from
-    /// there; without it (a restore's staging directory), nothing is kept.
-    /// Answers the manifest and the bytes downloaded this time.
-    pub async fn fetch(&self, name: &str, into: &Path, resumable: bool) -> Result<(Manifest, u64)> {
+    /// manifest is written last, as in a local backup. A failed download
+    /// keeps what it has in `into` (each artifact's `.partial`), and the
+    /// next one into the same directory goes on from there. Answers the
+    /// manifest and the bytes downloaded this time.
+    pub async fn fetch(&self, name: &str, into: &Path) -> Result<(Manifest, u64)> {
         if !is_safe_component(name) {
             return Err(Error::usage(format!("'{name}' is not a backup name")));
         }
@@ -243,18 +249,15 @@ impl Remote {
         create_private_dir(into).map_err(|e| io_error(None, "download", into.display(), e))?;
         let result = self.fetch_artifacts(name, &manifest, into).await;
         if result.is_err() {
-            // Leave no half-downloaded copy taking the space a retry needs,
-            // unless it is to be resumed; and nothing at all when nothing
-            // came (refused before it started: no room, say).
+            // What came is kept for the next pull; nothing at all when
+            // nothing came (refused before it started: no room, say).
             for record in manifest.artifacts.values() {
                 let partial = into.join(format!("{}{PARTIAL_SUFFIX}", record.file));
-                if !resumable || fs::metadata(&partial).is_ok_and(|m| m.len() == 0) {
+                if fs::metadata(&partial).is_ok_and(|m| m.len() == 0) {
                     let _ = fs::remove_file(partial);
                 }
             }
-            if created && !resumable {
-                let _ = fs::remove_dir_all(into);
-            } else if created {
+            if created {
                 // Only when empty.
                 let _ = fs::remove_dir(into);
             }

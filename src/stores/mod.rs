@@ -34,6 +34,9 @@ pub struct ServerInfo {
 pub struct BackupContext<'a> {
     pub dir: &'a Path,
     pub timestamp: &'a str,
+    /// Where the artifacts go: files in `dir`, or uploads straight into a
+    /// repository (`backup --upload URL --no-local`).
+    pub artifacts: &'a crate::artifact::Artifacts,
 }
 
 /// A finished backup of one store: its files (still `*.partial`) and its record.
@@ -66,8 +69,9 @@ impl StoreBackup {
 
 /// Where a restore reads from.
 pub struct RestoreContext<'a> {
-    /// The artifact file, already checked against the manifest.
-    pub artifact: &'a Path,
+    /// The artifact (a local file, or a repository's object streamed), its
+    /// checksum already checked against the manifest.
+    pub artifact: &'a crate::artifact::ArtifactSource,
     /// A private scratch directory on the same side as the backup.
     pub scratch: &'a Path,
     /// What of the artifact to put back, and under which names.
@@ -278,7 +282,11 @@ pub trait Store: DrillData + sandbox::SandboxServer + Send + Sync {
     /// Decode the artifact end to end (its checksum has been checked already);
     /// touches no server, but where the backup's data lives in it (an
     /// OpenSearch repository-method snapshot).
-    async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()>;
+    async fn check_artifact(
+        &self,
+        artifact: &crate::artifact::ArtifactSource,
+        record: &ArtifactRecord,
+    ) -> Result<()>;
 
     /// Remove what the backup of `record` keeps outside its directory (an
     /// OpenSearch repository-method snapshot), when prune removes the

@@ -25,5 +25,6 @@ mod remote;
 mod sandbox;
 mod secrets;
 mod servers;
+mod streaming;
 mod timeouts;
 mod wal;

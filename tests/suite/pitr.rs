@@ -146,24 +146,6 @@ fn rows() -> (u64, u64) {
     (count.parse().unwrap(), max.parse().unwrap())
 }
 
-/// Starts the server again at the end of a test that left it down (a
-/// failed restore of a crashed server leaves it down, as it found it).
-struct ServerBack;
-
-impl Drop for ServerBack {
-    fn drop(&mut self) {
-        let answers = Command::new(pg_tool("psql"))
-            .args(["-X", "-q", "-d", "postgres", "-c", "SELECT 1"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !answers {
-            let _ = Command::new("sh")
-                .args(["-c", &required_env("IT_PG_START_CMD")])
-                .status();
-        }
-    }
-}
-
 /// Where the archive and the backups go: a local root, or the S3 repository.
 struct Setup {
     root: tempfile::TempDir,

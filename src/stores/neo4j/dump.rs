@@ -5,12 +5,10 @@
 //! its checksum; before a restore changes anything, this neo4j-admin is asked
 //! to read the dump's header while the server still runs.
 
-use std::path::Path;
-
 use neo4rs::Graph;
 
 use super::{Neo4j, SVC};
-use crate::artifact::{self, ArtifactWriter, PendingArtifact};
+use crate::artifact::{ArtifactSource, PendingArtifact};
 use crate::error::{io_error, Kind, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo, ToolCommand};
@@ -140,11 +138,11 @@ impl Neo4j {
     /// `neo4j-admin database dump` into the artifact, the server stopped meanwhile.
     async fn dump(&self, ctx: &BackupContext<'_>) -> Result<PendingArtifact> {
         let cmd = self.dump_command();
-        let dir = ctx.dir.to_path_buf();
+        let (dir, artifacts) = (ctx.dir.to_path_buf(), ctx.artifacts.clone());
         let file = format!("neo4j_{}.dump", ctx.timestamp);
         self.with_server_stopped("backup (neo4j-admin database dump)", crate::stores::blocking(SVC, move || {
             let step = "dump (neo4j-admin database dump)";
-            let mut writer = ArtifactWriter::create(&dir, &file).map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
+            let mut writer = artifacts.create(&file).map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
             process::run_with_output_into(&cmd, &mut writer, SVC, step)
                 .map_err(|e| e.hint("confirm the server is stopped (the runbook: `docker compose stop neo4j`) and that neo4j-admin belongs to the same Neo4j version"))?;
             writer.finish().map_err(|e| io_error(Some(SVC), step, "finish", e))
@@ -156,13 +154,13 @@ impl Neo4j {
     /// checksum already proved the file is the one backed up), asked while
     /// the server still runs: a dump it cannot read is refused before the
     /// server is stopped and the store overwritten.
-    async fn check_dump_readable(&self, artifact: &Path) -> Result<()> {
+    async fn check_dump_readable(&self, artifact: &ArtifactSource) -> Result<()> {
         let cmd = self.info_command();
-        let source = artifact.to_path_buf();
+        let source = artifact.clone();
         let within = self.settings.timeouts.idle;
         crate::stores::blocking(SVC, move || {
             let step = "check the dump (neo4j-admin database load --info)";
-            let input = artifact::open_buffered(&source).map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
+            let input = source.open().map_err(|e| io_error(Some(SVC), step, &source, e))?;
             // The header is at the start; the tool stops reading after it.
             let mut head = std::io::Read::take(input, DUMP_HEAD_BYTES);
             process::run_feeding_head(&cmd, SVC, step, within, |stdin| std::io::copy(&mut head, stdin).map(|_| ()))
@@ -176,10 +174,10 @@ impl Neo4j {
     /// `neo4j-admin database load` from the artifact, the server stopped meanwhile.
     async fn load_dump(&self, ctx: &RestoreContext<'_>) -> Result<()> {
         let cmd = self.load_command();
-        let source = ctx.artifact.to_path_buf();
+        let source = ctx.artifact.clone();
         self.with_server_stopped("restore (neo4j-admin database load)", crate::stores::blocking(SVC, move || {
             let step = "load (neo4j-admin database load)";
-            let mut input = artifact::open_buffered(&source).map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
+            let mut input = source.open().map_err(|e| io_error(Some(SVC), step, &source, e))?;
             process::run_feeding(&cmd, SVC, step, |stdin| std::io::copy(&mut input, stdin).map(|_| ()))
                 .map(|_| ())
                 .map_err(|e| e.hint("Neo4j restore fails: confirm the main container/server is stopped; external orchestrators may restart it (retry after `docker compose stop neo4j`)"))

@@ -21,7 +21,6 @@
 //! the user database and the server's stop and start.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use async_trait::async_trait;
 use neo4rs::Graph;
@@ -29,6 +28,7 @@ use serde_json::json;
 
 use super::registry::Registered;
 use super::{BackupContext, Method, RestoreContext, ServerInfo, Store, StoreBackup};
+use crate::artifact::ArtifactSource;
 use crate::error::{Error, Kind, Result};
 use crate::lock::StoppedServer;
 use crate::manifest::ArtifactRecord;
@@ -260,7 +260,11 @@ impl Store for Neo4j {
         Ok(StoreBackup::finished(SVC, artifact, record))
     }
 
-    async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
+    async fn check_artifact(
+        &self,
+        artifact: &ArtifactSource,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
         match Neo4jMethod::of(record)? {
             Neo4jMethod::Logical => check_logical(artifact, record).await,
             // A dump is neo4j-admin's own format; the checksum is what we can

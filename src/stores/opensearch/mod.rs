@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 
 use super::registry::Registered;
 use super::{BackupContext, Method as _, RestoreContext, ServerInfo, Store, StoreBackup};
+use crate::artifact::ArtifactSource;
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::mask_userinfo;
@@ -111,7 +112,7 @@ pub struct OpenSearch {
     /// What each verified logical export needs of the cluster, by path:
     /// found by the verification, compared with the cluster's limits before
     /// the restore changes anything.
-    needs: std::sync::Mutex<BTreeMap<PathBuf, LoadNeeds>>,
+    needs: std::sync::Mutex<BTreeMap<String, LoadNeeds>>,
 }
 
 /// An index as selected for backup.
@@ -495,7 +496,11 @@ impl Store for OpenSearch {
         )
     }
 
-    async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
+    async fn check_artifact(
+        &self,
+        artifact: &ArtifactSource,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
         match OpenSearchMethod::of(record)? {
             OpenSearchMethod::Repository => {
                 self.check_repository_snapshot(artifact).await.map(|_| ())

@@ -214,7 +214,7 @@ impl OpenSearch {
     /// copy and switched in once every line is loaded.
     pub(super) async fn restore_logical_selection(
         &self,
-        artifact: &std::path::Path,
+        artifact: &crate::artifact::ArtifactSource,
         record: &ArtifactRecord,
         selection: &RestoreSelection,
     ) -> Result<()> {

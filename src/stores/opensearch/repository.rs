@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{OpenSearch, Selection, SVC};
-use crate::artifact::PendingArtifact;
+use crate::artifact::{ArtifactSource, PendingArtifact};
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::mask_userinfo;
@@ -273,10 +273,11 @@ impl OpenSearch {
     /// restore changes anything.
     pub(super) async fn check_repository_snapshot(
         &self,
-        artifact: &Path,
+        artifact: &ArtifactSource,
     ) -> Result<SnapshotRecord> {
         let step = "verify snapshot";
-        let recorded = read_record(artifact)?;
+        let source = artifact.clone();
+        let recorded = crate::stores::blocking(SVC, move || read_record(&source)).await?;
         let repo = &recorded.repository;
         let snap = &recorded.snapshot;
         let listed = match self.http.get(&format!("_snapshot/{repo}/{snap}"), step).await {
@@ -518,16 +519,15 @@ fn write_record(dir: &Path, file: &str, record: &SnapshotRecord) -> Result<Pendi
 
 /// The artifact, read and parsed: offline, what `check_artifact` proves
 /// without the cluster.
-pub(super) fn read_record(artifact: &Path) -> Result<SnapshotRecord> {
+/// Blocking (an object streams from its repository).
+fn read_record(artifact: &ArtifactSource) -> Result<SnapshotRecord> {
     let step = "verify snapshot";
-    let text = crate::artifact::read_small_text(artifact, MAX_RECORD_BYTES)
-        .map_err(|e| io_error(Some(SVC), step, artifact.display(), e))?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::damaged(
-            step,
-            format!("{} is not a snapshot record: {e}", artifact.display()),
-        )
-        .service(SVC)
-        .hint("the artifact is damaged or is not one itbackup wrote; use another backup")
+    let text = artifact
+        .read_small(MAX_RECORD_BYTES)
+        .map_err(|e| io_error(Some(SVC), step, artifact, e))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        Error::damaged(step, format!("{artifact} is not a snapshot record: {e}"))
+            .service(SVC)
+            .hint("the artifact is damaged or is not one itbackup wrote; use another backup")
     })
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::archive;
 use crate::archive::ArchiveCompression;
-use crate::artifact::PendingArtifact;
+use crate::artifact::{ArtifactSource, PendingArtifact};
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo, ToolCommand};
@@ -82,9 +82,10 @@ impl OpenSearch {
         // which the unpacked snapshot (already compressed segments) is not below.
         let needed = match record.details.get(UNPACKED_BYTES).and_then(|v| v.as_u64()) {
             Some(bytes) => bytes,
-            None => std::fs::metadata(ctx.artifact)
-                .map_err(|e| io_error(Some(SVC), "restore snapshot", ctx.artifact.display(), e))?
-                .len(),
+            None => ctx
+                .artifact
+                .size()
+                .map_err(|e| io_error(Some(SVC), "restore snapshot", ctx.artifact, e))?,
         };
         crate::artifact::require_free_space(
             Some(SVC),
@@ -98,13 +99,17 @@ impl OpenSearch {
 
 /// Offline check of a snapshot artifact: the archive read end to end, every
 /// entry safe to unpack; touches no server.
-pub(super) async fn check_snapshot(artifact: &Path, record: &ArtifactRecord) -> Result<()> {
-    let path = artifact.to_path_buf();
+pub(super) async fn check_snapshot(
+    artifact: &ArtifactSource,
+    record: &ArtifactRecord,
+) -> Result<()> {
+    let path = artifact.clone();
     let compression = snapshot_compression(record)?;
     crate::stores::blocking(SVC, move || {
-        let reader = archive::open(&path, compression).map_err(|e| io_error(Some(SVC), "verify snapshot", path.display(), e))?;
-        archive::check(reader).map(|_| ()).map_err(|e| {
-            Error::damaged("verify snapshot", format!("{} is not a sound archive: {e}", path.display()))
+        let reader = archive::open(&path, compression).map_err(|e| io_error(Some(SVC), "verify snapshot", &path, e))?;
+        archive::check(reader).map(|_| ()).map_err(|e| match crate::error::carried(e) {
+            Ok(carried) => carried.service(SVC),
+            Err(e) => Error::damaged("verify snapshot", format!("{path} is not a sound archive: {e}"))
                 .service(SVC)
                 .hint("the artifact is truncated, damaged or unsafe (paths outside the archive); nothing was extracted; use another backup")
         })
@@ -290,7 +295,7 @@ impl OpenSearch {
     ) -> Result<archive::PackedArchive> {
         let compression = self.settings.snapshot_compression;
         let file = format!("opensearch_{}.{}", ctx.timestamp, compression.extension());
-        let dir = ctx.dir.to_path_buf();
+        let (dir, artifacts) = (ctx.dir.to_path_buf(), ctx.artifacts.clone());
         let source = location.to_path_buf();
         let step = "pack snapshot";
         let packed = if let Target::Compose(compose) = &self.target {
@@ -307,7 +312,7 @@ impl OpenSearch {
                     .spawn(std::process::Stdio::null(), std::process::Stdio::piped())
                     .map_err(|e| process::spawn_failed(SVC, step, &tar.program, e))?;
                 let mut stdout = running.child.stdout.take().expect("stdout is piped");
-                let packed = archive::pack_stream(&mut stdout, &dir, &file, compression);
+                let packed = archive::pack_stream(&mut stdout, &artifacts, &file, compression);
                 drop(stdout);
                 let finished = running
                     .wait()
@@ -323,7 +328,7 @@ impl OpenSearch {
             .await?
         } else {
             crate::stores::blocking(SVC, move || {
-                archive::pack_dir(&source, &dir, &file, compression)
+                archive::pack_dir(&source, &artifacts, &file, compression)
                     .map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))
             })
             .await?
@@ -540,7 +545,7 @@ impl OpenSearch {
     ) -> Result<()> {
         let compression = snapshot_compression(record)?;
         let (source, dest, owner) = (
-            ctx.artifact.to_path_buf(),
+            ctx.artifact.clone(),
             location.to_path_buf(),
             repo_root.to_path_buf(),
         );
@@ -558,7 +563,7 @@ impl OpenSearch {
             );
             crate::stores::blocking(SVC, move || {
                 let mut reader = archive::open(&source, compression)
-                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", source.display(), e))?;
+                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", &source, e))?;
                 process::run_feeding(&untar, SVC, "unpack snapshot", |stdin| {
                     std::io::copy(&mut reader, stdin).map(|_| ())
                 })
@@ -569,7 +574,7 @@ impl OpenSearch {
             crate::stores::blocking(SVC, move || {
                 let _ = std::fs::remove_dir_all(&dest);
                 let reader = archive::open(&source, compression)
-                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", source.display(), e))?;
+                    .map_err(|e| io_error(Some(SVC), "unpack snapshot", &source, e))?;
                 archive::unpack(reader, &dest)
                     .map_err(|e| io_error(Some(SVC), "unpack snapshot", dest.display(), e))?;
                 archive::chown_tree_like(&dest, &owner)

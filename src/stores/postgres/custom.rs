@@ -7,7 +7,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
-use crate::artifact::{self, ArtifactWriter, HashingReader, PendingArtifact};
+use crate::artifact::{self, ArtifactSource, Artifacts, HashingReader, PendingArtifact};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::manifest::{ArtifactRecord, Member};
 use crate::process::{self, ToolCommand};
@@ -49,10 +49,10 @@ impl Postgres {
     /// ([`check_custom_archive`]); touches no server.
     pub(super) async fn check_custom(
         &self,
-        artifact: &Path,
+        artifact: &ArtifactSource,
         record: &ArtifactRecord,
     ) -> Result<()> {
-        let path = artifact.to_path_buf();
+        let path = artifact.clone();
         let members = record.members.clone();
         let pg_restore = self.tool("pg_restore");
         blocking(move || check_custom_archive(&path, &members, &pg_restore)).await
@@ -135,7 +135,7 @@ impl Postgres {
             needed,
             "extracting the dumps",
         )?;
-        let artifact = ctx.artifact.to_path_buf();
+        let artifact = ctx.artifact.clone();
         let scratch = ctx.scratch.to_path_buf();
         let members = record.members.clone();
         blocking(move || extract_members(&artifact, &members, &scratch)).await
@@ -158,8 +158,8 @@ impl Postgres {
         let result = self.dump_databases(&work, record).await;
         let packed = match result {
             Ok(members) => {
-                let dir = ctx.dir.to_path_buf();
-                blocking(move || pack_tar(&dir, &file, &members)).await
+                let artifacts = ctx.artifacts.clone();
+                blocking(move || pack_tar(&artifacts, &file, &members)).await
             }
             Err(e) => Err(e),
         };
@@ -403,8 +403,13 @@ impl Postgres {
     /// Roles and tablespaces: re-created idempotently, existing roles updated in place.
     pub(super) async fn restore_globals(&self, globals: &Path) -> Result<()> {
         // template1, never a database the restore replaces.
-        self.run_sql_file(globals, "template1", "restore globals (roles)", None)
-            .await
+        self.run_sql_file(
+            &ArtifactSource::File(globals.to_path_buf()),
+            "template1",
+            "restore globals (roles)",
+            None,
+        )
+        .await
     }
 }
 
@@ -435,13 +440,13 @@ pub(super) fn database_entries(record: &ArtifactRecord) -> Result<Vec<DatabaseEn
 
 /// Pack the dumped files into one tar artifact, hashing every member on the way.
 fn pack_tar(
-    dir: &Path,
+    artifacts: &Artifacts,
     file: &str,
     members: &[(String, PathBuf)],
 ) -> Result<(PendingArtifact, Vec<Member>)> {
     let step = "pack archive";
-    let io = |e: io::Error| io_error(Some(SVC), step, dir.join(file).display(), e);
-    let writer = ArtifactWriter::create(dir, file).map_err(io)?;
+    let io = |e: io::Error| io_error(Some(SVC), step, artifacts.dir().join(file).display(), e);
+    let writer = artifacts.create(file).map_err(io)?;
     let mut builder = tar::Builder::new(BufWriter::with_capacity(artifact::CHUNK, writer));
     let mtime = jiff::Timestamp::now().as_second().max(0) as u64;
     let mut recorded = Vec::new();
@@ -477,13 +482,14 @@ fn pack_tar(
 /// Walk the archive, checking that it holds exactly the recorded members with
 /// their checksums, and hand each member to `visit` as a stream.
 fn walk_members(
-    archive: &Path,
+    archive: &ArtifactSource,
     members: &[Member],
     step: &str,
     mut visit: impl FnMut(&Member, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
-    let file = artifact::open_buffered(archive)
-        .map_err(|e| io_error(Some(SVC), step, archive.display(), e))?;
+    let file = archive
+        .open()
+        .map_err(|e| io_error(Some(SVC), step, archive, e))?;
     let mut tar = tar::Archive::new(file);
     let entries = tar.entries().map_err(|e| truncated(step, archive, e))?;
     let mut seen = 0;
@@ -494,7 +500,7 @@ fn walk_members(
         if let Some(reason) = crate::archive::refuse(&entry) {
             return Err(Error::damaged(
                 step,
-                format!("{}: unsafe member {reason}", archive.display()),
+                format!("{}: unsafe member {reason}", archive),
             )
             .service(SVC)
             .hint("the archive was not written by itbackup or was altered; nothing was extracted; use another backup"));
@@ -505,12 +511,9 @@ fn walk_members(
             .to_string_lossy()
             .into_owned();
         let member = members.iter().find(|m| m.name == name).ok_or_else(|| {
-            Error::damaged(
-                step,
-                format!("{}: unexpected member '{name}'", archive.display()),
-            )
-            .service(SVC)
-            .hint("the archive does not belong to this manifest")
+            Error::damaged(step, format!("{}: unexpected member '{name}'", archive))
+                .service(SVC)
+                .hint("the archive does not belong to this manifest")
         })?;
         let mut reader = HashingReader::new(&mut entry);
         visit(member, &mut reader)?;
@@ -519,10 +522,7 @@ fn walk_members(
         if digest.bytes != member.bytes || digest.sha256 != member.sha256 {
             return Err(Error::damaged(
                 step,
-                format!(
-                    "{}: member {name} does not match its checksum",
-                    archive.display()
-                ),
+                format!("{}: member {name} does not match its checksum", archive),
             )
             .service(SVC)
             .hint("the artifact is damaged; use another backup"));
@@ -532,12 +532,7 @@ fn walk_members(
     if seen != members.len() {
         return Err(Error::damaged(
             step,
-            format!(
-                "{}: {} of {} members present",
-                archive.display(),
-                seen,
-                members.len()
-            ),
+            format!("{}: {} of {} members present", archive, seen, members.len()),
         )
         .service(SVC)
         .hint("the artifact is truncated; use another backup"));
@@ -545,12 +540,15 @@ fn walk_members(
     Ok(())
 }
 
-fn truncated(step: &str, archive: &Path, err: io::Error) -> Error {
+fn truncated(step: &str, archive: &ArtifactSource, err: io::Error) -> Error {
+    let err = match crate::error::carried(err) {
+        Ok(carried) => return carried.service(SVC),
+        Err(err) => err,
+    };
     Error::damaged(
         step,
         format!(
-            "{} cannot be read as a tar archive: {}",
-            archive.display(),
+            "{archive} cannot be read as a tar archive: {}",
             crate::archive::without_content(err)
         ),
     )
@@ -561,7 +559,7 @@ fn truncated(step: &str, archive: &Path, err: io::Error) -> Error {
 /// Full decode: every member re-hashed, every database dump read through
 /// `pg_restore` (which decompresses all table data) without touching a server.
 fn check_custom_archive(
-    archive: &Path,
+    archive: &ArtifactSource,
     members: &[Member],
     pg_restore: &ToolCommand,
 ) -> Result<()> {
@@ -599,7 +597,7 @@ fn extracted_path(scratch: &Path, member: &str) -> PathBuf {
 }
 
 /// Extract the recorded members into `scratch`.
-fn extract_members(archive: &Path, members: &[Member], scratch: &Path) -> Result<()> {
+fn extract_members(archive: &ArtifactSource, members: &[Member], scratch: &Path) -> Result<()> {
     let step = "extract archive";
     walk_members(archive, members, step, |member, reader| {
         let path = extracted_path(scratch, &member.name);

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use super::registry::Registered;
 use super::{BackupContext, Method, RestoreContext, ServerInfo, Store, StoreBackup};
 use crate::artifact;
+use crate::artifact::ArtifactSource;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, ToolCommand};
@@ -307,7 +308,11 @@ impl Store for Postgres {
         Ok(StoreBackup::finished(SVC, artifact, record))
     }
 
-    async fn check_artifact(&self, artifact: &Path, record: &ArtifactRecord) -> Result<()> {
+    async fn check_artifact(
+        &self,
+        artifact: &ArtifactSource,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
         match PostgresFormat::of(record)? {
             PostgresFormat::Custom => self.check_custom(artifact, record).await,
             PostgresFormat::Plain => plain::check_plain(artifact).await,

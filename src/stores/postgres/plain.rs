@@ -2,11 +2,10 @@
 //! `pg_dumpall --clean --if-exists`, restored with `psql -v ON_ERROR_STOP=1`.
 
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::Path;
 
 use serde_json::json;
 
-use crate::artifact::{self, ArtifactWriter, PendingArtifact};
+use crate::artifact::{self, ArtifactSource, PendingArtifact};
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::{self};
@@ -84,11 +83,12 @@ impl Postgres {
         let cmd = self
             .tool("pg_dumpall")
             .args(["--clean", "--if-exists", "--no-password"]);
-        let dir = ctx.dir.to_path_buf();
+        let (dir, artifacts) = (ctx.dir.to_path_buf(), ctx.artifacts.clone());
         let file = format!("postgres_{}.sql", ctx.timestamp);
         blocking(move || {
             let step = "dump cluster (pg_dumpall)";
-            let mut writer = ArtifactWriter::create(&dir, &file)
+            let mut writer = artifacts
+                .create(&file)
                 .map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
             let mut buffered = BufWriter::with_capacity(artifact::CHUNK, &mut writer);
             process::run_with_output_into(&cmd, &mut buffered, SVC, step)?;
@@ -136,25 +136,15 @@ impl Postgres {
 }
 
 /// A plain dump is complete only when it ends with pg_dumpall's closing comment.
-fn check_plain_trailer(path: &Path) -> Result<()> {
+fn check_plain_trailer(source: &ArtifactSource) -> Result<()> {
     let step = "verify dump";
-    let mut file =
-        artifact::open_regular(path).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(4096);
-    let mut tail = String::new();
-    file.seek(SeekFrom::Start(start))
-        .and_then(|_| file.read_to_string(&mut tail).map(|_| ()))
-        .map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
-    if tail.contains(PLAIN_TRAILER) {
+    let tail = dump_tail(source).map_err(|e| io_error(Some(SVC), step, source, e))?;
+    if String::from_utf8_lossy(&tail).contains(PLAIN_TRAILER) {
         Ok(())
     } else {
         Err(Error::damaged(
             step,
-            format!(
-                "{} does not end with pg_dumpall's closing line",
-                path.display()
-            ),
+            format!("{source} does not end with pg_dumpall's closing line"),
         )
         .service(SVC)
         .hint("the dump is truncated; use another backup"))
@@ -162,7 +152,34 @@ fn check_plain_trailer(path: &Path) -> Result<()> {
 }
 
 /// Offline check of a plain dump ([`check_plain_trailer`]); touches no server.
-pub(super) async fn check_plain(artifact: &Path) -> Result<()> {
-    let path = artifact.to_path_buf();
-    blocking(move || check_plain_trailer(&path)).await
+pub(super) async fn check_plain(artifact: &ArtifactSource) -> Result<()> {
+    let source = artifact.clone();
+    blocking(move || check_plain_trailer(&source)).await
 }
+
+/// The last [`TAIL_BYTES`] of the dump: a local file is read from there on;
+/// an object streams through, its tail kept (the pass checks it whole).
+fn dump_tail(source: &ArtifactSource) -> std::io::Result<Vec<u8>> {
+    let mut tail = Vec::new();
+    if let Some(path) = source.local_path() {
+        let mut file = artifact::open_regular(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES as u64)))?;
+        file.read_to_end(&mut tail)?;
+        return Ok(tail);
+    }
+    let mut reader = source.open()?;
+    let mut chunk = vec![0u8; artifact::CHUNK];
+    loop {
+        let n = reader.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(tail);
+        }
+        tail.extend_from_slice(&chunk[..n]);
+        let excess = tail.len().saturating_sub(TAIL_BYTES);
+        tail.drain(..excess);
+    }
+}
+
+/// How much of a plain dump's end holds its closing line.
+const TAIL_BYTES: usize = 4096;

@@ -310,8 +310,13 @@ impl Postgres {
                 undo += &format!("ALTER ROLE {} RESET ALL;\n", quote_ident(&name));
             }
         }
-        self.run_sql_file(&roles.dump, WORK_DB, step, Some(undo))
-            .await
+        self.run_sql_file(
+            &crate::artifact::ArtifactSource::File(roles.dump.clone()),
+            WORK_DB,
+            step,
+            Some(undo),
+        )
+        .await
     }
 
     /// A load failed with `cause`: drop what was loaded, rename every safety

@@ -2,9 +2,8 @@
 //! its roles made idempotent on the way.
 
 use std::io::{self, BufRead, Write};
-use std::path::Path;
 
-use crate::artifact::{self};
+use crate::artifact::ArtifactSource;
 use crate::error::{io_error, Result};
 use crate::process::{self};
 
@@ -16,13 +15,13 @@ impl Postgres {
     /// as they are), prelude and file run as one transaction: all or nothing.
     pub(super) async fn run_sql_file(
         &self,
-        file: &Path,
+        file: &ArtifactSource,
         database: &str,
         step: &'static str,
         prelude: Option<String>,
     ) -> Result<()> {
         let current_user = self.settings.user.clone();
-        let source = file.to_path_buf();
+        let source = file.clone();
         let mut cmd =
             self.tool("psql")
                 .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"]);
@@ -31,8 +30,9 @@ impl Postgres {
         }
         let cmd = cmd.arg("-d").arg(conninfo_dbname(database));
         blocking(move || {
-            let input = artifact::open_buffered(&source)
-                .map_err(|e| io_error(Some(SVC), step, source.display(), e))?;
+            let input = source
+                .open()
+                .map_err(|e| io_error(Some(SVC), step, &source, e))?;
             process::run_feeding(&cmd, SVC, step, |stdin| {
                 stdin.write_all(prelude.unwrap_or_default().as_bytes())?;
                 make_roles_idempotent(input, stdin, &current_user)

@@ -18,11 +18,14 @@ mod cmd;
 pub mod fixtures;
 mod locks;
 mod neo4j;
+pub mod s3_gate;
+mod small_disk;
 
 pub use cmd::Cmd;
 pub use fixtures::{env_refs, Method, StoreFixture};
 pub use locks::*;
 pub use neo4j::Neo;
+pub use small_disk::SmallDisk;
 
 /// A variable `testenv/env` sets; its absence means the tests were not started by `make test`.
 pub fn required_env(name: &str) -> String {
@@ -440,6 +443,24 @@ impl Drop for KillOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
             unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Starts the server again at the end of a test that left it down (a
+/// failed restore of a crashed server leaves it down, as it found it).
+pub struct ServerBack;
+
+impl Drop for ServerBack {
+    fn drop(&mut self) {
+        let answers = Command::new(pg_tool("psql"))
+            .args(["-X", "-q", "-d", "postgres", "-c", "SELECT 1"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !answers {
+            let _ = Command::new("sh")
+                .args(["-c", &required_env("IT_PG_START_CMD")])
+                .status();
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The offline check of a logical export: every line decoded as the restore
 //! will decode it, the totals against the end record and the manifest.
 
+use crate::artifact::ArtifactSource;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use super::props_bolt::TypedProps;
 use super::{Record, CHUNK_BYTES, LOGICAL_FORMAT, LOGICAL_VERSION, MAX_LINE, SVC};
@@ -11,19 +11,19 @@ use crate::manifest::ArtifactRecord;
 
 /// A logical export, decoded in full (offline).
 pub(in crate::stores::neo4j) async fn check_logical(
-    artifact: &Path,
+    artifact: &ArtifactSource,
     record: &ArtifactRecord,
 ) -> Result<()> {
-    let path = artifact.to_path_buf();
+    let source = artifact.clone();
     let record = record.clone();
-    crate::stores::blocking(SVC, move || check_export(&path, &record)).await
+    crate::stores::blocking(SVC, move || check_export(&source, &record)).await
 }
 
 /// Full decode of a logical export: every line parsed and checked, the totals
 /// against the end record and the manifest.
-fn check_export(path: &Path, record: &ArtifactRecord) -> Result<()> {
+fn check_export(path: &ArtifactSource, record: &ArtifactRecord) -> Result<()> {
     let fail = |msg: String| {
-        Error::damaged("verify export", format!("{}: {msg}", path.display()))
+        Error::damaged("verify export", format!("{path}: {msg}"))
             .service(SVC)
             .hint("the artifact is truncated or damaged; use another backup")
     };
@@ -202,7 +202,7 @@ mod tests {
         std::fs::write(&path, zstd::encode_all(text.as_bytes(), 1).unwrap()).unwrap();
         let mut record = crate::manifest::tests::sample().artifacts[&Service::Postgres].clone();
         record.counts.clear();
-        check_export(&path, &record)
+        check_export(&ArtifactSource::File(path.clone()), &record)
     }
 
     #[test]

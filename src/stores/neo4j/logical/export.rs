@@ -71,7 +71,7 @@ impl Neo4j {
     ) -> Result<PendingArtifact> {
         let file = format!("neo4j_{}.ndjson.zst", ctx.timestamp);
         // Chunks of CHUNK_BYTES: 16 of them are 4 MB.
-        artifact::export_zstd(ctx.dir, file, SVC, 16, |tx| async move {
+        artifact::export_zstd(ctx.artifacts, file, SVC, 16, |tx| async move {
             self.export_lines(graph, &tx, record).await
         })
         .await

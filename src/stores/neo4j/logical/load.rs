@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::batch::Loader;
 use super::id_map::IdMap;
 use super::{neo_error, quote, CHUNK_BYTES, MAX_LINE, SVC};
+use crate::artifact::ArtifactSource;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::stores::neo4j::Neo4j;
@@ -110,14 +111,14 @@ impl Neo4j {
 /// meanwhile; in export order otherwise.
 pub(super) async fn load_graph(
     graph: &Graph,
-    path: &Path,
+    path: &ArtifactSource,
     spill_to: Option<(&Path, Option<u64>)>,
     ids: IdMap,
     batch_size: usize,
     transactions: usize,
 ) -> Result<Vec<String>> {
     let spiller = spill_to.map(|(scratch, relationships)| {
-        let (from, to) = (path.to_path_buf(), scratch.to_path_buf());
+        let (from, to) = (path.clone(), scratch.to_path_buf());
         tokio::task::spawn_blocking(move || super::spill::spill(&from, &to, relationships))
     });
     let mut loader = Loader::new(graph.clone(), batch_size, transactions, ids);
@@ -171,8 +172,10 @@ pub(super) async fn load_graph(
 }
 
 /// The artifact's lines in chunks, for [`route_all`].
-fn artifact_chunks(path: &Path) -> impl FnOnce(&mut dyn FnMut(Result<Vec<u8>>) -> bool) + Send {
-    let path = path.to_path_buf();
+fn artifact_chunks(
+    path: &ArtifactSource,
+) -> impl FnOnce(&mut dyn FnMut(Result<Vec<u8>>) -> bool) + Send {
+    let path = path.clone();
     move |sink| crate::ndjson::read_chunks(&path, SVC, CHUNK_BYTES, MAX_LINE, sink)
 }
 

@@ -22,6 +22,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use crate::artifact::ArtifactSource;
+
 use serde::Deserialize;
 
 use super::{IdSet, SVC};
@@ -64,7 +66,11 @@ fn key_of(start: &str) -> Option<u64> {
 /// Write every relationship line of the export at `path` into scratch files
 /// under `scratch` by start node. `relationships` (from the manifest, if it
 /// says) sizes the files. Blocking: run it on a blocking thread.
-pub(super) fn spill(path: &Path, scratch: &Path, relationships: Option<u64>) -> Result<Spilled> {
+pub(super) fn spill(
+    path: &ArtifactSource,
+    scratch: &Path,
+    relationships: Option<u64>,
+) -> Result<Spilled> {
     let scratch_error = |e: std::io::Error| io_error(Some(SVC), STEP, scratch.display(), e);
     let wanted = relationships.map_or(MAX_BUCKETS / 4, |n| n.div_ceil(RELATIONSHIPS_PER_BUCKET));
     let count = wanted.clamp(1, MAX_BUCKETS) as usize;
@@ -234,7 +240,8 @@ mod tests {
         std::fs::write(&export, zstd::encode_all(text.as_bytes(), 1).unwrap()).unwrap();
 
         // Three buckets: start ids 0..17, 17..34, 34..50, then "odd".
-        let spilled = spill(&export, dir.path(), Some(3 * RELATIONSHIPS_PER_BUCKET)).unwrap();
+        let source = ArtifactSource::File(export.clone());
+        let spilled = spill(&source, dir.path(), Some(3 * RELATIONSHIPS_PER_BUCKET)).unwrap();
         assert_eq!(spilled.relationships, 7);
         let mut out = Vec::new();
         spilled.read_sorted(64, |chunk| {

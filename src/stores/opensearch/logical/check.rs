@@ -2,8 +2,8 @@
 //! and counts compared, and every record checked for what the load would be
 //! refused.
 
+use crate::artifact::ArtifactSource;
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
 
 use serde_json::Value;
 
@@ -44,7 +44,7 @@ fn valid_object_name(name: &str) -> bool {
 /// OpenSearch does not take, ids longer than it takes, sources that are not
 /// objects). Answers what the load needs of the cluster, which the restore
 /// compares with the cluster's limits before it changes anything.
-pub(crate) fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<LoadNeeds> {
+pub(crate) fn check_logical(path: &ArtifactSource, record: &ArtifactRecord) -> Result<LoadNeeds> {
     let mut check = ExportCheck::new(path);
     let mut problem: Option<Error> = None;
     read_records(path, |line| {
@@ -68,7 +68,7 @@ pub(crate) fn check_logical(path: &Path, record: &ArtifactRecord) -> Result<Load
 
 /// What [`check_logical`] knows while it reads an export, line by line.
 struct ExportCheck<'p> {
-    path: &'p Path,
+    path: &'p ArtifactSource,
     first: bool,
     ended: bool,
     /// The index whose documents are being read, and how many so far.
@@ -85,7 +85,7 @@ struct ExportCheck<'p> {
 const STEP: &str = "verify export";
 
 impl<'p> ExportCheck<'p> {
-    fn new(path: &'p Path) -> Self {
+    fn new(path: &'p ArtifactSource) -> Self {
         ExportCheck {
             path,
             first: true,
@@ -101,14 +101,14 @@ impl<'p> ExportCheck<'p> {
 
     /// The export is damaged: its structure is not what itbackup writes.
     fn fail(&self, msg: String) -> Error {
-        Error::damaged(STEP, format!("{}: {msg}", self.path.display()))
+        Error::damaged(STEP, format!("{}: {msg}", self.path))
             .service(SVC)
             .hint("the artifact is truncated or damaged; use another backup")
     }
 
     /// What the load would be refused: named with its line.
     fn refuse(&self, number: usize, msg: String) -> Error {
-        Error::damaged(STEP, format!("{} line {number}: {msg}", self.path.display()))
+        Error::damaged(STEP, format!("{} line {number}: {msg}", self.path))
             .service(SVC)
             .hint("the restore would fail on this record after replacing the index; the artifact is damaged or was not written by itbackup; nothing was changed: use another backup")
     }

@@ -241,7 +241,7 @@ impl OpenSearch {
 
 /// Every line of the export but its documents, which are skipped unparsed.
 async fn read_definitions(ctx: &RestoreContext<'_>) -> Result<Definitions> {
-    let path = ctx.artifact.to_path_buf();
+    let path = ctx.artifact.clone();
     crate::stores::blocking(SVC, move || {
         let mut definitions = Definitions::default();
         let mut failure = None;

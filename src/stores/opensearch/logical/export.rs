@@ -22,7 +22,7 @@ impl OpenSearch {
         let file = format!("opensearch_{}.ndjson.zst", ctx.timestamp);
         // A chunk is a page (PAGE_SIZE documents, ~2 MB of ~1 KB ones): 4
         // of them bound the queue to ~10 MB (16 held up to ~40 MB, no faster).
-        artifact::export_zstd(ctx.dir, file, SVC, 4, |tx| async move {
+        artifact::export_zstd(ctx.artifacts, file, SVC, 4, |tx| async move {
             self.export_all(indices, &tx, record).await
         })
         .await

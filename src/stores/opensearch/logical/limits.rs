@@ -58,11 +58,11 @@ impl OpenSearch {
             .needs
             .lock()
             .ok()
-            .and_then(|needs| needs.get(ctx.artifact).cloned());
+            .and_then(|needs| needs.get(&ctx.artifact.to_string()).cloned());
         let needs = match known {
             Some(needs) => needs,
             None => {
-                let (path, record) = (ctx.artifact.to_path_buf(), record.clone());
+                let (path, record) = (ctx.artifact.clone(), record.clone());
                 crate::stores::blocking(SVC, move || check_logical(&path, &record)).await?
             }
         };

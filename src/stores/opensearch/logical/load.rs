@@ -101,7 +101,7 @@ impl OpenSearch {
     /// Load the export at `artifact`: every line, or those `pick` selects.
     pub(crate) async fn restore_logical(
         &self,
-        artifact: &std::path::Path,
+        artifact: &crate::artifact::ArtifactSource,
         mut pick: Option<Pick>,
     ) -> Result<()> {
         let max_body = self.max_content_length().await?;
@@ -110,7 +110,7 @@ impl OpenSearch {
         let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_KIB));
         type Queued = (Result<Line>, Option<tokio::sync::OwnedSemaphorePermit>);
         let (tx, mut rx) = mpsc::channel::<Queued>(4096);
-        let path = artifact.to_path_buf();
+        let path = artifact.clone();
         let reader = tokio::task::spawn_blocking(move || {
             read_records(&path, |record| {
                 let permits = record

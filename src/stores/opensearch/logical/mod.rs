@@ -1,7 +1,7 @@
 //! The logical method: settings, mappings, templates, pipelines and every
 //! document as zstd-compressed NDJSON (format in `docs/opensearch-logical.md`).
 
-use std::path::Path;
+use crate::artifact::ArtifactSource;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -114,7 +114,7 @@ fn backing_generation(stream: &str, index: &str) -> Option<u64> {
 /// Each record of the export at `path` with its line number and its size
 /// in bytes; a line longer than [`MAX_LINE`] or that does not decode ends
 /// the reading with an error naming it.
-fn read_records(path: &Path, mut sink: impl FnMut(Result<(usize, usize, Line)>) -> bool) {
+fn read_records(path: &ArtifactSource, mut sink: impl FnMut(Result<(usize, usize, Line)>) -> bool) {
     crate::ndjson::read_lines(path, SVC, MAX_LINE, |line| match line {
         Ok((number, bytes)) => match serde_json::from_slice::<Line>(bytes) {
             Ok(line) => sink(Ok((number, bytes.len(), line))),
@@ -164,12 +164,12 @@ impl OpenSearch {
     /// will need of the cluster is kept for [`Self::prepare_logical_restore`].
     pub(in crate::stores::opensearch) async fn check_logical_export(
         &self,
-        artifact: &Path,
+        artifact: &ArtifactSource,
         record: &ArtifactRecord,
     ) -> Result<()> {
-        let path = artifact.to_path_buf();
+        let path = artifact.clone();
         let record = record.clone();
-        let key = path.clone();
+        let key = path.to_string();
         let needs = crate::stores::blocking(SVC, move || check_logical(&path, &record)).await?;
         if let Ok(mut known) = self.needs.lock() {
             known.insert(key, needs);

@@ -27,7 +27,7 @@
 use std::path::Path;
 
 use super::{blocking, Postgres, SVC};
-use crate::artifact::{self, PendingArtifact};
+use crate::artifact::{ArtifactSource, PendingArtifact};
 use crate::catalog::WalReach;
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
@@ -113,10 +113,14 @@ impl Postgres {
 
     /// Where the base backup is compressed: by the server when it can
     /// (PostgreSQL 15 and later) and its files reach this host (not in
-    /// compose mode); see [`take`].
-    fn compression(&self, server_version_num: i32) -> Compression {
+    /// compose mode), unless the backup streams into a repository: the
+    /// server's way needs the whole compressed backup on the local disk
+    /// first (see [`take`]).
+    fn compression(&self, server_version_num: i32, streamed: bool) -> Compression {
         match self.target {
-            crate::target::Target::Local if server_version_num >= 150_000 => Compression::Server,
+            crate::target::Target::Local if server_version_num >= 150_000 && !streamed => {
+                Compression::Server
+            }
             _ => Compression::Client,
         }
     }
@@ -174,16 +178,16 @@ impl Postgres {
             .service(SVC)
         })?;
         let file = format!("postgres_{}.base.tar.zst", ctx.timestamp);
-        let compression = self.compression(server_version_num);
+        let compression = self.compression(server_version_num, ctx.artifacts.is_streamed());
         let work = Self::basebackup_work(ctx);
         let cmd =
             self.basebackup_command(&format!("itbackup {}", ctx.timestamp), compression, &work);
-        let dir = ctx.dir.to_path_buf();
+        let artifacts = ctx.artifacts.clone();
         let (pending, summary) = blocking(move || match compression {
             Compression::Server => {
-                take::compressed_by_server(&cmd, &dir, &file, &work, FILE_CHECKSUM)
+                take::compressed_by_server(&cmd, &artifacts, &file, &work, FILE_CHECKSUM)
             }
-            Compression::Client => take::streamed(&cmd, &dir, &file, FILE_CHECKSUM),
+            Compression::Client => take::streamed(&cmd, &artifacts, &file, FILE_CHECKSUM),
         })
         .await?;
         let details = PhysicalDetails {
@@ -215,9 +219,13 @@ impl Postgres {
 
     /// Decode the artifact end to end: every file against the stream's
     /// backup_manifest, that manifest against the record.
-    pub(super) async fn check_physical(&self, path: &Path, record: &ArtifactRecord) -> Result<()> {
+    pub(super) async fn check_physical(
+        &self,
+        path: &ArtifactSource,
+        record: &ArtifactRecord,
+    ) -> Result<()> {
         let details = PhysicalDetails::of(record)?;
-        let path = path.to_path_buf();
+        let path = path.clone();
         let algorithm = details.file_checksums;
         let summary = blocking(move || read_artifact(&path, None, algorithm)).await?;
         check_summary(&summary, &details)
@@ -226,17 +234,19 @@ impl Postgres {
 
 /// Read (and with `extract`, write out) a base backup artifact.
 pub fn read_artifact(
-    path: &Path,
+    path: &ArtifactSource,
     extract: Option<&basetar::Extract<'_>>,
     algorithm: FileChecksum,
 ) -> Result<BaseSummary> {
     let step = "check base backup";
-    let reader = artifact::open_zstd(path)
-        .map_err(|e| crate::error::io_error(Some(SVC), step, path.display(), e))?;
-    basetar::read(reader, extract, algorithm).map_err(|e| {
-        Error::damaged(step, format!("{}: {e}", path.display()))
+    let reader = path
+        .open_zstd()
+        .map_err(|e| crate::error::io_error(Some(SVC), step, path, e))?;
+    basetar::read(reader, extract, algorithm).map_err(|e| match crate::error::carried(e) {
+        Ok(carried) => carried.service(SVC),
+        Err(e) => Error::damaged(step, format!("{path}: {e}"))
             .service(SVC)
-            .hint("the base backup is damaged or is not one itbackup took; use another backup")
+            .hint("the base backup is damaged or is not one itbackup took; use another backup"),
     })
 }
 

@@ -327,7 +327,7 @@ impl Postgres {
     /// a start and the replay.
     async fn stage_data_dir(
         &self,
-        artifact: &Path,
+        artifact: &crate::artifact::ArtifactSource,
         details: &PhysicalDetails,
         staged: &Path,
         owner: (u32, u32),
@@ -347,7 +347,7 @@ impl Postgres {
                 )
             })
             .map_err(|e| io_error(Some(SVC), step, staged.display(), e))?;
-        let artifact = artifact.to_path_buf();
+        let artifact = artifact.clone();
         let into = staged.to_path_buf();
         let algorithm = details.file_checksums;
         let written = blocking(move || {

@@ -26,7 +26,7 @@ use std::path::Path;
 
 use super::basetar::{self, BaseSummary, FileChecksum};
 use super::SVC;
-use crate::artifact::{self, ArtifactWriter, PendingArtifact};
+use crate::artifact::{self, Artifacts, PendingArtifact};
 use crate::error::{io_error, Error, Result};
 use crate::process::ToolCommand;
 
@@ -76,13 +76,13 @@ impl<R: Read, W: Write> Read for Tee<'_, R, W> {
 /// `pg_basebackup -D -`: the tar through a tee into zstd, parsed as it passes.
 pub(super) fn streamed(
     cmd: &ToolCommand,
-    dir: &Path,
+    artifacts: &Artifacts,
     file: &str,
     algorithm: FileChecksum,
 ) -> Result<(PendingArtifact, BaseSummary)> {
     let step = "backup (pg_basebackup)";
     let (_, taken) = crate::process::run_reading_output(cmd, SVC, step, |stdout| {
-        let out = ArtifactWriter::create(dir, file)?;
+        let out = artifacts.create(file)?;
         let mut encoder =
             zstd::Encoder::new(BufWriter::with_capacity(artifact::CHUNK, out), ZSTD_LEVEL)?;
         // Compression on a thread of its own, beside the reading and
@@ -113,7 +113,7 @@ pub(super) fn streamed(
 /// created here and always removed.
 pub(super) fn compressed_by_server(
     cmd: &ToolCommand,
-    dir: &Path,
+    artifacts: &Artifacts,
     file: &str,
     work: &Path,
     algorithm: FileChecksum,
@@ -122,7 +122,7 @@ pub(super) fn compressed_by_server(
     artifact::create_private_dir(work).map_err(|e| io_error(Some(SVC), step, work.display(), e))?;
     let taken = crate::process::output(cmd, SVC, step)
         .map_err(|e| e.hint(HINT))
-        .and_then(|_| assemble(dir, file, work, algorithm));
+        .and_then(|_| assemble(artifacts, file, work, algorithm));
     let _ = fs::remove_dir_all(work);
     taken
 }
@@ -130,7 +130,7 @@ pub(super) fn compressed_by_server(
 /// The artifact from the work directory: the manifest's frame, then the
 /// server's, read once to be both copied and checked.
 fn assemble(
-    dir: &Path,
+    artifacts: &Artifacts,
     file: &str,
     work: &Path,
     algorithm: FileChecksum,
@@ -157,7 +157,7 @@ fn assemble(
     let manifest_frame = manifest_frame(&work.join(MANIFEST)).map_err(fail)?;
     let server_tar = File::open(work.join(SERVER_TAR)).map_err(fail)?;
     let copy = || -> io::Result<(PendingArtifact, BaseSummary)> {
-        let mut out = BufWriter::with_capacity(artifact::CHUNK, ArtifactWriter::create(dir, file)?);
+        let mut out = BufWriter::with_capacity(artifact::CHUNK, artifacts.create(file)?);
         out.write_all(&manifest_frame)?;
         let tee = Tee {
             inner: server_tar,

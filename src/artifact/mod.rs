@@ -14,6 +14,12 @@ use sha2::{Digest, Sha256};
 use crate::error::{io_error, Error, Kind, NotRegular, Result, SizeMismatch};
 use crate::service::Service;
 
+mod source;
+mod stream;
+
+pub use source::{ArtifactSource, ObjectSource, SourceReader};
+pub use stream::{Artifacts, StoredCopy, StreamTarget, StreamUpload};
+
 /// Suffix of a file that is still being written; never taken for an artifact.
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
@@ -77,13 +83,22 @@ pub struct Digest256 {
     pub bytes: u64,
 }
 
-/// A writer that hashes and counts what passes through it into a `*.partial` file.
+/// A writer that hashes and counts what passes through it into a `*.partial`
+/// file, or, for a backup streamed into a repository, into its upload
+/// (see [`Artifacts`]): the digest is always of the bytes written here.
 pub struct ArtifactWriter {
-    file: File,
+    out: Out,
     hasher: Sha256,
     bytes: u64,
     partial: PathBuf,
     target: PathBuf,
+}
+
+/// Where an artifact's bytes go.
+enum Out {
+    File(File),
+    /// `None` once finished (or taken by `Drop`, which aborts it).
+    Stream(Option<Box<dyn StreamUpload>>),
 }
 
 impl ArtifactWriter {
@@ -93,7 +108,7 @@ impl ArtifactWriter {
         let partial = dir.join(format!("{name}{PARTIAL_SUFFIX}"));
         let file = create_private_file(&partial)?;
         Ok(ArtifactWriter {
-            file,
+            out: Out::File(file),
             hasher: Sha256::new(),
             bytes: 0,
             partial,
@@ -101,10 +116,32 @@ impl ArtifactWriter {
         })
     }
 
-    /// Flush and fsync; the artifact stays `*.partial` until [`PendingArtifact::commit`].
+    /// Start an artifact that goes straight into `upload` (no local file).
+    fn streamed(dir: &Path, name: &str, upload: Box<dyn StreamUpload>) -> Self {
+        ArtifactWriter {
+            out: Out::Stream(Some(upload)),
+            hasher: Sha256::new(),
+            bytes: 0,
+            partial: PathBuf::new(),
+            target: dir.join(name),
+        }
+    }
+
+    /// Flush and fsync (or complete the upload); the artifact stays
+    /// `*.partial` until [`PendingArtifact::commit`] (an uploaded one is under
+    /// its name, and counts only once the manifest names it).
     pub fn finish(mut self) -> io::Result<PendingArtifact> {
-        self.file.flush()?;
-        self.file.sync_all()?;
+        let stored = match &mut self.out {
+            Out::File(file) => {
+                file.flush()?;
+                file.sync_all()?;
+                None
+            }
+            Out::Stream(upload) => match upload.take() {
+                Some(upload) => Some(upload.finish()?),
+                None => return Err(io::Error::other("the upload was already finished")),
+            },
+        };
         // Taken out of the writer, the partial file outlives it (see Drop).
         Ok(PendingArtifact {
             partial: std::mem::take(&mut self.partial),
@@ -113,6 +150,7 @@ impl ArtifactWriter {
                 sha256: hex::encode(std::mem::take(&mut self.hasher).finalize()),
                 bytes: self.bytes,
             },
+            stored,
         })
     }
 }
@@ -120,7 +158,8 @@ impl ArtifactWriter {
 impl Drop for ArtifactWriter {
     /// A writer dropped before [`ArtifactWriter::finish`] failed half-way (a
     /// full disk, a failed producer): its partial file goes with it, rather
-    /// than keep the space a retry needs.
+    /// than keep the space a retry needs; an upload is aborted (dropping it
+    /// tells the uploader no end is coming).
     fn drop(&mut self) {
         if !self.partial.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.partial);
@@ -130,14 +169,22 @@ impl Drop for ArtifactWriter {
 
 impl Write for ArtifactWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
+        let n = match &mut self.out {
+            Out::File(file) => file.write(buf)?,
+            Out::Stream(Some(upload)) => upload.write(buf)?,
+            Out::Stream(None) => return Err(io::Error::other("the upload was finished")),
+        };
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        match &mut self.out {
+            Out::File(file) => file.flush(),
+            // The upload sends whole parts: a flush has nothing to push early.
+            Out::Stream(_) => Ok(()),
+        }
     }
 }
 
@@ -149,12 +196,17 @@ pub fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PendingAr
     writer.finish()
 }
 
-/// A fully written, synced artifact that is not yet visible under its final name.
+/// A fully written, synced artifact that is not yet visible under its final
+/// name; or one streamed into a repository (`stored`), which no manifest
+/// names yet.
 #[derive(Debug, Clone)]
 pub struct PendingArtifact {
     pub partial: PathBuf,
     pub target: PathBuf,
+    /// The bytes the store wrote (the plaintext of a sealed upload).
     pub digest: Digest256,
+    /// Where a streamed artifact went, as stored (sealed or not).
+    pub stored: Option<StoredCopy>,
 }
 
 impl PendingArtifact {
@@ -165,14 +217,20 @@ impl PendingArtifact {
             .unwrap_or_default()
     }
 
-    /// Give the artifact its final name.
+    /// Give the artifact its final name (an uploaded one has it already).
     pub fn commit(&self) -> io::Result<()> {
-        fs::rename(&self.partial, &self.target)
+        match self.stored {
+            Some(_) => Ok(()),
+            None => fs::rename(&self.partial, &self.target),
+        }
     }
 
-    /// Remove the unfinished file (best effort: it is debris either way).
+    /// Remove the unfinished file (best effort: it is debris either way). An
+    /// uploaded artifact is removed from its repository by the backup.
     pub fn discard(&self) {
-        let _ = fs::remove_file(&self.partial);
+        if self.stored.is_none() {
+            let _ = fs::remove_file(&self.partial);
+        }
     }
 }
 
@@ -313,11 +371,11 @@ impl<R: Read> Read for HashingReader<R> {
 /// Write chunks arriving on `rx` into `dir/name`, zstd-compressed and hashed.
 /// Runs on a blocking thread; the producers stay async and never wait on disk.
 pub fn write_zstd_stream(
-    dir: &Path,
+    artifacts: &Artifacts,
     name: &str,
     mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> io::Result<PendingArtifact> {
-    let writer = ArtifactWriter::create(dir, name)?;
+    let writer = artifacts.create(name)?;
     let mut encoder = zstd::Encoder::new(io::BufWriter::with_capacity(CHUNK, writer), 3)?;
     while let Some(chunk) = rx.blocking_recv() {
         if let Err(e) = encoder.write_all(&chunk) {
@@ -366,7 +424,7 @@ impl ExportSender {
 /// the slower side, so the queue runs full and its depth times the
 /// producer's chunk size is memory held.
 pub async fn export_zstd<F, Fut>(
-    dir: &Path,
+    artifacts: &Artifacts,
     name: String,
     service: crate::service::Service,
     queue: usize,
@@ -385,7 +443,8 @@ where
         service,
         writer_stopped: writer_stopped.clone(),
     };
-    let to = dir.to_path_buf();
+    let to = artifacts.clone();
+    let dir = artifacts.dir();
     let file = dir.join(&name);
     let writer = tokio::task::spawn_blocking(move || write_zstd_stream(&to, &name, rx));
     // The producer owns the sender: when it is done, the writer sees the end.
@@ -525,7 +584,7 @@ mod tests {
         // until it finds the writer gone.
         let err = rt
             .block_on(export_zstd(
-                &missing,
+                &Artifacts::in_dir(&missing),
                 "x_3.ndjson.zst".into(),
                 crate::service::Service::Neo4j,
                 1,
