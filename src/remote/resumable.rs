@@ -99,7 +99,7 @@ impl Remote {
             .map(tokio::fs::File::from_std)
             .map_err(io)?;
         let size = file.metadata().await.map_err(io)?.len();
-        let mut state = match read_state(state_file, key, size) {
+        let state = match read_state(state_file, key, size) {
             Some(state) => state,
             None => {
                 let upload_id = parts
@@ -118,6 +118,11 @@ impl Remote {
         };
         write_state(state_file, &state).map_err(io)?;
         let resumed = state.parts.len();
+        let mut kept = Kept {
+            state,
+            file: state_file,
+            shown: &shown,
+        };
         if resumed > 0 {
             tracing::info!(file = %local.display(), parts = resumed, "resuming the interrupted upload");
         }
@@ -132,39 +137,28 @@ impl Remote {
             hasher.update(&part);
             read += part.len() as u64;
             progress.advance(part.len() as u64);
-            if state.parts.contains_key(&index) {
+            if kept.state.parts.contains_key(&index) {
                 continue;
             }
-            // Every part that landed is kept at once, so that a run that
-            // stops keeps all of them for the next.
-            while let Some(Some((index, stored))) = in_flight.next().now_or_never() {
-                record_or_drain(
-                    &mut state,
-                    state_file,
-                    index,
-                    stored,
-                    &shown,
-                    &mut in_flight,
-                )
-                .await
-                .map_err(io)??;
-            }
-            while in_flight.len() >= PARTS_IN_FLIGHT {
-                let (index, stored) = in_flight.next().await.expect("parts in flight");
-                record_or_drain(
-                    &mut state,
-                    state_file,
-                    index,
-                    stored,
-                    &shown,
-                    &mut in_flight,
-                )
-                .await
-                .map_err(io)??;
+            // Every part that landed is kept at once (a run that stops
+            // keeps them all for the next); waiting only while the parts in
+            // flight are at their bound.
+            loop {
+                let landed = match in_flight.len() >= PARTS_IN_FLIGHT {
+                    true => in_flight.next().await,
+                    false => in_flight.next().now_or_never().flatten(),
+                };
+                let Some((index, stored)) = landed else {
+                    break;
+                };
+                kept.land(index, stored, &mut in_flight)
+                    .await
+                    .map_err(io)??;
             }
             throttle.pass(part.len()).await;
             sent += part.len() as u64;
-            let (store, key, id) = (parts.0.clone(), key.clone(), state.upload_id.clone());
+            let (store, key) = (parts.0.clone(), key.clone());
+            let id = kept.state.upload_id.clone();
             in_flight.push(async move {
                 let stored = store
                     .put_part(&key, &id, index, PutPayload::from(part))
@@ -173,25 +167,18 @@ impl Remote {
             });
         }
         while let Some((index, stored)) = in_flight.next().await {
-            record_or_drain(
-                &mut state,
-                state_file,
-                index,
-                stored,
-                &shown,
-                &mut in_flight,
-            )
-            .await
-            .map_err(io)??;
+            kept.land(index, stored, &mut in_flight)
+                .await
+                .map_err(io)??;
         }
         let ids = (0..count)
             .map(|i| PartId {
-                content_id: state.parts[&i].clone(),
+                content_id: kept.state.parts[&i].clone(),
             })
             .collect();
         parts
             .0
-            .complete_multipart(key, &state.upload_id, ids)
+            .complete_multipart(key, &kept.state.upload_id, ids)
             .await
             .map_err(|e| remote_error(step, &shown, e))?;
         let _ = std::fs::remove_file(state_file);
@@ -205,45 +192,44 @@ impl Remote {
     }
 }
 
-/// [`record_part`]; after a failed part, the parts still in flight are
-/// waited for and those that land kept too, before the failure is answered.
-async fn record_or_drain<F>(
-    state: &mut UploadState,
-    state_file: &Path,
-    index: usize,
-    stored: object_store::Result<PartId>,
-    shown: &str,
-    in_flight: &mut FuturesUnordered<F>,
-) -> std::io::Result<Result<()>>
-where
-    F: std::future::Future<Output = (usize, object_store::Result<PartId>)>,
-{
-    let failed = record_part(state, state_file, index, stored, shown)?;
-    if failed.is_err() {
-        while let Some((index, stored)) = in_flight.next().await {
-            if stored.is_ok() {
-                // Landed: kept (its own outcome is Ok).
-                let _ = record_part(state, state_file, index, stored, shown)?;
-            }
-        }
-    }
-    Ok(failed)
+/// The upload's state as parts land: kept on disk before the next part goes.
+struct Kept<'a> {
+    state: UploadState,
+    file: &'a Path,
+    shown: &'a str,
 }
 
-/// Keep a stored part in the state (on disk before the next part goes).
-fn record_part(
-    state: &mut UploadState,
-    state_file: &Path,
-    index: usize,
-    stored: object_store::Result<PartId>,
-    shown: &str,
-) -> std::io::Result<Result<()>> {
-    match stored {
-        Ok(part) => {
-            state.parts.insert(index, part.content_id);
-            write_state(state_file, state).map(Ok)
+impl Kept<'_> {
+    /// Keep part `index` if it landed; after a failed part, the parts still
+    /// in flight are waited for and those that land kept too, before the
+    /// failure is answered.
+    async fn land<F>(
+        &mut self,
+        index: usize,
+        stored: object_store::Result<PartId>,
+        in_flight: &mut FuturesUnordered<F>,
+    ) -> std::io::Result<Result<()>>
+    where
+        F: std::future::Future<Output = (usize, object_store::Result<PartId>)>,
+    {
+        let failed = match stored {
+            Ok(part) => {
+                self.record(index, part)?;
+                return Ok(Ok(()));
+            }
+            Err(e) => remote_error("upload", self.shown, e),
+        };
+        while let Some((index, stored)) = in_flight.next().await {
+            if let Ok(part) = stored {
+                self.record(index, part)?;
+            }
         }
-        Err(e) => Ok(Err(remote_error("upload", shown, e))),
+        Ok(Err(failed))
+    }
+
+    fn record(&mut self, index: usize, part: PartId) -> std::io::Result<()> {
+        self.state.parts.insert(index, part.content_id);
+        write_state(self.file, &self.state)
     }
 }
 
