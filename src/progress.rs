@@ -63,6 +63,21 @@ impl Transfer {
         Transfer { bar }
     }
 
+    /// A transfer whose size is known only at its end (a backup streaming
+    /// into the repository): bytes and rate, no time left.
+    pub fn open_ended(what: &str) -> Transfer {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{msg} {bytes} at {binary_bytes_per_sec}")
+                    .expect("valid template"),
+            );
+            bar.set_message(what.to_string());
+            bar
+        });
+        Transfer { bar }
+    }
+
     pub fn advance(&self, bytes: u64) {
         if let Some(bar) = &self.bar {
             bar.inc(bytes);

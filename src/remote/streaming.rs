@@ -222,7 +222,7 @@ async fn upload_pieces(
         .map_err(|e| remote_error(step, &shown, e))?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
     let mut throttle = Throttle::new(Direction::Upload);
-    let progress = Transfer::start(&format!("upload {}", key_tail(&key)), 0);
+    let progress = Transfer::open_ended(&format!("upload {}", key_tail(&key)));
     loop {
         match rx.recv().await {
             Some(Piece::Data(piece)) => {
