@@ -12,8 +12,8 @@
 //! NaN/±Infinity as Java parses them, strings quoted with `"` doubled,
 //! temporal values as the ISO text Neo4j printed, points with their SRID,
 //! non-empty arrays joined by [`ARRAY_DELIMITER`]). Whatever it cannot carry
-//! exactly (empty strings and lists, strings with a carriage return or the
-//! array delimiter inside a list, byte arrays that are empty, property keys
+//! exactly (empty lists and byte arrays, empty strings inside a list,
+//! strings with a carriage return or, inside a list, the array delimiter, property keys
 //! that are not plain identifiers, any other type) stays out of the CSV: the
 //! entity gets a marker ([`FIX_KEY`], and on a node [`TEMP_LABEL`]) and the
 //! property, as the export wrote it, goes to a fix-up file that `import.rs`
@@ -465,9 +465,11 @@ fn scalar(csv_type: &str, value: &RawValue, out: &mut String) -> Option<()> {
         "point" => point(raw, out)?,
         _ => {
             let text: Cow<str> = serde_json::from_str(raw).ok()?;
-            // An empty field reads as no value; a lone carriage return may
-            // be taken for a line end.
-            if text.is_empty() || text.contains('\r') {
+            // A carriage return may be taken for a line end. An empty
+            // string is quoted (`""`), which neo4j-admin keeps as an empty
+            // string with --ignore-empty-strings=false (the round-trip test
+            // holds one); an empty array element is fixed up in `cell`.
+            if text.contains('\r') {
                 return None;
             }
             out.push_str(&text);
@@ -549,16 +551,16 @@ mod tests {
     #[test]
     fn values_the_csv_cannot_carry_are_left_to_the_fixup() {
         let (set, texts, _dir) = written(&[
-            r#"{"type":"node","id":"4:x:1","labels":["A"],"props":{"e":["STRING",""],"l":["LIST<NOTHING>",[]],"b":["BYTES",""],"t":["LIST<STRING>",["a",""]],"odd key":["INTEGER",1],"ok":["BYTES","AP8="]}}"#,
+            r#"{"type":"node","id":"4:x:1","labels":["A"],"props":{"e":["STRING",""],"l":["LIST<NOTHING>",[]],"b":["BYTES",""],"t":["LIST<STRING>",["a",""]],"odd key":["INTEGER",1],"ok":["BYTES","AP8="],"r":["STRING","a\rb"]}}"#,
         ]);
         assert_eq!(set.node_fixups, 1);
         assert_eq!(
             texts[0],
-            format!(":ID,:LABEL,ok:byte[],{FIX_KEY}:long\n\"4:x:1\",\"A\u{1f}{TEMP_LABEL}\",0\u{1f}-1,0\n")
+            format!(":ID,:LABEL,e:string,ok:byte[],{FIX_KEY}:long\n\"4:x:1\",\"A\u{1f}{TEMP_LABEL}\",\"\",0\u{1f}-1,0\n")
         );
         assert_eq!(
             texts[1],
-            r#"{"props":{"e":["STRING",""],"l":["LIST<NOTHING>",[]],"b":["BYTES",""],"t":["LIST<STRING>",["a",""]],"odd key":["INTEGER",1]}}"#.to_string() + "\n"
+            r#"{"props":{"l":["LIST<NOTHING>",[]],"b":["BYTES",""],"t":["LIST<STRING>",["a",""]],"odd key":["INTEGER",1],"r":["STRING","a\rb"]}}"#.to_string() + "\n"
         );
     }
 
