@@ -43,6 +43,12 @@ VENV="$BENCH_TOOLS/venv"
 ensure_gnu_time
 bench_build
 bench_up neo4j
+# testenv's neo4j-admin launcher runs with a 256 MB heap, which
+# `neo4j-admin database import` of the reference graph outgrows
+# (OutOfMemoryError, once a JVM crash): BENCH_NEO4J_ADMIN names another
+# launcher (the same with -Xmx1g, say), used for every neo4j-admin step here
+# and by itbackup.
+[ -z "${BENCH_NEO4J_ADMIN:-}" ] || export IT_NEO4J_ADMIN=$BENCH_NEO4J_ADMIN
 mkdir -p "$W"
 # BENCH_REPORT_ONLY=1 rewrites the section from the last run's measurements.
 REPORT_ONLY=${BENCH_REPORT_ONLY:-}
