@@ -7,6 +7,11 @@
 #   plugin installed by testenv from Maven Central: IT_TESTENV_NEO4J_APOC=1)
 #   offline limit: itbackup --neo4j-method dump (stop, neo4j-admin dump, start)
 #                  vs bare neo4j-admin database dump/load with the server stopped
+#   bulk load:  itbackup restore --neo4j-load import (the logical backup through
+#               neo4j-admin database import, the server stopped) beside the
+#               transactional logical restore and neo4j-admin database load
+# NEO4J_STEPS=import measures only those three restores (and the logical backup
+# and bare dump they need) and writes its own "neo4j-import" section.
 # Dataset: NEO4J_NODES nodes (default 1,000,000: 80 % :Person, 20 % :Company)
 # and NEO4J_RELS relationships (default 2,000,000 :KNOWS / :WORKS_AT), a few
 # properties each, one uniqueness constraint and one index; generated as CSV
@@ -38,6 +43,12 @@ VENV="$BENCH_TOOLS/venv"
 ensure_gnu_time
 bench_build
 bench_up neo4j
+# testenv's neo4j-admin launcher runs with a 256 MB heap, which
+# `neo4j-admin database import` of the reference graph outgrows
+# (OutOfMemoryError, once a JVM crash): BENCH_NEO4J_ADMIN names another
+# launcher (the same with -Xmx1g, say), used for every neo4j-admin step here
+# and by itbackup.
+[ -z "${BENCH_NEO4J_ADMIN:-}" ] || export IT_NEO4J_ADMIN=$BENCH_NEO4J_ADMIN
 mkdir -p "$W"
 # BENCH_REPORT_ONLY=1 rewrites the section from the last run's measurements.
 REPORT_ONLY=${BENCH_REPORT_ONLY:-}
@@ -132,6 +143,65 @@ size_of() { [ -e "$1" ] && du -sh "$1" | cut -f1 || echo n/a; }
 backup_dir() { find "$1" -name backup-manifest.json -printf '%h\n' | head -n1; }
 IT="$ITBACKUP"
 
+IMPORT_LABEL="itbackup restore (logical, --neo4j-load import)"
+# NEO4J_STEPS=import: the three ways back, each on a freshly started server.
+if [ "$STEPS" = import ] && [ -z "$REPORT_ONLY" ]; then
+  for ((i = 1; i <= RUNS; i++)); do
+    L=$(backup_dir "$W/it-logical" 2>/dev/null || true)
+    if [ -z "$L" ]; then
+      rm -rf "$W/it-logical" && mkdir -p "$W/it-logical"
+      measure "itbackup backup (logical)" "$IT" --root "$W/it-logical" --json backup --services neo4j --neo4j-method logical
+      L=$(backup_dir "$W/it-logical")
+    fi
+    rm -rf "$W/bare" && mkdir -p "$W/bare"
+    stop_neo4j
+    measure "neo4j-admin dump (bare)" "$IT_NEO4J_ADMIN" database dump neo4j --to-path="$W/bare" --overwrite-destination=true || true
+    start_neo4j
+    wipe
+    measure "itbackup restore (logical)" "$IT" --root "$W/it-logical" --json restore --path "$L" --services neo4j --yes || true
+    check_counts "itbackup restore (logical)" || true
+    wipe
+    measure "$IMPORT_LABEL" "$IT" --root "$W/it-logical" --json restore --path "$L" --services neo4j --yes --neo4j-load import || true
+    check_counts "$IMPORT_LABEL" || true
+    note import_scratch "$(awk '/import files written/ {for (i=1;i<=NF;i++) if ($i ~ /^bytes=/) {sub("bytes=","",$i); printf "%.0f MB", $i/1e6}}' "$BENCH_WORK/last.err" | tail -n1)"
+    stop_neo4j
+    measure "neo4j-admin load (bare)" "$IT_NEO4J_ADMIN" database load neo4j --from-path="$W/bare" --overwrite-destination=true || true
+    start_neo4j
+    check_counts "neo4j-admin load" || true
+  done
+fi
+if [ "$STEPS" = import ]; then
+  t_tx=$(median_of "itbackup restore (logical)"); t_im=$(median_of "$IMPORT_LABEL"); t_bare=$(median_of "neo4j-admin load (bare)")
+  sp=$(ratio "$t_tx" "$t_im")
+  body="$W/section-import.md"
+  {
+    echo "## Neo4j: bulk load of a logical backup (\`--neo4j-load import\`)"
+    echo
+    echo "Run $(note_of run_date) with \`NEO4J_STEPS=import bench/neo4j.sh $RUNS\` (NEO4J_NODES=$NODES NEO4J_RELS=$RELS), the dataset of the Neo4j section."
+    echo "Machine: $(machine_line). Neo4j $NEO4J_VERSION (heap $IT_TESTENV_NEO4J_HEAP, page cache $IT_TESTENV_NEO4J_PAGECACHE), $(note_of itbackup)."
+    echo "System load: $(note_of load_before) before the run. Each restore starts on a freshly started server with an empty database."
+    echo "The import's times include stopping and starting the server and waiting for its indexes; its CSV scratch files took $(note_of import_scratch)."
+    echo
+    echo "| restore | wall s (median of $RUNS) | peak RSS MB |"
+    echo "| --- | ---: | ---: |"
+    for l in "itbackup restore (logical)" "$IMPORT_LABEL" "neo4j-admin load (bare)"; do
+      echo "| $l | $(median_of "$l")$( [ "$(fails_of "$l")" = 0 ] || echo " (failed: $(fails_of "$l") run(s))") | $(max_rss_of "$l") |"
+    done
+    echo
+    echo "| goal | measured | verdict |"
+    echo "| --- | ---: | --- |"
+    echo "| import load ≥ 5× faster than the transactional restore | ${sp}× | $(verdict "$sp" '>=' 5) |"
+    echo "| itbackup's peak RSS during the import load ≤ 100 MB | see note | the RSS column is the largest process: neo4j-admin's JVM |"
+    echo
+    echo "Import load vs bare \`neo4j-admin database load\` of a dump: $(ratio "$t_im" "$t_bare")×."
+    awk -F'\t' '$1 ~ /^count:/ && $2 != "ok" {print "Count check " substr($1,7) ": " $2}' "$W/notes.tsv"
+    echo
+  } >"$body"
+  update_section neo4j-import "$body"
+  cat "$body"
+  exit 0
+fi
+
 for ((i = 1; i <= RUNS; i++)); do
   [ -z "$REPORT_ONLY" ] || break
   # Untimed: one read of every node and relationship with its properties, so
@@ -172,6 +242,9 @@ for ((i = 1; i <= RUNS; i++)); do
       wipe
       measure "itbackup restore (logical)" "$IT" --root "$W/it-logical" --json restore --path "$L" --services neo4j --yes || true
       check_counts "itbackup restore (logical)" || true
+      wipe
+      measure "$IMPORT_LABEL" "$IT" --root "$W/it-logical" --json restore --path "$L" --services neo4j --yes --neo4j-load import || true
+      check_counts "$IMPORT_LABEL" || true
     fi
 
     if [ -f "$W/nb/project/compressed.json" ]; then
@@ -257,7 +330,7 @@ body="$W/section.md"
   echo "| --- | --- | ---: | ---: |"
   for l in "itbackup backup (logical)" "neo4j-backup export" "itbackup backup (dump)" "neo4j-admin dump (bare)" \
     "APOC export (apoc.export.json.all)" "server stop (testenv)" "server start (testenv)" \
-    "itbackup restore (logical)" "neo4j-backup import" "APOC import (apoc.import.json)" "itbackup restore (dump)" "neo4j-admin load (bare)"; do
+    "itbackup restore (logical)" "$IMPORT_LABEL" "neo4j-backup import" "APOC import (apoc.import.json)" "itbackup restore (dump)" "neo4j-admin load (bare)"; do
     m=$(median_of "$l"); f=$(fails_of "$l")
     [ "$m" != n/a ] || [ "$f" != 0 ] || continue
     [ "$f" = 0 ] || m="$m (failed or capped: $f run(s), ${CAP}s cap)"
@@ -272,6 +345,8 @@ body="$W/section.md"
     echo "| export ≥ 2× faster than APOC (apoc.export.json.all) | ${sp_ae}× | $(verdict "$sp_ae" '>=' 2) |"
     echo "| import ≥ 2× faster than APOC (apoc.import.json) | ${sp_ai}× | $(verdict "$sp_ai" '>=' 2) |"
   fi
+  sp_load=$(ratio "$i_it" "$(median_of "$IMPORT_LABEL")")
+  echo "| logical restore with --neo4j-load import ≥ 5× faster than transactional | ${sp_load}× | $(verdict "$sp_load" '>=' 5) |"
   echo "| itbackup logical export peak RSS ≤ 100 MB | $rss_e MB | $(verdict "$rss_e" '<=' 100) |"
   echo "| itbackup logical restore peak RSS ≤ 100 MB | $rss_i MB | $(verdict "$rss_i" '<=' 100) |"
   echo

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use crate::parallel::Parallel;
 use crate::service::ServiceList;
+use crate::stores::neo4j::settings::Neo4jLoad;
 use crate::stores::neo4j::Neo4jMethod;
 use crate::stores::opensearch::OpenSearchMethod;
 use crate::stores::postgres::physical::RecoveryTarget;
@@ -356,6 +357,14 @@ pub struct RestoreArgs {
     #[arg(long, short = 'y')]
     pub yes: bool,
 
+    /// How a logical Neo4j backup is loaded: transactional (online UNWIND
+    /// transactions, the server stays up; the default) or import (CSV files
+    /// through `neo4j-admin database import full`, many times faster, the
+    /// server stopped meanwhile: needs IT_NEO4J_STOP_CMD and
+    /// IT_NEO4J_START_CMD) [env: IT_NEO4J_LOAD; config: [neo4j] load].
+    #[arg(long, value_enum, value_name = "transactional|import")]
+    pub neo4j_load: Option<Neo4jLoad>,
+
     /// How the stores are scheduled: `auto` (default) restores them one
     /// after the other when their servers share this machine's cores (on 2
     /// cores, three local servers at once were 1.9× slower), else all at
@@ -521,6 +530,14 @@ pub struct DrillArgs {
     /// Run even though the stores hold other data (the restore rewinds it to the backup).
     #[arg(long, short = 'y')]
     pub yes: bool,
+
+    /// How a logical Neo4j backup is loaded: transactional (online UNWIND
+    /// transactions, the server stays up; the default) or import (CSV files
+    /// through `neo4j-admin database import full`, many times faster, the
+    /// server stopped meanwhile: needs IT_NEO4J_STOP_CMD and
+    /// IT_NEO4J_START_CMD) [env: IT_NEO4J_LOAD; config: [neo4j] load].
+    #[arg(long, value_enum, value_name = "transactional|import")]
+    pub neo4j_load: Option<Neo4jLoad>,
 
     /// How the stores are restored: auto (default), all at once, or none
     /// (one after the other); see `itbackup restore --help`.

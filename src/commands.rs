@@ -82,6 +82,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<()> {
     if let Some(file) = &args.target_config {
         settings = settings.with_target_config(file)?;
     }
+    settings.stores.neo4j.with_load_flag(args.neo4j_load);
     let request = RestoreRequest {
         path: args.path.clone(),
         from: args.from.clone(),
@@ -149,7 +150,8 @@ async fn drill(cli: &Cli, args: &DrillArgs) -> Result<()> {
         return sandbox_drill(cli, args, backup, target_config).await;
     }
     let json = cli.json;
-    let settings = Settings::resolve(cli, Some(&args.methods))?;
+    let mut settings = Settings::resolve(cli, Some(&args.methods))?;
+    settings.stores.neo4j.with_load_flag(args.neo4j_load);
     let request = DrillRequest {
         out: args.out.clone(),
         services: args.services.clone(),
@@ -195,6 +197,7 @@ async fn sandbox_drill(
         parallel: args.parallel(),
         out: args.out.clone(),
         json,
+        neo4j_load: args.neo4j_load,
     };
     let ctx = hooks::RunContext::sandbox_drill(&settings, &args.monitor);
     let work = async {

@@ -346,6 +346,8 @@ async fn one_run(
             parallel: Default::default(),
             out: None,
             json: true,
+            // The target config's `[neo4j] load` decides.
+            neo4j_load: None,
         };
         let work = async {
             let outcome = drill::sandbox::run(settings, request).await?;

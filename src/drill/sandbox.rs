@@ -43,6 +43,8 @@ pub struct SandboxDrillRequest {
     /// or the current directory for a repository's backup).
     pub out: Option<PathBuf>,
     pub json: bool,
+    /// `--neo4j-load`: how the sandbox's Neo4j loads a logical backup.
+    pub neo4j_load: Option<crate::stores::neo4j::settings::Neo4jLoad>,
 }
 
 /// One store's part of `drill-validation.json`.
@@ -133,7 +135,8 @@ impl SandboxOutcome {
 }
 
 pub async fn run(source: &Settings, request: SandboxDrillRequest) -> Result<SandboxOutcome> {
-    let sandbox = source.clone().with_target_config(&request.target_config)?;
+    let mut sandbox = source.clone().with_target_config(&request.target_config)?;
+    sandbox.stores.neo4j.with_load_flag(request.neo4j_load);
     let show = !request.json;
 
     let step = Progress::step(show, "reading the backup's manifest");

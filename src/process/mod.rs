@@ -33,6 +33,8 @@ pub struct ToolCommand {
     pub program: String,
     pub args: Vec<OsString>,
     env: Vec<(String, EnvValue)>,
+    /// Where it runs (default: where itbackup runs).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl ToolCommand {
@@ -41,6 +43,7 @@ impl ToolCommand {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            dir: None,
         }
     }
 
@@ -55,6 +58,13 @@ impl ToolCommand {
         S: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Run in `dir`: a tool given file names relative to it sees no
+    /// characters of the directory's path it could misread.
+    pub fn current_dir(mut self, dir: &std::path::Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
         self
     }
 
@@ -84,6 +94,9 @@ impl ToolCommand {
     fn to_std(&self) -> Command {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args);
+        if let Some(dir) = &self.dir {
+            cmd.current_dir(dir);
+        }
         // Only this command's own secrets: a PostgreSQL tool gets PGPASSWORD
         // because its command sets it, never a repository key or another
         // store's password from our environment.

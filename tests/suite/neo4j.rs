@@ -750,3 +750,121 @@ fn a_line_the_load_cannot_hold_is_refused_before_the_graph_is_touched() {
     );
     neo.wipe();
 }
+
+/// `--neo4j-load import`: the logical backup of every property type and
+/// schema kind, put back by neo4j-admin's bulk import with the server
+/// stopped, must give the very graph and schema the transactional load gives
+/// (the graph before the damage), with no marker left behind.
+#[test]
+fn logical_restore_through_neo4j_admin_import_restores_every_value_and_schema_object() {
+    let _guard = exclusive(&[Neo4j]);
+    required_env("IT_NEO4J_STOP_CMD");
+    let admin = required_env("IT_NEO4J_ADMIN");
+    let neo = Neo::connect();
+    build_graph(&neo);
+    let graph_before = neo.snapshot();
+    let schema_before = neo.schema();
+    let root = temp_root();
+    let dir = backup(root.path(), &["--neo4j-method", "logical"], &[]);
+    damage(&neo);
+    assert!(neo.snapshot() != graph_before, "the damage must show");
+    drop(neo);
+
+    let _empty = EmptyDatabaseOnFailure;
+    let mut args = restore_args(&dir, Some("neo4j"));
+    args.extend(["--neo4j-load", "import"]);
+    let out = ok(&args, &[("IT_NEO4J_ADMIN", admin.as_str())]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    // The import ran (not the transactional load) and had fix-ups to do:
+    // the data set holds empty strings, lists and byte arrays.
+    assert!(said.contains("import files written"), "{said}");
+    assert!(said.contains("could not carry"), "{said}");
+    let neo = Neo::connect();
+    assert_same("graphs", &graph_before, &neo.snapshot());
+    assert_same("schemas", &schema_before, &neo.schema());
+    assert_eq!(neo.count("MATCH (n:__ItbRestore) RETURN count(n) AS n"), 0);
+    assert_eq!(
+        neo.count("MATCH (n) WHERE n.__itb_fix IS NOT NULL RETURN count(n) AS n"),
+        0
+    );
+    assert_eq!(
+        neo.count("MATCH ()-[r]->() WHERE r.__itb_fix IS NOT NULL RETURN count(r) AS n"),
+        0
+    );
+    // Its scratch files are gone with the restore.
+    let leftovers: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".itbackup-restore-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    neo.wipe();
+}
+
+/// Import mode without a way to stop and start the server is a usage error
+/// before anything is stopped or changed; its dry run names the import's steps.
+#[test]
+fn import_load_without_stop_and_start_commands_is_refused_and_changes_nothing() {
+    let _guard = exclusive(&[Neo4j]);
+    let neo = Neo::connect();
+    neo.wipe();
+    neo.run("CREATE (:Canary {alive: true})");
+    let root = temp_root();
+    let dir = backup(root.path(), &[], &[]);
+    neo.run("CREATE (:Canary {alive: false})");
+    let dir_arg = dir.to_str().unwrap();
+
+    let plan = ok(
+        &[
+            "restore",
+            "--path",
+            dir_arg,
+            "--services",
+            "neo4j",
+            "--dry-run",
+            "--neo4j-load",
+            "import",
+        ],
+        &[],
+    );
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.contains("database import full"), "{plan}");
+
+    let out = itbackup_without(
+        &[
+            "restore",
+            "--path",
+            dir_arg,
+            "--services",
+            "neo4j",
+            "--yes",
+            "--neo4j-load",
+            "import",
+        ],
+        &["IT_NEO4J_STOP_CMD", "IT_NEO4J_START_CMD"],
+    );
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("IT_NEO4J_STOP_CMD"), "{stderr}");
+    assert!(stderr.contains("--neo4j-load transactional"), "{stderr}");
+    // The same through the environment variable.
+    let out = itbackup_without(
+        &["restore", "--path", dir_arg, "--services", "neo4j", "--yes"],
+        &["IT_NEO4J_STOP_CMD", "IT_NEO4J_START_CMD"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    neo.run("CREATE (:Canary {alive: false})");
+    let mut cmd = Command::new(bin());
+    cmd.args(["restore", "--path", dir_arg, "--services", "neo4j", "--yes"])
+        .env("IT_NEO4J_LOAD", "import")
+        .env_remove("IT_NEO4J_STOP_CMD");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(exit::USAGE), "{}", text(&out));
+    // Nothing was touched: the node created after the backup is still there.
+    assert_eq!(neo.count("MATCH (c:Canary) RETURN count(c) AS n"), 2);
+    neo.wipe();
+}

@@ -45,7 +45,7 @@ impl Neo4j {
     }
 
     /// The `--dry-run` line of stopping the server.
-    fn plan_stop(&self) -> String {
+    pub(super) fn plan_stop(&self) -> String {
         let command = self.settings.stop_command.as_deref();
         format!(
             "stop the server: {}",
@@ -54,7 +54,7 @@ impl Neo4j {
     }
 
     /// The `--dry-run` line of starting the server.
-    fn plan_start(&self) -> String {
+    pub(super) fn plan_start(&self) -> String {
         let command = self.settings.start_command.as_deref();
         format!(
             "start the server: {}; wait until Bolt answers",

@@ -35,8 +35,8 @@ use crate::manifest::ArtifactRecord;
 use crate::process::mask_userinfo;
 use crate::service::Service;
 use crate::target::Target;
-use logical::{check_logical, TEMP_LABEL};
-use settings::Neo4jSettings;
+use logical::{check_logical, PreparedImport, TEMP_LABEL};
+use settings::{Neo4jLoad, Neo4jSettings};
 
 mod drill;
 mod dump;
@@ -92,6 +92,8 @@ pub(crate) const REGISTERED: Registered = Registered {
 pub struct Neo4j {
     settings: Neo4jSettings,
     target: Target,
+    /// `--neo4j-load import`: the CSV files `prepare_restore` wrote for `restore`.
+    prepared_import: std::sync::Mutex<Option<PreparedImport>>,
 }
 
 fn neo_error(step: &str, err: neo4rs::Error) -> Error {
@@ -122,7 +124,11 @@ fn quote(name: &str) -> String {
 
 impl Neo4j {
     pub fn new(settings: Neo4jSettings, target: Target) -> Self {
-        Neo4j { settings, target }
+        Neo4j {
+            settings,
+            target,
+            prepared_import: Default::default(),
+        }
     }
 
     /// Nodes per label and relationships per type, from Neo4j's count store.
@@ -291,15 +297,22 @@ impl Store for Neo4j {
         record: &ArtifactRecord,
     ) -> Result<()> {
         match Neo4jMethod::of(record)? {
-            // The logical format loads into any version.
-            Neo4jMethod::Logical => Ok(()),
+            // The logical format loads into any version; the bulk import
+            // checks its tools and writes its files before anything changes.
+            Neo4jMethod::Logical => match self.settings.load {
+                Neo4jLoad::Transactional => Ok(()),
+                Neo4jLoad::Import => self.prepare_import_restore(ctx, record).await,
+            },
             Neo4jMethod::Dump => self.prepare_dump_restore(ctx, record).await,
         }
     }
 
     async fn restore(&self, ctx: &RestoreContext<'_>, record: &ArtifactRecord) -> Result<()> {
         match Neo4jMethod::of(record)? {
-            Neo4jMethod::Logical => self.restore_logical(ctx, record).await,
+            Neo4jMethod::Logical => match self.settings.load {
+                Neo4jLoad::Transactional => self.restore_logical(ctx, record).await,
+                Neo4jLoad::Import => self.restore_import().await,
+            },
             Neo4jMethod::Dump => self.restore_dump(ctx).await,
         }
     }

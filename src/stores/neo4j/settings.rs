@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::Neo4jMethod;
 use crate::environment::Lookup;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::secret::Secret;
 use crate::timeout::resolve_timeouts;
 use crate::timeout::{self, Timeouts};
@@ -29,8 +29,36 @@ pub struct Neo4jFile {
     pub transactions: Option<usize>,
     /// Send relationships grouped by start node (needs scratch space, faster).
     pub group_relationships: Option<bool>,
+    /// How a logical restore loads: online transactions or neo4j-admin import.
+    pub load: Option<Neo4jLoad>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+}
+
+/// How a logical restore puts the graph back (`--neo4j-load`, `[neo4j] load`,
+/// `IT_NEO4J_LOAD`). Only logical artifacts are loaded; a dump is always
+/// `neo4j-admin database load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Neo4jLoad {
+    /// Online: `UNWIND` transactions over Bolt; the server stays up.
+    #[default]
+    Transactional,
+    /// Offline: CSV files through `neo4j-admin database import full`, the
+    /// server stopped meanwhile (IT_NEO4J_STOP_CMD / START_CMD).
+    Import,
+}
+
+impl Neo4jLoad {
+    fn parse(text: &str) -> Result<Self> {
+        match text {
+            "transactional" => Ok(Neo4jLoad::Transactional),
+            "import" => Ok(Neo4jLoad::Import),
+            other => Err(Error::usage(format!(
+                "IT_NEO4J_LOAD is '{other}': it is either transactional or import"
+            ))),
+        }
+    }
 }
 
 /// How to reach Neo4j and how to back it up.
@@ -47,6 +75,7 @@ pub struct Neo4jSettings {
     pub batch_size: usize,
     pub transactions: usize,
     pub group_relationships: bool,
+    pub load: Neo4jLoad,
     pub timeouts: Timeouts,
 }
 
@@ -85,6 +114,10 @@ impl Neo4jSettings {
             batch_size: neo_file.batch_size.unwrap_or(2000).max(1),
             transactions: neo_file.transactions.unwrap_or(4).clamp(1, 16),
             group_relationships: neo_file.group_relationships.unwrap_or(true),
+            load: match env("IT_NEO4J_LOAD") {
+                Some(text) => Neo4jLoad::parse(&text)?,
+                None => neo_file.load.unwrap_or_default(),
+            },
             timeouts: resolve_timeouts(
                 "neo4j",
                 timeout::NEO4J,
@@ -92,5 +125,13 @@ impl Neo4jSettings {
                 neo_file.idle_timeout.as_deref(),
             )?,
         })
+    }
+
+    /// `--neo4j-load`, which beats the environment and the file (restore
+    /// and drill only: it is not a backup's setting).
+    pub fn with_load_flag(&mut self, flag: Option<Neo4jLoad>) {
+        if let Some(load) = flag {
+            self.load = load;
+        }
     }
 }

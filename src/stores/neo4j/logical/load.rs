@@ -82,24 +82,30 @@ impl Neo4j {
         )
         .await?;
 
-        // Schema after the data: building an index once is faster than maintaining it per row.
-        tracing::info!(service = %SVC, "data restored; restoring constraints and indexes");
-        let step = "restore schema";
-        for statement in &schema {
-            if let Err(e) = graph.run(query(statement)).await {
-                let text = e.to_string();
-                // A token lookup index that survived the wipe is already there.
-                if !(text.contains("already exists") || text.contains("equivalent")) {
-                    return Err(neo_error(step, e).hint(format!("while running: {statement}")));
-                }
+        create_schema(graph, &schema).await
+    }
+}
+
+/// The export's constraints and indexes, created after the data (building
+/// an index once is faster than maintaining it per row), then waited for.
+/// Both loads end with it.
+pub(super) async fn create_schema(graph: &Graph, schema: &[String]) -> Result<()> {
+    tracing::info!(service = %SVC, "data restored; restoring constraints and indexes");
+    let step = "restore schema";
+    for statement in schema {
+        if let Err(e) = graph.run(query(statement)).await {
+            let text = e.to_string();
+            // A token lookup index that survived the wipe (or that
+            // neo4j-admin import created) is already there.
+            if !(text.contains("already exists") || text.contains("equivalent")) {
+                return Err(neo_error(step, e).hint(format!("while running: {statement}")));
             }
         }
-        graph
-            .run(query("CALL db.awaitIndexes(3600)"))
-            .await
-            .map_err(|e| neo_error(step, e))?;
-        Ok(())
     }
+    graph
+        .run(query("CALL db.awaitIndexes(3600)"))
+        .await
+        .map_err(|e| neo_error(step, e))
 }
 
 /// Load the nodes and relationships of the export at `path` into the (empty)

@@ -2,7 +2,9 @@
 //! NDJSON (format in `docs/neo4j-logical.md`), its offline check, and its
 //! restore in batches. The files: `export.rs` (backup; `props_json.rs`
 //! writes a row's properties), `check.rs` (offline check), `load.rs` (the
-//! restore; `spill.rs` groups relationships by start node).
+//! restore; `spill.rs` groups relationships by start node), `import.rs`
+//! (`--neo4j-load import`: neo4j-admin's bulk import, the server stopped;
+//! `import_csv.rs` writes its CSV files).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -18,12 +20,15 @@ mod batch;
 mod check;
 mod export;
 mod id_map;
+mod import;
+mod import_csv;
 mod load;
 mod props_bolt;
 mod props_json;
 mod spill;
 
 pub(super) use check::check_logical;
+pub(super) use import::PreparedImport;
 
 const LOGICAL_FORMAT: &str = "itbackup-neo4j-ndjson";
 const LOGICAL_VERSION: u32 = 1;
@@ -164,6 +169,9 @@ impl Neo4j {
         &self,
         record: &ArtifactRecord,
     ) -> Vec<String> {
+        if self.settings.load == super::settings::Neo4jLoad::Import {
+            return self.plan_import_restore(record);
+        }
         vec![
             format!("wipe database {}: drop constraints and indexes, DETACH DELETE every node in batches", self.settings.database),
             format!("load nodes then relationships from {} in batches of {} ({} transactions in flight)", record.file, self.settings.batch_size, self.settings.transactions),
