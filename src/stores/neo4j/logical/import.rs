@@ -23,6 +23,7 @@ use super::import_csv::{CsvError, CsvSet, CsvWriter, Unsuitable, ARRAY_DELIMITER
 use super::load::create_schema;
 use super::props_bolt::{special_cypher, PropsOf};
 use super::{neo_error, quote, BATCH_BYTES, CHUNK_BYTES, MAX_LINE, SVC, TEMP_LABEL};
+use crate::artifact::ArtifactSource;
 use crate::error::{io_error, Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, ToolCommand};
@@ -68,7 +69,7 @@ impl Neo4j {
         let dir = ctx.scratch.join("neo4j-import");
         let step = "write import files";
         std::fs::create_dir(&dir).map_err(|e| io_error(Some(SVC), step, dir.display(), e))?;
-        let (artifact, into) = (ctx.artifact.to_path_buf(), dir.clone());
+        let (artifact, into) = (ctx.artifact.clone(), dir.clone());
         let csv = crate::stores::blocking(SVC, move || write_csv(&artifact, &into)).await?;
         for (key, want) in [("nodes", csv.nodes), ("relationships", csv.relationships)] {
             if record.counts.get(key).is_some_and(|n| *n != want) {
@@ -308,8 +309,9 @@ async fn run_rows(graph: &Graph, cypher: &str, rows: Vec<BoltType>) -> Result<()
         .map_err(|e| neo_error("fix up properties", e))
 }
 
-/// The export at `artifact` read once into CSV files in `dir`.
-fn write_csv(artifact: &Path, dir: &Path) -> Result<CsvSet> {
+/// The export read once (from its file, or as it streams from the
+/// repository) into CSV files in `dir`.
+fn write_csv(artifact: &ArtifactSource, dir: &Path) -> Result<CsvSet> {
     let step = "write import files";
     let mut writer =
         CsvWriter::create(dir).map_err(|e| io_error(Some(SVC), step, dir.display(), e))?;
