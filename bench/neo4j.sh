@@ -144,6 +144,16 @@ backup_dir() { find "$1" -name backup-manifest.json -printf '%h\n' | head -n1; }
 IT="$ITBACKUP"
 
 IMPORT_LABEL="itbackup restore (logical, --neo4j-load import)"
+# The transactional and the import restore of the logical backup $1, each
+# onto a wiped graph, their counts checked.
+restore_logical_both() {
+  wipe
+  measure "itbackup restore (logical)" "$IT" --root "$W/it-logical" --json restore --path "$1" --services neo4j --yes || true
+  check_counts "itbackup restore (logical)" || true
+  wipe
+  measure "$IMPORT_LABEL" "$IT" --root "$W/it-logical" --json restore --path "$1" --services neo4j --yes --neo4j-load import || true
+  check_counts "$IMPORT_LABEL" || true
+}
 # NEO4J_STEPS=import: the three ways back, each on a freshly started server.
 if [ "$STEPS" = import ] && [ -z "$REPORT_ONLY" ]; then
   for ((i = 1; i <= RUNS; i++)); do
@@ -157,12 +167,7 @@ if [ "$STEPS" = import ] && [ -z "$REPORT_ONLY" ]; then
     stop_neo4j
     measure "neo4j-admin dump (bare)" "$IT_NEO4J_ADMIN" database dump neo4j --to-path="$W/bare" --overwrite-destination=true || true
     start_neo4j
-    wipe
-    measure "itbackup restore (logical)" "$IT" --root "$W/it-logical" --json restore --path "$L" --services neo4j --yes || true
-    check_counts "itbackup restore (logical)" || true
-    wipe
-    measure "$IMPORT_LABEL" "$IT" --root "$W/it-logical" --json restore --path "$L" --services neo4j --yes --neo4j-load import || true
-    check_counts "$IMPORT_LABEL" || true
+    restore_logical_both "$L"
     note import_scratch "$(awk '/import files written/ {for (i=1;i<=NF;i++) if ($i ~ /^bytes=/) {sub("bytes=","",$i); printf "%.0f MB", $i/1e6}}' "$BENCH_WORK/last.err" | tail -n1)"
     stop_neo4j
     measure "neo4j-admin load (bare)" "$IT_NEO4J_ADMIN" database load neo4j --from-path="$W/bare" --overwrite-destination=true || true
@@ -239,12 +244,7 @@ for ((i = 1; i <= RUNS; i++)); do
     # ---- import / restore ---------------------------------------------------
     L=$(backup_dir "$W/it-logical"); D=$(backup_dir "$W/it-dump")
     if [ -n "$L" ]; then
-      wipe
-      measure "itbackup restore (logical)" "$IT" --root "$W/it-logical" --json restore --path "$L" --services neo4j --yes || true
-      check_counts "itbackup restore (logical)" || true
-      wipe
-      measure "$IMPORT_LABEL" "$IT" --root "$W/it-logical" --json restore --path "$L" --services neo4j --yes --neo4j-load import || true
-      check_counts "$IMPORT_LABEL" || true
+      restore_logical_both "$L"
     fi
 
     if [ -f "$W/nb/project/compressed.json" ]; then
