@@ -225,3 +225,58 @@ fn a_logical_opensearch_export_records_its_point_in_time_and_sequence_numbers() 
     check_window(&manifest, &["opensearch"]);
     assert_eq!(manifest["consistency"]["window_seconds"], 0.0);
 }
+
+/// The PostgreSQL position of one backup by `method`, checked against the
+/// server's LSN before and after it.
+fn postgres_position(method: &str) -> (Value, Value) {
+    let _turn = one_at_a_time();
+    let root = temp_root();
+    let before = server_lsn();
+    let dir = backup_into(root.path(), "postgres", &["--postgres-method", method], &[]);
+    let after = server_lsn();
+    let manifest = manifest_json(&dir);
+    validate_schema(&manifest);
+    check_window(&manifest, &["postgres"]);
+    let record = manifest["artifacts"]["postgres"].clone();
+    let position = record["position"].clone();
+    for key in ["lsn", "lsn_until"] {
+        if let Some(text) = position["postgres"][key].as_str() {
+            assert!(
+                (before..=after).contains(&lsn(text)),
+                "{method}: {key} {text} not within {before:X}..={after:X}"
+            );
+        }
+    }
+    (position, record)
+}
+
+#[test]
+fn a_base_backup_stands_at_its_stop_lsn_and_a_plain_dump_spans_its_run() {
+    let (position, record) = postgres_position("physical");
+    let physical = &record["details"]["physical"];
+    assert_eq!(position["basis"], "base_backup_stop", "{position}");
+    assert_eq!(
+        position["postgres"]["lsn"], physical["stop_lsn"],
+        "{position}"
+    );
+    assert_eq!(
+        position["postgres"]["timeline"], physical["timeline"],
+        "{position}"
+    );
+    assert_eq!(
+        position["taken_at"], physical["consistent_at"],
+        "{position}"
+    );
+
+    let (position, _) = postgres_position("plain");
+    assert_eq!(position["basis"], "dump_span", "{position}");
+    let pg = &position["postgres"];
+    assert!(
+        position["from"].is_string() && position["until"].is_string(),
+        "{position}"
+    );
+    assert!(
+        lsn(pg["lsn"].as_str().unwrap()) <= lsn(pg["lsn_until"].as_str().unwrap()),
+        "{pg}"
+    );
+}
