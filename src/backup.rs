@@ -182,7 +182,7 @@ pub async fn run(
         status: Status::Complete,
         host: hostname(),
         artifacts: done.iter().map(|b| (b.service, b.record.clone())).collect(),
-        consistency: Consistency::of(done.iter().map(|b| (b.service, &b.record))),
+        consistency: Consistency::of(done.iter().map(|b| (b.service, b.record.position.as_ref()))),
         manifest_sha256: None,
     };
     if let Err(err) = commit(&dir, &done, &manifest) {

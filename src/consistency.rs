@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::ArtifactRecord;
 use crate::service::Service;
 
 /// The position one artifact's data represents: a point (`taken_at`) when
@@ -149,16 +148,16 @@ pub struct StoreWindow {
 }
 
 impl Consistency {
-    /// The summary over the records that carry a position; None when none
+    /// The summary over the stores' positions (each artifact record's); None when none
     /// does (an older backup, or a store that records none).
     pub fn of<'a>(
-        records: impl IntoIterator<Item = (Service, &'a ArtifactRecord)>,
+        positions: impl IntoIterator<Item = (Service, Option<&'a Position>)>,
     ) -> Option<Self> {
         let mut stores = BTreeMap::new();
         let mut earliest: Option<jiff::Timestamp> = None;
         let mut latest: Option<jiff::Timestamp> = None;
-        for (service, record) in records {
-            let Some(position) = &record.position else {
+        for (service, position) in positions {
+            let Some(position) = position else {
                 continue;
             };
             let Some((from, until)) = position.bounds() else {
@@ -239,7 +238,13 @@ mod tests {
         manifest.artifacts.insert(Service::Postgres, pg);
         manifest.artifacts.insert(Service::Neo4j, neo);
         manifest.artifacts.insert(Service::Opensearch, os);
-        let summary = Consistency::of(manifest.artifacts.iter().map(|(s, r)| (*s, r))).unwrap();
+        let summary = Consistency::of(
+            manifest
+                .artifacts
+                .iter()
+                .map(|(s, r)| (*s, r.position.as_ref())),
+        )
+        .unwrap();
         assert_eq!(summary.window_seconds, 3.2);
         assert_eq!(summary.earliest, "2025-02-01T03:00:01.2Z");
         assert_eq!(summary.latest, "2025-02-01T03:00:04.4Z");
@@ -259,6 +264,12 @@ mod tests {
     #[test]
     fn no_positions_no_summary() {
         let manifest = crate::manifest::tests::sample();
-        assert!(Consistency::of(manifest.artifacts.iter().map(|(s, r)| (*s, r))).is_none());
+        assert!(Consistency::of(
+            manifest
+                .artifacts
+                .iter()
+                .map(|(s, r)| (*s, r.position.as_ref()))
+        )
+        .is_none());
     }
 }

@@ -464,7 +464,7 @@ pub(crate) mod tests {
         let record = m.artifacts.get_mut(&Service::Postgres).unwrap();
         let at: jiff::Timestamp = "2025-02-01T10:15:00.123Z".parse().unwrap();
         record.position = Some(Position::point("exported_snapshot", at));
-        m.consistency = Consistency::of(m.artifacts.iter().map(|(s, r)| (*s, r)));
+        m.consistency = Consistency::of(m.artifacts.iter().map(|(s, r)| (*s, r.position.as_ref())));
         m.write(dir.path()).unwrap();
         let back = Manifest::read_dir(dir.path()).unwrap();
         assert_eq!(back.consistency, m.consistency);

@@ -47,14 +47,6 @@ fn index_with(name: &str, docs: u64) {
     opensearch(Method::POST, &format!("{name}/_refresh"), None);
 }
 
-/// The two tests here back up the same OpenSearch: one at a time, or the
-/// second is refused by the first's store lock.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The primary's max_seq_no as the server reports it now.
 fn server_max_seq_no(index: &str) -> i64 {
     let stats = opensearch(Method::GET, &format!("{index}/_stats?level=shards"), None);
@@ -111,10 +103,10 @@ fn check_window(manifest: &Value, services: &[&str]) {
 #[test]
 fn a_backup_of_all_three_stores_records_a_position_per_store_and_the_window() {
     const DOCS: u64 = 7;
+    let _guard = exclusive(&[Postgres, Opensearch, Neo4j]);
     let index = format!("itb-consistency-{}", std::process::id());
     index_with(&index, DOCS);
     let root = temp_root();
-    let _turn = one_at_a_time();
     let lsn_before = server_lsn();
     let dir = backup_into(
         root.path(),
@@ -198,10 +190,10 @@ fn a_backup_of_all_three_stores_records_a_position_per_store_and_the_window() {
 #[test]
 fn a_logical_opensearch_export_records_its_point_in_time_and_sequence_numbers() {
     const DOCS: u64 = 5;
+    let _guard = exclusive(&[Opensearch]);
     let index = format!("itb-consistency-pit-{}", std::process::id());
     index_with(&index, DOCS);
     let root = temp_root();
-    let _turn = one_at_a_time();
     let dir = backup_into(
         root.path(),
         "opensearch",
@@ -229,7 +221,7 @@ fn a_logical_opensearch_export_records_its_point_in_time_and_sequence_numbers() 
 /// The PostgreSQL position of one backup by `method`, checked against the
 /// server's LSN before and after it.
 fn postgres_position(method: &str) -> (Value, Value) {
-    let _turn = one_at_a_time();
+    let _guard = exclusive(&[Postgres]);
     let root = temp_root();
     let before = server_lsn();
     let dir = backup_into(root.path(), "postgres", &["--postgres-method", method], &[]);
