@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::artifact::{self, create_private_dir, Artifacts};
 use crate::config::Settings;
+use crate::consistency::Consistency;
 use crate::error::{io_error, Error, Result};
 use crate::lock::RootLock;
 use crate::manifest::{Manifest, Status, ToolInfo, FORMAT_VERSION, MANIFEST_FILE};
@@ -181,6 +182,7 @@ pub async fn run(
         status: Status::Complete,
         host: hostname(),
         artifacts: done.iter().map(|b| (b.service, b.record.clone())).collect(),
+        consistency: Consistency::of(done.iter().map(|b| (b.service, b.record.position.as_ref()))),
         manifest_sha256: None,
     };
     if let Err(err) = commit(&dir, &done, &manifest) {

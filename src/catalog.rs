@@ -36,6 +36,10 @@ pub struct BackupEntry {
     /// repository-method snapshot), described (filled in by `list`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kept_outside: Vec<String>,
+    /// How far apart its stores' positions are (from the manifest; none
+    /// in backups older than positions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<crate::consistency::Consistency>,
     #[serde(skip)]
     pub manifest: Option<Manifest>,
     /// Whether a manifest file exists (complete, or damaged when it does not validate).
@@ -119,6 +123,7 @@ fn describe(dir: &Path, name: String) -> BackupEntry {
         modified: None,
         wal: None,
         kept_outside: Vec::new(),
+        consistency: None,
         manifest: None,
         has_manifest,
         files,
@@ -148,6 +153,7 @@ impl BackupEntry {
         self.timestamp = manifest.timestamp.clone();
         self.finished_at = Some(manifest.finished_at.clone());
         self.services = manifest.services.keys().map(|s| s.to_string()).collect();
+        self.consistency = manifest.consistency.clone();
         self.manifest = Some(manifest);
     }
 }

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod consistency;
 pub mod drill;
 pub(crate) mod environment;
 pub mod error;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::artifact::{self, ArtifactWriter};
+use crate::consistency::{Consistency, Position};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::service::Service;
 
@@ -76,6 +77,10 @@ pub struct ArtifactRecord {
     /// then describe the sealed file, this the plaintext inside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// The position in the store's history the data represents and when it
+    /// was current (`docs/consistency.md`); absent in older backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
 }
 
 impl ArtifactRecord {
@@ -96,6 +101,7 @@ impl ArtifactRecord {
             members: Vec::new(),
             details: Default::default(),
             encryption: None,
+            position: None,
         }
     }
 }
@@ -124,6 +130,10 @@ pub struct Manifest {
     pub status: Status,
     pub host: String,
     pub artifacts: BTreeMap<Service, ArtifactRecord>,
+    /// How far apart the stores' positions are (absent in older backups,
+    /// and when no store recorded a position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
     /// SHA-256 of this manifest's canonical JSON without this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_sha256: Option<String>,
@@ -371,6 +381,7 @@ pub(crate) mod tests {
             members: vec![],
             details: Default::default(),
             encryption: None,
+            position: None,
         };
         Manifest {
             timestamp: "20250201_101500".into(),
@@ -385,6 +396,7 @@ pub(crate) mod tests {
             status: Status::Complete,
             host: "h".into(),
             artifacts: [(Service::Postgres, record)].into(),
+            consistency: None,
             manifest_sha256: None,
         }
     }
@@ -427,6 +439,36 @@ pub(crate) mod tests {
             back.artifacts[&Service::Postgres].digests["app/public.t"],
             "12345"
         );
+    }
+
+    /// A manifest written before positions existed (no `position`, no
+    /// `consistency`) still reads, its checksum still holds, and it shows
+    /// no window.
+    #[test]
+    fn an_older_manifest_without_positions_still_reads() {
+        let mut older = serde_json::to_value(sample()).unwrap();
+        let record = &older["artifacts"]["postgres"];
+        assert!(record.get("position").is_none() && older.get("consistency").is_none());
+        let unsealed = serde_json::to_vec(&older).unwrap();
+        older["manifest_sha256"] = hex::encode(Sha256::digest(&unsealed)).into();
+        let text = serde_json::to_vec_pretty(&older).unwrap();
+        let back = Manifest::parse(&text, "older").unwrap();
+        assert!(back.consistency.is_none());
+        assert!(back.artifacts[&Service::Postgres].position.is_none());
+    }
+
+    #[test]
+    fn positions_round_trip_under_the_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = sample();
+        let record = m.artifacts.get_mut(&Service::Postgres).unwrap();
+        let at: jiff::Timestamp = "2025-02-01T10:15:00.123Z".parse().unwrap();
+        record.position = Some(Position::point("exported_snapshot", at));
+        m.consistency = Consistency::of(m.artifacts.iter().map(|(s, r)| (*s, r.position.as_ref())));
+        m.write(dir.path()).unwrap();
+        let back = Manifest::read_dir(dir.path()).unwrap();
+        assert_eq!(back.consistency, m.consistency);
+        assert_eq!(back.consistency.unwrap().window_seconds, 0.0);
     }
 
     #[test]

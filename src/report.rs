@@ -163,6 +163,7 @@ pub fn list(root: &Path, entries: &[BackupEntry], json: bool) {
         problem: e.problem.as_deref(),
         wal: e.wal.as_ref(),
         kept_outside: &e.kept_outside,
+        consistency: e.consistency.as_ref(),
     }));
 }
 
@@ -183,6 +184,7 @@ pub fn list_remote(url: &str, backups: &[BackupEntry], json: bool) {
         problem: b.problem.as_deref(),
         wal: b.wal.as_ref(),
         kept_outside: &b.kept_outside,
+        consistency: b.consistency.as_ref(),
     }));
 }
 
@@ -194,6 +196,7 @@ struct BackupRow<'a> {
     problem: Option<&'a str>,
     wal: Option<&'a crate::catalog::WalReach>,
     kept_outside: &'a [String],
+    consistency: Option<&'a crate::consistency::Consistency>,
 }
 
 fn print_backup_table<'a>(rows: impl Iterator<Item = BackupRow<'a>>) {
@@ -217,6 +220,9 @@ fn print_backup_table<'a>(rows: impl Iterator<Item = BackupRow<'a>>) {
         }
         for what in row.kept_outside {
             println!("{:<24} keeps {what}", "");
+        }
+        if let Some(consistency) = row.consistency {
+            println!("{:<24} {}", "", consistency.describe());
         }
     }
 }
@@ -325,6 +331,9 @@ pub fn drill(outcome: &crate::drill::DrillOutcome, json: bool) {
             if v.rto_ok { "met" } else { "MISSED" }
         ),
         None => println!("  RTO: not measured, the restore failed"),
+    }
+    if let Some(consistency) = &v.consistency {
+        println!("  {}", consistency.describe());
     }
     for error in &v.errors {
         println!("  error: {error}");
@@ -492,6 +501,9 @@ pub fn status(report: &crate::status::StatusReport, json: bool) {
                 .map(|b| format!(", the newest complete backup takes {}", size(b)))
                 .unwrap_or_default()
         );
+    }
+    if let Some(c) = &report.consistency {
+        println!("  newest backup {}: {}", c.backup, c.window.describe());
     }
     if let Some(wal) = &report.wal {
         println!(

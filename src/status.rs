@@ -134,6 +134,14 @@ pub struct WalStatus {
     pub rpo_ok: bool,
 }
 
+/// How far apart the stores of one backup are (`docs/consistency.md`).
+#[derive(Debug, Serialize)]
+pub struct BackupConsistency {
+    pub backup: String,
+    #[serde(flatten)]
+    pub window: crate::consistency::Consistency,
+}
+
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub ok: bool,
@@ -147,6 +155,9 @@ pub struct StatusReport {
     /// PostgreSQL's WAL archive, when the root or repository holds one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wal: Option<WalStatus>,
+    /// The newest complete backup's consistency window, when it records one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<BackupConsistency>,
     /// Each reason for exit status 1.
     pub alarms: Vec<String>,
     /// Worth a look, but no alarm: the drill, damaged backups.
@@ -387,6 +398,13 @@ pub async fn run(settings: &Settings, request: &StatusRequest) -> Result<StatusR
         last_drill,
         disk,
         wal,
+        consistency: catalog::newest_complete_entry(&entries).and_then(|e| {
+            let window = e.consistency.clone()?;
+            Some(BackupConsistency {
+                backup: e.name.clone(),
+                window,
+            })
+        }),
         alarms,
         warnings,
     })

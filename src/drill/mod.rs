@@ -82,6 +82,9 @@ pub struct Validation {
     pub rto_objective_seconds: f64,
     pub rto_ok: bool,
     pub rpo_objective_hours: u64,
+    /// How far apart the backup's stores are (its manifest's `consistency`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<crate::consistency::Consistency>,
     pub errors: Vec<String>,
 }
 
@@ -292,6 +295,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         restore_seconds,
         restore_parallel: restore.plan.as_ref().is_some_and(|p| p.parallel),
         restore_plan: restore.plan.clone(),
+        consistency: manifest.consistency.clone(),
         rto_seconds: restore_seconds,
         rto_objective_seconds: RTO_OBJECTIVE_SECONDS,
         rto_ok,
@@ -500,6 +504,7 @@ mod tests {
                 rto_objective_seconds: RTO_OBJECTIVE_SECONDS,
                 rto_ok: true,
                 rpo_objective_hours: RPO_OBJECTIVE_HOURS,
+                consistency: None,
                 errors,
             },
             file: PathBuf::from("synthetic-validation.json"),

@@ -261,6 +261,7 @@ impl Remote {
                 problem: Some("no manifest: interrupted or still uploading".into()),
                 wal: None,
                 kept_outside: Vec::new(),
+                consistency: None,
                 manifest: None,
                 has_manifest: false,
                 files: Default::default(),

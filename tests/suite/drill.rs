@@ -46,6 +46,10 @@ fn synthetic_script_passes_and_writes_the_validation_file() {
     let rto = v["rto_seconds"].as_f64().unwrap();
     assert!(rto > 0.0 && rto < v["rto_objective_seconds"].as_f64().unwrap());
     assert_eq!(v["rto_ok"], true);
+    // The consistency window of the drill's backup (docs/consistency.md).
+    let window = &v["consistency"];
+    assert!(window["window_seconds"].as_f64().unwrap() >= 0.0, "{v:#}");
+    assert_eq!(window["stores"].as_object().unwrap().len(), 3, "{v:#}");
     // The backup directory keeps its copy next to a complete manifest.
     let dir = std::path::PathBuf::from(v["backup_dir"].as_str().unwrap());
     assert_eq!(read_json(&dir.join("synthetic-validation.json")), v);

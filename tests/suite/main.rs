@@ -11,6 +11,7 @@ mod common;
 
 mod compose;
 mod conformance;
+mod consistency;
 mod daily_ops;
 mod drill;
 mod fault_injection;

@@ -455,6 +455,17 @@ fn dump_round_trip_stops_and_starts_the_server_and_repairs_a_database_that_canno
         "{manifest:#}"
     );
     assert_eq!(manifest["artifacts"]["neo4j"]["method"], "neo4j-admin-dump");
+    // Its position: the moment the server was stopped, inside the backup's run.
+    let record = &manifest["artifacts"]["neo4j"];
+    let position = &record["position"];
+    assert_eq!(position["basis"], "server_stopped", "{position}");
+    let at = |v: &serde_json::Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    let stopped = at(&position["taken_at"]);
+    assert!(
+        at(&record["started_at"]) <= stopped && stopped <= at(&record["finished_at"]),
+        "{record:#}"
+    );
+    assert_eq!(manifest["consistency"]["stores"]["neo4j"]["kind"], "point");
     // The server is back after the backup.
     let neo = Neo::connect();
     damage(&neo);

@@ -9,6 +9,7 @@ use neo4rs::Graph;
 
 use super::{Neo4j, SVC};
 use crate::artifact::{ArtifactSource, PendingArtifact};
+use crate::consistency::Position;
 use crate::error::{io_error, Kind, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo, ToolCommand};
@@ -93,7 +94,9 @@ impl Neo4j {
         self.lifecycle_command("start")?;
         record.counts = self.count_store(&graph).await?;
         drop(graph);
-        self.dump(ctx).await
+        let (pending, stopped_at) = self.dump(ctx).await?;
+        record.position = Some(Position::point("server_stopped", stopped_at));
+        Ok(pending)
     }
 
     /// The `--dry-run` steps of a dump restore.
@@ -136,16 +139,20 @@ impl Neo4j {
     }
 
     /// `neo4j-admin database dump` into the artifact, the server stopped meanwhile.
-    async fn dump(&self, ctx: &BackupContext<'_>) -> Result<PendingArtifact> {
+    /// Answers the artifact and the moment the server was stopped (the dump
+    /// holds the store as it was then).
+    async fn dump(&self, ctx: &BackupContext<'_>) -> Result<(PendingArtifact, jiff::Timestamp)> {
         let cmd = self.dump_command();
         let (dir, artifacts) = (ctx.dir.to_path_buf(), ctx.artifacts.clone());
         let file = format!("neo4j_{}.dump", ctx.timestamp);
         self.with_server_stopped("backup (neo4j-admin database dump)", crate::stores::blocking(SVC, move || {
             let step = "dump (neo4j-admin database dump)";
+            let stopped_at = jiff::Timestamp::now();
             let mut writer = artifacts.create(&file).map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
             process::run_with_output_into(&cmd, &mut writer, SVC, step)
                 .map_err(|e| e.hint("confirm the server is stopped (the runbook: `docker compose stop neo4j`) and that neo4j-admin belongs to the same Neo4j version"))?;
-            writer.finish().map_err(|e| io_error(Some(SVC), step, "finish", e))
+            let pending = writer.finish().map_err(|e| io_error(Some(SVC), step, "finish", e))?;
+            Ok((pending, stopped_at))
         }))
         .await
     }

@@ -49,6 +49,7 @@ mod http;
 pub(super) mod leftovers;
 mod logical;
 mod parts;
+mod position;
 mod repository;
 mod sandbox;
 mod selection;

@@ -246,6 +246,9 @@ impl OpenSearch {
             .collect();
         let concrete = selection.concrete_names();
         let before = self.counts_of(&concrete).await?;
+        // Read right before the snapshot starts: each shard's snapshot holds
+        // at least these operations (see docs/consistency.md).
+        let seq_nos = self.seq_nos(&concrete).await;
         let body = json!({
             "indices": if names.is_empty() { "-*".to_string() } else { names.join(",") },
             "include_global_state": true,
@@ -279,6 +282,10 @@ impl OpenSearch {
         }
         let after = self.counts_of(&concrete).await?;
         record_stable_counts(record, &before, &after);
+        let start = answer["start_time_in_millis"]
+            .as_i64()
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
+        record.position = Some(Self::position_at("snapshot_start", start, seq_nos));
         let plain: Vec<&str> = selection.indices.iter().map(|i| i.name.as_str()).collect();
         record
             .details

@@ -13,6 +13,7 @@ use crate::manifest::{ArtifactRecord, Member};
 use crate::process::{self, ToolCommand};
 use crate::stores::{BackupContext, RestoreContext, RestoreSelection};
 
+use super::position::{position_of, WalPoint, WAL_POINT_COLUMNS};
 use super::replace::WORK_DB;
 use super::rows::{Reading, TableRows};
 use super::{
@@ -196,9 +197,9 @@ impl Postgres {
             .map(|(index, database)| async move {
                 let path = work.join(format!("{index:03}.dump"));
                 let mut rows = TableRows::default();
-                self.dump_database(&database, &path, &mut rows).await?;
+                let point = self.dump_database(&database, &path, &mut rows).await?;
                 tracing::info!(database = %database, "postgres: dumped database");
-                Ok::<_, Error>((database, path, rows))
+                Ok::<_, Error>((database, path, rows, point))
             })
             .buffered(self.settings.jobs)
             .try_collect::<Vec<_>>();
@@ -207,8 +208,10 @@ impl Postgres {
 
         let mut members = vec![(GLOBALS_MEMBER.to_string(), globals)];
         let mut entries = Vec::new();
-        for (index, (name, path, rows)) in dumped?.into_iter().enumerate() {
+        let mut points = Vec::new();
+        for (index, (name, path, rows, point)) in dumped?.into_iter().enumerate() {
             let member = format!("databases/{index:03}.dump");
+            points.push(point);
             record.counts.extend(rows.counts);
             record.digests.extend(rows.digests);
             entries.push(DatabaseEntry {
@@ -221,11 +224,18 @@ impl Postgres {
             "databases".into(),
             serde_json::to_value(&entries).expect("serialises"),
         );
+        record.position = position_of("exported_snapshot", &points);
         Ok(members)
     }
 
-    /// Count, digest and dump one database from the same exported snapshot.
-    async fn dump_database(&self, database: &str, path: &Path, rows: &mut TableRows) -> Result<()> {
+    /// Count, digest and dump one database from the same exported snapshot;
+    /// returns the WAL point read in the statement that exported it.
+    async fn dump_database(
+        &self,
+        database: &str,
+        path: &Path,
+        rows: &mut TableRows,
+    ) -> Result<WalPoint> {
         let step = format!("dump database {database}");
         // The digests' session settings are this connection's own: pg_dump
         // opens its own, with its own settings.
@@ -241,11 +251,17 @@ impl Postgres {
             .start()
             .await
             .map_err(|e| Self::query_error(&step, e))?;
-        let snapshot: String = txn
-            .query_one("SELECT pg_export_snapshot()", &[])
+        // One statement: the WAL point is the server's at the moment the
+        // snapshot pg_dump reads was fixed.
+        let exported = txn
+            .query_one(
+                &format!("SELECT pg_export_snapshot(), {WAL_POINT_COLUMNS}"),
+                &[],
+            )
             .await
-            .map_err(|e| Self::query_error(&step, e))?
-            .get(0);
+            .map_err(|e| Self::query_error(&step, e))?;
+        let snapshot: String = exported.get(0);
+        let point = WalPoint::from_row(&exported, 1);
         let cmd = self
             .tool("pg_dump")
             .args(["--format=custom", "--no-password"])
@@ -263,7 +279,7 @@ impl Postgres {
         // The snapshot must stay alive until pg_dump has opened it; end it only now.
         let _ = txn.commit().await;
         dumped?;
-        counted
+        counted.map(|()| point)
     }
 
     pub(super) async fn restore_custom(

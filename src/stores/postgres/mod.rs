@@ -33,6 +33,7 @@ mod custom;
 mod drill;
 pub mod physical;
 mod plain;
+mod position;
 mod replace;
 mod rows;
 mod sandbox;

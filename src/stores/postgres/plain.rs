@@ -11,6 +11,7 @@ use crate::manifest::ArtifactRecord;
 use crate::process::{self};
 use crate::stores::{BackupContext, RestoreContext};
 
+use super::position::position_of;
 use super::replace::WORK_DB;
 use super::rows::{Reading, TableRows};
 use super::{blocking, conninfo_dbname, set_aside_step, Postgres, SETTLE_STEP, SVC};
@@ -85,7 +86,10 @@ impl Postgres {
             .args(["--clean", "--if-exists", "--no-password"]);
         let (dir, artifacts) = (ctx.dir.to_path_buf(), ctx.artifacts.clone());
         let file = format!("postgres_{}.sql", ctx.timestamp);
-        blocking(move || {
+        // pg_dumpall takes a snapshot per database, at moments it does not
+        // tell: the position is the span it ran over, read around it.
+        let before = self.wal_point_now("read the WAL position").await?;
+        let pending = blocking(move || {
             let step = "dump cluster (pg_dumpall)";
             let mut writer = artifacts
                 .create(&file)
@@ -100,7 +104,10 @@ impl Postgres {
                 .finish()
                 .map_err(|e| io_error(Some(SVC), step, "finish", e))
         })
-        .await
+        .await?;
+        let after = self.wal_point_now("read the WAL position").await?;
+        record.position = position_of("dump_span", &[before, after]);
+        Ok(pending)
     }
 
     pub(super) async fn restore_plain(

@@ -319,6 +319,7 @@ pub fn fake_backup(root: &Path, name: &str, started: Timestamp) -> PathBuf {
         members: vec![],
         details: Default::default(),
         encryption: None,
+        position: None,
     };
     Manifest {
         timestamp: name.into(),
@@ -333,6 +334,7 @@ pub fn fake_backup(root: &Path, name: &str, started: Timestamp) -> PathBuf {
         status: Status::Complete,
         host: "test".into(),
         artifacts: BTreeMap::from([(Service::Postgres, record)]),
+        consistency: None,
         manifest_sha256: None,
     }
     .write(&dir)

@@ -14,6 +14,7 @@ use serde_json::json;
 use super::props_json;
 use super::{IdSet, Line, CHUNK_BYTES, LOGICAL_FORMAT, LOGICAL_VERSION, MAX_LINE, TEMP_INDEX};
 use crate::artifact::{self, ExportSender, PendingArtifact};
+use crate::consistency::Position;
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::stores::neo4j::{Neo4j, SVC};
@@ -102,9 +103,14 @@ impl Neo4j {
         // relationship bound is read after the node scan, so every
         // relationship created with a node that was exported is exported too.
         let mut exported = Exported::default();
+        // No snapshot: the data is what the scans met from their start to
+        // their end, a span (Community tells no transaction id to pin it).
+        let from = jiff::Timestamp::now();
         self.export_nodes(graph, &mut out, &mut exported).await?;
         self.export_relationships(graph, &mut out, &mut exported)
             .await?;
+        let until = jiff::Timestamp::now();
+        record.position = Some(Position::span("export_span", from, until));
 
         let mut end = Line::new("end");
         end.nodes = Some(exported.nodes);

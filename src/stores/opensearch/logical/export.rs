@@ -10,6 +10,7 @@ use crate::stores::BackupContext;
 
 use super::scan::{Hit, PageSink};
 use super::*;
+use crate::stores::opensearch::position::widen_position;
 use crate::stores::opensearch::{IndexInfo, OpenSearch, Selection, SVC};
 
 impl OpenSearch {
@@ -121,7 +122,10 @@ impl OpenSearch {
             "aliases": meta["aliases"],
         }));
         tx.send(line.to_bytes()).await?;
-        let digest = self.scan_documents(index, PageSink::Export(tx)).await?;
+        // Read before the point in time opens: it holds at least these operations.
+        let seq_nos = self.seq_nos(std::slice::from_ref(&index.name)).await;
+        let (digest, opened) = self.scan_documents_at(index, PageSink::Export(tx)).await?;
+        widen_position(&mut record.position, opened, seq_nos);
         let docs = digest.count();
         let mut end = Line::new("index_end");
         end.name = Some(index.name.clone());

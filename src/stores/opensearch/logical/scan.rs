@@ -105,6 +105,19 @@ impl OpenSearch {
         index: &IndexInfo,
         sink: PageSink<'_>,
     ) -> Result<UnorderedDigest> {
+        self.scan_documents_at(index, sink)
+            .await
+            .map(|(digest, _)| digest)
+    }
+
+    /// `scan_documents`, and the moment its view was fixed: the PIT's
+    /// `creation_time` (the cluster's clock), or for a scroll the time just
+    /// before it opened.
+    pub(super) async fn scan_documents_at(
+        &self,
+        index: &IndexInfo,
+        sink: PageSink<'_>,
+    ) -> Result<(UnorderedDigest, jiff::Timestamp)> {
         let step = match sink {
             PageSink::Export(_) => format!("export documents of {}", index.name),
             PageSink::DigestOnly => format!("digest documents of {}", index.name),
@@ -117,6 +130,7 @@ impl OpenSearch {
                 &step,
             )
             .await?;
+        let opened = jiff::Timestamp::now();
         let pit = self
             .http
             .send_raw(self.http.request(
@@ -130,6 +144,10 @@ impl OpenSearch {
         match pit {
             Ok(answer) if answer["pit_id"].is_string() => {
                 let pit_id = answer["pit_id"].as_str().unwrap_or_default().to_string();
+                let created = answer["creation_time"]
+                    .as_i64()
+                    .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+                    .unwrap_or(opened);
                 let scanned = self.scan_pit(index, &pit_id, sink, &step).await;
                 let _ = self
                     .http
@@ -140,7 +158,7 @@ impl OpenSearch {
                         &step,
                     )
                     .await;
-                scanned
+                scanned.map(|digest| (digest, created))
             }
             // Clusters without point-in-time search: sliced scroll, which reads a snapshot too.
             _ => {
@@ -151,7 +169,7 @@ impl OpenSearch {
                 for slice in futures::future::try_join_all(jobs).await? {
                     digest.merge(&slice);
                 }
-                Ok(digest)
+                Ok((digest, opened))
             }
         }
     }

@@ -29,6 +29,7 @@ use std::path::Path;
 use super::{blocking, Postgres, SVC};
 use crate::artifact::{ArtifactSource, PendingArtifact};
 use crate::catalog::WalReach;
+use crate::consistency::{Position, PostgresPosition};
 use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::process::ToolCommand;
@@ -190,12 +191,22 @@ impl Postgres {
             Compression::Client => take::streamed(&cmd, &artifacts, &file, FILE_CHECKSUM),
         })
         .await?;
+        let consistent_at = jiff::Timestamp::now();
+        // A base backup restored alone is consistent at its stop point: that
+        // is the moment its data stands for (later WAL can only move it on).
+        let mut position = Position::point("base_backup_stop", consistent_at);
+        position.postgres = Some(PostgresPosition {
+            timeline: summary.timeline,
+            lsn: summary.end_lsn.to_string(),
+            lsn_until: None,
+        });
+        record.position = Some(position);
         let details = PhysicalDetails {
             system_identifier,
             timeline: summary.timeline,
             start_lsn: summary.start_lsn.to_string(),
             stop_lsn: summary.end_lsn.to_string(),
-            consistent_at: jiff::Timestamp::now().to_string(),
+            consistent_at: consistent_at.to_string(),
             start_time: summary.start_time.clone(),
             wal_segment_bytes,
             files: summary.files,
