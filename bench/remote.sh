@@ -123,16 +123,19 @@ disk_hwm() {
   wait "$sampler"
   return "$rc"
 }
-itb_stream_backup() { "$ITBACKUP" --root "$STREAM_ROOT" backup --services postgres --postgres-method physical --timestamp "st$1" --upload "$BUCKET_URL/stream" --no-local; }
+itb_stream_backup() { "$ITBACKUP" --root "$STREAM_ROOT" --json backup --services postgres --postgres-method physical --timestamp "st$1" --upload "$BUCKET_URL/stream" --no-local; }
 itb_stream_verify() { "$ITBACKUP" --root "$STREAM_ROOT" verify --from "$BUCKET_URL/stream/st$1"; }
+export STREAM_ROOT
 export -f itb_stream_backup itb_stream_verify
+STREAM_BYTES=0
 for run in $(seq 1 "$RUNS"); do
   disk_hwm stream_backup run_fn itbackup_stream_backup itb_stream_backup "$run"
+  # The backup's --json: the artifacts' bytes, as stored in the repository.
+  STREAM_BYTES=$(python3 -c 'import json,sys; m=json.load(sys.stdin)["result"]["manifest"]; print(sum(a["bytes"] for a in m["artifacts"].values()))' <"$BENCH_WORK/last.out")
   disk_hwm stream_verify run_fn itbackup_stream_verify itb_stream_verify "$run"
 done
-STREAM_BYTES=$("$ITBACKUP" --json list --from "$BUCKET_URL/stream" | python3 -c 'import json,sys; b=json.load(sys.stdin)["result"]["backups"]; print(max(x.get("bytes",0) for x in b))' 2>/dev/null || echo 0)
 aws_cli s3 rm --recursive "$BUCKET_URL/" >/dev/null
-hwm_of() { awk -F'\t' -v l="$1" '$1==l{ if($2>m) m=$2 } END{ if(m=="") print "n/a"; else printf "%.1f MiB\n", m/1048576 }' "$HWM_OUT"; }
+hwm_of() { awk -F'\t' -v l="$1" '$1==l{ if($2>m) m=$2 } END{ if(m=="") print "n/a"; else if (m < 1048576) printf "%.0f KiB\n", m/1024; else printf "%.1f MiB\n", m/1048576 }' "$HWM_OUT"; }
 
 # ---- report ------------------------------------------------------------------
 mbps() { awk -v b="$BYTES" -v s="$1" 'BEGIN{ if (s=="n/a" || s==0) print "n/a"; else printf "%.0f", b/1048576/s }'; }
