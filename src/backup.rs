@@ -199,7 +199,10 @@ pub async fn run(
                 .await
                 .map(|outcome| streamed_count(outcome, &done));
             if pushed.is_err() && artifacts.is_streamed() {
+                // A streamed backup is not pushed again later (its artifacts
+                // are not here): the failed run leaves nothing of itself.
                 discard_uploads(&done, remote, &timestamp).await;
+                let _ = fs::remove_dir_all(&dir);
             }
             if staged && pushed.is_ok() {
                 fs::remove_dir_all(&dir)

@@ -739,6 +739,50 @@ fn credentials_that_expire_mid_upload_are_told_and_the_push_resumes() {
     pulled(&url, name);
 }
 
+/// A streaming backup whose manifest cannot be uploaded (the credentials
+/// expire after the artifacts went up) leaves nothing that looks complete,
+/// and the root holds no staging directory a later push would trip over
+/// (its artifacts are not there to push).
+#[test]
+fn a_streaming_backup_that_fails_at_its_manifest_leaves_nothing() {
+    let _guard = lock(&[Postgres], &[S3]);
+    let root = temp_root();
+    let url = repository("stream-fails");
+    pg_fixture("itb_stream_fails", 10);
+    let gate = s3_gate::expiring_s3_at("PUT", "/backup-manifest.json ");
+    let gated = [
+        ("AWS_ENDPOINT_URL", gate.url.as_str()),
+        ("AWS_ENDPOINT", gate.url.as_str()),
+    ];
+    let r = root.path().to_str().unwrap();
+    let err = fails(
+        &[
+            "--root",
+            r,
+            "backup",
+            "--services",
+            "postgres",
+            "--upload",
+            &url,
+            "--no-local",
+        ],
+        &gated,
+        exit::AUTHENTICATION,
+    );
+    assert!(err.contains("credentials expired"), "{err}");
+    // The uploaded artifact's deletion met the same expired credentials:
+    // it stays, without a manifest (prune's to remove), never complete.
+    assert_nothing_complete(&url);
+    let left: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".itbackup.lock")
+        .collect();
+    assert!(left.is_empty(), "left under the root: {left:?}");
+    psql("postgres", "DROP DATABASE itb_stream_fails");
+}
+
 /// A pull killed half-way is resumed by the next one into the same place:
 /// the bytes it kept are hashed and the rest fetched from where it stopped
 /// (a ranged GET), the whole checked against the manifest. A kept part that

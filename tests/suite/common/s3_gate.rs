@@ -18,6 +18,9 @@ pub struct S3Gate {
 struct Shared {
     upstream: String,
     limit: u64,
+    /// Expire at the first request of this method whose request line
+    /// holds this text.
+    marker: Option<(&'static str, &'static str)>,
     sent: AtomicU64,
     expired: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
@@ -25,6 +28,17 @@ struct Shared {
 
 /// Start a gate that lets `limit` request bytes through.
 pub fn expiring_s3(limit: u64) -> S3Gate {
+    start(limit, None)
+}
+
+/// Start a gate whose credentials expire at the first `method` request
+/// whose request line holds `text` (say, the PUT of a backup's manifest):
+/// that request and every later one is answered `ExpiredToken`.
+pub fn expiring_s3_at(method: &'static str, text: &'static str) -> S3Gate {
+    start(u64::MAX, Some((method, text)))
+}
+
+fn start(limit: u64, marker: Option<(&'static str, &'static str)>) -> S3Gate {
     let upstream = super::required_env("AWS_ENDPOINT_URL")
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -32,6 +46,7 @@ pub fn expiring_s3(limit: u64) -> S3Gate {
     let shared = Arc::new(Shared {
         upstream,
         limit,
+        marker,
         sent: AtomicU64::new(0),
         expired: AtomicBool::new(false),
         open: Mutex::new(Vec::new()),
@@ -72,6 +87,20 @@ fn serve(mut client: TcpStream, shared: &Arc<Shared>) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        // A request's head starts a read: the client sends one request at
+        // a time on a connection.
+        let marked = shared.marker.is_some_and(|(method, text)| {
+            let line = buf[..n].split(|b| *b == b'\n').next().unwrap_or_default();
+            line.starts_with(format!("{method} ").as_bytes())
+                && line.windows(text.len()).any(|w| w == text.as_bytes())
+        });
+        if marked {
+            // Not forwarded: answered as expired, and so is all that follows.
+            shared.expired.store(true, Ordering::SeqCst);
+            answer_expired(&mut client);
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
         if upstream.write_all(&buf[..n]).is_err() {
             return;
         }
@@ -112,6 +141,11 @@ fn refuse(mut client: TcpStream) {
             Ok(n) => left = left.saturating_sub(n),
         }
     }
+    answer_expired(&mut client);
+}
+
+/// S3's answer to a request signed with an expired session token.
+fn answer_expired(client: &mut TcpStream) {
     let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ExpiredToken</Code>\
                 <Message>The provided token has expired.</Message></Error>";
     let _ = client.write_all(
