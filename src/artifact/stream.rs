@@ -15,14 +15,12 @@ use std::sync::Arc;
 use super::{ArtifactWriter, Digest256};
 
 /// An artifact as it was stored by an upload: its object's file name (the
-/// artifact's, plus `.age` when the upload sealed it) and the digest of
-/// those stored bytes.
+/// artifact's, plus `.age` when the upload sealed it: the backup then
+/// records it as sealed) and the digest of those stored bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCopy {
     pub file: String,
     pub digest: Digest256,
-    /// The upload encrypted the bytes it was given (age).
-    pub sealed: bool,
 }
 
 /// One artifact's upload: bytes are written through it (blocking the

@@ -125,17 +125,16 @@ impl Write for ObjectUpload {
 
 impl StreamUpload for ObjectUpload {
     fn finish(mut self: Box<Self>) -> io::Result<StoredCopy> {
-        let (pieces, sealed) = match self.sink.take() {
-            Some(Sink::Plain(pieces)) => (pieces, false),
+        let pieces = match self.sink.take() {
+            Some(Sink::Plain(pieces)) => pieces,
             // The last chunk and the tag are written by the sealer's finish.
-            Some(Sink::Sealed(sealer)) => (sealer.finish()?, true),
+            Some(Sink::Sealed(sealer)) => sealer.finish()?,
             None => return Err(io::Error::other("the upload was finished")),
         };
         let digest = pieces.finish()?;
         Ok(StoredCopy {
             file: std::mem::take(&mut self.file),
             digest,
-            sealed,
         })
     }
 }
