@@ -7,6 +7,8 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -896,15 +898,41 @@ fn unreachable_or_red_cluster_gives_a_clear_error() {
 
     let os = Os::new();
     os.delete("itb-red");
-    // A primary that can never be allocated turns the cluster red.
-    os.put("itb-red?wait_for_active_shards=0", json!({"settings": {"number_of_shards": 1, "index.routing.allocation.require._name": "no-such-node"}}));
+    // A primary that cannot be allocated turns the cluster red.
+    os.put("itb-red?wait_for_active_shards=0", json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0, "index.routing.allocation.require._name": "no-such-node"}}));
+    let started = Instant::now();
     let err = fails(
         &["--root", root_arg, "backup", "--services", "opensearch"],
-        &[],
+        &[("IT_OPENSEARCH_HEALTH_WAIT", "2s")],
         exit::STORE_REFUSED,
     );
+    assert!(
+        err.contains("red") && err.contains("itb-red") && err.contains("2 s"),
+        "the error names the red index and how long it waited: {err}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2) && started.elapsed() < Duration::from_secs(30),
+        "waited {:?}",
+        started.elapsed()
+    );
+
+    // A red that clears within the wait (an index being created, closed or
+    // restored: its primary initialising) is waited out, not failed on.
+    let backup = Command::new(bin())
+        .args(["--root", root_arg, "backup", "--services", "opensearch"])
+        .env("RUST_LOG", "itbackup=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    os.put(
+        "itb-red/_settings",
+        json!({"index.routing.allocation.require._name": null}),
+    );
+    let out = backup.wait_with_output().unwrap();
     os.delete("itb-red");
-    assert!(err.contains("red"), "{err}");
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 /// A data stream (its index template, two backing indices after a rollover),

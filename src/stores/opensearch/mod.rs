@@ -192,15 +192,59 @@ impl OpenSearch {
         }
     }
 
+    /// The cluster's status once it is not red. A red cluster is polled for
+    /// `health_wait` (a primary initialising turns it red for a moment)
+    /// before the run is refused with the red indices named.
     async fn health(&self, step: &str) -> Result<String> {
-        let health = self.http.get("_cluster/health", step).await?;
-        let status = health["status"].as_str().unwrap_or("unknown").to_string();
-        if status == "red" {
-            return Err(Error::refused(step, format!("cluster {} is red", health["cluster_name"]))
+        let deadline = tokio::time::Instant::now() + self.settings.health_wait;
+        loop {
+            let health = self.http.get("_cluster/health", step).await?;
+            let status = health["status"].as_str().unwrap_or("unknown").to_string();
+            if status != "red" {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let red = self.red_indices(step).await?;
+                return Err(Error::refused(
+                    step,
+                    format!(
+                        "cluster {} is red{} and stayed red for {}",
+                        health["cluster_name"],
+                        if red.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (primary shards unassigned in {})", red.join(", "))
+                        },
+                        crate::timeout::seconds(self.settings.health_wait)
+                    ),
+                )
                 .service(SVC)
-                .hint("some primary shards are unassigned: fix the cluster first (GET _cluster/allocation/explain), then retry"));
+                .hint("fix the cluster first (GET _cluster/allocation/explain), then retry; a cluster that takes longer to recover can be waited for longer with IT_OPENSEARCH_HEALTH_WAIT (health_wait under [opensearch])"));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        Ok(status)
+    }
+
+    /// The indices whose status is red (at most ten named).
+    async fn red_indices(&self, step: &str) -> Result<Vec<String>> {
+        let health = self.http.get("_cluster/health?level=indices", step).await?;
+        let mut red: Vec<String> = health["indices"]
+            .as_object()
+            .map(|indices| {
+                indices
+                    .iter()
+                    .filter(|(_, index)| index["status"] == "red")
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        red.sort();
+        if red.len() > 10 {
+            let more = red.len() - 10;
+            red.truncate(10);
+            red.push(format!("{more} more"));
+        }
+        Ok(red)
     }
 
     async fn version(&self) -> Result<String> {

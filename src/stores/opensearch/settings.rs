@@ -2,12 +2,15 @@
 //! environment variables and flags, and their defaults. `config.rs` combines
 //! them with the other stores' and the common settings.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::OpenSearchMethod;
 use crate::archive::ArchiveCompression;
 use crate::environment::Lookup;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::human::parse_duration;
 use crate::secret::Secret;
 use crate::timeout::resolve_timeouts;
 use crate::timeout::{self, Timeouts};
@@ -30,7 +33,12 @@ pub struct OpenSearchFile {
     pub bulk_requests: Option<usize>,
     pub connect_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    /// How long a red cluster is waited for before a run gives up on it.
+    pub health_wait: Option<String>,
 }
+
+/// How long a red cluster is waited for by default.
+pub const DEFAULT_HEALTH_WAIT: Duration = Duration::from_secs(30);
 
 /// How to reach OpenSearch and how to back it up.
 #[derive(Debug, Clone)]
@@ -48,6 +56,11 @@ pub struct OpenSearchSettings {
     pub slices: usize,
     pub bulk_requests: usize,
     pub timeouts: Timeouts,
+    /// A red cluster is polled this long before a run is refused: a primary
+    /// that is initialising (an index being created, closed, opened or
+    /// restored) turns the cluster red for a moment, and a backup at 3 a.m.
+    /// must not fail on that.
+    pub health_wait: Duration,
 }
 
 impl OpenSearchSettings {
@@ -88,6 +101,13 @@ impl OpenSearchSettings {
                 os_file.connect_timeout.as_deref(),
                 os_file.idle_timeout.as_deref(),
             )?,
+            health_wait: match (env("IT_OPENSEARCH_HEALTH_WAIT"), os_file.health_wait) {
+                (Some(text), _) => parse_duration(&text)
+                    .map_err(|e| Error::usage(format!("IT_OPENSEARCH_HEALTH_WAIT: {e}")))?,
+                (None, Some(text)) => parse_duration(&text)
+                    .map_err(|e| Error::usage(format!("health_wait under [opensearch]: {e}")))?,
+                (None, None) => DEFAULT_HEALTH_WAIT,
+            },
         })
     }
 }
