@@ -11,7 +11,9 @@ use crate::artifact::{self, create_private_dir, Artifacts};
 use crate::config::Settings;
 use crate::consistency::Consistency;
 use crate::error::{io_error, Error, Result};
+use crate::freeze;
 use crate::lock::RootLock;
+use crate::moment::Moment;
 use crate::manifest::{Manifest, Status, ToolInfo, FORMAT_VERSION, MANIFEST_FILE};
 use crate::remote::{PushOutcome, Remote};
 use crate::seal::{self, Recipients};
@@ -102,10 +104,12 @@ pub async fn run(
         ),
         _ => Artifacts::in_dir(&dir),
     };
+    let uncoordinated = Moment::none();
     let ctx = BackupContext {
         dir: &dir,
         timestamp: &timestamp,
         artifacts: &artifacts,
+        moment: &uncoordinated,
     };
 
     if request.dry_run {
@@ -143,7 +147,41 @@ pub async fn run(
     }
     let started_at = jiff::Timestamp::now().to_string();
 
-    let results = futures::future::join_all(stores.iter().map(|store| store.backup(&ctx))).await;
+    let services: Vec<Service> = stores.iter().map(|s| s.service()).collect();
+    let vars = [
+        ("IT_HOOK_OPERATION", "backup".to_string()),
+        ("IT_BACKUP_DIR", dir.display().to_string()),
+        ("IT_BACKUP_TIMESTAMP", timestamp.clone()),
+        (
+            "IT_HOOK_SERVICES",
+            services.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
+        ),
+    ];
+    let coordinated = freeze::coordinate(&settings.freeze, &services, &vars, |moment| {
+        let ctx = &ctx;
+        async move {
+            let ctx = BackupContext {
+                moment: &moment,
+                ..*ctx
+            };
+            let backups = stores.iter().map(|store| async {
+                let result = store.backup(&ctx).await;
+                // A store that never told (or failed first) is done with
+                // the writers now.
+                ctx.moment.reached(store.service());
+                result
+            });
+            futures::future::join_all(backups).await
+        }
+    })
+    .await;
+    let (results, freeze) = match coordinated {
+        Ok(coordinated) => coordinated,
+        Err(e) => {
+            discard(&dir, &[], created_dir, remote.as_ref(), &timestamp).await;
+            return Err(e);
+        }
+    };
     let mut done: Vec<StoreBackup> = Vec::new();
     let mut first_error = None;
     for result in results {
@@ -182,7 +220,8 @@ pub async fn run(
         status: Status::Complete,
         host: hostname(),
         artifacts: done.iter().map(|b| (b.service, b.record.clone())).collect(),
-        consistency: Consistency::of(done.iter().map(|b| (b.service, b.record.position.as_ref()))),
+        consistency: Consistency::of(done.iter().map(|b| (b.service, b.record.position.as_ref())))
+            .map(|c| Consistency { freeze, ..c }),
         manifest_sha256: None,
     };
     if let Err(err) = commit(&dir, &done, &manifest) {

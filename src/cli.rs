@@ -240,6 +240,34 @@ pub struct BackupArgs {
     #[arg(long, requires = "upload")]
     pub no_local: bool,
 
+    /// Take every store's position at one moment: run --freeze-hook, let
+    /// each store fix its view (snapshots exported, points in time opened,
+    /// snapshot shards started), run --thaw-hook, then do the long work.
+    /// Without hooks the positions are only taken together. The manifest
+    /// records the freeze (docs/consistency.md).
+    #[arg(long)]
+    pub consistent: bool,
+
+    /// With --consistent: shell command (sh -c) that pauses the platform's
+    /// writers and returns once they are paused (IT_HOOK_EVENT=freeze).
+    #[arg(long, value_name = "CMD", requires = "thaw_hook")]
+    pub freeze_hook: Option<String>,
+
+    /// Shell command that lets the writers go again (IT_HOOK_EVENT=thaw);
+    /// run after the freeze, also after a failure, retried when it fails.
+    #[arg(long, value_name = "CMD", requires = "freeze_hook")]
+    pub thaw_hook: Option<String>,
+
+    /// The longest the writers may stay paused, from the freeze hook's
+    /// start until every store has its position (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub max_freeze: Option<String>,
+
+    /// When --max-freeze runs out: fail (thaw, stop, no backup) or continue
+    /// (thaw, finish the backup without the guarantee, and say so).
+    #[arg(long, value_name = "WHAT")]
+    pub on_freeze_timeout: Option<crate::moment::OnFreezeTimeout>,
+
     #[command(flatten)]
     pub methods: MethodArgs,
 

@@ -54,7 +54,14 @@ pub async fn run(cli: &Cli) -> Result<()> {
 
 async fn backup(cli: &Cli, args: &BackupArgs) -> Result<()> {
     let json = cli.json;
-    let settings = Settings::resolve(cli, Some(&args.methods))?;
+    let freeze = crate::moment::FreezeFlags {
+        consistent: args.consistent,
+        freeze_hook: args.freeze_hook.clone(),
+        thaw_hook: args.thaw_hook.clone(),
+        max_freeze: args.max_freeze.clone(),
+        on_freeze_timeout: args.on_freeze_timeout,
+    };
+    let settings = Settings::resolve_backup(cli, Some(&args.methods), freeze)?;
     let request = BackupRequest {
         out: args.out.clone(),
         services: args.services.clone(),

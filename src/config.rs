@@ -8,6 +8,7 @@ use crate::cli::{Cli, MethodArgs};
 use crate::environment::{env, nothing};
 use crate::error::{Error, Result};
 pub use crate::secret::Secret;
+use crate::moment::{FreezeFlags, FreezeSettings};
 use crate::service::Service;
 use crate::stores::neo4j::settings::{Neo4jFile, Neo4jSettings};
 use crate::stores::opensearch::settings::{OpenSearchFile, OpenSearchSettings};
@@ -34,6 +35,8 @@ pub struct FileConfig {
     pub encryption: EncryptionFile,
     #[serde(default)]
     pub remote: RemoteFile,
+    #[serde(default)]
+    pub consistency: crate::moment::ConsistencyFile,
 }
 
 /// `[remote]`: the repository's network bounds (durations like "10s", "2m").
@@ -66,11 +69,23 @@ pub struct Settings {
     pub encrypt_to: Vec<String>,
     /// age identity file that opens sealed artifacts.
     pub identity: Option<PathBuf>,
+    /// How a coordinated backup freezes the writers (`[consistency]`, and
+    /// the backup command's flags over it).
+    pub freeze: FreezeSettings,
 }
 
 impl Settings {
     /// Resolve settings from the parsed command line, the environment and the file.
     pub fn resolve(cli: &Cli, methods: Option<&MethodArgs>) -> Result<Self> {
+        Self::resolve_backup(cli, methods, FreezeFlags::default())
+    }
+
+    /// [`Settings::resolve`] with the backup command's freeze flags.
+    pub fn resolve_backup(
+        cli: &Cli,
+        methods: Option<&MethodArgs>,
+        freeze: FreezeFlags,
+    ) -> Result<Self> {
         let file = load_file(cli.config.as_deref())?;
         let postgres =
             PostgresSettings::resolve(file.postgres, methods.and_then(|m| m.postgres_format), env)?;
@@ -104,6 +119,7 @@ impl Settings {
             file.encryption.recipients.unwrap_or_default()
         };
         Ok(Settings {
+            freeze: FreezeSettings::resolve(file.consistency, freeze)?,
             encrypt_to,
             identity: cli.identity.clone().or(file.encryption.identity),
             stores: StoreSettings {

@@ -137,6 +137,37 @@ pub struct Consistency {
     pub window_seconds: f64,
     /// Each store's point or span, as its position records it.
     pub stores: BTreeMap<Service, StoreWindow>,
+    /// A coordinated backup's freeze (`backup --consistent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze: Option<FreezeRecord>,
+}
+
+/// How a coordinated backup's moment went: while the writers were paused
+/// (from the freeze hook's start to the thaw hook's end), which stores
+/// took their positions. With `held`, the set is one moment of everything
+/// the hooks paused, however wide the window of the positions' clocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FreezeRecord {
+    /// `held`: every store took its position inside the freeze. `exceeded`:
+    /// `max_freeze` ran out first and the backup went on without the
+    /// guarantee (`--on-freeze-timeout continue`).
+    pub outcome: String,
+    /// Whether freeze and thaw hooks paused the writers (without them the
+    /// positions were only taken together, writers going on).
+    pub hooks: bool,
+    pub from: String,
+    pub until: String,
+    pub seconds: f64,
+    pub max_seconds: f64,
+    /// The stores that had not taken their position when the freeze ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outside: Vec<Service>,
+}
+
+impl FreezeRecord {
+    pub fn held(&self) -> bool {
+        self.outcome == "held"
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,6 +213,7 @@ impl Consistency {
             latest: latest.to_string(),
             window_seconds: millis as f64 / 1000.0,
             stores,
+            freeze: None,
         })
     }
 
@@ -195,7 +227,26 @@ impl Consistency {
             }
             _ => String::new(),
         };
-        format!("consistency window {:.1} s{ends}", self.window_seconds)
+        let freeze = match &self.freeze {
+            Some(f) if f.held() && f.hooks => {
+                format!("; writers paused {:.1} s, every store inside", f.seconds)
+            }
+            Some(f) if f.held() => "; positions taken together, writers not paused".to_string(),
+            Some(f) => format!(
+                "; freeze exceeded {:.0} s, {} outside it",
+                f.max_seconds,
+                f.outside
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => String::new(),
+        };
+        format!(
+            "consistency window {:.1} s{ends}{freeze}",
+            self.window_seconds
+        )
     }
 }
 

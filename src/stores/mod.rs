@@ -37,6 +37,9 @@ pub struct BackupContext<'a> {
     /// Where the artifacts go: files in `dir`, or uploads straight into a
     /// repository (`backup --upload URL --no-local`).
     pub artifacts: &'a crate::artifact::Artifacts,
+    /// The coordinated moment (`backup --consistent`): a store tells it when
+    /// its position is taken, and takes it up front when it is coordinated.
+    pub moment: &'a crate::moment::Moment,
 }
 
 /// A finished backup of one store: its files (still `*.partial`) and its record.

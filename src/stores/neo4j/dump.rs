@@ -145,7 +145,8 @@ impl Neo4j {
         let cmd = self.dump_command();
         let (dir, artifacts) = (ctx.dir.to_path_buf(), ctx.artifacts.clone());
         let file = format!("neo4j_{}.dump", ctx.timestamp);
-        self.with_server_stopped("backup (neo4j-admin database dump)", crate::stores::blocking(SVC, move || {
+        let moment = ctx.moment;
+        let dumped = crate::stores::blocking(SVC, move || {
             let step = "dump (neo4j-admin database dump)";
             let stopped_at = jiff::Timestamp::now();
             let mut writer = artifacts.create(&file).map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
@@ -153,8 +154,15 @@ impl Neo4j {
                 .map_err(|e| e.hint("confirm the server is stopped (the runbook: `docker compose stop neo4j`) and that neo4j-admin belongs to the same Neo4j version"))?;
             let pending = writer.finish().map_err(|e| io_error(Some(SVC), step, "finish", e))?;
             Ok((pending, stopped_at))
-        }))
-        .await
+        });
+        // The server is stopped when this starts: no write can reach the
+        // dump any more, the writers may go on.
+        let work = async move {
+            moment.reached(SVC);
+            dumped.await
+        };
+        self.with_server_stopped("backup (neo4j-admin database dump)", work)
+            .await
     }
 
     /// Whether this neo4j-admin reads the dump's format (its header: the

@@ -151,7 +151,7 @@ impl OpenSearch {
         claim(ctx.dir, ctx.timestamp, &repo, &snapshot)?;
         let mut started = false;
         let taken = self
-            .snapshot_into_repository(&repo, &kind, &snapshot, selection, record, &mut started)
+            .snapshot_into_repository(&repo, &kind, &snapshot, selection, record, &mut started, ctx.moment)
             .await
             .and_then(|taken| {
                 let file = format!("opensearch_{}.snapshot.json", ctx.timestamp);
@@ -195,10 +195,11 @@ impl OpenSearch {
         selection: &Selection,
         record: &mut ArtifactRecord,
         started: &mut bool,
+        moment: &crate::moment::Moment,
     ) -> Result<SnapshotRecord> {
         let step = "snapshot";
         let answer = self
-            .snapshot_selection(repo, snapshot, selection, record, started)
+            .snapshot_selection(repo, snapshot, selection, record, started, moment)
             .await?;
         let status = self.snapshot_status(repo, snapshot, step).await?;
         let cluster = self.http.get("", step).await?;

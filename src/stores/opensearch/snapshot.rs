@@ -13,6 +13,7 @@ use crate::archive;
 use crate::archive::ArchiveCompression;
 use crate::artifact::{ArtifactSource, PendingArtifact};
 use crate::error::{io_error, Error, Result};
+use crate::moment::Moment;
 use crate::manifest::ArtifactRecord;
 use crate::process::{self, mask_userinfo, ToolCommand};
 use crate::stores::{BackupContext, RestoreContext};
@@ -183,7 +184,7 @@ impl OpenSearch {
         selection: &Selection,
         record: &mut ArtifactRecord,
     ) -> Result<PendingArtifact> {
-        self.snapshot_into(repo, location, selection, record)
+        self.snapshot_into(repo, location, selection, record, ctx.moment)
             .await?;
         let packed = self.pack_repository(ctx, location).await?;
         // What the restore will unpack under path.repo, for its free-space check.
@@ -201,6 +202,7 @@ impl OpenSearch {
         location: &Path,
         selection: &Selection,
         record: &mut ArtifactRecord,
+        moment: &Moment,
     ) -> Result<()> {
         self.http
             .call(
@@ -212,7 +214,7 @@ impl OpenSearch {
             .await
             .map_err(|e| e.hint("verify disk space and that OpenSearch may create files under path.repo (the runbook's /usr/share/opensearch/data)"))?;
         let mut started = false;
-        self.snapshot_selection(repo, "snapshot", selection, record, &mut started)
+        self.snapshot_selection(repo, "snapshot", selection, record, &mut started, moment)
             .await
             .map_err(|e| e.hint("verify disk space and that OpenSearch may write under path.repo (the runbook's /usr/share/opensearch/data)"))?;
         record.details.insert(
@@ -220,6 +222,33 @@ impl OpenSearch {
             json!({"repository": repo, "name": "snapshot", "include_global_state": true}),
         );
         Ok(())
+    }
+
+    /// Wait until every shard of the snapshot has fixed the commit it copies
+    /// (stage past INIT: OpenSearch flushes and takes the commit before it
+    /// starts copying), which is the snapshot's moment. A status the cluster
+    /// does not answer ends the wait at the snapshot's end instead.
+    async fn wait_for_shards_started(&self, repo: &str, snapshot: &str, step: &str) {
+        loop {
+            let status = match self
+                .http
+                .get(&format!("_snapshot/{repo}/{snapshot}/_status"), step)
+                .await
+            {
+                Ok(status) => status,
+                Err(e) => {
+                    tracing::warn!(error = %e, "opensearch: cannot read the snapshot's shard stages; the freeze lasts until it ends");
+                    let _ = self.wait_for_snapshot(repo, snapshot, step).await;
+                    return;
+                }
+            };
+            let snap = &status["snapshots"][0];
+            let running = matches!(snap["state"].as_str(), Some("STARTED" | "INIT" | "IN_PROGRESS"));
+            if !running || snap["shards_stats"]["initializing"].as_u64() == Some(0) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Snapshot the selection into `repo`/`snapshot` with the global state,
@@ -234,6 +263,7 @@ impl OpenSearch {
         selection: &Selection,
         record: &mut ArtifactRecord,
         started: &mut bool,
+        moment: &Moment,
     ) -> Result<Value> {
         let step = "snapshot";
         // Data streams by name: the snapshot then holds them as data streams
@@ -266,6 +296,10 @@ impl OpenSearch {
             )
             .await?;
         *started = true;
+        if moment.is_coordinated() {
+            self.wait_for_shards_started(repo, snapshot, step).await;
+            moment.reached(SVC);
+        }
         let answer = self.wait_for_snapshot(repo, snapshot, step).await?;
         let state = answer["state"].as_str().unwrap_or("unknown");
         let failed = answer["shards"]["failed"].as_u64().unwrap_or(0);

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::artifact::{self, ArtifactSource, Artifacts, HashingReader, PendingArtifact};
 use crate::error::{io_error, Error, Kind, Result};
 use crate::manifest::{ArtifactRecord, Member};
+use crate::moment::Moment;
 use crate::process::{self, ToolCommand};
 use crate::stores::{BackupContext, RestoreContext, RestoreSelection};
 
@@ -156,7 +157,7 @@ impl Postgres {
         let step = "backup";
         artifact::create_private_dir(&work)
             .map_err(|e| io_error(Some(SVC), step, work.display(), e))?;
-        let result = self.dump_databases(&work, record).await;
+        let result = self.dump_databases(&work, record, ctx.moment).await;
         let packed = match result {
             Ok(members) => {
                 let artifacts = ctx.artifacts.clone();
@@ -178,6 +179,7 @@ impl Postgres {
         &self,
         work: &Path,
         record: &mut ArtifactRecord,
+        moment: &Moment,
     ) -> Result<Vec<(String, PathBuf)>> {
         use futures::stream::{StreamExt, TryStreamExt};
         let globals = work.join(GLOBALS_MEMBER);
@@ -192,17 +194,42 @@ impl Postgres {
         let admin = self.connect("postgres", "list databases").await?;
         let databases = self.databases_to_back_up(&admin).await?;
         drop(admin);
-        // `buffered` runs `jobs` dumps at once and yields them in database order.
-        let dump_all = futures::stream::iter(databases.into_iter().enumerate())
-            .map(|(index, database)| async move {
+        let dump_all = async {
+            // `buffered` runs `jobs` dumps at once and yields them in database order.
+            let dump = |(index, exported): (usize, Exported)| async move {
                 let path = work.join(format!("{index:03}.dump"));
                 let mut rows = TableRows::default();
-                let point = self.dump_database(&database, &path, &mut rows).await?;
+                let database = exported.database.clone();
+                let point = self.dump_exported(exported, &path, &mut rows).await?;
                 tracing::info!(database = %database, "postgres: dumped database");
                 Ok::<_, Error>((database, path, rows, point))
-            })
-            .buffered(self.settings.jobs)
-            .try_collect::<Vec<_>>();
+            };
+            if moment.is_coordinated() {
+                // One moment: every database's snapshot is exported (one
+                // connection each, held until its dump has opened it)
+                // before the writers go on.
+                let exported = futures::future::try_join_all(
+                    databases.iter().map(|database| self.export_snapshot(database)),
+                )
+                .await?;
+                moment.reached(SVC);
+                futures::stream::iter(exported.into_iter().enumerate())
+                    .map(dump)
+                    .buffered(self.settings.jobs)
+                    .try_collect::<Vec<_>>()
+                    .await
+            } else {
+                // Each snapshot is exported when its dump starts: no
+                // connection is held for a database still waiting its turn.
+                futures::stream::iter(databases.into_iter().enumerate())
+                    .map(|(index, database)| async move {
+                        dump((index, self.export_snapshot(&database).await?)).await
+                    })
+                    .buffered(self.settings.jobs)
+                    .try_collect::<Vec<_>>()
+                    .await
+            }
+        };
         let (globals_dumped, dumped) = tokio::join!(dump_globals, dump_all);
         globals_dumped?;
 
@@ -228,14 +255,9 @@ impl Postgres {
         Ok(members)
     }
 
-    /// Count, digest and dump one database from the same exported snapshot;
-    /// returns the WAL point read in the statement that exported it.
-    async fn dump_database(
-        &self,
-        database: &str,
-        path: &Path,
-        rows: &mut TableRows,
-    ) -> Result<WalPoint> {
+    /// Open a repeatable-read snapshot of `database` and export it; the
+    /// connection holds it until [`Self::dump_exported`] is done with it.
+    async fn export_snapshot(&self, database: &str) -> Result<Exported> {
         let step = format!("dump database {database}");
         // The digests' session settings are this connection's own: pg_dump
         // opens its own, with its own settings.
@@ -243,41 +265,61 @@ impl Postgres {
             true => Reading::CountAndDigest,
             false => Reading::Count,
         };
-        let mut client = self.connect_to_read(database, reading, &step).await?;
-        let txn = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
+        let client = self.connect_to_read(database, reading, &step).await?;
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(|e| Self::query_error(&step, e))?;
         // One statement: the WAL point is the server's at the moment the
         // snapshot pg_dump reads was fixed.
-        let exported = txn
+        let exported = client
             .query_one(
                 &format!("SELECT pg_export_snapshot(), {WAL_POINT_COLUMNS}"),
                 &[],
             )
             .await
             .map_err(|e| Self::query_error(&step, e))?;
-        let snapshot: String = exported.get(0);
-        let point = WalPoint::from_row(&exported, 1);
+        Ok(Exported {
+            database: database.to_string(),
+            snapshot: exported.get(0),
+            point: WalPoint::from_row(&exported, 1),
+            client,
+            reading,
+        })
+    }
+
+    /// Count, digest and dump one database from its exported snapshot;
+    /// returns the WAL point read in the statement that exported it.
+    async fn dump_exported(
+        &self,
+        exported: Exported,
+        path: &Path,
+        rows: &mut TableRows,
+    ) -> Result<WalPoint> {
+        let Exported {
+            database,
+            snapshot,
+            point,
+            client,
+            reading,
+        } = exported;
+        let step = format!("dump database {database}");
         let cmd = self
             .tool("pg_dump")
             .args(["--format=custom", "--no-password"])
             .arg(format!("--snapshot={snapshot}"))
             .arg("-d")
-            .arg(conninfo_dbname(database));
+            .arg(conninfo_dbname(&database));
         let step_for_tool = step.clone();
         let file = path.to_path_buf();
         // pg_dump and the exact row counts and digests read the same
         // snapshot at the same time: they cost no extra wall time as long as
         // the server has a core to spare for them.
         let dump = blocking(move || tool_output_to_file(&cmd, &file, &step_for_tool));
-        let read = Self::read_rows(&txn, database, reading, rows);
+        let read = Self::read_rows(&client, &database, reading, rows);
         let (dumped, counted) = tokio::join!(dump, read);
         // The snapshot must stay alive until pg_dump has opened it; end it only now.
-        let _ = txn.commit().await;
+        let _ = client.batch_execute("COMMIT").await;
         dumped?;
         counted.map(|()| point)
     }
@@ -622,4 +664,14 @@ fn extract_members(archive: &ArtifactSource, members: &[Member], scratch: &Path)
         io::copy(reader, &mut out).map_err(|e| io_error(Some(SVC), step, path.display(), e))?;
         Ok(())
     })
+}
+
+/// A database's exported snapshot and the connection that keeps it alive.
+struct Exported {
+    database: String,
+    snapshot: String,
+    /// The WAL point read in the statement that exported it.
+    point: WalPoint,
+    client: tokio_postgres::Client,
+    reading: Reading,
 }

@@ -8,7 +8,10 @@ use crate::error::{Error, Result};
 use crate::manifest::ArtifactRecord;
 use crate::stores::BackupContext;
 
-use super::scan::{Hit, PageSink};
+use super::scan::{Hit, PageSink, View};
+use crate::consistency::OpenSearchPosition;
+use crate::moment::Moment;
+use std::collections::BTreeMap;
 use super::*;
 use crate::stores::opensearch::position::widen_position;
 use crate::stores::opensearch::{IndexInfo, OpenSearch, Selection, SVC};
@@ -24,7 +27,7 @@ impl OpenSearch {
         // A chunk is a page (PAGE_SIZE documents, ~2 MB of ~1 KB ones): 4
         // of them bound the queue to ~10 MB (16 held up to ~40 MB, no faster).
         artifact::export_zstd(ctx.artifacts, file, SVC, 4, |tx| async move {
-            self.export_all(indices, &tx, record).await
+            self.export_all(indices, &tx, record, ctx.moment).await
         })
         .await
     }
@@ -34,6 +37,46 @@ impl OpenSearch {
         selection: &Selection,
         tx: &ExportSender,
         record: &mut ArtifactRecord,
+        moment: &Moment,
+    ) -> Result<()> {
+        // A coordinated backup fixes every index's view now, at the moment,
+        // and reads them one by one afterwards (kept alive meanwhile).
+        let mut ahead = BTreeMap::new();
+        if moment.is_coordinated() {
+            let mut scrolls = false;
+            for index in selection.concrete() {
+                let seq_nos = self.seq_nos(std::slice::from_ref(&index.name)).await;
+                let view = self.open_view(index, "open points in time").await?;
+                scrolls |= matches!(view, View::Scroll);
+                ahead.insert(index.name.clone(), (seq_nos, view));
+            }
+            // A scroll's view is fixed only when it opens: without points
+            // in time the freeze lasts until the export has read everything.
+            if !scrolls {
+                moment.reached(SVC);
+            }
+        }
+        let waiting = std::sync::Mutex::new(ahead.values().filter_map(|(_, v)| v.pit_id()).collect::<Vec<_>>());
+        let exported = async {
+            let result = self.export_definitions_and_documents(selection, tx, record, &mut ahead, &waiting).await;
+            // Views opened ahead that a failure left unread.
+            let left: Vec<String> = ahead.values().filter_map(|(_, v)| v.pit_id()).collect();
+            self.close_pits(&left, "close points in time").await;
+            result
+        };
+        tokio::select! {
+            result = exported => result,
+            _ = self.keep_views_alive(&waiting) => unreachable!("keeps views alive until dropped"),
+        }
+    }
+
+    async fn export_definitions_and_documents(
+        &self,
+        selection: &Selection,
+        tx: &ExportSender,
+        record: &mut ArtifactRecord,
+        ahead: &mut BTreeMap<String, (Option<OpenSearchPosition>, View)>,
+        waiting: &std::sync::Mutex<Vec<String>>,
     ) -> Result<()> {
         let mut header = Line::new("header");
         header.format = Some(LOGICAL_FORMAT.into());
@@ -80,8 +123,15 @@ impl OpenSearch {
         }
 
         let mut total = 0;
+        let mut take = |name: &str| {
+            let taken = ahead.remove(name);
+            if let Some(id) = taken.as_ref().and_then(|(_, v)| v.pit_id()) {
+                waiting.lock().unwrap_or_else(|e| e.into_inner()).retain(|w| *w != id);
+            }
+            taken
+        };
         for index in &selection.indices {
-            total += self.export_index(index, tx, record).await?;
+            total += self.export_index(index, tx, record, take(&index.name)).await?;
         }
         // A data stream: its line, then its backing indices oldest first, so
         // that the restore can recreate the stream and roll it over to each.
@@ -96,7 +146,7 @@ impl OpenSearch {
             }));
             tx.send(line.to_bytes()).await?;
             for index in &stream.indices {
-                total += self.export_index(index, tx, record).await?;
+                total += self.export_index(index, tx, record, take(&index.name)).await?;
             }
         }
         let mut end = Line::new("end");
@@ -111,6 +161,7 @@ impl OpenSearch {
         index: &IndexInfo,
         tx: &ExportSender,
         record: &mut ArtifactRecord,
+        ahead: Option<(Option<OpenSearchPosition>, View)>,
     ) -> Result<u64> {
         let meta = self.http.get(&index.name, "export index settings").await?;
         let meta = &meta[&index.name];
@@ -122,9 +173,16 @@ impl OpenSearch {
             "aliases": meta["aliases"],
         }));
         tx.send(line.to_bytes()).await?;
-        // Read before the point in time opens: it holds at least these operations.
-        let seq_nos = self.seq_nos(std::slice::from_ref(&index.name)).await;
-        let (digest, opened) = self.scan_documents_at(index, PageSink::Export(tx)).await?;
+        let (seq_nos, view) = match ahead {
+            Some(ahead) => ahead,
+            None => (
+                // Read before the point in time opens: it holds at least these operations.
+                self.seq_nos(std::slice::from_ref(&index.name)).await,
+                self.open_view(index, &format!("export documents of {}", index.name))
+                    .await?,
+            ),
+        };
+        let (digest, opened) = self.scan_view(index, view, PageSink::Export(tx)).await?;
         widen_position(&mut record.position, opened, seq_nos);
         let docs = digest.count();
         let mut end = Line::new("index_end");

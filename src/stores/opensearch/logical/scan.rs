@@ -30,6 +30,29 @@ const PAGE_SIZE: usize = 2000;
 
 const KEEP_ALIVE: &str = "5m";
 
+/// What a scan reads: a point in time, or (clusters without them) a sliced
+/// scroll, whose view is fixed only when it opens.
+pub(super) enum View {
+    Pit { id: String, created: jiff::Timestamp },
+    Scroll,
+}
+
+impl View {
+    pub(super) fn pit_id(&self) -> Option<String> {
+        match self {
+            View::Pit { id, .. } => Some(id.clone()),
+            View::Scroll => None,
+        }
+    }
+}
+
+fn scan_step(index: &IndexInfo, sink: PageSink<'_>) -> String {
+    match sink {
+        PageSink::Export(_) => format!("export documents of {}", index.name),
+        PageSink::DigestOnly => format!("digest documents of {}", index.name),
+    }
+}
+
 /// A search hit, borrowed from its page: `_source` stays the page's own bytes.
 #[derive(Deserialize)]
 pub(super) struct Hit<'a> {
@@ -118,16 +141,19 @@ impl OpenSearch {
         index: &IndexInfo,
         sink: PageSink<'_>,
     ) -> Result<(UnorderedDigest, jiff::Timestamp)> {
-        let step = match sink {
-            PageSink::Export(_) => format!("export documents of {}", index.name),
-            PageSink::DigestOnly => format!("digest documents of {}", index.name),
-        };
+        let view = self.open_view(index, &scan_step(index, sink)).await?;
+        self.scan_view(index, view, sink).await
+    }
+
+    /// Fix the view of `index` its scan will read: refreshed (a point in
+    /// time sees only refreshed documents), then a point in time opened.
+    pub(super) async fn open_view(&self, index: &IndexInfo, step: &str) -> Result<View> {
         self.http
             .call(
                 Method::POST,
                 &format!("{}/_refresh", index.name),
                 None,
-                &step,
+                step,
             )
             .await?;
         let opened = jiff::Timestamp::now();
@@ -141,27 +167,36 @@ impl OpenSearch {
                 ),
             ))
             .await;
-        match pit {
-            Ok(answer) if answer["pit_id"].is_string() => {
-                let pit_id = answer["pit_id"].as_str().unwrap_or_default().to_string();
-                let created = answer["creation_time"]
+        Ok(match pit {
+            Ok(answer) if answer["pit_id"].is_string() => View::Pit {
+                id: answer["pit_id"].as_str().unwrap_or_default().to_string(),
+                created: answer["creation_time"]
                     .as_i64()
                     .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-                    .unwrap_or(opened);
-                let scanned = self.scan_pit(index, &pit_id, sink, &step).await;
-                let _ = self
-                    .http
-                    .call(
-                        Method::DELETE,
-                        "_search/point_in_time",
-                        Some(&json!({"pit_id": [pit_id]})),
-                        &step,
-                    )
-                    .await;
+                    .unwrap_or(opened),
+            },
+            // Clusters without point-in-time search: sliced scroll, which
+            // reads a snapshot too, fixed when the scroll opens.
+            _ => View::Scroll,
+        })
+    }
+
+    /// Read every document of `view` (and close it); the moment it was fixed.
+    pub(super) async fn scan_view(
+        &self,
+        index: &IndexInfo,
+        view: View,
+        sink: PageSink<'_>,
+    ) -> Result<(UnorderedDigest, jiff::Timestamp)> {
+        let step = scan_step(index, sink);
+        match view {
+            View::Pit { id, created } => {
+                let scanned = self.scan_pit(index, &id, sink, &step).await;
+                self.close_pits(&[id], &step).await;
                 scanned.map(|digest| (digest, created))
             }
-            // Clusters without point-in-time search: sliced scroll, which reads a snapshot too.
-            _ => {
+            View::Scroll => {
+                let opened = jiff::Timestamp::now();
                 let slices = self.settings.slices.min(index.primaries.max(1));
                 let jobs = (0..slices)
                     .map(|slice| self.scan_slice_scroll(&index.name, slice, slices, sink, &step));
@@ -174,10 +209,38 @@ impl OpenSearch {
         }
     }
 
-    /// OpenSearch has no `_shard_doc` tie-breaker, and `_doc` is only unique within
-    /// a shard: so there is one slice per primary shard (slicing splits by shard
-    /// first), paged with `search_after` on `_doc`, `slices` of them at a time.
-    /// The total is checked against the point in time's own count.
+    /// Close points in time (a failure only leaves them to expire).
+    pub(super) async fn close_pits(&self, ids: &[String], step: &str) {
+        if ids.is_empty() {
+            return;
+        }
+        let _ = self
+            .http
+            .call(
+                Method::DELETE,
+                "_search/point_in_time",
+                Some(&json!({ "pit_id": ids })),
+                step,
+            )
+            .await;
+    }
+
+    /// Keep points in time opened ahead of their scan alive: each is
+    /// extended every minute (they expire after [`KEEP_ALIVE`] unused)
+    /// until it is taken from `waiting`. Never ends; drop it when done.
+    pub(super) async fn keep_views_alive(&self, waiting: &std::sync::Mutex<Vec<String>>) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            let ids = waiting.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for id in ids {
+                let body = json!({"size": 0, "pit": {"id": id, "keep_alive": KEEP_ALIVE}});
+                if let Err(e) = self.http.call(Method::POST, "_search", Some(&body), "keep points in time alive").await {
+                    tracing::warn!(error = %e, "opensearch: could not extend a point in time opened ahead of its scan");
+                }
+            }
+        }
+    }
+
     async fn scan_pit(
         &self,
         index: &IndexInfo,
