@@ -13,8 +13,8 @@ use crate::consistency::Consistency;
 use crate::error::{io_error, Error, Result};
 use crate::freeze;
 use crate::lock::RootLock;
-use crate::moment::Moment;
 use crate::manifest::{Manifest, Status, ToolInfo, FORMAT_VERSION, MANIFEST_FILE};
+use crate::moment::Moment;
 use crate::remote::{PushOutcome, Remote};
 use crate::seal::{self, Recipients};
 use crate::service::{Service, ServiceList};
@@ -154,7 +154,11 @@ pub async fn run(
         ("IT_BACKUP_TIMESTAMP", timestamp.clone()),
         (
             "IT_HOOK_SERVICES",
-            services.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
+            services
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
         ),
     ];
     let coordinated = freeze::coordinate(&settings.freeze, &services, &vars, |moment| {
@@ -178,7 +182,13 @@ pub async fn run(
     let (results, freeze) = match coordinated {
         Ok(coordinated) => coordinated,
         Err(e) => {
-            discard(&dir, &[], created_dir, remote.as_ref(), &timestamp).await;
+            // The freeze failed: the stores' work was dropped wherever it
+            // was, its files with it. A directory this run made is its own.
+            if created_dir {
+                let _ = fs::remove_dir_all(&dir);
+            } else {
+                tracing::warn!(dir = %dir.display(), "the failed backup may have left partial files in a directory it did not create");
+            }
             return Err(e);
         }
     };

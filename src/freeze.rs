@@ -77,10 +77,17 @@ where
         thaw(settings, vars).await?;
         if in_time {
             let record = record("held", Vec::new());
-            tracing::info!(seconds = record.seconds, "every store took its position inside the freeze; writers thawed");
+            tracing::info!(
+                seconds = record.seconds,
+                "every store took its position inside the freeze; writers thawed"
+            );
             return Ok(record);
         }
-        let names = outside.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        let names = outside
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         match settings.on_timeout {
             OnFreezeTimeout::Fail => Err(Error::failure(
                 "freeze",

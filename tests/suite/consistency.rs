@@ -272,3 +272,219 @@ fn a_base_backup_stands_at_its_stop_lsn_and_a_plain_dump_spans_its_run() {
         "{pg}"
     );
 }
+
+/// The ids the three stores hold are one set, none empty.
+fn assert_one_set(stores: &[(&str, std::collections::BTreeSet<u64>); 3], what: &str) {
+    let (_, postgres) = &stores[0];
+    assert!(!postgres.is_empty(), "{what}: no event restored");
+    for (name, ids) in &stores[1..] {
+        let only_pg: Vec<_> = postgres.difference(ids).collect();
+        let only_here: Vec<_> = ids.difference(postgres).collect();
+        assert!(
+            only_pg.is_empty() && only_here.is_empty(),
+            "{what}: postgres and {name} disagree: only in postgres {only_pg:?}, only in {name} {only_here:?}"
+        );
+    }
+}
+
+/// The Done-when of the coordinated moment: a writer puts every event into
+/// all three stores while `backup --consistent` runs with freeze and thaw
+/// hooks that pause it; after the restore the three id sets are identical,
+/// for OpenSearch's snapshot and logical methods alike, and the writer was
+/// writing before and after the freeze.
+#[test]
+fn a_consistent_backup_under_a_live_writer_restores_one_moment_of_all_three_stores() {
+    use common::writer::{create_event_stores, drop_event_stores, ids_in_stores};
+    let _guard = exclusive(&[Postgres, Opensearch, Neo4j]);
+    create_event_stores();
+    let work = tempfile::tempdir().unwrap();
+    let writer = CrossStoreWriter::start(work.path());
+    let (freeze, thaw) = (writer.freeze_hook(), writer.thaw_hook());
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let mut backups = Vec::new();
+    for method in ["snapshot", "logical"] {
+        writer.wait_for(writer.written() + 20);
+        let before = writer.written();
+        let name = format!("consistent-{method}");
+        let hooks = [
+            "--consistent",
+            "--freeze-hook",
+            &freeze,
+            "--thaw-hook",
+            &thaw,
+            "--max-freeze",
+            "60s",
+            "--opensearch-method",
+            method,
+            "--timestamp",
+            &name,
+        ];
+        let mut args = vec!["--root", root_arg, "backup"];
+        args.extend(hooks);
+        ok(&args, &[]);
+        // The writer went on after the thaw.
+        writer.wait_for(writer.written() + 20);
+        let dir = root.path().join(&name);
+        let manifest = manifest_json(&dir);
+        validate_schema(&manifest);
+        let freeze = &manifest["consistency"]["freeze"];
+        assert_eq!(freeze["outcome"], "held", "{freeze}");
+        assert_eq!(freeze["hooks"], true, "{freeze}");
+        assert!(freeze["seconds"].as_f64().unwrap() <= 60.0, "{freeze}");
+        backups.push((method, dir, before));
+    }
+    let written = writer.stop();
+    let listed =
+        String::from_utf8_lossy(&ok(&["--root", root_arg, "list"], &[]).stdout).into_owned();
+    assert!(listed.contains("writers paused"), "{listed}");
+
+    for (method, dir, before) in backups {
+        ok(
+            &[&["--root", root_arg][..], &restore_args(&dir, None)].concat(),
+            &[],
+        );
+        let stores = ids_in_stores();
+        assert_one_set(&stores, method);
+        let restored = stores[0].1.len() as u64;
+        // Every event up to the freeze is there and none after it: the ids are 1..=n.
+        assert_eq!(
+            stores[0].1.iter().max(),
+            Some(&restored),
+            "{method}: ids are not 1..=n"
+        );
+        assert!(
+            restored >= before && restored < written,
+            "{method}: {restored} events restored; the writer had written {before} when the backup started and {written} in all"
+        );
+        // Each restored event is linked to the one before it.
+        let links =
+            Neo::connect().count("MATCH (:ItbEvent)-[r:NEXT]->(:ItbEvent) RETURN count(r) AS n");
+        assert_eq!(links as u64, restored - 1, "{method}");
+    }
+    drop_event_stores();
+}
+
+/// A freeze hook that never returns is killed at --max-freeze, the writers
+/// are thawed, and the run fails with nothing kept, or (`continue`) keeps
+/// the backup and records that the freeze was exceeded.
+#[test]
+fn a_freeze_past_max_freeze_is_ended_thawed_and_fails_or_continues_as_chosen() {
+    let _guard = exclusive(&[Postgres]);
+    let work = tempfile::tempdir().unwrap();
+    let thawed = work.path().join("thawed");
+    let thaw = format!("echo x >> {}", thawed.display());
+    let freeze = "sleep 600";
+    let backup = |root: &str, on_timeout: &str| {
+        let started = std::time::Instant::now();
+        let out = itbackup(
+            &[
+                "--root",
+                root,
+                "backup",
+                "--services",
+                "postgres",
+                "--consistent",
+                "--freeze-hook",
+                freeze,
+                "--thaw-hook",
+                &thaw,
+                "--max-freeze",
+                "2s",
+                "--on-freeze-timeout",
+                on_timeout,
+            ],
+            &[],
+        );
+        (out, started.elapsed())
+    };
+
+    let root = temp_root();
+    let (out, took) = backup(root.path().to_str().unwrap(), "fail");
+    assert_eq!(out.status.code(), Some(exit::FAILURE), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not return within --max-freeze"), "{err}");
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+    assert_eq!(
+        std::fs::read_to_string(&thawed).unwrap(),
+        "x\n",
+        "thawed once"
+    );
+    assert_no_backup(root.path());
+
+    let root = temp_root();
+    let (out, _) = backup(root.path().to_str().unwrap(), "continue");
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WITHOUT a consistent moment"), "{err}");
+    let manifest = manifest_json(&only_backup(root.path()));
+    validate_schema(&manifest);
+    let record = &manifest["consistency"]["freeze"];
+    assert_eq!(record["outcome"], "exceeded", "{record}");
+    assert_eq!(record["outside"], json!(["postgres"]), "{record}");
+    assert_eq!(std::fs::read_to_string(&thawed).unwrap(), "x\nx\n");
+}
+
+/// A thaw hook that fails is said loudly and run again; one that keeps
+/// failing fails the run, telling the operator the writers may be paused.
+#[test]
+fn a_failing_thaw_hook_is_retried_and_reported_loudly() {
+    let _guard = exclusive(&[Postgres]);
+    let work = tempfile::tempdir().unwrap();
+    let tries = work.path().join("tries");
+    // Fails on its first run, succeeds on the second.
+    let flaky = format!("echo x >> {0}; [ $(wc -l < {0}) -ge 2 ]", tries.display());
+    let root = temp_root();
+    let root_arg = root.path().to_str().unwrap();
+    let out = itbackup(
+        &[
+            "--root",
+            root_arg,
+            "backup",
+            "--services",
+            "postgres",
+            "--consistent",
+            "--freeze-hook",
+            "true",
+            "--thaw-hook",
+            &flaky,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("THE THAW HOOK FAILED"), "{err}");
+    assert_eq!(std::fs::read_to_string(&tries).unwrap().lines().count(), 2);
+    assert_eq!(
+        manifest_json(&only_backup(root.path()))["consistency"]["freeze"]["outcome"],
+        "held"
+    );
+
+    let root = temp_root();
+    let out = itbackup(
+        &[
+            "--root",
+            root.path().to_str().unwrap(),
+            "backup",
+            "--services",
+            "postgres",
+            "--consistent",
+            "--freeze-hook",
+            "true",
+            "--thaw-hook",
+            "exit 3",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(exit::FAILURE), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed 3 times") && err.contains("WRITERS MAY STILL BE PAUSED"),
+        "{err}"
+    );
+    assert!(
+        err.contains("exit 3"),
+        "the hint names the command to run by hand: {err}"
+    );
+    assert_no_backup(root.path());
+}

@@ -149,10 +149,14 @@ impl Neo4j {
         let dumped = crate::stores::blocking(SVC, move || {
             let step = "dump (neo4j-admin database dump)";
             let stopped_at = jiff::Timestamp::now();
-            let mut writer = artifacts.create(&file).map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
+            let mut writer = artifacts
+                .create(&file)
+                .map_err(|e| io_error(Some(SVC), step, dir.join(&file).display(), e))?;
             process::run_with_output_into(&cmd, &mut writer, SVC, step)
                 .map_err(|e| e.hint("confirm the server is stopped (the runbook: `docker compose stop neo4j`) and that neo4j-admin belongs to the same Neo4j version"))?;
-            let pending = writer.finish().map_err(|e| io_error(Some(SVC), step, "finish", e))?;
+            let pending = writer
+                .finish()
+                .map_err(|e| io_error(Some(SVC), step, "finish", e))?;
             Ok((pending, stopped_at))
         });
         // The server is stopped when this starts: no write can reach the

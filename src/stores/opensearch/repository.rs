@@ -151,7 +151,15 @@ impl OpenSearch {
         claim(ctx.dir, ctx.timestamp, &repo, &snapshot)?;
         let mut started = false;
         let taken = self
-            .snapshot_into_repository(&repo, &kind, &snapshot, selection, record, &mut started, ctx.moment)
+            .snapshot_into_repository(
+                &repo,
+                &kind,
+                &snapshot,
+                selection,
+                record,
+                &mut started,
+                ctx.moment,
+            )
             .await
             .and_then(|taken| {
                 let file = format!("opensearch_{}.snapshot.json", ctx.timestamp);

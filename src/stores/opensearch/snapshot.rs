@@ -13,8 +13,8 @@ use crate::archive;
 use crate::archive::ArchiveCompression;
 use crate::artifact::{ArtifactSource, PendingArtifact};
 use crate::error::{io_error, Error, Result};
-use crate::moment::Moment;
 use crate::manifest::ArtifactRecord;
+use crate::moment::Moment;
 use crate::process::{self, mask_userinfo, ToolCommand};
 use crate::stores::{BackupContext, RestoreContext};
 use crate::target::Target;
@@ -243,7 +243,10 @@ impl OpenSearch {
                 }
             };
             let snap = &status["snapshots"][0];
-            let running = matches!(snap["state"].as_str(), Some("STARTED" | "INIT" | "IN_PROGRESS"));
+            let running = matches!(
+                snap["state"].as_str(),
+                Some("STARTED" | "INIT" | "IN_PROGRESS")
+            );
             if !running || snap["shards_stats"]["initializing"].as_u64() == Some(0) {
                 return;
             }

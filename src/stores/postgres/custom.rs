@@ -209,7 +209,9 @@ impl Postgres {
                 // connection each, held until its dump has opened it)
                 // before the writers go on.
                 let exported = futures::future::try_join_all(
-                    databases.iter().map(|database| self.export_snapshot(database)),
+                    databases
+                        .iter()
+                        .map(|database| self.export_snapshot(database)),
                 )
                 .await?;
                 moment.reached(SVC);

@@ -20,12 +20,14 @@ mod locks;
 mod neo4j;
 pub mod s3_gate;
 mod small_disk;
+pub mod writer;
 
 pub use cmd::Cmd;
 pub use fixtures::{env_refs, Method, StoreFixture};
 pub use locks::*;
 pub use neo4j::Neo;
 pub use small_disk::SmallDisk;
+pub use writer::CrossStoreWriter;
 
 /// A variable `testenv/env` sets; its absence means the tests were not started by `make test`.
 pub fn required_env(name: &str) -> String {

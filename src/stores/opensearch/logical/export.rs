@@ -9,12 +9,12 @@ use crate::manifest::ArtifactRecord;
 use crate::stores::BackupContext;
 
 use super::scan::{Hit, PageSink, View};
+use super::*;
 use crate::consistency::OpenSearchPosition;
 use crate::moment::Moment;
-use std::collections::BTreeMap;
-use super::*;
 use crate::stores::opensearch::position::widen_position;
 use crate::stores::opensearch::{IndexInfo, OpenSearch, Selection, SVC};
+use std::collections::BTreeMap;
 
 impl OpenSearch {
     pub(in crate::stores::opensearch) async fn backup_logical(
@@ -56,9 +56,16 @@ impl OpenSearch {
                 moment.reached(SVC);
             }
         }
-        let waiting = std::sync::Mutex::new(ahead.values().filter_map(|(_, v)| v.pit_id()).collect::<Vec<_>>());
+        let waiting = std::sync::Mutex::new(
+            ahead
+                .values()
+                .filter_map(|(_, v)| v.pit_id())
+                .collect::<Vec<_>>(),
+        );
         let exported = async {
-            let result = self.export_definitions_and_documents(selection, tx, record, &mut ahead, &waiting).await;
+            let result = self
+                .export_definitions_and_documents(selection, tx, record, &mut ahead, &waiting)
+                .await;
             // Views opened ahead that a failure left unread.
             let left: Vec<String> = ahead.values().filter_map(|(_, v)| v.pit_id()).collect();
             self.close_pits(&left, "close points in time").await;
@@ -126,12 +133,17 @@ impl OpenSearch {
         let mut take = |name: &str| {
             let taken = ahead.remove(name);
             if let Some(id) = taken.as_ref().and_then(|(_, v)| v.pit_id()) {
-                waiting.lock().unwrap_or_else(|e| e.into_inner()).retain(|w| *w != id);
+                waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|w| *w != id);
             }
             taken
         };
         for index in &selection.indices {
-            total += self.export_index(index, tx, record, take(&index.name)).await?;
+            total += self
+                .export_index(index, tx, record, take(&index.name))
+                .await?;
         }
         // A data stream: its line, then its backing indices oldest first, so
         // that the restore can recreate the stream and roll it over to each.
@@ -146,7 +158,9 @@ impl OpenSearch {
             }));
             tx.send(line.to_bytes()).await?;
             for index in &stream.indices {
-                total += self.export_index(index, tx, record, take(&index.name)).await?;
+                total += self
+                    .export_index(index, tx, record, take(&index.name))
+                    .await?;
             }
         }
         let mut end = Line::new("end");

@@ -33,7 +33,10 @@ const KEEP_ALIVE: &str = "5m";
 /// What a scan reads: a point in time, or (clusters without them) a sliced
 /// scroll, whose view is fixed only when it opens.
 pub(super) enum View {
-    Pit { id: String, created: jiff::Timestamp },
+    Pit {
+        id: String,
+        created: jiff::Timestamp,
+    },
     Scroll,
 }
 
@@ -234,7 +237,16 @@ impl OpenSearch {
             let ids = waiting.lock().unwrap_or_else(|e| e.into_inner()).clone();
             for id in ids {
                 let body = json!({"size": 0, "pit": {"id": id, "keep_alive": KEEP_ALIVE}});
-                if let Err(e) = self.http.call(Method::POST, "_search", Some(&body), "keep points in time alive").await {
+                if let Err(e) = self
+                    .http
+                    .call(
+                        Method::POST,
+                        "_search",
+                        Some(&body),
+                        "keep points in time alive",
+                    )
+                    .await
+                {
                     tracing::warn!(error = %e, "opensearch: could not extend a point in time opened ahead of its scan");
                 }
             }
