@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::consistency::FreezeRecord;
 use crate::error::{Error, Result};
-use crate::hooks::run_hook;
 use crate::moment::{FreezeSettings, Moment, OnFreezeTimeout};
+use crate::process::run_hook;
 use crate::service::Service;
 
 /// How long one run of the thaw hook may take.

@@ -14,8 +14,10 @@ use std::process::{Command, Stdio};
 
 use crate::secret::Secret;
 
+mod hook;
 mod run;
 
+pub use hook::run_hook;
 pub use run::*;
 
 /// Lines of a tool's standard error kept for the error message.

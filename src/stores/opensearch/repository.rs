@@ -152,8 +152,7 @@ impl OpenSearch {
         let mut started = false;
         let taken = self
             .snapshot_into_repository(
-                &repo,
-                &kind,
+                (&repo, &kind),
                 &snapshot,
                 selection,
                 record,
@@ -197,8 +196,8 @@ impl OpenSearch {
 
     async fn snapshot_into_repository(
         &self,
-        repo: &str,
-        kind: &str,
+        // The registered repository: its name and type.
+        (repo, kind): (&str, &str),
         snapshot: &str,
         selection: &Selection,
         record: &mut ArtifactRecord,
