@@ -58,8 +58,9 @@ where
                 return Err(freeze_failed(e, timed_out, bound));
             }
             tracing::warn!(error = %e, "the freeze hook did not return within --max-freeze; the writers were thawed and the backup goes on WITHOUT a consistent moment (--on-freeze-timeout continue)");
+            let exceeded = record("exceeded", services.to_vec());
             let outcome = work(Moment::none()).await;
-            return Ok((outcome, Some(record("exceeded", services.to_vec()))));
+            return Ok((outcome, Some(exceeded)));
         }
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "writers paused");
     }
