@@ -572,6 +572,18 @@ pub struct DrillArgs {
     #[arg(long, value_enum, default_value_t = Parallel::Auto, value_name = "auto|all|none")]
     pub parallel: Parallel,
 
+    /// Keep a writer running during the drill's backup that puts every event
+    /// id into all three stores; after the restore, compare the id sets and
+    /// report (synthetic-validation.json, `cross_store`) which store lacks
+    /// which events. With --consistent they must agree.
+    #[arg(long, conflicts_with = "backup")]
+    pub cross_store: bool,
+
+    /// Take the drill's backup at one moment (`backup --consistent`); with
+    /// --cross-store its freeze and thaw hooks pause the drill's writer.
+    #[arg(long, conflicts_with = "backup")]
+    pub consistent: bool,
+
     /// The same as --parallel none.
     #[arg(long, hide = true)]
     pub sequential: bool,

@@ -169,6 +169,8 @@ async fn drill(cli: &Cli, args: &DrillArgs) -> Result<()> {
         sabotage: args.sabotage,
         json,
         upload: args.upload.clone(),
+        cross_store: args.cross_store,
+        consistent: args.consistent,
     };
     let ctx = hooks::RunContext::drill(&settings, &request, &args.monitor);
     // A drill that ran but found differences is a failure for the

@@ -335,6 +335,24 @@ pub fn drill(outcome: &crate::drill::DrillOutcome, json: bool) {
     if let Some(consistency) = &v.consistency {
         println!("  {}", consistency.describe());
     }
+    if let Some(cross) = &v.cross_store {
+        println!(
+            "  cross-store: {} events written, {} back in every store, {} in some{}: {}",
+            cross.written,
+            cross.in_every_store,
+            cross.in_any_store,
+            if cross.consistent {
+                " (consistent backup)"
+            } else {
+                ""
+            },
+            if cross.agree {
+                "the stores agree".to_string()
+            } else {
+                cross.differences().join("; ")
+            }
+        );
+    }
     for error in &v.errors {
         println!("  error: {error}");
     }

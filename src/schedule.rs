@@ -308,6 +308,8 @@ async fn one_run(
             // No progress display in a service's log.
             json: true,
             upload: None,
+            cross_store: false,
+            consistent: false,
         };
         let work = async {
             let outcome = drill::run(settings, request).await?;

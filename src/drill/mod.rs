@@ -15,13 +15,17 @@ use crate::artifact;
 use crate::backup::{self, BackupOutcome, BackupRequest};
 use crate::config::Settings;
 use crate::error::{io_error, Error, Result};
+use crate::moment::FreezeSettings;
 use crate::parallel::{Parallel, Plan};
 use crate::progress::Progress;
 use crate::restore::{self, RestoreOutcome, RestoreRequest};
 use crate::service::{Service, ServiceList};
 use crate::stores::{self, DrillInventory, Store};
 
+pub mod cross_store;
 pub mod sandbox;
+
+use cross_store::{CrossStoreReport, CrossStoreWriter};
 
 /// The file the runbook's `tests/backup_restore_synthetic.sh` leaves behind.
 pub const VALIDATION_FILE: &str = "synthetic-validation.json";
@@ -43,6 +47,12 @@ pub struct DrillRequest {
     pub json: bool,
     /// Repository the backup is also uploaded to and restored from.
     pub upload: Option<String>,
+    /// Write events into every store during the backup and compare the
+    /// restored id sets (`drill --cross-store`).
+    pub cross_store: bool,
+    /// Take the drill's backup with `--consistent` (with `cross_store`, its
+    /// hooks pause the drill's writer).
+    pub consistent: bool,
 }
 
 /// One store's part of `synthetic-validation.json`.
@@ -85,16 +95,30 @@ pub struct Validation {
     /// How far apart the backup's stores are (its manifest's `consistency`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consistency: Option<crate::consistency::Consistency>,
+    /// `drill --cross-store`: the events each store came back with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_store: Option<CrossStoreReport>,
     pub errors: Vec<String>,
 }
 
 impl Validation {
+    /// A consistent backup whose stores came back with different events:
+    /// what `--consistent` promised does not hold. (Without it, the
+    /// difference is the measurement, not a failure.)
+    fn cross_store_mismatch(&self) -> Vec<String> {
+        match &self.cross_store {
+            Some(report) if report.consistent => report.differences(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Every difference, one line each, for the error message.
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.errors.clone();
         for (service, v) in &self.services {
             out.extend(v.differences.iter().map(|d| format!("{service}: {d}")));
         }
+        out.extend(self.cross_store_mismatch());
         if !self.rto_ok && self.rto_seconds.is_some() {
             out.push(format!(
                 "restore took {:.0} s, over the {:.0} s objective",
@@ -122,10 +146,11 @@ impl DrillOutcome {
             return Ok(());
         }
         let differs = validation.errors.is_empty()
-            && validation
+            && (validation
                 .services
                 .values()
-                .any(|v| !v.differences.is_empty());
+                .any(|v| !v.differences.is_empty())
+                || !validation.cross_store_mismatch().is_empty());
         let kind = if differs {
             crate::error::Kind::VerificationMismatch
         } else {
@@ -177,6 +202,28 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
             summary(&expected, |i| i.count.to_string())
         ));
 
+        let writer = match request.cross_store {
+            true => {
+                let step = Progress::step(show, "starting the cross-store writer");
+                let writer = CrossStoreWriter::start(&stores).await?;
+                step.done("writing events into every store");
+                Some(writer)
+            }
+            false => None,
+        };
+        // The drill's data is its own: the operator's freeze hooks (which
+        // pause the platform's writers) never run for it.
+        let mut backup_settings = settings.clone();
+        backup_settings.freeze = match &writer {
+            Some(writer) if request.consistent => writer.freeze(settings.freeze.max_freeze),
+            _ => FreezeSettings {
+                consistent: request.consistent,
+                freeze_hook: None,
+                thaw_hook: None,
+                ..settings.freeze.clone()
+            },
+        };
+
         let step = Progress::step(show, "backing up (the normal backup path)");
         let started = Instant::now();
         let backup_request = BackupRequest {
@@ -188,7 +235,12 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
             no_local: false,
         };
         let target = backup_request.target(&settings.root)?;
-        let outcome = backup::run(settings, backup_request, target).await?;
+        let outcome = backup::run(&backup_settings, backup_request, target).await;
+        let written = match writer {
+            Some(writer) => Some(writer.stop().await?),
+            None => None,
+        };
+        let outcome = outcome?;
         let backup_seconds = started.elapsed().as_secs_f64();
         let BackupOutcome::Done { dir, manifest, .. } = outcome else {
             unreachable!("not a dry run");
@@ -201,9 +253,9 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         let step = Progress::step(show, "removing the synthetic data");
         futures::future::try_join_all(stores.iter().map(|s| s.drill_wipe())).await?;
         step.done("synthetic data removed");
-        Ok::<_, Error>((expected, backup_seconds, dir, manifest))
+        Ok::<_, Error>((expected, backup_seconds, dir, manifest, written))
     };
-    let (expected, backup_seconds, dir, manifest) = match prepared.await {
+    let (expected, backup_seconds, dir, manifest, written) = match prepared.await {
         Ok(prepared) => prepared,
         Err(e) => return Err(abandon(&stores, request.keep, e).await),
     };
@@ -239,6 +291,15 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         Some(inventories(&stores).await?)
     } else {
         None
+    };
+    let consistent = manifest
+        .consistency
+        .as_ref()
+        .and_then(|c| c.freeze.as_ref())
+        .is_some_and(|f| f.held() && f.hooks);
+    let cross_store = match (written, &restore.failure) {
+        (Some(written), None) => Some(CrossStoreReport::of(&stores, consistent, written).await?),
+        _ => None,
     };
     let mut per_service = BTreeMap::new();
     for store in &stores {
@@ -286,7 +347,12 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         postgres_rows: restored_count(Service::Postgres),
         neo4j_nodes: restored_count(Service::Neo4j),
         opensearch_doc: restored_count(Service::Opensearch),
-        ok: errors.is_empty() && rto_ok && per_service.values().all(|v| v.ok),
+        ok: errors.is_empty()
+            && rto_ok
+            && per_service.values().all(|v| v.ok)
+            && cross_store
+                .as_ref()
+                .is_none_or(|r| r.agree || !r.consistent),
         timestamp: manifest.timestamp.clone(),
         backup_dir: dir.clone(),
         scale: request.scale,
@@ -296,6 +362,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         restore_parallel: restore.plan.as_ref().is_some_and(|p| p.parallel),
         restore_plan: restore.plan.clone(),
         consistency: manifest.consistency.clone(),
+        cross_store,
         rto_seconds: restore_seconds,
         rto_objective_seconds: RTO_OBJECTIVE_SECONDS,
         rto_ok,
@@ -505,6 +572,7 @@ mod tests {
                 rto_ok: true,
                 rpo_objective_hours: RPO_OBJECTIVE_HOURS,
                 consistency: None,
+                cross_store: None,
                 errors,
             },
             file: PathBuf::from("synthetic-validation.json"),

@@ -193,6 +193,24 @@ pub trait DrillData: Send + Sync {
 
     /// Remove one drill record (fault injection: proves the drill can fail).
     async fn drill_remove_one(&self) -> Result<()>;
+
+    /// Create the drill's (empty) event store beside its data, for
+    /// `drill --cross-store`: a table, an index or a label of its own, left
+    /// out of the inventory and removed by [`DrillData::drill_wipe`].
+    async fn drill_events_create(&self) -> Result<()>;
+
+    /// A writer of events into it, holding its own connection.
+    async fn drill_events_writer(&self) -> Result<Box<dyn DrillEvents>>;
+
+    /// The event ids it holds now.
+    async fn drill_event_ids(&self) -> Result<std::collections::BTreeSet<u64>>;
+}
+
+/// Writes one event, by id, into a store: the drill's cross-store writer
+/// puts every id into every store, as the platform keeps one world in three.
+#[async_trait]
+pub trait DrillEvents: Send {
+    async fn write(&mut self, id: u64) -> Result<()>;
 }
 
 /// Sum of per-record SHA-256 prefixes: equal for equal multisets of records,

@@ -248,3 +248,124 @@ fn the_restore_schedule_follows_the_machine_unless_told() {
     let none = drill(&["--sequential"]);
     assert_eq!(none["parallel"], false, "{none:#}");
 }
+
+/// The event ids the drill's cross-store writer left in each store (after
+/// a `drill --keep`).
+fn drill_events_in_stores(
+) -> std::collections::BTreeMap<&'static str, std::collections::BTreeSet<u64>> {
+    use reqwest::Method;
+    let postgres = psql("itbackup_drill", "SELECT id FROM drill_events")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    opensearch(Method::POST, "itbackup-drill-events/_refresh", None);
+    let hits = opensearch(
+        Method::GET,
+        "itbackup-drill-events/_search?size=10000&_source=false",
+        None,
+    );
+    let opensearch = hits["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["_id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let neo4j = Neo::connect()
+        .rows("MATCH (e:ItbackupDrillEvent) RETURN e.id AS id")
+        .iter()
+        .map(|r| r.get::<i64>("id").unwrap() as u64)
+        .collect();
+    [
+        ("postgres", postgres),
+        ("opensearch", opensearch),
+        ("neo4j", neo4j),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// `drill --cross-store`: a writer puts every event into all three stores
+/// during the drill's backup. Without --consistent the report says, per
+/// store, how many events came back and which ones it lacks, exactly as the
+/// stores hold them; with --consistent (hooks pausing the writer) the three
+/// id sets agree and the drill passes.
+#[test]
+fn a_cross_store_drill_reports_what_each_store_came_back_with() {
+    let _guard = exclusive(&[Postgres, Opensearch, Neo4j]);
+    for consistent in [false, true] {
+        let root = temp_root();
+        let root_arg = root.path().to_str().unwrap();
+        let mut args = vec![
+            "--root",
+            root_arg,
+            "--json",
+            "drill",
+            "--yes",
+            "--keep",
+            "--scale",
+            "200",
+            "--cross-store",
+        ];
+        if consistent {
+            args.push("--consistent");
+        }
+        let out = itbackup(&args, &[]);
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("JSON on stdout: {}", text(&out)));
+        let report = &v["cross_store"];
+        let held = drill_events_in_stores();
+        let any: std::collections::BTreeSet<u64> = held.values().flatten().copied().collect();
+        assert!(!any.is_empty(), "{report:#}");
+        assert_eq!(report["in_any_store"], any.len() as u64, "{report:#}");
+        for (store, ids) in &held {
+            let lacks: Vec<u64> = any.difference(ids).copied().collect();
+            assert_eq!(
+                report["stores"][store]["restored"],
+                ids.len() as u64,
+                "{store}: {report:#}"
+            );
+            assert_eq!(
+                report["stores"][store]["missing"],
+                lacks.len() as u64,
+                "{store}: {report:#}"
+            );
+            assert_eq!(
+                report["stores"][store]["missing_ids"],
+                serde_json::json!(lacks.iter().take(100).collect::<Vec<_>>()),
+                "{store}: {report:#}"
+            );
+        }
+        assert_eq!(
+            report["agree"],
+            held.values().all(|ids| *ids == any),
+            "{report:#}"
+        );
+        assert!(
+            report["written"].as_u64().unwrap() >= any.len() as u64,
+            "{report:#}"
+        );
+        assert_eq!(report["consistent"], consistent, "{report:#}");
+        if consistent {
+            assert!(out.status.success(), "{}", text(&out));
+            assert_eq!(report["agree"], true, "{report:#}");
+            assert_eq!(v["consistency"]["freeze"]["outcome"], "held", "{v:#}");
+            // The writer went on after the thaw: events written after the
+            // moment are not in the backup.
+            assert!(
+                report["written"].as_u64().unwrap() > report["in_every_store"].as_u64().unwrap(),
+                "{report:#}"
+            );
+        }
+        // The kept drill data goes with the next drill's wipe; remove it now.
+        psql(
+            "postgres",
+            "DROP DATABASE IF EXISTS itbackup_drill WITH (FORCE)",
+        );
+        for index in ["itbackup-drill-docs", "itbackup-drill-events"] {
+            opensearch(reqwest::Method::DELETE, index, None);
+        }
+        Neo::connect()
+            .run("MATCH (n) WHERE n:ItbackupDrill OR n:ItbackupDrillEvent DETACH DELETE n");
+    }
+}

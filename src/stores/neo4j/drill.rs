@@ -5,11 +5,15 @@ use neo4rs::{query, Graph};
 
 use super::{neo_error, Neo4j};
 use crate::error::Result;
-use crate::stores::{DrillData, DrillInventory, UnorderedDigest};
+use crate::stores::{DrillData, DrillEvents, DrillInventory, UnorderedDigest};
 
 /// Every node the drill creates has this label; nothing else is touched.
 pub const DRILL_LABEL: &str = "ItbackupDrill";
 const DRILL_INDEX: &str = "itbackup_drill_i";
+/// `drill --cross-store`'s events: nodes of their own label, each linked to
+/// the one before it (not in the inventory).
+const EVENT_LABEL: &str = "ItbackupDrillEvent";
+const EVENT_INDEX: &str = "itbackup_drill_event_i";
 const BATCH: u64 = 10_000;
 
 impl Neo4j {
@@ -48,7 +52,7 @@ impl DrillData for Neo4j {
         let rows = self
             .rows(
                 &graph,
-                &format!("MATCH (n) WHERE NOT n:{DRILL_LABEL} RETURN toString(count(n)) AS n"),
+                &format!("MATCH (n) WHERE NOT n:{DRILL_LABEL} AND NOT n:{EVENT_LABEL} RETURN toString(count(n)) AS n"),
                 "drill: inspect",
             )
             .await?;
@@ -149,9 +153,54 @@ impl DrillData for Neo4j {
             .await
             .map_err(|e| neo_error(step, e))?;
         graph
-            .run(query(&format!("DROP INDEX {DRILL_INDEX} IF EXISTS")))
+            .run(query(&format!(
+                "MATCH (n:{EVENT_LABEL}) CALL {{ WITH n DETACH DELETE n }} IN TRANSACTIONS OF {BATCH} ROWS"
+            )))
             .await
-            .map_err(|e| neo_error(step, e))
+            .map_err(|e| neo_error(step, e))?;
+        for index in [DRILL_INDEX, EVENT_INDEX] {
+            graph
+                .run(query(&format!("DROP INDEX {index} IF EXISTS")))
+                .await
+                .map_err(|e| neo_error(step, e))?;
+        }
+        Ok(())
+    }
+
+    async fn drill_events_create(&self) -> Result<()> {
+        let step = "drill: create the event index";
+        let graph = self.graph().await?;
+        for cypher in [
+            format!("MATCH (n:{EVENT_LABEL}) DETACH DELETE n"),
+            format!("CREATE INDEX {EVENT_INDEX} IF NOT EXISTS FOR (n:{EVENT_LABEL}) ON (n.id)"),
+        ] {
+            graph
+                .run(query(&cypher))
+                .await
+                .map_err(|e| neo_error(step, e))?;
+        }
+        Ok(())
+    }
+
+    async fn drill_events_writer(&self) -> Result<Box<dyn DrillEvents>> {
+        Ok(Box::new(EventWriter {
+            graph: self.graph().await?,
+        }))
+    }
+
+    async fn drill_event_ids(&self) -> Result<std::collections::BTreeSet<u64>> {
+        let graph = self.graph().await?;
+        let rows = self
+            .rows(
+                &graph,
+                &format!("MATCH (n:{EVENT_LABEL}) RETURN toString(n.id) AS id"),
+                "drill: read events",
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get::<String>("id").ok()?.parse().ok())
+            .collect())
     }
 
     async fn drill_remove_one(&self) -> Result<()> {
@@ -163,5 +212,24 @@ impl DrillData for Neo4j {
             )))
             .await
             .map_err(|e| neo_error(step, e))
+    }
+}
+
+struct EventWriter {
+    graph: Graph,
+}
+
+#[async_trait]
+impl DrillEvents for EventWriter {
+    async fn write(&mut self, id: u64) -> Result<()> {
+        let cypher = format!(
+            "CREATE (e:{EVENT_LABEL} {{id: $id}}) WITH e \
+             OPTIONAL MATCH (p:{EVENT_LABEL} {{id: $id - 1}}) \
+             FOREACH (_ IN CASE WHEN p IS NULL THEN [] ELSE [1] END | CREATE (p)-[:NEXT]->(e))"
+        );
+        self.graph
+            .run(query(&cypher).param("id", id as i64))
+            .await
+            .map_err(|e| neo_error("drill: write an event", e))
     }
 }

@@ -7,11 +7,15 @@ use serde_json::{json, Value};
 use super::logical::bulk;
 use super::OpenSearch;
 use crate::error::{Error, Result};
-use crate::stores::{DrillData, DrillInventory, UnorderedDigest};
+use crate::stores::{DrillData, DrillEvents, DrillInventory, UnorderedDigest};
 
 /// Every index the drill creates starts with this; nothing else is touched.
 pub const DRILL_PREFIX: &str = "itbackup-drill-";
 const DRILL_INDEX: &str = "itbackup-drill-docs";
+/// `drill --cross-store`'s events: a drill index, left out of the inventory.
+const EVENTS_INDEX: &str = "itbackup-drill-events";
+/// The indices the inventory counts.
+const INVENTORIED: &str = "itbackup-drill-*,-itbackup-drill-events";
 const BULK_DOCS: u64 = 5_000;
 const SCROLL_PAGE: usize = 5_000;
 
@@ -104,7 +108,7 @@ impl DrillData for OpenSearch {
         let exists = self
             .http
             .get(
-                &format!("_cat/indices/{DRILL_PREFIX}*?format=json&h=index"),
+                &format!("_cat/indices/{INVENTORIED}?format=json&h=index"),
                 step,
             )
             .await?;
@@ -112,55 +116,19 @@ impl DrillData for OpenSearch {
             return Ok(digest.finish());
         }
         self.http
-            .call(
-                Method::POST,
-                &format!("{DRILL_PREFIX}*/_refresh"),
-                None,
-                step,
-            )
+            .call(Method::POST, &format!("{INVENTORIED}/_refresh"), None, step)
             .await?;
         let body = json!({"size": SCROLL_PAGE, "sort": ["_doc"]});
-        let mut page = self
-            .http
-            .call(
-                Method::POST,
-                &format!("{DRILL_PREFIX}*/_search?scroll=2m"),
-                Some(&body),
-                step,
-            )
-            .await?;
-        loop {
-            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
-            if hits.is_empty() {
-                break;
-            }
-            for hit in &hits {
-                // Index, id and source: a document in the wrong index or with
-                // changed content does not count as restored.
-                let record = format!(
-                    "{}\u{0}{}\u{0}{}",
-                    hit["_index"], hit["_id"], hit["_source"]
-                );
-                digest.add(record.as_bytes());
-            }
-            let scroll_id = page["_scroll_id"].as_str().unwrap_or_default().to_string();
-            let next = json!({"scroll": "2m", "scroll_id": scroll_id});
-            page = self
-                .http
-                .call(Method::POST, "_search/scroll", Some(&next), step)
-                .await?;
-        }
-        if let Some(scroll_id) = page["_scroll_id"].as_str() {
-            let _ = self
-                .http
-                .call(
-                    Method::DELETE,
-                    "_search/scroll",
-                    Some(&json!({"scroll_id": scroll_id})),
-                    step,
-                )
-                .await;
-        }
+        self.scroll_hits(INVENTORIED, &body, step, |hit| {
+            // Index, id and source: a document in the wrong index or with
+            // changed content does not count as restored.
+            let record = format!(
+                "{}\u{0}{}\u{0}{}",
+                hit["_index"], hit["_id"], hit["_source"]
+            );
+            digest.add(record.as_bytes());
+        })
+        .await?;
         Ok(digest.finish())
     }
 
@@ -185,10 +153,122 @@ impl DrillData for OpenSearch {
         Ok(())
     }
 
+    async fn drill_events_create(&self) -> Result<()> {
+        let step = "drill: create the event index";
+        self.http.delete_if_present(EVENTS_INDEX, step).await?;
+        let settings = json!({"settings": {"number_of_shards": 1, "number_of_replicas": 0}});
+        self.http
+            .call(Method::PUT, EVENTS_INDEX, Some(&settings), step)
+            .await
+            .map(|_| ())
+    }
+
+    async fn drill_events_writer(&self) -> Result<Box<dyn DrillEvents>> {
+        Ok(Box::new(EventWriter {
+            http: self.http.clone(),
+        }))
+    }
+
+    async fn drill_event_ids(&self) -> Result<std::collections::BTreeSet<u64>> {
+        let step = "drill: read events";
+        let exists = self
+            .http
+            .get(
+                &format!("_cat/indices/{EVENTS_INDEX}*?format=json&h=index"),
+                step,
+            )
+            .await?;
+        let mut ids = std::collections::BTreeSet::new();
+        if exists.as_array().is_none_or(|a| a.is_empty()) {
+            return Ok(ids);
+        }
+        self.http
+            .call(
+                Method::POST,
+                &format!("{EVENTS_INDEX}/_refresh"),
+                None,
+                step,
+            )
+            .await?;
+        let body = json!({"size": SCROLL_PAGE, "sort": ["_doc"], "_source": false});
+        self.scroll_hits(EVENTS_INDEX, &body, step, |hit| {
+            if let Some(id) = hit["_id"].as_str().and_then(|id| id.parse().ok()) {
+                ids.insert(id);
+            }
+        })
+        .await?;
+        Ok(ids)
+    }
+
     async fn drill_remove_one(&self) -> Result<()> {
         let step = "drill: remove one document";
         self.http
             .delete_if_present(&format!("{DRILL_INDEX}/_doc/doc-1?refresh=true"), step)
             .await
+    }
+}
+
+impl OpenSearch {
+    /// Every hit of `body` over `target`, page by page through a scroll.
+    async fn scroll_hits(
+        &self,
+        target: &str,
+        body: &Value,
+        step: &str,
+        mut each: impl FnMut(&Value),
+    ) -> Result<()> {
+        let mut page = self
+            .http
+            .call(
+                Method::POST,
+                &format!("{target}/_search?scroll=2m"),
+                Some(body),
+                step,
+            )
+            .await?;
+        loop {
+            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            if hits.is_empty() {
+                break;
+            }
+            hits.iter().for_each(&mut each);
+            let scroll_id = page["_scroll_id"].as_str().unwrap_or_default().to_string();
+            let next = json!({"scroll": "2m", "scroll_id": scroll_id});
+            page = self
+                .http
+                .call(Method::POST, "_search/scroll", Some(&next), step)
+                .await?;
+        }
+        if let Some(scroll_id) = page["_scroll_id"].as_str() {
+            let _ = self
+                .http
+                .call(
+                    Method::DELETE,
+                    "_search/scroll",
+                    Some(&json!({"scroll_id": scroll_id})),
+                    step,
+                )
+                .await;
+        }
+        Ok(())
+    }
+}
+
+struct EventWriter {
+    http: super::http::Http,
+}
+
+#[async_trait]
+impl DrillEvents for EventWriter {
+    async fn write(&mut self, id: u64) -> Result<()> {
+        self.http
+            .call(
+                Method::PUT,
+                &format!("{EVENTS_INDEX}/_doc/{id}"),
+                Some(&json!({"id": id})),
+                "drill: write an event",
+            )
+            .await
+            .map(|_| ())
     }
 }

@@ -5,11 +5,13 @@ use futures::StreamExt;
 
 use super::{quote_ident, Postgres};
 use crate::error::{Error, Result};
-use crate::stores::{DrillData, DrillInventory, UnorderedDigest};
+use crate::stores::{DrillData, DrillEvents, DrillInventory, UnorderedDigest};
 
 /// The drill's database; nothing else of the user's is created or dropped.
 pub const DRILL_DATABASE: &str = "itbackup_drill";
 const DRILL_TABLE: &str = "drill_items";
+/// `drill --cross-store`'s events, beside the items (not in the inventory).
+const EVENTS_TABLE: &str = "drill_events";
 /// Databases every cluster has: they hold no user data when they hold no tables.
 const SYSTEM_DATABASES: [&str; 1] = ["postgres"];
 
@@ -134,6 +136,46 @@ impl DrillData for Postgres {
             .map_err(|e| Self::query_error(step, e))
     }
 
+    async fn drill_events_create(&self) -> Result<()> {
+        let step = "drill: create the event table";
+        let db = self.connect(DRILL_DATABASE, step).await?;
+        db.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {EVENTS_TABLE}; CREATE TABLE {EVENTS_TABLE} (id bigint PRIMARY KEY)"
+        ))
+        .await
+        .map_err(|e| Self::query_error(step, e))
+    }
+
+    async fn drill_events_writer(&self) -> Result<Box<dyn DrillEvents>> {
+        let client = self.connect(DRILL_DATABASE, "drill: write events").await?;
+        Ok(Box::new(EventWriter { client }))
+    }
+
+    async fn drill_event_ids(&self) -> Result<std::collections::BTreeSet<u64>> {
+        let step = "drill: read events";
+        let admin = self.connect("postgres", step).await?;
+        if !self
+            .databases(&admin)
+            .await?
+            .iter()
+            .any(|d| d == DRILL_DATABASE)
+        {
+            return Ok(Default::default());
+        }
+        let db = self.connect(DRILL_DATABASE, step).await?;
+        let rows = db
+            .query(&format!("SELECT id FROM {EVENTS_TABLE}"), &[])
+            .await;
+        match rows {
+            Ok(rows) => Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect()),
+            // No event table (a restore without it): no events.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                Ok(Default::default())
+            }
+            Err(e) => Err(Self::query_error(step, e)),
+        }
+    }
+
     async fn drill_remove_one(&self) -> Result<()> {
         let step = "drill: remove one row";
         let db = self.connect(DRILL_DATABASE, step).await?;
@@ -142,5 +184,23 @@ impl DrillData for Postgres {
         ))
         .await
         .map_err(|e| Self::query_error(step, e))
+    }
+}
+
+struct EventWriter {
+    client: tokio_postgres::Client,
+}
+
+#[async_trait]
+impl DrillEvents for EventWriter {
+    async fn write(&mut self, id: u64) -> Result<()> {
+        self.client
+            .execute(
+                &format!("INSERT INTO {EVENTS_TABLE} (id) VALUES ($1)"),
+                &[&(id as i64)],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| Postgres::query_error("drill: write an event", e))
     }
 }
