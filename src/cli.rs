@@ -13,7 +13,7 @@ use crate::service::ServiceList;
 use crate::stores::neo4j::settings::Neo4jLoad;
 use crate::stores::neo4j::Neo4jMethod;
 use crate::stores::opensearch::OpenSearchMethod;
-use crate::stores::postgres::physical::RecoveryTarget;
+use crate::stores::postgres::physical::Until;
 use crate::stores::postgres::PostgresFormat;
 
 const ABOUT: &str =
@@ -468,8 +468,14 @@ pub struct RestoreArgs {
     /// archived). Without --path, the newest physical backup before the
     /// target is chosen. Every segment on the way is checked before the
     /// server is stopped; the old data directory is kept aside.
-    #[arg(long, value_name = "TIME|LSN|latest", value_parser = parse_until)]
-    pub until: Option<RecoveryTarget>,
+    ///
+    /// `consistent`: the moment the backup set's other stores hold (the
+    /// latest of their positions, e.g. OpenSearch's snapshot start), so that
+    /// a set taken without --consistent comes back as one moment; with
+    /// --services postgres alone an earlier base backup is used when this
+    /// set's ended after that moment (docs/consistency.md).
+    #[arg(long, value_name = "TIME|LSN|latest|consistent", value_parser = parse_until)]
+    pub until: Option<Until>,
 
     #[command(flatten)]
     pub hooks: HookArgs,
@@ -478,8 +484,8 @@ pub struct RestoreArgs {
     pub monitor: MonitorArgs,
 }
 
-fn parse_until(value: &str) -> Result<RecoveryTarget, String> {
-    RecoveryTarget::parse(value)
+fn parse_until(value: &str) -> Result<Until, String> {
+    Until::parse(value)
 }
 
 /// `FROM=TO`, both non-empty.

@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::repository::Repository;
 use crate::restore::{self, RestoreRequest};
 use crate::service::Service;
+use crate::stores::postgres::physical::Until;
 use crate::stores::RestoreSelection;
 use crate::{hooks, metrics, prune, remote, report, schedule, seal, status};
 
@@ -100,6 +101,7 @@ async fn restore(cli: &Cli, args: &RestoreArgs) -> Result<()> {
         parallel: args.parallel(),
         selections: selections(args),
         renames: args.rename.clone(),
+        until_consistent: args.until == Some(Until::Consistent),
     };
     let ctx = hooks::RunContext::restore(&settings, &request, &args.hooks, &args.monitor);
     let outcome = hooks::around(
@@ -132,7 +134,11 @@ fn selections(args: &RestoreArgs) -> BTreeMap<Service, RestoreSelection> {
         only: args.databases.clone(),
         renames: Vec::new(),
         globals: args.globals && !globals_to_opensearch,
-        until: args.until,
+        until: match args.until {
+            Some(Until::Target(target)) => Some(target),
+            // Resolved from the set's manifest (restore.rs).
+            Some(Until::Consistent) | None => None,
+        },
         switch: args.switch,
         keep_old: args.keep_old,
     };

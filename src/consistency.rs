@@ -217,6 +217,24 @@ impl Consistency {
         })
     }
 
+    /// The moment every store but `beside` holds: the latest end of their
+    /// points and spans, and the store it is taken from. Replaying `beside`
+    /// (PostgreSQL's WAL) to it aligns it with them; what remains apart is
+    /// their own window.
+    pub fn moment_beside(&self, beside: Service) -> Option<(jiff::Timestamp, Service)> {
+        self.stores
+            .iter()
+            .filter(|(service, _)| **service != beside)
+            .filter_map(|(service, window)| {
+                window
+                    .until
+                    .parse::<jiff::Timestamp>()
+                    .ok()
+                    .map(|t| (t, *service))
+            })
+            .max()
+    }
+
     /// One line: "consistency window 3.2 s (postgres 03:00:01.2 … neo4j 03:00:04.4)".
     pub fn describe(&self) -> String {
         let first = self.stores.iter().min_by(|a, b| a.1.from.cmp(&b.1.from));
@@ -309,6 +327,16 @@ mod tests {
         assert_eq!(
             summary.describe(),
             "consistency window 3.2 s (postgres 03:00:01.2 … neo4j 03:00:04.4)"
+        );
+        // PostgreSQL aligned to the others: the end of Neo4j's span.
+        assert_eq!(
+            summary.moment_beside(Service::Postgres),
+            Some((at("2025-02-01T03:00:04.4Z"), Service::Neo4j))
+        );
+        // Nothing beside Neo4j but PostgreSQL's point.
+        assert_eq!(
+            summary.moment_beside(Service::Neo4j),
+            Some((at("2025-02-01T03:00:01.2Z"), Service::Postgres))
         );
     }
 

@@ -39,6 +39,9 @@ pub struct RestoreRequest {
     /// `--rename FROM=TO`, not yet given to a store: each goes to the
     /// selection of the store whose artifact holds FROM.
     pub renames: Vec<(String, String)>,
+    /// `--until consistent`: PostgreSQL's target is the moment the set's
+    /// other stores hold, read from its manifest ([`align_to_set`]).
+    pub until_consistent: bool,
 }
 
 /// The selection of a store the request names none for.
@@ -82,6 +85,9 @@ pub async fn run(settings: &Settings, mut request: RestoreRequest) -> Result<Res
     // A repository's backup is downloaded and checked object by object into
     // a staging directory (removed at the end); from there on it is a local
     // restore. A dry run only reads its manifest.
+    if request.until_consistent {
+        align_to_set(settings, &mut request).await?;
+    }
     let until = request
         .selections
         .get(&Service::Postgres)
@@ -231,6 +237,115 @@ pub async fn run(settings: &Settings, mut request: RestoreRequest) -> Result<Res
         seconds: started.elapsed().as_secs_f64(),
         plan,
     })
+}
+
+/// `--until consistent`: PostgreSQL is to be replayed to the moment the
+/// set's other stores hold (the latest of their positions), read from the
+/// set's manifest. When the set's own base backup was consistent only
+/// after that moment, a PostgreSQL-only restore takes the newest earlier
+/// base backup of the same root or repository; a restore of several stores
+/// is refused with the two commands that do it. Nothing is changed here.
+async fn align_to_set(settings: &Settings, request: &mut RestoreRequest) -> Result<()> {
+    use stores::postgres::physical::{PhysicalDetails, RecoveryTarget};
+    let step = "--until consistent";
+    let choice = BackupChoice {
+        root: &settings.root,
+        path: request.path.as_deref(),
+        manifest: request.manifest.as_deref(),
+        from: request.from.as_deref(),
+    };
+    let set = open_backup(choice).await?;
+    let shown = set.shown.display().to_string();
+    let record = set
+        .manifest
+        .artifacts
+        .get(&Service::Postgres)
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "{step}: the backup {shown} holds no PostgreSQL artifact"
+            ))
+        })?;
+    let details = PhysicalDetails::of(record).map_err(|_| {
+        Error::usage(format!(
+            "{step}: PostgreSQL in {shown} was backed up with the {} method; aligning it needs a physical backup and its archived WAL",
+            record.method
+        ))
+        .hint("take backups with --postgres-method physical and archive WAL with `itbackup wal push` (docs/postgres-pitr.md)")
+    })?;
+    let Some((moment, holder)) = set
+        .manifest
+        .consistency
+        .as_ref()
+        .and_then(|c| c.moment_beside(Service::Postgres))
+    else {
+        return Err(Error::usage(format!(
+            "{step}: the backup {shown} records no position of another store to align PostgreSQL to"
+        ))
+        .hint("the set needs OpenSearch or Neo4j beside PostgreSQL, backed up by an itbackup that records positions"));
+    };
+    tracing::info!(until = %moment, store = %holder, "--until consistent: PostgreSQL is replayed to the moment {holder} holds");
+    let selection = request.selections.entry(Service::Postgres).or_default();
+    selection.until = Some(RecoveryTarget::Time(moment));
+    let consistent_at = details.consistent_at.parse::<jiff::Timestamp>().ok();
+    if consistent_at.is_some_and(|at| at <= moment) {
+        return Ok(());
+    }
+    let only_postgres = request
+        .services
+        .as_ref()
+        .is_some_and(|s| s.0 == [Service::Postgres]);
+    if !only_postgres {
+        let set_arg = match (&request.from, &request.path) {
+            (Some(url), _) => format!("--from {url}"),
+            (None, Some(path)) => format!("--path {}", path.display()),
+            (None, None) => format!("--path {shown}"),
+        };
+        let others: Vec<&str> = set
+            .manifest
+            .services
+            .keys()
+            .filter(|s| **s != Service::Postgres)
+            .map(|s| s.as_str())
+            .collect();
+        return Err(Error::usage(format!(
+            "{step}: PostgreSQL's base backup in {shown} was consistent at {}, after {moment}, the moment {holder} holds: it cannot be replayed back to it",
+            details.consistent_at
+        ))
+        .hint(format!(
+            "restore in two steps (nothing was changed): `itbackup restore {set_arg} --services {} --yes`, then `itbackup restore {set_arg} --services postgres --until consistent --yes`, which replays the WAL from an earlier base backup",
+            others.join(",")
+        )));
+    }
+    // The repository the set lives in, for an earlier base backup.
+    let repository = match &request.from {
+        Some(url) => {
+            let (_, named) = Repository::locate(&settings.root, Some(url)).await?;
+            match named {
+                Some(name) => {
+                    let url = url.trim_end_matches('/');
+                    Some(
+                        url.strip_suffix(name.as_str())
+                            .unwrap_or(url)
+                            .trim_end_matches('/')
+                            .to_string(),
+                    )
+                }
+                None => Some(url.clone()),
+            }
+        }
+        None => None,
+    };
+    let (path, from) = base_backup_for(
+        settings,
+        repository.as_deref(),
+        RecoveryTarget::Time(moment),
+    )
+    .await?;
+    tracing::info!(set = %shown, "--until consistent: this set's base backup ends after the moment; an earlier base backup is replayed to it");
+    request.path = path;
+    request.from = from;
+    request.manifest = None;
+    Ok(())
 }
 
 /// The newest complete backup of the root or repository `from` whose

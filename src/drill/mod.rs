@@ -415,6 +415,7 @@ pub(crate) async fn restore_everything(
         parallel,
         selections: Default::default(),
         renames: Vec::new(),
+        until_consistent: false,
     };
     match restore::run(settings, request).await {
         Ok(RestoreOutcome::Done {

@@ -762,3 +762,133 @@ fn a_time_target_whose_segment_was_archived_late_is_reached() {
     psql("postgres", "DROP TABLE pitr_rows");
     remove_kept_data_dirs();
 }
+
+/// `restore --until consistent`: a set is taken WITHOUT a freeze while a
+/// writer puts every event into PostgreSQL (first) and OpenSearch; replayed
+/// to the set's consistency point (OpenSearch's snapshot start),
+/// PostgreSQL comes back holding the events OpenSearch holds, to within
+/// the events written while the snapshot's shards were starting.
+#[test]
+fn a_set_taken_without_a_freeze_is_restored_to_its_consistency_point() {
+    use common::writer::{create_event_stores, drop_event_stores, ids_in_stores};
+    /// The snapshot's shards flush a moment after its start; the events
+    /// written meanwhile may be in OpenSearch and not yet in PostgreSQL's
+    /// replay (docs/consistency.md, "Restore to one moment").
+    const WINDOW_EVENTS: i64 = 25;
+    let _guard = exclusive(&[Postgres, Opensearch, Neo4j]);
+    let setup = Setup::new(false, false);
+    let _archive = SystemSetting::set("archive_command", &setup.archive_command());
+    let _server = ServerBack;
+    create_event_stores();
+    // An earlier base backup, for when the set's own ends after its moment.
+    setup.backup();
+    let work = tempfile::tempdir().unwrap();
+    let writer = CrossStoreWriter::start(work.path());
+    writer.wait_for(30);
+    let root = setup.root.path();
+    Cmd::backup(root)
+        .services("postgres,opensearch")
+        .arg("--postgres-method")
+        .arg("physical")
+        .arg("--opensearch-method")
+        .arg("snapshot")
+        .arg("--timestamp")
+        .arg("set")
+        .ok(&[]);
+    writer.wait_for(writer.written() + 30);
+    let written = writer.stop() as i64;
+    archive_now();
+    let set = root.join("set");
+    let manifest = manifest_json(&set);
+    let moment: jiff::Timestamp = manifest["artifacts"]["opensearch"]["position"]["taken_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let base_end: jiff::Timestamp = manifest["artifacts"]["postgres"]["details"]["physical"]
+        ["consistent_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // All stores at once: possible only when the set's base backup ended
+    // before the moment; otherwise refused with the two commands to run.
+    let whole = itbackup(
+        &[
+            "--root",
+            s(root),
+            "restore",
+            "--path",
+            s(&set),
+            "--until",
+            "consistent",
+            "--dry-run",
+        ],
+        &[],
+    );
+    if base_end <= moment {
+        assert!(whole.status.success(), "{}", text(&whole));
+    } else {
+        assert_eq!(whole.status.code(), Some(exit::USAGE), "{}", text(&whole));
+        let err = String::from_utf8_lossy(&whole.stderr);
+        assert!(
+            err.contains("restore in two steps") && err.contains("--services opensearch"),
+            "{err}"
+        );
+    }
+
+    ok(
+        &[
+            "--root",
+            s(root),
+            "restore",
+            "--path",
+            s(&set),
+            "--services",
+            "opensearch",
+            "--yes",
+        ],
+        &[],
+    );
+    let out = ok(
+        &[
+            "--root",
+            s(root),
+            "restore",
+            "--path",
+            s(&set),
+            "--services",
+            "postgres",
+            "--until",
+            "consistent",
+            "--yes",
+        ],
+        &[],
+    );
+    if base_end > moment {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("an earlier base backup is replayed"), "{err}");
+    }
+    let [(_, postgres), (_, opensearch), _] = ids_in_stores();
+    let from_one =
+        |ids: &std::collections::BTreeSet<u64>| ids.iter().copied().eq(1..=ids.len() as u64);
+    assert!(
+        from_one(&postgres) && from_one(&opensearch),
+        "ids are not 1..=n"
+    );
+    let (p, o) = (postgres.len() as i64, opensearch.len() as i64);
+    eprintln!(
+        "written {written}, OpenSearch at its snapshot {o}, PostgreSQL replayed to its start {p}"
+    );
+    assert!(
+        o >= 30 && p < written - 20,
+        "PostgreSQL {p}, OpenSearch {o}, written {written}"
+    );
+    assert!(
+        (p - o).abs() <= WINDOW_EVENTS,
+        "PostgreSQL holds {p} events, OpenSearch {o}: not the same moment"
+    );
+    drop_event_stores();
+    remove_kept_data_dirs();
+}

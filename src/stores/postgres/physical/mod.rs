@@ -49,7 +49,7 @@ use take::Compression;
 /// The per-file checksum new base backups are taken with.
 const FILE_CHECKSUM: FileChecksum = FileChecksum::Crc32c;
 pub use datadir::{interrupted, remove_unfinished_copy};
-pub use pitr::{PreparedPitr, RecoveryTarget};
+pub use pitr::{PreparedPitr, RecoveryTarget, Until};
 
 /// What the manifest records of a base backup (`details.physical`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -75,6 +75,27 @@ impl RecoveryTarget {
     }
 }
 
+/// `restore --until`: a target of PostgreSQL's own, or `consistent`, the
+/// moment the backup set's other stores hold (resolved by the restore from
+/// the set's manifest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    Target(RecoveryTarget),
+    Consistent,
+}
+
+impl Until {
+    /// `consistent`, or what [`RecoveryTarget::parse`] reads.
+    pub fn parse(text: &str) -> std::result::Result<Until, String> {
+        if text == "consistent" {
+            return Ok(Until::Consistent);
+        }
+        RecoveryTarget::parse(text)
+            .map(Until::Target)
+            .map_err(|e| format!("{e}, or consistent"))
+    }
+}
+
 /// What the checks before the stop found, for the restore that follows.
 #[derive(Debug)]
 pub struct PreparedPitr {
