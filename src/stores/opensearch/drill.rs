@@ -15,7 +15,7 @@ const DRILL_INDEX: &str = "itbackup-drill-docs";
 /// `drill --cross-store`'s events: a drill index, left out of the inventory.
 const EVENTS_INDEX: &str = "itbackup-drill-events";
 /// The indices the inventory counts.
-const INVENTORIED: &str = "itbackup-drill-*,-itbackup-drill-events";
+const INVENTORIED: &str = "itbackup-drill-*,-itbackup-drill-events*";
 const BULK_DOCS: u64 = 5_000;
 const SCROLL_PAGE: usize = 5_000;
 
