@@ -18,8 +18,9 @@ use crate::moment::{FreezeSettings, OnFreezeTimeout};
 use crate::service::Service;
 use crate::stores::{DrillEvents, Store};
 
-/// Events written before the backup starts, so that every store has some.
-const EVENTS_BEFORE_BACKUP: u64 = 10;
+/// Events written before the backup starts, so that every store has some,
+/// and after it ends, so that the report shows what the backup left out.
+const EVENTS_AROUND_BACKUP: u64 = 10;
 /// How many missing ids a report lists per store (it counts them all).
 const LISTED: usize = 100;
 
@@ -59,19 +60,26 @@ impl CrossStoreWriter {
             written,
             task,
         };
+        match writer.wait_for(EVENTS_AROUND_BACKUP).await {
+            Ok(()) => Ok(writer),
+            Err(e) => Err(writer.stop().await.err().unwrap_or(e)),
+        }
+    }
+
+    /// Wait (at most a minute) until `more` events beyond those written now are in.
+    async fn wait_for(&self, more: u64) -> Result<()> {
+        let target = self.written.load(Ordering::SeqCst) + more;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while writer.written.load(Ordering::SeqCst) < EVENTS_BEFORE_BACKUP {
-            if writer.task.is_finished() || tokio::time::Instant::now() > deadline {
-                return Err(writer.stop().await.err().unwrap_or_else(|| {
-                    Error::failure(
-                        "drill: write events",
-                        "the writer wrote too few events in 60 s",
-                    )
-                }));
+        while self.written.load(Ordering::SeqCst) < target {
+            if self.task.is_finished() || tokio::time::Instant::now() > deadline {
+                return Err(Error::failure(
+                    "drill: write events",
+                    format!("the writer wrote fewer than {more} events in 60 s"),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(writer)
+        Ok(())
     }
 
     /// `backup --consistent` whose hooks pause this writer (and wait for it
@@ -89,8 +97,16 @@ impl CrossStoreWriter {
         }
     }
 
+    /// After the backup: write a few more events (which no backup holds),
+    /// then stop; the number of events written.
+    pub async fn finish(self) -> Result<u64> {
+        let more = self.wait_for(EVENTS_AROUND_BACKUP).await;
+        let written = self.stop().await?;
+        more.map(|()| written)
+    }
+
     /// Stop after the event in hand; the number of events written.
-    pub async fn stop(self) -> Result<u64> {
+    async fn stop(self) -> Result<u64> {
         self.stop.store(true, Ordering::SeqCst);
         let ended = self
             .task

@@ -237,7 +237,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         let target = backup_request.target(&settings.root)?;
         let outcome = backup::run(&backup_settings, backup_request, target).await;
         let written = match writer {
-            Some(writer) => Some(writer.stop().await?),
+            Some(writer) => Some(writer.finish().await?),
             None => None,
         };
         let outcome = outcome?;
