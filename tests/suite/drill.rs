@@ -346,6 +346,8 @@ fn a_cross_store_drill_reports_what_each_store_came_back_with() {
             "{report:#}"
         );
         assert_eq!(report["consistent"], consistent, "{report:#}");
+        // Beside the ids, the window the manifest recorded.
+        assert!(v["consistency"]["window_seconds"].is_number(), "{v:#}");
         if consistent {
             assert!(out.status.success(), "{}", text(&out));
             assert_eq!(report["agree"], true, "{report:#}");
