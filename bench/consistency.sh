@@ -17,6 +17,8 @@ ensure_gnu_time
 bench_build
 bench_up postgres opensearch neo4j
 MEASURE_OUT="$BENCH_WORK/consistency.tsv"
+# REPORT_ONLY=1 writes the report from the last run's results.
+if [ -z "${REPORT_ONLY:-}" ]; then
 : >"$MEASURE_OUT"
 
 have_rows=$(psql -X -Atqc "SELECT count(*) FROM pgbench_accounts" bench 2>/dev/null || echo 0)
@@ -49,6 +51,7 @@ run all-default "${hooks[@]}"
 run neo4j-dump "${hooks[@]}" --neo4j-method dump
 run without-neo4j "${hooks[@]}" --services postgres,opensearch
 run opensearch-logical "${hooks[@]}" --services postgres,opensearch --opensearch-method logical
+fi
 
 report="$BENCH_WORK/consistency-section.md"
 python3 - "$BENCH_WORK" "$MEASURE_OUT" >"$report" <<'PY'
@@ -65,7 +68,7 @@ names = {
 print("| backup | freeze s | held | window of the positions s | whole backup s | peak RSS MB |")
 print("| --- | ---: | --- | ---: | ---: | ---: |")
 for key, label in names.items():
-    m = json.load(open(f"{work}/consistency-{key}.json"))["manifest"]
+    m = json.load(open(f"{work}/consistency-{key}.json"))["result"]["manifest"]
     c = m.get("consistency") or {}
     f = c.get("freeze") or {}
     wall, rss = rows[key]
