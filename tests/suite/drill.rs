@@ -253,36 +253,9 @@ fn the_restore_schedule_follows_the_machine_unless_told() {
 /// a `drill --keep`).
 fn drill_events_in_stores(
 ) -> std::collections::BTreeMap<&'static str, std::collections::BTreeSet<u64>> {
-    use reqwest::Method;
-    let postgres = psql("itbackup_drill", "SELECT id FROM drill_events")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| l.trim().parse().unwrap())
-        .collect();
-    opensearch(Method::POST, "itbackup-drill-events/_refresh", None);
-    let hits = opensearch(
-        Method::GET,
-        "itbackup-drill-events/_search?size=10000&_source=false",
-        None,
-    );
-    let opensearch = hits["hits"]["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["_id"].as_str().unwrap().parse().unwrap())
-        .collect();
-    let neo4j = Neo::connect()
-        .rows("MATCH (e:ItbackupDrillEvent) RETURN e.id AS id")
-        .iter()
-        .map(|r| r.get::<i64>("id").unwrap() as u64)
-        .collect();
-    [
-        ("postgres", postgres),
-        ("opensearch", opensearch),
-        ("neo4j", neo4j),
-    ]
-    .into_iter()
-    .collect()
+    common::writer::ids_in(&common::writer::DRILL_EVENTS)
+        .into_iter()
+        .collect()
 }
 
 /// `drill --cross-store`: a writer puts every event into all three stores

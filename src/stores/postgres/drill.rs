@@ -15,6 +15,17 @@ const EVENTS_TABLE: &str = "drill_events";
 /// Databases every cluster has: they hold no user data when they hold no tables.
 const SYSTEM_DATABASES: [&str; 1] = ["postgres"];
 
+impl Postgres {
+    async fn drill_database_exists(&self, step: &str) -> Result<bool> {
+        let admin = self.connect("postgres", step).await?;
+        Ok(self
+            .databases(&admin)
+            .await?
+            .iter()
+            .any(|d| d == DRILL_DATABASE))
+    }
+}
+
 #[async_trait]
 impl DrillData for Postgres {
     fn drill_location(&self) -> String {
@@ -87,13 +98,7 @@ impl DrillData for Postgres {
 
     async fn drill_inventory(&self) -> Result<DrillInventory> {
         let step = "drill: inventory";
-        let admin = self.connect("postgres", step).await?;
-        if !self
-            .databases(&admin)
-            .await?
-            .iter()
-            .any(|d| d == DRILL_DATABASE)
-        {
+        if !self.drill_database_exists(step).await? {
             return Ok(UnorderedDigest::default().finish());
         }
         let db = self.connect(DRILL_DATABASE, step).await?;
@@ -153,13 +158,7 @@ impl DrillData for Postgres {
 
     async fn drill_event_ids(&self) -> Result<std::collections::BTreeSet<u64>> {
         let step = "drill: read events";
-        let admin = self.connect("postgres", step).await?;
-        if !self
-            .databases(&admin)
-            .await?
-            .iter()
-            .any(|d| d == DRILL_DATABASE)
-        {
+        if !self.drill_database_exists(step).await? {
             return Ok(Default::default());
         }
         let db = self.connect(DRILL_DATABASE, step).await?;

@@ -56,17 +56,45 @@ pub fn drop_event_stores() {
     super::Neo::connect().run(&format!("MATCH (e:{LABEL}) DETACH DELETE e"));
 }
 
+/// Where events live in each store.
+pub struct EventStores {
+    pub database: &'static str,
+    pub table: &'static str,
+    pub index: &'static str,
+    pub label: &'static str,
+}
+
+/// This writer's.
+pub const TEST_EVENTS: EventStores = EventStores {
+    database: DATABASE,
+    table: "events",
+    index: INDEX,
+    label: LABEL,
+};
+
+/// The drill's cross-store writer's (`drill --cross-store`).
+pub const DRILL_EVENTS: EventStores = EventStores {
+    database: "itbackup_drill",
+    table: "drill_events",
+    index: "itbackup-drill-events",
+    label: "ItbackupDrillEvent",
+};
+
 /// The event ids each store holds now.
-pub fn ids_in_stores() -> [(&'static str, BTreeSet<u64>); 3] {
-    let postgres = super::psql(DATABASE, "SELECT id FROM events")
+pub fn ids_in(events: &EventStores) -> [(&'static str, BTreeSet<u64>); 3] {
+    let postgres = super::psql(events.database, &format!("SELECT id FROM {}", events.table))
         .lines()
         .filter(|l| !l.is_empty())
         .map(|l| l.trim().parse().unwrap())
         .collect();
-    super::opensearch(reqwest::Method::POST, &format!("{INDEX}/_refresh"), None);
+    super::opensearch(
+        reqwest::Method::POST,
+        &format!("{}/_refresh", events.index),
+        None,
+    );
     let hits = super::opensearch(
         reqwest::Method::GET,
-        &format!("{INDEX}/_search?size=10000&_source=false"),
+        &format!("{}/_search?size=10000&_source=false", events.index),
         None,
     );
     let opensearch = hits["hits"]["hits"]
@@ -76,7 +104,7 @@ pub fn ids_in_stores() -> [(&'static str, BTreeSet<u64>); 3] {
         .map(|h| h["_id"].as_str().unwrap().parse().unwrap())
         .collect();
     let neo4j = super::Neo::connect()
-        .rows(&format!("MATCH (e:{LABEL}) RETURN e.id AS id"))
+        .rows(&format!("MATCH (e:{}) RETURN e.id AS id", events.label))
         .iter()
         .map(|r| r.get::<i64>("id").unwrap() as u64)
         .collect();
@@ -85,6 +113,11 @@ pub fn ids_in_stores() -> [(&'static str, BTreeSet<u64>); 3] {
         ("opensearch", opensearch),
         ("neo4j", neo4j),
     ]
+}
+
+/// This writer's event ids in each store.
+pub fn ids_in_stores() -> [(&'static str, BTreeSet<u64>); 3] {
+    ids_in(&TEST_EVENTS)
 }
 
 impl CrossStoreWriter {
