@@ -40,12 +40,17 @@ pub(super) struct Marker {
     pub(super) staged: Option<PathBuf>,
 }
 
+/// Written whole under a temporary name, then renamed: a run killed while
+/// it writes leaves no marker (nothing else was changed yet), never an
+/// empty one that would stop every later run of the server.
 pub(super) fn write_marker(data: &Path, marker: &Marker) -> Result<()> {
     let path = marker_path(data);
+    let partial = sibling(data, ".itbackup-restoring.partial");
     let write = || -> std::io::Result<()> {
-        let mut file = crate::artifact::create_private_file(&path)?;
+        let mut file = crate::artifact::create_private_file(&partial)?;
         file.write_all(&serde_json::to_vec(marker).expect("plain data"))?;
         file.sync_all()?;
+        std::fs::rename(&partial, &path)?;
         crate::artifact::sync_dir(path.parent().unwrap_or(Path::new(".")))
     };
     write().map_err(|e| {
@@ -74,6 +79,8 @@ pub(super) fn read_marker(data: &Path) -> Result<Option<Marker>> {
 /// The new data directory a restore killed before it stopped the server was
 /// writing beside `data` (no marker: nothing else was changed), removed.
 pub fn remove_unfinished_copy(data: &Path) -> Result<()> {
+    // A marker that was being written when the run was killed.
+    let _ = std::fs::remove_file(sibling(data, ".itbackup-restoring.partial"));
     let staged = sibling(data, ".itbackup-new");
     if !staged.exists() {
         return Ok(());
