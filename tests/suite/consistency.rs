@@ -434,23 +434,26 @@ fn a_failing_thaw_hook_is_retried_and_reported_loudly() {
     let tries = work.path().join("tries");
     // Fails on its first run, succeeds on the second.
     let flaky = format!("echo x >> {0}; [ $(wc -l < {0}) -ge 2 ]", tries.display());
+    // A coordinated PostgreSQL backup into a root of its own, with `thaw`.
+    let backup = |root: &tempfile::TempDir, thaw: &str| {
+        itbackup(
+            &[
+                "--root",
+                root.path().to_str().unwrap(),
+                "backup",
+                "--services",
+                "postgres",
+                "--consistent",
+                "--freeze-hook",
+                "true",
+                "--thaw-hook",
+                thaw,
+            ],
+            &[],
+        )
+    };
     let root = temp_root();
-    let root_arg = root.path().to_str().unwrap();
-    let out = itbackup(
-        &[
-            "--root",
-            root_arg,
-            "backup",
-            "--services",
-            "postgres",
-            "--consistent",
-            "--freeze-hook",
-            "true",
-            "--thaw-hook",
-            &flaky,
-        ],
-        &[],
-    );
+    let out = backup(&root, &flaky);
     assert!(out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("THE THAW HOOK FAILED"), "{err}");
@@ -461,21 +464,7 @@ fn a_failing_thaw_hook_is_retried_and_reported_loudly() {
     );
 
     let root = temp_root();
-    let out = itbackup(
-        &[
-            "--root",
-            root.path().to_str().unwrap(),
-            "backup",
-            "--services",
-            "postgres",
-            "--consistent",
-            "--freeze-hook",
-            "true",
-            "--thaw-hook",
-            "exit 3",
-        ],
-        &[],
-    );
+    let out = backup(&root, "exit 3");
     assert_eq!(out.status.code(), Some(exit::FAILURE), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
