@@ -23,9 +23,11 @@ use crate::service::{Service, ServiceList};
 use crate::stores::{self, DrillInventory, Store};
 
 pub mod cross_store;
+pub mod memory;
 pub mod sandbox;
 
 use cross_store::{CrossStoreReport, CrossStoreWriter};
+use memory::{peak_mb, PeakMemory, Whose};
 
 /// The file the runbook's `tests/backup_restore_synthetic.sh` leaves behind.
 pub const VALIDATION_FILE: &str = "synthetic-validation.json";
@@ -98,6 +100,8 @@ pub struct Validation {
     /// `drill --cross-store`: the events each store came back with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cross_store: Option<CrossStoreReport>,
+    /// itbackup's peak memory through the phases, and its tools' apart.
+    pub peak_memory: PeakMemory,
     pub errors: Vec<String>,
 }
 
@@ -197,6 +201,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         futures::future::try_join_all(stores.iter().map(|s| s.drill_populate(request.scale)))
             .await?;
         let expected = inventories(&stores).await?;
+        let populated_mb = peak_mb(Whose::Itbackup);
         step.done(&format!(
             "populated: {}",
             summary(&expected, |i| i.count.to_string())
@@ -242,6 +247,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         };
         let outcome = outcome?;
         let backup_seconds = started.elapsed().as_secs_f64();
+        let backed_up_mb = peak_mb(Whose::Itbackup);
         let BackupOutcome::Done { dir, manifest, .. } = outcome else {
             unreachable!("not a dry run");
         };
@@ -253,9 +259,14 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         let step = Progress::step(show, "removing the synthetic data");
         futures::future::try_join_all(stores.iter().map(|s| s.drill_wipe())).await?;
         step.done("synthetic data removed");
-        Ok::<_, Error>((expected, backup_seconds, dir, manifest, written))
+        let memory = PeakMemory {
+            populated_mb,
+            backed_up_mb,
+            ..PeakMemory::default()
+        };
+        Ok::<_, Error>((expected, backup_seconds, dir, manifest, written, memory))
     };
-    let (expected, backup_seconds, dir, manifest, written) = match prepared.await {
+    let (expected, backup_seconds, dir, manifest, written, mut peak_memory) = match prepared.await {
         Ok(prepared) => prepared,
         Err(e) => return Err(abandon(&stores, request.keep, e).await),
     };
@@ -279,6 +290,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         errors.push(format!("restore failed: {e}"));
     }
     let restore_seconds = restore.seconds;
+    peak_memory.restored_mb = peak_mb(Whose::Itbackup);
     if let Some(service) = request.sabotage {
         if let Some(store) = stores.iter().find(|s| s.service() == service) {
             tracing::warn!(%service, "fault injection: removing one drill record after the restore");
@@ -343,6 +355,8 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
             .map(|i| i.count)
     };
     let rto_ok = restore_seconds.is_some_and(|s| s <= RTO_OBJECTIVE_SECONDS);
+    peak_memory.verified_mb = peak_mb(Whose::Itbackup);
+    peak_memory.tools_mb = peak_mb(Whose::Tools);
     let validation = Validation {
         postgres_rows: restored_count(Service::Postgres),
         neo4j_nodes: restored_count(Service::Neo4j),
@@ -367,6 +381,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         rto_objective_seconds: RTO_OBJECTIVE_SECONDS,
         rto_ok,
         rpo_objective_hours: RPO_OBJECTIVE_HOURS,
+        peak_memory,
         errors,
     };
     let file = write_validation(&dir, &validation)?;
@@ -572,6 +587,7 @@ mod tests {
                 rto_objective_seconds: RTO_OBJECTIVE_SECONDS,
                 rto_ok: true,
                 rpo_objective_hours: RPO_OBJECTIVE_HOURS,
+                peak_memory: PeakMemory::default(),
                 consistency: None,
                 cross_store: None,
                 errors,
