@@ -21,13 +21,7 @@ MEASURE_OUT="$BENCH_WORK/consistency.tsv"
 if [ -z "${REPORT_ONLY:-}" ]; then
 : >"$MEASURE_OUT"
 
-have_rows=$(psql -X -Atqc "SELECT count(*) FROM pgbench_accounts" bench 2>/dev/null || echo 0)
-if [ "$have_rows" != 5000000 ]; then
-  blog "creating bench (pgbench -i -s 50)"
-  psql -X -qc "DROP DATABASE IF EXISTS bench WITH (FORCE)" postgres
-  psql -X -qc "CREATE DATABASE bench" postgres
-  "$IT_PG_BIN/pgbench" -i -s 50 -q bench >&2
-fi
+ensure_pgbench_database bench 50
 
 root="$BENCH_WORK/consistency-backups"
 rm -rf "$root"

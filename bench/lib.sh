@@ -176,3 +176,16 @@ ensure_blob_dataset() {
   "${psql[@]}" -d bench_blob -c "CREATE EXTENSION IF NOT EXISTS pgcrypto" \
     -c "CREATE TABLE blob AS SELECT g AS id, gen_random_bytes(1024) AS v FROM generate_series(1, $want) g"
 }
+
+# ensure_pgbench_database [DB] [SCALE] — a `pgbench -i -s SCALE` database DB
+# (default bench, 50: 5,000,000 accounts rows, ~750 MB) on the bench
+# PostgreSQL, made once and reused while its row count matches.
+ensure_pgbench_database() {
+  local db=${1:-bench} scale=${2:-50} have
+  have=$(psql -X -Atqc "SELECT count(*) FROM pgbench_accounts" "$db" 2>/dev/null || echo 0)
+  [ "$have" != "$((scale * 100000))" ] || return 0
+  blog "creating $db (pgbench -i -s $scale)"
+  psql -X -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" postgres
+  psql -X -qc "CREATE DATABASE \"$db\"" postgres
+  "$IT_PG_BIN/pgbench" -i -s "$scale" -q "$db" >&2
+}

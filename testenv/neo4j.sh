@@ -14,23 +14,36 @@ NEO4J_CONSOLE="$NEO4J_LOGS/console.log"
 NEO4J_LOGFILES="$NEO4J_CONSOLE:$NEO4J_LOGS/neo4j.log:$NEO4J_LOGS/debug.log"
 NEO4J_ADMIN_BIN="$NEO4J_HOME_DIR/bin/neo4j-admin"
 
+# neo4j-admin's launcher, rewritten on every install check (it is tiny) so a
+# change here reaches assembled homes. Its heap is HEAP_SIZE, as the tarball's
+# bin/neo4j-admin reads it: 256m unless told (an import of a million-node
+# graph needs about 1g).
+neo4j_admin_launcher() {
+  mkdir -p "$NEO4J_HOME_DIR/bin"
+  cat >"$NEO4J_ADMIN_BIN.new" <<SH
+#!/bin/sh
+# neo4j-admin of the testenv Neo4j (the class bin/neo4j-admin runs in the tarball).
+NEO4J_HOME="\${NEO4J_HOME:-$NEO4J_HOME_DIR}"
+NEO4J_CONF="\${NEO4J_CONF:-$NEO4J_CONF_DIR}"
+export NEO4J_HOME NEO4J_CONF
+exec "$JAVA" -Xmx"\${HEAP_SIZE:-256m}" -cp "\$NEO4J_HOME/lib/*" org.neo4j.cli.AdminTool "\$@"
+SH
+  chmod +x "$NEO4J_ADMIN_BIN.new"
+  mv "$NEO4J_ADMIN_BIN.new" "$NEO4J_ADMIN_BIN"
+}
+
 neo4j_install() {
-  [ -x "$NEO4J_ADMIN_BIN" ] && [ -s "$NEO4J_HOME_DIR/lib/.complete" ] && return 0
+  if [ -s "$NEO4J_HOME_DIR/lib/.complete" ]; then
+    neo4j_admin_launcher
+    return 0
+  fi
   local build="$NEO4J_DIR/build"
   maven_write_pom "$build" "org.neo4j.app:neo4j-server:$NEO4J_VERSION" "org.neo4j:neo4j:$NEO4J_VERSION"
   log "assembling Neo4j $NEO4J_VERSION Community from Maven artifacts into $NEO4J_HOME_DIR"
   rm -rf "$NEO4J_HOME_DIR"
   mkdir -p "$NEO4J_HOME_DIR/bin"
   maven_copy_deps "$build" "$NEO4J_HOME_DIR/lib"
-  cat >"$NEO4J_ADMIN_BIN" <<SH
-#!/bin/sh
-# neo4j-admin of the testenv Neo4j (the class bin/neo4j-admin runs in the tarball).
-NEO4J_HOME="\${NEO4J_HOME:-$NEO4J_HOME_DIR}"
-NEO4J_CONF="\${NEO4J_CONF:-$NEO4J_CONF_DIR}"
-export NEO4J_HOME NEO4J_CONF
-exec "$JAVA" -Xmx256m -cp "\$NEO4J_HOME/lib/*" org.neo4j.cli.AdminTool "\$@"
-SH
-  chmod +x "$NEO4J_ADMIN_BIN"
+  neo4j_admin_launcher
   date >"$NEO4J_HOME_DIR/lib/.complete"
 }
 
