@@ -37,6 +37,10 @@ export HEAP_SIZE=${BENCH_NEO4J_ADMIN_HEAP:-1g}
 ensure_pgbench_database bench 50
 others=$(psql -X -Atqc "SELECT string_agg(datname, ',') FROM pg_database WHERE NOT datistemplate AND datname NOT IN ('postgres', 'bench', 'itbackup_drill')" postgres)
 [ -z "$others" ] || bdie "other databases on the bench PostgreSQL ($others) would change the reference scale: drop them first"
+# bench/neo4j.sh leaves its own graph (1M nodes) in the same Neo4j: the drill
+# would back up and restore twice the reference graph.
+others=$(neo4j_scalar "MATCH (n) WHERE NOT n:ItbackupDrill AND NOT n:ItbackupDrillEvent RETURN count(n)")
+[ "$others" = 0 ] || bdie "$others nodes besides the drill's on the bench Neo4j (bench/neo4j.sh's graph) would change the reference scale: empty it first (MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS)"
 
 root="$BENCH_WORK/drill-backups"
 for mode in $DRILL_MODES; do

@@ -189,3 +189,15 @@ ensure_pgbench_database() {
   psql -X -qc "CREATE DATABASE \"$db\"" postgres
   "$IT_PG_BIN/pgbench" -i -s "$scale" -q "$db" >&2
 }
+
+# neo4j_scalar CYPHER — the one value CYPHER returns, from the bench Neo4j
+# (its HTTP API: no driver needed).
+neo4j_scalar() {
+  local body
+  body=$(python3 -c 'import json,sys; print(json.dumps({"statements": [{"statement": sys.argv[1]}]}))' "$1")
+  curl -fsS -u "$NEO4J_USER:$NEO4J_PASSWORD" -H 'Content-Type: application/json' -d "$body" \
+    "http://127.0.0.1:$IT_TESTENV_NEO4J_HTTP_PORT/db/neo4j/tx/commit" |
+    python3 -c 'import json,sys
+r = json.load(sys.stdin)
+sys.exit("neo4j: " + r["errors"][0]["message"]) if r["errors"] else print(r["results"][0]["data"][0]["row"][0])'
+}
