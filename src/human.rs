@@ -46,3 +46,42 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     }
     Ok(duration.unsigned_abs())
 }
+
+/// A duration setting: the first of `sources` (value, where it comes from:
+/// a flag, a variable, a config key; highest precedence first) that is
+/// set, else `default`. An unreadable value is refused, its origin named.
+pub fn duration_setting(
+    sources: impl IntoIterator<Item = (Option<String>, String)>,
+    default: Duration,
+) -> std::result::Result<Duration, String> {
+    match sources
+        .into_iter()
+        .find_map(|(value, origin)| Some((value?, origin)))
+    {
+        Some((text, origin)) => parse_duration(&text).map_err(|e| format!("{origin}: {e}")),
+        None => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_setting_takes_the_first_source_set_and_names_a_bad_one() {
+        let from = |flag: Option<&str>, file: Option<&str>| {
+            duration_setting(
+                [
+                    (flag.map(String::from), "--wait".to_string()),
+                    (file.map(String::from), "wait under [x]".to_string()),
+                ],
+                Duration::from_secs(30),
+            )
+        };
+        assert_eq!(from(None, None), Ok(Duration::from_secs(30)));
+        assert_eq!(from(None, Some("2m")), Ok(Duration::from_secs(120)));
+        assert_eq!(from(Some("5s"), Some("2m")), Ok(Duration::from_secs(5)));
+        let bad = from(None, Some("soon")).unwrap_err();
+        assert!(bad.starts_with("wait under [x]: 'soon'"), "{bad}");
+    }
+}

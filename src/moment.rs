@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::human::parse_duration;
+use crate::human::duration_setting;
 use crate::service::Service;
 
 /// The stores that have not taken their position yet; `None` when the
@@ -123,17 +123,14 @@ impl FreezeSettings {
     /// The file's `[consistency]`, then the flags over it (`flags` fields
     /// that are `None` leave the file's value).
     pub fn resolve(file: ConsistencyFile, flags: FreezeFlags) -> Result<Self> {
-        let max_freeze = match (flags.max_freeze, file.max_freeze) {
-            (Some(text), _) => {
-                parse_duration(&text).map_err(|e| Error::usage(format!("--max-freeze: {e}")))?
-            }
-            (None, Some(text)) => parse_duration(&text)
-                .map_err(|e| Error::usage(format!("max_freeze under [consistency]: {e}")))?,
-            (None, None) => DEFAULT_MAX_FREEZE,
-        };
-        if max_freeze.is_zero() {
-            return Err(Error::usage("--max-freeze must be longer than 0 s"));
-        }
+        let max_freeze = duration_setting(
+            [
+                (flags.max_freeze, "--max-freeze".into()),
+                (file.max_freeze, "max_freeze under [consistency]".into()),
+            ],
+            DEFAULT_MAX_FREEZE,
+        )
+        .map_err(Error::usage)?;
         let settings = FreezeSettings {
             consistent: flags.consistent || file.consistent.unwrap_or(false),
             freeze_hook: flags.freeze_hook.or(file.freeze_hook),

@@ -124,17 +124,21 @@ pub fn resolve_timeouts(
     let mut timeouts = Timeouts::new(scope, defaults);
     for (phase, file) in [(Phase::Connect, file_connect), (Phase::Idle, file_idle)] {
         let variable = timeouts.variable(phase);
-        let (text, origin) = match (crate::environment::env(&variable), file) {
-            (Some(text), _) => (text, variable),
-            (None, Some(text)) => (text.to_string(), format!("[{scope}] in the config file")),
-            (None, None) => continue,
+        let slot = match phase {
+            Phase::Connect => &mut timeouts.connect,
+            Phase::Idle => &mut timeouts.idle,
         };
-        let value = crate::human::parse_duration(&text)
-            .map_err(|e| Error::usage(format!("{origin}: {e}")))?;
-        match phase {
-            Phase::Connect => timeouts.connect = value,
-            Phase::Idle => timeouts.idle = value,
-        }
+        *slot = crate::human::duration_setting(
+            [
+                (crate::environment::env(&variable), variable),
+                (
+                    file.map(str::to_string),
+                    format!("[{scope}] in the config file"),
+                ),
+            ],
+            *slot,
+        )
+        .map_err(Error::usage)?;
     }
     Ok(timeouts)
 }

@@ -10,7 +10,7 @@ use super::OpenSearchMethod;
 use crate::archive::ArchiveCompression;
 use crate::environment::Lookup;
 use crate::error::{Error, Result};
-use crate::human::parse_duration;
+use crate::human::duration_setting;
 use crate::secret::Secret;
 use crate::timeout::resolve_timeouts;
 use crate::timeout::{self, Timeouts};
@@ -101,13 +101,17 @@ impl OpenSearchSettings {
                 os_file.connect_timeout.as_deref(),
                 os_file.idle_timeout.as_deref(),
             )?,
-            health_wait: match (env("IT_OPENSEARCH_HEALTH_WAIT"), os_file.health_wait) {
-                (Some(text), _) => parse_duration(&text)
-                    .map_err(|e| Error::usage(format!("IT_OPENSEARCH_HEALTH_WAIT: {e}")))?,
-                (None, Some(text)) => parse_duration(&text)
-                    .map_err(|e| Error::usage(format!("health_wait under [opensearch]: {e}")))?,
-                (None, None) => DEFAULT_HEALTH_WAIT,
-            },
+            health_wait: duration_setting(
+                [
+                    (
+                        env("IT_OPENSEARCH_HEALTH_WAIT"),
+                        "IT_OPENSEARCH_HEALTH_WAIT".into(),
+                    ),
+                    (os_file.health_wait, "health_wait under [opensearch]".into()),
+                ],
+                DEFAULT_HEALTH_WAIT,
+            )
+            .map_err(Error::usage)?,
         })
     }
 }
