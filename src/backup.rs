@@ -15,6 +15,7 @@ use crate::freeze;
 use crate::lock::RootLock;
 use crate::manifest::{Manifest, Status, ToolInfo, FORMAT_VERSION, MANIFEST_FILE};
 use crate::moment::Moment;
+use crate::process::run_variables;
 use crate::remote::{PushOutcome, Remote};
 use crate::seal::{self, Recipients};
 use crate::service::{Service, ServiceList};
@@ -148,19 +149,8 @@ pub async fn run(
     let started_at = jiff::Timestamp::now().to_string();
 
     let services: Vec<Service> = stores.iter().map(|s| s.service()).collect();
-    let vars = [
-        ("IT_HOOK_OPERATION", "backup".to_string()),
-        ("IT_BACKUP_DIR", dir.display().to_string()),
-        ("IT_BACKUP_TIMESTAMP", timestamp.clone()),
-        (
-            "IT_HOOK_SERVICES",
-            services
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-    ];
+    let mut vars = run_variables("backup", &settings.root, Some(&dir), &services);
+    vars.push(("IT_BACKUP_TIMESTAMP", timestamp.clone()));
     let coordinated = freeze::coordinate(&settings.freeze, &services, &vars, |moment| {
         let ctx = &ctx;
         async move {

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::cli::{HookArgs, MonitorArgs};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metrics};
-use crate::process::run_hook;
+use crate::process::{run_hook, run_variables};
 use crate::service::{Service, ServiceList};
 
 /// How long the webhook may take; a hung receiver must not hold up the run.
@@ -33,25 +33,12 @@ pub struct RunContext<'a> {
 
 impl RunContext<'_> {
     fn variables(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("IT_HOOK_OPERATION", self.operation.to_string()),
-            ("IT_BACKUP_ROOT", self.root.display().to_string()),
-            (
-                "IT_BACKUP_DIR",
-                self.dir
-                    .as_ref()
-                    .map(|d| d.display().to_string())
-                    .unwrap_or_default(),
-            ),
-            (
-                "IT_HOOK_SERVICES",
-                self.services
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-        ]
+        run_variables(
+            self.operation,
+            &self.root,
+            self.dir.as_deref(),
+            &self.services,
+        )
     }
 }
 

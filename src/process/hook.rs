@@ -1,10 +1,39 @@
 //! The operator's shell commands (`--pre-hook`, `--post-hook`, the freeze
 //! and thaw hooks): run with the run's facts, no secret, and a bound.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::service::Service;
+
+/// The facts every hook of a run is given (the pre- and post-hooks, the
+/// freeze and thaw hooks): what runs, where, for which stores. The caller
+/// adds the hook's own (`IT_HOOK_EVENT`, the outcome).
+pub fn run_variables(
+    operation: &str,
+    root: &Path,
+    dir: Option<&Path>,
+    services: &[Service],
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("IT_HOOK_OPERATION", operation.to_string()),
+        ("IT_BACKUP_ROOT", root.display().to_string()),
+        (
+            "IT_BACKUP_DIR",
+            dir.map(|d| d.display().to_string()).unwrap_or_default(),
+        ),
+        (
+            "IT_HOOK_SERVICES",
+            services
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    ]
+}
 
 /// `sh -c CMD` with the run's variables; its output goes to standard error
 /// (standard output is kept for `--json`). Past `timeout`, the shell and

@@ -17,7 +17,7 @@ use crate::secret::Secret;
 mod hook;
 mod run;
 
-pub use hook::run_hook;
+pub use hook::{run_hook, run_variables};
 pub use run::*;
 
 /// Lines of a tool's standard error kept for the error message.
