@@ -304,6 +304,30 @@ mod tests {
         .unwrap();
     }
 
+    /// A version check whose tool never answers (a JVM stuck starting) is
+    /// stopped at its bound, its output abandoned; one that answers is read.
+    #[test]
+    fn a_short_output_that_hangs_is_stopped_at_its_bound() {
+        let started = std::time::Instant::now();
+        let hung = output_within(
+            &ToolCommand::new("sh").args(["-c", "echo partial; exec sleep 60"]),
+            Service::Neo4j,
+            "check neo4j-admin",
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(hung.message.contains("did not finish within 1 s"), "{hung}");
+        let answer = output_within(
+            &ToolCommand::new("echo").arg("5.26.12"),
+            Service::Neo4j,
+            "check neo4j-admin",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(answer.trim(), "5.26.12");
+    }
+
     #[test]
     fn display_masks_secrets_and_quotes() {
         let cmd = ToolCommand::new("pg_dump")

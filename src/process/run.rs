@@ -180,6 +180,50 @@ pub fn output(cmd: &ToolCommand, service: Service, step: &str) -> Result<String>
     Ok(out)
 }
 
+/// How long a tool that only reads and answers (its version, a control
+/// file) may take: a JVM starts in seconds on a loaded machine; one that has
+/// not answered in a minute is stuck.
+pub const SHORT_ANSWER_BOUND: Duration = Duration::from_secs(60);
+
+/// [`output`] for a tool that must answer `within` that time (a version
+/// check): one that hangs (a stuck JVM) is killed and the step fails. Its
+/// output is read beside the wait and abandoned when it is killed (a
+/// grandchild may still hold the pipe open).
+pub fn output_within(
+    cmd: &ToolCommand,
+    service: Service,
+    step: &str,
+    within: Duration,
+) -> Result<String> {
+    let mut running = cmd
+        .spawn(Stdio::null(), Stdio::piped())
+        .map_err(|e| spawn_failed(service, step, &cmd.program, e))?;
+    let deadline = std::time::Instant::now() + within;
+    let mut stdout = running.child.stdout.take().expect("stdout is piped");
+    let (sender, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = sender.send(stdout.read_to_string(&mut out).map(|_| out));
+    });
+    let killed = wait_or_kill(&mut running.child, deadline)
+        .map_err(|e| Error::failure(step, e.to_string()).service(service))?;
+    if killed {
+        // Reaped only: its stderr reader may wait on a grandchild.
+        let _ = running.child.wait();
+        return Err(hung_error(cmd, service, step, within));
+    }
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let out = match received.recv_timeout(left.max(Duration::from_secs(1))) {
+        Ok(read) => read.map_err(|e| Error::failure(step, e.to_string()).service(service))?,
+        Err(_) => return Err(hung_error(cmd, service, step, within)),
+    };
+    let finished = running
+        .wait()
+        .map_err(|e| Error::failure(step, e.to_string()).service(service))?;
+    finished.check(service, step)?;
+    Ok(out)
+}
+
 /// Run a command, writing its standard input with `feed`; its standard output is discarded.
 pub fn run_feeding(
     cmd: &ToolCommand,
@@ -207,31 +251,12 @@ pub fn run_feeding_head(
     // wait, and ends with a broken pipe once the tool ends or is killed.
     let (fed, waited) = std::thread::scope(|scope| {
         let feeder = scope.spawn(move || feed(&mut stdin).and_then(|_| stdin.flush()));
-        let waited = loop {
-            match running.child.try_wait() {
-                Ok(Some(_)) => break Ok(false),
-                Ok(None) if std::time::Instant::now() >= deadline => {
-                    let _ = running.child.kill();
-                    break Ok(true);
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => break Err(e),
-            }
-        };
+        let waited = wait_or_kill(&mut running.child, deadline);
         (feeder.join().unwrap_or(Ok(())), waited)
     });
     if waited.map_err(|e| Error::failure(step, e.to_string()).service(service))? {
         let _ = running.wait();
-        return Err(Error::failure(
-            step,
-            format!(
-                "`{}` {HUNG} {}, and was stopped",
-                cmd.program,
-                crate::timeout::seconds(within)
-            ),
-        )
-        .service(service)
-        .hint("the tool hung: look for what it waits on (a lock, a full disk, a stuck JVM) and run again"));
+        return Err(hung_error(cmd, service, step, within));
     }
     // It read what it needed and closed its stdin: no error when it succeeds.
     let fed = fed.or_else(|e| match e.kind() {
@@ -241,8 +266,37 @@ pub fn run_feeding_head(
     conclude_fed(cmd, service, step, running, fed)
 }
 
+/// Wait for `child` until `deadline`; past it, kill it. True when killed.
+fn wait_or_kill(child: &mut Child, deadline: std::time::Instant) -> io::Result<bool> {
+    loop {
+        match child.try_wait()? {
+            Some(_) => return Ok(false),
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                return Ok(true);
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// What the failure of a tool stopped at its bound says.
 const HUNG: &str = "did not finish within";
+
+fn hung_error(cmd: &ToolCommand, service: Service, step: &str, within: Duration) -> Error {
+    Error::failure(
+        step,
+        format!(
+            "`{}` {HUNG} {}, and was stopped",
+            cmd.program,
+            crate::timeout::seconds(within)
+        ),
+    )
+    .service(service)
+    .hint(
+        "the tool hung: look for what it waits on (a lock, a full disk, a stuck JVM) and run again",
+    )
+}
 
 /// Whether `e` is a tool stopped at its bound by [`run_feeding_head`] (not a
 /// tool that ended with an answer).

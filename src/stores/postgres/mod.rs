@@ -215,7 +215,15 @@ impl Postgres {
     /// Major version of a client tool, from `<tool> --version`.
     async fn client_major(&self, tool: &str) -> Result<u32> {
         let cmd = self.tool(tool).arg("--version");
-        let out = blocking(move || process::output(&cmd, SVC, "check client version")).await?;
+        let out = blocking(move || {
+            process::output_within(
+                &cmd,
+                SVC,
+                "check client version",
+                process::SHORT_ANSWER_BOUND,
+            )
+        })
+        .await?;
         parse_major(&out).ok_or_else(|| {
             Error::failure(
                 "check client version",

@@ -101,14 +101,21 @@ impl Neo4j {
             return Err(refuse("--neo4j-load import needs the server stopped, and no way to stop and start it is configured (IT_NEO4J_STOP_CMD and IT_NEO4J_START_CMD, or stop_command/start_command under [neo4j])".into()));
         }
         let version = ToolCommand::new(self.settings.admin.clone()).arg("--version");
-        let admin = Self::run_tool_output(version, "check neo4j-admin")
-            .await
-            .map_err(|e| {
-                refuse(format!(
-                    "--neo4j-load import needs neo4j-admin ({}): {}",
-                    self.settings.admin, e.message
-                ))
-            })?;
+        let admin = crate::stores::blocking(SVC, move || {
+            process::output_within(
+                &version,
+                SVC,
+                "check neo4j-admin",
+                process::SHORT_ANSWER_BOUND,
+            )
+        })
+        .await
+        .map_err(|e| {
+            refuse(format!(
+                "--neo4j-load import needs neo4j-admin ({}): {}",
+                self.settings.admin, e.message
+            ))
+        })?;
         let (server, _) = self.server_version().await?;
         let admin = admin
             .trim()
@@ -121,10 +128,6 @@ impl Neo4j {
             return Err(refuse(format!("neo4j-admin {} ({admin}) is not of the server's version {server}: the store files it writes must be the server's", self.settings.admin)));
         }
         Ok(())
-    }
-
-    async fn run_tool_output(cmd: ToolCommand, step: &'static str) -> Result<String> {
-        crate::stores::blocking(SVC, move || process::output(&cmd, SVC, step)).await
     }
 
     /// Stop, import, start; then the fix-ups and the schema.

@@ -270,8 +270,15 @@ impl Postgres {
             .arg("-D")
             .arg(data.as_os_str().to_owned());
         let shown = data.display().to_string();
-        let text = blocking(move || crate::process::output(&cmd, SVC, "read the data directory (pg_controldata)"))
-            .await
+        let text = blocking(move || {
+            crate::process::output_within(
+                &cmd,
+                SVC,
+                "read the data directory (pg_controldata)",
+                crate::process::SHORT_ANSWER_BOUND,
+            )
+        })
+        .await
             .map_err(|e| {
                 e.hint(format!("{shown} (IT_PG_DATA) is not a PostgreSQL data directory this pg_controldata can read; check IT_PG_DATA; nothing was changed"))
             })?;
