@@ -814,19 +814,12 @@ fn a_set_taken_without_a_freeze_is_restored_to_its_consistency_point() {
 
     // All stores at once: possible only when the set's base backup ended
     // before the moment; otherwise refused with the two commands to run.
-    let whole = itbackup(
-        &[
-            "--root",
-            s(root),
-            "restore",
-            "--path",
-            s(&set),
-            "--until",
-            "consistent",
-            "--dry-run",
-        ],
-        &[],
-    );
+    let from_set = || Cmd::restore_path(&set).root(root);
+    let whole = from_set()
+        .arg("--until")
+        .arg("consistent")
+        .arg("--dry-run")
+        .run(&[]);
     if base_end <= moment {
         assert!(whole.status.success(), "{}", text(&whole));
     } else {
@@ -838,34 +831,13 @@ fn a_set_taken_without_a_freeze_is_restored_to_its_consistency_point() {
         );
     }
 
-    ok(
-        &[
-            "--root",
-            s(root),
-            "restore",
-            "--path",
-            s(&set),
-            "--services",
-            "opensearch",
-            "--yes",
-        ],
-        &[],
-    );
-    let out = ok(
-        &[
-            "--root",
-            s(root),
-            "restore",
-            "--path",
-            s(&set),
-            "--services",
-            "postgres",
-            "--until",
-            "consistent",
-            "--yes",
-        ],
-        &[],
-    );
+    from_set().services("opensearch").yes().ok(&[]);
+    let out = from_set()
+        .services("postgres")
+        .arg("--until")
+        .arg("consistent")
+        .yes()
+        .ok(&[]);
     if base_end > moment {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("an earlier base backup is replayed"), "{err}");
