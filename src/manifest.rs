@@ -84,6 +84,17 @@ pub struct ArtifactRecord {
 }
 
 impl ArtifactRecord {
+    /// How long the store's backup took (0 when a time is unreadable).
+    pub fn backup_seconds(&self) -> f64 {
+        match (
+            self.started_at.parse::<jiff::Timestamp>(),
+            self.finished_at.parse::<jiff::Timestamp>(),
+        ) {
+            (Ok(a), Ok(b)) => (b.as_millisecond() - a.as_millisecond()) as f64 / 1000.0,
+            _ => 0.0,
+        }
+    }
+
     /// The record of a store backup that has just begun: the rest is filled
     /// in as it runs, the file's facts when it ends.
     pub fn begun(server_version: String, started_at: String) -> Self {

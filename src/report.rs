@@ -101,15 +101,7 @@ pub fn restore(outcome: &RestoreOutcome, json: bool) {
                 "restore complete: backup {timestamp} from {} in {seconds:.1} s",
                 dir.display()
             );
-            println!(
-                "  stores {}: {}",
-                if plan.parallel {
-                    "at once"
-                } else {
-                    "one after the other"
-                },
-                plan.reason
-            );
+            println!("  stores {}: {}", plan.describe(), plan.reason);
             for r in restored {
                 println!(
                     "  {:<10} {:<40} {:>6.1} s  {} counts match the manifest",

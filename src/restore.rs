@@ -201,17 +201,29 @@ pub async fn run(settings: &Settings, mut request: RestoreRequest) -> Result<Res
             &recovery,
         )
     };
-    let plan = parallel::plan(request.parallel, &stores, &settings.stores.target).await;
-    tracing::info!(parallel = plan.parallel, reason = %plan.reason, "restore schedule");
-    let results = if !plan.parallel {
-        let mut results = Vec::new();
-        for store in &stores {
-            results.push(restore(store.as_ref()).await);
-        }
-        results
-    } else {
-        futures::future::join_all(stores.iter().map(|store| restore(store.as_ref()))).await
+    // A store's backup time stands for its restore time: both move its
+    // data through its server, and the manifest has it for every store.
+    let expected_seconds = |service| {
+        manifest
+            .artifacts
+            .get(&service)
+            .map_or(0.0, |r| r.backup_seconds())
     };
+    let plan = parallel::plan(
+        request.parallel,
+        &stores,
+        expected_seconds,
+        &settings.stores.target,
+    )
+    .await;
+    tracing::info!(plan = %plan.describe(), reason = %plan.reason, "restore schedule");
+    let results = parallel::run_planned(
+        &plan,
+        &stores,
+        |store| store.service(),
+        |store| restore(store.as_ref()),
+    )
+    .await;
     // Every store has finished (or failed) by now: report the first failure,
     // and with it what became of every store of the set.
     let mut restored = Vec::new();

@@ -341,7 +341,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
                 method: record.method.clone(),
                 expected: want,
                 restored: got,
-                backup_seconds: seconds_between(&record.started_at, &record.finished_at),
+                backup_seconds: record.backup_seconds(),
                 restore_seconds: restore.stores.get(&service).map(|s| s.seconds),
                 ok: differences.is_empty(),
                 differences,
@@ -517,16 +517,6 @@ fn summary(
         .map(|(service, i)| format!("{service} {}", show(i)))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn seconds_between(start: &str, end: &str) -> f64 {
-    match (
-        start.parse::<jiff::Timestamp>(),
-        end.parse::<jiff::Timestamp>(),
-    ) {
-        (Ok(a), Ok(b)) => (b.as_millisecond() - a.as_millisecond()) as f64 / 1000.0,
-        _ => 0.0,
-    }
 }
 
 fn write_validation(dir: &std::path::Path, validation: &Validation) -> Result<PathBuf> {

@@ -212,13 +212,14 @@ fn drill_populates_large_scales() {
     assert!(mb("tools_mb") > 0, "{v:#}");
 }
 
-/// `--parallel auto` (the default) restores stores whose servers share this
-/// machine's cores one after the other (on 2 cores, at once was 1.9×
-/// slower); `--parallel all` restores them at once. The drill reports the
-/// plan and why.
+/// `--parallel auto` (the default) does not restore every store at once when
+/// their servers share this machine's few cores: the longest restore runs
+/// beside the others, which run one after the other (two lanes on up to 5
+/// cores); `--parallel all` restores them at once, `none` one after the
+/// other. The drill reports the plan and why.
 #[test]
 fn the_restore_schedule_follows_the_machine_unless_told() {
-    let _guard = exclusive(&[Postgres, Opensearch]);
+    let _guard = exclusive(&[Postgres, Opensearch, Neo4j]);
     let cores = std::thread::available_parallelism().unwrap().get();
     let drill = |extra: &[&str]| {
         let root = temp_root();
@@ -230,31 +231,45 @@ fn the_restore_schedule_follows_the_machine_unless_told() {
             "--yes",
             "--scale",
             "200",
-            "--services",
-            "postgres,opensearch",
         ];
         args.extend_from_slice(extra);
         let v = json_of(&ok(&args, &[]));
         assert_eq!(v["ok"], true, "{v:#}");
         v["restore_plan"].clone()
     };
+    let lanes = |plan: &Value| -> Vec<usize> {
+        let lanes = plan["lanes"].as_array().unwrap();
+        let mut stores: Vec<&Value> = lanes.iter().flat_map(|l| l.as_array().unwrap()).collect();
+        stores.sort_by_key(|s| s.as_str().unwrap().to_string());
+        stores.dedup();
+        assert_eq!(stores.len(), 3, "every store once: {plan:#}");
+        lanes.iter().map(|l| l.as_array().unwrap().len()).collect()
+    };
     let auto = drill(&[]);
-    // Both servers are on this machine: at once only with 2 cores each.
-    assert_eq!(auto["parallel"], cores >= 4, "{cores} cores: {auto:#}");
-    if cores < 4 {
+    // The three servers are on this machine: at once only with 2 cores each.
+    assert_eq!(auto["parallel"], cores >= 6, "{cores} cores: {auto:#}");
+    if cores < 6 {
+        let mut sizes = lanes(&auto);
+        sizes.sort();
+        assert_eq!(
+            sizes,
+            [1, 2],
+            "the longest alone, the others beside it: {auto:#}"
+        );
+        let reason = auto["reason"].as_str().unwrap();
         assert!(
-            auto["reason"]
-                .as_str()
-                .unwrap()
-                .contains("2 of the servers run on this machine"),
+            reason.contains("3 of the servers run on this machine")
+                && reason.contains("the longest restore"),
             "{auto:#}"
         );
     }
     let all = drill(&["--parallel", "all"]);
     assert_eq!(all["parallel"], true, "{all:#}");
+    assert_eq!(lanes(&all), [1, 1, 1], "{all:#}");
     assert_eq!(all["reason"], "--parallel all");
     let none = drill(&["--sequential"]);
     assert_eq!(none["parallel"], false, "{none:#}");
+    assert_eq!(lanes(&none), [3], "{none:#}");
 }
 
 /// The event ids the drill's cross-store writer left in each store (after
