@@ -15,6 +15,7 @@ pub mod drill;
 pub(crate) mod environment;
 pub mod error;
 pub mod freeze;
+pub mod heap;
 pub mod hooks;
 pub(crate) mod human;
 pub mod lock;

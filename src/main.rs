@@ -7,6 +7,7 @@ use clap::Parser;
 use itbackup::cli::Cli;
 
 fn main() {
+    itbackup::heap::bound_allocator();
     let cli = Cli::parse();
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
