@@ -20,10 +20,12 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SCALE="${1:-1000000}"
+MEASURE_OUT="$BENCH_WORK/drill.tsv"
+# REPORT_ONLY=1 rewrites the section from the last runs' results (no server needed).
+if [ -z "${REPORT_ONLY:-}" ]; then
 ensure_gnu_time
 bench_build
 bench_up postgres opensearch neo4j
-MEASURE_OUT="$BENCH_WORK/drill.tsv"
 # A subset of DRILL_MODES redoes those runs; the report takes the others'
 # results from the previous run of this script (their JSON stays in BENCH_WORK).
 ALL_MODES="auto all none import"
@@ -57,8 +59,11 @@ for mode in $DRILL_MODES; do
   measure "drill ($mode)" \
     "$ITBACKUP" --root "$root" --json drill --yes --scale "$SCALE" "${extra[@]}" || true
   [ -s "$BENCH_WORK/last.out" ] && cp "$BENCH_WORK/last.out" "$BENCH_WORK/drill-$mode.json"
+  # Which build ran it and when: the report may mix runs of several invocations.
+  echo "$(itbackup_commit), $(date -u '+%Y-%m-%d %H:%M') UTC" >"$BENCH_WORK/drill-$mode.run"
 done
 rm -rf "$root"
+fi
 
 report="$BENCH_WORK/drill-section.md"
 python3 - "$BENCH_WORK" "$SCALE" "$MEASURE_OUT" >"$report" <<'PY'
@@ -73,6 +78,9 @@ for m in names:
     if os.path.exists(f):
         runs[m] = json.load(open(f))
 def verdict(ok): return "**met**" if ok else "**missed**"
+def run_of(m):
+    f = f"{work}/drill-{m}.run"
+    return open(f).read().strip() if os.path.exists(f) else "?"
 print(f"Reference scale {scale:,}: PostgreSQL drill rows plus a pgbench -s 50 database, "
       f"{scale:,} OpenSearch documents, {scale:,} Neo4j nodes and {2*scale:,} relationships. "
       "Every run populates, backs up, wipes, restores and verifies every record (counts and content digests).\n")
@@ -84,16 +92,19 @@ for name, s in first["services"].items():
 print()
 stores = list(first["services"])
 print("| run | plan | RTO s | " + " | ".join(f"{s} restore s" for s in stores) +
-      " | verified | itbackup peak MB (populated/backed up/restored/verified) | tools peak MB | process tree peak MB |")
-print("| --- | --- | ---: | " + " | ".join("---:" for _ in stores) + " | --- | --- | ---: | ---: |")
+      " | verified | itbackup peak MB (populated/backed up/restored/verified) | tools peak MB | process tree peak MB | itbackup, run |")
+print("| --- | --- | ---: | " + " | ".join("---:" for _ in stores) + " | --- | --- | ---: | ---: | --- |")
 for mode, v in runs.items():
     plan = v.get("restore_plan") or {}
+    lanes = plan.get("lanes") or []
+    shown = ("at once" if plan.get("parallel") else
+             " \\| ".join(", ".join(lane) for lane in lanes) if len(lanes) > 1 else "one after the other")
     pm = v.get("peak_memory") or {}
     phases = "/".join(str(pm.get(k, "?")) for k in ("populated_mb", "backed_up_mb", "restored_mb", "verified_mb"))
     per = " | ".join(f"{(v['services'][s]['restore_seconds'] or 0):.1f}" for s in stores)
-    print(f"| {names[mode]} | {'at once' if plan.get('parallel') else 'one after the other'} | "
+    print(f"| {names[mode]} | {shown} | "
           f"{v['rto_seconds'] or 0:.1f} | {per} | {'yes' if v['ok'] else 'NO'} | {phases} | "
-          f"{pm.get('tools_mb', '?')} | {tree_rss.get(f'drill ({mode})', 'n/a')} |")
+          f"{pm.get('tools_mb', '?')} | {tree_rss.get(f'drill ({mode})', 'n/a')} | {run_of(mode)} |")
 print()
 rto = {m: v["rto_seconds"] for m, v in runs.items() if v.get("ok") and v.get("rto_seconds")}
 if "auto" in rto:
@@ -119,8 +130,13 @@ PY
 {
   echo "## Recovery drill at reference scale"
   echo
-  echo "Run $(date -u '+%Y-%m-%d %H:%M') UTC with \`bench/drill.sh $SCALE\` (modes: $DRILL_MODES)."
-  echo "Machine: $(machine_line). itbackup $(itbackup_commit). $(load_line) at the end."
+  if [ -n "${REPORT_ONLY:-}" ]; then
+    echo "The last run of each mode of \`bench/drill.sh $SCALE\` (its build and time in the last column; \`DRILL_MODES=auto\` redoes one)."
+    echo "Machine: $(machine_line)."
+  else
+    echo "Run $(date -u '+%Y-%m-%d %H:%M') UTC with \`bench/drill.sh $SCALE\` (modes: $DRILL_MODES)."
+    echo "Machine: $(machine_line). itbackup $(itbackup_commit). $(load_line) at the end."
+  fi
   echo
   cat "$report"
   echo
