@@ -14,7 +14,7 @@
 #   dump    (on request) Neo4j by the runbook's offline dump/load
 # and reports, in bench/RESULTS.md: backup time, the RTO (the whole restore),
 # each store's restore time, itbackup's own peak memory (the drill reports it
-# from the kernel, per phase) apart from its tools', and the verdicts: the
+# from the kernel, per phase), the process tree's, and the verdicts: the
 # default within 5 % of the best plan, RTO ≤ 60 s, import ≥ 5× the
 # transactional Neo4j restore, itbackup ≤ 100 MB.
 set -euo pipefail
@@ -92,8 +92,8 @@ for name, s in first["services"].items():
 print()
 stores = list(first["services"])
 print("| run | plan | RTO s | " + " | ".join(f"{s} restore s" for s in stores) +
-      " | verified | itbackup peak MB (populated/backed up/restored/verified) | tools peak MB | process tree peak MB | itbackup, run |")
-print("| --- | --- | ---: | " + " | ".join("---:" for _ in stores) + " | --- | --- | ---: | ---: | --- |")
+      " | verified | itbackup peak MB (populated/backed up/restored/verified) | process tree peak MB | itbackup, run |")
+print("| --- | --- | ---: | " + " | ".join("---:" for _ in stores) + " | --- | --- | ---: | --- |")
 for mode, v in runs.items():
     plan = v.get("restore_plan") or {}
     lanes = plan.get("lanes") or []
@@ -104,7 +104,7 @@ for mode, v in runs.items():
     per = " | ".join(f"{(v['services'][s]['restore_seconds'] or 0):.1f}" for s in stores)
     print(f"| {names[mode]} | {shown} | "
           f"{v['rto_seconds'] or 0:.1f} | {per} | {'yes' if v['ok'] else 'NO'} | {phases} | "
-          f"{pm.get('tools_mb', '?')} | {tree_rss.get(f'drill ({mode})', 'n/a')} | {run_of(mode)} |")
+          f"{tree_rss.get(f'drill ({mode})', 'n/a')} | {run_of(mode)} |")
 print()
 rto = {m: v["rto_seconds"] for m, v in runs.items() if v.get("ok") and v.get("rto_seconds")}
 if "auto" in rto:
@@ -124,8 +124,8 @@ if "none" in runs and "import" in runs:
 peaks = {m: (v.get("peak_memory") or {}).get("verified_mb") for m, v in runs.items()}
 if all(peaks.values()):
     print(f"- itbackup's own peak RSS ≤ 100 MB in every plan: {verdict(max(peaks.values()) <= 100)} "
-          f"(largest {max(peaks.values())} MB). The stores' tools (pg_dump, pg_restore, neo4j-admin) are the tools column; "
-          "the process tree column is GNU time's figure for the whole drill, tools included.")
+          f"(largest {max(peaks.values())} MB). The process tree column is GNU time's figure for the whole drill, "
+          "the stores' tools (pg_dump, pg_restore, neo4j-admin) included.")
 PY
 {
   echo "## Recovery drill at reference scale"

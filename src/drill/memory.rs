@@ -1,43 +1,38 @@
-//! Peak resident memory, read from the kernel (`getrusage`), so that the
-//! drill reports what its own run cost: itbackup's memory must stay bounded
-//! at any scale, while the stores' tools (pg_restore, neo4j-admin's JVM) are
-//! theirs and reported apart.
+//! itbackup's own peak resident memory, read from the kernel, so that the
+//! drill reports what its run cost: itbackup's memory must stay bounded at
+//! any scale. The stores' tools (pg_restore, neo4j-admin's JVM) are theirs;
+//! a benchmark measures the whole process tree around the drill.
+//!
+//! `/proc/self/status`'s `VmHWM`, not `getrusage`: Linux carries the peak
+//! of the image a process replaced by `exec` into `ru_maxrss`, so a drill
+//! started by a large process (the test suite: 150 MB) reported that
+//! process's peak as its own, and a tool started by itbackup would report
+//! itbackup's.
 
 use serde::Serialize;
 
 /// itbackup's own peak RSS as it stood at the end of each phase (a peak only
-/// grows, so the first phase whose figure jumps is the one that raised it),
-/// and the largest peak of any tool it ran and waited for.
+/// grows, so the first phase whose figure jumps is the one that raised it).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PeakMemory {
     pub populated_mb: u64,
     pub backed_up_mb: u64,
     pub restored_mb: u64,
     pub verified_mb: u64,
-    /// The largest child process (and its own children): the stores' tools.
-    pub tools_mb: u64,
 }
 
-/// Whose peak: this process, or the largest of its finished children.
-#[derive(Debug, Clone, Copy)]
-pub enum Whose {
-    Itbackup,
-    Tools,
+/// This process's peak resident set size in MiB (0 when the kernel does not say).
+pub fn peak_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| vm_hwm_kib(&status))
+        .map_or(0, |kib| kib / 1024)
 }
 
-/// Peak resident set size in MiB (0 when the kernel does not say).
-pub fn peak_mb(whose: Whose) -> u64 {
-    let who = match whose {
-        Whose::Itbackup => libc::RUSAGE_SELF,
-        Whose::Tools => libc::RUSAGE_CHILDREN,
-    };
-    // SAFETY: getrusage writes one plain struct that we own.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
-        return 0;
-    }
-    // Linux reports kilobytes.
-    u64::try_from(usage.ru_maxrss).unwrap_or(0) / 1024
+/// `VmHWM:   123456 kB` → 123456.
+fn vm_hwm_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -50,7 +45,11 @@ mod tests {
         // process, so only a lower bound holds.)
         let block = vec![1u8; 64 << 20];
         assert!(std::hint::black_box(&block).iter().all(|b| *b == 1));
-        let peak = peak_mb(Whose::Itbackup);
+        let peak = peak_mb();
         assert!((64..1 << 20).contains(&peak), "{peak} MiB");
+        assert_eq!(
+            vm_hwm_kib("Name:\tx\nVmHWM:\t  2048 kB\nVmRSS: 1 kB"),
+            Some(2048)
+        );
     }
 }

@@ -27,7 +27,7 @@ pub mod memory;
 pub mod sandbox;
 
 use cross_store::{CrossStoreReport, CrossStoreWriter};
-use memory::{peak_mb, PeakMemory, Whose};
+use memory::{peak_mb, PeakMemory};
 
 /// The file the runbook's `tests/backup_restore_synthetic.sh` leaves behind.
 pub const VALIDATION_FILE: &str = "synthetic-validation.json";
@@ -100,7 +100,7 @@ pub struct Validation {
     /// `drill --cross-store`: the events each store came back with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cross_store: Option<CrossStoreReport>,
-    /// itbackup's peak memory through the phases, and its tools' apart.
+    /// itbackup's own peak memory through the phases.
     pub peak_memory: PeakMemory,
     pub errors: Vec<String>,
 }
@@ -201,7 +201,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         futures::future::try_join_all(stores.iter().map(|s| s.drill_populate(request.scale)))
             .await?;
         let expected = inventories(&stores).await?;
-        let populated_mb = peak_mb(Whose::Itbackup);
+        let populated_mb = peak_mb();
         step.done(&format!(
             "populated: {}",
             summary(&expected, |i| i.count.to_string())
@@ -247,7 +247,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         };
         let outcome = outcome?;
         let backup_seconds = started.elapsed().as_secs_f64();
-        let backed_up_mb = peak_mb(Whose::Itbackup);
+        let backed_up_mb = peak_mb();
         let BackupOutcome::Done { dir, manifest, .. } = outcome else {
             unreachable!("not a dry run");
         };
@@ -290,7 +290,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
         errors.push(format!("restore failed: {e}"));
     }
     let restore_seconds = restore.seconds;
-    peak_memory.restored_mb = peak_mb(Whose::Itbackup);
+    peak_memory.restored_mb = peak_mb();
     if let Some(service) = request.sabotage {
         if let Some(store) = stores.iter().find(|s| s.service() == service) {
             tracing::warn!(%service, "fault injection: removing one drill record after the restore");
@@ -355,8 +355,7 @@ pub async fn run(settings: &Settings, request: DrillRequest) -> Result<DrillOutc
             .map(|i| i.count)
     };
     let rto_ok = restore_seconds.is_some_and(|s| s <= RTO_OBJECTIVE_SECONDS);
-    peak_memory.verified_mb = peak_mb(Whose::Itbackup);
-    peak_memory.tools_mb = peak_mb(Whose::Tools);
+    peak_memory.verified_mb = peak_mb();
     let validation = Validation {
         postgres_rows: restored_count(Service::Postgres),
         neo4j_nodes: restored_count(Service::Neo4j),

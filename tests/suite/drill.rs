@@ -203,13 +203,13 @@ fn drill_populates_large_scales() {
     assert_eq!(v["ok"], true, "{v:#}");
     assert_eq!(v["postgres_rows"], 300000, "{v:#}");
     // itbackup's own memory stays bounded at scale (its peak only grows
-    // through the phases); pg_dump and pg_restore are reported apart.
+    // through the phases), whatever the size of the process that started it
+    // (this suite's is larger than 100 MB).
     let mb = |phase: &str| v["peak_memory"][phase].as_u64().unwrap();
     let phases = ["populated_mb", "backed_up_mb", "restored_mb", "verified_mb"];
     assert!(mb(phases[0]) > 0, "{v:#}");
     assert!(phases.windows(2).all(|w| mb(w[0]) <= mb(w[1])), "{v:#}");
     assert!(mb("verified_mb") <= 100, "{v:#}");
-    assert!(mb("tools_mb") > 0, "{v:#}");
 }
 
 /// `--parallel auto` (the default) does not restore every store at once when
