@@ -20,6 +20,11 @@ pub(super) fn marker_path(data: &Path) -> PathBuf {
     sibling(data, ".itbackup-restoring")
 }
 
+/// The marker while it is written (renamed to [`marker_path`] once whole).
+fn partial_marker_path(data: &Path) -> PathBuf {
+    sibling(data, ".itbackup-restoring.partial")
+}
+
 /// `<data><suffix>`, beside the data directory.
 pub(super) fn sibling(data: &Path, suffix: &str) -> PathBuf {
     let mut name = data.file_name().unwrap_or_default().to_os_string();
@@ -45,7 +50,7 @@ pub(super) struct Marker {
 /// empty one that would stop every later run of the server.
 pub(super) fn write_marker(data: &Path, marker: &Marker) -> Result<()> {
     let path = marker_path(data);
-    let partial = sibling(data, ".itbackup-restoring.partial");
+    let partial = partial_marker_path(data);
     let write = || -> std::io::Result<()> {
         let mut file = crate::artifact::create_private_file(&partial)?;
         file.write_all(&serde_json::to_vec(marker).expect("plain data"))?;
@@ -80,7 +85,7 @@ pub(super) fn read_marker(data: &Path) -> Result<Option<Marker>> {
 /// writing beside `data` (no marker: nothing else was changed), removed.
 pub fn remove_unfinished_copy(data: &Path) -> Result<()> {
     // A marker that was being written when the run was killed.
-    let _ = std::fs::remove_file(sibling(data, ".itbackup-restoring.partial"));
+    let _ = std::fs::remove_file(partial_marker_path(data));
     let staged = sibling(data, ".itbackup-new");
     if !staged.exists() {
         return Ok(());
